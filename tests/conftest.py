@@ -1,0 +1,38 @@
+"""Shared fixtures: every codec test runs against the compiled module (id ``c``) and its
+pure-Python twin (id ``py``). With AIOS_FAST_NO_EXTENSIONS=1 the compiled runs are skipped."""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import pytest
+
+PURE_ONLY = os.environ.get("AIOS_FAST_NO_EXTENSIONS", "").strip().lower() in {
+    "1",
+    "true",
+    "yes",
+    "on",
+}
+
+
+def _twin(request, name: str):
+    if request.param == "c":
+        if PURE_ONLY:
+            pytest.skip("AIOS_FAST_NO_EXTENSIONS=1: compiled modules not in use")
+        return importlib.import_module(f"aios_fast.{name}")
+    return importlib.import_module(f"aios_fast.{name}_py")
+
+
+@pytest.fixture(params=["c", "py"])
+def codec(request):
+    """The packet codec implementation under test."""
+    return _twin(request, "_codec")
+
+
+def twins(name: str) -> list:
+    """Both implementations of ``aios_fast.<name>`` that are in use, for differential tests."""
+    mods = [importlib.import_module(f"aios_fast.{name}_py")]
+    if not PURE_ONLY:
+        mods.insert(0, importlib.import_module(f"aios_fast.{name}"))
+    return mods
