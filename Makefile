@@ -21,6 +21,7 @@ test-pure:                  ## the suite on the pure-Python twins (AIOS_FAST_NO_
 
 bench: setup                ## benchmarks; updates bench/RESULTS.md
 	$(PY) -m bench.codec --write
+	$(PY) -m bench.lb --write
 	$(PY) -m pytest bench -q --benchmark-enable --benchmark-max-time=0.5
 
 lint:                       ## ruff and the generated-protobuf currency check

@@ -5,4 +5,5 @@ Read by setup.py and scripts/check_wheels.py; add a module here and in native/ t
 
 MODULES = {
     "aios_fast._codec": "native/aios_fast/_codec.pyx",
+    "aios_fast._lb": "native/aios_fast/_lb.pyx",
 }

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 __all__ = [
     "AiosFastError",
+    "LBConfigError",
+    "NoInstanceError",
     "PacketDecodeError",
     "PacketEncodeError",
+    "PolicyError",
+    "PolicyLoadError",
+    "UnknownInstanceError",
 ]
 
 
@@ -49,3 +54,30 @@ class PacketDecodeError(AiosFastError, ValueError):
 
 class PacketEncodeError(AiosFastError, ValueError):
     """A value cannot be encoded into an AIOSPacket (wrong type or out of range)."""
+
+
+class NoInstanceError(AiosFastError):
+    """No instance is available to take a task (none known, or all unhealthy/draining)."""
+
+
+class UnknownInstanceError(AiosFastError, KeyError):
+    """An operation named an instance id the balancer does not know."""
+
+    def __init__(self, instance_id: str) -> None:
+        self.instance_id = instance_id
+        super().__init__(instance_id)
+
+    def __str__(self) -> str:
+        return f"unknown instance {self.instance_id!r}"
+
+
+class LBConfigError(AiosFastError, ValueError):
+    """A load-balancing policy was configured with bad parameters or arguments."""
+
+
+class PolicyLoadError(AiosFastError):
+    """A policy (AIOSv1PolicyRule) could not be found, imported or constructed."""
+
+
+class PolicyError(AiosFastError):
+    """A user policy raised, or returned something that is not a valid decision."""

@@ -33,3 +33,10 @@ def large(size: int = 4 << 20) -> bytes:
     del msg.files[:]
     msg.files.add(metadata='{"type": "video/mp4"}', file_data=bytes(size))
     return msg.SerializeToString()
+
+
+def small_message() -> bytes:
+    """The small packet inside an InferenceMessage frame, as the executor receives it."""
+    from aios_fast.protos import inference_pb2
+
+    return inference_pb2.InferenceMessage(rpc_data=small()).SerializeToString()

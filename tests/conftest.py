@@ -36,3 +36,9 @@ def twins(name: str) -> list:
     if not PURE_ONLY:
         mods.insert(0, importlib.import_module(f"aios_fast.{name}"))
     return mods
+
+
+@pytest.fixture(params=["c", "py"])
+def lbmod(request):
+    """The built-in load-balancing module under test."""
+    return _twin(request, "_lb")

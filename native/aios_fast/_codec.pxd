@@ -6,6 +6,7 @@ from libc.stdint cimport uint8_t, uint64_t
 cdef struct Span:
     Py_ssize_t off      # absolute offset into the owner's buffer; -1: use the object
     Py_ssize_t len
+    int ascii           # strings: all bytes < 0x80 (set by validation)
 
 
 cdef struct FileSpan:

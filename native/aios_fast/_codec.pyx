@@ -27,19 +27,37 @@ cdef extern from *:
     #include <string.h>
     /* UTF-8 validation as in the Unicode standard, table 3-7: rejects overlong
        forms, surrogates and code points past U+10FFFF (as upb and CPython do).
-       Returns 1 when valid, else 0 with *bad set to the offending offset. */
+       Returns 2 when the bytes are all ASCII, 1 when valid with non-ASCII, else 0
+       with *bad set to the offending offset. */
     static int aiosf_utf8_valid(const unsigned char* s, Py_ssize_t n, Py_ssize_t* bad) {
         Py_ssize_t i = 0;
+        int ascii = 2;
         while (i < n) {
+            /* ASCII fast path: 32, then 8 bytes at a time, then the zero-padded tail. */
+            while (i + 32 <= n) {
+                uint64_t w0, w1, w2, w3;
+                memcpy(&w0, s + i, 8);
+                memcpy(&w1, s + i + 8, 8);
+                memcpy(&w2, s + i + 16, 8);
+                memcpy(&w3, s + i + 24, 8);
+                if ((w0 | w1 | w2 | w3) & 0x8080808080808080ULL) break;
+                i += 32;
+            }
             while (i + 8 <= n) {
                 uint64_t w;
                 memcpy(&w, s + i, 8);
                 if (w & 0x8080808080808080ULL) break;
                 i += 8;
             }
+            if (i < n && n - i < 8) {
+                uint64_t w = 0;
+                memcpy(&w, s + i, (size_t)(n - i));
+                if (!(w & 0x8080808080808080ULL)) return ascii;
+            }
             if (i >= n) break;
             unsigned char c = s[i];
             if (c < 0x80) { i++; continue; }
+            ascii = 1;
             if (c >= 0xC2 && c <= 0xDF) {
                 if (i + 1 >= n || (s[i + 1] & 0xC0) != 0x80) goto fail;
                 i += 2;
@@ -61,13 +79,24 @@ cdef extern from *:
                 i += 4;
             } else goto fail;
         }
-        return 1;
+        return ascii;
     fail:
         *bad = i;
         return 0;
     }
+
+    /* A str from bytes already validated: ASCII ones are copied straight in. */
+    static PyObject* aiosf_make_str(const char* p, Py_ssize_t n, int ascii) {
+        if (ascii) {
+            PyObject* s = PyUnicode_New(n, 127);
+            if (s != NULL) memcpy(PyUnicode_DATA(s), p, (size_t)n);
+            return s;
+        }
+        return PyUnicode_DecodeUTF8(p, n, NULL);
+    }
     """
     int aiosf_utf8_valid(const unsigned char* s, Py_ssize_t n, Py_ssize_t* bad) noexcept nogil
+    object aiosf_make_str(const char* p, Py_ssize_t n, int ascii)
 
 __all__ = [
     "IMPLEMENTATION",
@@ -210,8 +239,15 @@ cdef Py_ssize_t _skip(Cur* c, uint32_t field, int wt, Py_ssize_t pos, Py_ssize_t
 
 
 cdef inline bint _check_utf8(Cur* c, Span* sp) noexcept nogil:
+    """Validate a string span; marks it ASCII (sp.ascii) so its str is a plain copy."""
     cdef Py_ssize_t bad = 0
-    if sp.len == 0 or aiosf_utf8_valid(c.p + sp.off, sp.len, &bad):
+    cdef int kind
+    if sp.len == 0:
+        sp.ascii = 1
+        return True
+    kind = aiosf_utf8_valid(c.p + sp.off, sp.len, &bad)
+    if kind:
+        sp.ascii = kind == 2
         return True
     _fail(c, E_INVALID_UTF8, sp.off + bad)
     return False
@@ -388,7 +424,7 @@ cdef str _decode_str(const uint8_t* base, Span* sp):
     # Valid UTF-8 was checked at decode time; spans of hand-built values are never read.
     if sp.len == 0:
         return ""
-    return PyUnicode_DecodeUTF8(<const char*>base + sp.off, sp.len, NULL)
+    return aiosf_make_str(<const char*>base + sp.off, sp.len, sp.ascii)
 
 
 cdef object _byte_view(object owner):
@@ -398,7 +434,11 @@ cdef object _byte_view(object owner):
     return mv
 
 
+# no_gc (Packet and FileInfo): they reference buffers and values, never each other or
+# themselves (FileInfo holds the buffer, not its Packet), so they cannot form cycles;
+# skipping GC tracking is a measurable part of a decode.
 @cython.final
+@cython.no_gc
 @cython.freelist(16)
 cdef class FileInfo:
     """One ``FileInfo``: ``metadata`` (str) and ``file_data`` (bytes-like, a view when decoded)."""
@@ -446,6 +486,7 @@ _FIELDS = ("session_id", "seq_no", "frame_ptr", "data", "ts", "output_ptr", "fil
 
 
 @cython.final
+@cython.no_gc
 @cython.freelist(32)
 cdef class Packet:
     """An ``AIOSPacket`` with the protobuf class's attribute names.

@@ -1,0 +1,426 @@
+"""Pure-Python twin of ``aios_fast._lb``: built-in load-balancing policies.
+
+A balancer holds the live instance set (add / remove / weight / health / drain) and
+picks an instance id per task. Every twin makes the same picks for the same sequence
+of operations: random choices come from the same splitmix64 generator, hashing is
+``hash64`` (8 bytes a step, murmur3's finaliser), and every "smallest" choice has a unique key, so
+the compiled module may keep heaps where this twin scans.
+
+An instance is *available* (selectable) when it is healthy, not draining and has a
+weight > 0. ``pick`` on an empty available set raises NoInstanceError.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import os
+
+from .errors import LBConfigError, NoInstanceError, UnknownInstanceError
+
+__all__ = [
+    "BUILTINS",
+    "IMPLEMENTATION",
+    "Balancer",
+    "ConsistentHash",
+    "LeastOutstanding",
+    "PowerOfTwoChoices",
+    "Random",
+    "RoundRobin",
+    "WeightedRoundRobin",
+    "hash64",
+]
+
+IMPLEMENTATION = "py"
+M64 = (1 << 64) - 1
+RENORMALISE_AT = float(1 << 32)  # WRR deadlines are rebased past this, keeping precision
+
+
+def _fmix64(h: int) -> int:
+    h ^= h >> 33
+    h = (h * 0xFF51AFD7ED558CCD) & M64
+    h ^= h >> 33
+    h = (h * 0xC4CEB9FE1A85EC53) & M64
+    return h ^ (h >> 33)
+
+
+def hash64(data: bytes, seed: int = 0) -> int:
+    """64-bit hash of data (stable across processes and releases; values are pinned by tests).
+
+    Eight little-endian bytes at a time (the tail zero-padded): h ^= w * C1, then
+    h = rotl(h, 31) * C2; finished with murmur3's fmix64 of h ^ len(data).
+    """
+    n = len(data)
+    h = (seed ^ 0x9E3779B97F4A7C15) & M64
+    for i in range(0, n, 8):
+        w = int.from_bytes(data[i : i + 8], "little")
+        h ^= (w * 0x87C37B91114253D5) & M64
+        h = (((h << 31) | (h >> 33)) & M64) * 0x4CF5AD432745937F & M64
+    return _fmix64(h ^ n)
+
+
+def _seed(seed) -> int:
+    if seed is None:
+        return int.from_bytes(os.urandom(8), "little")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise LBConfigError(f"seed must be an int, not {type(seed).__name__}")
+    return seed & M64
+
+
+def _check_weight(weight) -> float:
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+        raise LBConfigError(f"weight must be a number, not {type(weight).__name__}")
+    weight = float(weight)
+    if not math.isfinite(weight) or weight < 0:
+        raise LBConfigError(f"weight must be finite and >= 0, not {weight}")
+    return weight
+
+
+def _check_id(instance_id) -> str:
+    if not isinstance(instance_id, str) or not instance_id:
+        raise LBConfigError(f"instance id must be a non-empty str, not {instance_id!r}")
+    return instance_id
+
+
+class Balancer:
+    """Base class: the instance set, outstanding counters and the pick entry points."""
+
+    name = "base"
+    PARAMS: tuple[str, ...] = ("seed", "weights")
+
+    def __init__(self, instances=(), *, seed=None, weights=None) -> None:
+        self._ids: list[str] = []
+        self._pos: dict[str, int] = {}
+        self._weight: list[float] = []
+        self._healthy: list[bool] = []
+        self._draining: list[bool] = []
+        self._out: list[int] = []
+        self._seq: list[int] = []
+        self._picks: list[int] = []
+        self._clock = 0
+        self._rng = _seed(seed)
+        self._active: list[int] = []  # positions of available instances, in insertion order
+        self._active_ids: list[str] = []
+        if weights is not None and not isinstance(weights, dict):
+            raise LBConfigError("weights must be a mapping of instance id to weight")
+        self._default_weights = dict(weights or {})
+        for instance_id in instances:
+            self._insert(instance_id, self._default_weights.get(instance_id, 1.0))
+        self._refresh()
+
+    # ------------------------------------------------------------------ instance set
+
+    def _insert(self, instance_id, weight) -> None:
+        instance_id = _check_id(instance_id)
+        weight = _check_weight(weight)
+        pos = self._pos.get(instance_id)
+        if pos is not None:
+            self._weight[pos] = weight
+            return
+        self._pos[instance_id] = len(self._ids)
+        self._ids.append(instance_id)
+        self._weight.append(weight)
+        self._healthy.append(True)
+        self._draining.append(False)
+        self._out.append(0)
+        self._seq.append(self._clock)
+        self._clock += 1
+        self._picks.append(0)
+
+    def _position(self, instance_id) -> int:
+        pos = self._pos.get(instance_id)
+        if pos is None:
+            raise UnknownInstanceError(instance_id)
+        return pos
+
+    def _refresh(self) -> None:
+        self._active = [
+            i
+            for i in range(len(self._ids))
+            if self._healthy[i] and not self._draining[i] and self._weight[i] > 0
+        ]
+        self._active_ids = [self._ids[i] for i in self._active]
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        """Recompute policy state after the available set changed."""
+
+    def add(self, instance_id: str, weight: float | None = None) -> None:
+        """Add an instance (or change its weight when known); it is healthy and not draining."""
+        if weight is None:
+            weight = self._default_weights.get(instance_id, 1.0)
+        self._insert(instance_id, weight)
+        self._refresh()
+
+    def remove(self, instance_id: str) -> None:
+        """Forget an instance. Its in-flight tasks may still call on_finish (ignored)."""
+        pos = self._position(instance_id)
+        for arr in (
+            self._ids,
+            self._weight,
+            self._healthy,
+            self._draining,
+            self._out,
+            self._seq,
+            self._picks,
+        ):
+            del arr[pos]
+        self._pos = {iid: i for i, iid in enumerate(self._ids)}
+        self._refresh()
+
+    def set_weight(self, instance_id: str, weight: float) -> None:
+        self._weight[self._position(instance_id)] = _check_weight(weight)
+        self._refresh()
+
+    def set_healthy(self, instance_id: str, healthy: bool) -> None:
+        pos = self._position(instance_id)
+        if self._healthy[pos] != bool(healthy):
+            self._healthy[pos] = bool(healthy)
+            self._refresh()
+
+    def set_draining(self, instance_id: str, draining: bool) -> None:
+        pos = self._position(instance_id)
+        if self._draining[pos] != bool(draining):
+            self._draining[pos] = bool(draining)
+            self._refresh()
+
+    def instances(self) -> list[str]:
+        """Every known instance id, in the order they were added."""
+        return list(self._ids)
+
+    def available(self) -> list[str]:
+        """The instance ids picks choose from (healthy, not draining, weight > 0)."""
+        return list(self._active_ids)
+
+    def state(self, instance_id: str) -> dict:
+        pos = self._position(instance_id)
+        return {
+            "instance_id": instance_id,
+            "weight": self._weight[pos],
+            "healthy": self._healthy[pos],
+            "draining": self._draining[pos],
+            "available": pos in self._active,
+            "outstanding": self._out[pos],
+            "picks": self._picks[pos],
+        }
+
+    def outstanding(self, instance_id: str) -> int:
+        return self._out[self._position(instance_id)]
+
+    def __contains__(self, instance_id) -> bool:
+        return instance_id in self._pos
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    # ------------------------------------------------------------------ task accounting
+
+    def on_dispatch(self, instance_id: str) -> bool:
+        """A task was sent to instance_id. False (and no change) for an unknown id."""
+        pos = self._pos.get(instance_id)
+        if pos is None:
+            return False
+        self._out[pos] += 1
+        self._seq[pos] = self._clock
+        self._clock += 1
+        return True
+
+    def on_finish(self, instance_id: str) -> bool:
+        """A task on instance_id ended. False for an unknown id or no outstanding task."""
+        pos = self._pos.get(instance_id)
+        if pos is None or self._out[pos] == 0:
+            return False
+        self._out[pos] -= 1
+        return True
+
+    # ------------------------------------------------------------------ picking
+
+    def _next(self) -> int:
+        self._rng = (self._rng + 0x9E3779B97F4A7C15) & M64
+        z = self._rng
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+        return z ^ (z >> 31)
+
+    def _below(self, n: int) -> int:
+        return (self._next() * n) >> 64
+
+    def _choose(self, packet) -> int:
+        raise NotImplementedError
+
+    def pick(self, packet=None) -> str:
+        """The instance id for one task (packet: a Packet view, a protobuf AIOSPacket, or None)."""
+        if not self._active:
+            raise NoInstanceError(f"{self.name}: no instance available")
+        a = self._choose(packet)
+        self._picks[self._active[a]] += 1
+        return self._active_ids[a]
+
+    def pick_key(self, session_id: str) -> str:
+        """The instance id for a task of this session (only hashing policies read it)."""
+        return self.pick(_Key(session_id))
+
+
+class _Key:
+    __slots__ = ("session_id",)
+
+    def __init__(self, session_id: str) -> None:
+        if not isinstance(session_id, str):
+            raise LBConfigError(f"session_id must be str, not {type(session_id).__name__}")
+        self.session_id = session_id
+
+
+class RoundRobin(Balancer):
+    """Available instances in turn."""
+
+    name = "round_robin"
+
+    def __init__(self, instances=(), **params) -> None:
+        self._counter = 0
+        super().__init__(instances, **params)
+
+    def _choose(self, packet) -> int:
+        a = self._counter % len(self._active)
+        self._counter = a + 1
+        return a
+
+
+GOLDEN = 0.6180339887498949
+
+
+def _phase(a: int) -> float:
+    """Offset in [0, 1) of the a-th available instance's first deadline: a golden-ratio
+    sequence, so the instances' deadlines are spread evenly and never line up."""
+    return ((a + 1) * GOLDEN) % 1.0
+
+
+class WeightedRoundRobin(Balancer):
+    """Smooth weighted round robin: earliest-deadline-first on 1/weight strides (as Envoy).
+
+    Each instance is due every 1/weight; first deadlines are staggered along a
+    golden-ratio sequence (by available index a: ``(1/weight) * frac((a + 1) * phi)``),
+    so deadlines do not line up and picks interleave: weights 3,1,1,1 never give three
+    0s in a row. Instances of equal weight form a group that keeps its (deadline, a)
+    order forever (they all advance by the same stride), so a group is a ring: a pick
+    takes the group whose head has the smallest (deadline, a), moves that head's
+    deadline one stride on and the ring one step. O(log G) per pick for G distinct
+    weights. Deadlines past 2**32 are rebased (all minus the floor of the smallest).
+    """
+
+    name = "weighted_round_robin"
+
+    def _rebuild(self) -> None:
+        groups: dict[float, list[int]] = {}
+        for a, pos in enumerate(self._active):
+            groups.setdefault(self._weight[pos], []).append(a)
+        self._groups = []  # [stride, ring of [deadline, a], head]
+        for weight, members in groups.items():
+            stride = 1.0 / weight
+            ring = sorted([stride * _phase(a), a] for a in members)
+            self._groups.append([stride, ring, 0])
+
+    def _choose(self, packet) -> int:
+        best = None
+        for g, (_, ring, head) in enumerate(self._groups):
+            key = (ring[head][0], ring[head][1])
+            if best is None or key < best[0]:
+                best = (key, g)
+        group = self._groups[best[1]]
+        entry = group[1][group[2]]
+        entry[0] += group[0]
+        group[2] = (group[2] + 1) % len(group[1])
+        if entry[0] > RENORMALISE_AT:
+            base = math.floor(min(e[0] for grp in self._groups for e in grp[1]))
+            for grp in self._groups:
+                for e in grp[1]:
+                    e[0] -= base
+        return entry[1]
+
+
+class Random(Balancer):
+    """Uniformly random available instance."""
+
+    name = "random"
+
+    def _choose(self, packet) -> int:
+        return self._below(len(self._active))
+
+
+class LeastOutstanding(Balancer):
+    """Fewest in-flight tasks; ties go to the least recently dispatched instance."""
+
+    name = "least_outstanding"
+
+    def _choose(self, packet) -> int:
+        out, seq, act = self._out, self._seq, self._active
+        return min(range(len(act)), key=lambda a: (out[act[a]], seq[act[a]]))
+
+
+class PowerOfTwoChoices(Balancer):
+    """Two distinct random instances, the one with fewer in-flight tasks (ties: the first)."""
+
+    name = "power_of_two_choices"
+
+    def _choose(self, packet) -> int:
+        n = len(self._active)
+        if n == 1:
+            return 0
+        i = self._below(n)
+        j = self._below(n - 1)
+        if j >= i:
+            j += 1
+        return j if self._out[self._active[j]] < self._out[self._active[i]] else i
+
+
+def _session_key(packet) -> bytes:
+    if packet is None:
+        raise LBConfigError("consistent_hash needs the task's packet (or pick_key(session_id))")
+    session_id = packet.session_id
+    if not isinstance(session_id, str):
+        raise LBConfigError("packet.session_id must be str")
+    return session_id.encode("utf-8")
+
+
+class ConsistentHash(Balancer):
+    """Session affinity: a ring of ``vnodes`` points per instance, hashed from the ids.
+
+    The ring depends only on the set of available ids, so every executor process maps a
+    session to the same instance; adding or removing one instance moves only the
+    sessions on its arcs (about 1/N of them).
+    """
+
+    name = "consistent_hash"
+    PARAMS = (*Balancer.PARAMS, "vnodes")
+
+    def __init__(self, instances=(), *, vnodes: int = 160, **params) -> None:
+        if isinstance(vnodes, bool) or not isinstance(vnodes, int) or not 1 <= vnodes <= 4096:
+            raise LBConfigError(f"vnodes must be an int in 1..4096, not {vnodes!r}")
+        self._vnodes = vnodes
+        super().__init__(instances, **params)
+
+    def _rebuild(self) -> None:
+        points = []
+        for a, instance_id in enumerate(self._active_ids):
+            raw = instance_id.encode("utf-8")
+            for k in range(self._vnodes):
+                points.append((hash64(raw + b"#" + str(k).encode()), instance_id, a))
+        points.sort()
+        self._ring = [p[0] for p in points]
+        self._owner = [p[2] for p in points]
+
+    def _choose(self, packet) -> int:
+        i = bisect.bisect_left(self._ring, hash64(_session_key(packet)))
+        return self._owner[i if i < len(self._ring) else 0]
+
+
+BUILTINS = {
+    cls.name: cls
+    for cls in (
+        RoundRobin,
+        WeightedRoundRobin,
+        Random,
+        LeastOutstanding,
+        PowerOfTwoChoices,
+        ConsistentHash,
+    )
+}

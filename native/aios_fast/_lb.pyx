@@ -1,0 +1,805 @@
+# cython: language_level=3
+"""Compiled built-in load-balancing policies.
+
+Behaviour is defined by the pure twin ``aios_fast._lb_py`` (read its docstrings): the
+same operations give the same picks. Here the per-instance state lives in C arrays,
+least_outstanding and weighted_round_robin keep indexed binary heaps (O(log N) per
+pick / update) where the twin scans, and the hash ring has a 65,536-bucket index so a
+lookup touches a couple of entries.
+"""
+
+cimport cython
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.unicode cimport PyUnicode_Check
+from libc.math cimport floor, fmod, isfinite
+from libc.stdint cimport int64_t, uint64_t
+from libc.stdlib cimport qsort
+from libc.string cimport memcpy
+
+from aios_fast._codec cimport Packet
+
+from aios_fast.errors import LBConfigError, NoInstanceError, UnknownInstanceError
+
+cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8AndSize(object, Py_ssize_t*) except NULL
+
+cdef extern from *:
+    """
+    /* floor(x * n / 2**64): a uniform index below n from 64 random bits (Lemire). */
+    static inline Py_ssize_t aiosf_mulhi(uint64_t x, uint64_t n) {
+        return (Py_ssize_t)(((unsigned __int128)x * n) >> 64);
+    }
+    """
+    Py_ssize_t aiosf_mulhi(uint64_t x, uint64_t n) noexcept nogil
+
+cdef extern from *:
+    """
+    #include <string.h>
+    static inline uint64_t aiosf_load_le64(const unsigned char* p) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+        w = __builtin_bswap64(w);
+    #endif
+        return w;
+    }
+    """
+    uint64_t aiosf_load_le64(const unsigned char* p) noexcept nogil
+
+__all__ = [
+    "BUILTINS",
+    "IMPLEMENTATION",
+    "Balancer",
+    "ConsistentHash",
+    "LeastOutstanding",
+    "PowerOfTwoChoices",
+    "Random",
+    "RoundRobin",
+    "WeightedRoundRobin",
+    "hash64",
+]
+
+IMPLEMENTATION = "c"
+cdef double RENORMALISE_AT = 4294967296.0
+cdef int RING_BITS = 16
+
+
+# --------------------------------------------------------------------------- hashing
+
+
+cdef inline uint64_t _hash64(const unsigned char* p, Py_ssize_t n, uint64_t seed) noexcept nogil:
+    # The twin's hash64, step for step: 8 little-endian bytes at a time.
+    cdef uint64_t h = seed ^ 0x9E3779B97F4A7C15ULL
+    cdef uint64_t w
+    cdef Py_ssize_t i = 0
+    cdef Py_ssize_t k
+    while i < n:
+        w = 0
+        if n - i >= 8:
+            w = aiosf_load_le64(p + i)
+        else:
+            for k in range(n - i):
+                w |= (<uint64_t>p[i + k]) << (8 * k)
+        h ^= w * 0x87C37B91114253D5ULL
+        h = ((h << 31) | (h >> 33)) * 0x4CF5AD432745937FULL
+        i += 8
+    h ^= <uint64_t>n
+    h ^= h >> 33
+    h *= 0xFF51AFD7ED558CCDULL
+    h ^= h >> 33
+    h *= 0xC4CEB9FE1A85EC53ULL
+    h ^= h >> 33
+    return h
+
+
+def hash64(data, uint64_t seed=0):
+    """64-bit hash of data, stable across processes and releases (see the twin)."""
+    cdef const unsigned char[::1] view = data
+    if view.shape[0] == 0:
+        return _hash64(NULL, 0, seed)
+    return _hash64(&view[0], view.shape[0], seed)
+
+
+cdef double GOLDEN = 0.6180339887498949
+
+
+cdef inline double _phase(Py_ssize_t a) noexcept:
+    # Same expression as the twin's ((a + 1) * GOLDEN) % 1.0 (fmod: identical for x >= 0).
+    return fmod((a + 1) * GOLDEN, 1.0)
+
+
+# --------------------------------------------------------------------------- base
+
+
+cdef struct Inst:
+    double weight
+    int healthy
+    int draining
+    int64_t out
+    int64_t seq
+    int64_t picks
+    Py_ssize_t aidx        # index in the active array, -1 when not available
+
+
+cdef uint64_t _seed(object seed) except? 0:
+    if seed is None:
+        import os
+        return int.from_bytes(os.urandom(8), "little")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise LBConfigError(f"seed must be an int, not {type(seed).__name__}")
+    return seed & 0xFFFFFFFFFFFFFFFF
+
+
+cdef double _check_weight(object weight) except -1:
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+        raise LBConfigError(f"weight must be a number, not {type(weight).__name__}")
+    cdef double w = float(weight)
+    if not isfinite(w) or w < 0:
+        raise LBConfigError(f"weight must be finite and >= 0, not {w}")
+    return w
+
+
+cdef str _check_id(object instance_id):
+    if not isinstance(instance_id, str) or not instance_id:
+        raise LBConfigError(f"instance id must be a non-empty str, not {instance_id!r}")
+    return instance_id
+
+
+cdef class Balancer:
+    """Base class: the instance set, outstanding counters and the pick entry points."""
+
+    cdef list _ids
+    cdef dict _pos
+    cdef Inst* _inst
+    cdef Py_ssize_t _n, _cap
+    cdef Py_ssize_t* _active
+    cdef Py_ssize_t _nactive
+    cdef list _active_ids
+    cdef int64_t _clock
+    cdef uint64_t _rng
+    cdef dict _default_weights
+
+    name = "base"
+    PARAMS = ("seed", "weights")
+
+    def __init__(self, instances=(), *, seed=None, weights=None):
+        self._ids = []
+        self._pos = {}
+        self._active_ids = []
+        self._rng = _seed(seed)
+        if weights is not None and not isinstance(weights, dict):
+            raise LBConfigError("weights must be a mapping of instance id to weight")
+        self._default_weights = dict(weights or {})
+        for instance_id in instances:
+            self._insert(instance_id, self._default_weights.get(instance_id, 1.0))
+        self._refresh()
+
+    def __dealloc__(self):
+        PyMem_Free(self._inst)
+        PyMem_Free(self._active)
+
+    # ------------------------------------------------------------------ instance set
+
+    cdef int _insert(self, object instance_id, object weight) except -1:
+        cdef str iid = _check_id(instance_id)
+        cdef double w = _check_weight(weight)
+        cdef Py_ssize_t ncap
+        cdef void* grown
+        pos = self._pos.get(iid)
+        if pos is not None:
+            self._inst[<Py_ssize_t>pos].weight = w
+            return 0
+        if self._n == self._cap:
+            ncap = 8 if self._cap == 0 else self._cap * 2
+            grown = PyMem_Realloc(self._inst, ncap * sizeof(Inst))
+            if grown == NULL:
+                raise MemoryError()
+            self._inst = <Inst*>grown
+            grown = PyMem_Realloc(self._active, ncap * sizeof(Py_ssize_t))
+            if grown == NULL:
+                raise MemoryError()
+            self._active = <Py_ssize_t*>grown
+            self._cap = ncap
+        cdef Inst* it = &self._inst[self._n]
+        it.weight = w
+        it.healthy = 1
+        it.draining = 0
+        it.out = 0
+        it.seq = self._clock
+        it.picks = 0
+        it.aidx = -1
+        self._clock += 1
+        self._pos[iid] = self._n
+        self._ids.append(iid)
+        self._n += 1
+        return 0
+
+    cdef Py_ssize_t _position(self, object instance_id) except -1:
+        pos = self._pos.get(instance_id)
+        if pos is None:
+            raise UnknownInstanceError(instance_id)
+        return pos
+
+    cdef int _refresh(self) except -1:
+        cdef Py_ssize_t i
+        cdef Inst* it
+        self._nactive = 0
+        active_ids = []
+        for i in range(self._n):
+            it = &self._inst[i]
+            if it.healthy and not it.draining and it.weight > 0:
+                it.aidx = self._nactive
+                self._active[self._nactive] = i
+                self._nactive += 1
+                active_ids.append(self._ids[i])
+            else:
+                it.aidx = -1
+        self._active_ids = active_ids
+        self._rebuild()
+        return 0
+
+    cdef int _rebuild(self) except -1:
+        return 0
+
+    cdef void _touched(self, Py_ssize_t pos) noexcept:
+        pass
+
+    def add(self, instance_id, weight=None):
+        """Add an instance (or change its weight when known); it is healthy and not draining."""
+        if weight is None:
+            weight = self._default_weights.get(instance_id, 1.0)
+        self._insert(instance_id, weight)
+        self._refresh()
+
+    def remove(self, instance_id):
+        """Forget an instance. Its in-flight tasks may still call on_finish (ignored)."""
+        cdef Py_ssize_t pos = self._position(instance_id)
+        cdef Py_ssize_t i
+        for i in range(pos, self._n - 1):
+            self._inst[i] = self._inst[i + 1]
+        self._n -= 1
+        del self._ids[pos]
+        self._pos = {iid: i for i, iid in enumerate(self._ids)}
+        self._refresh()
+
+    def set_weight(self, instance_id, weight):
+        cdef Py_ssize_t pos = self._position(instance_id)
+        self._inst[pos].weight = _check_weight(weight)
+        self._refresh()
+
+    def set_healthy(self, instance_id, healthy):
+        cdef Py_ssize_t pos = self._position(instance_id)
+        cdef int flag = 1 if healthy else 0
+        if self._inst[pos].healthy != flag:
+            self._inst[pos].healthy = flag
+            self._refresh()
+
+    def set_draining(self, instance_id, draining):
+        cdef Py_ssize_t pos = self._position(instance_id)
+        cdef int flag = 1 if draining else 0
+        if self._inst[pos].draining != flag:
+            self._inst[pos].draining = flag
+            self._refresh()
+
+    def instances(self):
+        """Every known instance id, in the order they were added."""
+        return list(self._ids)
+
+    def available(self):
+        """The instance ids picks choose from (healthy, not draining, weight > 0)."""
+        return list(self._active_ids)
+
+    def state(self, instance_id):
+        cdef Py_ssize_t pos = self._position(instance_id)
+        cdef Inst* it = &self._inst[pos]
+        return {
+            "instance_id": instance_id,
+            "weight": it.weight,
+            "healthy": bool(it.healthy),
+            "draining": bool(it.draining),
+            "available": it.aidx >= 0,
+            "outstanding": it.out,
+            "picks": it.picks,
+        }
+
+    def outstanding(self, instance_id):
+        return self._inst[self._position(instance_id)].out
+
+    def __contains__(self, instance_id):
+        return instance_id in self._pos
+
+    def __len__(self):
+        return self._n
+
+    # ------------------------------------------------------------------ task accounting
+
+    cpdef bint on_dispatch(self, object instance_id):
+        """A task was sent to instance_id. False (and no change) for an unknown id."""
+        pos = self._pos.get(instance_id)
+        if pos is None:
+            return False
+        cdef Py_ssize_t p = pos
+        self._inst[p].out += 1
+        self._inst[p].seq = self._clock
+        self._clock += 1
+        self._touched(p)
+        return True
+
+    cpdef bint on_finish(self, object instance_id):
+        """A task on instance_id ended. False for an unknown id or no outstanding task."""
+        pos = self._pos.get(instance_id)
+        if pos is None:
+            return False
+        cdef Py_ssize_t p = pos
+        if self._inst[p].out == 0:
+            return False
+        self._inst[p].out -= 1
+        self._touched(p)
+        return True
+
+    # ------------------------------------------------------------------ picking
+
+    cdef inline uint64_t _next(self) noexcept:
+        self._rng += 0x9E3779B97F4A7C15ULL
+        cdef uint64_t z = self._rng
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL
+        return z ^ (z >> 31)
+
+    cdef inline Py_ssize_t _below(self, Py_ssize_t n) noexcept:
+        return aiosf_mulhi(self._next(), <uint64_t>n)
+
+    cdef Py_ssize_t _choose(self, object packet) except -1:
+        raise NotImplementedError
+
+    cpdef str pick(self, object packet=None):
+        """The instance id for one task (packet: a Packet view, a protobuf AIOSPacket, or None)."""
+        if self._nactive == 0:
+            raise NoInstanceError(f"{self.name}: no instance available")
+        cdef Py_ssize_t a = self._choose(packet)
+        self._inst[self._active[a]].picks += 1
+        return <str>self._active_ids[a]
+
+    def pick_key(self, session_id):
+        """The instance id for a task of this session (only hashing policies read it)."""
+        if not isinstance(session_id, str):
+            raise LBConfigError(f"session_id must be str, not {type(session_id).__name__}")
+        return self.pick(_Key(session_id))
+
+
+@cython.final
+cdef class _Key:
+    cdef readonly str session_id
+
+    def __init__(self, str session_id):
+        self.session_id = session_id
+
+
+# --------------------------------------------------------------------------- policies
+
+
+@cython.final
+cdef class RoundRobin(Balancer):
+    """Available instances in turn."""
+
+    cdef Py_ssize_t _counter
+    name = "round_robin"
+
+    cdef Py_ssize_t _choose(self, object packet) except -1:
+        cdef Py_ssize_t a = self._counter % self._nactive
+        self._counter = a + 1
+        return a
+
+
+@cython.final
+cdef class Random(Balancer):
+    """Uniformly random available instance."""
+
+    name = "random"
+
+    cdef Py_ssize_t _choose(self, object packet) except -1:
+        return self._below(self._nactive)
+
+
+@cython.final
+cdef class PowerOfTwoChoices(Balancer):
+    """Two distinct random instances, the one with fewer in-flight tasks (ties: the first)."""
+
+    name = "power_of_two_choices"
+
+    cdef Py_ssize_t _choose(self, object packet) except -1:
+        cdef Py_ssize_t n = self._nactive
+        if n == 1:
+            return 0
+        cdef Py_ssize_t i = self._below(n)
+        cdef Py_ssize_t j = self._below(n - 1)
+        if j >= i:
+            j += 1
+        if self._inst[self._active[j]].out < self._inst[self._active[i]].out:
+            return j
+        return i
+
+
+# An indexed binary min-heap over active indexes; subclasses define the order.
+cdef class _HeapBalancer(Balancer):
+    cdef Py_ssize_t* _heap      # heap slot -> active index
+    cdef Py_ssize_t* _where     # active index -> heap slot
+    cdef Py_ssize_t _hcap
+
+    def __dealloc__(self):
+        PyMem_Free(self._heap)
+        PyMem_Free(self._where)
+
+    cdef bint _less(self, Py_ssize_t a, Py_ssize_t b) noexcept:
+        return a < b
+
+    cdef inline void _swap(self, Py_ssize_t i, Py_ssize_t j) noexcept:
+        cdef Py_ssize_t t = self._heap[i]
+        self._heap[i] = self._heap[j]
+        self._heap[j] = t
+        self._where[self._heap[i]] = i
+        self._where[self._heap[j]] = j
+
+    cdef void _up(self, Py_ssize_t i) noexcept:
+        cdef Py_ssize_t parent
+        while i > 0:
+            parent = (i - 1) >> 1
+            if not self._less(self._heap[i], self._heap[parent]):
+                break
+            self._swap(i, parent)
+            i = parent
+
+    cdef void _down(self, Py_ssize_t i) noexcept:
+        cdef Py_ssize_t n = self._nactive
+        cdef Py_ssize_t left, best
+        while True:
+            left = 2 * i + 1
+            if left >= n:
+                break
+            best = left
+            if left + 1 < n and self._less(self._heap[left + 1], self._heap[left]):
+                best = left + 1
+            if not self._less(self._heap[best], self._heap[i]):
+                break
+            self._swap(i, best)
+            i = best
+
+    cdef int _heapify(self) except -1:
+        cdef Py_ssize_t i
+        cdef void* grown
+        if self._hcap < self._nactive:
+            grown = PyMem_Realloc(self._heap, self._cap * sizeof(Py_ssize_t))
+            if grown == NULL:
+                raise MemoryError()
+            self._heap = <Py_ssize_t*>grown
+            grown = PyMem_Realloc(self._where, self._cap * sizeof(Py_ssize_t))
+            if grown == NULL:
+                raise MemoryError()
+            self._where = <Py_ssize_t*>grown
+            self._hcap = self._cap
+        for i in range(self._nactive):
+            self._heap[i] = i
+            self._where[i] = i
+        i = self._nactive // 2
+        while i > 0:
+            i -= 1
+            self._down(i)
+        return 0
+
+
+@cython.final
+cdef class LeastOutstanding(_HeapBalancer):
+    """Fewest in-flight tasks; ties go to the least recently dispatched instance."""
+
+    name = "least_outstanding"
+
+    cdef bint _less(self, Py_ssize_t a, Py_ssize_t b) noexcept:
+        cdef Inst* x = &self._inst[self._active[a]]
+        cdef Inst* y = &self._inst[self._active[b]]
+        return x.out < y.out or (x.out == y.out and x.seq < y.seq)
+
+    cdef int _rebuild(self) except -1:
+        return self._heapify()
+
+    cdef void _touched(self, Py_ssize_t pos) noexcept:
+        cdef Py_ssize_t a = self._inst[pos].aidx
+        if a < 0:
+            return
+        self._up(self._where[a])
+        self._down(self._where[a])
+
+    cdef Py_ssize_t _choose(self, object packet) except -1:
+        return self._heap[0]
+
+
+cdef struct Due:
+    double d               # deadline
+    Py_ssize_t a           # active index (tie-break)
+    Py_ssize_t g           # group (heap entries only)
+
+
+cdef inline bint _due_less(const Due* x, const Due* y) noexcept nogil:
+    return (x.d < y.d) | ((x.d == y.d) & (x.a < y.a))
+
+
+cdef int _cmp_due(const void* x, const void* y) noexcept nogil:
+    cdef const Due* p = <const Due*>x
+    cdef const Due* q = <const Due*>y
+    if _due_less(p, q):
+        return -1
+    return 1 if _due_less(q, p) else 0
+
+
+@cython.final
+cdef class WeightedRoundRobin(Balancer):
+    """Smooth weighted round robin: earliest-deadline-first on 1/weight strides (as Envoy).
+
+    Read the twin's docstring: instances of equal weight form a ring of (deadline,
+    active index) entries; a min-heap over the G rings' heads picks the next one, so a
+    pick is O(log G) for G distinct weights, whatever the number of instances.
+    """
+
+    cdef Due* _ring            # every group's entries, group after group
+    cdef Py_ssize_t* _gstart   # by group: first entry in _ring
+    cdef Py_ssize_t* _glen
+    cdef Py_ssize_t* _ghead    # by group: index (0.._glen-1) of the ring's head
+    cdef double* _gstride
+    cdef Due* _gheap           # heap of the groups' heads (copies, so compares stay local)
+    cdef Py_ssize_t _ngroups
+    name = "weighted_round_robin"
+
+    def __dealloc__(self):
+        self._free()
+
+    cdef void _free(self) noexcept:
+        PyMem_Free(self._ring)
+        PyMem_Free(self._gstart)
+        PyMem_Free(self._glen)
+        PyMem_Free(self._ghead)
+        PyMem_Free(self._gstride)
+        PyMem_Free(self._gheap)
+        self._ring = NULL
+        self._gstart = self._glen = self._ghead = NULL
+        self._gheap = NULL
+        self._gstride = NULL
+
+    cdef void _sift_down(self, Py_ssize_t i, Due e) noexcept:
+        cdef Py_ssize_t n = self._ngroups
+        cdef Py_ssize_t c
+        cdef Due* h = self._gheap
+        while True:
+            c = 2 * i + 1
+            if c >= n:
+                break
+            if c + 1 < n and _due_less(&h[c + 1], &h[c]):
+                c += 1
+            if not _due_less(&h[c], &e):
+                break
+            h[i] = h[c]
+            i = c
+        h[i] = e
+
+    cdef void _replace_top(self, Due e) noexcept:
+        """Floyd's bottom-up sift: the new head is usually among the latest, so walk the
+        hole to a leaf along the smaller children (one branch-free comparison a level),
+        then sift e up the few steps it needs."""
+        cdef Py_ssize_t n = self._ngroups
+        cdef Due* h = self._gheap
+        cdef Py_ssize_t i = 0
+        cdef Py_ssize_t c, parent
+        while True:
+            c = 2 * i + 1
+            if c >= n:
+                break
+            if c + 1 < n:
+                c += _due_less(&h[c + 1], &h[c])
+            h[i] = h[c]
+            i = c
+        while i > 0:
+            parent = (i - 1) >> 1
+            if not _due_less(&e, &h[parent]):
+                break
+            h[i] = h[parent]
+            i = parent
+        h[i] = e
+
+    cdef void _heapify(self) noexcept:
+        cdef Py_ssize_t g
+        for g in range(self._ngroups):
+            self._gheap[g] = self._ring[self._gstart[g] + self._ghead[g]]
+            self._gheap[g].g = g
+        cdef Py_ssize_t i = self._ngroups // 2
+        while i > 0:
+            i -= 1
+            self._sift_down(i, self._gheap[i])
+
+    cdef int _rebuild(self) except -1:
+        cdef Py_ssize_t n = self._nactive
+        cdef Py_ssize_t a, g, k
+        cdef double stride
+        groups = {}
+        for a in range(n):
+            groups.setdefault(self._inst[self._active[a]].weight, []).append(a)
+        self._free()
+        cdef Py_ssize_t ng = len(groups)
+        self._ngroups = ng
+        self._ring = <Due*>PyMem_Malloc((n + 1) * sizeof(Due))
+        self._gstart = <Py_ssize_t*>PyMem_Malloc((ng + 1) * sizeof(Py_ssize_t))
+        self._glen = <Py_ssize_t*>PyMem_Malloc((ng + 1) * sizeof(Py_ssize_t))
+        self._ghead = <Py_ssize_t*>PyMem_Malloc((ng + 1) * sizeof(Py_ssize_t))
+        self._gstride = <double*>PyMem_Malloc((ng + 1) * sizeof(double))
+        self._gheap = <Due*>PyMem_Malloc((ng + 1) * sizeof(Due))
+        if (self._ring == NULL or self._gstart == NULL or self._glen == NULL
+                or self._ghead == NULL or self._gstride == NULL or self._gheap == NULL):
+            raise MemoryError()
+        k = 0
+        for g, (weight, members) in enumerate(groups.items()):
+            stride = 1.0 / <double>weight
+            self._gstride[g] = stride
+            self._gstart[g] = k
+            self._glen[g] = len(members)
+            self._ghead[g] = 0
+            for a in members:
+                self._ring[k].d = stride * _phase(a)
+                self._ring[k].a = a
+                k += 1
+            qsort(&self._ring[self._gstart[g]], self._glen[g], sizeof(Due), _cmp_due)
+        self._heapify()
+        return 0
+
+    cdef Py_ssize_t _choose(self, object packet) except -1:
+        cdef Py_ssize_t g = self._gheap[0].g
+        cdef Due* e = &self._ring[self._gstart[g] + self._ghead[g]]
+        cdef Py_ssize_t a = e.a
+        cdef Py_ssize_t i
+        cdef double base
+        cdef Due head
+        e.d += self._gstride[g]
+        cdef bint rebase = e.d > RENORMALISE_AT
+        self._ghead[g] += 1
+        if self._ghead[g] == self._glen[g]:
+            self._ghead[g] = 0
+        if rebase:  # rare: rebase every deadline, then restore the heap order
+            base = self._ring[0].d
+            for i in range(1, self._nactive):
+                if self._ring[i].d < base:
+                    base = self._ring[i].d
+            base = floor(base)
+            for i in range(self._nactive):
+                self._ring[i].d -= base
+            self._heapify()
+        else:
+            head = self._ring[self._gstart[g] + self._ghead[g]]
+            head.g = g
+            self._replace_top(head)
+        return a
+
+
+# --------------------------------------------------------------------------- hashing policy
+
+
+cdef struct Point:
+    uint64_t h
+    Py_ssize_t rank        # rank of the owner's id in sorted order (tie-break)
+    Py_ssize_t owner       # active index
+
+
+cdef int _cmp_points(const void* x, const void* y) noexcept nogil:
+    cdef const Point* a = <const Point*>x
+    cdef const Point* b = <const Point*>y
+    if a.h != b.h:
+        return -1 if a.h < b.h else 1
+    return -1 if a.rank < b.rank else (1 if a.rank > b.rank else 0)
+
+
+cdef inline uint64_t _packet_hash(object packet) except? 0:
+    cdef Packet pk
+    cdef Py_ssize_t n
+    cdef const char* p
+    if packet is None:
+        raise LBConfigError("consistent_hash needs the task's packet (or pick_key(session_id))")
+    if type(packet) is Packet:
+        pk = <Packet>packet
+        if pk._sp_session_id.off >= 0:  # decoded and untouched: hash the wire bytes
+            return _hash64(pk._base + pk._sp_session_id.off, pk._sp_session_id.len, 0)
+    session_id = packet.session_id
+    if not PyUnicode_Check(session_id):
+        raise LBConfigError("packet.session_id must be str")
+    p = PyUnicode_AsUTF8AndSize(session_id, &n)
+    return _hash64(<const unsigned char*>p, n, 0)
+
+
+@cython.final
+cdef class ConsistentHash(Balancer):
+    """Session affinity: a ring of ``vnodes`` points per instance, hashed from the ids.
+
+    The ring depends only on the set of available ids, so every executor process maps a
+    session to the same instance; adding or removing one instance moves only the
+    sessions on its arcs (about 1/N of them).
+    """
+
+    cdef int _vnodes
+    cdef uint64_t* _ring
+    cdef Py_ssize_t* _owner
+    cdef Py_ssize_t _npoints
+    cdef Py_ssize_t* _bucket   # 2**RING_BITS + 1 entries: first point with top bits >= b
+    name = "consistent_hash"
+    PARAMS = ("seed", "weights", "vnodes")
+
+    def __init__(self, instances=(), *, vnodes=160, **params):
+        if isinstance(vnodes, bool) or not isinstance(vnodes, int) or not 1 <= vnodes <= 4096:
+            raise LBConfigError(f"vnodes must be an int in 1..4096, not {vnodes!r}")
+        self._vnodes = vnodes
+        super().__init__(instances, **params)
+
+    def __dealloc__(self):
+        PyMem_Free(self._ring)
+        PyMem_Free(self._owner)
+        PyMem_Free(self._bucket)
+
+    cdef int _rebuild(self) except -1:
+        cdef Py_ssize_t n = self._nactive * self._vnodes
+        cdef Py_ssize_t a, k, i, b
+        cdef Point* pts = <Point*>PyMem_Malloc((n + 1) * sizeof(Point))
+        if pts == NULL:
+            raise MemoryError()
+        cdef dict rank = {iid: r for r, iid in enumerate(sorted(self._active_ids))}
+        cdef bytes raw
+        cdef Py_ssize_t j = 0
+        try:
+            for a in range(self._nactive):
+                iid = <str>self._active_ids[a]
+                for k in range(self._vnodes):
+                    raw = iid.encode("utf-8") + b"#" + str(k).encode()
+                    pts[j].h = _hash64(<const unsigned char*><char*>raw, len(raw), 0)
+                    pts[j].rank = rank[iid]
+                    pts[j].owner = a
+                    j += 1
+            qsort(pts, n, sizeof(Point), _cmp_points)
+            PyMem_Free(self._ring)
+            PyMem_Free(self._owner)
+            self._ring = <uint64_t*>PyMem_Malloc((n + 1) * sizeof(uint64_t))
+            self._owner = <Py_ssize_t*>PyMem_Malloc((n + 1) * sizeof(Py_ssize_t))
+            if self._bucket == NULL:
+                self._bucket = <Py_ssize_t*>PyMem_Malloc(((1 << RING_BITS) + 1) * sizeof(Py_ssize_t))
+            if self._ring == NULL or self._owner == NULL or self._bucket == NULL:
+                raise MemoryError()
+            for i in range(n):
+                self._ring[i] = pts[i].h
+                self._owner[i] = pts[i].owner
+            self._npoints = n
+            i = 0
+            for b in range((1 << RING_BITS) + 1):
+                while i < n and <Py_ssize_t>(self._ring[i] >> (64 - RING_BITS)) < b:
+                    i += 1
+                self._bucket[b] = i
+        finally:
+            PyMem_Free(pts)
+        return 0
+
+    cdef Py_ssize_t _choose(self, object packet) except -1:
+        cdef uint64_t h = _packet_hash(packet)
+        cdef Py_ssize_t b = <Py_ssize_t>(h >> (64 - RING_BITS))
+        cdef Py_ssize_t lo = self._bucket[b]
+        cdef Py_ssize_t hi = self._bucket[b + 1]
+        cdef Py_ssize_t mid
+        while lo < hi:  # first point >= h within the bucket
+            mid = (lo + hi) >> 1
+            if self._ring[mid] < h:
+                lo = mid + 1
+            else:
+                hi = mid
+        return self._owner[lo if lo < self._npoints else 0]
+
+
+BUILTINS = {
+    cls.name: cls
+    for cls in (
+        RoundRobin,
+        WeightedRoundRobin,
+        Random,
+        LeastOutstanding,
+        PowerOfTwoChoices,
+        ConsistentHash,
+    )
+}
