@@ -22,6 +22,7 @@ test-pure:                  ## the suite on the pure-Python twins (AIOS_FAST_NO_
 bench: setup                ## benchmarks; updates bench/RESULTS.md
 	$(PY) -m bench.codec --write
 	$(PY) -m bench.lb --write
+	$(PY) -m bench.executor --write
 	$(PY) -m pytest bench -q --benchmark-enable --benchmark-max-time=0.5
 
 lint:                       ## ruff and the generated-protobuf currency check
@@ -35,8 +36,8 @@ build-check:                ## wheels: compiled one carries the .so files, pure 
 	AIOS_FAST_NO_EXTENSIONS=1 $(PY) -m pip wheel -q --no-deps --no-cache-dir -w build/wheels/pure .
 	$(PY) scripts/check_wheels.py build/wheels/c build/wheels/pure
 
-run: setup                  ## the main job (see README)
-	$(PY) -m bench.codec
+run: setup                  ## the main job: a local block (executor + instances) serving traffic
+	$(PY) -m aios_fast.demo
 
 clean:
 	rm -rf build dist *.egg-info aios_fast/*.so aios_fast/*.c .pytest_cache .hypothesis

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n aios_fast/protos/inference.proto\"$\n\x10InferenceMessage\x12\x10\n\x08rpc_data\x18\x01 \x01(\x0c\"$\n\x11InferenceResponse\x12\x0f\n\x07message\x18\x01 \x01(\x08\x32@\n\x0eInferenceProxy\x12.\n\x05infer\x12\x11.InferenceMessage\x1a\x12.InferenceResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n aios_fast/protos/inference.proto\"$\n\x10InferenceMessage\x12\x10\n\x08rpc_data\x18\x01 \x01(\x0c\"$\n\x11InferenceResponse\x12\x0f\n\x07message\x18\x01 \x01(\x08\x32\xb0\x01\n\x0eInferenceProxy\x12.\n\x05infer\x12\x11.InferenceMessage\x1a\x12.InferenceResponse\x12\x34\n\x0cinfer_result\x12\x11.InferenceMessage\x1a\x11.InferenceMessage\x12\x38\n\x0cinfer_stream\x12\x11.InferenceMessage\x1a\x11.InferenceMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,6 +35,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INFERENCEMESSAGE']._serialized_end=72
   _globals['_INFERENCERESPONSE']._serialized_start=74
   _globals['_INFERENCERESPONSE']._serialized_end=110
-  _globals['_INFERENCEPROXY']._serialized_start=112
-  _globals['_INFERENCEPROXY']._serialized_end=176
+  _globals['_INFERENCEPROXY']._serialized_start=113
+  _globals['_INFERENCEPROXY']._serialized_end=289
 # @@protoc_insertion_point(module_scope)

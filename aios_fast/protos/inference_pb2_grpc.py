@@ -40,6 +40,16 @@ class InferenceProxyStub:
                 request_serializer=aios__fast_dot_protos_dot_inference__pb2.InferenceMessage.SerializeToString,
                 response_deserializer=aios__fast_dot_protos_dot_inference__pb2.InferenceResponse.FromString,
                 _registered_method=True)
+        self.infer_result = channel.unary_unary(
+                '/InferenceProxy/infer_result',
+                request_serializer=aios__fast_dot_protos_dot_inference__pb2.InferenceMessage.SerializeToString,
+                response_deserializer=aios__fast_dot_protos_dot_inference__pb2.InferenceMessage.FromString,
+                _registered_method=True)
+        self.infer_stream = channel.stream_stream(
+                '/InferenceProxy/infer_stream',
+                request_serializer=aios__fast_dot_protos_dot_inference__pb2.InferenceMessage.SerializeToString,
+                response_deserializer=aios__fast_dot_protos_dot_inference__pb2.InferenceMessage.FromString,
+                _registered_method=True)
 
 
 class InferenceProxyServicer:
@@ -47,7 +57,25 @@ class InferenceProxyServicer:
     """
 
     def infer(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The seeds' API: message=true once an instance has accepted the task; the result
+        travels by the packet's output_ptr.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def infer_result(self, request, context):
+        """aios-fast additions (the seeds' clients are unaffected): the result comes back to
+        the caller as the output AIOSPacket in rpc_data.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def infer_stream(self, request_iterator, context):
+        """Many tasks pipelined on one stream; results arrive as they finish (match them by
+        session_id and seq_no).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -59,6 +87,16 @@ def add_InferenceProxyServicer_to_server(servicer, server):
                     servicer.infer,
                     request_deserializer=aios__fast_dot_protos_dot_inference__pb2.InferenceMessage.FromString,
                     response_serializer=aios__fast_dot_protos_dot_inference__pb2.InferenceResponse.SerializeToString,
+            ),
+            'infer_result': grpc.unary_unary_rpc_method_handler(
+                    servicer.infer_result,
+                    request_deserializer=aios__fast_dot_protos_dot_inference__pb2.InferenceMessage.FromString,
+                    response_serializer=aios__fast_dot_protos_dot_inference__pb2.InferenceMessage.SerializeToString,
+            ),
+            'infer_stream': grpc.stream_stream_rpc_method_handler(
+                    servicer.infer_stream,
+                    request_deserializer=aios__fast_dot_protos_dot_inference__pb2.InferenceMessage.FromString,
+                    response_serializer=aios__fast_dot_protos_dot_inference__pb2.InferenceMessage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -89,6 +127,60 @@ class InferenceProxy:
             '/InferenceProxy/infer',
             aios__fast_dot_protos_dot_inference__pb2.InferenceMessage.SerializeToString,
             aios__fast_dot_protos_dot_inference__pb2.InferenceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def infer_result(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/InferenceProxy/infer_result',
+            aios__fast_dot_protos_dot_inference__pb2.InferenceMessage.SerializeToString,
+            aios__fast_dot_protos_dot_inference__pb2.InferenceMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def infer_stream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/InferenceProxy/infer_stream',
+            aios__fast_dot_protos_dot_inference__pb2.InferenceMessage.SerializeToString,
+            aios__fast_dot_protos_dot_inference__pb2.InferenceMessage.FromString,
             options,
             channel_credentials,
             insecure,

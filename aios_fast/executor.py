@@ -1,0 +1,396 @@
+"""The executor: a block's gRPC front door, load-balancing tasks over its instances.
+
+Per task: peel the caller's InferenceMessage and read the packet with the compiled
+codec (malformed: INVALID_ARGUMENT), pick an instance with the block's policy (none
+available: UNAVAILABLE), forward the caller's bytes unchanged over that instance's
+link (``aios_fast.executor_link``), then answer:
+
+- ``infer`` (the seeds' call): ``message=true`` once the instance has acknowledged the
+  task; the result travels by output_ptr;
+- ``infer_result``: the output packet, as rpc_data of an InferenceMessage;
+- ``infer_stream``: one output message per task, as they finish.
+
+Guarantees: a task an instance never acknowledged is retried on another instance
+(``max_retries``); a task acknowledged and then lost (instance died) fails its caller
+with UNAVAILABLE, or, for ``infer``, which was already answered, is logged and counted
+as ``lost``. Past ``max_inflight`` tasks in the executor, or ``instance_inflight`` on
+every instance, callers get RESOURCE_EXHAUSTED. Deadlines are honoured. SIGTERM drains:
+no new calls, in-flight ones finish (up to ``drain_timeout``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import grpc
+
+from . import codec, lb
+from .errors import NoInstanceError, PacketDecodeError
+from .executor_link import InstanceLink, TaskFailed, TaskLost, TaskNotAccepted
+
+__all__ = ["Executor", "ExecutorConfig", "InstanceSpec"]
+
+log = logging.getLogger("aios_fast.executor")
+_TRUE = b"\x08\x01"  # InferenceResponse(message=True), serialized
+
+
+@dataclass
+class InstanceSpec:
+    id: str
+    target: str  # host:port of the instance's gRPC server
+
+
+@dataclass
+class ExecutorConfig:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    instances: list[InstanceSpec] = field(default_factory=list)
+    policy: dict = field(default_factory=dict)  # policies.loadBalancer of the block
+    max_inflight: int = 10_000
+    instance_inflight: int = 1_000
+    max_retries: int = 2
+    drain_timeout: float = 30.0
+    reuse_port: bool = False
+
+
+class _Reject(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(message)
+
+
+class Executor:
+    """One executor process: a grpc.aio server, a balancer and one link per instance."""
+
+    def __init__(self, config: ExecutorConfig, *, block_data: dict | None = None) -> None:
+        self.config = config
+        self.balancer = lb.make_balancer(config.policy, (), block_data=block_data)
+        self.links: dict[str, InstanceLink] = {}
+        self.inflight = 0
+        self.stats = dict.fromkeys(
+            ("received", "accepted", "completed", "failed", "retried", "rejected", "lost",
+             "invalid"),
+            0,
+        )  # fmt: skip
+        self._server: grpc.aio.Server | None = None
+        self.port = config.port
+
+    # ------------------------------------------------------------------ instance set
+
+    def add_instance(self, spec: InstanceSpec) -> None:
+        if spec.id in self.links:
+            raise ValueError(f"instance {spec.id!r} is already known")
+        self.balancer.add(spec.id)
+        self.balancer.set_healthy(spec.id, False)  # until its link is up
+        link = InstanceLink(spec.id, spec.target, self._link_state)
+        self.links[spec.id] = link
+        link.start()
+
+    async def remove_instance(self, instance_id: str) -> None:
+        link = self.links.pop(instance_id)
+        self.balancer.remove(instance_id)
+        await link.close()
+
+    def _link_state(self, instance_id: str, up: bool) -> None:
+        if instance_id in self.balancer:
+            self.balancer.set_healthy(instance_id, up)
+
+    # ------------------------------------------------------------------ dispatch
+
+    async def _dispatch(self, frame: bytes, packet, want_result: bool):
+        """Send one task; returns it once acknowledged. Retries unacknowledged tasks."""
+        last: Exception | None = None
+        for attempt in range(self.config.max_retries + 1):
+            try:
+                instance_id = self.balancer.pick(packet)
+            except NoInstanceError:
+                raise _Reject(grpc.StatusCode.UNAVAILABLE, "no instance available") from None
+            link = self.links[instance_id]
+            if link.inflight >= self.config.instance_inflight:
+                link = self._least_loaded()
+                if link is None:
+                    raise _Reject(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"every instance has {self.config.instance_inflight} tasks in flight",
+                    )
+            self.balancer.on_dispatch(link.instance_id)
+            task = link.submit(frame, None if want_result else self._unobserved_result)
+            task.on_done = self._finished
+            try:
+                await task.accepted
+                return task
+            except TaskNotAccepted as exc:
+                self.balancer.on_finish(link.instance_id)
+                last = exc
+                if attempt < self.config.max_retries:
+                    self.stats["retried"] += 1
+        raise _Reject(grpc.StatusCode.UNAVAILABLE, f"no instance accepted the task: {last}")
+
+    def _least_loaded(self) -> InstanceLink | None:
+        best = None
+        for iid in self.balancer.available():
+            link = self.links[iid]
+            if link.inflight < self.config.instance_inflight and (
+                best is None or link.inflight < best.inflight
+            ):
+                best = link
+        return best
+
+    def _finished(self, task) -> None:
+        self.balancer.on_finish(task.instance_id)
+
+    async def _run(self, frame: bytes, context, want_result: bool):
+        self.stats["received"] += 1
+        try:
+            packet = codec.decode_message(frame)
+        except PacketDecodeError as exc:
+            self.stats["invalid"] += 1
+            raise _Reject(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        if self.inflight >= self.config.max_inflight:
+            self.stats["rejected"] += 1
+            raise _Reject(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"executor has {self.config.max_inflight} tasks in flight; retry later",
+            )
+        self.inflight += 1
+        try:
+            task = await self._dispatch(frame, packet, want_result)
+            self.stats["accepted"] += 1
+            if not want_result:
+                return _TRUE
+            try:
+                out = await task.result
+            except TaskLost as exc:
+                self.stats["lost"] += 1
+                raise _Reject(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
+            except TaskFailed as exc:
+                self.stats["failed"] += 1
+                raise _Reject(grpc.StatusCode.INTERNAL, str(exc)) from None
+            self.stats["completed"] += 1
+            return codec.encode_message(out)
+        finally:
+            self.inflight -= 1
+
+    def _unobserved_result(self, task, exc: Exception | None) -> None:
+        """Outcome of an ``infer`` task whose caller already has its answer."""
+        if exc is None:
+            self.stats["completed"] += 1
+        elif isinstance(exc, TaskLost):
+            self.stats["lost"] += 1
+            log.error("task accepted by %s was lost: %s", task.instance_id, exc)
+        else:
+            self.stats["failed"] += 1
+            log.error("task failed on %s: %s", task.instance_id, exc)
+
+    # ------------------------------------------------------------------ gRPC handlers
+
+    async def _unary(self, frame: bytes, context, want_result: bool) -> bytes:
+        try:
+            remaining = context.time_remaining()
+            coro = self._run(frame, context, want_result)
+            if remaining is not None:
+                return await asyncio.wait_for(coro, remaining)
+            return await coro
+        except _Reject as exc:
+            await context.abort(exc.code, exc.message)
+        except asyncio.TimeoutError:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+
+    async def _infer(self, frame: bytes, context) -> bytes:
+        return await self._unary(frame, context, False)
+
+    async def _infer_result(self, frame: bytes, context) -> bytes:
+        return await self._unary(frame, context, True)
+
+    async def _infer_stream(self, requests, context):
+        results: asyncio.Queue = asyncio.Queue()
+        pending: set[asyncio.Task] = set()
+
+        async def one(frame: bytes) -> None:
+            try:
+                await results.put(await self._run(frame, context, True))
+            except _Reject as exc:
+                await results.put(exc)
+
+        async def read() -> None:
+            async for frame in requests:
+                t = asyncio.ensure_future(one(frame))
+                pending.add(t)
+                t.add_done_callback(pending.discard)
+            if pending:
+                await asyncio.gather(*pending)
+            await results.put(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (item := await results.get()) is not None:
+                if isinstance(item, _Reject):
+                    await context.abort(item.code, item.message)
+                yield item
+        finally:
+            reader.cancel()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        options = [("grpc.so_reuseport", 1 if self.config.reuse_port else 0)]
+        server = grpc.aio.server(options=options)
+        server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    "InferenceProxy",
+                    {
+                        "infer": grpc.unary_unary_rpc_method_handler(self._infer),
+                        "infer_result": grpc.unary_unary_rpc_method_handler(self._infer_result),
+                        "infer_stream": grpc.stream_stream_rpc_method_handler(self._infer_stream),
+                    },
+                ),
+            )
+        )
+        self.port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        if self.port == 0:
+            raise OSError(f"cannot bind {self.config.host}:{self.config.port}")
+        for spec in self.config.instances:
+            self.add_instance(spec)
+        await server.start()
+        self._server = server
+
+    async def wait_ready(self, timeout: float = 10.0) -> None:
+        """Until every configured instance's link is up (or timeout)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while loop.time() < end:
+            if all(link.up for link in self.links.values()):
+                return
+            await asyncio.sleep(0.02)
+        down = [iid for iid, link in self.links.items() if not link.up]
+        raise TimeoutError(f"instance links not up after {timeout}s: {down}")
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: refuse new calls, let in-flight ones finish, then close the links."""
+        grace = self.config.drain_timeout if grace is None else grace
+        if self._server is not None:
+            await self._server.stop(grace)
+        for link in list(self.links.values()):
+            await link.close()
+
+
+# ---------------------------------------------------------------------- command line
+
+
+def _parse_instance(text: str) -> InstanceSpec:
+    iid, sep, target = text.partition("=")
+    if not sep or not iid or ":" not in target:
+        raise ValueError(f"--instance wants id=host:port, not {text!r}")
+    return InstanceSpec(iid, target)
+
+
+async def serve(config: ExecutorConfig, ready=None) -> None:
+    """Run one executor until SIGTERM/SIGINT, then drain."""
+    import signal
+
+    executor = Executor(config)
+    await executor.start()
+    if ready is not None:
+        ready(executor)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("draining: %d tasks in flight", executor.inflight)
+    await executor.stop()
+
+
+def _worker(config: ExecutorConfig, announce: bool) -> None:
+    import json
+    import os
+
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+
+    def ready(executor: Executor) -> None:
+        if announce:
+            print(json.dumps({"port": executor.port, "pid": os.getpid()}), flush=True)
+
+    asyncio.run(serve(config, ready))
+
+
+def run_workers(config: ExecutorConfig, workers: int) -> int:
+    """Fork ``workers`` executor processes on one port (SO_REUSEPORT) before any gRPC
+    object exists; forward SIGTERM/SIGINT to them and wait. Returns an exit status."""
+    import os
+    import signal
+
+    if workers <= 1:
+        _worker(config, True)
+        return 0
+    if config.port == 0:
+        raise ValueError("several workers need a fixed --port (they share it)")
+    config.reuse_port = True
+    children = []
+    for index in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _worker(config, index == 0)
+            finally:
+                os._exit(0)
+        children.append(pid)
+
+    def forward(signum, frame):
+        for pid in children:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    for pid in children:
+        _, code = os.waitpid(pid, 0)
+        status = status or os.waitstatus_to_exitcode(code)
+    return status
+
+
+def main(argv=None) -> int:
+    import argparse
+    import json
+    import os
+
+    parser = argparse.ArgumentParser(description="Run a block's executor.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=50051)
+    parser.add_argument("--instance", action="append", default=[], metavar="ID=HOST:PORT")
+    parser.add_argument("--policy", default="builtin:round_robin", help="policyRuleURI")
+    parser.add_argument("--policy-parameters", default="{}", help="JSON")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--max-inflight", type=int, default=10_000)
+    parser.add_argument("--instance-inflight", type=int, default=1_000)
+    parser.add_argument("--max-retries", type=int, default=2)
+    parser.add_argument("--drain-timeout", type=float, default=30.0)
+    opts = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    config = ExecutorConfig(
+        host=opts.host,
+        port=opts.port,
+        instances=[_parse_instance(text) for text in opts.instance],
+        policy={"policyRuleURI": opts.policy, "parameters": json.loads(opts.policy_parameters)},
+        max_inflight=opts.max_inflight,
+        instance_inflight=opts.instance_inflight,
+        max_retries=opts.max_retries,
+        drain_timeout=opts.drain_timeout,
+    )
+    return run_workers(config, opts.workers)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

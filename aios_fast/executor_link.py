@@ -1,0 +1,177 @@
+"""The executor's side of an instance link (``aios_fast.link`` describes the wire).
+
+One ``InstanceLink`` per instance keeps a bidirectional stream open (reconnecting with
+backoff), sends tasks in batches and settles each task twice: ``accepted`` when the
+instance acknowledges it, then its result. When the stream breaks, tasks not yet
+acknowledged fail with TaskNotAccepted (safe to retry elsewhere) and acknowledged ones
+with TaskLost (the caller must be told).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Callable
+
+import grpc
+
+from .errors import AiosFastError
+from .link import ACK, ERROR, LINK_METHOD, RESULT, BatchWriter, decode_replies, encode_tasks
+
+__all__ = ["InstanceLink", "LinkTask", "TaskFailed", "TaskLost", "TaskNotAccepted"]
+
+log = logging.getLogger("aios_fast.executor")
+_ids = itertools.count(1)
+
+
+class TaskNotAccepted(AiosFastError):
+    """The instance never acknowledged the task: it may be retried on another instance."""
+
+
+class TaskLost(AiosFastError):
+    """The instance acknowledged the task, then its link broke before a result came."""
+
+
+class TaskFailed(AiosFastError):
+    """The instance ran the task and reported an error."""
+
+
+class LinkTask:
+    __slots__ = ("accepted", "id", "instance_id", "on_done", "on_unobserved", "result")
+
+    def __init__(self, instance_id: str, on_unobserved) -> None:
+        loop = asyncio.get_running_loop()
+        self.id = next(_ids)
+        self.instance_id = instance_id
+        self.accepted: asyncio.Future = loop.create_future()
+        self.result: asyncio.Future | None = None if on_unobserved else loop.create_future()
+        self.on_done: Callable | None = None
+        self.on_unobserved = on_unobserved
+
+    def finish(self, out: bytes | None, exc: Exception | None) -> None:
+        if self.on_done is not None:
+            self.on_done(self)
+        if self.on_unobserved is not None:
+            self.on_unobserved(self, exc)
+        elif not self.result.done():
+            if exc is None:
+                self.result.set_result(out)
+            else:
+                self.result.set_exception(exc)
+
+
+class InstanceLink:
+    """The stream to one instance, with its in-flight tasks."""
+
+    def __init__(self, instance_id: str, target: str, on_state: Callable[[str, bool], None]):
+        self.instance_id = instance_id
+        self.target = target
+        self.up = False
+        self._on_state = on_state
+        self._pending: dict[int, LinkTask] = {}
+        self._acked: set[int] = set()
+        self._writer: BatchWriter | None = None
+        self._runner: asyncio.Task | None = None
+        self._closing = False
+
+    @property
+    def inflight(self) -> int:
+        return len(self._pending)
+
+    def start(self) -> None:
+        self._runner = asyncio.ensure_future(self._run())
+
+    def submit(self, frame: bytes, on_unobserved=None) -> LinkTask:
+        task = LinkTask(self.instance_id, on_unobserved)
+        if not self.up or self._writer is None:
+            task.accepted.set_exception(TaskNotAccepted(f"{self.instance_id}: link is down"))
+            return task
+        self._pending[task.id] = task
+        self._writer.put((task.id, frame))
+        return task
+
+    async def _requests(self, writer: BatchWriter):
+        while (batch := await writer.next_batch()) is not None:
+            yield encode_tasks(batch)
+
+    def _reply(self, task_id: int, kind: int, payload: bytes) -> None:
+        task = self._pending.get(task_id)
+        if task is None:
+            return
+        if kind == ACK:
+            self._acked.add(task_id)
+            if not task.accepted.done():
+                task.accepted.set_result(None)
+            return
+        del self._pending[task_id]
+        self._acked.discard(task_id)
+        if not task.accepted.done():  # a result implies acceptance
+            task.accepted.set_result(None)
+        if kind == RESULT:
+            task.finish(payload, None)
+        elif kind == ERROR:
+            task.finish(None, TaskFailed(f"{self.instance_id}: {payload.decode(errors='replace')}"))
+
+    def _fail_all(self, reason: str) -> None:
+        pending, self._pending = self._pending, {}
+        acked, self._acked = self._acked, set()
+        for task_id, task in pending.items():
+            if task_id in acked:
+                task.finish(None, TaskLost(f"accepted by {self.instance_id}, then {reason}"))
+            elif not task.accepted.done():
+                task.accepted.set_exception(TaskNotAccepted(f"{self.instance_id}: {reason}"))
+
+    def _set_up(self, up: bool) -> None:
+        if self.up != up:
+            self.up = up
+            self._on_state(self.instance_id, up)
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while not self._closing:
+            channel = grpc.aio.insecure_channel(self.target)
+            writer = BatchWriter()
+            reason = "the link closed"
+            try:
+                call = channel.stream_stream(LINK_METHOD)(self._requests(writer))
+                await call.wait_for_connection()
+                self._writer = writer
+                self._set_up(True)
+                backoff = 0.05
+                async for message in call:
+                    for task_id, kind, payload in decode_replies(message):
+                        self._reply(task_id, kind, payload)
+                reason = "the instance ended the link"
+            except asyncio.CancelledError:
+                reason = "the link was closed by the executor"
+                raise
+            except Exception as exc:
+                reason = f"the link failed ({type(exc).__name__}: {_short(exc)})"
+            finally:
+                self._writer = None
+                writer.close()
+                self._set_up(False)
+                self._fail_all(reason)
+                await channel.close()
+            if not self._closing:
+                log.warning("instance %s at %s: %s; reconnecting", self.instance_id,
+                            self.target, reason)  # fmt: skip
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._runner is not None:
+            self._runner.cancel()
+            try:
+                await self._runner
+            except asyncio.CancelledError:
+                pass
+        self._fail_all("the link was closed by the executor")
+
+
+def _short(exc: Exception) -> str:
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name} {exc.details()}"
+    return str(exc)

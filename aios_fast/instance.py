@@ -1,0 +1,305 @@
+"""Instance runtime: serves one user Block to executors and plain gRPC callers.
+
+gRPC (raw bytes, no protobuf objects):
+- ``/aios.InstanceLink/Tasks``: the executor's batched bidirectional stream (``link``);
+- ``/InferenceProxy/infer``: the seeds' call; true once the task is taken, the output
+  then travels by output_ptr;
+- ``/InferenceProxy/infer_result``: runs the task and returns the output packet.
+
+HTTP (aiohttp, management port): ``GET /health`` answers from ``Block.health()``
+(200 healthy, 503 not), ``POST /mgmt`` {"mgmt_action", "mgmt_data"} goes to
+``Block.management`` (``update_parameters`` goes to ``Block.on_update``).
+
+Run: ``python -m aios_fast.instance --block aios_fast.block:EchoBlock --port 0``; it
+prints one JSON line with the ports it listens on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import inspect
+import json
+import logging
+import signal
+import sys
+import time
+
+import grpc
+from aiohttp import web
+
+from . import codec
+from .block import Block
+from .errors import AiosFastError, PacketDecodeError
+from .link import (
+    ACK,
+    ERROR,
+    LINK_RPC,
+    LINK_SERVICE,
+    RESULT,
+    BatchWriter,
+    decode_tasks,
+    encode_replies,
+)
+from .routing import OutputRouter
+
+__all__ = ["InstanceServer", "load_block", "make_output"]
+
+log = logging.getLogger("aios_fast.instance")
+_TRUE = b"\x08\x01"  # InferenceResponse(message=True)
+
+
+def load_block(spec: str, init_data: dict | None = None, parameters: dict | None = None) -> Block:
+    """``module:Class`` -> an instance of that Block subclass."""
+    module_name, _, class_name = spec.partition(":")
+    if not class_name:
+        raise AiosFastError(f"block spec {spec!r} must be 'module:Class'")
+    cls = getattr(importlib.import_module(module_name), class_name, None)
+    if cls is None:
+        raise AiosFastError(f"block spec {spec!r}: {module_name} has no {class_name}")
+    return cls(init_data, parameters)
+
+
+def make_output(result, packet) -> codec.Packet | None:
+    """The output packet for on_data's result (see aios_fast.block)."""
+    if result is None:
+        return None
+    if isinstance(result, codec.Packet):
+        return result
+    if isinstance(result, (bytes, bytearray, memoryview)):
+        data = bytes(result).decode("utf-8")
+    elif isinstance(result, str):
+        data = result
+    else:
+        data = json.dumps(result)
+    return codec.Packet(
+        session_id=packet.session_id,
+        seq_no=packet.seq_no,
+        data=data,
+        ts=time.time(),
+        output_ptr=packet.output_ptr,
+    )
+
+
+class InstanceServer:
+    """One Block behind gRPC and a management HTTP port."""
+
+    def __init__(
+        self,
+        block: Block,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        mgmt_port: int = 0,
+        max_concurrency: int = 256,
+        router: OutputRouter | None = None,
+    ) -> None:
+        self.block = block
+        self.host = host
+        self.port = port
+        self.mgmt_port = mgmt_port
+        self.router = router or OutputRouter()
+        self._sem = asyncio.Semaphore(max_concurrency)
+        self._server: grpc.aio.Server | None = None
+        self._runner: web.AppRunner | None = None
+        self.completed = 0
+        self.failed = 0
+
+    # ------------------------------------------------------------------ running a task
+
+    async def _call(self, fn, *args):
+        if inspect.iscoroutinefunction(fn):
+            return await fn(*args)
+        if getattr(self.block, "inline", False):  # declared cheap: no thread hop
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    async def run_task(self, frame: bytes) -> bytes:
+        """Process one InferenceMessage frame; the serialized output packet (or b"")."""
+        packet = codec.decode_message(frame)
+        async with self._sem:
+            entry = await self._call(self.block.on_preprocess, packet)
+            result = await self._call(self.block.on_data, entry)
+        out = make_output(result, packet)
+        if out is None:
+            return b""
+        if out.output_ptr:
+            await self.router.route(out)
+        return codec.encode_packet(out)
+
+    # ------------------------------------------------------------------ gRPC handlers
+
+    async def _link(self, requests, context):
+        """The executor's stream: ack every task at once, reply with results as they end."""
+        writer = BatchWriter()
+        pending: set[asyncio.Task] = set()
+
+        async def work(task_id: int, frame: bytes) -> None:
+            try:
+                writer.put((task_id, RESULT, await self.run_task(frame)))
+                self.completed += 1
+            except Exception as exc:  # reported to the executor, never dropped
+                self.failed += 1
+                writer.put((task_id, ERROR, _describe(exc).encode()))
+
+        async def read() -> None:
+            try:
+                async for message in requests:
+                    for task_id, frame in decode_tasks(message):
+                        writer.put((task_id, ACK, b""))
+                        t = asyncio.ensure_future(work(task_id, frame))
+                        pending.add(t)
+                        t.add_done_callback(pending.discard)
+            finally:
+                if pending:
+                    await asyncio.gather(*pending, return_exceptions=True)
+                writer.close()
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (batch := await writer.next_batch()) is not None:
+                yield encode_replies(batch)
+        finally:
+            reader.cancel()
+
+    async def _infer(self, request: bytes, context) -> bytes:
+        try:
+            codec.decode_message(request)
+        except PacketDecodeError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        task = asyncio.ensure_future(self._background(request))
+        self._background_tasks.add(task)
+        task.add_done_callback(self._background_tasks.discard)
+        return _TRUE
+
+    async def _background(self, request: bytes) -> None:
+        try:
+            await self.run_task(request)
+            self.completed += 1
+        except Exception as exc:
+            self.failed += 1
+            log.error("task failed after it was accepted: %s", _describe(exc))
+
+    async def _infer_result(self, request: bytes, context) -> bytes:
+        try:
+            out = await self.run_task(request)
+        except PacketDecodeError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except Exception as exc:
+            self.failed += 1
+            await context.abort(grpc.StatusCode.INTERNAL, _describe(exc))
+        self.completed += 1
+        return codec.encode_message(out)
+
+    # ------------------------------------------------------------------ management
+
+    async def _health(self, request: web.Request) -> web.Response:
+        try:
+            state = await self._call(self.block.health)
+        except Exception as exc:
+            return web.json_response({"healthy": False, "error": _describe(exc)}, status=503)
+        healthy = bool(state)
+        body = state if isinstance(state, dict) else {"healthy": healthy}
+        return web.json_response(body, status=200 if healthy else 503)
+
+    async def _mgmt(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            action = body["mgmt_action"]
+            data = body.get("mgmt_data") or {}
+            if not isinstance(action, str) or not isinstance(data, dict):
+                raise TypeError("mgmt_action must be a string and mgmt_data an object")
+        except Exception as exc:
+            return web.json_response({"success": False, "message": f"bad request: {exc}"}, 400)
+        try:
+            if action == "update_parameters":
+                result = await self._call(self.block.on_update, data)
+            else:
+                result = await self._call(self.block.management, action, data)
+        except Exception as exc:
+            return web.json_response({"success": False, "message": _describe(exc)}, status=400)
+        return web.json_response({"success": True, "data": result})
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self._background_tasks: set[asyncio.Task] = set()
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        handlers = {
+            "infer": grpc.unary_unary_rpc_method_handler(self._infer),
+            "infer_result": grpc.unary_unary_rpc_method_handler(self._infer_result),
+        }
+        server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler("InferenceProxy", handlers),
+                grpc.method_handlers_generic_handler(
+                    LINK_SERVICE, {LINK_RPC: grpc.stream_stream_rpc_method_handler(self._link)}
+                ),
+            )
+        )
+        self.port = server.add_insecure_port(f"{self.host}:{self.port}")
+        await server.start()
+        self._server = server
+        app = web.Application()
+        app.router.add_get("/health", self._health)
+        app.router.add_post("/mgmt", self._mgmt)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.mgmt_port)
+        await site.start()
+        self.mgmt_port = site._server.sockets[0].getsockname()[1]
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self._server is not None:
+            await self._server.stop(grace)
+        if self._background_tasks:
+            await asyncio.wait(self._background_tasks, timeout=grace)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.router.close()
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+async def _serve(opts) -> None:
+    block = load_block(opts.block, json.loads(opts.init_data), json.loads(opts.parameters))
+    server = InstanceServer(
+        block, host=opts.host, port=opts.port, mgmt_port=opts.mgmt_port,
+        max_concurrency=opts.max_concurrency,
+    )  # fmt: skip
+    await server.start()
+    print(json.dumps({"port": server.port, "mgmt_port": server.mgmt_port}), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Serve one Block instance.")
+    parser.add_argument("--block", default="aios_fast.block:EchoBlock", help="module:Class")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="gRPC port (0: any free one)")
+    parser.add_argument("--mgmt-port", type=int, default=0, help="HTTP management port")
+    parser.add_argument("--max-concurrency", type=int, default=256)
+    parser.add_argument("--init-data", default="{}", help="JSON blockInitData")
+    parser.add_argument("--parameters", default="{}", help="JSON block parameters")
+    opts = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(_serve(opts))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Output routing by a packet's output_ptr (JSON), as the original system did:
+
+    {"outputs": [{"host": ..., "port": ..., "queue_name": ..., "block_id": ...}, ...]}
+
+- port != 0: LPUSH the serialized output packet to Redis list ``queue_name`` at host:port;
+- port == 0: call ``InferenceProxy.infer`` on ``host`` (default port 50051) with the
+  metadata ``x-service-name: <block_id>``.
+
+The packet forwarded has its output_ptr cleared, so the next block does not route it
+back. The graph form ({"is_graph": true, ...}) is refused with a clear error (not built).
+"""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+
+from . import codec
+from .errors import AiosFastError
+
+__all__ = ["OutputRouter", "RoutingError"]
+
+
+class RoutingError(AiosFastError):
+    """An output_ptr that cannot be followed (bad JSON, unsupported form, failed send)."""
+
+
+class OutputRouter:
+    """Sends output packets where their output_ptr says; keeps one client per target."""
+
+    def __init__(self) -> None:
+        self._redis: dict[tuple[str, int], object] = {}
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    @staticmethod
+    def targets(output_ptr: str) -> list[dict]:
+        try:
+            ptr = json.loads(output_ptr)
+        except ValueError as exc:
+            raise RoutingError(f"output_ptr is not JSON: {exc}") from None
+        if not isinstance(ptr, dict):
+            raise RoutingError("output_ptr must be a JSON object")
+        if ptr.get("is_graph"):
+            raise RoutingError("graph output_ptr ({'is_graph': true}) is not supported yet")
+        outputs = ptr.get("outputs")
+        if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
+            raise RoutingError("output_ptr needs an 'outputs' list of objects")
+        for out in outputs:
+            if not isinstance(out.get("host"), str) or not isinstance(out.get("port", 0), int):
+                raise RoutingError(f"output {out!r} needs a string host and an integer port")
+            if out.get("port", 0) and not isinstance(out.get("queue_name"), str):
+                raise RoutingError(f"output {out!r} sends to Redis and needs a queue_name")
+        return outputs
+
+    async def route(self, packet) -> int:
+        """Send packet to every output; returns how many. Raises RoutingError on failure."""
+        outputs = self.targets(packet.output_ptr)
+        payload = codec.encode_packet(packet.replace(output_ptr=""))
+        for out in outputs:
+            port = out.get("port", 0)
+            try:
+                if port:
+                    await self._redis_client(out["host"], port).lpush(out["queue_name"], payload)
+                else:
+                    await self._infer(out["host"], out.get("block_id", ""), payload)
+            except RoutingError:
+                raise
+            except Exception as exc:
+                raise RoutingError(f"sending to {out!r} failed: {exc!r}") from exc
+        return len(outputs)
+
+    def _redis_client(self, host: str, port: int):
+        key = (host, port)
+        client = self._redis.get(key)
+        if client is None:
+            import redis.asyncio as redis
+
+            client = self._redis[key] = redis.Redis(host=host, port=port)
+        return client
+
+    async def _infer(self, host: str, block_id: str, payload: bytes) -> None:
+        target = host if ":" in host else f"{host}:50051"
+        channel = self._channels.get(target)
+        if channel is None:
+            channel = self._channels[target] = grpc.aio.insecure_channel(target)
+        call = channel.unary_unary("/InferenceProxy/infer")
+        reply = await call(codec.encode_message(payload), metadata=(("x-service-name", block_id),))
+        if reply != b"\x08\x01":
+            raise RoutingError(f"next block {block_id!r} at {target} did not accept the task")
+
+    async def close(self) -> None:
+        for client in self._redis.values():
+            await client.aclose()
+        for channel in self._channels.values():
+            await channel.close()
+        self._redis.clear()
+        self._channels.clear()

@@ -1,0 +1,97 @@
+"""Real processes for the data-plane tests: instances and executors on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+
+from aios_fast import codec
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Proc:
+    def __init__(self, args: list[str], announce: bool = True) -> None:
+        env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+        self.p = subprocess.Popen(
+            [sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.info = json.loads(self._line()) if announce else {}
+
+    def _line(self) -> str:
+        line = self.p.stdout.readline()
+        if not line:
+            raise RuntimeError(f"process failed to start: {self.p.stderr.read()[-2000:]}")
+        return line
+
+    def signal(self, sig=signal.SIGTERM) -> None:
+        if self.p.poll() is None:
+            self.p.send_signal(sig)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        self.signal(signal.SIGTERM)
+        try:
+            return self.p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            return self.p.wait()
+
+
+def start_instance(block: str = "aios_fast.block:EchoBlock", parameters: dict | None = None):
+    return Proc(["-m", "aios_fast.instance", "--block", block,
+                 "--parameters", json.dumps(parameters or {})])  # fmt: skip
+
+
+def start_executor(instances: dict[str, int], *extra: str, port: int | None = None,
+                   workers: int = 1) -> tuple[Proc, int]:  # fmt: skip
+    port = port or free_port()
+    args = ["-m", "aios_fast.executor", "--port", str(port), "--workers", str(workers)]
+    for iid, iport in instances.items():
+        args += ["--instance", f"{iid}=127.0.0.1:{iport}"]
+    proc = Proc([*args, *extra])
+    try:
+        wait_serving(port)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc, port
+
+
+def frame(session_id: str = "s", seq_no: int = 1, data: str = "{}", **kw) -> bytes:
+    return codec.encode_message(
+        codec.Packet(session_id=session_id, seq_no=seq_no, data=data, ts=time.time(), **kw)
+    )
+
+
+def wait_serving(port: int, timeout: float = 20.0) -> None:
+    """Until infer_result answers OK (instances linked), or fail."""
+    end = time.monotonic() + timeout
+    last = None
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        call = ch.unary_unary("/InferenceProxy/infer_result")
+        while time.monotonic() < end:
+            try:
+                call(frame("probe"), timeout=2)
+                return
+            except grpc.RpcError as exc:
+                if exc.code() not in (grpc.StatusCode.UNAVAILABLE,
+                                      grpc.StatusCode.DEADLINE_EXCEEDED):  # fmt: skip
+                    return  # an answer from the block: the path is up
+                last = exc
+                time.sleep(0.1)
+    raise TimeoutError(f"executor on {port} not serving: {last}")
