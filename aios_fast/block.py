@@ -13,6 +13,9 @@ for work too cheap to be worth the thread hop):
 on_data may return a Packet (sent as is), a str / bytes (the output packet's data), a
 dict or list (JSON-encoded into data), or None (no output). The output packet keeps the
 input's session_id, seq_no and output_ptr, with ts set to now.
+
+Large inputs come by reference: ``await self.frames.get(packet.frame_ptr)`` resolves a
+frame_ptr through the instance's Frame DB (``aios_fast.framedb``).
 """
 
 from __future__ import annotations
@@ -21,15 +24,20 @@ import hashlib
 import json
 from typing import Any
 
+from .framedb import FrameDB
+
 __all__ = ["Block", "EchoBlock", "HashBlock"]
 
 
 class Block:
     """Base class: every hook has a working default."""
 
+    frames: FrameDB  # set by the instance runtime before the first task
+
     def __init__(self, init_data: dict | None = None, parameters: dict | None = None) -> None:
         self.init_data = dict(init_data or {})
         self.parameters = dict(parameters or {})
+        self.frames = FrameDB({})
 
     def on_preprocess(self, packet) -> Any:
         return packet

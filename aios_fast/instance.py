@@ -22,6 +22,7 @@ import importlib
 import inspect
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -32,6 +33,7 @@ from aiohttp import web
 from . import codec
 from .block import Block
 from .errors import AiosFastError, PacketDecodeError
+from .framedb import FrameDB
 from .link import (
     ACK,
     ERROR,
@@ -94,8 +96,11 @@ class InstanceServer:
         mgmt_port: int = 0,
         max_concurrency: int = 256,
         router: OutputRouter | None = None,
+        frames: FrameDB | None = None,
     ) -> None:
         self.block = block
+        if frames is not None:
+            block.frames = frames
         self.host = host
         self.port = port
         self.mgmt_port = mgmt_port
@@ -159,7 +164,7 @@ class InstanceServer:
         reader = asyncio.ensure_future(read())
         try:
             while (batch := await writer.next_batch()) is not None:
-                yield encode_replies(batch)
+                yield encode_replies(_drop_answered_acks(batch))
         finally:
             reader.cancel()
 
@@ -258,6 +263,15 @@ class InstanceServer:
         if self._runner is not None:
             await self._runner.cleanup()
         await self.router.close()
+        await self.block.frames.close()
+
+
+def _drop_answered_acks(batch: list) -> list:
+    """A result implies acceptance: drop ACKs whose task's result is in the same batch."""
+    done = {item[0] for item in batch if item[1] != ACK}
+    if not done:
+        return batch
+    return [item for item in batch if item[1] != ACK or item[0] not in done]
 
 
 def _describe(exc: BaseException) -> str:
@@ -268,7 +282,7 @@ async def _serve(opts) -> None:
     block = load_block(opts.block, json.loads(opts.init_data), json.loads(opts.parameters))
     server = InstanceServer(
         block, host=opts.host, port=opts.port, mgmt_port=opts.mgmt_port,
-        max_concurrency=opts.max_concurrency,
+        max_concurrency=opts.max_concurrency, frames=FrameDB(json.loads(opts.framedb)),
     )  # fmt: skip
     await server.start()
     print(json.dumps({"port": server.port, "mgmt_port": server.mgmt_port}), flush=True)
@@ -289,6 +303,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max-concurrency", type=int, default=256)
     parser.add_argument("--init-data", default="{}", help="JSON blockInitData")
     parser.add_argument("--parameters", default="{}", help="JSON block parameters")
+    parser.add_argument("--framedb", default=os.environ.get("AIOS_FRAMEDB", "{}"),
+                        help='JSON {framedb_id: "redis://host:port/db" | "memory"}')  # fmt: skip
     opts = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:

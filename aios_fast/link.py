@@ -73,12 +73,16 @@ class BatchWriter:
         self._wake.set()
 
     async def next_batch(self) -> list | None:
-        """The next batch, or None once closed and drained."""
+        """The next batch, or None once closed and drained.
+
+        After waking it yields to the event loop once, so the work that woke it (the rest
+        of a batch being read, tasks finishing on the loop) lands in the same message."""
         while not self._items:
             if self.closed:
                 return None
             self._wake.clear()
             await self._wake.wait()
+        await asyncio.sleep(0)
         batch, self._items = self._items[: self._max], self._items[self._max :]
         return batch
 

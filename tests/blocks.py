@@ -18,3 +18,27 @@ class FailingBlock(Block):
 
     def on_data(self, entry):
         raise RuntimeError(f"cannot handle {entry.session_id}")
+
+
+class FrameDigestBlock(Block):
+    """Resolves the packet's frame_ptr and returns its size and SHA-256."""
+
+    async def on_data(self, entry):
+        import hashlib
+
+        frame = await self.frames.get(entry.frame_ptr)
+        return {"size": len(frame), "sha256": hashlib.sha256(frame).hexdigest()}
+
+
+class RedisSinkBlock(Block):
+    """LPUSHes each task's data to parameters['queue'] at parameters['url'] (a test probe)."""
+
+    async def on_data(self, entry):
+        import redis.asyncio as redis
+
+        client = redis.Redis.from_url(self.parameters["url"])
+        try:
+            await client.lpush(self.parameters["queue"], entry.data)
+        finally:
+            await client.aclose()
+        return entry.data
