@@ -53,6 +53,9 @@ class ExecutorConfig:
     max_retries: int = 2
     drain_timeout: float = 30.0
     reuse_port: bool = False
+    discover: str = ""  # redis:// URL of instance registrations (aios_fast.discovery)
+    block_id: str = "block"
+    discover_interval: float = 1.0
 
 
 class _Reject(Exception):
@@ -255,6 +258,15 @@ class Executor:
             raise OSError(f"cannot bind {self.config.host}:{self.config.port}")
         for spec in self.config.instances:
             self.add_instance(spec)
+        self.discovery = None
+        if self.config.discover:
+            from .discovery import Discovery
+
+            self.discovery = Discovery(
+                self, self.config.discover, self.config.block_id, self.config.discover_interval
+            )
+            await self.discovery.sync_once()
+            self.discovery.start()
         await server.start()
         self._server = server
 
@@ -272,6 +284,8 @@ class Executor:
     async def stop(self, grace: float | None = None) -> None:
         """Drain: refuse new calls, let in-flight ones finish, then close the links."""
         grace = self.config.drain_timeout if grace is None else grace
+        if getattr(self, "discovery", None) is not None:
+            await self.discovery.stop()
         if self._server is not None:
             await self._server.stop(grace)
         for link in list(self.links.values()):
@@ -377,6 +391,9 @@ def main(argv=None) -> int:
     parser.add_argument("--instance-inflight", type=int, default=1_000)
     parser.add_argument("--max-retries", type=int, default=2)
     parser.add_argument("--drain-timeout", type=float, default=30.0)
+    parser.add_argument("--discover", default="", help="redis:// URL of registrations")
+    parser.add_argument("--block-id", default="block")
+    parser.add_argument("--discover-interval", type=float, default=1.0)
     opts = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config = ExecutorConfig(
@@ -388,6 +405,9 @@ def main(argv=None) -> int:
         instance_inflight=opts.instance_inflight,
         max_retries=opts.max_retries,
         drain_timeout=opts.drain_timeout,
+        discover=opts.discover,
+        block_id=opts.block_id,
+        discover_interval=opts.discover_interval,
     )
     return run_workers(config, opts.workers)
 

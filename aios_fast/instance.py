@@ -285,12 +285,24 @@ async def _serve(opts) -> None:
         max_concurrency=opts.max_concurrency, frames=FrameDB(json.loads(opts.framedb)),
     )  # fmt: skip
     await server.start()
+    registration = None
+    if opts.register:
+        from .discovery import Registration
+
+        advertise = opts.advertise or opts.host
+        registration = Registration(
+            opts.register, opts.block_id, opts.instance_id or f"{advertise}-{server.port}",
+            f"{advertise}:{server.port}", f"{advertise}:{server.mgmt_port}", opts.ttl,
+        )  # fmt: skip
+        await registration.start()
     print(json.dumps({"port": server.port, "mgmt_port": server.mgmt_port}), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    if registration is not None:
+        await registration.stop()  # leave first: no new tasks come while we drain
     await server.stop()
 
 
@@ -305,6 +317,11 @@ def main(argv=None) -> int:
     parser.add_argument("--parameters", default="{}", help="JSON block parameters")
     parser.add_argument("--framedb", default=os.environ.get("AIOS_FRAMEDB", "{}"),
                         help='JSON {framedb_id: "redis://host:port/db" | "memory"}')  # fmt: skip
+    parser.add_argument("--register", help="redis:// URL to register in (heartbeat + TTL)")
+    parser.add_argument("--block-id", default="block")
+    parser.add_argument("--instance-id", help="default: <advertise host>-<port>")
+    parser.add_argument("--advertise", help="host executors reach this instance at")
+    parser.add_argument("--ttl", type=float, default=3.0, help="registration TTL, seconds")
     opts = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:

@@ -42,3 +42,12 @@ class RedisSinkBlock(Block):
         finally:
             await client.aclose()
         return entry.data
+
+
+class NameBlock(Block):
+    """Answers with parameters['name']: shows which instance served a task."""
+
+    inline = True
+
+    def on_data(self, entry):
+        return self.parameters["name"]
