@@ -28,7 +28,7 @@ import grpc
 
 from . import codec, lb
 from .errors import NoInstanceError, PacketDecodeError
-from .executor_link import InstanceLink, TaskFailed, TaskLost, TaskNotAccepted
+from .executor_link import InstanceLink, TaskFailed, TaskLost, TaskNotAccepted, UnaryLink
 
 __all__ = ["Executor", "ExecutorConfig", "InstanceSpec"]
 
@@ -40,6 +40,7 @@ _TRUE = b"\x08\x01"  # InferenceResponse(message=True), serialized
 class InstanceSpec:
     id: str
     target: str  # host:port of the instance's gRPC server
+    protocol: str = "stream"  # "stream" (aios_fast link) or "unary" (the seeds' infer only)
 
 
 @dataclass
@@ -88,7 +89,10 @@ class Executor:
             raise ValueError(f"instance {spec.id!r} is already known")
         self.balancer.add(spec.id)
         self.balancer.set_healthy(spec.id, False)  # until its link is up
-        link = InstanceLink(spec.id, spec.target, self._link_state)
+        if spec.protocol not in ("stream", "unary"):
+            raise ValueError(f"instance {spec.id!r}: unknown protocol {spec.protocol!r}")
+        link_cls = InstanceLink if spec.protocol == "stream" else UnaryLink
+        link = link_cls(spec.id, spec.target, self._link_state)
         self.links[spec.id] = link
         link.start()
 
@@ -296,10 +300,14 @@ class Executor:
 
 
 def _parse_instance(text: str) -> InstanceSpec:
+    """``id=host:port`` (aios_fast stream link) or ``id=unary:host:port`` (seeds' infer)."""
     iid, sep, target = text.partition("=")
+    protocol = "stream"
+    if target.startswith("unary:"):
+        protocol, target = "unary", target[len("unary:") :]
     if not sep or not iid or ":" not in target:
-        raise ValueError(f"--instance wants id=host:port, not {text!r}")
-    return InstanceSpec(iid, target)
+        raise ValueError(f"--instance wants id=host:port or id=unary:host:port, not {text!r}")
+    return InstanceSpec(iid, target, protocol)
 
 
 async def serve(config: ExecutorConfig, ready=None) -> None:
@@ -383,7 +391,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Run a block's executor.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=50051)
-    parser.add_argument("--instance", action="append", default=[], metavar="ID=HOST:PORT")
+    parser.add_argument("--instance", action="append", default=[],
+                        metavar="ID=[unary:]HOST:PORT")  # fmt: skip
     parser.add_argument("--policy", default="builtin:round_robin", help="policyRuleURI")
     parser.add_argument("--policy-parameters", default="{}", help="JSON")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)

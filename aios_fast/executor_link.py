@@ -19,7 +19,14 @@ import grpc
 from .errors import AiosFastError
 from .link import ACK, ERROR, LINK_METHOD, RESULT, BatchWriter, decode_replies, encode_tasks
 
-__all__ = ["InstanceLink", "LinkTask", "TaskFailed", "TaskLost", "TaskNotAccepted"]
+__all__ = [
+    "InstanceLink",
+    "LinkTask",
+    "TaskFailed",
+    "TaskLost",
+    "TaskNotAccepted",
+    "UnaryLink",
+]
 
 log = logging.getLogger("aios_fast.executor")
 _ids = itertools.count(1)
@@ -175,3 +182,83 @@ def _short(exc: Exception) -> str:
     if isinstance(exc, grpc.aio.AioRpcError):
         return f"{exc.code().name} {exc.details()}"
     return str(exc)
+
+
+class UnaryLink:
+    """An instance that only speaks the seeds' unary ``infer`` (no stream, no results).
+
+    Each task is one ``infer`` call. ``message=true`` is the acceptance; the result, if
+    any, travels by the packet's output_ptr, so result-returning callers get an empty
+    output. UNAVAILABLE before an answer counts as not accepted (retried elsewhere: such
+    instances get at-least-once delivery); any other failure is reported to the caller.
+    """
+
+    def __init__(self, instance_id: str, target: str, on_state: Callable[[str, bool], None]):
+        self.instance_id = instance_id
+        self.target = target
+        self.up = False
+        self._on_state = on_state
+        self._channel: grpc.aio.Channel | None = None
+        self._call = None
+        self._pending: set[asyncio.Task] = set()
+        self._watch: asyncio.Task | None = None
+
+    @property
+    def inflight(self) -> int:
+        return len(self._pending)
+
+    def start(self) -> None:
+        self._channel = grpc.aio.insecure_channel(self.target)
+        self._call = self._channel.unary_unary("/InferenceProxy/infer")
+        self._watch = asyncio.ensure_future(self._watch_state())
+
+    async def _watch_state(self) -> None:
+        state = self._channel.get_state(try_to_connect=True)
+        while True:
+            up = state in (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.IDLE) and (
+                state is grpc.ChannelConnectivity.READY or self.up
+            )
+            if up != self.up:
+                self.up = up
+                self._on_state(self.instance_id, up)
+            await self._channel.wait_for_state_change(state)
+            state = self._channel.get_state(try_to_connect=True)
+
+    def submit(self, frame: bytes, on_unobserved=None) -> LinkTask:
+        task = LinkTask(self.instance_id, on_unobserved)
+        runner = asyncio.ensure_future(self._send(task, frame))
+        self._pending.add(runner)
+        runner.add_done_callback(self._pending.discard)
+        return task
+
+    async def _send(self, task: LinkTask, frame: bytes) -> None:
+        try:
+            reply = await self._call(frame)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                task.accepted.set_exception(TaskNotAccepted(f"{self.instance_id}: {_short(exc)}"))
+                return
+            task.accepted.set_result(None)
+            task.finish(None, TaskFailed(f"{self.instance_id}: {_short(exc)}"))
+            return
+        except asyncio.CancelledError:
+            if not task.accepted.done():
+                task.accepted.set_exception(TaskNotAccepted(f"{self.instance_id}: link closed"))
+            raise
+        if reply != b"\x08\x01":
+            task.accepted.set_exception(
+                TaskNotAccepted(f"{self.instance_id} answered message=false")
+            )
+            return
+        task.accepted.set_result(None)
+        task.finish(b"", None)
+
+    async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+        for runner in list(self._pending):
+            runner.cancel()
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+        if self._channel is not None:
+            await self._channel.close()

@@ -258,3 +258,31 @@ def test_several_workers_share_the_port():
     finally:
         assert executor.stop() == 0
         instance.stop()
+
+
+def test_instances_that_only_speak_unary_infer():
+    """An instance reached through the seeds' plain infer call (no stream link)."""
+    from .procs import Proc
+
+    # The instance routes its output by output_ptr; the caller only learns acceptance.
+    plain = start_instance()
+    proc = Proc(["-m", "aios_fast.executor", "--port", str(free_port()), "--workers", "1",
+                 "--instance", f"u0=unary:127.0.0.1:{plain.info['port']}"])  # fmt: skip
+    port = proc.info["port"]
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                assert call(port, "infer", frame("u", 1)) == b"\x08\x01"
+                break
+            except grpc.RpcError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        assert call(port, "infer_result", frame("u", 2)) == b""  # result went by output_ptr
+        with pytest.raises(grpc.RpcError) as info:
+            call(port, "infer", b"\x0a\x05ab")
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        proc.stop()
+        plain.stop()
