@@ -1,0 +1,129 @@
+"""Registry filter evaluation: compiled filters vs mongomock's find, over 10,000 cluster
+documents shaped like seeds/cluster-registry.txt's example (values varied).
+
+    python -m bench.registry_filter [--docs 10000] [--rounds 5] [--write]
+
+Both sides return the matching ids for the same filter over the same documents; the
+compile step is included in our time (a query compiles once per request).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import random
+import statistics
+import time
+
+from registry_server.query import compile_filter
+
+from ._timing import fmt_ns, progress, replace_section
+
+GPUS = ["NVIDIA A100", "NVIDIA V100", "NVIDIA H100", "NVIDIA T4"]
+FILTERS = {
+    "status equality": {"status": "live"},
+    "range on a nested number": {"nodes.gpus.count": {"$gte": 4}},
+    "array of objects (dotted)": {"nodes.nodeData.gpus.modelNames": "NVIDIA H100"},
+    "$elemMatch": {"nodes.nodeData": {"$elemMatch": {"gpus.count": {"$gte": 2},
+                                                     "vcpus.count": {"$gte": 32}}}},
+    "$or + $in + $regex": {"$or": [{"regionId": {"$in": ["us-west-2", "eu-central-1"]}},
+                                   {"id": {"$regex": "vision-00[1-3]$"}}]},
+    "compound (seed query)": {"status": "live", "reputation": {"$gt": 90},
+                              "config.policyExecutionMode": {"$ne": ""}},
+}  # fmt: skip
+
+
+def make_cluster(i: int, rnd: random.Random) -> dict:
+    nodes = []
+    for n in range(rnd.randint(1, 4)):
+        models = rnd.sample(GPUS, rnd.randint(1, 2))
+        nodes.append({
+            "id": f"node-{n}",
+            "gpus": {"count": rnd.randint(0, 8), "memory": 16384 * rnd.randint(1, 4),
+                     "gpus": [{"modelName": m, "memory": 16384} for m in models],
+                     "features": rnd.sample(["fp16", "tensor_cores", "int8"], 2),
+                     "modelNames": models},
+            "vcpus": {"count": rnd.choice([8, 16, 32, 64])},
+            "memory": 65536 * rnd.randint(1, 4), "swap": 4096,
+            "storage": {"disks": rnd.randint(1, 4), "size": 524288},
+            "network": {"interfaces": 2, "txBandwidth": 10000, "rxBandwidth": 10000},
+        })  # fmt: skip
+    return {
+        "id": f"cluster-{rnd.choice(['west', 'east', 'eu'])}-vision-{i:03d}",
+        "regionId": rnd.choice(["us-west-2", "us-east-1", "eu-central-1", "ap-south-1"]),
+        "status": rnd.choice(["live", "live", "draining", "down"]),
+        "reputation": rnd.randint(50, 100),
+        "nodes": {"count": len(nodes), "nodeData": nodes,
+                  "gpus": {"count": sum(x["gpus"]["count"] for x in nodes)}},
+        "config": {"policyExecutorId": f"policy-exec-{i % 10:03d}",
+                   "policyExecutionMode": rnd.choice(["local", "remote", ""])},
+        "tags": rnd.sample(["gpu", "vision", "edge", "prod"], 2),
+    }  # fmt: skip
+
+
+def run(n_docs: int, rounds: int) -> list[dict]:
+    import mongomock
+
+    rnd = random.Random(7)
+    docs = [make_cluster(i, rnd) for i in range(n_docs)]
+    collection = mongomock.MongoClient().db.clusters
+    collection.insert_many(copy.deepcopy(docs))
+    rows = []
+    for name, flt in FILTERS.items():
+        progress(f"registry filter: {name} ...")
+
+        def ours(flt=flt):
+            match = compile_filter(flt)
+            return [d["id"] for d in docs if match(d)]
+
+        def theirs(flt=flt):
+            return [d["id"] for d in collection.find(flt, {"id": 1})]
+
+        assert sorted(ours()) == sorted(theirs()), name
+        t_ours, t_theirs = [], []
+        for _ in range(rounds):
+            start = time.perf_counter_ns()
+            hits = ours()
+            t_ours.append(time.perf_counter_ns() - start)
+            start = time.perf_counter_ns()
+            theirs()
+            t_theirs.append(time.perf_counter_ns() - start)
+        rows.append({"filter": name, "hits": len(hits), "ours": statistics.median(t_ours),
+                     "mongomock": statistics.median(t_theirs)})  # fmt: skip
+    return rows
+
+
+def render(rows: list[dict], n_docs: int, rounds: int) -> str:
+    lines = [
+        f"Machine: {platform.machine()}, Python {platform.python_version()}; {n_docs:,} "
+        f"documents, median of {rounds} interleaved rounds; goal >= 10x mongomock.",
+        "",
+        "| filter | matches | compiled filter | mongomock find | speed-up | goal |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ratio = r["mongomock"] / r["ours"]
+        lines.append(
+            f"| {r['filter']} | {r['hits']:,} | {fmt_ns(r['ours'])} | {fmt_ns(r['mongomock'])} "
+            f"| {ratio:.0f}x | {'met' if ratio >= 10 else 'MISSED'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--docs", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--write", action="store_true")
+    opts = parser.parse_args(argv)
+    table = render(run(opts.docs, opts.rounds), opts.docs, opts.rounds)
+    print(table)
+    if opts.write:
+        header = "Command: `python -m bench.registry_filter --write`\n\n"
+        replace_section("Registry filters", header + table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
