@@ -79,12 +79,13 @@ class _Found(list):
 _NUMBER_TYPES = (int, float)
 
 
-def path_values(doc: Any, parts: tuple[str, ...]) -> list:
-    """Every value at a dotted path (arrays expanded as MongoDB does)."""
+def path_values(doc: Any, parts: tuple[str, ...], walker=None) -> list:
+    """Every value at a dotted path (arrays expanded as MongoDB does). ``walker``: the
+    path's compiled ``_walker``, used when an array is met on the way."""
     value = doc
     for key in parts:  # fast path: objects all the way down
         if type(value) is not dict:
-            return _walk(doc, parts)
+            return _walk(doc, parts, walker)
         if key not in value:
             found = _Found()
             found.missing = True
@@ -93,33 +94,45 @@ def path_values(doc: Any, parts: tuple[str, ...]) -> list:
     return [value]
 
 
-def _walk(doc: Any, parts: tuple[str, ...]) -> list:
-    """The general case (arrays on the way), breadth first: (value, next part) pairs."""
+def _walker(parts: tuple[str, ...]) -> Callable[[Any, list], None]:
+    """A function that appends every value at ``parts`` under a value to ``out`` (arrays
+    expanded), built once per path as a chain of small closures: no per-call tuples."""
+
+    def terminal(value: Any, out: list) -> None:
+        out.append(value)
+
+    step = terminal
+    for key in reversed(parts):
+        step = _path_step(key, step)
+    return step
+
+
+def _path_step(key: str, next_step: Callable[[Any, list], None]) -> Callable[[Any, list], None]:
+    index = int(key) if key.isdigit() else -1
+
+    def step(value: Any, out: list) -> None:
+        t = type(value)
+        if t is dict:
+            if key in value:
+                next_step(value[key], out)
+            else:
+                out.missing = True
+        elif t is list:
+            if 0 <= index < len(value):
+                next_step(value[index], out)  # a position in the array
+                return
+            for element in value:
+                if type(element) is dict:
+                    step(element, out)
+
+    return step
+
+
+def _walk(doc: Any, parts: tuple[str, ...], walker=None) -> list:
+    """The general case (arrays on the way)."""
     out = _Found()
     out.missing = False
-    n = len(parts)
-    frontier = [(doc, 0)]
-    while frontier:
-        step = []
-        for value, i in frontier:
-            if i == n:
-                out.append(value)
-                continue
-            key = parts[i]
-            t = type(value)
-            if t is dict:
-                if key in value:
-                    step.append((value[key], i + 1))
-                else:
-                    out.missing = True
-            elif t is list:
-                if key.isdigit() and int(key) < len(value):
-                    step.append((value[int(key)], i + 1))  # a position in the array
-                    continue
-                for element in value:
-                    if type(element) is dict:
-                        step.append((element, i))
-        frontier = step
+    (walker or _walker(parts))(doc, out)
     return out
 
 
@@ -334,16 +347,17 @@ def _logical(op: str, arg: Any) -> Matcher:
 
 
 def _clause(parts: tuple[str, ...], test: Callable[[list], bool]) -> Matcher:
+    walker = _walker(parts)
     if len(parts) == 1:  # the most common case: a top-level field
         key = parts[0]
 
         def top(doc) -> bool:
             if type(doc) is dict and key in doc:
                 return test([doc[key]])
-            return test(path_values(doc, parts))
+            return test(path_values(doc, parts, walker))
 
         return top
-    return lambda doc: test(path_values(doc, parts))
+    return lambda doc: test(path_values(doc, parts, walker))
 
 
 def compile_filter(filter_: Any) -> Matcher:
