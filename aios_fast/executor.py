@@ -54,6 +54,7 @@ class ExecutorConfig:
     max_retries: int = 2
     drain_timeout: float = 30.0
     reuse_port: bool = False
+    link_linger: float = 0.002  # seconds a small task batch may wait while a link is busy
     discover: str = ""  # redis:// URL of instance registrations (aios_fast.discovery)
     block_id: str = "block"
     discover_interval: float = 1.0
@@ -92,7 +93,7 @@ class Executor:
         if spec.protocol not in ("stream", "unary"):
             raise ValueError(f"instance {spec.id!r}: unknown protocol {spec.protocol!r}")
         link_cls = InstanceLink if spec.protocol == "stream" else UnaryLink
-        link = link_cls(spec.id, spec.target, self._link_state)
+        link = link_cls(spec.id, spec.target, self._link_state, self.config.link_linger)
         self.links[spec.id] = link
         link.start()
 
@@ -400,6 +401,12 @@ def main(argv=None) -> int:
     parser.add_argument("--instance-inflight", type=int, default=1_000)
     parser.add_argument("--max-retries", type=int, default=2)
     parser.add_argument("--drain-timeout", type=float, default=30.0)
+    parser.add_argument(
+        "--link-linger",
+        type=float,
+        default=0.002,
+        help="seconds a small task batch may wait while a link is busy",
+    )
     parser.add_argument("--discover", default="", help="redis:// URL of registrations")
     parser.add_argument("--block-id", default="block")
     parser.add_argument("--discover-interval", type=float, default=1.0)
@@ -414,6 +421,7 @@ def main(argv=None) -> int:
         instance_inflight=opts.instance_inflight,
         max_retries=opts.max_retries,
         drain_timeout=opts.drain_timeout,
+        link_linger=opts.link_linger,
         discover=opts.discover,
         block_id=opts.block_id,
         discover_interval=opts.discover_interval,

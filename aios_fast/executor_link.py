@@ -30,6 +30,8 @@ __all__ = [
 
 log = logging.getLogger("aios_fast.executor")
 _ids = itertools.count(1)
+LINGER = 0.002  # default seconds a small batch may wait under load (see BatchWriter)
+BUSY_INFLIGHT = 2  # tasks in flight on a link from which it counts as loaded
 
 
 class TaskNotAccepted(AiosFastError):
@@ -71,20 +73,27 @@ class LinkTask:
 class InstanceLink:
     """The stream to one instance, with its in-flight tasks."""
 
-    def __init__(self, instance_id: str, target: str, on_state: Callable[[str, bool], None]):
+    def __init__(self, instance_id: str, target: str, on_state: Callable[[str, bool], None],
+                 linger: float = LINGER):  # fmt: skip
         self.instance_id = instance_id
         self.target = target
         self.up = False
+        self.linger = linger
         self._on_state = on_state
         self._pending: dict[int, LinkTask] = {}
         self._acked: set[int] = set()
         self._writer: BatchWriter | None = None
         self._runner: asyncio.Task | None = None
         self._closing = False
+        # Counters (cheap: updated once per message, not per task).
+        self.tasks_sent = self.messages_sent = self.replies = self.messages_received = 0
 
     @property
     def inflight(self) -> int:
         return len(self._pending)
+
+    def _busy(self) -> bool:
+        return len(self._pending) >= BUSY_INFLIGHT
 
     def start(self) -> None:
         self._runner = asyncio.ensure_future(self._run())
@@ -100,6 +109,8 @@ class InstanceLink:
 
     async def _requests(self, writer: BatchWriter):
         while (batch := await writer.next_batch()) is not None:
+            self.messages_sent += 1
+            self.tasks_sent += len(batch)
             yield encode_tasks(batch)
 
     def _reply(self, task_id: int, kind: int, payload: bytes) -> None:
@@ -138,7 +149,7 @@ class InstanceLink:
         backoff = 0.05
         while not self._closing:
             channel = grpc.aio.insecure_channel(self.target)
-            writer = BatchWriter()
+            writer = BatchWriter(linger=self.linger, busy=self._busy)
             reason = "the link closed"
             try:
                 call = channel.stream_stream(LINK_METHOD)(self._requests(writer))
@@ -147,7 +158,10 @@ class InstanceLink:
                 self._set_up(True)
                 backoff = 0.05
                 async for message in call:
-                    for task_id, kind, payload in decode_replies(message):
+                    replies = decode_replies(message)
+                    self.messages_received += 1
+                    self.replies += len(replies)
+                    for task_id, kind, payload in replies:
                         self._reply(task_id, kind, payload)
                 reason = "the instance ended the link"
             except asyncio.CancelledError:
@@ -193,7 +207,8 @@ class UnaryLink:
     instances get at-least-once delivery); any other failure is reported to the caller.
     """
 
-    def __init__(self, instance_id: str, target: str, on_state: Callable[[str, bool], None]):
+    def __init__(self, instance_id: str, target: str, on_state: Callable[[str, bool], None],
+                 linger: float = 0.0):  # fmt: skip
         self.instance_id = instance_id
         self.target = target
         self.up = False

@@ -59,13 +59,18 @@ def decode_replies(data: bytes) -> list[tuple[int, int, bytes]]:
 
 
 class BatchWriter:
-    """Collects items and hands them to ``send`` in batches: while one batch is being
-    written, the next accumulates (natural batching, no timers, no added latency)."""
+    """Collects items into batches: while one batch is being written the next
+    accumulates. Under load (``busy()`` true) a small batch waits up to ``linger``
+    seconds for company: each stream message costs about as much grpc work as a unary
+    call, so one message per task would give the batching away (measured: 1.1 tasks a
+    message without lingering). Idle links never wait."""
 
-    def __init__(self, max_batch: int = 256) -> None:
+    def __init__(self, max_batch: int = 256, linger: float = 0.0, busy=None) -> None:
         self._items: list = []
         self._wake = asyncio.Event()
         self._max = max_batch
+        self._linger = linger
+        self._busy = busy
         self.closed = False
 
     def put(self, item) -> None:
@@ -83,6 +88,8 @@ class BatchWriter:
             self._wake.clear()
             await self._wake.wait()
         await asyncio.sleep(0)
+        if self._linger and len(self._items) < self._max and self._busy and self._busy():
+            await asyncio.sleep(self._linger)
         batch, self._items = self._items[: self._max], self._items[self._max :]
         return batch
 
