@@ -19,6 +19,7 @@ from aios_fast.errors import PacketDecodeError
 from aios_fast.protos import inference_pb2, payload_pb2
 
 from .conftest import twins
+from .test_codec import _varint as varint
 
 CODECS = twins("_codec")
 SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -57,15 +58,6 @@ def values(packet):
         packet.output_ptr,
         [(f.metadata, bytes(f.file_data)) for f in packet.files],
     )
-
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 field_numbers = st.integers(8, 2**29 - 1)
