@@ -8,7 +8,8 @@ link (``aios_fast.executor_link``), then answer:
 - ``infer`` (the seeds' call): ``message=true`` once the instance has acknowledged the
   task; the result travels by output_ptr;
 - ``infer_result``: the output packet, as rpc_data of an InferenceMessage;
-- ``infer_stream``: one output message per task, as they finish.
+- ``infer_stream``: one output message per task, as they finish; a task that fails
+  ends the stream with its status (the details name the reason).
 
 Guarantees: a task an instance never acknowledged is retried on another instance
 (``max_retries``); a task acknowledged and then lost (instance died) fails its caller
@@ -289,10 +290,15 @@ class Executor:
     async def stop(self, grace: float | None = None) -> None:
         """Drain: refuse new calls, let in-flight ones finish, then close the links."""
         grace = self.config.drain_timeout if grace is None else grace
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
         if getattr(self, "discovery", None) is not None:
             await self.discovery.stop()
         if self._server is not None:
             await self._server.stop(grace)
+        # infer calls were answered at acceptance: let their tasks finish before the links go
+        while any(link.inflight for link in self.links.values()) and loop.time() < deadline:
+            await asyncio.sleep(0.02)
         for link in list(self.links.values()):
             await link.close()
 

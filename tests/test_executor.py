@@ -286,3 +286,19 @@ def test_instances_that_only_speak_unary_infer():
     finally:
         proc.stop()
         plain.stop()
+
+
+def test_sigterm_waits_for_accepted_infer_tasks():
+    """infer answers at acceptance; a drain must still let those tasks finish."""
+    instance = start_instance("tests.blocks:SleepBlock", {"delay": 0.8})
+    executor, port = start_executor({"i0": instance.info["port"]})
+    try:
+        for i in range(5):
+            assert call(port, "infer", frame("a", i)) == b"\x08\x01"
+        executor.signal(signal.SIGTERM)
+        assert executor.p.wait(15) == 0
+        log = executor.p.stderr.read()
+        assert "was lost" not in log, log
+    finally:
+        executor.stop()
+        instance.stop()
