@@ -30,6 +30,7 @@ import grpc
 from . import codec, lb
 from .errors import NoInstanceError, PacketDecodeError
 from .executor_link import InstanceLink, TaskFailed, TaskLost, TaskNotAccepted, UnaryLink
+from .hardware import MetricsSnapshot
 
 __all__ = ["Executor", "ExecutorConfig", "InstanceSpec"]
 
@@ -73,7 +74,11 @@ class Executor:
 
     def __init__(self, config: ExecutorConfig, *, block_data: dict | None = None) -> None:
         self.config = config
-        self.balancer = lb.make_balancer(config.policy, (), block_data=block_data)
+        # What user policies see through settings["get_metrics"]: served from memory.
+        self.metrics = MetricsSnapshot(self._block_metrics)
+        self.balancer = lb.make_balancer(
+            config.policy, (), block_data=block_data, get_metrics=self.metrics.get_metrics
+        )
         self.links: dict[str, InstanceLink] = {}
         self.inflight = 0
         self.stats = dict.fromkeys(
@@ -102,6 +107,16 @@ class Executor:
         link = self.links.pop(instance_id)
         self.balancer.remove(instance_id)
         await link.close()
+
+    def _block_metrics(self) -> dict:
+        """Executor state for policies (on the loop, every metrics interval)."""
+        return {
+            "executor": dict(self.stats),
+            "inflight": self.inflight,
+            "instances": {
+                iid: {"up": link.up, "inflight": link.inflight} for iid, link in self.links.items()
+            },
+        }
 
     def _link_state(self, instance_id: str, up: bool) -> None:
         if instance_id in self.balancer:
@@ -275,6 +290,7 @@ class Executor:
             self.discovery.start()
         await server.start()
         self._server = server
+        self.metrics.start()
 
     async def wait_ready(self, timeout: float = 10.0) -> None:
         """Until every configured instance's link is up (or timeout)."""
@@ -301,6 +317,7 @@ class Executor:
             await asyncio.sleep(0.02)
         for link in list(self.links.values()):
             await link.close()
+        await self.metrics.stop()
 
 
 # ---------------------------------------------------------------------- command line

@@ -100,8 +100,9 @@ def host_readings() -> dict:
 class MetricsSnapshot:
     """The latest {"block_metrics", "cluster_metrics"}, refreshed in the background.
 
-    ``collect`` (called in a thread) returns the block metrics dict; the snapshot adds
-    ``hardware`` (host and GPUs) and a ``timestamp``. ``get_metrics`` is what policies get.
+    ``collect`` (called on the event loop, so it may read loop-owned state; keep it
+    cheap) returns the block metrics dict; the snapshot adds ``hardware`` (host and
+    GPUs, read in a thread) and a ``timestamp``. ``get_metrics`` is what policies get.
     """
 
     def __init__(self, collect: Callable[[], dict] | None = None, interval: float = 1.0,
@@ -116,10 +117,15 @@ class MetricsSnapshot:
     def get_metrics(self) -> dict:
         return self._snapshot
 
-    def refresh(self) -> dict:
-        """Take new readings now (blocking: call it off the event loop)."""
+    @staticmethod
+    def hardware() -> dict:
+        """Host and GPU readings (blocking: NVML and /proc)."""
+        return {"host": host_readings(), "gpus": gpu_readings()}
+
+    def refresh(self, hardware: dict | None = None) -> dict:
+        """Take new readings now (reads hardware itself when not given: blocking)."""
         block = dict(self._collect())
-        block["hardware"] = {"host": host_readings(), "gpus": gpu_readings()}
+        block["hardware"] = self.hardware() if hardware is None else hardware
         block["timestamp"] = time.time()
         self._snapshot = {"block_metrics": block, "cluster_metrics": dict(self._cluster())}
         self.refreshes += 1
@@ -129,7 +135,7 @@ class MetricsSnapshot:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                await loop.run_in_executor(None, self.refresh)
+                self.refresh(await loop.run_in_executor(None, self.hardware))
             except Exception as exc:  # a failing collector keeps the last snapshot
                 log.error("metrics refresh failed: %s", exc)
             await asyncio.sleep(self.interval)

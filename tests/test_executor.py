@@ -302,3 +302,39 @@ def test_sigterm_waits_for_accepted_infer_tasks():
     finally:
         executor.stop()
         instance.stop()
+
+
+def test_user_policy_sees_executor_metrics():
+    """A user policy's get_metrics() carries the executor's live state and the hardware."""
+    from aios_fast.block import EchoBlock
+    from aios_fast.executor import Executor, ExecutorConfig, InstanceSpec
+    from aios_fast.instance import InstanceServer
+
+    async def run():
+        instances = [InstanceServer(EchoBlock()) for _ in range(2)]
+        for inst in instances:
+            await inst.start()
+        specs = [
+            InstanceSpec(f"i{k}", f"127.0.0.1:{inst.port}") for k, inst in enumerate(instances)
+        ]
+        policy = {"policyRuleURI": "tests.policies.metrics_probe"}
+        executor = Executor(ExecutorConfig(port=0, instances=specs, policy=policy))
+        await executor.start()
+        await executor.wait_ready()
+        await asyncio.sleep(0.3)  # a metrics refresh
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{executor.port}") as ch:
+            rpc = ch.unary_unary("/InferenceProxy/infer_result")
+            outs = await asyncio.gather(*[rpc(frame("m", i), timeout=10) for i in range(20)])
+        seen = executor.balancer.rule.rule.seen
+        fallbacks = executor.balancer.fallbacks
+        await executor.stop(2)
+        for inst in instances:
+            await inst.stop(1)
+        return outs, seen, fallbacks
+
+    outs, seen, fallbacks = asyncio.run(run())
+    assert len(outs) == 20 and fallbacks == 0
+    block = seen["block_metrics"]
+    assert set(block["instances"]) == {"i0", "i1"}
+    assert block["executor"]["received"] >= 0 and "hardware" in block
+    assert block["hardware"]["gpus"] == []  # no GPU here; never an error
