@@ -15,6 +15,8 @@ import asyncio
 import json
 import logging
 
+from ._periodic import Periodic
+
 __all__ = ["Discovery", "Registration", "instance_key"]
 
 log = logging.getLogger("aios_fast.discovery")
@@ -35,26 +37,18 @@ class Registration:
         self.key = instance_key(block_id, instance_id)
         self.value = json.dumps({"target": target, "mgmt": mgmt})
         self.ttl = ttl
-        self._task: asyncio.Task | None = None
+        # Redis away: keep beating; the key may expire meanwhile, and comes back.
+        self._beats = Periodic(self._beat, ttl / 3, log, f"heartbeat for {self.key}")
 
     async def start(self) -> None:
         await self._beat()
-        self._task = asyncio.ensure_future(self._loop())
+        self._beats.start()
 
     async def _beat(self) -> None:
         await self.client.set(self.key, self.value, px=int(self.ttl * 1000))
 
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.ttl / 3)
-            try:
-                await self._beat()
-            except Exception as exc:  # Redis away: keep trying, the key may expire
-                log.warning("heartbeat for %s failed: %s", self.key, exc)
-
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        await self._beats.stop()
         try:
             await self.client.delete(self.key)
         finally:
@@ -71,11 +65,10 @@ class Discovery:
         self.executor = executor
         self.client = redis.Redis.from_url(url)
         self.pattern = instance_key(block_id)
-        self.interval = interval
         self.drain_grace = drain_grace
         self.known: dict[str, str] = {}  # instance id -> target
         self._leaving: dict[str, float] = {}
-        self._task: asyncio.Task | None = None
+        self._scans = Periodic(self.sync_once, interval, log, "discovery scan")
 
     async def scan(self) -> dict[str, str]:
         found = {}
@@ -119,18 +112,9 @@ class Discovery:
                 if link is not None:
                     await self.executor.remove_instance(iid)
 
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.sync_once()
-            except Exception as exc:
-                log.warning("discovery scan failed: %s", exc)
-            await asyncio.sleep(self.interval)
-
     def start(self) -> None:
-        self._task = asyncio.ensure_future(self._loop())
+        self._scans.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        await self._scans.stop()
         await self.client.aclose()

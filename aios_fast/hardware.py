@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ._periodic import Periodic
+
 __all__ = ["MetricsSnapshot", "gpu_readings", "host_readings"]
 
 log = logging.getLogger("aios_fast.hardware")
@@ -109,9 +111,9 @@ class MetricsSnapshot:
                  cluster_metrics: Callable[[], dict] | None = None) -> None:  # fmt: skip
         self._collect = collect or dict
         self._cluster = cluster_metrics or dict
-        self.interval = interval
         self._snapshot = {"block_metrics": {}, "cluster_metrics": {}}
-        self._task: asyncio.Task | None = None
+        # A failing collector keeps the last snapshot.
+        self._refreshes = Periodic(self._refresh_async, interval, log, "metrics refresh")
         self.refreshes = 0
 
     def get_metrics(self) -> dict:
@@ -131,22 +133,12 @@ class MetricsSnapshot:
         self.refreshes += 1
         return self._snapshot
 
-    async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                self.refresh(await loop.run_in_executor(None, self.hardware))
-            except Exception as exc:  # a failing collector keeps the last snapshot
-                log.error("metrics refresh failed: %s", exc)
-            await asyncio.sleep(self.interval)
+    async def _refresh_async(self) -> None:
+        hardware = await asyncio.get_running_loop().run_in_executor(None, self.hardware)
+        self.refresh(hardware)
 
     def start(self) -> None:
-        self._task = asyncio.ensure_future(self._loop())
+        self._refreshes.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await self._refreshes.stop()
