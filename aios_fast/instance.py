@@ -216,7 +216,9 @@ class InstanceServer:
             if not isinstance(action, str) or not isinstance(data, dict):
                 raise TypeError("mgmt_action must be a string and mgmt_data an object")
         except Exception as exc:
-            return web.json_response({"success": False, "message": f"bad request: {exc}"}, 400)
+            return web.json_response(
+                {"success": False, "message": f"bad request: {exc}"}, status=400
+            )
         try:
             if action == "update_parameters":
                 result = await self._call(self.block.on_update, data)
