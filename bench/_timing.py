@@ -66,5 +66,6 @@ def replace_section(name: str, body: str) -> None:
         text = text.rstrip("\n") + "\n\n" + header + body
     else:
         end = text.find("\n## ", start + len(header))
-        text = text[:start] + header + body + (text[end + 1 :] if end >= 0 else "")
+        rest = "\n" + text[end + 1 :] if end >= 0 else ""
+        text = text[:start] + header + body.rstrip("\n") + "\n" + rest
     RESULTS.write_text(text.rstrip("\n") + "\n")
