@@ -17,3 +17,24 @@ class UpdateError(RegistryError, ValueError):
     """An invalid update document or one that cannot apply to the document (HTTP 400)."""
 
     status = 400
+
+
+class SchemaError(RegistryError, ValueError):
+    """A document that misses a required field or has one of the wrong type (HTTP 400)."""
+
+    status = 400
+
+
+class NotFound(RegistryError, KeyError):
+    """No document with that id (HTTP 404)."""
+
+    status = 404
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "not found"
+
+
+class Conflict(RegistryError):
+    """A document with that id already exists (HTTP 409)."""
+
+    status = 409

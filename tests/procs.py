@@ -79,11 +79,12 @@ def frame(session_id: str = "s", seq_no: int = 1, data: str = "{}", **kw) -> byt
 
 
 def wait_serving(port: int, timeout: float = 20.0) -> None:
-    """Until infer_result answers OK (instances linked), or fail."""
+    """Until the executor answers for an instance (its link is up), or fail. The probe is
+    ``infer``, answered at acceptance, so slow test blocks do not slow it down."""
     end = time.monotonic() + timeout
     last = None
     with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-        call = ch.unary_unary("/InferenceProxy/infer_result")
+        call = ch.unary_unary("/InferenceProxy/infer")
         while time.monotonic() < end:
             try:
                 call(frame("probe"), timeout=2)

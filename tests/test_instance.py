@@ -62,6 +62,7 @@ def test_deadline_is_honoured():
 def test_per_instance_bound_answers_resource_exhausted():
     inst = start_instance("tests.blocks:SleepBlock", {"delay": 0.5})
     executor, port = start_executor({"i0": inst.info["port"]}, "--instance-inflight", "3")
+    time.sleep(0.7)  # the readiness probe's task (0.5 s on this block) has left the link
 
     async def burst():
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:

@@ -1,0 +1,181 @@
+"""The registry HTTP API (aiohttp): clusters, blocks, vDAGs and vDAG controllers.
+
+Every answer is JSON: ``{"success": true, "data": ...}`` (201 on create, 200 otherwise)
+or ``{"success": false, "message": ...}`` with 400 (malformed JSON, invalid filter,
+update, option or document), 404 (unknown id), 409 (duplicate id). Bad input never
+gets a 500.
+
+Query bodies are a bare filter, or ``{"query": filter, "options": {sort, skip, limit,
+projection}}`` (a body whose only keys are query/options is the second form). PUT takes
+update operators; a bare document means $set. The id of a document cannot change.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from .errors import NotFound, QueryError, RegistryError, SchemaError
+from .options import apply_options, check_options
+from .query import compile_filter
+from .schemas import REGISTRIES, Registry, validate
+from .store import EmbeddedStore
+from .update import apply_update
+
+__all__ = ["make_app"]
+
+log = logging.getLogger("registry_server")
+_STORE = web.AppKey("store", EmbeddedStore)
+
+
+def ok(data: Any, status: int = 200) -> web.Response:
+    return web.json_response({"success": True, "data": data}, status=status)
+
+
+def fail(status: int, message: str) -> web.Response:
+    return web.json_response({"success": False, "message": message}, status=status)
+
+
+@web.middleware
+async def errors(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except RegistryError as exc:
+        return fail(exc.status, str(exc))
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            return fail(exc.status, exc.reason)
+        raise
+    except Exception:  # a bug: say so, without the details of the internals
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return fail(500, "internal error")
+
+
+async def _body(request: web.Request) -> Any:
+    raw = await request.read()
+    if not raw:
+        raise QueryError("the request needs a JSON body")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise QueryError(f"malformed JSON: {exc}") from None
+
+
+def _split_query(body: Any) -> tuple[dict, dict]:
+    if isinstance(body, dict) and body and set(body) <= {"query", "options"}:
+        query = body.get("query", {})
+        options = check_options(body.get("options"))
+    else:
+        query, options = body, {}
+    if not isinstance(query, dict):
+        raise QueryError("the filter must be a JSON object")
+    return query, options
+
+
+class RegistryRoutes:
+    """CRUD + query routes for one registry."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def store(self, request: web.Request) -> EmbeddedStore:
+        return request.app[_STORE]
+
+    async def create(self, request: web.Request) -> web.Response:
+        doc = validate(self.registry, await _body(request))
+        await self.check_references(request, doc)
+        self.store(request).insert(self.registry.name, doc[self.registry.id_field], doc)
+        return ok(doc, 201)
+
+    async def check_references(self, request: web.Request, doc: dict) -> None:
+        if self.registry.name == "vdag_controllers":
+            try:
+                self.store(request).get("vdags", doc["vdag_uri"])
+            except NotFound:
+                raise SchemaError(
+                    f"vdag_uri {doc['vdag_uri']!r}: no such vDAG (create it first)"
+                ) from None
+
+    async def get(self, request: web.Request) -> web.Response:
+        return ok(self.store(request).get(self.registry.name, request.match_info["id"]))
+
+    async def list(self, request: web.Request) -> web.Response:
+        options = {}
+        for key in ("skip", "limit"):
+            if key in request.query:
+                try:
+                    options[key] = int(request.query[key])
+                except ValueError:
+                    raise QueryError(f"{key} must be an integer") from None
+        options = check_options(options)
+        docs = self.store(request).find(self.registry.name, {})
+        return ok(apply_options(docs, options))
+
+    async def update(self, request: web.Request) -> web.Response:
+        doc_id = request.match_info["id"]
+        store = self.store(request)
+        current = store.get(self.registry.name, doc_id)
+        updated = apply_update(current, await _body(request))
+        if self.registry.name == "vdags":
+            updated.pop("vdagURI", None)  # recomputed from name and version
+        updated = validate(self.registry, updated)
+        if updated[self.registry.id_field] != doc_id:
+            raise SchemaError(f"{self.registry.id_field} cannot change ({doc_id!r})")
+        await self.check_references(request, updated)
+        store.replace(self.registry.name, doc_id, updated)
+        return ok(updated)
+
+    async def delete(self, request: web.Request) -> web.Response:
+        doc_id = request.match_info["id"]
+        self.store(request).delete(self.registry.name, doc_id)
+        return ok({self.registry.id_field: doc_id})
+
+    async def query(self, request: web.Request) -> web.Response:
+        query, options = _split_query(await _body(request))
+        compile_filter(query)  # a bad filter is a 400 before anything is read
+        docs = self.store(request).find(self.registry.name, query)
+        return ok(apply_options(docs, options))
+
+
+async def health(request: web.Request) -> web.Response:
+    store = request.app[_STORE]
+    return ok({"status": "ok", "counts": {name: store.count(name) for name in REGISTRIES}})
+
+
+async def controllers_by_vdag(request: web.Request) -> web.Response:
+    docs = request.app[_STORE].find("vdag_controllers", {"vdag_uri": request.match_info["uri"]})
+    return ok(docs)
+
+
+def make_app(store: EmbeddedStore) -> web.Application:
+    app = web.Application(middlewares=[errors], client_max_size=16 << 20)
+    app[_STORE] = store
+    r = app.router
+    r.add_get("/health", health)
+    for prefix, name in (("/clusters", "clusters"), ("/blocks", "blocks")):
+        routes = RegistryRoutes(REGISTRIES[name])
+        r.add_post(prefix, routes.create)
+        r.add_get(prefix, routes.list)
+        r.add_post(f"{prefix}/query", routes.query)
+        r.add_get(prefix + "/{id}", routes.get)
+        r.add_put(prefix + "/{id}", routes.update)
+        r.add_delete(prefix + "/{id}", routes.delete)
+    vdags = RegistryRoutes(REGISTRIES["vdags"])
+    r.add_post("/vdag", vdags.create)
+    r.add_get("/vdags", vdags.list)
+    r.add_post("/vdags", vdags.query)
+    r.add_get("/vdag/{id}", vdags.get)
+    r.add_put("/vdag/{id}", vdags.update)
+    r.add_delete("/vdag/{id}", vdags.delete)
+    controllers = RegistryRoutes(REGISTRIES["vdag_controllers"])
+    r.add_post("/vdag-controller", controllers.create)
+    r.add_get("/vdag-controllers", controllers.list)
+    r.add_post("/vdag-controllers", controllers.query)
+    r.add_get("/vdag-controllers/by-vdag-uri/{uri}", controllers_by_vdag)
+    r.add_get("/vdag-controller/{id}", controllers.get)
+    r.add_put("/vdag-controller/{id}", controllers.update)
+    r.add_delete("/vdag-controller/{id}", controllers.delete)
+    return app

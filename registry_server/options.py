@@ -1,0 +1,115 @@
+"""Query options: sort, skip, limit and projection, as MongoDB's find takes them."""
+
+from __future__ import annotations
+
+import copy
+import functools
+from typing import Any
+
+from .errors import QueryError
+from .query import _kind, path_values
+
+__all__ = ["apply_options", "check_options"]
+
+_RANK = {"null": 0, "number": 1, "string": 2, "object": 3, "array": 4, "bool": 5}
+_MAX_LIMIT = 10_000
+
+
+def check_options(options: Any) -> dict:
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise QueryError("options must be an object")
+    unknown = set(options) - {"sort", "skip", "limit", "projection"}
+    if unknown:
+        raise QueryError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    for key in ("skip", "limit"):
+        value = options.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 0):  # fmt: skip
+            raise QueryError(f"{key} must be a non-negative integer")
+    if (options.get("limit") or 0) > _MAX_LIMIT:
+        raise QueryError(f"limit must be at most {_MAX_LIMIT}")
+    sort = options.get("sort")
+    if sort is not None:
+        if not isinstance(sort, dict) or not all(v in (1, -1) for v in sort.values()):
+            raise QueryError("sort must be an object of field: 1 or -1")
+    projection = options.get("projection")
+    if projection is not None:
+        if not isinstance(projection, dict) or not projection:
+            raise QueryError("projection must be a non-empty object of field: 0 or 1")
+        flags = {bool(v) for v in projection.values() if v in (0, 1, True, False)}
+        if len(flags) != 1 or len(projection) != sum(
+            1 for v in projection.values() if v in (0, 1, True, False)
+        ):
+            raise QueryError("projection must be all inclusions (1) or all exclusions (0)")
+    return options
+
+
+def _sort_key(value_list: list) -> tuple:
+    if not value_list:
+        return (0, 0)
+    value = value_list[0]
+    kind = _kind(value)
+    return (_RANK.get(kind, 6), value if kind in ("number", "string", "bool") else str(value))
+
+
+def _compare(a: tuple, b: tuple) -> int:
+    return (a > b) - (a < b)
+
+
+def _project(doc: dict, projection: dict) -> dict:
+    include = any(projection.values())
+    if include:
+        out: dict = {}
+        for path in projection:
+            _copy_path(doc, out, path.split("."))
+        return out
+    out = copy.deepcopy(doc)
+    for path in projection:
+        _drop_path(out, path.split("."))
+    return out
+
+
+def _copy_path(src: Any, dst: dict, parts: list[str]) -> None:
+    key = parts[0]
+    if not isinstance(src, dict) or key not in src:
+        return
+    if len(parts) == 1:
+        dst[key] = copy.deepcopy(src[key])
+    elif isinstance(src[key], dict):
+        _copy_path(src[key], dst.setdefault(key, {}), parts[1:])
+
+
+def _drop_path(doc: Any, parts: list[str]) -> None:
+    if not isinstance(doc, dict) or parts[0] not in doc:
+        return
+    if len(parts) == 1:
+        del doc[parts[0]]
+    else:
+        _drop_path(doc[parts[0]], parts[1:])
+
+
+def apply_options(docs: list[dict], options: dict) -> list[dict]:
+    """Sort, skip, limit, then project (options already checked)."""
+    sort = options.get("sort")
+    if sort:
+        keyed = [(doc, [_sort_key(path_values(doc, tuple(f.split(".")))) for f in sort])
+                 for doc in docs]  # fmt: skip
+        directions = list(sort.values())
+
+        def cmp(x, y) -> int:
+            for (a, b), direction in zip(zip(x[1], y[1], strict=True), directions, strict=True):
+                c = _compare(a, b)
+                if c:
+                    return c * direction
+            return 0
+
+        docs = [doc for doc, _ in sorted(keyed, key=functools.cmp_to_key(cmp))]
+    skip = options.get("skip") or 0
+    limit = options.get("limit")
+    docs = docs[skip : skip + limit] if limit else docs[skip:]
+    projection = options.get("projection")
+    if projection:
+        docs = [_project(doc, projection) for doc in docs]
+    return docs
