@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from .errors import NotFound, QueryError, RegistryError, SchemaError
+from .openapi import build_spec
 from .options import apply_options, check_options
 from .query import compile_filter
 from .schemas import REGISTRIES, Registry, validate
@@ -29,6 +30,7 @@ __all__ = ["make_app"]
 
 log = logging.getLogger("registry_server")
 _STORE = web.AppKey("store", EmbeddedStore)
+_SPEC = web.AppKey("openapi", dict)
 
 
 def ok(data: Any, status: int = 200) -> web.Response:
@@ -145,6 +147,10 @@ async def health(request: web.Request) -> web.Response:
     return ok({"status": "ok", "counts": {name: store.count(name) for name in REGISTRIES}})
 
 
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(request.app[_SPEC])
+
+
 async def controllers_by_vdag(request: web.Request) -> web.Response:
     docs = request.app[_STORE].find("vdag_controllers", {"vdag_uri": request.match_info["uri"]})
     return ok(docs)
@@ -153,8 +159,10 @@ async def controllers_by_vdag(request: web.Request) -> web.Response:
 def make_app(store: EmbeddedStore) -> web.Application:
     app = web.Application(middlewares=[errors], client_max_size=16 << 20)
     app[_STORE] = store
+    app[_SPEC] = build_spec()
     r = app.router
     r.add_get("/health", health)
+    r.add_get("/openapi.json", openapi)
     for prefix, name in (("/clusters", "clusters"), ("/blocks", "blocks")):
         routes = RegistryRoutes(REGISTRIES[name])
         r.add_post(prefix, routes.create)
