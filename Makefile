@@ -23,6 +23,8 @@ bench: setup                ## benchmarks; updates bench/RESULTS.md
 	$(PY) -m bench.codec --write
 	$(PY) -m bench.lb --write
 	$(PY) -m bench.executor --write
+	$(PY) -m bench.registry_filter --write
+	$(PY) -m bench.registry_http --write
 	$(PY) -m pytest bench -q --benchmark-enable --benchmark-max-time=0.5
 
 lint:                       ## ruff and the generated-protobuf currency check
