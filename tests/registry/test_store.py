@@ -1,0 +1,65 @@
+"""The embedded store: indexed queries give exactly what a full scan gives, through
+inserts, replacements and deletes (the indexes only prune)."""
+
+from __future__ import annotations
+
+import copy
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from registry_server.query import compile_filter
+from registry_server.store import EmbeddedStore
+
+from .test_query_differential import cluster, filters
+
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+
+equalities = st.one_of(
+    st.fixed_dictionaries({"status": st.sampled_from(["live", "down", "draining"])}),
+    st.fixed_dictionaries({"nodes.nodeData.id": st.sampled_from(["gpu", "cpu", "eu"])}),
+    st.fixed_dictionaries({"reputation": st.one_of(st.integers(-5, 100),
+                                                   st.floats(0, 100).map(round))}),
+    st.fixed_dictionaries({"tags": st.sampled_from(["gpu", "eu", ""])}),
+    st.fixed_dictionaries({"config.region": st.fixed_dictionaries(
+        {"$in": st.lists(st.sampled_from(["eu", "us", "gpu"]), min_size=1, max_size=2)})}),
+)  # fmt: skip
+
+
+@SETTINGS
+@given(st.lists(cluster(0), min_size=1, max_size=15), equalities, filters(), st.data())
+def test_indexed_find_equals_full_scan(tmp_path_factory, documents, equality, extra, data):
+    store = EmbeddedStore(tmp_path_factory.mktemp("s") / "db.sqlite3", ["clusters"])
+    docs = {}
+    try:
+        for i, doc in enumerate(documents):
+            doc = dict(doc, id=f"c{i}")
+            store.insert("clusters", doc["id"], copy.deepcopy(doc))
+            docs[doc["id"]] = doc
+        combine = data.draw(st.booleans()) and not set(equality) & set(extra)
+        flt = {**equality, **extra} if combine else equality
+
+        def check():
+            match = compile_filter(flt)
+            expected = [d["id"] for d in docs.values() if match(d)]
+            assert [d["id"] for d in store.find("clusters", flt)] == expected, flt
+
+        check()  # builds the index
+        # Writes after the index exists must keep it right.
+        for doc_id in data.draw(st.lists(st.sampled_from(sorted(docs)), max_size=4)):
+            if doc_id not in docs:
+                continue
+            if data.draw(st.booleans()):
+                store.delete("clusters", doc_id)
+                del docs[doc_id]
+            else:
+                new = dict(data.draw(cluster(0)), id=doc_id)
+                store.replace("clusters", doc_id, copy.deepcopy(new))
+                docs[doc_id] = new
+            check()
+        new = dict(data.draw(cluster(0)), id="late")
+        store.insert("clusters", "late", copy.deepcopy(new))
+        docs["late"] = new
+        check()
+    finally:
+        store.close()
