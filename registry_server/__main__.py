@@ -17,12 +17,33 @@ def main(argv=None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--db", default="registry.sqlite3", help="embedded store file")
+    parser.add_argument("--mongo-url", help="mongodb:// URL: use MongoDB instead")
+    parser.add_argument("--mongo-db", default="aios_registry")
     opts = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    store = EmbeddedStore(opts.db, list(REGISTRIES))
-    print(f"registry on http://{opts.host}:{opts.port} (store {opts.db})", flush=True)
-    web.run_app(make_app(store), host=opts.host, port=opts.port, print=None, access_log=None)
-    store.close()
+    if opts.mongo_url:
+        from .mongo_store import MongoStore
+
+        store = MongoStore(opts.mongo_url, opts.mongo_db)
+        where = f"MongoDB {opts.mongo_db}"
+    else:
+        store = EmbeddedStore(opts.db, list(REGISTRIES))
+        where = opts.db
+    app = make_app(store)
+    if opts.mongo_url:
+
+        async def start(app):
+            await store.start()
+
+        async def close(app):
+            await store.close()
+
+        app.on_startup.append(start)
+        app.on_cleanup.append(close)
+    print(f"registry on http://{opts.host}:{opts.port} (store {where})", flush=True)
+    web.run_app(app, host=opts.host, port=opts.port, print=None, access_log=None)
+    if not opts.mongo_url:
+        store.close()
     return 0
 
 

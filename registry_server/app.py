@@ -29,7 +29,34 @@ from .update import apply_update
 __all__ = ["make_app"]
 
 log = logging.getLogger("registry_server")
-_STORE = web.AppKey("store", EmbeddedStore)
+
+
+class _AsyncStore:
+    """Gives the synchronous EmbeddedStore the async interface MongoStore has."""
+
+    def __init__(self, store: EmbeddedStore) -> None:
+        self._store = store
+
+    async def insert(self, name, doc_id, doc):
+        return self._store.insert(name, doc_id, doc)
+
+    async def get(self, name, doc_id):
+        return self._store.get(name, doc_id)
+
+    async def replace(self, name, doc_id, doc):
+        return self._store.replace(name, doc_id, doc)
+
+    async def delete(self, name, doc_id):
+        return self._store.delete(name, doc_id)
+
+    async def find(self, name, filter_):
+        return self._store.find(name, filter_)
+
+    async def count(self, name):
+        return self._store.count(name)
+
+
+_STORE = web.AppKey("store", object)
 _SPEC = web.AppKey("openapi", dict)
 
 
@@ -83,26 +110,26 @@ class RegistryRoutes:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
 
-    def store(self, request: web.Request) -> EmbeddedStore:
+    def store(self, request: web.Request):
         return request.app[_STORE]
 
     async def create(self, request: web.Request) -> web.Response:
         doc = validate(self.registry, await _body(request))
         await self.check_references(request, doc)
-        self.store(request).insert(self.registry.name, doc[self.registry.id_field], doc)
+        await self.store(request).insert(self.registry.name, doc[self.registry.id_field], doc)
         return ok(doc, 201)
 
     async def check_references(self, request: web.Request, doc: dict) -> None:
         if self.registry.name == "vdag_controllers":
             try:
-                self.store(request).get("vdags", doc["vdag_uri"])
+                await self.store(request).get("vdags", doc["vdag_uri"])
             except NotFound:
                 raise SchemaError(
                     f"vdag_uri {doc['vdag_uri']!r}: no such vDAG (create it first)"
                 ) from None
 
     async def get(self, request: web.Request) -> web.Response:
-        return ok(self.store(request).get(self.registry.name, request.match_info["id"]))
+        return ok(await self.store(request).get(self.registry.name, request.match_info["id"]))
 
     async def list(self, request: web.Request) -> web.Response:
         options = {}
@@ -113,13 +140,13 @@ class RegistryRoutes:
                 except ValueError:
                     raise QueryError(f"{key} must be an integer") from None
         options = check_options(options)
-        docs = self.store(request).find(self.registry.name, {})
+        docs = await self.store(request).find(self.registry.name, {})
         return ok(apply_options(docs, options))
 
     async def update(self, request: web.Request) -> web.Response:
         doc_id = request.match_info["id"]
         store = self.store(request)
-        current = store.get(self.registry.name, doc_id)
+        current = await store.get(self.registry.name, doc_id)
         updated = apply_update(current, await _body(request))
         if self.registry.name == "vdags":
             updated.pop("vdagURI", None)  # recomputed from name and version
@@ -127,24 +154,24 @@ class RegistryRoutes:
         if updated[self.registry.id_field] != doc_id:
             raise SchemaError(f"{self.registry.id_field} cannot change ({doc_id!r})")
         await self.check_references(request, updated)
-        store.replace(self.registry.name, doc_id, updated)
+        await store.replace(self.registry.name, doc_id, updated)
         return ok(updated)
 
     async def delete(self, request: web.Request) -> web.Response:
         doc_id = request.match_info["id"]
-        self.store(request).delete(self.registry.name, doc_id)
+        await self.store(request).delete(self.registry.name, doc_id)
         return ok({self.registry.id_field: doc_id})
 
     async def query(self, request: web.Request) -> web.Response:
         query, options = _split_query(await _body(request))
         compile_filter(query)  # a bad filter is a 400 before anything is read
-        docs = self.store(request).find(self.registry.name, query)
+        docs = await self.store(request).find(self.registry.name, query)
         return ok(apply_options(docs, options))
 
 
 async def health(request: web.Request) -> web.Response:
     store = request.app[_STORE]
-    return ok({"status": "ok", "counts": {name: store.count(name) for name in REGISTRIES}})
+    return ok({"status": "ok", "counts": {name: await store.count(name) for name in REGISTRIES}})
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -152,13 +179,16 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 async def controllers_by_vdag(request: web.Request) -> web.Response:
-    docs = request.app[_STORE].find("vdag_controllers", {"vdag_uri": request.match_info["uri"]})
+    docs = await request.app[_STORE].find(
+        "vdag_controllers", {"vdag_uri": request.match_info["uri"]}
+    )
     return ok(docs)
 
 
-def make_app(store: EmbeddedStore) -> web.Application:
+def make_app(store) -> web.Application:
+    """The app over an EmbeddedStore or a MongoStore."""
     app = web.Application(middlewares=[errors], client_max_size=16 << 20)
-    app[_STORE] = store
+    app[_STORE] = _AsyncStore(store) if isinstance(store, EmbeddedStore) else store
     app[_SPEC] = build_spec()
     r = app.router
     r.add_get("/health", health)

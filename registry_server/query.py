@@ -107,8 +107,13 @@ def _walker(parts: tuple[str, ...]) -> Callable[[Any, list], None]:
     return step
 
 
+def array_index(key: str) -> int:
+    """The array position a path part names, or -1 ("¹" is a digit to isdigit(), not one)."""
+    return int(key) if key.isascii() and key.isdigit() else -1
+
+
 def _path_step(key: str, next_step: Callable[[Any, list], None]) -> Callable[[Any, list], None]:
-    index = int(key) if key.isdigit() else -1
+    index = array_index(key)
 
     def step(value: Any, out: list) -> None:
         t = type(value)

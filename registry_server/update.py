@@ -14,7 +14,7 @@ import copy
 from typing import Any
 
 from .errors import UpdateError
-from .query import _kind, compile_filter, values_equal
+from .query import _kind, array_index, compile_filter, values_equal
 
 __all__ = ["apply_update", "normalize_update"]
 
@@ -66,8 +66,8 @@ def _parent(doc: dict, path: str, create: bool):
                     return None, parts[-1]
                 node[part] = {}
             node = node[part]
-        elif isinstance(node, list) and part.isdigit():
-            index = int(part)
+        elif isinstance(node, list) and array_index(part) >= 0:
+            index = array_index(part)
             if index >= len(node):
                 if not create:
                     return None, parts[-1]
@@ -83,16 +83,16 @@ def _parent(doc: dict, path: str, create: bool):
 def _get(parent: Any, key: str) -> Any:
     if isinstance(parent, dict):
         return parent.get(key, _MISSING)
-    if isinstance(parent, list) and key.isdigit() and int(key) < len(parent):
-        return parent[int(key)]
+    if isinstance(parent, list) and 0 <= array_index(key) < len(parent):
+        return parent[array_index(key)]
     return _MISSING
 
 
 def _put(parent: Any, key: str, value: Any, path: str) -> None:
     if isinstance(parent, dict):
         parent[key] = value
-    elif isinstance(parent, list) and key.isdigit():
-        index = int(key)
+    elif isinstance(parent, list) and array_index(key) >= 0:
+        index = array_index(key)
         while len(parent) <= index:
             parent.append(None)
         parent[index] = value
@@ -129,8 +129,8 @@ def _apply(doc: dict, op: str, path: str, arg: Any) -> None:
         parent, key = _parent(doc, path, create=False)
         if isinstance(parent, dict):
             parent.pop(key, None)
-        elif isinstance(parent, list) and key.isdigit() and int(key) < len(parent):
-            parent[int(key)] = None
+        elif isinstance(parent, list) and 0 <= array_index(key) < len(parent):
+            parent[array_index(key)] = None
         return
     if op == "$rename":
         parent, key = _parent(doc, path, create=False)

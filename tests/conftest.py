@@ -7,6 +7,13 @@ import importlib
 import os
 
 import pytest
+from hypothesis import settings
+
+# CI runs the property tests with a fixed seed, so a commit's CI result does not depend on
+# luck; locally they explore new examples on every run (and keep failures in .hypothesis).
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 PURE_ONLY = os.environ.get("AIOS_FAST_NO_EXTENSIONS", "").strip().lower() in {
     "1",

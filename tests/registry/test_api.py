@@ -4,9 +4,11 @@ every route and error case, and durability across kill -9."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import urllib.error
 import urllib.request
+import uuid
 
 import pytest
 
@@ -15,15 +17,15 @@ from .seed_docs import BLOCK, CLUSTER, CONTROLLER, VDAG, fresh
 
 
 class Server:
-    def __init__(self, db) -> None:
-        import os
+    def __init__(self, db, *extra: str) -> None:
         import subprocess
         import sys
         import time
 
         self.port = free_port()
         self.p = subprocess.Popen(
-            [sys.executable, "-m", "registry_server", "--port", str(self.port), "--db", str(db)],
+            [sys.executable, "-m", "registry_server", "--port", str(self.port), "--db", str(db),
+             *extra],
             cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
@@ -58,11 +60,25 @@ class Server:
         self.p.wait(10)
 
 
-@pytest.fixture
-def server(tmp_path):
-    srv = Server(tmp_path / "registry.sqlite3")
+MONGO_URL = os.environ.get("AIOS_MONGO_URL", "")
+
+
+@pytest.fixture(params=["embedded", "mongodb"])
+def server(request, tmp_path):
+    """The behaviour suite runs on the embedded store, and on MongoDB when AIOS_MONGO_URL
+    names one (no MongoDB server can run on the development machines)."""
+    extra: tuple[str, ...] = ()
+    if request.param == "mongodb":
+        if not MONGO_URL:
+            pytest.skip("set AIOS_MONGO_URL=mongodb://... to run the suite on MongoDB")
+        extra = ("--mongo-url", MONGO_URL, "--mongo-db", f"aios_test_{uuid.uuid4().hex[:12]}")
+    srv = Server(tmp_path / "registry.sqlite3", *extra)
     yield srv
     srv.stop()
+    if request.param == "mongodb":
+        from pymongo import MongoClient
+
+        MongoClient(MONGO_URL).drop_database(extra[-1])
 
 
 def test_seed_curl_examples(server):

@@ -3,6 +3,8 @@ the server never answers 5xx and always answers JSON."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
@@ -31,7 +33,11 @@ def test_openapi_document_is_served(server):
 
 
 @schema.parametrize()
-@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=int(os.environ.get("AIOS_FUZZ_EXAMPLES", "15")),
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
 def test_no_input_gets_a_server_error(case, server):
     response = case.call(base_url=f"http://127.0.0.1:{server.port}")
     case.validate_response(response, checks=[not_a_server_error])

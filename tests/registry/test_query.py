@@ -135,3 +135,10 @@ def test_updates():
 def test_invalid_updates_are_refused(update, message):
     with pytest.raises(UpdateError, match=message):
         apply_update(CLUSTER, update)
+
+
+def test_unicode_digits_are_field_names_not_indexes():
+    # "¹" and "٣" are digits to str.isdigit() but not array positions (found by schemathesis)
+    assert compile_filter({"¹": ["¹", "¹"]})({"¹": ["¹", "¹"]}) is True
+    assert compile_filter({"a.٣": 1})({"a": [{"٣": 1}]}) is True
+    assert apply_update({"a": {}}, {"$set": {"a.¹": 2}}) == {"a": {"¹": 2}}
