@@ -317,7 +317,7 @@ def _view(buf) -> memoryview:
 
 
 def _decode_file(view, pos: int, end: int) -> FileInfo:
-    meta = (0, 0)
+    metadata = ""
     data = (0, 0)
     while pos < end:
         at = pos
@@ -327,20 +327,20 @@ def _decode_file(view, pos: int, end: int) -> FileInfo:
                 raise _wrong(field, wt, at)
             n, pos = _length(view, pos, end)
             if field == 1:
-                meta = (pos, n)
+                metadata = _utf8(view, pos, n)  # every occurrence is validated, as upb does
             else:
                 data = (pos, n)
             pos += n
         else:
             pos = _skip(view, field, wt, pos, end, 1)
     info = FileInfo.__new__(FileInfo)
-    info._metadata = _utf8(view, *meta)
+    info._metadata = metadata
     info._file_data = view[data[0] : data[0] + data[1]]
     return info
 
 
 def _decode(view: memoryview, pos: int, end: int) -> Packet:
-    strings = {1: (0, 0), 4: (0, 0), 6: (0, 0)}
+    strings = {1: "", 4: "", 6: ""}
     frame = (0, 0)
     seq_no = 0
     ts = 0.0
@@ -357,7 +357,7 @@ def _decode(view: memoryview, pos: int, end: int) -> Packet:
             elif field == 7:
                 files.append(_decode_file(view, pos, pos + n))
             else:
-                strings[field] = (pos, n)
+                strings[field] = _utf8(view, pos, n)  # every occurrence, as upb does
             pos += n
         elif field == 2:
             if wt != _VARINT:
@@ -373,12 +373,12 @@ def _decode(view: memoryview, pos: int, end: int) -> Packet:
         else:
             pos = _skip(view, field, wt, pos, end, 0)
     packet = Packet.__new__(Packet)
-    packet._session_id = _utf8(view, *strings[1])
+    packet._session_id = strings[1]
     packet._seq_no = seq_no
     packet._frame_ptr = view[frame[0] : frame[0] + frame[1]]
-    packet._data = _utf8(view, *strings[4])
+    packet._data = strings[4]
     packet._ts = ts
-    packet._output_ptr = _utf8(view, *strings[6])
+    packet._output_ptr = strings[6]
     packet._files = files
     return packet
 

@@ -209,6 +209,9 @@ MALFORMED = [
     ("surrogate_in_data", b"\x22\x03\xed\xa0\x80", "invalid_utf8"),
     ("overlong_utf8", b"\x32\x02\xc0\x80", "invalid_utf8"),
     ("invalid_utf8_metadata", b"\x3a\x03\x0a\x01\xff", "invalid_utf8"),
+    # upb checks every occurrence, not only the one that wins (found by Hypothesis)
+    ("invalid_utf8_overwritten", b"\x0a\x01\xff\x0a\x01a", "invalid_utf8"),
+    ("invalid_metadata_overwritten", b"\x3a\x06\x0a\x01\xff\x0a\x01a", "invalid_utf8"),
     ("file_length_past_end", b"\x3a\x04\x0a\x09ab", "length_overflow"),
     ("string_as_varint", b"\x08\x01", "wrong_wire_type"),
     ("seq_no_as_bytes", b"\x12\x00", "wrong_wire_type"),

@@ -270,12 +270,13 @@ cdef Py_ssize_t _parse_file(Cur* c, Py_ssize_t pos, Py_ssize_t end, FileSpan* fs
             if wt != WT_LEN:
                 return _fail(c, E_WRONG_WIRE_TYPE, at)
             pos = _length(c, pos, end, &fs.meta if field == 1 else &fs.data)
+            # Every occurrence of a string is validated, as upb does (not just the last).
+            if pos >= 0 and field == 1 and not _check_utf8(c, &fs.meta):
+                return -1
         else:
             pos = _skip(c, field, wt, pos, end, 1)
         if pos < 0:
             return -1
-    if not _check_utf8(c, &fs.meta):
-        return -1
     return pos
 
 
@@ -299,6 +300,10 @@ cdef int _parse_packet(Packet pk, Cur* c, Py_ssize_t pos, Py_ssize_t end) except
                 break
             pos = _length(c, pos, end, &sp)
             if pos < 0:
+                break
+            # Every occurrence of a string is validated, as upb does (not just the last).
+            if (field == 1 or field == 4 or field == 6) and not _check_utf8(c, &sp):
+                pos = -1
                 break
             if field == 1:
                 pk._sp_session_id = sp
@@ -350,8 +355,7 @@ cdef int _parse_packet(Packet pk, Cur* c, Py_ssize_t pos, Py_ssize_t end) except
             pos = _skip(c, field, wt, pos, end, 0)
         if pos < 0:
             break
-    if pos >= 0 and _check_utf8(c, &pk._sp_session_id) and _check_utf8(c, &pk._sp_data) \
-            and _check_utf8(c, &pk._sp_output_ptr):
+    if pos >= 0:
         return 0
     raise PacketDecodeError(_REASONS[c.err], c.err_off)
 
