@@ -13,10 +13,14 @@ import argparse
 import copy
 import platform
 import random
+import shutil
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 from registry_server.query import compile_filter
+from registry_server.store import EmbeddedStore
 
 from ._timing import fmt_ns, progress, replace_section
 
@@ -69,6 +73,9 @@ def run(n_docs: int, rounds: int) -> list[dict]:
     docs = [make_cluster(i, rnd) for i in range(n_docs)]
     collection = mongomock.MongoClient().db.clusters
     collection.insert_many(copy.deepcopy(docs))
+    tmp = tempfile.mkdtemp()
+    store = EmbeddedStore(Path(tmp) / "registry.sqlite3", ["clusters"])
+    store.insert_many("clusters", {d["id"]: copy.deepcopy(d) for d in docs})
     rows = []
     for name, flt in FILTERS.items():
         progress(f"registry filter: {name} ...")
@@ -80,17 +87,20 @@ def run(n_docs: int, rounds: int) -> list[dict]:
         def theirs(flt=flt):
             return [d["id"] for d in collection.find(flt, {"id": 1})]
 
-        assert sorted(ours()) == sorted(theirs()), name
-        t_ours, t_theirs = [], []
+        def stored(flt=flt):
+            return [d["id"] for d in store.find("clusters", flt)]
+
+        assert sorted(ours()) == sorted(theirs()) == sorted(stored()), name  # + warms indexes
+        times: dict[str, list[int]] = {"ours": [], "store": [], "mongomock": []}
         for _ in range(rounds):
-            start = time.perf_counter_ns()
-            hits = ours()
-            t_ours.append(time.perf_counter_ns() - start)
-            start = time.perf_counter_ns()
-            theirs()
-            t_theirs.append(time.perf_counter_ns() - start)
-        rows.append({"filter": name, "hits": len(hits), "ours": statistics.median(t_ours),
-                     "mongomock": statistics.median(t_theirs)})  # fmt: skip
+            for key, fn in (("ours", ours), ("store", stored), ("mongomock", theirs)):
+                start = time.perf_counter_ns()
+                hits = fn()
+                times[key].append(time.perf_counter_ns() - start)
+        rows.append({"filter": name, "hits": len(hits),
+                     **{k: statistics.median(v) for k, v in times.items()}})  # fmt: skip
+    store.close()
+    shutil.rmtree(tmp, ignore_errors=True)
     return rows
 
 
@@ -98,15 +108,20 @@ def render(rows: list[dict], n_docs: int, rounds: int) -> str:
     lines = [
         f"Machine: {platform.machine()}, Python {platform.python_version()}; {n_docs:,} "
         f"documents, median of {rounds} interleaved rounds; goal >= 10x mongomock.",
+        "`compiled filter` is the matcher alone over every document; `store query` is what",
+        "the server runs (EmbeddedStore.find: equality indexes, then the matcher over the",
+        "candidates); the goal is judged on the store query.",
         "",
-        "| filter | matches | compiled filter | mongomock find | speed-up | goal |",
-        "|---|---|---|---|---|---|",
+        "| filter | matches | compiled filter | store query | mongomock find | filter vs "
+        "mongomock | store vs mongomock | goal |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        ratio = r["mongomock"] / r["ours"]
+        ratio = r["mongomock"] / r["store"]
         lines.append(
-            f"| {r['filter']} | {r['hits']:,} | {fmt_ns(r['ours'])} | {fmt_ns(r['mongomock'])} "
-            f"| {ratio:.0f}x | {'met' if ratio >= 10 else 'MISSED'} |"
+            f"| {r['filter']} | {r['hits']:,} | {fmt_ns(r['ours'])} | {fmt_ns(r['store'])} | "
+            f"{fmt_ns(r['mongomock'])} | {r['mongomock'] / r['ours']:.0f}x | {ratio:.0f}x | "
+            f"{'met' if ratio >= 10 else 'MISSED'} |"
         )
     return "\n".join(lines) + "\n"
 

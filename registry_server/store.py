@@ -10,9 +10,10 @@ All methods are synchronous and fast; the HTTP layer calls them on its event loo
 
 Equality indexes prune queries: the first query with an equality on a path (a bare
 scalar, ``$eq`` or ``$in`` of strings/numbers, at the filter's top level) builds a hash
-index value -> ids for that path, kept up to date by every later write. A query then
-runs its compiled filter only over the smallest candidate set (the ids with that value,
-plus documents where the path holds an array or object, which the index does not split);
+index value -> ids for that path (array elements indexed one by one, as a multikey
+index), kept up to date by every later write. A query then runs its compiled filter only
+over the smallest candidate set (the ids with that value, plus documents where the path
+holds an object, which the index does not split);
 the filter still decides, so the index can only make a query cheaper, never different.
 """
 
@@ -46,24 +47,36 @@ class _Index:
         self.by_key: dict[tuple, set[str]] = {}
         self.other: set[str] = set()
 
-    def add(self, doc_id: str, doc: dict) -> None:
+    def _keys(self, doc: dict) -> tuple[set, bool]:
+        """Index keys of a document's values at the path (array elements too: a scalar
+        equals an array when one element does), and whether some value escapes the index
+        (an object, or an array holding one): such documents are always candidates."""
+        keys: set = set()
+        unindexed = False
         for value in path_values(doc, self.path):
-            key = _index_key(value)
-            if key is None:
-                if isinstance(value, (list, dict)):
-                    self.other.add(doc_id)
-            else:
-                self.by_key.setdefault(key, set()).add(doc_id)
+            for item in value if type(value) is list else (value,):
+                key = _index_key(item)
+                if key is not None:
+                    keys.add(key)
+                elif isinstance(item, (list, dict)):
+                    unindexed = True
+        return keys, unindexed
+
+    def add(self, doc_id: str, doc: dict) -> None:
+        keys, unindexed = self._keys(doc)
+        for key in keys:
+            self.by_key.setdefault(key, set()).add(doc_id)
+        if unindexed:
+            self.other.add(doc_id)
 
     def remove(self, doc_id: str, doc: dict) -> None:
-        for value in path_values(doc, self.path):
-            key = _index_key(value)
-            if key is not None:
-                ids = self.by_key.get(key)
-                if ids is not None:
-                    ids.discard(doc_id)
-                    if not ids:
-                        del self.by_key[key]
+        keys, _ = self._keys(doc)
+        for key in keys:
+            ids = self.by_key.get(key)
+            if ids is not None:
+                ids.discard(doc_id)
+                if not ids:
+                    del self.by_key[key]
         self.other.discard(doc_id)
 
     def candidates(self, values: list) -> set[str]:
@@ -117,6 +130,24 @@ class EmbeddedStore:
 
     def close(self) -> None:
         self._db.close()
+
+    def insert_many(self, name: str, docs: dict[str, dict]) -> None:
+        """Insert {id: doc} in one transaction (bulk loads); a duplicate id inserts none."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN")
+                self._db.executemany(f'INSERT INTO "{name}" (id, doc) VALUES (?, ?)',
+                                     [(i, json.dumps(d)) for i, d in docs.items()])  # fmt: skip
+                self._db.execute("COMMIT")
+            except sqlite3.IntegrityError:
+                self._db.execute("ROLLBACK")
+                raise Conflict(f"{name}: a document id already exists") from None
+            for doc_id, doc in docs.items():
+                self._docs[name][doc_id] = doc
+                self._seq[name][doc_id] = self._next
+                self._next += 1
+                for index in self._indexes[name].values():
+                    index.add(doc_id, doc)
 
     def insert(self, name: str, doc_id: str, doc: dict) -> None:
         with self._lock:

@@ -34,8 +34,12 @@ def test_indexed_find_equals_full_scan(tmp_path_factory, documents, equality, ex
     try:
         for i, doc in enumerate(documents):
             doc = dict(doc, id=f"c{i}")
-            store.insert("clusters", doc["id"], copy.deepcopy(doc))
             docs[doc["id"]] = doc
+        if data.draw(st.booleans()):
+            store.insert_many("clusters", copy.deepcopy(docs))
+        else:
+            for doc_id, doc in docs.items():
+                store.insert("clusters", doc_id, copy.deepcopy(doc))
         combine = data.draw(st.booleans()) and not set(equality) & set(extra)
         flt = {**equality, **extra} if combine else equality
 
@@ -63,3 +67,19 @@ def test_indexed_find_equals_full_scan(tmp_path_factory, documents, equality, ex
         check()
     finally:
         store.close()
+
+
+def test_insert_many_is_all_or_nothing(tmp_path):
+    import pytest
+
+    from registry_server.errors import Conflict
+
+    store = EmbeddedStore(tmp_path / "db.sqlite3", ["blocks"])
+    store.insert("blocks", "b1", {"id": "b1"})
+    with pytest.raises(Conflict):
+        store.insert_many("blocks", {"b2": {"id": "b2"}, "b1": {"id": "b1"}})
+    assert [d["id"] for d in store.find("blocks", {})] == ["b1"]
+    store.close()
+    again = EmbeddedStore(tmp_path / "db.sqlite3", ["blocks"])
+    assert again.count("blocks") == 1
+    again.close()
