@@ -24,7 +24,7 @@ from pathlib import Path
 
 from aios_fast import codec
 
-from . import payloads
+from . import _h2load, payloads
 from ._timing import progress, replace_section
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,31 +38,12 @@ def grpc_body(message: bytes) -> bytes:
 
 def h2load(port: int, body: Path, duration: float, conns: int, streams: int,
            method: str = "infer_result") -> dict:  # fmt: skip
-    log = Path(tempfile.mkstemp(suffix=".log")[1])
-    cmd = [
-        "h2load", "-D", str(int(duration)), "--warm-up-time", "1", "-c", str(conns),
-        "-m", str(streams), "-t", "1", "-d", str(body),
-        "-H", "content-type: application/grpc", "-H", "te: trailers",
-        "--log-file", str(log), f"http://127.0.0.1:{port}/InferenceProxy/{method}",
-    ]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
-    if out.returncode != 0:
-        raise RuntimeError(out.stderr or out.stdout)
-    lat = []
-    codes = {}
-    for line in log.read_text().splitlines():
-        parts = line.split("\t")
-        if len(parts) >= 3:
-            codes[parts[1]] = codes.get(parts[1], 0) + 1
-            lat.append(int(parts[2]))
-    log.unlink()
-    lat.sort()
-    return {
-        "tasks_s": len(lat) / duration,
-        "p50_ms": lat[len(lat) // 2] / 1000 if lat else float("nan"),
-        "p99_ms": lat[int(len(lat) * 0.99)] / 1000 if lat else float("nan"),
-        "codes": codes,
-    }
+    """gRPC calls of ``method`` (HTTP/2, gRPC framing) through bench._h2load."""
+    result = _h2load.run(
+        f"http://127.0.0.1:{port}/InferenceProxy/{method}", int(duration), conns,
+        streams=streams, body=body, headers=("content-type: application/grpc", "te: trailers"),
+    )  # fmt: skip
+    return {**result, "tasks_s": result["req_s"]}
 
 
 def original_system(opts, body: Path) -> dict:
@@ -120,8 +101,7 @@ def check(port: int) -> None:
 
 
 def run(opts) -> list[dict]:
-    if shutil.which("h2load") is None:
-        raise SystemExit("h2load not found: apt-get install nghttp2-client")
+    _h2load.require()
     body = Path(tempfile.mkstemp(suffix=".bin")[1])
     body.write_bytes(grpc_body(payloads.small_message()))
     rows = []

@@ -16,7 +16,6 @@ import os
 import platform
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 from registry_server.schemas import REGISTRIES
 from registry_server.store import EmbeddedStore
 
+from . import _h2load
 from ._timing import progress, replace_section
 from .registry_filter import make_cluster
 
@@ -32,30 +32,8 @@ sys.path.insert(0, str(ROOT))
 from tests.registry.test_api import Server  # noqa: E402
 
 
-def h2load_h1(url: str, duration: int, conns: int, body: Path | None) -> dict:
-    log = Path(tempfile.mkstemp(suffix=".log")[1])
-    cmd = ["h2load", "--h1", "-D", str(duration), "--warm-up-time", "1", "-c", str(conns),
-           "-t", "1", "--log-file", str(log), "-H", "content-type: application/json"]  # fmt: skip
-    if body is not None:
-        cmd += ["-d", str(body)]
-    out = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=duration + 60)
-    if out.returncode != 0:
-        raise RuntimeError(out.stderr or out.stdout)
-    rows = [line.split("\t") for line in log.read_text().splitlines()]
-    log.unlink()
-    lat = sorted(int(r[2]) for r in rows if len(r) >= 3)
-    codes = {r[1] for r in rows if len(r) >= 3}
-    return {
-        "req_s": len(lat) / duration,
-        "p50_ms": lat[len(lat) // 2] / 1000,
-        "p99_ms": lat[int(len(lat) * 0.99)] / 1000,
-        "codes": ",".join(sorted(codes)),
-    }
-
-
 def run(opts) -> list[dict]:
-    if shutil.which("h2load") is None:
-        raise SystemExit("h2load not found: apt-get install nghttp2-client")
+    _h2load.require()
     tmp = Path(tempfile.mkdtemp())
     store = EmbeddedStore(tmp / "registry.sqlite3", list(REGISTRIES))
     rnd = random.Random(7)
@@ -80,7 +58,9 @@ def run(opts) -> list[dict]:
     try:
         for name, url, body in cases:
             progress(f"registry http: {name} ...")
-            rows.append({"case": name, **h2load_h1(url, opts.duration, opts.connections, body)})
+            result = _h2load.run(url, opts.duration, opts.connections, body=body, h1=True,
+                                 headers=("content-type: application/json",))  # fmt: skip
+            rows.append({"case": name, **result})
     finally:
         server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
