@@ -59,17 +59,26 @@ def start_instance(block: str = "aios_fast.block:EchoBlock", parameters: dict | 
 
 def start_executor(instances: dict[str, int], *extra: str, port: int | None = None,
                    workers: int = 1) -> tuple[Proc, int]:  # fmt: skip
-    port = port or free_port()
-    args = ["-m", "aios_fast.executor", "--port", str(port), "--workers", str(workers)]
-    for iid, iport in instances.items():
-        args += ["--instance", f"{iid}=127.0.0.1:{iport}"]
-    proc = Proc([*args, *extra])
-    try:
-        wait_serving(port)
-    except BaseException:
-        proc.stop()
-        raise
-    return proc, port
+    """An executor process serving the instances; a free port is picked (again, if another
+    process took it between the pick and the bind) unless ``port`` is given."""
+    for attempt in range(3):  # a picked port may be taken before the executor binds it
+        chosen = port or free_port()
+        args = ["-m", "aios_fast.executor", "--port", str(chosen), "--workers", str(workers)]
+        for iid, iport in instances.items():
+            args += ["--instance", f"{iid}=127.0.0.1:{iport}"]
+        try:
+            proc = Proc([*args, *extra])
+        except RuntimeError as exc:
+            if port is None and "in use" in str(exc) and attempt < 2:
+                continue
+            raise
+        try:
+            wait_serving(chosen)
+        except BaseException:
+            proc.stop()
+            raise
+        return proc, chosen
+    raise RuntimeError("no free port could be bound in 3 tries")
 
 
 def frame(session_id: str = "s", seq_no: int = 1, data: str = "{}", **kw) -> bytes:

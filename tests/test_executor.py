@@ -180,9 +180,8 @@ def test_backpressure_answers_resource_exhausted():
 
 
 def test_no_instances_is_unavailable():
-    port = free_port()
     instance = start_instance()
-    executor, port = start_executor({"i0": instance.info["port"]}, port=port)
+    executor, port = start_executor({"i0": instance.info["port"]})
     instance.stop()
     time.sleep(0.5)
     try:
