@@ -230,8 +230,9 @@ class UnaryLink:
     async def _watch_state(self) -> None:
         state = self._channel.get_state(try_to_connect=True)
         while True:
-            up = state in (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.IDLE) and (
-                state is grpc.ChannelConnectivity.READY or self.up
+            # READY is up; IDLE (an idle timeout) keeps whatever it was; the rest is down.
+            up = state is grpc.ChannelConnectivity.READY or (
+                state is grpc.ChannelConnectivity.IDLE and self.up
             )
             if up != self.up:
                 self.up = up

@@ -38,10 +38,8 @@ def check_options(options: Any) -> dict:
     if projection is not None:
         if not isinstance(projection, dict) or not projection:
             raise QueryError("projection must be a non-empty object of field: 0 or 1")
-        flags = {bool(v) for v in projection.values() if v in (0, 1, True, False)}
-        if len(flags) != 1 or len(projection) != sum(
-            1 for v in projection.values() if v in (0, 1, True, False)
-        ):
+        values = list(projection.values())
+        if not all(v in (0, 1) for v in values) or len({bool(v) for v in values}) != 1:
             raise QueryError("projection must be all inclusions (1) or all exclusions (0)")
     return options
 

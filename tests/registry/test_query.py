@@ -142,3 +142,18 @@ def test_unicode_digits_are_field_names_not_indexes():
     assert compile_filter({"¹": ["¹", "¹"]})({"¹": ["¹", "¹"]}) is True
     assert compile_filter({"a.٣": 1})({"a": [{"٣": 1}]}) is True
     assert apply_update({"a": {}}, {"$set": {"a.¹": 2}}) == {"a": {"¹": 2}}
+
+
+@pytest.mark.parametrize("projection", [{"a": 1, "b": 0}, {"a": "yes"}, {"a": 2}, {}, ["a"]])
+def test_bad_projections_are_refused(projection):
+    from registry_server.options import check_options
+
+    with pytest.raises(QueryError, match="projection"):
+        check_options({"projection": projection})
+
+
+def test_good_projections_pass():
+    from registry_server.options import check_options
+
+    for projection in ({"a": 1, "b.c": 1}, {"a": 0}, {"a": True}):
+        assert check_options({"projection": projection})["projection"] == projection
