@@ -71,17 +71,22 @@ class Discovery:
         self._scans = Periodic(self.sync_once, interval, log, "discovery scan")
 
     async def scan(self) -> dict[str, str]:
+        """instance id -> gRPC target of every live registration."""
         found = {}
+        self.health: dict[str, str] = {}
         async for key in self.client.scan_iter(match=self.pattern, count=500):
             raw = await self.client.get(key)
             if raw is None:
                 continue
             try:
-                target = json.loads(raw)["target"]
+                value = json.loads(raw)
+                target, mgmt = value["target"], value.get("mgmt", "")
             except (ValueError, KeyError, TypeError):
                 log.error("ignoring malformed registration %s: %r", key, raw)
                 continue
-            found[key.decode().rsplit(":", 1)[1]] = target
+            iid = key.decode().rsplit(":", 1)[1]
+            found[iid] = target
+            self.health[iid] = mgmt
         return found
 
     async def sync_once(self) -> None:
@@ -96,7 +101,7 @@ class Discovery:
             if self.known.get(iid) != target:
                 if iid in self.known:
                     await self.executor.remove_instance(iid)
-                self.executor.add_instance(InstanceSpec(iid, target))
+                self.executor.add_instance(InstanceSpec(iid, target, health=self.health[iid]))
                 self.known[iid] = target
                 log.info("instance %s joined at %s", iid, target)
         for iid in list(self.known):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from time import perf_counter
 
 import grpc
 
@@ -31,6 +32,7 @@ from . import codec, lb
 from .errors import NoInstanceError, PacketDecodeError
 from .executor_link import InstanceLink, TaskFailed, TaskLost, TaskNotAccepted, UnaryLink
 from .hardware import MetricsSnapshot
+from .metrics import Histogram
 
 __all__ = ["Executor", "ExecutorConfig", "InstanceSpec"]
 
@@ -43,6 +45,7 @@ class InstanceSpec:
     id: str
     target: str  # host:port of the instance's gRPC server
     protocol: str = "stream"  # "stream" (aios_fast link) or "unary" (the seeds' infer only)
+    health: str = ""  # host:port of the instance's management HTTP (GET /health), if any
 
 
 @dataclass
@@ -60,6 +63,11 @@ class ExecutorConfig:
     discover: str = ""  # redis:// URL of instance registrations (aios_fast.discovery)
     block_id: str = "block"
     discover_interval: float = 1.0
+    # HTTP services (aios_fast.executor_mgmt): None = not served, 0 = any free port.
+    mgmt_port: int | None = None  # POST /mgmt (the seeds' 18001)
+    metrics_port: int | None = None  # GET /metrics (the seeds' 18000)
+    http_host: str = ""  # where those listen ("": host)
+    block_data: dict | None = None  # the block document, handed to user policies
 
 
 class _Reject(Exception):
@@ -74,12 +82,17 @@ class Executor:
 
     def __init__(self, config: ExecutorConfig, *, block_data: dict | None = None) -> None:
         self.config = config
+        self.block_data = block_data if block_data is not None else config.block_data
         # What user policies see through settings["get_metrics"]: served from memory.
         self.metrics = MetricsSnapshot(self._block_metrics)
-        self.balancer = lb.make_balancer(
-            config.policy, (), block_data=block_data, get_metrics=self.metrics.get_metrics
-        )
+        self.policy_spec = dict(config.policy)
+        self.balancer = self._make_balancer(self.policy_spec)
         self.links: dict[str, InstanceLink] = {}
+        self.specs: dict[str, InstanceSpec] = {}
+        self.unhealthy: set[str] = set()  # marked by the health checker
+        # Seconds: received -> acknowledged by an instance, acknowledged -> result, and
+        # received -> result (tasks that completed).
+        self.latency = {"accept": Histogram(), "run": Histogram(), "total": Histogram()}
         self.inflight = 0
         self.stats = dict.fromkeys(
             ("received", "accepted", "completed", "failed", "retried", "rejected", "lost",
@@ -88,25 +101,62 @@ class Executor:
         )  # fmt: skip
         self._server: grpc.aio.Server | None = None
         self.port = config.port
+        self.services = None  # aios_fast.executor_mgmt.ExecutorServices, when served
 
     # ------------------------------------------------------------------ instance set
 
     def add_instance(self, spec: InstanceSpec) -> None:
         if spec.id in self.links:
             raise ValueError(f"instance {spec.id!r} is already known")
-        self.balancer.add(spec.id)
-        self.balancer.set_healthy(spec.id, False)  # until its link is up
         if spec.protocol not in ("stream", "unary"):
             raise ValueError(f"instance {spec.id!r}: unknown protocol {spec.protocol!r}")
+        self.balancer.add(spec.id)
+        self.balancer.set_healthy(spec.id, False)  # until its link is up
         link_cls = InstanceLink if spec.protocol == "stream" else UnaryLink
         link = link_cls(spec.id, spec.target, self._link_state, self.config.link_linger)
         self.links[spec.id] = link
+        self.specs[spec.id] = spec
         link.start()
 
     async def remove_instance(self, instance_id: str) -> None:
         link = self.links.pop(instance_id)
+        self.specs.pop(instance_id, None)
+        self.unhealthy.discard(instance_id)
         self.balancer.remove(instance_id)
         await link.close()
+
+    def set_instance_health(self, instance_id: str, healthy: bool) -> None:
+        """The health checker's verdict: an unhealthy instance gets no tasks (even with
+        its link up) until it is marked healthy again."""
+        if instance_id not in self.links:
+            raise KeyError(instance_id)
+        if healthy:
+            self.unhealthy.discard(instance_id)
+        else:
+            self.unhealthy.add(instance_id)
+        self._link_state(instance_id, self.links[instance_id].up)
+
+    # ------------------------------------------------------------------ policy
+
+    def _make_balancer(self, spec: dict):
+        return lb.make_balancer(
+            spec, (), block_data=self.block_data, get_metrics=self.metrics.get_metrics
+        )
+
+    def switch_policy(self, spec: dict) -> None:
+        """Replace the balancer (a new policy, or new built-in parameters); the instance
+        set, weights, health, draining and outstanding counts carry over."""
+        new = self._make_balancer(spec)
+        old = self.balancer
+        for iid in old.instances():
+            state = old.state(iid)
+            new.add(iid, state["weight"])
+            new.set_healthy(iid, state["healthy"])
+            new.set_draining(iid, state["draining"])
+            for _ in range(state["outstanding"]):
+                new.on_dispatch(iid)
+        self.balancer = new
+        self.policy_spec = dict(spec)
 
     def _block_metrics(self) -> dict:
         """Executor state for policies (on the loop, every metrics interval)."""
@@ -120,11 +170,11 @@ class Executor:
 
     def _link_state(self, instance_id: str, up: bool) -> None:
         if instance_id in self.balancer:
-            self.balancer.set_healthy(instance_id, up)
+            self.balancer.set_healthy(instance_id, up and instance_id not in self.unhealthy)
 
     # ------------------------------------------------------------------ dispatch
 
-    async def _dispatch(self, frame: bytes, packet, want_result: bool):
+    async def _dispatch(self, frame: bytes, packet, want_result: bool, t0: float):
         """Send one task; returns it once acknowledged. Retries unacknowledged tasks."""
         last: Exception | None = None
         for attempt in range(self.config.max_retries + 1):
@@ -143,8 +193,10 @@ class Executor:
             self.balancer.on_dispatch(link.instance_id)
             task = link.submit(frame, None if want_result else self._unobserved_result)
             task.on_done = self._finished
+            task.t0 = t0
             try:
                 await task.accepted
+                self.latency["accept"].observe(task.t_ack - t0)
                 return task
             except TaskNotAccepted as exc:
                 self.balancer.on_finish(link.instance_id)
@@ -163,10 +215,15 @@ class Executor:
                 best = link
         return best
 
-    def _finished(self, task) -> None:
+    def _finished(self, task, exc: Exception | None) -> None:
         self.balancer.on_finish(task.instance_id)
+        if exc is None:
+            now = perf_counter()
+            self.latency["run"].observe(now - task.t_ack)
+            self.latency["total"].observe(now - task.t0)
 
     async def _run(self, frame: bytes, context, want_result: bool):
+        t0 = perf_counter()
         self.stats["received"] += 1
         try:
             packet = codec.decode_message(frame)
@@ -181,7 +238,7 @@ class Executor:
             )
         self.inflight += 1
         try:
-            task = await self._dispatch(frame, packet, want_result)
+            task = await self._dispatch(frame, packet, want_result, t0)
             self.stats["accepted"] += 1
             if not want_result:
                 return _TRUE
@@ -291,6 +348,15 @@ class Executor:
         await server.start()
         self._server = server
         self.metrics.start()
+        if self.config.mgmt_port is not None or self.config.metrics_port is not None:
+            from .executor_mgmt import ExecutorServices
+
+            self.services = ExecutorServices(self)
+            await self.services.start(
+                self.config.http_host or self.config.host,
+                self.config.mgmt_port,
+                self.config.metrics_port,
+            )
 
     async def wait_ready(self, timeout: float = 10.0) -> None:
         """Until every configured instance's link is up (or timeout)."""
@@ -318,20 +384,26 @@ class Executor:
         for link in list(self.links.values()):
             await link.close()
         await self.metrics.stop()
+        if self.services is not None:
+            await self.services.stop()
 
 
 # ---------------------------------------------------------------------- command line
 
 
 def _parse_instance(text: str) -> InstanceSpec:
-    """``id=host:port`` (aios_fast stream link) or ``id=unary:host:port`` (seeds' infer)."""
+    """``id=host:port`` (aios_fast stream link) or ``id=unary:host:port`` (seeds' infer),
+    optionally followed by ``@host:port``, the instance's management HTTP (/health)."""
     iid, sep, target = text.partition("=")
+    target, _, health = target.partition("@")
     protocol = "stream"
     if target.startswith("unary:"):
         protocol, target = "unary", target[len("unary:") :]
-    if not sep or not iid or ":" not in target:
-        raise ValueError(f"--instance wants id=host:port or id=unary:host:port, not {text!r}")
-    return InstanceSpec(iid, target, protocol)
+    if not sep or not iid or ":" not in target or (health and ":" not in health):
+        raise ValueError(
+            f"--instance wants id=[unary:]host:port[@mgmt_host:mgmt_port], not {text!r}"
+        )
+    return InstanceSpec(iid, target, protocol, health)
 
 
 async def serve(config: ExecutorConfig, ready=None) -> None:
@@ -351,8 +423,8 @@ async def serve(config: ExecutorConfig, ready=None) -> None:
     await executor.stop()
 
 
-def _worker(config: ExecutorConfig, announce: bool) -> None:
-    import json
+def _worker(config: ExecutorConfig, announce) -> None:
+    """One executor process. ``announce(info)`` gets its ports once it serves."""
     import os
 
     try:
@@ -363,48 +435,114 @@ def _worker(config: ExecutorConfig, announce: bool) -> None:
         pass
 
     def ready(executor: Executor) -> None:
-        if announce:
-            print(json.dumps({"port": executor.port, "pid": os.getpid()}), flush=True)
+        services = executor.services
+        announce({
+            "port": executor.port,
+            "pid": os.getpid(),
+            "mgmt_port": services.mgmt_port if services else None,
+            "metrics_port": services.metrics_port if services else None,
+        })  # fmt: skip
 
     asyncio.run(serve(config, ready))
 
 
+def _print_line(info: dict) -> None:
+    import json
+
+    print(json.dumps(info), flush=True)
+
+
 def run_workers(config: ExecutorConfig, workers: int) -> int:
     """Fork ``workers`` executor processes on one port (SO_REUSEPORT) before any gRPC
-    object exists; forward SIGTERM/SIGINT to them and wait. Returns an exit status."""
+    object exists. With several workers, this process serves the management and metrics
+    ports in front of them (``aios_fast.executor_front``), forwards SIGTERM/SIGINT and
+    waits. Prints one JSON line once everything serves. Returns an exit status."""
+    import dataclasses
+    import json
     import os
-    import signal
 
     if workers <= 1:
-        _worker(config, True)
+        _worker(config, _print_line)
         return 0
     if config.port == 0:
         raise ValueError("several workers need a fixed --port (they share it)")
-    config.reuse_port = True
-    children = []
-    for index in range(workers):
+    # Workers serve their HTTP on one private port each; the front serves the public ones.
+    worker_config = dataclasses.replace(
+        config, reuse_port=True, http_host="127.0.0.1", mgmt_port=0, metrics_port=0
+    )
+    children, pipes = [], []
+    for _ in range(workers):
+        read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:
+            os.close(read_fd)
+            status = 1
             try:
-                _worker(config, index == 0)
-            finally:
-                os._exit(0)
-        children.append(pid)
 
-    def forward(signum, frame):
+                def tell(info: dict, fd=write_fd) -> None:
+                    os.write(fd, (json.dumps(info) + "\n").encode())
+                    os.close(fd)
+
+                _worker(worker_config, tell)
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(write_fd)
+        children.append(pid)
+        pipes.append(read_fd)
+    return asyncio.run(_parent(config, children, pipes))
+
+
+async def _parent(config: ExecutorConfig, children: list[int], pipes: list[int]) -> int:
+    import json
+    import os
+    import signal
+
+    from .executor_front import WorkerFront
+
+    loop = asyncio.get_running_loop()
+
+    def forward(signum: int) -> None:
         for pid in children:
             try:
                 os.kill(pid, signum)
             except ProcessLookupError:
                 pass
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, forward, sig)
+
+    def read_announce(fd: int) -> dict | None:
+        with os.fdopen(fd, "rb") as f:
+            line = f.readline()
+        return json.loads(line) if line else None
+
+    waits = [loop.run_in_executor(None, os.waitpid, pid, 0) for pid in children]
+    infos = await asyncio.gather(*(loop.run_in_executor(None, read_announce, fd) for fd in pipes))
+    front = None
+    if all(infos):
+        front = WorkerFront([info["mgmt_port"] for info in infos])
+        try:
+            await front.start(config.http_host or config.host, config.mgmt_port,
+                              config.metrics_port)  # fmt: skip
+        except OSError as exc:
+            log.error("cannot serve management/metrics: %s; stopping the workers", exc)
+            forward(signal.SIGTERM)
+        else:
+            _print_line({
+                "port": infos[0]["port"], "pid": os.getpid(), "mgmt_port": front.mgmt_port,
+                "metrics_port": front.metrics_port, "workers": [i["pid"] for i in infos],
+            })  # fmt: skip
+    else:
+        log.error("a worker failed to start; stopping the others")
+        forward(signal.SIGTERM)
     status = 0
-    for pid in children:
-        _, code = os.waitpid(pid, 0)
+    for waited in asyncio.as_completed(waits):
+        _, code = await waited
         status = status or os.waitstatus_to_exitcode(code)
-    return status
+    if front is not None:
+        await front.stop()
+    return status if all(infos) else (status or 1)
 
 
 def main(argv=None) -> int:
@@ -433,6 +571,10 @@ def main(argv=None) -> int:
     parser.add_argument("--discover", default="", help="redis:// URL of registrations")
     parser.add_argument("--block-id", default="block")
     parser.add_argument("--discover-interval", type=float, default=1.0)
+    parser.add_argument("--mgmt-port", type=int, default=18001,
+                        help="POST /mgmt port (0: any free one, -1: none)")  # fmt: skip
+    parser.add_argument("--metrics-port", type=int, default=18000,
+                        help="GET /metrics port (0: any free one, -1: none)")  # fmt: skip
     opts = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config = ExecutorConfig(
@@ -448,6 +590,8 @@ def main(argv=None) -> int:
         discover=opts.discover,
         block_id=opts.block_id,
         discover_interval=opts.discover_interval,
+        mgmt_port=None if opts.mgmt_port < 0 else opts.mgmt_port,
+        metrics_port=None if opts.metrics_port < 0 else opts.metrics_port,
     )
     return run_workers(config, opts.workers)
 

@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import logging
 from collections.abc import Callable
+from time import perf_counter
 
 import grpc
 
@@ -47,7 +48,8 @@ class TaskFailed(AiosFastError):
 
 
 class LinkTask:
-    __slots__ = ("accepted", "id", "instance_id", "on_done", "on_unobserved", "result")
+    __slots__ = ("accepted", "id", "instance_id", "on_done", "on_unobserved", "result", "t0",
+                 "t_ack")  # fmt: skip
 
     def __init__(self, instance_id: str, on_unobserved) -> None:
         loop = asyncio.get_running_loop()
@@ -55,12 +57,18 @@ class LinkTask:
         self.instance_id = instance_id
         self.accepted: asyncio.Future = loop.create_future()
         self.result: asyncio.Future | None = None if on_unobserved else loop.create_future()
-        self.on_done: Callable | None = None
+        self.on_done: Callable | None = None  # (task, exc): every settled task, first
         self.on_unobserved = on_unobserved
+        self.t0 = self.t_ack = 0.0  # perf_counter: received by the executor, acknowledged
+
+    def ack(self) -> None:
+        self.t_ack = perf_counter()
+        if not self.accepted.done():
+            self.accepted.set_result(None)
 
     def finish(self, out: bytes | None, exc: Exception | None) -> None:
         if self.on_done is not None:
-            self.on_done(self)
+            self.on_done(self, exc)
         if self.on_unobserved is not None:
             self.on_unobserved(self, exc)
         elif not self.result.done():
@@ -85,8 +93,9 @@ class InstanceLink:
         self._writer: BatchWriter | None = None
         self._runner: asyncio.Task | None = None
         self._closing = False
-        # Counters (cheap: updated once per message, not per task).
+        # Counters (cheap: integer additions on the loop).
         self.tasks_sent = self.messages_sent = self.replies = self.messages_received = 0
+        self.completed = self.failed = self.lost = 0
 
     @property
     def inflight(self) -> int:
@@ -119,16 +128,18 @@ class InstanceLink:
             return
         if kind == ACK:
             self._acked.add(task_id)
-            if not task.accepted.done():
-                task.accepted.set_result(None)
+            task.ack()
             return
         del self._pending[task_id]
-        self._acked.discard(task_id)
-        if not task.accepted.done():  # a result implies acceptance
-            task.accepted.set_result(None)
+        if task_id in self._acked:
+            self._acked.discard(task_id)
+        else:  # a result implies acceptance
+            task.ack()
         if kind == RESULT:
+            self.completed += 1
             task.finish(payload, None)
         elif kind == ERROR:
+            self.failed += 1
             task.finish(None, TaskFailed(f"{self.instance_id}: {payload.decode(errors='replace')}"))
 
     def _fail_all(self, reason: str) -> None:
@@ -136,6 +147,7 @@ class InstanceLink:
         acked, self._acked = self._acked, set()
         for task_id, task in pending.items():
             if task_id in acked:
+                self.lost += 1
                 task.finish(None, TaskLost(f"accepted by {self.instance_id}, then {reason}"))
             elif not task.accepted.done():
                 task.accepted.set_exception(TaskNotAccepted(f"{self.instance_id}: {reason}"))
@@ -217,6 +229,7 @@ class UnaryLink:
         self._call = None
         self._pending: set[asyncio.Task] = set()
         self._watch: asyncio.Task | None = None
+        self.tasks_sent = self.completed = self.failed = self.lost = 0
 
     @property
     def inflight(self) -> int:
@@ -242,6 +255,7 @@ class UnaryLink:
 
     def submit(self, frame: bytes, on_unobserved=None) -> LinkTask:
         task = LinkTask(self.instance_id, on_unobserved)
+        self.tasks_sent += 1
         runner = asyncio.ensure_future(self._send(task, frame))
         self._pending.add(runner)
         runner.add_done_callback(self._pending.discard)
@@ -254,7 +268,8 @@ class UnaryLink:
             if exc.code() == grpc.StatusCode.UNAVAILABLE:
                 task.accepted.set_exception(TaskNotAccepted(f"{self.instance_id}: {_short(exc)}"))
                 return
-            task.accepted.set_result(None)
+            task.ack()
+            self.failed += 1
             task.finish(None, TaskFailed(f"{self.instance_id}: {_short(exc)}"))
             return
         except asyncio.CancelledError:
@@ -266,7 +281,8 @@ class UnaryLink:
                 TaskNotAccepted(f"{self.instance_id} answered message=false")
             )
             return
-        task.accepted.set_result(None)
+        task.ack()
+        self.completed += 1
         task.finish(b"", None)
 
     async def close(self) -> None:

@@ -56,21 +56,25 @@ def gpu_readings() -> list[dict]:
             util = _field(lambda h=handle: nvml.nvmlDeviceGetUtilizationRates(h), nvml)
             mem = _field(lambda h=handle: nvml.nvmlDeviceGetMemoryInfo(h), nvml)
             power = _field(lambda h=handle: nvml.nvmlDeviceGetPowerUsage(h), nvml)
-            readings.append({
-                "index": index,
-                "name": _text(_field(lambda h=handle: nvml.nvmlDeviceGetName(h), nvml)),
-                "uuid": _text(_field(lambda h=handle: nvml.nvmlDeviceGetUUID(h), nvml)),
-                "utilization_gpu": util.gpu if util is not None else None,
-                "utilization_memory": util.memory if util is not None else None,
-                "memory_total": mem.total if mem is not None else None,
-                "memory_used": mem.used if mem is not None else None,
-                "memory_free": mem.free if mem is not None else None,
-                "power_watts": power / 1000.0 if power is not None else None,
-                "temperature_c": _field(
-                    lambda h=handle: nvml.nvmlDeviceGetTemperature(h, nvml.NVML_TEMPERATURE_GPU),
-                    nvml,
-                ),
-            })  # fmt: skip
+            readings.append(
+                {
+                    "index": index,
+                    "name": _text(_field(lambda h=handle: nvml.nvmlDeviceGetName(h), nvml)),
+                    "uuid": _text(_field(lambda h=handle: nvml.nvmlDeviceGetUUID(h), nvml)),
+                    "utilization_gpu": util.gpu if util is not None else None,
+                    "utilization_memory": util.memory if util is not None else None,
+                    "memory_total": mem.total if mem is not None else None,
+                    "memory_used": mem.used if mem is not None else None,
+                    "memory_free": mem.free if mem is not None else None,
+                    "power_watts": power / 1000.0 if power is not None else None,
+                    "temperature_c": _field(
+                        lambda h=handle: nvml.nvmlDeviceGetTemperature(
+                            h, nvml.NVML_TEMPERATURE_GPU
+                        ),
+                        nvml,
+                    ),
+                }
+            )
         return readings
     except nvml.NVMLError as exc:  # e.g. the device count itself failed
         log.warning("GPU readings failed: %s", exc)
@@ -107,8 +111,12 @@ class MetricsSnapshot:
     GPUs, read in a thread) and a ``timestamp``. ``get_metrics`` is what policies get.
     """
 
-    def __init__(self, collect: Callable[[], dict] | None = None, interval: float = 1.0,
-                 cluster_metrics: Callable[[], dict] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        collect: Callable[[], dict] | None = None,
+        interval: float = 1.0,
+        cluster_metrics: Callable[[], dict] | None = None,
+    ) -> None:
         self._collect = collect or dict
         self._cluster = cluster_metrics or dict
         self._snapshot = {"block_metrics": {}, "cluster_metrics": {}}
@@ -142,3 +150,42 @@ class MetricsSnapshot:
 
     async def stop(self) -> None:
         await self._refreshes.stop()
+
+
+_GPU_GAUGES = (
+    ("utilization_gpu", "aios_gpu_utilization_percent", "GPU utilization, percent."),
+    (
+        "utilization_memory",
+        "aios_gpu_memory_utilization_percent",
+        "GPU memory controller utilization, percent.",
+    ),
+    ("memory_used", "aios_gpu_memory_used_bytes", "GPU memory used."),
+    ("memory_free", "aios_gpu_memory_free_bytes", "GPU memory free."),
+    ("memory_total", "aios_gpu_memory_total_bytes", "GPU memory in total."),
+    ("power_watts", "aios_gpu_power_watts", "GPU power draw."),
+    ("temperature_c", "aios_gpu_temperature_celsius", "GPU temperature."),
+)
+_HOST_GAUGES = (
+    ("cpu_count", "aios_host_cpus", "CPUs of this host."),
+    ("load_1m", "aios_host_load1", "Load average over 1 minute."),
+    ("memory_total", "aios_host_memory_total_bytes", "Memory of this host."),
+    ("memory_available", "aios_host_memory_available_bytes", "Memory available on this host."),
+)
+
+
+def hardware_families(hardware: dict):
+    """Prometheus gauge families for a ``MetricsSnapshot.hardware()`` reading (fields a
+    host or GPU does not report are left out, never exported as 0)."""
+    from .metrics import gauge
+
+    host = hardware.get("host") or {}
+    for key, name, doc in _HOST_GAUGES:
+        if host.get(key) is not None:
+            yield gauge(name, doc, (), [(host[key],)])
+    gpus = hardware.get("gpus") or []
+    for key, name, doc in _GPU_GAUGES:
+        rows = [
+            (str(g["index"]), g.get("name") or "", g[key]) for g in gpus if g.get(key) is not None
+        ]
+        if rows:
+            yield gauge(name, doc, ("gpu", "name"), rows)

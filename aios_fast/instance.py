@@ -8,7 +8,9 @@ gRPC (raw bytes, no protobuf objects):
 
 HTTP (aiohttp, management port): ``GET /health`` answers from ``Block.health()``
 (200 healthy, 503 not), ``POST /mgmt`` {"mgmt_action", "mgmt_data"} goes to
-``Block.management`` (``update_parameters`` goes to ``Block.on_update``).
+``Block.management`` (``update_parameters`` goes to ``Block.on_update``; the shape of
+``aios_fast.mgmt``), ``GET /metrics``: tasks, on_data latency, queue length, process
+and host CPU/memory and GPUs (Prometheus text).
 
 Run: ``python -m aios_fast.instance --block aios_fast.block:EchoBlock --port 0``; it
 prints one JSON line with the ports it listens on.
@@ -26,6 +28,7 @@ import os
 import signal
 import sys
 import time
+from time import perf_counter
 
 import grpc
 from aiohttp import web
@@ -34,6 +37,7 @@ from . import codec
 from .block import Block
 from .errors import AiosFastError, PacketDecodeError
 from .framedb import FrameDB
+from .hardware import MetricsSnapshot, hardware_families
 from .link import (
     ACK,
     ERROR,
@@ -44,6 +48,8 @@ from .link import (
     decode_tasks,
     encode_replies,
 )
+from .metrics import CONTENT_TYPE, Histogram, Registry, counter, gauge, histogram
+from .mgmt import mgmt_route, start_site
 from .routing import OutputRouter
 
 __all__ = ["InstanceServer", "load_block", "make_output"]
@@ -110,6 +116,11 @@ class InstanceServer:
         self._runner: web.AppRunner | None = None
         self.completed = 0
         self.failed = 0
+        self.waiting = 0  # tasks queued for a concurrency slot
+        self.running = 0  # tasks in on_preprocess / on_data
+        self.on_data_seconds = Histogram()
+        self.snapshot = MetricsSnapshot(self._block_metrics)  # hardware, read off the loop
+        self.registry = Registry(self._collect)
 
     # ------------------------------------------------------------------ running a task
 
@@ -123,9 +134,20 @@ class InstanceServer:
     async def run_task(self, frame: bytes) -> bytes:
         """Process one InferenceMessage frame; the serialized output packet (or b"")."""
         packet = codec.decode_message(frame)
-        async with self._sem:
+        self.waiting += 1
+        try:
+            await self._sem.acquire()
+        finally:
+            self.waiting -= 1
+        self.running += 1
+        t0 = perf_counter()
+        try:
             entry = await self._call(self.block.on_preprocess, packet)
             result = await self._call(self.block.on_data, entry)
+        finally:
+            self.on_data_seconds.observe(perf_counter() - t0)
+            self.running -= 1
+            self._sem.release()
         out = make_output(result, packet)
         if out is None:
             return b""
@@ -208,25 +230,32 @@ class InstanceServer:
         body = state if isinstance(state, dict) else {"healthy": healthy}
         return web.json_response(body, status=200 if healthy else 503)
 
-    async def _mgmt(self, request: web.Request) -> web.Response:
-        try:
-            body = await request.json()
-            action = body["mgmt_action"]
-            data = body.get("mgmt_data") or {}
-            if not isinstance(action, str) or not isinstance(data, dict):
-                raise TypeError("mgmt_action must be a string and mgmt_data an object")
-        except Exception as exc:
-            return web.json_response(
-                {"success": False, "message": f"bad request: {exc}"}, status=400
-            )
-        try:
-            if action == "update_parameters":
-                result = await self._call(self.block.on_update, data)
-            else:
-                result = await self._call(self.block.management, action, data)
-        except Exception as exc:
-            return web.json_response({"success": False, "message": _describe(exc)}, status=400)
-        return web.json_response({"success": True, "data": result})
+    async def _mgmt(self, action: str, data: dict):
+        """A block's own actions (ValueError: 400, any other exception: 500)."""
+        if action == "update_parameters":
+            return await self._call(self.block.on_update, data)
+        return await self._call(self.block.management, action, data)
+
+    def _block_metrics(self) -> dict:
+        return {"completed": self.completed, "failed": self.failed,
+                "waiting": self.waiting, "running": self.running}  # fmt: skip
+
+    def _collect(self):
+        yield counter("aios_instance_tasks", "Tasks by outcome.", ("outcome",),
+                      [("completed", self.completed), ("failed", self.failed)])  # fmt: skip
+        yield gauge("aios_instance_queue_length", "Tasks waiting for a concurrency slot.", (),
+                    [(self.waiting,)])  # fmt: skip
+        yield gauge("aios_instance_running", "Tasks in on_preprocess/on_data now.", (),
+                    [(self.running,)])  # fmt: skip
+        yield histogram("aios_instance_on_data_seconds",
+                        "Time in on_preprocess + on_data per task.", (),
+                        [(self.on_data_seconds,)])  # fmt: skip
+        hardware = self.snapshot.get_metrics()["block_metrics"].get("hardware")
+        if hardware:
+            yield from hardware_families(hardware)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.registry.exposition(), headers={"Content-Type": CONTENT_TYPE})
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -250,12 +279,10 @@ class InstanceServer:
         self._server = server
         app = web.Application()
         app.router.add_get("/health", self._health)
-        app.router.add_post("/mgmt", self._mgmt)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.mgmt_port)
-        await site.start()
-        self.mgmt_port = site._server.sockets[0].getsockname()[1]
+        app.router.add_post("/mgmt", mgmt_route(self._mgmt, "instance"))
+        app.router.add_get("/metrics", self._metrics)
+        self._runner, self.mgmt_port = await start_site(app, self.host, self.mgmt_port)
+        self.snapshot.start()
 
     async def stop(self, grace: float = 5.0) -> None:
         if self._server is not None:
@@ -264,6 +291,7 @@ class InstanceServer:
             await asyncio.wait(self._background_tasks, timeout=grace)
         if self._runner is not None:
             await self._runner.cleanup()
+        await self.snapshot.stop()
         await self.router.close()
         await self.block.frames.close()
 

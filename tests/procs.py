@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -63,7 +65,8 @@ def start_executor(instances: dict[str, int], *extra: str, port: int | None = No
     process took it between the pick and the bind) unless ``port`` is given."""
     for attempt in range(3):  # a picked port may be taken before the executor binds it
         chosen = port or free_port()
-        args = ["-m", "aios_fast.executor", "--port", str(chosen), "--workers", str(workers)]
+        args = ["-m", "aios_fast.executor", "--port", str(chosen), "--workers", str(workers),
+                "--mgmt-port", "0", "--metrics-port", "0"]  # fmt: skip
         for iid, iport in instances.items():
             args += ["--instance", f"{iid}=127.0.0.1:{iport}"]
         try:
@@ -105,3 +108,24 @@ def wait_serving(port: int, timeout: float = 20.0) -> None:
                 last = exc
                 time.sleep(0.1)
     raise TimeoutError(f"executor on {port} not serving: {last}")
+
+
+def http(url: str, body: dict | bytes | None = None, timeout: float = 10.0) -> tuple[int, dict]:
+    """POST ``body`` (JSON-encoded unless bytes) or GET when None; (status, JSON reply)."""
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def get_text(url: str, timeout: float = 10.0) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return resp.read().decode()
+
+
+def mgmt(port: int, action: str, data: dict | None = None) -> tuple[int, dict]:
+    """POST /mgmt {"mgmt_action", "mgmt_data"} on 127.0.0.1:port."""
+    return http(f"http://127.0.0.1:{port}/mgmt", {"mgmt_action": action, "mgmt_data": data or {}})

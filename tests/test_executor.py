@@ -266,6 +266,7 @@ def test_instances_that_only_speak_unary_infer():
     # The instance routes its output by output_ptr; the caller only learns acceptance.
     plain = start_instance()
     proc = Proc(["-m", "aios_fast.executor", "--port", str(free_port()), "--workers", "1",
+                 "--mgmt-port", "-1", "--metrics-port", "-1",
                  "--instance", f"u0=unary:127.0.0.1:{plain.info['port']}"])  # fmt: skip
     port = proc.info["port"]
     try:

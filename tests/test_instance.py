@@ -6,25 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import urllib.error
-import urllib.request
 
 import grpc
 import pytest
 
 from aios_fast import codec
 
-from .procs import Proc, frame, free_port, start_executor, start_instance
-
-
-def http(url: str, body: dict | None = None) -> tuple[int, dict]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+from .procs import Proc, frame, free_port, http, start_executor, start_instance
 
 
 def test_health_and_management_endpoints():
@@ -108,4 +96,44 @@ def test_link_reconnects_when_the_instance_comes_back():
             pytest.fail("the executor never reconnected to the restarted instance")
     finally:
         executor.stop()
+        inst.stop()
+
+
+def test_instance_metrics_count_tasks_and_read_the_host():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from .procs import get_text
+
+    inst = start_instance("aios_fast.block:HashBlock", {"rounds": 2})
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{inst.info['port']}") as ch:
+            rpc = ch.unary_unary("/InferenceProxy/infer_result")
+            for i in range(5):
+                rpc(frame("m", i, "abc"), timeout=10)
+        deadline = time.monotonic() + 10
+        while True:  # hardware readings come from a background refresh
+            text = get_text(f"http://127.0.0.1:{inst.info['mgmt_port']}/metrics")
+            samples = {
+                (s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(text)
+                for s in f.samples
+            }
+            if ("aios_host_memory_total_bytes", ()) in samples or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert samples[("aios_instance_tasks_total", (("outcome", "completed"),))] == 5
+        assert samples[("aios_instance_tasks_total", (("outcome", "failed"),))] == 0
+        assert samples[("aios_instance_on_data_seconds_count", ())] == 5
+        assert samples[("aios_instance_queue_length", ())] == 0
+        assert samples[("aios_host_memory_total_bytes", ())] > 0
+        assert samples[("aios_host_cpus", ())] >= 1
+        from aios_fast.hardware import gpu_readings
+
+        if not gpu_readings():  # no GPU here: no GPU series, and no error
+            assert not any(name.startswith("aios_gpu_") for name, _ in samples)
+        else:
+            assert ("aios_gpu_memory_total_bytes", (("gpu", "0"),)) in {
+                (n, tuple((k, v) for k, v in labels if k == "gpu")) for n, labels in samples
+            }
+    finally:
         inst.stop()

@@ -46,3 +46,10 @@ class Misbehaving:
         if answer == "raise":
             raise ValueError("policy bug")
         return answer
+
+
+class FailingManagement(AIOSv1PolicyRule):
+    """Picks like the sticky policy; every management action raises."""
+
+    def management(self, action, data):
+        raise RuntimeError(f"cannot do {action}")

@@ -1,0 +1,374 @@
+"""The executor's HTTP services: management (``POST /mgmt``, the seeds' port 18001) and
+Prometheus metrics (``GET /metrics``, port 18000).
+
+Built-in management actions (``mgmt_data`` fields in brackets):
+
+- ``list_instances``: every instance with its target, health URL, link state, health
+  verdict, draining flag, weight and tasks in flight;
+- ``add_instance`` [id, target, protocol="stream"|"unary", health="host:port"];
+- ``remove_instance`` [id, drain=true, timeout=30]: stop sending new tasks, wait for its
+  in-flight ones (up to timeout), then close its link; answers how many were left;
+- ``drain_instance`` [id, draining=true]: no new tasks while draining (false undoes it);
+- ``set_instance_health`` [id, healthy]: the health checker's verdict;
+- ``set_instance_weight`` [id, weight];
+- ``get_policy``: the loadBalancer spec in force (policyRuleURI, parameters, settings);
+- ``set_policy_parameters`` [parameters, replace=false]: merged into (or replacing) the
+  policy's parameters; a built-in policy is rebuilt with them (and refuses unknown ones);
+- ``switch_policy`` [policyRuleURI, parameters={}, settings={}]: a new balancer with the
+  same instances;
+- ``stats``: task counters, tasks in flight, latency summaries, per-instance counts.
+
+Any other action goes to the user policy's ``management(action, data)``; a built-in
+policy has none, so it is a 400 naming the built-in actions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from .errors import AiosFastError
+from .lb import PolicyBalancer
+from .metrics import CONTENT_TYPE, Registry, counter, gauge, histogram
+from .mgmt import MgmtError, convert, mgmt_route, start_site
+
+__all__ = ["ExecutorServices"]
+
+
+class _Instance(msgspec.Struct):
+    id: str
+
+
+class _AddInstance(msgspec.Struct):
+    id: str
+    target: str
+    protocol: str = "stream"
+    health: str = ""
+
+
+class _RemoveInstance(msgspec.Struct):
+    id: str
+    drain: bool = True
+    timeout: float = 30.0
+
+
+class _Drain(msgspec.Struct):
+    id: str
+    draining: bool = True
+
+
+class _Health(msgspec.Struct):
+    id: str
+    healthy: bool
+
+
+class _Weight(msgspec.Struct):
+    id: str
+    weight: float
+
+
+class _Parameters(msgspec.Struct):
+    parameters: dict[str, Any]
+    replace: bool = False
+
+
+class _Policy(msgspec.Struct, rename={"uri": "policyRuleURI"}):
+    uri: str
+    parameters: dict[str, Any] = {}
+    settings: dict[str, Any] = {}
+
+
+def _settings(spec: dict) -> dict:
+    """Settings as shown: the JSON-able part (policies' settings also carry functions)."""
+    return {k: v for k, v in (spec.get("settings") or {}).items() if not callable(v)}
+
+
+class ExecutorServices:
+    """Management and metrics HTTP servers for one executor process."""
+
+    def __init__(self, executor) -> None:
+        self.executor = executor
+        self.registry = Registry(self.collect)
+        self._runners: list[web.AppRunner] = []
+        self.mgmt_port: int | None = None
+        self.metrics_port: int | None = None
+        self.actions = {
+            "list_instances": self.list_instances,
+            "add_instance": self.add_instance,
+            "remove_instance": self.remove_instance,
+            "drain_instance": self.drain_instance,
+            "set_instance_health": self.set_instance_health,
+            "set_instance_weight": self.set_instance_weight,
+            "get_policy": self.get_policy,
+            "set_policy_parameters": self.set_policy_parameters,
+            "switch_policy": self.switch_policy,
+            "stats": self.stats,
+        }
+
+    # ------------------------------------------------------------------ management
+
+    async def dispatch(self, action: str, data: dict) -> Any:
+        handler = self.actions.get(action)
+        if handler is not None:
+            result = handler(data)
+            return await result if asyncio.iscoroutine(result) else result
+        balancer = self.executor.balancer
+        if not isinstance(balancer, PolicyBalancer):
+            raise MgmtError(
+                f"unknown management action {action!r}: the built-in actions are "
+                f"{', '.join(self.actions)}, and the built-in policy "
+                f"{self.executor.policy_spec.get('policyRuleURI') or 'builtin:round_robin'} "
+                "takes no others"
+            )
+        if getattr(balancer.rule.rule, "management", None) is None:
+            raise MgmtError(
+                f"unknown management action {action!r}: the policy "
+                f"{balancer.rule.rule_id!r} has no management()"
+            )
+        return balancer.management(action, data)  # its exceptions: 500
+
+    def _known(self, iid: str) -> None:
+        if iid not in self.executor.links:
+            raise MgmtError(f"unknown instance {iid!r}", 404)
+
+    def _instance_row(self, iid: str) -> dict:
+        ex = self.executor
+        link, spec = ex.links[iid], ex.specs[iid]
+        state = ex.balancer.state(iid)
+        return {
+            "id": iid,
+            "target": spec.target,
+            "protocol": spec.protocol,
+            "health": spec.health,
+            "up": link.up,
+            "healthy": iid not in ex.unhealthy,
+            "draining": state["draining"],
+            "available": state["available"],
+            "weight": state["weight"],
+            "inflight": link.inflight,
+            "tasks_sent": link.tasks_sent,
+            "completed": link.completed,
+            "failed": link.failed,
+            "lost": link.lost,
+        }
+
+    def list_instances(self, data: dict) -> list[dict]:
+        return [self._instance_row(iid) for iid in self.executor.links]
+
+    def add_instance(self, data: dict) -> dict:
+        from .executor import InstanceSpec
+
+        req = convert(data, _AddInstance, "add_instance")
+        if req.id in self.executor.links:
+            raise MgmtError(f"instance {req.id!r} is already known", 409)
+        if req.protocol not in ("stream", "unary"):
+            raise MgmtError(
+                f"add_instance: protocol must be 'stream' or 'unary', not {req.protocol!r}"
+            )
+        if req.target.rpartition(":")[2].isdigit() is False:
+            raise MgmtError(f"add_instance: target must be host:port, not {req.target!r}")
+        self.executor.add_instance(InstanceSpec(req.id, req.target, req.protocol, req.health))
+        return self._instance_row(req.id)
+
+    async def remove_instance(self, data: dict) -> dict:
+        req = convert(data, _RemoveInstance, "remove_instance")
+        self._known(req.id)
+        ex = self.executor
+        left = 0
+        if req.drain:
+            ex.balancer.set_draining(req.id, True)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + max(0.0, req.timeout)
+            link = ex.links[req.id]
+            while link.inflight and loop.time() < deadline:
+                await asyncio.sleep(0.01)
+            left = link.inflight
+            if req.id not in ex.links:  # removed meanwhile by another call
+                return {"id": req.id, "removed": True, "inflight_left": 0}
+        await ex.remove_instance(req.id)
+        return {"id": req.id, "removed": True, "inflight_left": left}
+
+    def drain_instance(self, data: dict) -> dict:
+        req = convert(data, _Drain, "drain_instance")
+        self._known(req.id)
+        self.executor.balancer.set_draining(req.id, req.draining)
+        return self._instance_row(req.id)
+
+    def set_instance_health(self, data: dict) -> dict:
+        req = convert(data, _Health, "set_instance_health")
+        self._known(req.id)
+        self.executor.set_instance_health(req.id, req.healthy)
+        return self._instance_row(req.id)
+
+    def set_instance_weight(self, data: dict) -> dict:
+        req = convert(data, _Weight, "set_instance_weight")
+        self._known(req.id)
+        try:
+            self.executor.balancer.set_weight(req.id, req.weight)
+        except (AiosFastError, ValueError) as exc:
+            raise MgmtError(f"set_instance_weight: {exc}") from None
+        return self._instance_row(req.id)
+
+    def get_policy(self, data: dict) -> dict:
+        spec = self.executor.policy_spec
+        balancer = self.executor.balancer
+        parameters = spec.get("parameters") or {}
+        if isinstance(balancer, PolicyBalancer):
+            parameters = balancer.rule.parameters
+        return {
+            "policyRuleURI": spec.get("policyRuleURI") or "builtin:round_robin",
+            "parameters": parameters,
+            "settings": _settings(spec),
+            "balancer": balancer.name,
+            "fallbacks": getattr(balancer, "fallbacks", 0),
+            "last_error": getattr(balancer, "last_error", None),
+        }
+
+    def set_policy_parameters(self, data: dict) -> dict:
+        req = convert(data, _Parameters, "set_policy_parameters")
+        ex = self.executor
+        balancer = ex.balancer
+        if isinstance(balancer, PolicyBalancer):
+            params = balancer.rule.parameters
+            if req.replace:
+                params.clear()
+            params.update(req.parameters)  # the dict eval() receives: in force at once
+            ex.policy_spec["parameters"] = dict(params)
+        else:
+            old = ex.policy_spec.get("parameters") or {}
+            merged = dict(req.parameters) if req.replace else {**old, **req.parameters}
+            self._switch({**ex.policy_spec, "parameters": merged})
+        return self.get_policy({})
+
+    def switch_policy(self, data: dict) -> dict:
+        req = convert(data, _Policy, "switch_policy")
+        self._switch(
+            {"policyRuleURI": req.uri, "parameters": req.parameters, "settings": req.settings}
+        )
+        return self.get_policy({})
+
+    def _switch(self, spec: dict) -> None:
+        try:
+            self.executor.switch_policy(spec)
+        except AiosFastError as exc:  # unknown policy, bad parameters, failed to load
+            raise MgmtError(f"policy not changed: {exc}") from None
+
+    def stats(self, data: dict) -> dict:
+        ex = self.executor
+        return {
+            "tasks": dict(ex.stats),
+            "inflight": ex.inflight,
+            "latency": {stage: _summary(h) for stage, h in ex.latency.items()},
+            "policy_fallbacks": getattr(ex.balancer, "fallbacks", 0),
+            "instances": {iid: self._instance_row(iid) for iid in ex.links},
+        }
+
+    # ------------------------------------------------------------------ metrics
+
+    def collect(self):
+        ex = self.executor
+        links = ex.links
+        yield counter(
+            "aios_executor_tasks",
+            "Tasks by event: received, accepted, completed, "
+            "failed, retried, rejected, lost, invalid.",
+            ("event",),
+            ex.stats.items(),
+        )
+        yield gauge("aios_executor_inflight", "Tasks in the executor now.", (), [(ex.inflight,)])
+        yield histogram(
+            "aios_executor_task_seconds",
+            "Task latency by stage: accept (received to acknowledged by an instance), "
+            "run (acknowledged to result), total (received to result).",
+            ("stage",),
+            ex.latency.items(),
+        )
+        yield counter(
+            "aios_executor_instance_tasks",
+            "Tasks per instance by outcome: sent, completed, failed, lost.",
+            ("instance", "outcome"),
+            [
+                (iid, outcome, getattr(link, attr))
+                for iid, link in links.items()
+                for outcome, attr in (
+                    ("sent", "tasks_sent"),
+                    ("completed", "completed"),
+                    ("failed", "failed"),
+                    ("lost", "lost"),
+                )
+            ],
+        )
+        yield gauge(
+            "aios_executor_instance_inflight",
+            "Tasks in flight per instance.",
+            ("instance",),
+            [(iid, link.inflight) for iid, link in links.items()],
+        )
+        available = set(ex.balancer.available())
+        yield gauge(
+            "aios_executor_instance_up",
+            "1 while the instance's link is up.",
+            ("instance",),
+            [(iid, int(link.up)) for iid, link in links.items()],
+        )
+        yield gauge(
+            "aios_executor_instance_available",
+            "1 while the balancer may pick the instance (up, healthy, not draining).",
+            ("instance",),
+            [(iid, int(iid in available)) for iid in links],
+        )
+        yield counter(
+            "aios_executor_policy_fallbacks",
+            "Picks the user policy failed and the fallback policy made.",
+            (),
+            [(getattr(ex.balancer, "fallbacks", 0),)],
+        )
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.registry.exposition(), headers={"Content-Type": CONTENT_TYPE})
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "healthy": True,
+                "instances": len(self.executor.links),
+                "available": len(self.executor.balancer.available()),
+            }
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self, host: str, mgmt_port: int | None, metrics_port: int | None) -> None:
+        """Serve management on mgmt_port and metrics on metrics_port (None: not served;
+        the same port for both serves both routes on one server)."""
+        routes = {}
+        if mgmt_port is not None:
+            routes.setdefault(mgmt_port, []).append("mgmt")
+        if metrics_port is not None:
+            routes.setdefault(metrics_port, []).append("metrics")
+        for port, kinds in routes.items():
+            app = web.Application()
+            app.router.add_get("/health", self._health)
+            if "mgmt" in kinds:
+                app.router.add_post("/mgmt", mgmt_route(self.dispatch, "executor"))
+            if "metrics" in kinds:
+                app.router.add_get("/metrics", self._metrics)
+            runner, bound = await start_site(app, host, port)
+            self._runners.append(runner)
+            if "mgmt" in kinds:
+                self.mgmt_port = bound
+            if "metrics" in kinds:
+                self.metrics_port = bound
+
+    async def stop(self) -> None:
+        for runner in self._runners:
+            await runner.cleanup()
+        self._runners.clear()
+
+
+def _summary(hist) -> dict:
+    count = hist.count
+    return {"count": count, "mean_s": hist.sum / count if count else None}
