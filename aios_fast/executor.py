@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from dataclasses import dataclass, field
 from time import perf_counter
 
 import grpc
 
 from . import codec, lb
-from .errors import NoInstanceError, PacketDecodeError
+from .errors import AiosFastError, NoInstanceError, PacketDecodeError
 from .executor_link import InstanceLink, TaskFailed, TaskLost, TaskNotAccepted, UnaryLink
 from .hardware import MetricsSnapshot
 from .metrics import Histogram
@@ -446,6 +447,14 @@ def _worker(config: ExecutorConfig, announce) -> None:
     asyncio.run(serve(config, ready))
 
 
+def _describe_start_error(exc: Exception) -> str:
+    if isinstance(exc, (AiosFastError, OSError, ValueError)):
+        return f"cannot start: {exc}"
+    import traceback
+
+    return "cannot start:\n" + "".join(traceback.format_exception(exc))
+
+
 def _print_line(info: dict) -> None:
     import json
 
@@ -485,6 +494,12 @@ def run_workers(config: ExecutorConfig, workers: int) -> int:
 
                 _worker(worker_config, tell)
                 status = 0
+            except Exception as exc:  # the parent learns it from the closed pipe
+                print(
+                    f"executor worker {os.getpid()}: {_describe_start_error(exc)}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             finally:
                 os._exit(status)
         os.close(write_fd)
@@ -557,6 +572,11 @@ def main(argv=None) -> int:
                         metavar="ID=[unary:]HOST:PORT")  # fmt: skip
     parser.add_argument("--policy", default="builtin:round_robin", help="policyRuleURI")
     parser.add_argument("--policy-parameters", default="{}", help="JSON")
+    parser.add_argument(
+        "--block-doc",
+        help="block document (JSON file): its policies."
+        "loadBalancer replaces --policy*, and policies get it as block_data",
+    )
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--max-inflight", type=int, default=10_000)
     parser.add_argument("--instance-inflight", type=int, default=1_000)
@@ -577,11 +597,18 @@ def main(argv=None) -> int:
                         help="GET /metrics port (0: any free one, -1: none)")  # fmt: skip
     opts = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    policy = {"policyRuleURI": opts.policy, "parameters": json.loads(opts.policy_parameters)}
+    block_data = None
+    if opts.block_doc:
+        with open(opts.block_doc) as f:
+            block_data = json.load(f)
+        policy = dict((block_data.get("policies") or {}).get("loadBalancer") or {})
     config = ExecutorConfig(
         host=opts.host,
         port=opts.port,
         instances=[_parse_instance(text) for text in opts.instance],
-        policy={"policyRuleURI": opts.policy, "parameters": json.loads(opts.policy_parameters)},
+        policy=policy,
+        block_data=block_data,
         max_inflight=opts.max_inflight,
         instance_inflight=opts.instance_inflight,
         max_retries=opts.max_retries,
@@ -593,7 +620,11 @@ def main(argv=None) -> int:
         mgmt_port=None if opts.mgmt_port < 0 else opts.mgmt_port,
         metrics_port=None if opts.metrics_port < 0 else opts.metrics_port,
     )
-    return run_workers(config, opts.workers)
+    try:
+        return run_workers(config, opts.workers)
+    except Exception as exc:
+        print(f"executor: {_describe_start_error(exc)}", file=sys.stderr, flush=True)
+        return 2
 
 
 if __name__ == "__main__":

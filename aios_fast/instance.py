@@ -360,7 +360,11 @@ def main(argv=None) -> int:
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(_serve(opts))
+    try:
+        asyncio.run(_serve(opts))
+    except (AiosFastError, OSError) as exc:  # other errors: the traceback says more
+        print(f"instance: cannot start: {exc}", file=sys.stderr, flush=True)
+        return 2
     return 0
 
 

@@ -45,9 +45,13 @@ class RedisSinkBlock(Block):
 
 
 class NameBlock(Block):
-    """Answers with parameters['name']: shows which instance served a task."""
+    """Answers with parameters['name']: shows which instance served a task. Healthy
+    while parameters['healthy'] (default true; update_parameters changes it)."""
 
     inline = True
 
     def on_data(self, entry):
         return self.parameters["name"]
+
+    def health(self):
+        return self.parameters.get("healthy", True)

@@ -54,12 +54,13 @@ class Proc:
             return self.p.wait()
 
 
-def start_instance(block: str = "aios_fast.block:EchoBlock", parameters: dict | None = None):
+def start_instance(block: str = "aios_fast.block:EchoBlock", parameters: dict | None = None,
+                   *extra: str):  # fmt: skip
     return Proc(["-m", "aios_fast.instance", "--block", block,
-                 "--parameters", json.dumps(parameters or {})])  # fmt: skip
+                 "--parameters", json.dumps(parameters or {}), *extra])  # fmt: skip
 
 
-def start_executor(instances: dict[str, int], *extra: str, port: int | None = None,
+def start_executor(instances: dict[str, int | dict], *extra: str, port: int | None = None,
                    workers: int = 1) -> tuple[Proc, int]:  # fmt: skip
     """An executor process serving the instances; a free port is picked (again, if another
     process took it between the pick and the bind) unless ``port`` is given."""
@@ -67,8 +68,10 @@ def start_executor(instances: dict[str, int], *extra: str, port: int | None = No
         chosen = port or free_port()
         args = ["-m", "aios_fast.executor", "--port", str(chosen), "--workers", str(workers),
                 "--mgmt-port", "0", "--metrics-port", "0"]  # fmt: skip
-        for iid, iport in instances.items():
-            args += ["--instance", f"{iid}=127.0.0.1:{iport}"]
+        for iid, where in instances.items():  # a gRPC port, or an instance's info
+            if isinstance(where, dict):
+                where = f"{where['port']}@127.0.0.1:{where['mgmt_port']}"
+            args += ["--instance", f"{iid}=127.0.0.1:{where}"]
         try:
             proc = Proc([*args, *extra])
         except RuntimeError as exc:

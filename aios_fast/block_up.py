@@ -1,0 +1,330 @@
+"""``aios-fast block up <block.json>``: a whole block on this machine.
+
+From a block document (the seeds' block schema: id, policies, minInstances,
+maxInstances, parameters, blockInitData; plus ``initSettings``, below) it starts:
+
+- the executor (``python -m aios_fast.executor``, ``workers`` processes) with the
+  block's ``loadBalancer`` policy, gRPC on ``ports.grpc`` (50051), management on
+  ``ports.mgmt`` (18001), metrics on ``ports.metrics`` (18000);
+- ``minInstances`` instances of the block class (the local actuator: processes on
+  127.0.0.1, free ports), added to the executor;
+- the health checker (``stabilityChecker`` policy, management on 19001) and the
+  auto-scaler (``autoscaler`` policy, local actuator, management on 10000), in this
+  process;
+
+prints where everything listens, and runs until SIGINT/SIGTERM (or, with ``--traffic
+N --once``, until N checked tasks went through), then stops it all: sidecars first, the
+executor drains, instances last.
+
+``initSettings`` (all optional): ``block`` ("module:Class", default the echo block),
+``workers`` (executor processes, default 1), ``ports`` {grpc, metrics, mgmt,
+autoscaler, healthChecker}, ``healthChecker`` {interval, timeout, unhealthyAfter,
+healthyAfter}, ``autoscaler`` {interval, drainTimeout}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+import msgspec
+
+from .actuator import LocalActuator
+from .autoscale import AutoScaler
+from .errors import AiosFastError
+from .healthcheck import HealthChecker
+from .sidecar import ExecutorClient
+
+__all__ = ["BlockDoc", "load_block_doc", "up"]
+
+log = logging.getLogger("aios_fast.block")
+
+
+class _Ports(msgspec.Struct, forbid_unknown_fields=True):
+    grpc: int = 50051
+    metrics: int = 18000
+    mgmt: int = 18001
+    autoscaler: int = 10000
+    healthChecker: int = 19001
+
+
+class _HealthSettings(msgspec.Struct):
+    interval: float = 5.0
+    timeout: float = 2.0
+    unhealthyAfter: int = 1
+    healthyAfter: int = 1
+
+
+class _ScalerSettings(msgspec.Struct):
+    interval: float = 10.0
+    drainTimeout: float = 30.0
+
+
+class _InitSettings(msgspec.Struct):
+    block: str = "aios_fast.block:EchoBlock"
+    workers: int = 1
+    ports: _Ports = msgspec.field(default_factory=_Ports)
+    healthChecker: _HealthSettings = msgspec.field(default_factory=_HealthSettings)
+    autoscaler: _ScalerSettings = msgspec.field(default_factory=_ScalerSettings)
+
+
+class BlockDoc(msgspec.Struct):
+    """The fields of a block document ``block up`` uses (others are kept, unread)."""
+
+    id: str
+    policies: dict[str, Any] = {}
+    minInstances: int = 1
+    maxInstances: int | None = None
+    parameters: dict[str, Any] = {}
+    blockInitData: dict[str, Any] = {}
+    initSettings: _InitSettings = msgspec.field(default_factory=_InitSettings)
+    cluster: dict[str, Any] = {}
+
+
+def load_block_doc(path: str) -> tuple[BlockDoc, dict]:
+    """The checked document and the raw one (handed to policies as block_data)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+        document = json.loads(raw)
+        doc = msgspec.convert(document, BlockDoc)
+    except OSError as exc:
+        raise AiosFastError(f"cannot read block document: {exc}") from None
+    except ValueError as exc:  # JSON or msgspec validation
+        raise AiosFastError(f"block document {path}: {exc}") from None
+    if doc.maxInstances is None:
+        doc.maxInstances = max(doc.minInstances, 1)
+    if doc.minInstances < 0 or doc.maxInstances < max(doc.minInstances, 1):
+        raise AiosFastError(
+            f"block document {path}: need 0 <= minInstances <= maxInstances, "
+            f"maxInstances >= 1 (got {doc.minInstances}..{doc.maxInstances})"
+        )
+    if doc.initSettings.workers < 1:
+        raise AiosFastError(f"block document {path}: initSettings.workers must be >= 1")
+    module, _, cls = doc.initSettings.block.partition(":")
+    try:
+        if not cls or not hasattr(importlib.import_module(module), cls):
+            raise AiosFastError(f"{module} has no {cls or 'class named after a colon'}")
+    except ImportError as exc:
+        raise AiosFastError(f"block class {doc.initSettings.block!r}: {exc}") from None
+    except AiosFastError as exc:
+        raise AiosFastError(f"block class {doc.initSettings.block!r}: {exc}") from None
+    return doc, document
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalBlock:
+    """The running pieces of one block; ``start`` then ``stop``."""
+
+    def __init__(self, doc: BlockDoc, document: dict, *, host: str = "127.0.0.1") -> None:
+        self.doc = doc
+        self.document = document
+        self.host = host
+        self.executor_proc: subprocess.Popen | None = None
+        self.info: dict = {}
+        self.actuator = LocalActuator(
+            doc.initSettings.block,
+            block_id=doc.id,
+            init_data=doc.blockInitData,
+            parameters=doc.parameters,
+            host=host,
+        )
+        self.checker: HealthChecker | None = None
+        self.scaler: AutoScaler | None = None
+        self._doc_file: str | None = None
+
+    def _start_executor(self) -> dict:
+        ports = self.doc.initSettings.ports
+        grpc_port = ports.grpc or _free_port()
+        fd, self._doc_file = tempfile.mkstemp(prefix=f"aios-block-{self.doc.id}-", suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.document, f)
+        args = [
+            sys.executable,
+            "-m",
+            "aios_fast.executor",
+            "--host",
+            self.host,
+            "--port",
+            str(grpc_port),
+            "--workers",
+            str(self.doc.initSettings.workers),
+            "--mgmt-port",
+            str(ports.mgmt),
+            "--metrics-port",
+            str(ports.metrics),
+            "--block-doc",
+            self._doc_file,
+            "--block-id",
+            self.doc.id,
+        ]
+        self.executor_proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        line = self.executor_proc.stdout.readline()
+        if not line:
+            code = self.executor_proc.wait()
+            raise AiosFastError(
+                f"the executor failed to start (exit status {code}; its error is above)"
+            )
+        return json.loads(line)
+
+    async def start(self) -> dict:
+        loop = asyncio.get_running_loop()
+        info = await loop.run_in_executor(None, self._start_executor)
+        executor_url = f"http://{self.host}:{info['mgmt_port']}"
+        client = ExecutorClient(executor_url)
+        try:
+            specs = await self.actuator.start(self.doc.minInstances)
+            if len(specs) < self.doc.minInstances:
+                raise AiosFastError(
+                    f"only {len(specs)} of {self.doc.minInstances} instances started"
+                )
+            for spec in specs:
+                await client.call("add_instance", {k: spec[k] for k in ("id", "target", "health")})
+        finally:
+            await client.close()
+        policies = self.doc.policies
+        settings = self.doc.initSettings
+        common = {"block_data": self.document, "cluster_data": self.doc.cluster}
+        hs = settings.healthChecker
+        self.checker = HealthChecker(
+            executor_url,
+            interval=hs.interval,
+            timeout=hs.timeout,
+            unhealthy_after=hs.unhealthyAfter,
+            healthy_after=hs.healthyAfter,
+            policy=policies.get("stabilityChecker"),
+            **common,
+        )
+        await self.checker.start(self.host, settings.ports.healthChecker)
+        ss = settings.autoscaler
+        self.scaler = AutoScaler(
+            executor_url,
+            self.actuator,
+            min_instances=self.doc.minInstances,
+            max_instances=self.doc.maxInstances,
+            interval=ss.interval,
+            drain_timeout=ss.drainTimeout,
+            policy=policies.get("autoscaler"),
+            **common,
+        )
+        await self.scaler.start(self.host, settings.ports.autoscaler)
+        self.info = {
+            "block": self.doc.id,
+            "grpc": f"{self.host}:{info['port']}",
+            "executor_mgmt": f"http://{self.host}:{info['mgmt_port']}/mgmt",
+            "metrics": f"http://{self.host}:{info['metrics_port']}/metrics",
+            "health_checker_mgmt": f"http://{self.host}:{self.checker.port}/mgmt",
+            "autoscaler_mgmt": f"http://{self.host}:{self.scaler.port}/mgmt",
+            "instances": {
+                s["id"]: {"grpc": s["target"], "health": f"http://{s['health']}/health"}
+                for s in specs
+            },
+            "executor_pid": self.executor_proc.pid,
+        }
+        return self.info
+
+    async def stop(self) -> None:
+        for sidecar in (self.scaler, self.checker):
+            if sidecar is not None:
+                await sidecar.stop()
+        if self.executor_proc is not None and self.executor_proc.poll() is None:
+            self.executor_proc.send_signal(signal.SIGTERM)
+            await asyncio.get_running_loop().run_in_executor(None, self._wait_executor)
+        await self.actuator.stop_all()
+        if self._doc_file:
+            os.unlink(self._doc_file)
+            self._doc_file = None
+
+    def _wait_executor(self) -> None:
+        try:
+            self.executor_proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.executor_proc.kill()
+            self.executor_proc.wait()
+
+
+def _print_info(info: dict) -> None:
+    print(f"block {info['block']} is up:")
+    rows = [
+        ("gRPC inference", info["grpc"]),
+        ("executor management", info["executor_mgmt"]),
+        ("executor metrics", info["metrics"]),
+        ("health checker", info["health_checker_mgmt"]),
+        ("auto-scaler", info["autoscaler_mgmt"]),
+    ]
+    rows += [
+        (f"instance {iid}", f"{v['grpc']} (health {v['health']})")
+        for iid, v in info["instances"].items()
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"  {key.ljust(width)}  {value}")
+    sys.stdout.flush()
+
+
+async def up(
+    path: str,
+    *,
+    ports: str = "default",
+    workers: int | None = None,
+    block_class: str | None = None,
+    traffic: int = 0,
+    once: bool = False,
+    as_json: bool = False,
+) -> int:
+    doc, document = load_block_doc(path)
+    if block_class:
+        doc.initSettings.block = block_class
+    if workers:
+        doc.initSettings.workers = workers
+    if ports == "auto":  # every port free-picked (tests, several blocks on one machine)
+        p = doc.initSettings.ports
+        p.grpc = _free_port()  # several workers share it: it must be known up front
+        p.metrics = p.mgmt = p.autoscaler = p.healthChecker = 0
+    elif ports != "default":
+        raise AiosFastError(f"--ports must be 'default' or 'auto', not {ports!r}")
+    block = LocalBlock(doc, document)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    status = 0
+    try:
+        info = await block.start()
+        if as_json:
+            print(json.dumps(info), flush=True)
+        else:
+            _print_info(info)
+        if traffic:
+            from .loadgen import drive, format_summary
+
+            print(f"sending {traffic:,} checked tasks through {info['grpc']} ...", flush=True)
+            summary = await loop.run_in_executor(
+                None, lambda: drive(info["grpc"], tasks=traffic, concurrency=64, check=True)
+            )
+            print(format_summary(summary), flush=True)
+            ok = not summary["errors"] and not summary["wrong"] and not summary["client_crashes"]
+            status = 0 if ok and summary["completed"] == traffic else 1
+        if not once:
+            print("serving; Ctrl-C stops the block", flush=True)
+            await stop.wait()
+    finally:
+        print("stopping: sidecars, executor (draining), instances ...", flush=True)
+        await block.stop()
+        print("stopped", flush=True)
+    return status

@@ -1,0 +1,293 @@
+"""The ``aios-fast`` command.
+
+aios-fast block up BLOCK.json [--traffic N] [--once]   a whole block on this machine
+aios-fast bench [--target HOST:PORT] [--tasks N | --duration S]   load with a live line
+aios-fast send --target HOST:PORT [--data JSON] ...   submit packets, print the outputs
+aios-fast mgmt URL ACTION [DATA]                      POST /mgmt to a block service
+aios-fast registry serve [--port 8080] ...            the registry server
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+
+from .errors import AiosFastError
+
+__all__ = ["main"]
+
+EXAMPLE_BLOCK = os.path.join(os.path.dirname(__file__), "examples", "echo-block.json")
+
+
+def _uvloop() -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+
+
+def _block_up(opts) -> int:
+    from .block_up import up
+
+    _uvloop()
+    return asyncio.run(
+        up(
+            opts.document,
+            ports=opts.ports,
+            workers=opts.workers,
+            block_class=opts.block,
+            traffic=opts.traffic,
+            once=opts.once,
+            as_json=opts.json,
+        )
+    )
+
+
+def _bench(opts) -> int:
+    from .loadgen import drive, format_summary
+
+    if not opts.tasks and not opts.duration:
+        opts.tasks = 20_000
+
+    def run(target: str) -> dict:
+        print(
+            f"bench: {opts.method} to {target}, "
+            + (f"{opts.tasks:,} tasks" if opts.tasks else f"{opts.duration}s")
+            + f", {opts.concurrency} at a time",
+            flush=True,
+        )
+        return drive(
+            target,
+            tasks=opts.tasks,
+            duration=opts.duration,
+            concurrency=opts.concurrency,
+            procs=opts.procs,
+            method=opts.method,
+            size=opts.size,
+            check=opts.check,
+            timeout=opts.timeout,
+        )
+
+    if opts.target:
+        summary = run(opts.target)
+    else:  # a local block to measure, stopped afterwards
+        summary = asyncio.run(_bench_local(opts, run))
+    print(format_summary(summary))
+    if opts.json:
+        print(json.dumps(summary))
+    failed = summary["errors"] or summary["wrong"] or summary["client_crashes"]
+    return 1 if failed else 0
+
+
+async def _bench_local(opts, run) -> dict:
+    from .block_up import LocalBlock, load_block_doc
+
+    doc, document = load_block_doc(opts.block_doc)
+    p = doc.initSettings.ports
+    from .block_up import _free_port
+
+    p.grpc = _free_port()
+    p.metrics = p.mgmt = p.autoscaler = p.healthChecker = 0
+    if opts.workers:
+        doc.initSettings.workers = opts.workers
+    block = LocalBlock(doc, document)
+    try:
+        info = await block.start()
+        print(
+            f"bench: started block {doc.id} ({len(info['instances'])} instances, "
+            f"{doc.initSettings.workers} executor worker(s))",
+            flush=True,
+        )
+        return await asyncio.get_running_loop().run_in_executor(None, run, info["grpc"])
+    finally:
+        await block.stop()
+
+
+def _read_data(text: str) -> str:
+    if text.startswith("@"):
+        with open(text[1:]) as f:
+            return f.read()
+    return text
+
+
+def _send(opts) -> int:
+    import grpc
+
+    from . import codec
+
+    files = []
+    for spec in opts.file:
+        with open(spec, "rb") as f:
+            files.append(codec.FileInfo(json.dumps({"name": os.path.basename(spec)}), f.read()))
+    status = 0
+    with grpc.insecure_channel(opts.target) as channel:
+        rpc = channel.unary_unary(f"/InferenceProxy/{opts.method}")
+        for k in range(opts.count):
+            packet = codec.Packet(
+                session_id=opts.session,
+                seq_no=opts.seq + k,
+                data=_read_data(opts.data),
+                frame_ptr=opts.frame_ptr.encode(),
+                output_ptr=opts.output_ptr,
+                files=files,
+            )
+            try:
+                reply = rpc(codec.encode_message(packet), timeout=opts.timeout)
+            except grpc.RpcError as exc:
+                print(
+                    json.dumps(
+                        {
+                            "seq_no": packet.seq_no,
+                            "error": exc.code().name,
+                            "details": exc.details(),
+                        }
+                    )
+                )
+                status = 1
+                continue
+            if opts.method == "infer":
+                print(json.dumps({"seq_no": packet.seq_no, "accepted": reply == b"\x08\x01"}))
+            else:
+                out = codec.decode_message(reply)
+                print(
+                    json.dumps(
+                        {
+                            "session_id": out.session_id,
+                            "seq_no": out.seq_no,
+                            "data": out.data,
+                            "ts": out.ts,
+                            "output_ptr": out.output_ptr,
+                            "files": len(out.files),
+                        }
+                    )
+                )
+    return status
+
+
+def _mgmt(opts) -> int:
+    import urllib.error
+    import urllib.request
+
+    url = opts.url if opts.url.endswith("/mgmt") else opts.url.rstrip("/") + "/mgmt"
+    body = json.dumps({"mgmt_action": opts.action, "mgmt_data": json.loads(opts.data)})
+    req = urllib.request.Request(url, body.encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=opts.timeout) as resp:
+            print(json.dumps(json.loads(resp.read()), indent=2))
+            return 0
+    except urllib.error.HTTPError as exc:
+        print(f"{exc.code}: {exc.read().decode(errors='replace')}", file=sys.stderr)
+        return 1
+
+
+def _registry(opts, rest: list[str]) -> int:
+    from registry_server.__main__ import main as registry_main
+
+    return registry_main(rest)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aios-fast",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[2:]),
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    block = sub.add_parser("block", help="run a block").add_subparsers(dest="verb", required=True)
+    bup = block.add_parser("up", help="start a whole block locally and serve until Ctrl-C")
+    bup.add_argument(
+        "document",
+        nargs="?",
+        default=EXAMPLE_BLOCK,
+        help="block document (JSON; default: the echo example)",
+    )
+    bup.add_argument(
+        "--ports",
+        default="default",
+        choices=("default", "auto"),
+        help="default: the seeds' ports (50051, 18000, 18001, 10000, 19001); auto: free ones",
+    )
+    bup.add_argument("--workers", type=int, help="executor processes (initSettings.workers)")
+    bup.add_argument("--block", help="module:Class of the block (initSettings.block)")
+    bup.add_argument(
+        "--traffic",
+        type=int,
+        default=0,
+        metavar="N",
+        help="once up, send N checked tasks and print the figures",
+    )
+    bup.add_argument("--once", action="store_true", help="stop after --traffic")
+    bup.add_argument("--json", action="store_true", help="print the endpoints as one JSON line")
+    bup.set_defaults(run=_block_up)
+
+    bench = sub.add_parser("bench", help="drive load at a block, live progress, final table")
+    bench.add_argument(
+        "--target",
+        help="host:port of an executor (default: start a local "
+        "block from --block-doc and measure it)",
+    )
+    bench.add_argument("--block-doc", default=EXAMPLE_BLOCK)
+    bench.add_argument("--workers", type=int, help="executor processes of the local block")
+    bench.add_argument("--tasks", type=int, default=0)
+    bench.add_argument("--duration", type=float, default=0.0, help="seconds (instead of tasks)")
+    bench.add_argument("--concurrency", type=int, default=64)
+    bench.add_argument("--procs", type=int, help="client processes (default: cores / 2)")
+    bench.add_argument("--method", default="infer_result", choices=("infer", "infer_result"))
+    bench.add_argument("--size", type=int, default=16, help="bytes of padding in data")
+    bench.add_argument("--check", action="store_true", help="check echo answers")
+    bench.add_argument("--timeout", type=float, default=30.0)
+    bench.add_argument("--json", action="store_true", help="also print the summary as JSON")
+    bench.set_defaults(run=_bench)
+
+    send = sub.add_parser("send", help="submit packets and print the answers")
+    send.add_argument("--target", default="127.0.0.1:50051")
+    send.add_argument("--method", default="infer_result", choices=("infer", "infer_result"))
+    send.add_argument("--session", default="cli")
+    send.add_argument("--seq", type=int, default=1, help="seq_no of the first packet")
+    send.add_argument("--data", default="{}", help="the packet's data, or @file")
+    send.add_argument("--frame-ptr", default="", help='JSON {"framedb_id", "key"}')
+    send.add_argument("--output-ptr", default="", help="the seeds' output_ptr JSON")
+    send.add_argument("--file", action="append", default=[], help="attach a file (FileInfo)")
+    send.add_argument("--count", type=int, default=1)
+    send.add_argument("--timeout", type=float, default=30.0)
+    send.set_defaults(run=_send)
+
+    mgmt = sub.add_parser("mgmt", help="POST /mgmt to an executor or sidecar")
+    mgmt.add_argument("url", help="e.g. http://127.0.0.1:18001")
+    mgmt.add_argument("action")
+    mgmt.add_argument("data", nargs="?", default="{}", help="mgmt_data JSON")
+    mgmt.add_argument("--timeout", type=float, default=60.0)
+    mgmt.set_defaults(run=_mgmt)
+
+    registry = sub.add_parser("registry", help="the registry server")
+    registry.add_argument("verb", choices=("serve",))
+    registry.set_defaults(run=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    import logging
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["registry", "serve"]:  # its own options, passed through
+        return _registry(None, argv[2:])
+    opts = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        return opts.run(opts)
+    except AiosFastError as exc:
+        print(f"aios-fast: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

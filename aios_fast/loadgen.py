@@ -1,0 +1,205 @@
+"""A load generator for a block's gRPC API (``aios-fast bench`` and ``block up --traffic``).
+
+Client processes (``procs``, spawned, each with its own event loop and channel) send
+AIOSPacket tasks with ``infer_result`` (or the seeds' ``infer``), ``concurrency`` at a
+time in all, until ``tasks`` were sent or ``duration`` seconds passed. The parent prints
+a live progress line and returns a summary: completed, errors by status code, wrong
+answers (with ``check``: the echo block's output must carry the task's session, seq_no
+and data), throughput and latency percentiles.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sys
+import time
+
+__all__ = ["drive", "format_summary"]
+
+
+def _child(index: int, opts: dict, counters, queue) -> None:
+    import asyncio
+
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    import grpc
+
+    from . import codec
+
+    async def run() -> dict:
+        errors: dict[str, int] = {}
+        latencies: list[float] = []
+        wrong = 0
+        payload = "x" * opts["size"]
+        share = opts["concurrency"] // opts["procs"] + (index < opts["concurrency"] % opts["procs"])
+        deadline = time.monotonic() + opts["duration"] if opts["duration"] else None
+        next_task = index
+        async with grpc.aio.insecure_channel(opts["target"]) as channel:
+            rpc = channel.unary_unary(f"/InferenceProxy/{opts['method']}")
+
+            async def worker() -> None:
+                nonlocal next_task, wrong
+                while True:
+                    i = next_task
+                    if opts["tasks"] and i >= opts["tasks"]:
+                        return
+                    if deadline is not None and time.monotonic() >= deadline:
+                        return
+                    next_task += opts["procs"]
+                    data = f'{{"task": {i}, "pad": "{payload}"}}'
+                    frame = codec.encode_message(
+                        codec.Packet(
+                            session_id=f"session-{i % 64}", seq_no=i, data=data, ts=time.time()
+                        )
+                    )
+                    t0 = time.perf_counter()
+                    try:
+                        reply = await rpc(frame, timeout=opts["timeout"])
+                    except grpc.aio.AioRpcError as exc:
+                        name = exc.code().name
+                        errors[name] = errors.get(name, 0) + 1
+                        counters[2 * index + 1] += 1
+                        continue
+                    latencies.append(time.perf_counter() - t0)
+                    if opts["check"]:
+                        if opts["method"] == "infer":
+                            ok = reply == b"\x08\x01"
+                        else:
+                            out = codec.decode_message(reply)
+                            ok = (out.seq_no, out.session_id, out.data) == (
+                                i,
+                                f"session-{i % 64}",
+                                data,
+                            )
+                        wrong += not ok
+                    counters[2 * index] += 1
+
+            await asyncio.gather(*(worker() for _ in range(max(1, share))))
+        return {"latencies": latencies, "errors": errors, "wrong": wrong}
+
+    try:
+        queue.put(asyncio.run(run()))
+    except BaseException as exc:  # reported, never a silent hang of the parent
+        queue.put({"crash": f"{type(exc).__name__}: {exc}"})
+
+
+def drive(
+    target: str,
+    *,
+    tasks: int = 0,
+    duration: float = 0.0,
+    concurrency: int = 64,
+    procs: int | None = None,
+    method: str = "infer_result",
+    size: int = 16,
+    check: bool = False,
+    timeout: float = 30.0,
+    progress: bool = True,
+) -> dict:
+    """Send load to ``target`` (host:port); the summary dict (see ``format_summary``)."""
+    if not tasks and not duration:
+        raise ValueError("give tasks or duration")
+    if method not in ("infer", "infer_result"):
+        raise ValueError(f"method must be infer or infer_result, not {method!r}")
+    procs = max(1, min(procs or max(1, (os.cpu_count() or 2) // 2), concurrency))
+    ctx = mp.get_context("spawn")
+    counters = ctx.Array("q", 2 * procs, lock=False)
+    queue = ctx.Queue()
+    opts = {
+        "target": target,
+        "tasks": tasks,
+        "duration": duration,
+        "concurrency": concurrency,
+        "procs": procs,
+        "method": method,
+        "size": size,
+        "check": check,
+        "timeout": timeout,
+    }
+    children = [
+        ctx.Process(target=_child, args=(k, opts, counters, queue), daemon=True)
+        for k in range(procs)
+    ]
+    start = time.perf_counter()
+    for child in children:
+        child.start()
+    results: list[dict] = []
+    last_print = 0.0
+    while len(results) < procs:
+        try:
+            results.append(queue.get(timeout=0.25))
+        except Exception:  # queue.Empty: nothing yet
+            if not any(c.is_alive() for c in children) and queue.empty():
+                results.append({"crash": "a client process died"})
+        now = time.perf_counter()
+        if progress and now - last_print >= 0.5:
+            last_print = now
+            done, failed = sum(counters[0::2]), sum(counters[1::2])
+            total = f"/{tasks:,}" if tasks else ""
+            rate = done / (now - start) if now > start else 0.0
+            sys.stderr.write(
+                f"\r  {done + failed:,}{total} tasks, {rate:,.0f}/s, {failed:,} errors   "
+            )
+            sys.stderr.flush()
+    elapsed = time.perf_counter() - start
+    for child in children:
+        child.join(5)
+    if progress:
+        sys.stderr.write("\n")
+    crashes = [r["crash"] for r in results if "crash" in r]
+    latencies = sorted(x for r in results for x in r.get("latencies", ()))
+    errors: dict[str, int] = {}
+    for r in results:
+        for name, n in r.get("errors", {}).items():
+            errors[name] = errors.get(name, 0) + n
+
+    def pct(q: float) -> float | None:
+        if not latencies:
+            return None
+        return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000, 3)
+
+    return {
+        "target": target,
+        "method": method,
+        "completed": len(latencies),
+        "errors": errors,
+        "wrong": sum(r.get("wrong", 0) for r in results),
+        "client_crashes": crashes,
+        "seconds": round(elapsed, 3),
+        "tasks_per_s": round(len(latencies) / elapsed, 1) if elapsed else 0.0,
+        "p50_ms": pct(0.50),
+        "p90_ms": pct(0.90),
+        "p99_ms": pct(0.99),
+        "max_ms": round(latencies[-1] * 1000, 3) if latencies else None,
+        "concurrency": concurrency,
+        "procs": procs,
+    }
+
+
+def format_summary(summary: dict) -> str:
+    """The summary as an aligned two-column table."""
+    rows = [
+        ("target", f"{summary['target']} ({summary['method']})"),
+        ("completed", f"{summary['completed']:,}"),
+        ("errors", ", ".join(f"{k} {v:,}" for k, v in summary["errors"].items()) or "0"),
+        ("wrong answers", f"{summary['wrong']:,}"),
+        ("seconds", f"{summary['seconds']}"),
+        ("tasks/s", f"{summary['tasks_per_s']:,.0f}"),
+        (
+            "latency p50/p90/p99/max ms",
+            "/".join(
+                "-" if summary[k] is None else f"{summary[k]:.2f}"
+                for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")
+            ),
+        ),
+        ("concurrency (client procs)", f"{summary['concurrency']} ({summary['procs']})"),
+    ]
+    if summary["client_crashes"]:
+        rows.append(("client crashes", "; ".join(summary["client_crashes"])))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)

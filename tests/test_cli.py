@@ -1,0 +1,155 @@
+"""The ``aios-fast`` command end to end, as subprocesses (``python -m aios_fast`` is the
+console script's entry point)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from .procs import ROOT, Proc, free_port, get_text, mgmt
+
+
+def aios(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    return subprocess.run(
+        [sys.executable, "-m", "aios_fast", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def block():
+    """``aios-fast block up`` on the echo example, every port picked free."""
+    proc = Proc(["-m", "aios_fast", "block", "up", "--ports", "auto", "--json"])
+    yield proc.info, proc
+    proc.stop(60)
+
+
+def test_block_up_serves_and_is_operable(block):
+    info, proc = block
+    assert set(info["instances"]) == {"echo-block-instance-0", "echo-block-instance-1"}
+    out = aios("send", "--target", info["grpc"], "--data", '{"hello": "world"}', "--count", "3")
+    assert out.returncode == 0, out.stderr
+    answers = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [(a["seq_no"], a["data"]) for a in answers] == [
+        (1, '{"hello": "world"}'),
+        (2, '{"hello": "world"}'),
+        (3, '{"hello": "world"}'),
+    ]
+    out = aios("send", "--target", info["grpc"], "--method", "infer")
+    assert json.loads(out.stdout) == {"seq_no": 1, "accepted": True}
+
+    mgmt_port = int(info["executor_mgmt"].rsplit(":", 1)[1].split("/")[0])
+    status, body = mgmt(mgmt_port, "get_policy")
+    assert status == 200 and body["data"]["policyRuleURI"] == "builtin:least_outstanding"
+    out = aios("mgmt", info["executor_mgmt"], "list_instances")
+    assert out.returncode == 0 and len(json.loads(out.stdout)["data"]) == 2
+    assert aios("mgmt", info["executor_mgmt"], "no_such_action").returncode == 1
+    for key in ("health_checker_mgmt", "autoscaler_mgmt"):
+        out = aios("mgmt", info[key], "status")
+        assert out.returncode == 0 and json.loads(out.stdout)["success"] is True, out.stderr
+    text = get_text(info["metrics"])
+    assert 'aios_executor_tasks_total{event="completed"} 4.0' in text  # 3 results + 1 infer
+
+    out = aios(
+        "bench",
+        "--target",
+        info["grpc"],
+        "--tasks",
+        "400",
+        "--check",
+        "--concurrency",
+        "16",
+        "--json",
+    )
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout.splitlines()[-1])
+    assert summary["completed"] == 400 and summary["wrong"] == 0 and not summary["errors"]
+    assert "tasks/s" in out.stdout and "tasks," in out.stderr  # table and progress line
+
+    proc.signal(signal.SIGTERM)
+    assert proc.p.wait(60) == 0
+    assert "stopped" in proc.p.stdout.read()
+
+
+def test_block_up_with_traffic_once_exits_with_the_figures():
+    out = aios("block", "up", "--ports", "auto", "--traffic", "500", "--once", timeout=180)
+    assert out.returncode == 0, out.stderr
+    assert (
+        "block echo-block is up" in out.stdout and "completed                   500" in out.stdout
+    )
+    assert "wrong answers               0" in out.stdout and out.stdout.rstrip().endswith("stopped")
+
+
+def test_block_up_refuses_bad_documents(tmp_path):
+    cases = {
+        "missing.json": (None, "cannot read block document"),
+        "nojson.json": ("{", "block document"),
+        "noid.json": ({"policies": {}}, "missing required field `id`"),
+        "bounds.json": ({"id": "b", "minInstances": 3, "maxInstances": 2}, "minInstances"),
+        "class.json": (
+            {"id": "b", "initSettings": {"block": "aios_fast.block:Nope"}},
+            "has no Nope",
+        ),
+        "ports.json": ({"id": "b", "initSettings": {"ports": {"grcp": 1}}}, "grcp"),
+    }
+    for name, (content, message) in cases.items():
+        path = tmp_path / name
+        if content is not None:
+            path.write_text(content if isinstance(content, str) else json.dumps(content))
+        out = aios("block", "up", str(path), "--ports", "auto", "--once")
+        assert out.returncode == 2 and message in out.stderr, (name, out.stderr)
+
+
+def test_block_up_reports_a_policy_that_cannot_load(tmp_path):
+    doc = {"id": "b", "policies": {"loadBalancer": {"policyRuleURI": "no.such.policy:v1"}}}
+    path = tmp_path / "block.json"
+    path.write_text(json.dumps(doc))
+    out = aios("block", "up", str(path), "--ports", "auto", "--once")
+    assert out.returncode == 2 and "the executor failed to start" in out.stderr
+    assert "no.such.policy" in out.stderr
+
+
+def test_registry_serve(tmp_path):
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "aios_fast",
+            "registry",
+            "serve",
+            "--port",
+            str(port),
+            "--db",
+            str(tmp_path / "r.sqlite3"),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert f"registry on http://127.0.0.1:{port}" in proc.stdout.readline()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                assert json.loads(get_text(f"http://127.0.0.1:{port}/health"))
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(15)
