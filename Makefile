@@ -38,8 +38,8 @@ build-check:                ## wheels: compiled one carries the .so files, pure 
 	AIOS_FAST_NO_EXTENSIONS=1 $(PY) -m pip wheel -q --no-deps --no-cache-dir -w build/wheels/pure .
 	$(PY) scripts/check_wheels.py build/wheels/c build/wheels/pure
 
-run: setup                  ## the main job: a local block (executor + instances) serving traffic
-	$(PY) -m aios_fast.demo
+run: setup                  ## the main job: a local block (executor, instances, sidecars) serving traffic
+	$(PY) -m aios_fast block up --ports auto --traffic 5000 --once
 
 clean:
 	rm -rf build dist *.egg-info aios_fast/*.so aios_fast/*.c .pytest_cache .hypothesis

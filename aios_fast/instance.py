@@ -120,7 +120,7 @@ class InstanceServer:
         self.running = 0  # tasks in on_preprocess / on_data
         self.on_data_seconds = Histogram()
         self.snapshot = MetricsSnapshot(self._block_metrics)  # hardware, read off the loop
-        self.registry = Registry(self._collect)
+        self.registry = Registry(self._collect, process=True)
 
     # ------------------------------------------------------------------ running a task
 

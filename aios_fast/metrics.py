@@ -11,7 +11,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -114,10 +114,12 @@ class Registry:
     """A private registry (so several servers can share a process, as tests do) whose
     families come from ``collect`` callables, evaluated at scrape time."""
 
-    def __init__(self, *collects: Callable[[], Iterable[Metric]]) -> None:
+    def __init__(self, *collects: Callable[[], Iterable[Metric]], process: bool = False) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         for collect in collects:
             self.registry.register(_Collector(collect))
+        if process:  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+            ProcessCollector(registry=self.registry)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -102,6 +102,12 @@ def test_policy_parameters_switch_and_user_policy_actions(named):
     assert status == 400 and "does not take nope" in body["message"]
     assert mgmt(mp, "get_policy")[1]["data"]["parameters"] == {"vnodes": 80}  # unchanged
 
+    # Weights, for the weighted policy.
+    assert mgmt(mp, "switch_policy", {"policyRuleURI": "builtin:weighted_round_robin"})[0] == 200
+    status, body = mgmt(mp, "set_instance_weight", {"id": "a", "weight": 3})
+    assert status == 200 and body["data"]["weight"] == 3
+    assert served_by(port, 40) == {"a": 30, "b": 10}
+
     status, body = mgmt(mp, "custom_thing")
     assert status == 400 and "unknown management action 'custom_thing'" in body["message"]
 
