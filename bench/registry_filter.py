@@ -108,9 +108,11 @@ def render(rows: list[dict], n_docs: int, rounds: int) -> str:
     lines = [
         f"Machine: {platform.machine()}, Python {platform.python_version()}; {n_docs:,} "
         f"documents, median of {rounds} interleaved rounds; goal >= 10x mongomock.",
-        "`compiled filter` is the matcher alone over every document; `store query` is what",
-        "the server runs (EmbeddedStore.find: equality indexes, then the matcher over the",
-        "candidates); the goal is judged on the store query.",
+        "`compiled filter` is the matcher alone (generated source, registry_server/query_gen.py)",
+        "over every document; `store query` is what the server runs (EmbeddedStore.find:",
+        "equality and range indexes answer the clauses they can, the matcher runs the rest",
+        "over the candidates); the goal is judged on the store query. Indexes are built by",
+        "the first query that uses them (the correctness check below), then kept by writes.",
         "",
         "| filter | matches | compiled filter | store query | mongomock find | filter vs "
         "mongomock | store vs mongomock | goal |",

@@ -27,7 +27,7 @@ from typing import Any
 
 from .errors import QueryError
 
-__all__ = ["compile_filter", "path_values", "values_equal"]
+__all__ = ["compile_closures", "compile_filter", "path_values", "values_equal"]
 
 Matcher = Callable[[Any], bool]
 _MISSING = object()
@@ -308,7 +308,7 @@ def _operator(op: str, arg: Any, spec: dict) -> Callable[[list], bool]:
             return lambda values: any(
                 isinstance(v, list) and any(cond([e]) for e in v) for v in values
             )
-        sub = compile_filter(arg)
+        sub = compile_closures(arg)
 
         def elem_match(values: list) -> bool:
             for v in values:
@@ -336,7 +336,7 @@ def _operator(op: str, arg: Any, spec: dict) -> Callable[[list], bool]:
 def _logical(op: str, arg: Any) -> Matcher:
     if not isinstance(arg, list) or not arg:
         raise QueryError(f"{op} needs a non-empty array of filters")
-    subs = [compile_filter(f) for f in arg]
+    subs = [compile_closures(f) for f in arg]
     if op == "$and":
         return _all_of(subs)
 
@@ -366,7 +366,18 @@ def _clause(parts: tuple[str, ...], test: Callable[[list], bool]) -> Matcher:
 
 
 def compile_filter(filter_: Any) -> Matcher:
-    """A MongoDB filter -> ``match(doc)``. Raises QueryError for an invalid filter."""
+    """A MongoDB filter -> ``match(doc)``. Raises QueryError for an invalid filter.
+
+    The matcher is generated Python source (``query_gen``) calling the closures below
+    for the conditions it has no generated form for; same behaviour, faster on paths
+    through arrays and on several clauses."""
+    from .query_gen import generate  # imported here: query_gen builds on this module
+
+    return generate(filter_)
+
+
+def compile_closures(filter_: Any) -> Matcher:
+    """The closure form of ``compile_filter`` (the reference semantics)."""
     if not isinstance(filter_, dict):
         raise QueryError(f"a filter must be an object, not {_kind(filter_)}")
     clauses: list[Matcher] = []

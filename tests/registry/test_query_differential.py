@@ -9,6 +9,7 @@ single rule reproduces, so generated nodeData lists are never empty."""
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -170,3 +171,48 @@ def test_updates_apply_like_mongomock(document, update):
     except UpdateError:
         pytest.fail(f"mongomock applied {update} to {document}, we refused")
     assert got == expected
+
+
+@SETTINGS
+@given(docs, filters())
+def test_generated_filters_agree_with_the_closures(documents, flt):
+    """compile_filter generates source; compile_closures is the reference form."""
+    from registry_server.query import compile_closures
+
+    try:
+        reference = compile_closures(flt)
+    except QueryError:
+        with pytest.raises(QueryError):
+            compile_filter(flt)
+        return
+    generated = compile_filter(flt)
+    assert [generated(d) for d in documents] == [reference(d) for d in documents], flt
+
+
+ODD_DOCS = [
+    {"a": True, "b": [1, [2, 3], {"c": 4}], "n": {"0": "key", "list": [{"x": 1}, {"x": [2]}]}},
+    {"a": 1, "b": [{"c": [4, 5]}, {"c": None}], "n": [{"0": "k2"}, "s", [{"x": 3}]]},
+    {"a": None, "b": [], "n": {"list": []}, "tags": ["gpu", 1.0, False]},
+    {"b": "str", "n": None, "tags": [[["gpu"]]], "deep": [[{"x": 1}]]},
+]
+ODD_FILTERS = [
+    {"a": True}, {"a": 1}, {"a": {"$gt": 0}}, {"a": {"$gte": False}}, {"a": None},
+    {"b.c": 4}, {"b.c": None}, {"b.1": 2}, {"b.1": [2, 3]}, {"b.0.c": {"$in": [5, "x"]}},
+    {"b.2.c": 4}, {"n.0": "key"}, {"n.0": "k2"}, {"n.list.x": 2}, {"n.list.x": {"$size": 1}},
+    {"n.list.1.x": 2}, {"n.0.x": 3}, {"deep.x": 1}, {"deep.0.x": 1}, {"tags": 1},
+    {"tags": {"$nin": ["gpu"]}}, {"tags": {"$type": "bool"}}, {"tags": {"$ne": 1}},
+    {"b": {"$elemMatch": {"$gt": 1}}}, {"b": {"$elemMatch": {"c": {"$exists": True}}}},
+    {"b.c": {"$exists": False}}, {"n": {"$not": {"$type": "object"}}},
+    {"tags": {"$not": {"$regex": "^G", "$options": "i"}}}, {"tags": {"$all": ["gpu"]}},
+    {"$nor": [{"a": True}, {"b": "str"}]}, {"$and": [{"a": {"$exists": True}}, {"b.c": 4}]},
+    {"b": {"$gte": 1, "$lt": 2}}, {"a": {"$in": [True, None]}}, {"n.list": {"$size": 0}},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("flt", ODD_FILTERS, ids=[json.dumps(f) for f in ODD_FILTERS])
+def test_generated_and_closure_forms_agree_on_odd_shapes(flt):
+    """Booleans, numeric path parts, nested arrays: beyond what mongomock can referee."""
+    from registry_server.query import compile_closures
+
+    generated, reference = compile_filter(flt), compile_closures(flt)
+    assert [generated(d) for d in ODD_DOCS] == [reference(d) for d in ODD_DOCS]

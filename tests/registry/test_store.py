@@ -1,5 +1,5 @@
 """The embedded store: indexed queries give exactly what a full scan gives, through
-inserts, replacements and deletes (the indexes only prune)."""
+inserts, replacements and deletes."""
 
 from __future__ import annotations
 
@@ -23,6 +23,21 @@ equalities = st.one_of(
     st.fixed_dictionaries({"tags": st.sampled_from(["gpu", "eu", ""])}),
     st.fixed_dictionaries({"config.region": st.fixed_dictionaries(
         {"$in": st.lists(st.sampled_from(["eu", "us", "gpu"]), min_size=1, max_size=2)})}),
+    # range conditions (the range index)
+    st.fixed_dictionaries({"reputation": st.dictionaries(
+        st.sampled_from(["$gt", "$gte", "$lt", "$lte"]),
+        st.one_of(st.integers(-5, 100), st.floats(-10, 100, allow_nan=False)),
+        min_size=1, max_size=2)}),
+    st.tuples(st.sampled_from(["nodes.nodeData.gpus.count", "config.cost", "config.flags",
+                               "extra"]),
+              st.dictionaries(st.sampled_from(["$gt", "$gte", "$lt", "$lte"]),
+                              st.one_of(st.integers(-5, 100),
+                                        st.floats(-10, 10, allow_nan=False)),
+                              min_size=1, max_size=2)).map(lambda t: {t[0]: t[1]}),
+    st.tuples(st.sampled_from(["tags", "config.region", "nodes.nodeData.id"]),
+              st.dictionaries(st.sampled_from(["$gt", "$gte", "$lt", "$lte"]),
+                              st.sampled_from(["", "e", "eu", "gpu", "zz"]),
+                              min_size=1, max_size=2)).map(lambda t: {t[0]: t[1]}),
 )  # fmt: skip
 
 
@@ -83,3 +98,40 @@ def test_insert_many_is_all_or_nothing(tmp_path):
     again = EmbeddedStore(tmp_path / "db.sqlite3", ["blocks"])
     assert again.count("blocks") == 1
     again.close()
+
+
+def test_index_equality_is_exact_for_odd_numbers_and_shapes(tmp_path):
+    """The index answers its condition without the matcher, so its keys must be equal
+    exactly when the matcher's values are: 1 == 1.0, big ints not rounded, true != 1."""
+    values = [2**53 + 1, 2**53, 1.0, 1, True, [1, {"a": 1}], {"a": 1}, [[1]], "1", None,
+              [2**53 + 1, "x"], 0.5]  # fmt: skip
+    store = EmbeddedStore(tmp_path / "db.sqlite3", ["clusters"])
+    try:
+        docs = {f"d{i}": {"id": f"d{i}", "v": v, "w": i % 2} for i, v in enumerate(values)}
+        store.insert_many("clusters", copy.deepcopy(docs))
+        for flt in ({"v": 2**53}, {"v": 2**53 + 1}, {"v": 1}, {"v": 1.0}, {"v": "1"},
+                    {"v": {"$in": [1, "x"]}}, {"v": 0.5, "w": 0}, {"v": {"$eq": 1}, "w": 1},
+                    {"v": 1, "w": {"$ne": 1}}):  # fmt: skip
+            match = compile_filter(flt)
+            expected = [d["id"] for d in docs.values() if match(d)]
+            assert [d["id"] for d in store.find("clusters", flt)] == expected, flt
+        for flt in ({"v": {"$gt": 2**53}}, {"v": {"$gte": 1}}, {"v": {"$lt": 1}},
+                    {"v": {"$lte": 1.0, "$gt": 0}}, {"v": {"$gt": "0"}}, {"v": {"$lt": "x"}},
+                    {"v": {"$gte": float("-inf")}}, {"v": {"$gt": 0}, "w": 1},
+                    {"v": {"$gt": 0}, "w": {"$lt": 1}}, {"v": 1, "w": {"$gte": 0}}):  # fmt: skip
+            match = compile_filter(flt)
+            expected = [d["id"] for d in docs.values() if match(d)]
+            assert [d["id"] for d in store.find("clusters", flt)] == expected, flt
+        # Writes keep the range index right.
+        store.replace("clusters", "d2", {"id": "d2", "v": [7, float("nan")], "w": 1})
+        store.delete("clusters", "d0")
+        docs["d2"] = {"id": "d2", "v": [7, float("nan")], "w": 1}
+        del docs["d0"]
+        for flt in ({"v": {"$gt": 5}}, {"v": {"$gte": 1, "$lt": 10}}, {"v": {"$gt": 2**53}}):
+            match = compile_filter(flt)
+            expected = [d["id"] for d in docs.values() if match(d)]
+            assert [d["id"] for d in store.find("clusters", flt)] == expected, flt
+        assert [d["id"] for d in store.find("clusters", {"v": 2**53})] == ["d1"]
+        assert [d["id"] for d in store.find("clusters", {"v": 1})] == ["d3", "d5"]
+    finally:
+        store.close()

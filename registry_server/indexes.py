@@ -1,0 +1,226 @@
+"""In-memory indexes of the embedded store, and the plan that uses them for a query.
+
+Two kinds, both multikey (array elements indexed one by one, as MongoDB does) and both
+built on the first query that can use them, then kept current by every write:
+
+- ``EqualityIndex``: value -> ids, for a bare scalar, ``$eq`` or ``$in`` of strings and
+  numbers. Keys are equal exactly when the matcher calls the values equal (1 == 1.0,
+  true != 1, big ints compared exactly). Documents whose value at the path is an object
+  (or an array holding one) are kept aside as "unsure": the index cannot judge them.
+- ``RangeIndex``: sorted (value, id) pairs, numbers and strings apart, for ``$gt``,
+  ``$gte``, ``$lt``, ``$lte`` on a number or a string. Only values of the operand's kind
+  can satisfy such a condition (the matcher's rule), so the index is exact: no "unsure".
+
+``plan(filter)`` -> (sure ids, unsure ids, residual filter): a document matches the
+filter if it is in ``sure`` and matches the residual (the filter without the clauses
+the indexes answered), or it is in ``unsure`` and matches the whole filter. None when no
+clause can use an index. Tests check indexed queries equal full scans through writes.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left, bisect_right, insort
+
+from .query import path_values
+
+__all__ = ["EqualityIndex", "Indexes", "RangeIndex"]
+
+_RANGE_OPS = {"$gt", "$gte", "$lt", "$lte"}
+
+
+def _kind(value) -> str | None:
+    """'s' or 'n' for an indexable scalar (bools, None, NaN, objects, arrays: None)."""
+    t = type(value)
+    if t is str:
+        return "s"
+    if t is int or (t is float and not math.isnan(value)):
+        return "n"
+    return None
+
+
+def _scalars(doc: dict, path: tuple[str, ...]):
+    """(value, kind) of every scalar at the path, array elements included; and whether
+    some value there is an object or an array holding an array or object."""
+    found = []
+    odd = False
+    for value in path_values(doc, path):
+        for item in value if type(value) is list else (value,):
+            kind = _kind(item)
+            if kind is not None:
+                found.append((item, kind))
+            elif isinstance(item, (list, dict)):
+                odd = True
+    return found, odd
+
+
+class EqualityIndex:
+    def __init__(self, path: tuple[str, ...]) -> None:
+        self.path = path
+        self.by_key: dict[tuple, set[str]] = {}
+        self.unsure: set[str] = set()
+
+    def add(self, doc_id: str, doc: dict) -> None:
+        found, odd = _scalars(doc, self.path)
+        for value, kind in found:
+            self.by_key.setdefault((kind, value), set()).add(doc_id)
+        if odd:
+            self.unsure.add(doc_id)
+
+    def remove(self, doc_id: str, doc: dict) -> None:
+        found, _ = _scalars(doc, self.path)
+        for value, kind in found:
+            ids = self.by_key.get((kind, value))
+            if ids is not None:
+                ids.discard(doc_id)
+                if not ids:
+                    del self.by_key[(kind, value)]
+        self.unsure.discard(doc_id)
+
+    def lookup(self, values: list) -> tuple[set[str], set[str]]:
+        """(ids holding one of the values, ids the index cannot judge)."""
+        sure: set[str] = set()
+        for value in values:
+            ids = self.by_key.get((_kind(value), value))
+            if ids:
+                sure |= ids
+        return sure, self.unsure
+
+
+class RangeIndex:
+    def __init__(self, path: tuple[str, ...]) -> None:
+        self.path = path
+        self.sorted: dict[str, list[tuple]] = {"n": [], "s": []}
+
+    def add(self, doc_id: str, doc: dict) -> None:
+        found, _ = _scalars(doc, self.path)
+        for value, kind in set(found):
+            insort(self.sorted[kind], (value, doc_id))
+
+    def remove(self, doc_id: str, doc: dict) -> None:
+        found, _ = _scalars(doc, self.path)
+        for value, kind in set(found):
+            entries = self.sorted[kind]
+            at = bisect_left(entries, (value, doc_id))
+            if at < len(entries) and entries[at] == (value, doc_id):
+                del entries[at]
+
+    def lookup(self, ops: dict) -> set[str]:
+        """Ids with some value satisfying every operator (each on its own: MongoDB's
+        rule for several operators on one path)."""
+        result: set[str] | None = None
+        for op, arg in ops.items():
+            entries = self.sorted[_kind(arg)]
+            if op == "$gt":
+                part = entries[_after(entries, arg) :]
+            elif op == "$gte":
+                part = entries[_from(entries, arg) :]
+            elif op == "$lt":
+                part = entries[: _from(entries, arg)]
+            else:  # $lte
+                part = entries[: _after(entries, arg)]
+            ids = {doc_id for _, doc_id in part}
+            result = ids if result is None else result & ids
+        return result or set()
+
+
+def _from(entries: list[tuple], value) -> int:
+    """First position whose value is >= value."""
+    return bisect_left(entries, (value,))
+
+
+def _after(entries: list[tuple], value) -> int:
+    """First position whose value is > value."""
+    return bisect_right(entries, (value, _TOP))
+
+
+class _Top(str):
+    """Sorts after every id string (for bisect_right over (value, id) pairs)."""
+
+    def __lt__(self, other):
+        return False
+
+    def __gt__(self, other):
+        return True
+
+
+_TOP = _Top()
+
+
+def _equality_values(cond) -> list | None:
+    """The values of an equality condition the index can answer, or None."""
+    if isinstance(cond, dict) and set(cond) == {"$eq"}:
+        cond = cond["$eq"]
+    if isinstance(cond, dict) and set(cond) == {"$in"} and isinstance(cond["$in"], list):
+        values = cond["$in"]
+    elif isinstance(cond, dict):
+        return None
+    else:
+        values = [cond]
+    if values and all(_kind(v) is not None for v in values):
+        return values
+    return None
+
+
+def _range_ops(cond) -> dict | None:
+    if (
+        isinstance(cond, dict)
+        and cond
+        and set(cond) <= _RANGE_OPS
+        and all(_kind(arg) is not None for arg in cond.values())
+    ):
+        return cond
+    return None
+
+
+class Indexes:
+    """The indexes of one collection."""
+
+    def __init__(self) -> None:
+        self.all: dict[tuple, EqualityIndex | RangeIndex] = {}
+
+    def add(self, doc_id: str, doc: dict) -> None:
+        for index in self.all.values():
+            index.add(doc_id, doc)
+
+    def remove(self, doc_id: str, doc: dict) -> None:
+        for index in self.all.values():
+            index.remove(doc_id, doc)
+
+    def _get(self, kind: type, path: tuple[str, ...], docs: dict[str, dict]):
+        index = self.all.get((kind.__name__, path))
+        if index is None:
+            index = kind(path)
+            for doc_id, doc in docs.items():
+                index.add(doc_id, doc)
+            self.all[(kind.__name__, path)] = index
+        return index
+
+    def plan(self, filter_: dict, docs: dict[str, dict]):
+        """(sure, unsure, residual filter) or None (see the module docstring)."""
+        answered = []  # (key, sure ids, unsure ids)
+        for key, cond in filter_.items():
+            if key.startswith("$"):
+                continue
+            path = tuple(key.split("."))
+            values = _equality_values(cond)
+            if values is not None:
+                sure, unsure = self._get(EqualityIndex, path, docs).lookup(values)
+                answered.append((key, sure, unsure))
+                continue
+            ops = _range_ops(cond)
+            if ops is not None:
+                answered.append((key, self._get(RangeIndex, path, docs).lookup(ops), set()))
+        if not answered:
+            return None
+        answered.sort(key=lambda a: len(a[1]) + len(a[2]))
+        _, sure, unsure = answered[0]
+        maybe = sure | unsure if unsure else sure
+        for _, other_sure, other_unsure in answered[1:]:
+            if not maybe:
+                break
+            maybe = maybe & (other_sure | other_unsure if other_unsure else other_sure)
+            sure = sure & other_sure
+        keys = {key for key, _, _ in answered}
+        residual = {k: v for k, v in filter_.items() if k not in keys}
+        return sure & maybe, maybe - sure, residual
