@@ -33,7 +33,7 @@ from aiohttp import web
 from .errors import AiosFastError
 from .lb import PolicyBalancer
 from .metrics import CONTENT_TYPE, Registry, counter, gauge, histogram
-from .mgmt import MgmtError, convert, mgmt_route, start_site
+from .mgmt import MgmtError, convert, mgmt_route, run_action, start_site
 
 __all__ = ["ExecutorServices"]
 
@@ -111,24 +111,12 @@ class ExecutorServices:
     # ------------------------------------------------------------------ management
 
     async def dispatch(self, action: str, data: dict) -> Any:
-        handler = self.actions.get(action)
-        if handler is not None:
-            result = handler(data)
-            return await result if asyncio.iscoroutine(result) else result
         balancer = self.executor.balancer
-        if not isinstance(balancer, PolicyBalancer):
-            raise MgmtError(
-                f"unknown management action {action!r}: the built-in actions are "
-                f"{', '.join(self.actions)}, and the built-in policy "
-                f"{self.executor.policy_spec.get('policyRuleURI') or 'builtin:round_robin'} "
-                "takes no others"
-            )
-        if getattr(balancer.rule.rule, "management", None) is None:
-            raise MgmtError(
-                f"unknown management action {action!r}: the policy "
-                f"{balancer.rule.rule_id!r} has no management()"
-            )
-        return balancer.management(action, data)  # its exceptions: 500
+        if isinstance(balancer, PolicyBalancer):
+            return await run_action(self.actions, action, data, balancer.rule)
+        uri = self.executor.policy_spec.get("policyRuleURI") or "builtin:round_robin"
+        return await run_action(self.actions, action, data,
+                                no_policy=f"the built-in policy {uri} takes no others")  # fmt: skip
 
     def _known(self, iid: str) -> None:
         if iid not in self.executor.links:

@@ -25,6 +25,7 @@ __all__ = [
     "fail",
     "mgmt_route",
     "ok",
+    "run_action",
     "start_site",
 ]
 
@@ -74,6 +75,23 @@ def fail(message: str, status: int = 400) -> web.Response:
 
 
 Dispatch = Callable[[str, dict], Awaitable[Any] | Any]
+
+
+async def run_action(actions: dict[str, Callable[[dict], Any]], action: str, data: dict,
+                     policy=None, no_policy: str = "") -> Any:  # fmt: skip
+    """A built-in action (sync or async), else the policy's (a ``PolicyRule``)
+    ``management(action, data)``; a 400 naming the built-ins when neither has it.
+    ``no_policy`` says why there is no policy to ask, when ``policy`` is None."""
+    handler = actions.get(action)
+    if handler is not None:
+        result = handler(data)
+    elif policy is not None and getattr(policy.rule, "management", None) is not None:
+        result = policy.management(action, data)
+    else:
+        why = no_policy if policy is None else f"the policy {policy.rule_id!r} has no management()"
+        raise MgmtError(f"unknown management action {action!r}: the built-in actions are "
+                        f"{', '.join(actions)}; {why}")  # fmt: skip
+    return await result if inspect.isawaitable(result) else result
 
 
 def mgmt_route(dispatch: Dispatch, what: str) -> Callable[[web.Request], Awaitable[web.Response]]:

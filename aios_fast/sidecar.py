@@ -24,7 +24,7 @@ from aiohttp import web
 
 from ._periodic import Periodic
 from .errors import AiosFastError
-from .mgmt import MgmtError, convert, mgmt_route, start_site
+from .mgmt import MgmtError, convert, mgmt_route, run_action, start_site
 from .policy import PolicyRule
 
 __all__ = ["ExecutorCallError", "ExecutorClient", "Sidecar"]
@@ -209,17 +209,7 @@ class Sidecar:
         return self.get_policy({})
 
     async def dispatch(self, action: str, data: dict) -> Any:
-        handler = self.actions.get(action)
-        if handler is not None:
-            result = handler(data)
-            return await result if asyncio.iscoroutine(result) else result
-        if getattr(self.rule.rule, "management", None) is None:
-            raise MgmtError(
-                f"unknown management action {action!r}: the built-in actions are "
-                f"{', '.join(self.actions)} and the policy {self.rule.rule_id!r} "
-                "has no management()"
-            )
-        return self.rule.management(action, data)
+        return await run_action(self.actions, action, data, self.rule)
 
     # ------------------------------------------------------------------ lifecycle
 
