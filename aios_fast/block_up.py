@@ -231,7 +231,11 @@ class LocalBlock:
             "health_checker_mgmt": f"http://{self.host}:{self.checker.port}/mgmt",
             "autoscaler_mgmt": f"http://{self.host}:{self.scaler.port}/mgmt",
             "instances": {
-                s["id"]: {"grpc": s["target"], "health": f"http://{s['health']}/health"}
+                s["id"]: {
+                    "grpc": s["target"],
+                    "health": f"http://{s['health']}/health",
+                    "pid": s["pid"],
+                }
                 for s in specs
             },
             "executor_pid": self.executor_proc.pid,
@@ -256,6 +260,18 @@ class LocalBlock:
         except subprocess.TimeoutExpired:
             self.executor_proc.kill()
             self.executor_proc.wait()
+
+
+async def _until_stopped_or_dead(stop: asyncio.Event, proc: subprocess.Popen) -> bool:
+    """Wait for a stop signal; True if the executor process ended first."""
+    while not stop.is_set():
+        if proc.poll() is not None:
+            return True
+        try:
+            await asyncio.wait_for(stop.wait(), 0.5)
+        except asyncio.TimeoutError:
+            pass
+    return False
 
 
 def _print_info(info: dict) -> None:
@@ -322,7 +338,12 @@ async def up(
             status = 0 if ok and summary["completed"] == traffic else 1
         if not once:
             print("serving; Ctrl-C stops the block", flush=True)
-            await stop.wait()
+            if await _until_stopped_or_dead(stop, block.executor_proc):
+                log.error(
+                    "the executor exited (status %s); stopping the block",
+                    block.executor_proc.returncode,
+                )
+                status = 1
     finally:
         print("stopping: sidecars, executor (draining), instances ...", flush=True)
         await block.stop()

@@ -117,9 +117,14 @@ class WorkerFront:
                 f'bad request: {exc}; expected {{"mgmt_action": "<action>", "mgmt_data": {{...}}}}'
             )
         replies = await self._post_all(raw)
-        for status, body in replies:
-            if status != 200 or not body.get("success"):
-                return web.json_response(body, status=status)
+        failed = [(status, body) for status, body in replies
+                  if status != 200 or not body.get("success")]  # fmt: skip
+        if failed:
+            status, body = failed[0]
+            if len(failed) < len(replies):  # the workers now disagree: say so
+                body = {**body, "message": f"applied by {len(replies) - len(failed)} of "
+                        f"{len(replies)} workers only: {body.get('message')}"}  # fmt: skip
+            return web.json_response(body, status=status)
         answers = [body["data"] for _, body in replies]
         data: Any
         if req.mgmt_action == "list_instances":

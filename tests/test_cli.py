@@ -153,3 +153,23 @@ def test_registry_serve(tmp_path):
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+def test_block_up_stops_everything_when_the_executor_dies():
+    proc = Proc(["-m", "aios_fast", "block", "up", "--ports", "auto", "--json"])
+    try:
+        info = proc.info
+        os.kill(info["executor_pid"], signal.SIGKILL)
+        assert proc.p.wait(60) == 1  # noticed, everything stopped, failure reported
+        assert "the executor exited" in proc.p.stderr.read()
+        for instance in info["instances"].values():
+            deadline = time.monotonic() + 10
+            while True:  # the instance processes are gone (reaped by block up)
+                try:
+                    os.kill(instance["pid"], 0)
+                except ProcessLookupError:
+                    break
+                assert time.monotonic() < deadline, instance
+                time.sleep(0.1)
+    finally:
+        proc.stop()
