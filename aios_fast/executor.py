@@ -30,6 +30,7 @@ from time import perf_counter
 import grpc
 
 from . import codec, lb
+from ._periodic import Periodic
 from .errors import AiosFastError, NoInstanceError, PacketDecodeError
 from .executor_link import InstanceLink, TaskFailed, TaskLost, TaskNotAccepted, UnaryLink
 from .hardware import MetricsSnapshot
@@ -69,6 +70,7 @@ class ExecutorConfig:
     metrics_port: int | None = None  # GET /metrics (the seeds' 18000)
     http_host: str = ""  # where those listen ("": host)
     block_data: dict | None = None  # the block document, handed to user policies
+    metrics_interval: float = 1.0  # seconds between policy metrics refreshes
 
 
 class _Reject(Exception):
@@ -85,7 +87,13 @@ class Executor:
         self.config = config
         self.block_data = block_data if block_data is not None else config.block_data
         # What user policies see through settings["get_metrics"]: served from memory.
-        self.metrics = MetricsSnapshot(self._block_metrics)
+        self.metrics = MetricsSnapshot(self._block_metrics, config.metrics_interval)
+        # Each instance's GET /stats (those added with a health address), polled off the
+        # hot path, so policies can weigh queue lengths and GPU load.
+        self.instance_metrics: dict[str, dict] = {}
+        self._instance_poll = Periodic(self._poll_instances, config.metrics_interval, log,
+                                       "instance metrics poll")  # fmt: skip
+        self._http = None  # aiohttp session of the poll
         self.policy_spec = dict(config.policy)
         self.balancer = self._make_balancer(self.policy_spec)
         self.links: dict[str, InstanceLink] = {}
@@ -165,9 +173,34 @@ class Executor:
             "executor": dict(self.stats),
             "inflight": self.inflight,
             "instances": {
-                iid: {"up": link.up, "inflight": link.inflight} for iid, link in self.links.items()
+                iid: {"up": link.up, "inflight": link.inflight,
+                      "metrics": self.instance_metrics.get(iid)}
+                for iid, link in self.links.items()
             },
-        }
+        }  # fmt: skip
+
+    async def _poll_instances(self) -> None:
+        import aiohttp
+
+        targets = {iid: spec.health for iid, spec in self.specs.items() if spec.health}
+        for gone in set(self.instance_metrics) - set(targets):
+            del self.instance_metrics[gone]
+        if not targets:
+            return
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0))
+
+        async def one(iid: str, address: str) -> None:
+            try:
+                async with self._http.get(f"http://{address}/stats") as resp:
+                    if resp.status == 200:
+                        self.instance_metrics[iid] = await resp.json()
+                        return
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+                pass
+            self.instance_metrics.pop(iid, None)  # no stale readings
+
+        await asyncio.gather(*(one(iid, address) for iid, address in targets.items()))
 
     def _link_state(self, instance_id: str, up: bool) -> None:
         if instance_id in self.balancer:
@@ -349,6 +382,7 @@ class Executor:
         await server.start()
         self._server = server
         self.metrics.start()
+        self._instance_poll.start()
         if self.config.mgmt_port is not None or self.config.metrics_port is not None:
             from .executor_mgmt import ExecutorServices
 
@@ -385,6 +419,9 @@ class Executor:
         for link in list(self.links.values()):
             await link.close()
         await self.metrics.stop()
+        await self._instance_poll.stop()
+        if self._http is not None:
+            await self._http.close()
         if self.services is not None:
             await self.services.stop()
 

@@ -10,7 +10,8 @@ HTTP (aiohttp, management port): ``GET /health`` answers from ``Block.health()``
 (200 healthy, 503 not), ``POST /mgmt`` {"mgmt_action", "mgmt_data"} goes to
 ``Block.management`` (``update_parameters`` goes to ``Block.on_update``; the shape of
 ``aios_fast.mgmt``), ``GET /metrics``: tasks, on_data latency, queue length, process
-and host CPU/memory and GPUs (Prometheus text).
+and host CPU/memory and GPUs (Prometheus text), ``GET /stats``: the same readings as
+JSON (executors poll it for their policies' ``get_metrics()``).
 
 Run: ``python -m aios_fast.instance --block aios_fast.block:EchoBlock --port 0``; it
 prints one JSON line with the ports it listens on.
@@ -254,6 +255,10 @@ class InstanceServer:
         if hardware:
             yield from hardware_families(hardware)
 
+    async def _stats(self, request: web.Request) -> web.Response:
+        """The instance's latest readings as JSON (what executors hand to policies)."""
+        return web.json_response(self.snapshot.get_metrics()["block_metrics"])
+
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self.registry.exposition(), headers={"Content-Type": CONTENT_TYPE})
 
@@ -281,6 +286,7 @@ class InstanceServer:
         app.router.add_get("/health", self._health)
         app.router.add_post("/mgmt", mgmt_route(self._mgmt, "instance"))
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/stats", self._stats)
         self._runner, self.mgmt_port = await start_site(app, self.host, self.mgmt_port)
         self.snapshot.start()
 

@@ -315,13 +315,20 @@ def test_user_policy_sees_executor_metrics():
         for inst in instances:
             await inst.start()
         specs = [
-            InstanceSpec(f"i{k}", f"127.0.0.1:{inst.port}") for k, inst in enumerate(instances)
+            InstanceSpec(f"i{k}", f"127.0.0.1:{inst.port}", health=f"127.0.0.1:{inst.mgmt_port}")
+            for k, inst in enumerate(instances)
         ]
+        specs[1].health = ""  # no management address: no per-instance readings
         policy = {"policyRuleURI": "tests.policies.metrics_probe"}
-        executor = Executor(ExecutorConfig(port=0, instances=specs, policy=policy))
+        config = ExecutorConfig(port=0, instances=specs, policy=policy, metrics_interval=0.1)
+        executor = Executor(config)
         await executor.start()
         await executor.wait_ready()
-        await asyncio.sleep(0.3)  # a metrics refresh
+        for _ in range(100):  # until a refresh carries i0's readings
+            if (executor.metrics.get_metrics()["block_metrics"].get("instances", {})
+                    .get("i0", {}).get("metrics")):  # fmt: skip
+                break
+            await asyncio.sleep(0.05)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{executor.port}") as ch:
             rpc = ch.unary_unary("/InferenceProxy/infer_result")
             outs = await asyncio.gather(*[rpc(frame("m", i), timeout=10) for i in range(20)])
@@ -337,4 +344,7 @@ def test_user_policy_sees_executor_metrics():
     block = seen["block_metrics"]
     assert set(block["instances"]) == {"i0", "i1"}
     assert block["executor"]["received"] >= 0 and "hardware" in block
-    assert block["hardware"]["gpus"] == []  # no GPU here; never an error
+    assert isinstance(block["hardware"]["gpus"], list)  # [] without a GPU; never an error
+    i0 = block["instances"]["i0"]["metrics"]  # the instance's own readings (GET /stats)
+    assert i0["hardware"]["host"]["cpu_count"] >= 1 and i0["waiting"] == 0
+    assert block["instances"]["i1"]["metrics"] is None
