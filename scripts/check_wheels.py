@@ -1,5 +1,6 @@
 """Check the wheels `make build-check` built: the compiled wheel carries every extension
-module, the pure one (AIOS_FAST_NO_EXTENSIONS=1) carries none, both carry the protos."""
+module, the pure one (AIOS_FAST_NO_EXTENSIONS=1) carries none, both carry the protos,
+the example block document and the ``aios-fast`` console script."""
 
 from __future__ import annotations
 
@@ -12,11 +13,17 @@ from setup_modules import MODULES
 
 
 def names(folder: str) -> set[str]:
+    """The wheel's file names, plus "console_scripts: <line>" for each script it installs."""
     wheels = list(Path(folder).glob("aios_fast-*.whl"))
     if len(wheels) != 1:
         raise SystemExit(f"expected one wheel in {folder}, found {wheels}")
     with zipfile.ZipFile(wheels[0]) as zf:
-        return set(zf.namelist())
+        files = set(zf.namelist())
+        for name in sorted(files):
+            if name.endswith(".dist-info/entry_points.txt"):
+                lines = zf.read(name).decode().splitlines()
+                files |= {f"console_scripts: {line.strip()}" for line in lines if "=" in line}
+        return files
 
 
 def main() -> int:
@@ -29,7 +36,12 @@ def main() -> int:
     if any(n.endswith(".so") for n in pure):
         problems.append("pure wheel carries compiled modules")
     for files in (compiled, pure):
-        for need in ("aios_fast/protos/payload_pb2.py", "aios_fast/protos/inference_pb2_grpc.py"):
+        for need in (
+            "aios_fast/protos/payload_pb2.py",
+            "aios_fast/protos/inference_pb2_grpc.py",
+            "aios_fast/examples/echo-block.json",
+            "console_scripts: aios-fast = aios_fast.cli:main",
+        ):
             if need not in files:
                 problems.append(f"a wheel lacks {need}")
     for p in problems:
