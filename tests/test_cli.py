@@ -173,3 +173,34 @@ def test_block_up_stops_everything_when_the_executor_dies():
                 time.sleep(0.1)
     finally:
         proc.stop()
+
+
+def test_block_up_with_two_executor_workers():
+    out = aios("block", "up", "--ports", "auto", "--workers", "2", "--traffic", "300", "--once",
+               timeout=180)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "completed                   300" in out.stdout
+
+
+def test_health_checker_runs_alone():
+    """``python -m aios_fast.healthcheck`` against an executor's management port."""
+    from .procs import start_executor, start_instance
+
+    instance = start_instance()
+    executor, _ = start_executor({"i0": instance.info})
+    checker = Proc(["-m", "aios_fast.healthcheck", "--executor",
+                    f"http://127.0.0.1:{executor.info['mgmt_port']}", "--port", "0",
+                    "--interval", "0.2"])  # fmt: skip
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            status, body = mgmt(checker.info["mgmt_port"], "health")
+            if status == 200 and body["data"].get("i0", {}).get("checked_at"):
+                break
+            assert time.monotonic() < deadline, body
+            time.sleep(0.1)
+        assert body["data"]["i0"]["healthy"] is True and body["data"]["i0"]["error"] is None
+    finally:
+        checker.stop()
+        executor.stop()
+        instance.stop()
