@@ -58,8 +58,10 @@ def test_block_up_serves_and_is_operable(block):
     for key in ("health_checker_mgmt", "autoscaler_mgmt"):
         out = aios("mgmt", info[key], "status")
         assert out.returncode == 0 and json.loads(out.stdout)["success"] is True, out.stderr
-    text = get_text(info["metrics"])
-    assert 'aios_executor_tasks_total{event="completed"} 4.0' in text  # 3 results + 1 infer
+    deadline = time.monotonic() + 10  # the infer task's result arrives after its answer
+    while 'aios_executor_tasks_total{event="completed"} 4.0' not in get_text(info["metrics"]):
+        assert time.monotonic() < deadline  # 3 results + 1 infer
+        time.sleep(0.05)
 
     out = aios(
         "bench",
