@@ -78,6 +78,8 @@ async def errors(request: web.Request, handler):
         if exc.status >= 400:
             return fail(exc.status, exc.reason)
         raise
+    except RecursionError:  # only input nested absurdly deep gets here (JSON, filters)
+        return fail(400, "the request is nested too deeply")
     except Exception:  # a bug: say so, without the details of the internals
         log.exception("unhandled error on %s %s", request.method, request.path)
         return fail(500, "internal error")

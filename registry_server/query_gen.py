@@ -29,6 +29,9 @@ from . import query as q
 __all__ = ["generate"]
 
 
+_MAX_DEPTH = 12  # path parts generated inline; longer paths use the closures
+
+
 class _Unsupported(Exception):
     """This condition has no generated form: the clause uses the closure form."""
 
@@ -249,11 +252,12 @@ class _Source:
             else [("$eq", cond)]
         )
         try:
+            if len(parts) > _MAX_DEPTH:  # Python limits nested blocks
+                raise _Unsupported
             tests = [self.operator(op, arg, cond if is_ops else {}) for op, arg in ops]
-        except _Unsupported:
+        except _Unsupported:  # the closure form of the clause
             test = q._field_conditions(cond) if is_ops else q._eq_test(cond)
-            fallback = self.const(q._clause(parts, test))
-            return [f"{indent}if not {fallback}(doc): {fail}"]
+            return [f"{indent}if not {self.const(q._clause(parts, test))}(doc): {fail}"]
         out = []
         for pred, negated in tests:
             out += self.walk(parts, pred, negated, indent, fail)
@@ -301,11 +305,15 @@ class _Source:
 
 
 @lru_cache(maxsize=512)
-def _generate_cached(key: str) -> Callable[[Any], bool]:
+def _generate_cached(key: str) -> Callable[[Any], bool] | None:
     filter_ = json.loads(key)
     source = _Source()
-    name = source.matcher(filter_)
-    exec(compile("\n".join(source.lines), "<registry filter>", "exec"), source.env)
+    try:
+        name = source.matcher(filter_)
+        code = compile("\n".join(source.lines), "<registry filter>", "exec")
+    except (SyntaxError, RecursionError, MemoryError):  # absurdly deep filters or paths
+        return None
+    exec(code, source.env)
     return source.env[name]
 
 
@@ -317,4 +325,4 @@ def generate(filter_: Any) -> Callable[[Any], bool]:
         key = json.dumps(filter_, allow_nan=False)
     except (TypeError, ValueError):  # not JSON (only possible from Python callers)
         return closures
-    return _generate_cached(key)
+    return _generate_cached(key) or closures

@@ -177,6 +177,14 @@ def test_errors_are_clear_and_never_500(server):
     assert status == 400 and "malformed JSON" in body["message"]
     status, body = call("POST", "/clusters", raw=b"")
     assert status == 400
+    # Absurd nesting: JSON too deep to parse, and a filter too deep to compile.
+    status, body = call("POST", "/clusters/query", raw=b'{"a": ' * 5000 + b"1" + b"}" * 5000)
+    assert status == 400 and "nested too deeply" in body["message"]
+    for depth in (300, 480, 2000):
+        deep = b'{"$and": [' * depth + b'{"status": "live"}' + b"]}" * depth
+        status, body = call("POST", "/clusters/query", raw=deep)
+        assert status in (200, 400), (depth, body)  # answered, or refused: never a 500
+        assert status == 200 or "nested too deeply" in body["message"]
     # A failed update changed nothing.
     assert call("GET", "/clusters/cluster-west-vision-001")[1]["data"]["status"] == "live"
 
