@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         return opts.run(opts)
-    except AiosFastError as exc:
+    except (AiosFastError, OSError) as exc:  # bad input, a port in use, a missing file
         print(f"aios-fast: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -206,3 +206,29 @@ def test_health_checker_runs_alone():
         checker.stop()
         executor.stop()
         instance.stop()
+
+
+def test_block_up_says_when_a_port_is_taken(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        doc = {
+            "id": "b",
+            "initSettings": {
+                "ports": {
+                    "grpc": 0,
+                    "metrics": 0,
+                    "mgmt": 0,
+                    "autoscaler": 0,
+                    "healthChecker": port,
+                }
+            },
+        }
+        path = tmp_path / "block.json"
+        path.write_text(json.dumps(doc))
+        out = aios("block", "up", str(path), "--once")
+        assert out.returncode == 2 and "address already in use" in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr
