@@ -43,7 +43,7 @@ from .errors import AiosFastError
 from .healthcheck import HealthChecker
 from .sidecar import ExecutorClient
 
-__all__ = ["BlockDoc", "load_block_doc", "up"]
+__all__ = ["BlockDoc", "LocalBlock", "load_block_doc", "up", "use_free_ports"]
 
 log = logging.getLogger("aios_fast.block")
 
@@ -118,6 +118,12 @@ def load_block_doc(path: str) -> tuple[BlockDoc, dict]:
     except AiosFastError as exc:
         raise AiosFastError(f"block class {doc.initSettings.block!r}: {exc}") from None
     return doc, document
+
+
+def use_free_ports(doc: BlockDoc) -> None:
+    """Every service of the block on a free port (0; the executor's gRPC port, which its
+    workers share, is picked before they start)."""
+    doc.initSettings.ports = _Ports(grpc=0, metrics=0, mgmt=0, autoscaler=0, healthChecker=0)
 
 
 def _free_port() -> int:
@@ -309,9 +315,7 @@ async def up(
     if workers:
         doc.initSettings.workers = workers
     if ports == "auto":  # every port free-picked (tests, several blocks on one machine)
-        p = doc.initSettings.ports
-        p.grpc = _free_port()  # several workers share it: it must be known up front
-        p.metrics = p.mgmt = p.autoscaler = p.healthChecker = 0
+        use_free_ports(doc)
     elif ports != "default":
         raise AiosFastError(f"--ports must be 'default' or 'auto', not {ports!r}")
     block = LocalBlock(doc, document)

@@ -85,14 +85,10 @@ def _bench(opts) -> int:
 
 
 async def _bench_local(opts, run) -> dict:
-    from .block_up import LocalBlock, load_block_doc
+    from .block_up import LocalBlock, load_block_doc, use_free_ports
 
     doc, document = load_block_doc(opts.block_doc)
-    p = doc.initSettings.ports
-    from .block_up import _free_port
-
-    p.grpc = _free_port()
-    p.metrics = p.mgmt = p.autoscaler = p.healthChecker = 0
+    use_free_ports(doc)
     if opts.workers:
         doc.initSettings.workers = opts.workers
     block = LocalBlock(doc, document)

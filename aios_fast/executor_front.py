@@ -21,13 +21,13 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
+from .executor_mgmt import BUILTIN_ACTIONS
 from .metrics import CONTENT_TYPE, merge_expositions
 from .mgmt import MgmtRequest, fail, start_site
 
 __all__ = ["WorkerFront"]
 
 _MAX_GAUGES = frozenset({"aios_executor_instance_up", "aios_executor_instance_available"})
-_BUILTIN_READS = {"list_instances", "stats", "get_policy"}
 _COUNTS = ("inflight", "tasks_sent", "completed", "failed", "lost")
 _FLAGS = ("up", "healthy", "available")
 
@@ -136,7 +136,7 @@ class WorkerFront:
         else:
             data = answers[0]
         reply: dict[str, Any] = {"success": True, "data": data}
-        if req.mgmt_action not in _BUILTIN_READS and req.mgmt_action not in _BROADCAST_BUILTINS:
+        if req.mgmt_action not in BUILTIN_ACTIONS:
             reply["workers"] = answers  # a policy's own action: each worker's answer
         return web.json_response(reply)
 
@@ -167,14 +167,3 @@ class WorkerFront:
             await runner.cleanup()
         if self._session is not None:
             await self._session.close()
-
-
-_BROADCAST_BUILTINS = {
-    "add_instance",
-    "remove_instance",
-    "drain_instance",
-    "set_instance_health",
-    "set_instance_weight",
-    "set_policy_parameters",
-    "switch_policy",
-}

@@ -35,7 +35,11 @@ from .lb import PolicyBalancer
 from .metrics import CONTENT_TYPE, Registry, counter, gauge, histogram
 from .mgmt import MgmtError, convert, mgmt_route, run_action, start_site
 
-__all__ = ["ExecutorServices"]
+__all__ = ["BUILTIN_ACTIONS", "ExecutorServices"]
+
+BUILTIN_ACTIONS = ("list_instances", "add_instance", "remove_instance", "drain_instance",
+                   "set_instance_health", "set_instance_weight", "get_policy",
+                   "set_policy_parameters", "switch_policy", "stats")  # fmt: skip
 
 
 class _Instance(msgspec.Struct):
@@ -95,18 +99,7 @@ class ExecutorServices:
         self._runners: list[web.AppRunner] = []
         self.mgmt_port: int | None = None
         self.metrics_port: int | None = None
-        self.actions = {
-            "list_instances": self.list_instances,
-            "add_instance": self.add_instance,
-            "remove_instance": self.remove_instance,
-            "drain_instance": self.drain_instance,
-            "set_instance_health": self.set_instance_health,
-            "set_instance_weight": self.set_instance_weight,
-            "get_policy": self.get_policy,
-            "set_policy_parameters": self.set_policy_parameters,
-            "switch_policy": self.switch_policy,
-            "stats": self.stats,
-        }
+        self.actions = {name: getattr(self, name) for name in BUILTIN_ACTIONS}
 
     # ------------------------------------------------------------------ management
 

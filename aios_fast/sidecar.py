@@ -95,14 +95,14 @@ class Sidecar:
         self.executor = ExecutorClient(executor_url)
         self.block_data = block_data or {}
         self.cluster_data = cluster_data or {}
-        self.policy_spec = dict(policy or {})
         self.latest_metrics: dict = {"block_metrics": {}, "cluster_metrics": {}}
-        self.rule = self._load_policy(self.policy_spec)
+        self.rule = self._load_policy(policy or {})
         self.rounds = self.round_errors = self.policy_errors = 0
         self.last_error: str | None = None
         self.last_round: dict | None = None
         self._lock = asyncio.Lock()
-        self._periodic = Periodic(self._tick, interval, self.log, f"{self.name} round")
+        # A failing round is logged by Periodic and tried again at the next tick.
+        self._periodic = Periodic(self.run_round, interval, self.log, f"{self.name} round")
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
         self.actions = {
@@ -166,9 +166,6 @@ class Sidecar:
                 self.rounds += 1
             self.last_round = {"at": started, **outcome}
             return self.last_round
-
-    async def _tick(self) -> None:
-        await self.run_round()  # Periodic logs a failure and tries again next tick
 
     # ------------------------------------------------------------------ management
 
