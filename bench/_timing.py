@@ -69,3 +69,12 @@ def replace_section(name: str, body: str) -> None:
         rest = "\n" + text[end + 1 :] if end >= 0 else ""
         text = text[:start] + header + body.rstrip("\n") + "\n" + rest
     RESULTS.write_text(text.rstrip("\n") + "\n")
+
+
+def publish(section: str, module: str, table: str, write: bool, argv: list[str] | None) -> None:
+    """Print a benchmark's table; with --write, also put it in bench/RESULTS.md under
+    '## section', headed by the command line that produced it (options included)."""
+    print(table)
+    if write:
+        args = " ".join(sys.argv[1:] if argv is None else argv)
+        replace_section(section, f"Command: `python -m {module} {args}`\n\n" + table)

@@ -18,7 +18,7 @@ from aios_fast import _codec_py
 from aios_fast.protos import payload_pb2
 
 from . import payloads
-from ._timing import compare, fmt_ns, progress, replace_section
+from ._timing import compare, fmt_ns, progress, publish
 
 HARNESS = "harness overhead"
 GOALS = {"routing read (small)": 3.0, "decode 4 MiB file": 100.0, "encode (small)": 1.0}
@@ -152,12 +152,7 @@ def main(argv=None) -> int:
     parser.add_argument("--write", action="store_true", help="update bench/RESULTS.md")
     opts = parser.parse_args(argv)
     table = render(run(opts.rounds), opts.rounds)
-    print(table)
-    if opts.write:
-        replace_section(
-            "Packet codec",
-            "Command: `python -m bench.codec --write`\n\n" + table,
-        )
+    publish("Packet codec", "bench.codec", table, opts.write, argv)
     return 0
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from aios_fast import codec
 
 from . import _h2load, payloads
-from ._timing import progress, replace_section
+from ._timing import progress, publish
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -214,9 +214,7 @@ def main(argv=None) -> int:
     parser.add_argument("--write", action="store_true")
     opts = parser.parse_args(argv)
     table = render(run(opts), opts)
-    print(table)
-    if opts.write:
-        replace_section("Executor load", "Command: `python -m bench.executor --write`\n\n" + table)
+    publish("Executor load", "bench.executor", table, opts.write, argv)
     return 0
 
 

@@ -19,7 +19,7 @@ from aios_fast import _lb_py, codec, lb
 from aios_fast.policy import PolicyRule
 
 from . import payloads
-from ._timing import compare, fmt_ns, progress, replace_section
+from ._timing import compare, fmt_ns, progress, publish
 
 SAMPLE = Path(__file__).resolve().parent.parent / "tests" / "policies" / "seed_lb_sample"
 GOAL_NS = 200.0
@@ -87,9 +87,7 @@ def main(argv=None) -> int:
     opts = parser.parse_args(argv)
     sizes = [int(s) for s in opts.sizes.split(",")]
     table = render(run(opts.rounds, sizes), opts.rounds)
-    print(table)
-    if opts.write:
-        replace_section("Load balancer picks", "Command: `python -m bench.lb --write`\n\n" + table)
+    publish("Load balancer picks", "bench.lb", table, opts.write, argv)
     return 0
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from registry_server.query import compile_filter
 from registry_server.store import EmbeddedStore
 
-from ._timing import fmt_ns, progress, replace_section
+from ._timing import fmt_ns, progress, publish
 
 GPUS = ["NVIDIA A100", "NVIDIA V100", "NVIDIA H100", "NVIDIA T4"]
 FILTERS = {
@@ -135,10 +135,7 @@ def main(argv=None) -> int:
     parser.add_argument("--write", action="store_true")
     opts = parser.parse_args(argv)
     table = render(run(opts.docs, opts.rounds), opts.docs, opts.rounds)
-    print(table)
-    if opts.write:
-        header = "Command: `python -m bench.registry_filter --write`\n\n"
-        replace_section("Registry filters", header + table)
+    publish("Registry filters", "bench.registry_filter", table, opts.write, argv)
     return 0
 
 

@@ -24,7 +24,7 @@ from registry_server.schemas import REGISTRIES
 from registry_server.store import EmbeddedStore
 
 from . import _h2load
-from ._timing import progress, replace_section
+from ._timing import progress, publish
 from .registry_filter import make_cluster
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,11 +94,7 @@ def main(argv=None) -> int:
     parser.add_argument("--write", action="store_true")
     opts = parser.parse_args(argv)
     table = render(run(opts), opts)
-    print(table)
-    if opts.write:
-        replace_section(
-            "Registry HTTP", "Command: `python -m bench.registry_http --write`\n\n" + table
-        )
+    publish("Registry HTTP", "bench.registry_http", table, opts.write, argv)
     return 0
 
 
