@@ -127,12 +127,23 @@ class Executor:
         self.specs[spec.id] = spec
         link.start()
 
-    async def remove_instance(self, instance_id: str) -> None:
+    async def remove_instance(self, instance_id: str, drain_timeout: float = 0.0) -> int:
+        """Forget an instance and close its link. With ``drain_timeout`` > 0 it first gets
+        no new tasks while its in-flight ones finish (up to that many seconds). Returns
+        the tasks still in flight when the link closed (they fail as lost)."""
+        if drain_timeout > 0:
+            self.balancer.set_draining(instance_id, True)
+            deadline = asyncio.get_running_loop().time() + drain_timeout
+            await _until_idle([self.links[instance_id]], deadline)
+            if instance_id not in self.links:  # removed meanwhile by another call
+                return 0
         link = self.links.pop(instance_id)
+        left = link.inflight
         self.specs.pop(instance_id, None)
         self.unhealthy.discard(instance_id)
         self.balancer.remove(instance_id)
         await link.close()
+        return left
 
     def set_instance_health(self, instance_id: str, healthy: bool) -> None:
         """The health checker's verdict: an unhealthy instance gets no tasks (even with
@@ -414,8 +425,7 @@ class Executor:
         if self._server is not None:
             await self._server.stop(grace)
         # infer calls were answered at acceptance: let their tasks finish before the links go
-        while any(link.inflight for link in self.links.values()) and loop.time() < deadline:
-            await asyncio.sleep(0.02)
+        await _until_idle(list(self.links.values()), deadline)
         for link in list(self.links.values()):
             await link.close()
         await self.metrics.stop()
@@ -424,6 +434,13 @@ class Executor:
             await self._http.close()
         if self.services is not None:
             await self.services.stop()
+
+
+async def _until_idle(links: list, deadline: float) -> None:
+    """Until none of the links has a task in flight, or the loop's clock passes deadline."""
+    loop = asyncio.get_running_loop()
+    while any(link.inflight for link in links) and loop.time() < deadline:
+        await asyncio.sleep(0.01)
 
 
 # ---------------------------------------------------------------------- command line

@@ -24,7 +24,6 @@ policy has none, so it is a 400 naming the built-in actions.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import msgspec
@@ -157,19 +156,7 @@ class ExecutorServices:
     async def remove_instance(self, data: dict) -> dict:
         req = convert(data, _RemoveInstance, "remove_instance")
         self._known(req.id)
-        ex = self.executor
-        left = 0
-        if req.drain:
-            ex.balancer.set_draining(req.id, True)
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + max(0.0, req.timeout)
-            link = ex.links[req.id]
-            while link.inflight and loop.time() < deadline:
-                await asyncio.sleep(0.01)
-            left = link.inflight
-            if req.id not in ex.links:  # removed meanwhile by another call
-                return {"id": req.id, "removed": True, "inflight_left": 0}
-        await ex.remove_instance(req.id)
+        left = await self.executor.remove_instance(req.id, req.timeout if req.drain else 0.0)
         return {"id": req.id, "removed": True, "inflight_left": left}
 
     def drain_instance(self, data: dict) -> dict:
