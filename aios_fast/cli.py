@@ -16,26 +16,18 @@ import os
 import sys
 
 from .errors import AiosFastError
+from .service import runtime
+from .wire import ACCEPTED, SERVICE
 
 __all__ = ["main"]
 
 EXAMPLE_BLOCK = os.path.join(os.path.dirname(__file__), "examples", "echo-block.json")
 
 
-def _uvloop() -> None:
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-
-
 def _block_up(opts) -> int:
-    from .block_up import up
+    from .devtools.block_up import up
 
-    _uvloop()
-    return asyncio.run(
+    return runtime.run(
         up(
             opts.document,
             ports=opts.ports,
@@ -49,7 +41,7 @@ def _block_up(opts) -> int:
 
 
 def _bench(opts) -> int:
-    from .loadgen import drive, format_summary
+    from .devtools.loadgen import drive, format_summary
 
     if not opts.tasks and not opts.duration:
         opts.tasks = 20_000
@@ -76,7 +68,7 @@ def _bench(opts) -> int:
     if opts.target:
         summary = run(opts.target)
     else:  # a local block to measure, stopped afterwards
-        summary = asyncio.run(_bench_local(opts, run))
+        summary = runtime.run(_bench_local(opts, run))
     print(format_summary(summary))
     if opts.json:
         print(json.dumps(summary))
@@ -85,7 +77,7 @@ def _bench(opts) -> int:
 
 
 async def _bench_local(opts, run) -> dict:
-    from .block_up import LocalBlock, load_block_doc, use_free_ports
+    from .devtools.block_up import LocalBlock, load_block_doc, use_free_ports
 
     doc, document = load_block_doc(opts.block_doc)
     use_free_ports(doc)
@@ -122,7 +114,7 @@ def _send(opts) -> int:
             files.append(codec.FileInfo(json.dumps({"name": os.path.basename(spec)}), f.read()))
     status = 0
     with grpc.insecure_channel(opts.target) as channel:
-        rpc = channel.unary_unary(f"/InferenceProxy/{opts.method}")
+        rpc = channel.unary_unary(f"/{SERVICE}/{opts.method}")
         for k in range(opts.count):
             packet = codec.Packet(
                 session_id=opts.session,
@@ -147,7 +139,7 @@ def _send(opts) -> int:
                 status = 1
                 continue
             if opts.method == "infer":
-                print(json.dumps({"seq_no": packet.seq_no, "accepted": reply == b"\x08\x01"}))
+                print(json.dumps({"seq_no": packet.seq_no, "accepted": reply == ACCEPTED}))
             else:
                 out = codec.decode_message(reply)
                 print(

@@ -151,7 +151,7 @@ def metrics_cost_ns() -> float:
     import timeit
     from time import perf_counter
 
-    from aios_fast.metrics import Histogram
+    from aios_fast.service.metrics import Histogram
 
     hist = Histogram()
     rounds = []

@@ -185,12 +185,12 @@ def test_block_up_with_two_executor_workers():
 
 
 def test_health_checker_runs_alone():
-    """``python -m aios_fast.healthcheck`` against an executor's management port."""
+    """``python -m aios_fast.sidecars.healthcheck`` against an executor's management port."""
     from .procs import start_executor, start_instance
 
     instance = start_instance()
     executor, _ = start_executor({"i0": instance.info})
-    checker = Proc(["-m", "aios_fast.healthcheck", "--executor",
+    checker = Proc(["-m", "aios_fast.sidecars.healthcheck", "--executor",
                     f"http://127.0.0.1:{executor.info['mgmt_port']}", "--port", "0",
                     "--interval", "0.2"])  # fmt: skip
     try:

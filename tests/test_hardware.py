@@ -8,7 +8,8 @@ import sys
 import types
 from collections import namedtuple
 
-from aios_fast import hardware
+from aios_fast.service import hardware
+from aios_fast.service.snapshot import MetricsSnapshot
 
 
 def test_no_gpu_means_an_empty_list_and_no_error():
@@ -90,8 +91,8 @@ def test_host_readings():
 
 def test_get_metrics_is_served_from_memory(monkeypatch):
     collected = []
-    snap = hardware.MetricsSnapshot(lambda: collected.append(1) or {"queue_length": 3},
-                                    interval=0.05)  # fmt: skip
+    snap = MetricsSnapshot(lambda: collected.append(1) or {"queue_length": 3},
+                           interval=0.05)  # fmt: skip
 
     async def run():
         assert snap.get_metrics() == {"block_metrics": {}, "cluster_metrics": {}}
@@ -118,7 +119,7 @@ def test_failing_collector_keeps_the_last_snapshot(caplog):
             raise RuntimeError("collector down")
         return {"ok": 1}
 
-    snap = hardware.MetricsSnapshot(collect, interval=0.02)
+    snap = MetricsSnapshot(collect, interval=0.02)
 
     async def run():
         snap.start()

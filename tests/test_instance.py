@@ -129,7 +129,7 @@ def test_instance_metrics_count_tasks_and_read_the_host():
         assert samples[("aios_host_cpus", ())] >= 1
         assert samples[("process_cpu_seconds_total", ())] > 0
         assert samples[("process_resident_memory_bytes", ())] > 0
-        from aios_fast.hardware import gpu_readings
+        from aios_fast.service.hardware import gpu_readings
 
         if not gpu_readings():  # no GPU here: no GPU series, and no error
             assert not any(name.startswith("aios_gpu_") for name, _ in samples)

@@ -13,7 +13,7 @@ import pytest
 
 from aios_fast import codec
 from aios_fast.framedb import FrameDB, FrameError
-from aios_fast.routing import OutputRouter, RoutingError
+from aios_fast.instance.routing import OutputRouter, RoutingError
 
 from .procs import Proc, frame, start_executor, start_instance
 from .redis_server import redis_url  # noqa: F401 - fixture

@@ -14,9 +14,9 @@ import grpc
 import pytest
 
 from aios_fast import codec
-from aios_fast.actuator import LocalActuator
-from aios_fast.autoscale import AutoScaler
-from aios_fast.healthcheck import HealthChecker
+from aios_fast.sidecars.actuator import LocalActuator
+from aios_fast.sidecars.autoscale import AutoScaler
+from aios_fast.sidecars.healthcheck import HealthChecker
 
 from .policies import health_recorder
 from .procs import ROOT, Proc, frame, free_port, http, mgmt, start_executor, start_instance

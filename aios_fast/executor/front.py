@@ -21,9 +21,9 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
-from .executor_mgmt import BUILTIN_ACTIONS
-from .metrics import CONTENT_TYPE, merge_expositions
-from .mgmt import MgmtRequest, fail, start_site
+from ..service.http import MgmtRequest, fail, start_site
+from ..service.metrics import CONTENT_TYPE, merge_expositions
+from .services import BUILTIN_ACTIONS
 
 __all__ = ["WorkerFront"]
 

@@ -6,23 +6,20 @@ used/free/total in bytes, power in watts, temperature in Celsius); where there i
 NVML library, no driver or no GPU it returns [] without raising. A field one GPU does
 not support is None rather than an error.
 
-``MetricsSnapshot`` keeps the latest readings in memory, refreshed off the event loop at
-an interval, so ``get_metrics()`` (handed to policies, which may call it per task) never
-does I/O.
+``hardware_families`` turns a reading into Prometheus gauges; ``aios_fast.service.snapshot``
+keeps readings in memory for policies.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import time
 from collections.abc import Callable
 from typing import Any
 
-from ._periodic import Periodic
+from .metrics import gauge
 
-__all__ = ["MetricsSnapshot", "gpu_readings", "host_readings"]
+__all__ = ["gpu_readings", "hardware_families", "host_readings", "read_hardware"]
 
 log = logging.getLogger("aios_fast.hardware")
 
@@ -103,55 +100,6 @@ def host_readings() -> dict:
     return reading
 
 
-class MetricsSnapshot:
-    """The latest {"block_metrics", "cluster_metrics"}, refreshed in the background.
-
-    ``collect`` (called on the event loop, so it may read loop-owned state; keep it
-    cheap) returns the block metrics dict; the snapshot adds ``hardware`` (host and
-    GPUs, read in a thread) and a ``timestamp``. ``get_metrics`` is what policies get.
-    """
-
-    def __init__(
-        self,
-        collect: Callable[[], dict] | None = None,
-        interval: float = 1.0,
-        cluster_metrics: Callable[[], dict] | None = None,
-    ) -> None:
-        self._collect = collect or dict
-        self._cluster = cluster_metrics or dict
-        self._snapshot = {"block_metrics": {}, "cluster_metrics": {}}
-        # A failing collector keeps the last snapshot.
-        self._refreshes = Periodic(self._refresh_async, interval, log, "metrics refresh")
-        self.refreshes = 0
-
-    def get_metrics(self) -> dict:
-        return self._snapshot
-
-    @staticmethod
-    def hardware() -> dict:
-        """Host and GPU readings (blocking: NVML and /proc)."""
-        return {"host": host_readings(), "gpus": gpu_readings()}
-
-    def refresh(self, hardware: dict | None = None) -> dict:
-        """Take new readings now (reads hardware itself when not given: blocking)."""
-        block = dict(self._collect())
-        block["hardware"] = self.hardware() if hardware is None else hardware
-        block["timestamp"] = time.time()
-        self._snapshot = {"block_metrics": block, "cluster_metrics": dict(self._cluster())}
-        self.refreshes += 1
-        return self._snapshot
-
-    async def _refresh_async(self) -> None:
-        hardware = await asyncio.get_running_loop().run_in_executor(None, self.hardware)
-        self.refresh(hardware)
-
-    def start(self) -> None:
-        self._refreshes.start()
-
-    async def stop(self) -> None:
-        await self._refreshes.stop()
-
-
 _GPU_GAUGES = (
     ("utilization_gpu", "aios_gpu_utilization_percent", "GPU utilization, percent."),
     (
@@ -173,11 +121,14 @@ _HOST_GAUGES = (
 )
 
 
-def hardware_families(hardware: dict):
-    """Prometheus gauge families for a ``MetricsSnapshot.hardware()`` reading (fields a
-    host or GPU does not report are left out, never exported as 0)."""
-    from .metrics import gauge
+def read_hardware() -> dict:
+    """Host and GPU readings (blocking: NVML and /proc)."""
+    return {"host": host_readings(), "gpus": gpu_readings()}
 
+
+def hardware_families(hardware: dict):
+    """Prometheus gauge families for a ``read_hardware()`` reading (fields a
+    host or GPU does not report are left out, never exported as 0)."""
     host = hardware.get("host") or {}
     for key, name, doc in _HOST_GAUGES:
         if host.get(key) is not None:

@@ -29,10 +29,10 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from .errors import AiosFastError
-from .lb import PolicyBalancer
-from .metrics import CONTENT_TYPE, Registry, counter, gauge, histogram
-from .mgmt import MgmtError, convert, mgmt_route, run_action, start_site
+from ..errors import AiosFastError
+from ..service.http import MgmtError, convert, mgmt_route, run_action, start_site
+from ..service.metrics import CONTENT_TYPE, Registry, counter, gauge, histogram
+from .config import InstanceSpec
 
 __all__ = ["BUILTIN_ACTIONS", "ExecutorServices"]
 
@@ -84,11 +84,6 @@ class _Policy(msgspec.Struct, rename={"uri": "policyRuleURI"}):
     settings: dict[str, Any] = {}
 
 
-def _settings(spec: dict) -> dict:
-    """Settings as shown: the JSON-able part (policies' settings also carry functions)."""
-    return {k: v for k, v in (spec.get("settings") or {}).items() if not callable(v)}
-
-
 class ExecutorServices:
     """Management and metrics HTTP servers for one executor process."""
 
@@ -103,46 +98,25 @@ class ExecutorServices:
     # ------------------------------------------------------------------ management
 
     async def dispatch(self, action: str, data: dict) -> Any:
-        balancer = self.executor.balancer
-        if isinstance(balancer, PolicyBalancer):
-            return await run_action(self.actions, action, data, balancer.rule)
-        uri = self.executor.policy_spec.get("policyRuleURI") or "builtin:round_robin"
+        rule = self.executor.policy_rule
+        if rule is not None:
+            return await run_action(self.actions, action, data, rule)
+        uri = self.executor.policy()["policyRuleURI"]
         return await run_action(self.actions, action, data,
                                 no_policy=f"the built-in policy {uri} takes no others")  # fmt: skip
 
-    def _known(self, iid: str) -> None:
-        if iid not in self.executor.links:
-            raise MgmtError(f"unknown instance {iid!r}", 404)
-
-    def _instance_row(self, iid: str) -> dict:
-        ex = self.executor
-        link, spec = ex.links[iid], ex.specs[iid]
-        state = ex.balancer.state(iid)
-        return {
-            "id": iid,
-            "target": spec.target,
-            "protocol": spec.protocol,
-            "health": spec.health,
-            "up": link.up,
-            "healthy": iid not in ex.unhealthy,
-            "draining": state["draining"],
-            "available": state["available"],
-            "weight": state["weight"],
-            "inflight": link.inflight,
-            "tasks_sent": link.tasks_sent,
-            "completed": link.completed,
-            "failed": link.failed,
-            "lost": link.lost,
-        }
+    def _row(self, iid: str) -> dict:
+        try:
+            return self.executor.describe(iid)
+        except KeyError:
+            raise MgmtError(f"unknown instance {iid!r}", 404) from None
 
     def list_instances(self, data: dict) -> list[dict]:
-        return [self._instance_row(iid) for iid in self.executor.links]
+        return [self.executor.describe(iid) for iid in self.executor.instances]
 
     def add_instance(self, data: dict) -> dict:
-        from .executor import InstanceSpec
-
         req = convert(data, _AddInstance, "add_instance")
-        if req.id in self.executor.links:
+        if req.id in self.executor.instances:
             raise MgmtError(f"instance {req.id!r} is already known", 409)
         if req.protocol not in ("stream", "unary"):
             raise MgmtError(
@@ -151,78 +125,54 @@ class ExecutorServices:
         if req.target.rpartition(":")[2].isdigit() is False:
             raise MgmtError(f"add_instance: target must be host:port, not {req.target!r}")
         self.executor.add_instance(InstanceSpec(req.id, req.target, req.protocol, req.health))
-        return self._instance_row(req.id)
+        return self._row(req.id)
 
     async def remove_instance(self, data: dict) -> dict:
         req = convert(data, _RemoveInstance, "remove_instance")
-        self._known(req.id)
+        self._row(req.id)
         left = await self.executor.remove_instance(req.id, req.timeout if req.drain else 0.0)
         return {"id": req.id, "removed": True, "inflight_left": left}
 
     def drain_instance(self, data: dict) -> dict:
         req = convert(data, _Drain, "drain_instance")
-        self._known(req.id)
-        self.executor.balancer.set_draining(req.id, req.draining)
-        return self._instance_row(req.id)
+        self._row(req.id)
+        self.executor.set_draining(req.id, req.draining)
+        return self._row(req.id)
 
     def set_instance_health(self, data: dict) -> dict:
         req = convert(data, _Health, "set_instance_health")
-        self._known(req.id)
+        self._row(req.id)
         self.executor.set_instance_health(req.id, req.healthy)
-        return self._instance_row(req.id)
+        return self._row(req.id)
 
     def set_instance_weight(self, data: dict) -> dict:
         req = convert(data, _Weight, "set_instance_weight")
-        self._known(req.id)
+        self._row(req.id)
         try:
-            self.executor.balancer.set_weight(req.id, req.weight)
+            self.executor.set_weight(req.id, req.weight)
         except (AiosFastError, ValueError) as exc:
             raise MgmtError(f"set_instance_weight: {exc}") from None
-        return self._instance_row(req.id)
+        return self._row(req.id)
 
     def get_policy(self, data: dict) -> dict:
-        spec = self.executor.policy_spec
-        balancer = self.executor.balancer
-        parameters = spec.get("parameters") or {}
-        if isinstance(balancer, PolicyBalancer):
-            parameters = balancer.rule.parameters
-        return {
-            "policyRuleURI": spec.get("policyRuleURI") or "builtin:round_robin",
-            "parameters": parameters,
-            "settings": _settings(spec),
-            "balancer": balancer.name,
-            "fallbacks": getattr(balancer, "fallbacks", 0),
-            "last_error": getattr(balancer, "last_error", None),
-        }
+        return self.executor.policy()
 
     def set_policy_parameters(self, data: dict) -> dict:
         req = convert(data, _Parameters, "set_policy_parameters")
-        ex = self.executor
-        balancer = ex.balancer
-        if isinstance(balancer, PolicyBalancer):
-            params = balancer.rule.parameters
-            if req.replace:
-                params.clear()
-            params.update(req.parameters)  # the dict eval() receives: in force at once
-            ex.policy_spec["parameters"] = dict(params)
-        else:
-            old = ex.policy_spec.get("parameters") or {}
-            merged = dict(req.parameters) if req.replace else {**old, **req.parameters}
-            self._switch({**ex.policy_spec, "parameters": merged})
-        return self.get_policy({})
+        try:
+            self.executor.set_policy_parameters(req.parameters, req.replace)
+        except AiosFastError as exc:  # a built-in refusing the parameters
+            raise MgmtError(f"policy not changed: {exc}") from None
+        return self.executor.policy()
 
     def switch_policy(self, data: dict) -> dict:
         req = convert(data, _Policy, "switch_policy")
-        self._switch(
-            {"policyRuleURI": req.uri, "parameters": req.parameters, "settings": req.settings}
-        )
-        return self.get_policy({})
-
-    def _switch(self, spec: dict) -> None:
+        spec = {"policyRuleURI": req.uri, "parameters": req.parameters, "settings": req.settings}
         try:
             self.executor.switch_policy(spec)
         except AiosFastError as exc:  # unknown policy, bad parameters, failed to load
             raise MgmtError(f"policy not changed: {exc}") from None
+        return self.executor.policy()
 
     def stats(self, data: dict) -> dict:
         ex = self.executor
@@ -230,15 +180,15 @@ class ExecutorServices:
             "tasks": dict(ex.stats),
             "inflight": ex.inflight,
             "latency": {stage: _summary(h) for stage, h in ex.latency.items()},
-            "policy_fallbacks": getattr(ex.balancer, "fallbacks", 0),
-            "instances": {iid: self._instance_row(iid) for iid in ex.links},
+            "policy_fallbacks": ex.policy_fallbacks,
+            "instances": {iid: ex.describe(iid) for iid in ex.instances},
         }
 
     # ------------------------------------------------------------------ metrics
 
     def collect(self):
         ex = self.executor
-        links = ex.links
+        links = {iid: record.link for iid, record in ex.instances.items()}
         yield counter(
             "aios_executor_tasks",
             "Tasks by event: received, accepted, completed, "
@@ -275,7 +225,7 @@ class ExecutorServices:
             ("instance",),
             [(iid, link.inflight) for iid, link in links.items()],
         )
-        available = set(ex.balancer.available())
+        available = set(ex.available())
         yield gauge(
             "aios_executor_instance_up",
             "1 while the instance's link is up.",
@@ -292,7 +242,7 @@ class ExecutorServices:
             "aios_executor_policy_fallbacks",
             "Picks the user policy failed and the fallback policy made.",
             (),
-            [(getattr(ex.balancer, "fallbacks", 0),)],
+            [(ex.policy_fallbacks,)],
         )
 
     async def _metrics(self, request: web.Request) -> web.Response:
@@ -302,8 +252,8 @@ class ExecutorServices:
         return web.json_response(
             {
                 "healthy": True,
-                "instances": len(self.executor.links),
-                "available": len(self.executor.balancer.available()),
+                "instances": len(self.executor.instances),
+                "available": len(self.executor.available()),
             }
         )
 

@@ -16,8 +16,9 @@ import json
 
 import grpc
 
-from . import codec
-from .errors import AiosFastError
+from .. import codec
+from ..errors import AiosFastError
+from ..wire import ACCEPTED, INFER
 
 __all__ = ["OutputRouter", "RoutingError"]
 
@@ -84,9 +85,9 @@ class OutputRouter:
         channel = self._channels.get(target)
         if channel is None:
             channel = self._channels[target] = grpc.aio.insecure_channel(target)
-        call = channel.unary_unary("/InferenceProxy/infer")
+        call = channel.unary_unary(INFER)
         reply = await call(codec.encode_message(payload), metadata=(("x-service-name", block_id),))
-        if reply != b"\x08\x01":
+        if reply != ACCEPTED:
             raise RoutingError(f"next block {block_id!r} at {target} did not accept the task")
 
     async def close(self) -> None:

@@ -1,8 +1,11 @@
-"""The executor's side of an instance link (``aios_fast.link`` describes the wire).
+"""The executor's side of an instance link (``aios_fast.wire`` describes the wire).
 
-One ``InstanceLink`` per instance keeps a bidirectional stream open (reconnecting with
-backoff), sends tasks in batches and settles each task twice: ``accepted`` when the
-instance acknowledges it, then its result. When the stream breaks, tasks not yet
+Every link (``Link``) sends tasks to one instance and settles each task twice:
+``accepted`` when the instance acknowledges it, then its end, reported through the one
+``on_settled(task, exc)`` callback the link was made with (exactly once per task: exc
+None for a result, else TaskFailed, TaskLost or TaskNotAccepted). ``InstanceLink`` keeps
+a bidirectional stream open (reconnecting with backoff) and sends tasks in batches;
+``UnaryLink`` makes one seeds' ``infer`` call a task. When a stream breaks, tasks not yet
 acknowledged fail with TaskNotAccepted (safe to retry elsewhere) and acknowledged ones
 with TaskLost (the caller must be told).
 """
@@ -14,14 +17,17 @@ import itertools
 import logging
 from collections.abc import Callable
 from time import perf_counter
+from typing import Protocol
 
 import grpc
 
-from .errors import AiosFastError
-from .link import ACK, ERROR, LINK_METHOD, RESULT, BatchWriter, decode_replies, encode_tasks
+from ..errors import AiosFastError
+from ..service.batch_writer import BatchWriter
+from ..wire import ACCEPTED, ACK, ERROR, INFER, LINK_METHOD, RESULT, decode_replies, encode_tasks
 
 __all__ = [
     "InstanceLink",
+    "Link",
     "LinkTask",
     "TaskFailed",
     "TaskLost",
@@ -47,18 +53,23 @@ class TaskFailed(AiosFastError):
     """The instance ran the task and reported an error."""
 
 
-class LinkTask:
-    __slots__ = ("accepted", "id", "instance_id", "on_done", "on_unobserved", "result", "t0",
-                 "t_ack")  # fmt: skip
+OnState = Callable[[str, bool], None]  # (instance id, link up)
 
-    def __init__(self, instance_id: str, on_unobserved) -> None:
+
+class LinkTask:
+    """One task on a link. ``accepted`` resolves when the instance acknowledges it (or
+    raises TaskNotAccepted); ``result`` (None for ``infer`` tasks, whose caller was
+    answered at acceptance) resolves with the output packet bytes or the failure."""
+
+    __slots__ = ("_on_settled", "accepted", "id", "instance_id", "result", "t0", "t_ack")
+
+    def __init__(self, instance_id: str, want_result: bool, on_settled: OnSettled) -> None:
         loop = asyncio.get_running_loop()
         self.id = next(_ids)
         self.instance_id = instance_id
         self.accepted: asyncio.Future = loop.create_future()
-        self.result: asyncio.Future | None = None if on_unobserved else loop.create_future()
-        self.on_done: Callable | None = None  # (task, exc): every settled task, first
-        self.on_unobserved = on_unobserved
+        self.result: asyncio.Future | None = loop.create_future() if want_result else None
+        self._on_settled = on_settled
         self.t0 = self.t_ack = 0.0  # perf_counter: received by the executor, acknowledged
 
     def ack(self) -> None:
@@ -66,28 +77,59 @@ class LinkTask:
         if not self.accepted.done():
             self.accepted.set_result(None)
 
+    def refuse(self, why: str) -> None:
+        """Never acknowledged: settled with TaskNotAccepted (the caller may retry)."""
+        if self.accepted.done():
+            return
+        exc = TaskNotAccepted(f"{self.instance_id}: {why}")
+        self.accepted.set_exception(exc)
+        self._on_settled(self, exc)
+
     def finish(self, out: bytes | None, exc: Exception | None) -> None:
-        if self.on_done is not None:
-            self.on_done(self, exc)
-        if self.on_unobserved is not None:
-            self.on_unobserved(self, exc)
-        elif not self.result.done():
+        """The end of an acknowledged task: its output, or TaskFailed / TaskLost."""
+        self._on_settled(self, exc)
+        if self.result is not None and not self.result.done():
             if exc is None:
                 self.result.set_result(out)
             else:
                 self.result.set_exception(exc)
 
 
+OnSettled = Callable[[LinkTask, Exception | None], None]
+
+
+class Link(Protocol):
+    """What the executor needs of a link to one instance."""
+
+    instance_id: str
+    target: str
+    up: bool
+    tasks_sent: int
+    completed: int
+    failed: int
+    lost: int
+
+    @property
+    def inflight(self) -> int: ...
+
+    def start(self) -> None: ...
+
+    def submit(self, frame: bytes, want_result: bool) -> LinkTask: ...
+
+    async def close(self) -> None: ...
+
+
 class InstanceLink:
     """The stream to one instance, with its in-flight tasks."""
 
-    def __init__(self, instance_id: str, target: str, on_state: Callable[[str, bool], None],
-                 linger: float = LINGER):  # fmt: skip
+    def __init__(self, instance_id: str, target: str, on_state: OnState,
+                 on_settled: OnSettled, linger: float = LINGER):  # fmt: skip
         self.instance_id = instance_id
         self.target = target
         self.up = False
         self.linger = linger
         self._on_state = on_state
+        self._on_settled = on_settled
         self._pending: dict[int, LinkTask] = {}
         self._acked: set[int] = set()
         self._writer: BatchWriter | None = None
@@ -107,10 +149,10 @@ class InstanceLink:
     def start(self) -> None:
         self._runner = asyncio.ensure_future(self._run())
 
-    def submit(self, frame: bytes, on_unobserved=None) -> LinkTask:
-        task = LinkTask(self.instance_id, on_unobserved)
+    def submit(self, frame: bytes, want_result: bool) -> LinkTask:
+        task = LinkTask(self.instance_id, want_result, self._on_settled)
         if not self.up or self._writer is None:
-            task.accepted.set_exception(TaskNotAccepted(f"{self.instance_id}: link is down"))
+            task.refuse("link is down")
             return task
         self._pending[task.id] = task
         self._writer.put((task.id, frame))
@@ -149,8 +191,8 @@ class InstanceLink:
             if task_id in acked:
                 self.lost += 1
                 task.finish(None, TaskLost(f"accepted by {self.instance_id}, then {reason}"))
-            elif not task.accepted.done():
-                task.accepted.set_exception(TaskNotAccepted(f"{self.instance_id}: {reason}"))
+            else:
+                task.refuse(reason)
 
     def _set_up(self, up: bool) -> None:
         if self.up != up:
@@ -219,12 +261,13 @@ class UnaryLink:
     instances get at-least-once delivery); any other failure is reported to the caller.
     """
 
-    def __init__(self, instance_id: str, target: str, on_state: Callable[[str, bool], None],
-                 linger: float = 0.0):  # fmt: skip
+    def __init__(self, instance_id: str, target: str, on_state: OnState,
+                 on_settled: OnSettled, linger: float = 0.0):  # fmt: skip
         self.instance_id = instance_id
         self.target = target
         self.up = False
         self._on_state = on_state
+        self._on_settled = on_settled
         self._channel: grpc.aio.Channel | None = None
         self._call = None
         self._pending: set[asyncio.Task] = set()
@@ -237,7 +280,7 @@ class UnaryLink:
 
     def start(self) -> None:
         self._channel = grpc.aio.insecure_channel(self.target)
-        self._call = self._channel.unary_unary("/InferenceProxy/infer")
+        self._call = self._channel.unary_unary(INFER)
         self._watch = asyncio.ensure_future(self._watch_state())
 
     async def _watch_state(self) -> None:
@@ -253,8 +296,8 @@ class UnaryLink:
             await self._channel.wait_for_state_change(state)
             state = self._channel.get_state(try_to_connect=True)
 
-    def submit(self, frame: bytes, on_unobserved=None) -> LinkTask:
-        task = LinkTask(self.instance_id, on_unobserved)
+    def submit(self, frame: bytes, want_result: bool) -> LinkTask:
+        task = LinkTask(self.instance_id, want_result, self._on_settled)
         self.tasks_sent += 1
         runner = asyncio.ensure_future(self._send(task, frame))
         self._pending.add(runner)
@@ -266,20 +309,17 @@ class UnaryLink:
             reply = await self._call(frame)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNAVAILABLE:
-                task.accepted.set_exception(TaskNotAccepted(f"{self.instance_id}: {_short(exc)}"))
+                task.refuse(_short(exc))
                 return
             task.ack()
             self.failed += 1
             task.finish(None, TaskFailed(f"{self.instance_id}: {_short(exc)}"))
             return
         except asyncio.CancelledError:
-            if not task.accepted.done():
-                task.accepted.set_exception(TaskNotAccepted(f"{self.instance_id}: link closed"))
+            task.refuse("link closed")
             raise
-        if reply != b"\x08\x01":
-            task.accepted.set_exception(
-                TaskNotAccepted(f"{self.instance_id} answered message=false")
-            )
+        if reply != ACCEPTED:
+            task.refuse("answered message=false")
             return
         task.ack()
         self.completed += 1

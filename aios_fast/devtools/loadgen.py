@@ -15,21 +15,17 @@ import os
 import sys
 import time
 
+from .. import codec
+from ..service import runtime
+from ..wire import ACCEPTED, SERVICE
+
 __all__ = ["drive", "format_summary"]
 
 
 def _child(index: int, opts: dict, counters, queue) -> None:
     import asyncio
 
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
     import grpc
-
-    from . import codec
 
     async def run() -> dict:
         errors: dict[str, int] = {}
@@ -40,7 +36,7 @@ def _child(index: int, opts: dict, counters, queue) -> None:
         deadline = time.monotonic() + opts["duration"] if opts["duration"] else None
         next_task = index
         async with grpc.aio.insecure_channel(opts["target"]) as channel:
-            rpc = channel.unary_unary(f"/InferenceProxy/{opts['method']}")
+            rpc = channel.unary_unary(f"/{SERVICE}/{opts['method']}")
             started = time.monotonic()  # the clock all processes share (CLOCK_MONOTONIC)
 
             async def worker() -> None:
@@ -69,7 +65,7 @@ def _child(index: int, opts: dict, counters, queue) -> None:
                     latencies.append(time.perf_counter() - t0)
                     if opts["check"]:
                         if opts["method"] == "infer":
-                            ok = reply == b"\x08\x01"
+                            ok = reply == ACCEPTED
                         else:
                             out = codec.decode_message(reply)
                             ok = (out.seq_no, out.session_id, out.data) == (
@@ -85,7 +81,7 @@ def _child(index: int, opts: dict, counters, queue) -> None:
                 "started": started, "ended": time.monotonic()}  # fmt: skip
 
     try:
-        queue.put(asyncio.run(run()))
+        queue.put(runtime.run(run()))
     except BaseException as exc:  # reported, never a silent hang of the parent
         queue.put({"crash": f"{type(exc).__name__}: {exc}"})
 

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 
-from .errors import AiosFastError
+from ..errors import AiosFastError
 
 __all__ = ["LocalActuator"]
 

@@ -37,11 +37,13 @@ from typing import Any
 
 import msgspec
 
-from .actuator import LocalActuator
-from .autoscale import AutoScaler
-from .errors import AiosFastError
-from .healthcheck import HealthChecker
-from .sidecar import ExecutorClient
+from ..errors import AiosFastError
+from ..service import runtime
+from ..sidecars.actuator import LocalActuator
+from ..sidecars.autoscale import AutoScaler
+from ..sidecars.base import ExecutorClient
+from ..sidecars.healthcheck import HealthChecker
+from .loadgen import drive, format_summary
 
 __all__ = ["BlockDoc", "LocalBlock", "load_block_doc", "up", "use_free_ports"]
 
@@ -319,10 +321,8 @@ async def up(
     elif ports != "default":
         raise AiosFastError(f"--ports must be 'default' or 'auto', not {ports!r}")
     block = LocalBlock(doc, document)
-    stop = asyncio.Event()
+    stop = runtime.signal_event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     status = 0
     try:
         info = await block.start()
@@ -331,8 +331,6 @@ async def up(
         else:
             _print_info(info)
         if traffic:
-            from .loadgen import drive, format_summary
-
             print(f"sending {traffic:,} checked tasks through {info['grpc']} ...", flush=True)
             summary = await loop.run_in_executor(
                 None, lambda: drive(info["grpc"], tasks=traffic, concurrency=64, check=True)

@@ -22,10 +22,10 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
-from ._periodic import Periodic
-from .errors import AiosFastError
-from .mgmt import MgmtError, convert, mgmt_route, run_action, start_site
-from .policy import PolicyRule
+from ..errors import AiosFastError
+from ..policy import PolicyRule
+from ..service.http import MgmtError, convert, mgmt_route, run_action, start_site
+from ..service.periodic import Periodic
 
 __all__ = ["ExecutorCallError", "ExecutorClient", "Sidecar"]
 

@@ -30,8 +30,8 @@ from typing import Any
 
 import msgspec
 
-from .mgmt import MgmtError, convert
-from .sidecar import ExecutorCallError, Sidecar
+from ..service.http import MgmtError, convert
+from .base import ExecutorCallError, Sidecar
 
 __all__ = ["AutoScaler", "TargetPolicy"]
 

@@ -1,7 +1,8 @@
 """Instance runtime: serves one user Block to executors and plain gRPC callers.
 
 gRPC (raw bytes, no protobuf objects):
-- ``/aios.InstanceLink/Tasks``: the executor's batched bidirectional stream (``link``);
+- ``/aios.InstanceLink/Tasks``: the executor's batched bidirectional stream
+  (``aios_fast.wire``, served by ``link_server``);
 - ``/InferenceProxy/infer``: the seeds' call; true once the task is taken, the output
   then travels by output_ptr;
 - ``/InferenceProxy/infer_result``: runs the task and returns the output packet.
@@ -9,7 +10,7 @@ gRPC (raw bytes, no protobuf objects):
 HTTP (aiohttp, management port): ``GET /health`` answers from ``Block.health()``
 (200 healthy, 503 not), ``POST /mgmt`` {"mgmt_action", "mgmt_data"} goes to
 ``Block.management`` (``update_parameters`` goes to ``Block.on_update``; the shape of
-``aios_fast.mgmt``), ``GET /metrics``: tasks, on_data latency, queue length, process
+``aios_fast.service.http``), ``GET /metrics``: tasks, on_data latency, queue length, process
 and host CPU/memory and GPUs (Prometheus text), ``GET /stats``: the same readings as
 JSON (executors poll it for their policies' ``get_metrics()``).
 
@@ -19,44 +20,32 @@ prints one JSON line with the ports it listens on.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import importlib
 import inspect
 import json
 import logging
-import os
-import signal
-import sys
 import time
 from time import perf_counter
 
 import grpc
 from aiohttp import web
 
-from . import codec
-from .block import Block
-from .errors import AiosFastError, PacketDecodeError
-from .framedb import FrameDB
-from .hardware import MetricsSnapshot, hardware_families
-from .link import (
-    ACK,
-    ERROR,
-    LINK_RPC,
-    LINK_SERVICE,
-    RESULT,
-    BatchWriter,
-    decode_tasks,
-    encode_replies,
-)
-from .metrics import CONTENT_TYPE, Histogram, Registry, counter, gauge, histogram
-from .mgmt import mgmt_route, start_site
+from .. import codec
+from ..block import Block
+from ..errors import AiosFastError, PacketDecodeError
+from ..framedb import FrameDB
+from ..service.hardware import hardware_families
+from ..service.http import mgmt_route, start_site
+from ..service.metrics import CONTENT_TYPE, Histogram, Registry, counter, gauge, histogram
+from ..service.snapshot import MetricsSnapshot
+from ..wire import ACCEPTED, LINK_RPC, LINK_SERVICE, SERVICE
+from .link_server import LinkServer, describe
 from .routing import OutputRouter
 
 __all__ = ["InstanceServer", "load_block", "make_output"]
 
 log = logging.getLogger("aios_fast.instance")
-_TRUE = b"\x08\x01"  # InferenceResponse(message=True)
 
 
 def load_block(spec: str, init_data: dict | None = None, parameters: dict | None = None) -> Block:
@@ -122,6 +111,7 @@ class InstanceServer:
         self.on_data_seconds = Histogram()
         self.snapshot = MetricsSnapshot(self._block_metrics)  # hardware, read off the loop
         self.registry = Registry(self._collect, process=True)
+        self._links = LinkServer(self.run_task, self)
 
     # ------------------------------------------------------------------ running a task
 
@@ -134,7 +124,10 @@ class InstanceServer:
 
     async def run_task(self, frame: bytes) -> bytes:
         """Process one InferenceMessage frame; the serialized output packet (or b"")."""
-        packet = codec.decode_message(frame)
+        return await self.run_packet(codec.decode_message(frame))
+
+    async def run_packet(self, packet: codec.Packet) -> bytes:
+        """Process one decoded task; the serialized output packet (or b"")."""
         self.waiting += 1
         try:
             await self._sem.acquire()
@@ -158,56 +151,23 @@ class InstanceServer:
 
     # ------------------------------------------------------------------ gRPC handlers
 
-    async def _link(self, requests, context):
-        """The executor's stream: ack every task at once, reply with results as they end."""
-        writer = BatchWriter()
-        pending: set[asyncio.Task] = set()
-
-        async def work(task_id: int, frame: bytes) -> None:
-            try:
-                writer.put((task_id, RESULT, await self.run_task(frame)))
-                self.completed += 1
-            except Exception as exc:  # reported to the executor, never dropped
-                self.failed += 1
-                writer.put((task_id, ERROR, _describe(exc).encode()))
-
-        async def read() -> None:
-            try:
-                async for message in requests:
-                    for task_id, frame in decode_tasks(message):
-                        writer.put((task_id, ACK, b""))
-                        t = asyncio.ensure_future(work(task_id, frame))
-                        pending.add(t)
-                        t.add_done_callback(pending.discard)
-            finally:
-                if pending:
-                    await asyncio.gather(*pending, return_exceptions=True)
-                writer.close()
-
-        reader = asyncio.ensure_future(read())
-        try:
-            while (batch := await writer.next_batch()) is not None:
-                yield encode_replies(_drop_answered_acks(batch))
-        finally:
-            reader.cancel()
-
     async def _infer(self, request: bytes, context) -> bytes:
         try:
-            codec.decode_message(request)
+            packet = codec.decode_message(request)
         except PacketDecodeError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        task = asyncio.ensure_future(self._background(request))
+        task = asyncio.ensure_future(self._background(packet))
         self._background_tasks.add(task)
         task.add_done_callback(self._background_tasks.discard)
-        return _TRUE
+        return ACCEPTED
 
-    async def _background(self, request: bytes) -> None:
+    async def _background(self, packet: codec.Packet) -> None:
         try:
-            await self.run_task(request)
+            await self.run_packet(packet)
             self.completed += 1
         except Exception as exc:
             self.failed += 1
-            log.error("task failed after it was accepted: %s", _describe(exc))
+            log.error("task failed after it was accepted: %s", describe(exc))
 
     async def _infer_result(self, request: bytes, context) -> bytes:
         try:
@@ -216,7 +176,7 @@ class InstanceServer:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except Exception as exc:
             self.failed += 1
-            await context.abort(grpc.StatusCode.INTERNAL, _describe(exc))
+            await context.abort(grpc.StatusCode.INTERNAL, describe(exc))
         self.completed += 1
         return codec.encode_message(out)
 
@@ -226,7 +186,7 @@ class InstanceServer:
         try:
             state = await self._call(self.block.health)
         except Exception as exc:
-            return web.json_response({"healthy": False, "error": _describe(exc)}, status=503)
+            return web.json_response({"healthy": False, "error": describe(exc)}, status=503)
         healthy = bool(state)
         body = state if isinstance(state, dict) else {"healthy": healthy}
         return web.json_response(body, status=200 if healthy else 503)
@@ -273,9 +233,10 @@ class InstanceServer:
         }
         server.add_generic_rpc_handlers(
             (
-                grpc.method_handlers_generic_handler("InferenceProxy", handlers),
+                grpc.method_handlers_generic_handler(SERVICE, handlers),
                 grpc.method_handlers_generic_handler(
-                    LINK_SERVICE, {LINK_RPC: grpc.stream_stream_rpc_method_handler(self._link)}
+                    LINK_SERVICE,
+                    {LINK_RPC: grpc.stream_stream_rpc_method_handler(self._links.serve)},
                 ),
             )
         )
@@ -300,79 +261,3 @@ class InstanceServer:
         await self.snapshot.stop()
         await self.router.close()
         await self.block.frames.close()
-
-
-def _drop_answered_acks(batch: list) -> list:
-    """A result implies acceptance: drop ACKs whose task's result is in the same batch."""
-    done = {item[0] for item in batch if item[1] != ACK}
-    if not done:
-        return batch
-    return [item for item in batch if item[1] != ACK or item[0] not in done]
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
-
-
-async def _serve(opts) -> None:
-    block = load_block(opts.block, json.loads(opts.init_data), json.loads(opts.parameters))
-    server = InstanceServer(
-        block, host=opts.host, port=opts.port, mgmt_port=opts.mgmt_port,
-        max_concurrency=opts.max_concurrency, frames=FrameDB(json.loads(opts.framedb)),
-    )  # fmt: skip
-    await server.start()
-    registration = None
-    if opts.register:
-        from .discovery import Registration
-
-        advertise = opts.advertise or opts.host
-        registration = Registration(
-            opts.register, opts.block_id, opts.instance_id or f"{advertise}-{server.port}",
-            f"{advertise}:{server.port}", f"{advertise}:{server.mgmt_port}", opts.ttl,
-        )  # fmt: skip
-        await registration.start()
-    print(json.dumps({"port": server.port, "mgmt_port": server.mgmt_port}), flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    if registration is not None:
-        await registration.stop()  # leave first: no new tasks come while we drain
-    await server.stop()
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Serve one Block instance.")
-    parser.add_argument("--block", default="aios_fast.block:EchoBlock", help="module:Class")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="gRPC port (0: any free one)")
-    parser.add_argument("--mgmt-port", type=int, default=0, help="HTTP management port")
-    parser.add_argument("--max-concurrency", type=int, default=256)
-    parser.add_argument("--init-data", default="{}", help="JSON blockInitData")
-    parser.add_argument("--parameters", default="{}", help="JSON block parameters")
-    parser.add_argument("--framedb", default=os.environ.get("AIOS_FRAMEDB", "{}"),
-                        help='JSON {framedb_id: "redis://host:port/db" | "memory"}')  # fmt: skip
-    parser.add_argument("--register", help="redis:// URL to register in (heartbeat + TTL)")
-    parser.add_argument("--block-id", default="block")
-    parser.add_argument("--instance-id", help="default: <advertise host>-<port>")
-    parser.add_argument("--advertise", help="host executors reach this instance at")
-    parser.add_argument("--ttl", type=float, default=3.0, help="registration TTL, seconds")
-    opts = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    try:
-        asyncio.run(_serve(opts))
-    except (AiosFastError, OSError) as exc:  # other errors: the traceback says more
-        print(f"instance: cannot start: {exc}", file=sys.stderr, flush=True)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

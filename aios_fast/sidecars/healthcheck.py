@@ -12,7 +12,7 @@ Then the block's ``stabilityChecker`` policy is called with the seeds' input:
 Extra management actions: ``health`` (the latest verdict per instance with failure
 counts and last error).
 
-Run alone: ``python -m aios_fast.healthcheck --executor http://127.0.0.1:18001``.
+Run alone: ``python -m aios_fast.sidecars.healthcheck --executor http://127.0.0.1:18001``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import time
 
 import aiohttp
 
-from .sidecar import Sidecar
+from ..service import runtime
+from .base import Sidecar
 
 __all__ = ["HealthChecker"]
 
@@ -169,21 +170,11 @@ def main(argv=None) -> int:
         )
         await checker.start(opts.host, opts.port)
         print(json.dumps({"mgmt_port": checker.port}), flush=True)
-        await _until_signalled()
+        await runtime.until_signalled()
         await checker.stop()
 
-    asyncio.run(run())
+    runtime.run(run())
     return 0
-
-
-async def _until_signalled() -> None:
-    import signal
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
 
 
 if __name__ == "__main__":

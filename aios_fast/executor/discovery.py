@@ -1,12 +1,11 @@
-"""Instances that come and go: registration with heartbeats in Redis (the original's
-mapper role).
+"""Instances that come and go, found in Redis (the original's mapper role).
 
 An instance started with ``--register redis://... --block-id B --instance-id I`` keeps
-the key ``aios:block:B:instance:I`` = {"target": "host:port", "mgmt": "host:port"} alive
-with a TTL, refreshed every TTL/3, and deletes it when it stops. An executor started
-with ``--discover redis://... --block-id B`` scans those keys every ``interval``: new
-ones join the balancer, vanished ones (stopped, or dead and expired) are drained and
-removed once their in-flight tasks are done (or after ``drain_grace`` seconds).
+its key (``aios_fast.wire.instance_key``) alive with a TTL (``instance.registration``).
+An executor started with ``--discover redis://... --block-id B`` scans those keys every
+``interval``: new ones join the balancer, vanished ones (stopped, or dead and expired)
+are drained and removed once their in-flight tasks are done (or after ``drain_grace``
+seconds).
 """
 
 from __future__ import annotations
@@ -15,44 +14,13 @@ import asyncio
 import json
 import logging
 
-from ._periodic import Periodic
+from ..service.periodic import Periodic
+from ..wire import instance_key
+from .config import InstanceSpec
 
-__all__ = ["Discovery", "Registration", "instance_key"]
+__all__ = ["Discovery"]
 
 log = logging.getLogger("aios_fast.discovery")
-
-
-def instance_key(block_id: str, instance_id: str = "*") -> str:
-    return f"aios:block:{block_id}:instance:{instance_id}"
-
-
-class Registration:
-    """Keeps one instance's key alive while the instance runs."""
-
-    def __init__(self, url: str, block_id: str, instance_id: str, target: str,
-                 mgmt: str = "", ttl: float = 3.0) -> None:  # fmt: skip
-        import redis.asyncio as redis
-
-        self.client = redis.Redis.from_url(url)
-        self.key = instance_key(block_id, instance_id)
-        self.value = json.dumps({"target": target, "mgmt": mgmt})
-        self.ttl = ttl
-        # Redis away: keep beating; the key may expire meanwhile, and comes back.
-        self._beats = Periodic(self._beat, ttl / 3, log, f"heartbeat for {self.key}")
-
-    async def start(self) -> None:
-        await self._beat()
-        self._beats.start()
-
-    async def _beat(self) -> None:
-        await self.client.set(self.key, self.value, px=int(self.ttl * 1000))
-
-    async def stop(self) -> None:
-        await self._beats.stop()
-        try:
-            await self.client.delete(self.key)
-        finally:
-            await self.client.aclose()
 
 
 class Discovery:
@@ -90,14 +58,12 @@ class Discovery:
         return found
 
     async def sync_once(self) -> None:
-        from .executor import InstanceSpec
-
         found = await self.scan()
         loop = asyncio.get_running_loop()
         for iid, target in found.items():
             if iid in self._leaving:  # came back
                 del self._leaving[iid]
-                self.executor.balancer.set_draining(iid, False)
+                self.executor.set_draining(iid, False)
             if self.known.get(iid) != target:
                 if iid in self.known:
                     await self.executor.remove_instance(iid)
@@ -107,14 +73,14 @@ class Discovery:
         for iid in list(self.known):
             if iid not in found and iid not in self._leaving:
                 self._leaving[iid] = loop.time() + self.drain_grace
-                self.executor.balancer.set_draining(iid, True)
+                self.executor.set_draining(iid, True)
                 log.info("instance %s left; draining", iid)
         for iid, deadline in list(self._leaving.items()):
-            link = self.executor.links.get(iid)
-            if link is None or link.inflight == 0 or loop.time() >= deadline:
+            record = self.executor.instances.get(iid)
+            if record is None or record.link.inflight == 0 or loop.time() >= deadline:
                 del self._leaving[iid]
                 self.known.pop(iid, None)
-                if link is not None:
+                if record is not None:
                     await self.executor.remove_instance(iid)
 
     def start(self) -> None:

@@ -1,0 +1,79 @@
+"""``python -m aios_fast.executor``: run a block's executor (see ``executor.core``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from .config import ExecutorConfig, parse_instance
+from .workers import describe_start_error, run_workers
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Run a block's executor.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=50051)
+    parser.add_argument("--instance", action="append", default=[],
+                        metavar="ID=[unary:]HOST:PORT")  # fmt: skip
+    parser.add_argument("--policy", default="builtin:round_robin", help="policyRuleURI")
+    parser.add_argument("--policy-parameters", default="{}", help="JSON")
+    parser.add_argument(
+        "--block-doc",
+        help="block document (JSON file): its policies."
+        "loadBalancer replaces --policy*, and policies get it as block_data",
+    )
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--max-inflight", type=int, default=10_000)
+    parser.add_argument("--instance-inflight", type=int, default=1_000)
+    parser.add_argument("--max-retries", type=int, default=2)
+    parser.add_argument("--drain-timeout", type=float, default=30.0)
+    parser.add_argument(
+        "--link-linger",
+        type=float,
+        default=0.002,
+        help="seconds a small task batch may wait while a link is busy",
+    )
+    parser.add_argument("--discover", default="", help="redis:// URL of registrations")
+    parser.add_argument("--block-id", default="block")
+    parser.add_argument("--discover-interval", type=float, default=1.0)
+    parser.add_argument("--mgmt-port", type=int, default=18001,
+                        help="POST /mgmt port (0: any free one, -1: none)")  # fmt: skip
+    parser.add_argument("--metrics-port", type=int, default=18000,
+                        help="GET /metrics port (0: any free one, -1: none)")  # fmt: skip
+    opts = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    policy = {"policyRuleURI": opts.policy, "parameters": json.loads(opts.policy_parameters)}
+    block_data = None
+    if opts.block_doc:
+        with open(opts.block_doc) as f:
+            block_data = json.load(f)
+        policy = dict((block_data.get("policies") or {}).get("loadBalancer") or {})
+    config = ExecutorConfig(
+        host=opts.host,
+        port=opts.port,
+        instances=[parse_instance(text) for text in opts.instance],
+        policy=policy,
+        block_data=block_data,
+        max_inflight=opts.max_inflight,
+        instance_inflight=opts.instance_inflight,
+        max_retries=opts.max_retries,
+        drain_timeout=opts.drain_timeout,
+        link_linger=opts.link_linger,
+        discover=opts.discover,
+        block_id=opts.block_id,
+        discover_interval=opts.discover_interval,
+        mgmt_port=None if opts.mgmt_port < 0 else opts.mgmt_port,
+        metrics_port=None if opts.metrics_port < 0 else opts.metrics_port,
+    )
+    try:
+        return run_workers(config, opts.workers)
+    except Exception as exc:
+        print(f"executor: {describe_start_error(exc)}", file=sys.stderr, flush=True)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,53 @@
+"""What an executor is told: its instances and its settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["ExecutorConfig", "InstanceSpec", "parse_instance"]
+
+
+@dataclass
+class InstanceSpec:
+    id: str
+    target: str  # host:port of the instance's gRPC server
+    protocol: str = "stream"  # "stream" (aios_fast link) or "unary" (the seeds' infer only)
+    health: str = ""  # host:port of the instance's management HTTP (GET /health), if any
+
+
+@dataclass
+class ExecutorConfig:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    instances: list[InstanceSpec] = field(default_factory=list)
+    policy: dict = field(default_factory=dict)  # policies.loadBalancer of the block
+    max_inflight: int = 10_000
+    instance_inflight: int = 1_000
+    max_retries: int = 2
+    drain_timeout: float = 30.0
+    reuse_port: bool = False
+    link_linger: float = 0.002  # seconds a small task batch may wait while a link is busy
+    discover: str = ""  # redis:// URL of instance registrations (executor.discovery)
+    block_id: str = "block"
+    discover_interval: float = 1.0
+    # HTTP services (executor.services): None = not served, 0 = any free port.
+    mgmt_port: int | None = None  # POST /mgmt (the seeds' 18001)
+    metrics_port: int | None = None  # GET /metrics (the seeds' 18000)
+    http_host: str = ""  # where those listen ("": host)
+    block_data: dict | None = None  # the block document, handed to user policies
+    metrics_interval: float = 1.0  # seconds between policy metrics refreshes
+
+
+def parse_instance(text: str) -> InstanceSpec:
+    """``id=host:port`` (aios_fast stream link) or ``id=unary:host:port`` (seeds' infer),
+    optionally followed by ``@host:port``, the instance's management HTTP (/health)."""
+    iid, sep, target = text.partition("=")
+    target, _, health = target.partition("@")
+    protocol = "stream"
+    if target.startswith("unary:"):
+        protocol, target = "unary", target[len("unary:") :]
+    if not sep or not iid or ":" not in target or (health and ":" not in health):
+        raise ValueError(
+            f"--instance wants id=[unary:]host:port[@mgmt_host:mgmt_port], not {text!r}"
+        )
+    return InstanceSpec(iid, target, protocol, health)

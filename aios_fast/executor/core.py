@@ -1,0 +1,505 @@
+"""The executor: a block's gRPC front door, load-balancing tasks over its instances.
+
+Per task: peel the caller's InferenceMessage and read the packet with the compiled
+codec (malformed: INVALID_ARGUMENT), pick an instance with the block's policy (none
+available: UNAVAILABLE), forward the caller's bytes unchanged over that instance's
+link (``executor.links``), then answer:
+
+- ``infer`` (the seeds' call): ``message=true`` once the instance has acknowledged the
+  task; the result travels by output_ptr;
+- ``infer_result``: the output packet, as rpc_data of an InferenceMessage;
+- ``infer_stream``: one output message per task, as they finish; a task that fails
+  ends the stream with its status (the details name the reason).
+
+Guarantees: a task an instance never acknowledged is retried on another instance
+(``max_retries``); a task acknowledged and then lost (instance died) fails its caller
+with UNAVAILABLE, or, for ``infer``, which was already answered, is logged and counted
+as ``lost``. Past ``max_inflight`` tasks in the executor, or ``instance_inflight`` on
+every instance, callers get RESOURCE_EXHAUSTED. Deadlines are honoured. SIGTERM drains:
+no new calls, in-flight ones finish (up to ``drain_timeout``).
+
+The executor keeps one ``Instance`` record per instance (spec, link, health verdict,
+draining, weight, latest readings); the balancer mirrors the part it picks by. The
+management API, discovery and the workers' front change the set only through the
+executor's public methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from time import perf_counter
+from typing import Any
+
+import aiohttp
+import grpc
+
+from .. import codec, lb
+from ..errors import NoInstanceError, PacketDecodeError
+from ..service.metrics import Histogram
+from ..service.periodic import Periodic
+from ..service.snapshot import MetricsSnapshot
+from ..wire import ACCEPTED, SERVICE
+from .config import ExecutorConfig, InstanceSpec
+from .discovery import Discovery
+from .links import InstanceLink, Link, LinkTask, TaskFailed, TaskLost, TaskNotAccepted, UnaryLink
+from .services import ExecutorServices
+
+__all__ = ["Executor", "Instance"]
+
+log = logging.getLogger("aios_fast.executor")
+TASK_EVENTS = ("received", "accepted", "completed", "failed", "retried", "rejected", "lost",
+               "invalid")  # fmt: skip
+
+
+@dataclass(eq=False)
+class Instance:
+    """Everything the executor knows of one instance. ``healthy`` is the health
+    checker's verdict (the link's own state is ``link.up``); ``draining`` and ``weight``
+    are what the balancer was told; ``metrics`` the instance's latest ``GET /stats``."""
+
+    spec: InstanceSpec
+    link: Link
+    healthy: bool = True
+    draining: bool = False
+    weight: float = 1.0
+    metrics: dict | None = None
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+
+class _Reject(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(message)
+
+
+class Executor:
+    """One executor process: a grpc.aio server, a balancer and one link per instance."""
+
+    def __init__(self, config: ExecutorConfig, *, block_data: dict | None = None) -> None:
+        self.config = config
+        self.block_data = block_data if block_data is not None else config.block_data
+        # What user policies see through settings["get_metrics"]: served from memory.
+        self.metrics = MetricsSnapshot(self._block_metrics, config.metrics_interval)
+        # Each instance's GET /stats (those added with a health address), polled off the
+        # hot path, so policies can weigh queue lengths and GPU load.
+        self._instance_poll = Periodic(self._poll_instances, config.metrics_interval, log,
+                                       "instance metrics poll")  # fmt: skip
+        self._http: aiohttp.ClientSession | None = None  # the poll's
+        self.policy_spec = dict(config.policy)
+        self.balancer = self._make_balancer(self.policy_spec)
+        self.instances: dict[str, Instance] = {}  # read-only outside: change through methods
+        # Seconds: received -> acknowledged by an instance, acknowledged -> result, and
+        # received -> result (tasks that completed).
+        self.latency = {"accept": Histogram(), "run": Histogram(), "total": Histogram()}
+        self.inflight = 0
+        self.stats = dict.fromkeys(TASK_EVENTS, 0)
+        self._server: grpc.aio.Server | None = None
+        self.port = config.port
+        self.discovery: Discovery | None = None
+        self.services: ExecutorServices | None = None  # management and metrics, when served
+
+    # ------------------------------------------------------------------ instance set
+
+    def add_instance(self, spec: InstanceSpec) -> Instance:
+        if spec.id in self.instances:
+            raise ValueError(f"instance {spec.id!r} is already known")
+        if spec.protocol not in ("stream", "unary"):
+            raise ValueError(f"instance {spec.id!r}: unknown protocol {spec.protocol!r}")
+        self.balancer.add(spec.id)
+        self.balancer.set_healthy(spec.id, False)  # until its link is up
+        link_cls = InstanceLink if spec.protocol == "stream" else UnaryLink
+        link = link_cls(spec.id, spec.target, self._link_state, self._settled,
+                        self.config.link_linger)  # fmt: skip
+        record = Instance(spec, link, weight=self.balancer.state(spec.id)["weight"])
+        self.instances[spec.id] = record
+        link.start()
+        return record
+
+    def _known(self, instance_id: str) -> Instance:
+        record = self.instances.get(instance_id)
+        if record is None:
+            raise KeyError(instance_id)
+        return record
+
+    async def remove_instance(self, instance_id: str, drain_timeout: float = 0.0) -> int:
+        """Forget an instance and close its link. With ``drain_timeout`` > 0 it first gets
+        no new tasks while its in-flight ones finish (up to that many seconds). Returns
+        the tasks still in flight when the link closed (they fail as lost)."""
+        record = self._known(instance_id)
+        if drain_timeout > 0:
+            self.set_draining(instance_id, True)
+            deadline = asyncio.get_running_loop().time() + drain_timeout
+            await _until_idle([record.link], deadline)
+            if self.instances.get(instance_id) is not record:  # removed meanwhile
+                return 0
+        del self.instances[instance_id]
+        left = record.link.inflight
+        self.balancer.remove(instance_id)
+        await record.link.close()
+        return left
+
+    def set_instance_health(self, instance_id: str, healthy: bool) -> None:
+        """The health checker's verdict: an unhealthy instance gets no tasks (even with
+        its link up) until it is marked healthy again."""
+        record = self._known(instance_id)
+        record.healthy = healthy
+        self._link_state(instance_id, record.link.up)
+
+    def set_draining(self, instance_id: str, draining: bool) -> None:
+        """A draining instance gets no new tasks; its in-flight ones finish."""
+        record = self._known(instance_id)
+        self.balancer.set_draining(instance_id, draining)
+        record.draining = draining
+
+    def set_weight(self, instance_id: str, weight: float) -> None:
+        """For weighted policies; the balancer refuses a bad weight (ValueError)."""
+        record = self._known(instance_id)
+        self.balancer.set_weight(instance_id, weight)
+        record.weight = weight
+
+    def available(self) -> list[str]:
+        """The instances the balancer may pick now (up, healthy, not draining)."""
+        return list(self.balancer.available())
+
+    def describe(self, instance_id: str) -> dict:
+        """One instance as the management API shows it."""
+        record = self._known(instance_id)
+        link, spec = record.link, record.spec
+        return {
+            "id": instance_id,
+            "target": spec.target,
+            "protocol": spec.protocol,
+            "health": spec.health,
+            "up": link.up,
+            "healthy": record.healthy,
+            "draining": record.draining,
+            "available": self.balancer.state(instance_id)["available"],
+            "weight": record.weight,
+            "inflight": link.inflight,
+            "tasks_sent": link.tasks_sent,
+            "completed": link.completed,
+            "failed": link.failed,
+            "lost": link.lost,
+        }
+
+    def _link_state(self, instance_id: str, up: bool) -> None:
+        record = self.instances.get(instance_id)
+        if record is not None:
+            self.balancer.set_healthy(instance_id, up and record.healthy)
+
+    # ------------------------------------------------------------------ policy
+
+    def _make_balancer(self, spec: dict):
+        return lb.make_balancer(
+            spec, (), block_data=self.block_data, get_metrics=self.metrics.get_metrics
+        )
+
+    @property
+    def policy_rule(self):
+        """The user policy (``aios_fast.policy.PolicyRule``) in force, or None (built-in)."""
+        return self.balancer.rule if isinstance(self.balancer, lb.PolicyBalancer) else None
+
+    @property
+    def policy_fallbacks(self) -> int:
+        """Picks the user policy failed and the fallback built-in made."""
+        return getattr(self.balancer, "fallbacks", 0)
+
+    def policy(self) -> dict:
+        """The loadBalancer policy in force: its spec, the balancer and its errors."""
+        spec = self.policy_spec
+        rule = self.policy_rule
+        settings = spec.get("settings") or {}
+        return {
+            "policyRuleURI": spec.get("policyRuleURI") or "builtin:round_robin",
+            "parameters": rule.parameters if rule is not None else spec.get("parameters") or {},
+            # the JSON-able part: policies' settings also carry functions
+            "settings": {k: v for k, v in settings.items() if not callable(v)},
+            "balancer": self.balancer.name,
+            "fallbacks": self.policy_fallbacks,
+            "last_error": getattr(self.balancer, "last_error", None),
+        }
+
+    def set_policy_parameters(self, parameters: dict[str, Any], replace: bool = False) -> None:
+        """Merge into (or replace) the policy's parameters. A user policy sees the new
+        dict at its next eval(); a built-in one is rebuilt (and refuses unknown ones)."""
+        rule = self.policy_rule
+        if rule is not None:
+            params = rule.parameters
+            if replace:
+                params.clear()
+            params.update(parameters)  # the dict eval() receives: in force at once
+            self.policy_spec["parameters"] = dict(params)
+            return
+        old = self.policy_spec.get("parameters") or {}
+        merged = dict(parameters) if replace else {**old, **parameters}
+        self.switch_policy({**self.policy_spec, "parameters": merged})
+
+    def switch_policy(self, spec: dict) -> None:
+        """Replace the balancer (a new policy, or new built-in parameters); the instance
+        set, weights, health, draining and outstanding counts carry over."""
+        new = self._make_balancer(spec)
+        old = self.balancer
+        for iid, record in self.instances.items():
+            new.add(iid, record.weight)
+            new.set_healthy(iid, record.link.up and record.healthy)
+            new.set_draining(iid, record.draining)
+            for _ in range(old.state(iid)["outstanding"]):
+                new.on_dispatch(iid)
+        self.balancer = new
+        self.policy_spec = dict(spec)
+
+    def _block_metrics(self) -> dict:
+        """Executor state for policies (on the loop, every metrics interval)."""
+        return {
+            "executor": dict(self.stats),
+            "inflight": self.inflight,
+            "instances": {
+                iid: {"up": r.link.up, "inflight": r.link.inflight, "metrics": r.metrics}
+                for iid, r in self.instances.items()
+            },
+        }
+
+    async def _poll_instances(self) -> None:
+        targets = {iid: r for iid, r in self.instances.items() if r.spec.health}
+        if not targets:
+            return
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0))
+
+        async def one(record: Instance) -> None:
+            try:
+                async with self._http.get(f"http://{record.spec.health}/stats") as resp:
+                    if resp.status == 200:
+                        record.metrics = await resp.json()
+                        return
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+                pass
+            record.metrics = None  # no stale readings
+
+        await asyncio.gather(*(one(record) for record in targets.values()))
+
+    # ------------------------------------------------------------------ dispatch
+
+    async def _dispatch(self, frame: bytes, packet, want_result: bool, t0: float) -> LinkTask:
+        """Send one task; returns it once acknowledged. Retries unacknowledged tasks."""
+        last: Exception | None = None
+        for attempt in range(self.config.max_retries + 1):
+            try:
+                instance_id = self.balancer.pick(packet)
+            except NoInstanceError:
+                raise _Reject(grpc.StatusCode.UNAVAILABLE, "no instance available") from None
+            link = self.instances[instance_id].link
+            if link.inflight >= self.config.instance_inflight:
+                link = self._least_loaded()
+                if link is None:
+                    raise _Reject(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"every instance has {self.config.instance_inflight} tasks in flight",
+                    )
+            self.balancer.on_dispatch(link.instance_id)
+            task = link.submit(frame, want_result)
+            task.t0 = t0
+            try:
+                await task.accepted
+                self.latency["accept"].observe(task.t_ack - t0)
+                return task
+            except TaskNotAccepted as exc:
+                last = exc
+                if attempt < self.config.max_retries:
+                    self.stats["retried"] += 1
+        raise _Reject(grpc.StatusCode.UNAVAILABLE, f"no instance accepted the task: {last}")
+
+    def _least_loaded(self) -> Link | None:
+        best = None
+        for iid in self.balancer.available():
+            link = self.instances[iid].link
+            if link.inflight < self.config.instance_inflight and (
+                best is None or link.inflight < best.inflight
+            ):
+                best = link
+        return best
+
+    def _settled(self, task: LinkTask, exc: Exception | None) -> None:
+        """Every task's end, reported once by its link."""
+        self.balancer.on_finish(task.instance_id)
+        if exc is None:
+            now = perf_counter()
+            self.latency["run"].observe(now - task.t_ack)
+            self.latency["total"].observe(now - task.t0)
+        if task.result is not None or isinstance(exc, TaskNotAccepted):
+            return  # a waiting caller (or the retry loop) hears of it
+        # an infer task, whose caller was answered at acceptance
+        if exc is None:
+            self.stats["completed"] += 1
+        elif isinstance(exc, TaskLost):
+            self.stats["lost"] += 1
+            log.error("task accepted by %s was lost: %s", task.instance_id, exc)
+        else:
+            self.stats["failed"] += 1
+            log.error("task failed on %s: %s", task.instance_id, exc)
+
+    async def _run(self, frame: bytes, context, want_result: bool) -> bytes:
+        t0 = perf_counter()
+        self.stats["received"] += 1
+        try:
+            packet = codec.decode_message(frame)
+        except PacketDecodeError as exc:
+            self.stats["invalid"] += 1
+            raise _Reject(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        if self.inflight >= self.config.max_inflight:
+            self.stats["rejected"] += 1
+            raise _Reject(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"executor has {self.config.max_inflight} tasks in flight; retry later",
+            )
+        self.inflight += 1
+        try:
+            task = await self._dispatch(frame, packet, want_result, t0)
+            self.stats["accepted"] += 1
+            if not want_result:
+                return ACCEPTED
+            try:
+                out = await task.result
+            except TaskLost as exc:
+                self.stats["lost"] += 1
+                raise _Reject(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
+            except TaskFailed as exc:
+                self.stats["failed"] += 1
+                raise _Reject(grpc.StatusCode.INTERNAL, str(exc)) from None
+            self.stats["completed"] += 1
+            return codec.encode_message(out)
+        finally:
+            self.inflight -= 1
+
+    # ------------------------------------------------------------------ gRPC handlers
+
+    async def _unary(self, frame: bytes, context, want_result: bool) -> bytes:
+        try:
+            remaining = context.time_remaining()
+            coro = self._run(frame, context, want_result)
+            if remaining is not None:
+                return await asyncio.wait_for(coro, remaining)
+            return await coro
+        except _Reject as exc:
+            await context.abort(exc.code, exc.message)
+        except asyncio.TimeoutError:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+
+    async def _infer(self, frame: bytes, context) -> bytes:
+        return await self._unary(frame, context, False)
+
+    async def _infer_result(self, frame: bytes, context) -> bytes:
+        return await self._unary(frame, context, True)
+
+    async def _infer_stream(self, requests, context):
+        results: asyncio.Queue = asyncio.Queue()
+        pending: set[asyncio.Task] = set()
+
+        async def one(frame: bytes) -> None:
+            try:
+                await results.put(await self._run(frame, context, True))
+            except _Reject as exc:
+                await results.put(exc)
+
+        async def read() -> None:
+            async for frame in requests:
+                t = asyncio.ensure_future(one(frame))
+                pending.add(t)
+                t.add_done_callback(pending.discard)
+            if pending:
+                await asyncio.gather(*pending)
+            await results.put(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (item := await results.get()) is not None:
+                if isinstance(item, _Reject):
+                    await context.abort(item.code, item.message)
+                yield item
+        finally:
+            reader.cancel()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        options = [("grpc.so_reuseport", 1 if self.config.reuse_port else 0)]
+        server = grpc.aio.server(options=options)
+        server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    SERVICE,
+                    {
+                        "infer": grpc.unary_unary_rpc_method_handler(self._infer),
+                        "infer_result": grpc.unary_unary_rpc_method_handler(self._infer_result),
+                        "infer_stream": grpc.stream_stream_rpc_method_handler(self._infer_stream),
+                    },
+                ),
+            )
+        )
+        self.port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        if self.port == 0:
+            raise OSError(f"cannot bind {self.config.host}:{self.config.port}")
+        for spec in self.config.instances:
+            self.add_instance(spec)
+        if self.config.discover:
+            self.discovery = Discovery(
+                self, self.config.discover, self.config.block_id, self.config.discover_interval
+            )
+            await self.discovery.sync_once()
+            self.discovery.start()
+        await server.start()
+        self._server = server
+        self.metrics.start()
+        self._instance_poll.start()
+        if self.config.mgmt_port is not None or self.config.metrics_port is not None:
+            self.services = ExecutorServices(self)
+            await self.services.start(
+                self.config.http_host or self.config.host,
+                self.config.mgmt_port,
+                self.config.metrics_port,
+            )
+
+    async def wait_ready(self, timeout: float = 10.0) -> None:
+        """Until every configured instance's link is up (or timeout)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while loop.time() < end:
+            if all(r.link.up for r in self.instances.values()):
+                return
+            await asyncio.sleep(0.02)
+        down = [iid for iid, r in self.instances.items() if not r.link.up]
+        raise TimeoutError(f"instance links not up after {timeout}s: {down}")
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: refuse new calls, let in-flight ones finish, then close the links."""
+        grace = self.config.drain_timeout if grace is None else grace
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        if self.discovery is not None:
+            await self.discovery.stop()
+        if self._server is not None:
+            await self._server.stop(grace)
+        # infer calls were answered at acceptance: let their tasks finish before the links go
+        links = [r.link for r in self.instances.values()]
+        await _until_idle(links, deadline)
+        for link in links:
+            await link.close()
+        await self.metrics.stop()
+        await self._instance_poll.stop()
+        if self._http is not None:
+            await self._http.close()
+        if self.services is not None:
+            await self.services.stop()
+
+
+async def _until_idle(links: list, deadline: float) -> None:
+    """Until none of the links has a task in flight, or the loop's clock passes deadline."""
+    loop = asyncio.get_running_loop()
+    while any(link.inflight for link in links) and loop.time() < deadline:
+        await asyncio.sleep(0.01)

@@ -1,0 +1,11 @@
+"""The instance process: one user Block (``aios_fast.block``) served to executors and
+plain gRPC callers. Open ``server`` first; ``python -m aios_fast.instance`` runs it.
+
+Modules: ``server`` (InstanceServer: gRPC handlers, running tasks, management HTTP),
+``link_server`` (the instance's side of executor links), ``routing`` (output_ptr),
+``registration`` (heartbeats in Redis for executors that discover instances).
+"""
+
+from .server import InstanceServer, load_block, make_output
+
+__all__ = ["InstanceServer", "load_block", "make_output"]

@@ -1,0 +1,68 @@
+"""``python -m aios_fast.instance``: serve one Block (see ``instance.server``); prints
+one JSON line with the ports it listens on once it serves."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from ..errors import AiosFastError
+from ..framedb import FrameDB
+from ..service import runtime
+from .registration import Registration
+from .server import InstanceServer, load_block
+
+
+async def _serve(opts) -> None:
+    block = load_block(opts.block, json.loads(opts.init_data), json.loads(opts.parameters))
+    server = InstanceServer(
+        block, host=opts.host, port=opts.port, mgmt_port=opts.mgmt_port,
+        max_concurrency=opts.max_concurrency, frames=FrameDB(json.loads(opts.framedb)),
+    )  # fmt: skip
+    await server.start()
+    registration = None
+    if opts.register:
+        advertise = opts.advertise or opts.host
+        registration = Registration(
+            opts.register, opts.block_id, opts.instance_id or f"{advertise}-{server.port}",
+            f"{advertise}:{server.port}", f"{advertise}:{server.mgmt_port}", opts.ttl,
+        )  # fmt: skip
+        await registration.start()
+    print(json.dumps({"port": server.port, "mgmt_port": server.mgmt_port}), flush=True)
+    await runtime.until_signalled()
+    if registration is not None:
+        await registration.stop()  # leave first: no new tasks come while we drain
+    await server.stop()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Serve one Block instance.")
+    parser.add_argument("--block", default="aios_fast.block:EchoBlock", help="module:Class")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="gRPC port (0: any free one)")
+    parser.add_argument("--mgmt-port", type=int, default=0, help="HTTP management port")
+    parser.add_argument("--max-concurrency", type=int, default=256)
+    parser.add_argument("--init-data", default="{}", help="JSON blockInitData")
+    parser.add_argument("--parameters", default="{}", help="JSON block parameters")
+    parser.add_argument("--framedb", default=os.environ.get("AIOS_FRAMEDB", "{}"),
+                        help='JSON {framedb_id: "redis://host:port/db" | "memory"}')  # fmt: skip
+    parser.add_argument("--register", help="redis:// URL to register in (heartbeat + TTL)")
+    parser.add_argument("--block-id", default="block")
+    parser.add_argument("--instance-id", help="default: <advertise host>-<port>")
+    parser.add_argument("--advertise", help="host executors reach this instance at")
+    parser.add_argument("--ttl", type=float, default=3.0, help="registration TTL, seconds")
+    opts = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        runtime.run(_serve(opts))
+    except (AiosFastError, OSError) as exc:  # other errors: the traceback says more
+        print(f"instance: cannot start: {exc}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
