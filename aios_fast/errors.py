@@ -6,10 +6,12 @@ __all__ = [
     "AiosFastError",
     "LBConfigError",
     "NoInstanceError",
+    "OutputTooLarge",
     "PacketDecodeError",
     "PacketEncodeError",
     "PolicyError",
     "PolicyLoadError",
+    "TaskExpired",
     "UnknownInstanceError",
 ]
 
@@ -81,3 +83,11 @@ class PolicyLoadError(AiosFastError):
 
 class PolicyError(AiosFastError):
     """A user policy raised, or returned something that is not a valid decision."""
+
+
+class TaskExpired(AiosFastError):
+    """An instance did not start a task before its caller's deadline, so skipped it."""
+
+
+class OutputTooLarge(AiosFastError):
+    """A task's output is over the message limit its caller can receive."""

@@ -4,15 +4,35 @@ Client <-> executor (and instance), the seeds' ``InferenceProxy`` service on raw
 method paths and the serialized ``InferenceResponse(message=true)`` that ``infer``
 answers once a task is taken.
 
+On ``infer_stream`` a task that fails does not end the stream: its answer is an error
+packet (``error_packet``): the task's session_id and seq_no (when it could be read) and
+``data`` = ``{"aios_error": {"code": "<grpc status name>", "message": "..."}}``.
+
+Message sizes: a caller's message may be up to ``MAX_MESSAGE`` bytes (the executor's
+``--max-message``; gRPC's usual 4 MiB by default). Everything the executor accepts fits
+through a link: link messages may be ``link_limit(max_message)`` bytes, and a batch
+holds at most ``LINK_BATCH_BYTES`` unless one item alone is larger (it then travels
+alone). An output too large to return (over ``max_output(max_message)``) fails that
+task alone (RESOURCE_EXHAUSTED).
+
 Executor <-> instance link: one long-lived bidirectional gRPC stream per instance
 (``LINK_METHOD``). Each stream message is a msgpack batch (msgspec), so one gRPC message
 carries as many tasks or replies as were ready when the writer last woke up::
 
-    executor -> instance:  [[task_id, frame], ...]        frame: the caller's InferenceMessage
+    executor -> instance:  [[task_id, kind, payload, timeout], ...]
+        kind TASK:    payload = the caller's InferenceMessage; timeout = seconds the
+                      caller still waits (0: no deadline); the instance skips it once
+                      that has passed
+        kind CANCEL:  the caller gave up on task_id (payload b"", timeout 0)
     instance -> executor:  [[task_id, kind, payload], ...]
-        kind ACK:    the instance took the task (payload b"")
-        kind RESULT: done; payload = output AIOSPacket bytes (b"" when routed elsewhere)
-        kind ERROR:  failed; payload = the error message (UTF-8)
+        kind ACK:       the instance took the task (payload b"")
+        kind RESULT:    done; payload = output AIOSPacket bytes (b"" when routed elsewhere)
+        kind ERROR:     the block failed; payload = the error message (UTF-8): INTERNAL
+        kind EXPIRED:   its deadline passed before it ran: DEADLINE_EXCEEDED
+        kind TOO_LARGE: its output is over the message limit: RESOURCE_EXHAUSTED
+        kind REFUSED:   not taken (the instance is leaving): retry it elsewhere
+        kind LEAVING:   (task_id 0) the instance drains: send it nothing more; it
+                        finishes what it took, then ends the stream
 
 Both directions send raw bytes through grpc (no protobuf objects).
 
@@ -24,23 +44,38 @@ from __future__ import annotations
 
 import msgspec
 
+from . import codec
+
 __all__ = [
     "ACCEPTED",
     "ACK",
+    "CANCEL",
     "ERROR",
+    "EXPIRED",
     "INFER",
     "INFER_RESULT",
     "INFER_STREAM",
+    "ITEM_OVERHEAD",
+    "LEAVING",
+    "LINK_BATCH_BYTES",
     "LINK_METHOD",
     "LINK_RPC",
     "LINK_SERVICE",
+    "MAX_MESSAGE",
+    "REFUSED",
     "RESULT",
     "SERVICE",
+    "TASK",
+    "TOO_LARGE",
     "decode_replies",
     "decode_tasks",
     "encode_replies",
     "encode_tasks",
+    "error_packet",
     "instance_key",
+    "link_limit",
+    "max_output",
+    "read_error",
 ]
 
 # --------------------------------------------------------------------- InferenceProxy
@@ -50,16 +85,57 @@ INFER = f"/{SERVICE}/infer"
 INFER_RESULT = f"/{SERVICE}/infer_result"
 INFER_STREAM = f"/{SERVICE}/infer_stream"
 ACCEPTED = b"\x08\x01"  # InferenceResponse(message=True), serialized
+MAX_MESSAGE = 4 * 1024 * 1024  # gRPC's default receive limit
+_WRAP = 16  # InferenceMessage around a packet: tag + length varint (<= 6 bytes), with room
+
+
+def max_output(max_message: int) -> int:
+    """The largest output packet a caller limited to ``max_message`` can receive."""
+    return max_message - _WRAP
+
+
+def error_packet(code: str, message: str, packet=None) -> bytes:
+    """A failed task's answer on ``infer_stream`` (AIOSPacket bytes)."""
+    error = msgspec.json.encode({"aios_error": {"code": code, "message": message}}).decode()
+    if packet is None:
+        return codec.encode_packet(codec.Packet(data=error))
+    return codec.encode_packet(
+        codec.Packet(session_id=packet.session_id, seq_no=packet.seq_no, data=error)
+    )
+
+
+def read_error(packet) -> tuple[str, str] | None:
+    """(code, message) when ``packet`` (a decoded output) is an error packet."""
+    data = packet.data
+    if not data.startswith('{"aios_error"'):
+        return None
+    try:
+        error = msgspec.json.decode(data)["aios_error"]
+        return str(error["code"]), str(error["message"])
+    except (msgspec.DecodeError, KeyError, TypeError):
+        return None
+
 
 # --------------------------------------------------------------------- instance link
 
 LINK_SERVICE = "aios.InstanceLink"
 LINK_RPC = "Tasks"
 LINK_METHOD = f"/{LINK_SERVICE}/{LINK_RPC}"
-ACK, RESULT, ERROR = 0, 1, 2
+TASK, CANCEL = 0, 1
+ACK, RESULT, ERROR, EXPIRED, TOO_LARGE, REFUSED, LEAVING = 0, 1, 2, 3, 4, 5, 6
+LINK_BATCH_BYTES = 1024 * 1024  # a batch fills up to this, unless one item is larger
+ITEM_OVERHEAD = 32  # msgpack bytes around one item's payload, at most (ids, kinds, floats)
+_LINK_SLACK = 64 * 1024
+
+
+def link_limit(max_message: int) -> int:
+    """The link's gRPC message limit for tasks of up to ``max_message`` bytes: a lone
+    item of that size plus its framing always fits."""
+    return max(max_message, LINK_BATCH_BYTES) + _LINK_SLACK
+
 
 _encoder = msgspec.msgpack.Encoder()
-_tasks_decoder = msgspec.msgpack.Decoder(list[tuple[int, bytes]])
+_tasks_decoder = msgspec.msgpack.Decoder(list[tuple[int, int, bytes, float]])
 _replies_decoder = msgspec.msgpack.Decoder(list[tuple[int, int, bytes]])
 
 
@@ -67,7 +143,7 @@ def encode_tasks(batch: list) -> bytes:
     return _encoder.encode(batch)
 
 
-def decode_tasks(data: bytes) -> list[tuple[int, bytes]]:
+def decode_tasks(data: bytes) -> list[tuple[int, int, bytes, float]]:
     return _tasks_decoder.decode(data)
 
 

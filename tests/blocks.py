@@ -55,3 +55,43 @@ class NameBlock(Block):
 
     def health(self):
         return self.parameters.get("healthy", True)
+
+
+class ControlBlock(Block):
+    """Does what each task's data (JSON) says: ``{"sleep": s}`` waits s seconds first,
+    ``{"out_bytes": n}`` answers with an output packet of exactly n bytes, ``{"fail":
+    true}`` raises; otherwise it echoes the data. Fault tests steer it task by task."""
+
+    async def on_data(self, entry):
+        import json
+        import time
+
+        from aios_fast import codec
+
+        try:
+            order = json.loads(entry.data)
+        except ValueError:
+            order = {}
+        order = order if isinstance(order, dict) else {}
+        if order.get("sleep"):
+            await asyncio.sleep(float(order["sleep"]))
+        if order.get("fail"):
+            raise RuntimeError("asked to fail")
+        if "out_bytes" not in order:
+            return entry.data
+        want = int(order["out_bytes"])
+        out = codec.Packet(session_id=entry.session_id, seq_no=entry.seq_no, ts=time.time())
+        n = want
+        while True:  # the length prefix grows with the data: settle on the exact size
+            out.data = "x" * max(n, 0)
+            size = len(codec.encode_packet(out))
+            if size == want or n < 0:
+                return out
+            n += want - size
+
+
+class HangBlock(Block):
+    """Never answers (a wedged model); SIGTERM still stops the process."""
+
+    async def on_data(self, entry):
+        await asyncio.sleep(3600)

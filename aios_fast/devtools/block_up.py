@@ -19,7 +19,10 @@ executor drains, instances last.
 ``initSettings`` (all optional): ``block`` ("module:Class", default the echo block),
 ``workers`` (executor processes, default 1), ``ports`` {grpc, metrics, mgmt,
 autoscaler, healthChecker}, ``healthChecker`` {interval, timeout, unhealthyAfter,
-healthyAfter}, ``autoscaler`` {interval, drainTimeout}.
+healthyAfter}, ``autoscaler`` {interval, drainTimeout}, ``taskTimeout`` (seconds an
+instance may run one task, 0: no limit), ``maxMessageBytes`` (the largest task or
+output, default 4 MiB), ``outlierDetection`` {consecutiveFailures, baseEjectionSeconds,
+maxEjectionPercent}.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from ..sidecars.actuator import LocalActuator
 from ..sidecars.autoscale import AutoScaler
 from ..sidecars.base import ExecutorClient
 from ..sidecars.healthcheck import HealthChecker
+from ..wire import MAX_MESSAGE
 from .loadgen import drive, format_summary
 
 __all__ = ["BlockDoc", "LocalBlock", "load_block_doc", "up", "use_free_ports"]
@@ -70,9 +74,18 @@ class _ScalerSettings(msgspec.Struct):
     drainTimeout: float = 30.0
 
 
+class _Outliers(msgspec.Struct, forbid_unknown_fields=True):
+    consecutiveFailures: int = 5  # 0: never eject
+    baseEjectionSeconds: float = 5.0
+    maxEjectionPercent: int = 50
+
+
 class _InitSettings(msgspec.Struct):
     block: str = "aios_fast.block:EchoBlock"
     workers: int = 1
+    taskTimeout: float = 0.0  # seconds an instance may run one task (0: no limit)
+    maxMessageBytes: int = MAX_MESSAGE
+    outlierDetection: _Outliers = msgspec.field(default_factory=_Outliers)
     ports: _Ports = msgspec.field(default_factory=_Ports)
     healthChecker: _HealthSettings = msgspec.field(default_factory=_HealthSettings)
     autoscaler: _ScalerSettings = msgspec.field(default_factory=_ScalerSettings)
@@ -111,6 +124,9 @@ def load_block_doc(path: str) -> tuple[BlockDoc, dict]:
         )
     if doc.initSettings.workers < 1:
         raise AiosFastError(f"block document {path}: initSettings.workers must be >= 1")
+    if doc.initSettings.maxMessageBytes < 1024 or doc.initSettings.taskTimeout < 0:
+        raise AiosFastError(f"block document {path}: initSettings.maxMessageBytes must be "
+                            ">= 1024 and taskTimeout >= 0")  # fmt: skip
     module, _, cls = doc.initSettings.block.partition(":")
     try:
         if not cls or not hasattr(importlib.import_module(module), cls):
@@ -151,13 +167,15 @@ class LocalBlock:
             init_data=doc.blockInitData,
             parameters=doc.parameters,
             host=host,
+            extra_args=("--max-message", str(doc.initSettings.maxMessageBytes)),
         )
         self.checker: HealthChecker | None = None
         self.scaler: AutoScaler | None = None
         self._doc_file: str | None = None
 
     def _start_executor(self) -> dict:
-        ports = self.doc.initSettings.ports
+        settings = self.doc.initSettings
+        ports = settings.ports
         grpc_port = ports.grpc or _free_port()
         fd, self._doc_file = tempfile.mkstemp(prefix=f"aios-block-{self.doc.id}-", suffix=".json")
         with os.fdopen(fd, "w") as f:
@@ -180,6 +198,16 @@ class LocalBlock:
             self._doc_file,
             "--block-id",
             self.doc.id,
+            "--max-message",
+            str(settings.maxMessageBytes),
+            "--task-timeout",
+            str(settings.taskTimeout),
+            "--eject-after",
+            str(settings.outlierDetection.consecutiveFailures),
+            "--eject-seconds",
+            str(settings.outlierDetection.baseEjectionSeconds),
+            "--eject-max-percent",
+            str(settings.outlierDetection.maxEjectionPercent),
         ]
         self.executor_proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
         line = self.executor_proc.stdout.readline()

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 
+from ..wire import MAX_MESSAGE
 from .config import ExecutorConfig, parse_instance
 from .workers import describe_start_error, run_workers
 
@@ -36,6 +37,43 @@ def main(argv=None) -> int:
         default=0.002,
         help="seconds a small task batch may wait while a link is busy",
     )
+    parser.add_argument(
+        "--link-keepalive",
+        type=float,
+        default=2.0,
+        help="seconds between pings on instance links (0: none); a ping "
+        "unanswered as long takes the link down",
+    )
+    parser.add_argument(
+        "--max-message",
+        type=int,
+        default=MAX_MESSAGE,
+        help="bytes of the largest message a caller may send",
+    )
+    parser.add_argument(
+        "--task-timeout",
+        type=float,
+        default=0.0,
+        help="seconds an instance may run one task (0: no limit)",
+    )
+    parser.add_argument(
+        "--eject-after",
+        type=int,
+        default=5,
+        help="tasks lost or timed out in a row that eject an instance (0: never)",
+    )
+    parser.add_argument(
+        "--eject-seconds",
+        type=float,
+        default=5.0,
+        help="first ejection's length; each next one is longer",
+    )
+    parser.add_argument(
+        "--eject-max-percent",
+        type=int,
+        default=50,
+        help="share of the instances that may be ejected at once",
+    )
     parser.add_argument("--discover", default="", help="redis:// URL of registrations")
     parser.add_argument("--block-id", default="block")
     parser.add_argument("--discover-interval", type=float, default=1.0)
@@ -62,6 +100,12 @@ def main(argv=None) -> int:
         max_retries=opts.max_retries,
         drain_timeout=opts.drain_timeout,
         link_linger=opts.link_linger,
+        link_keepalive=opts.link_keepalive,
+        max_message=opts.max_message,
+        task_timeout=opts.task_timeout,
+        eject_after=opts.eject_after,
+        eject_seconds=opts.eject_seconds,
+        eject_max_percent=opts.eject_max_percent,
         discover=opts.discover,
         block_id=opts.block_id,
         discover_interval=opts.discover_interval,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..wire import MAX_MESSAGE
+
 __all__ = ["ExecutorConfig", "InstanceSpec", "parse_instance"]
 
 
@@ -27,6 +29,15 @@ class ExecutorConfig:
     drain_timeout: float = 30.0
     reuse_port: bool = False
     link_linger: float = 0.002  # seconds a small task batch may wait while a link is busy
+    link_keepalive: float = 2.0  # seconds between HTTP/2 pings on links (unanswered: down)
+    max_message: int = MAX_MESSAGE  # bytes of the largest message a caller may send
+    task_timeout: float = 0.0  # seconds an instance may run one task (0: no limit)
+    # Outlier ejection (as Envoy's): eject_after failures in a row (tasks lost or timed
+    # out) take an instance out for eject_seconds x its ejections (at most 300 s), never
+    # more than eject_max_percent of the instances (at least one). 0: off.
+    eject_after: int = 5
+    eject_seconds: float = 5.0
+    eject_max_percent: int = 50
     discover: str = ""  # redis:// URL of instance registrations (executor.discovery)
     block_id: str = "block"
     discover_interval: float = 1.0

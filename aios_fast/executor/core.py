@@ -15,8 +15,12 @@ Guarantees: a task an instance never acknowledged is retried on another instance
 (``max_retries``); a task acknowledged and then lost (instance died) fails its caller
 with UNAVAILABLE, or, for ``infer``, which was already answered, is logged and counted
 as ``lost``. Past ``max_inflight`` tasks in the executor, or ``instance_inflight`` on
-every instance, callers get RESOURCE_EXHAUSTED. Deadlines are honoured. SIGTERM drains:
-no new calls, in-flight ones finish (up to ``drain_timeout``).
+every instance, callers get RESOURCE_EXHAUSTED. Every message up to ``max_message``
+bytes fits through a link; an output too large to return fails its task alone
+(RESOURCE_EXHAUSTED). Deadlines travel to the instance, and a caller that gives up has
+its task cancelled there. An instance that loses or times out ``eject_after`` tasks in
+a row is ejected for a while (outlier ejection). SIGTERM drains: calls that come now
+get UNAVAILABLE, in-flight ones finish (up to ``drain_timeout``).
 
 The executor keeps one ``Instance`` record per instance (spec, link, health verdict,
 draining, weight, latest readings); the balancer mirrors the part it picks by. The
@@ -37,27 +41,42 @@ import grpc
 
 from .. import codec, lb
 from ..errors import NoInstanceError, PacketDecodeError
+from ..logs import RateLimitedLog
+from ..service import runtime
 from ..service.metrics import Histogram
 from ..service.periodic import Periodic
 from ..service.snapshot import MetricsSnapshot
-from ..wire import ACCEPTED, SERVICE
+from ..wire import ACCEPTED, SERVICE, error_packet
 from .config import ExecutorConfig, InstanceSpec
 from .discovery import Discovery
-from .links import InstanceLink, Link, LinkTask, TaskFailed, TaskLost, TaskNotAccepted, UnaryLink
+from .links import (
+    InstanceLink,
+    Link,
+    LinkSettings,
+    LinkTask,
+    TaskFailed,
+    TaskLost,
+    TaskNotAccepted,
+    TaskTimedOut,
+    UnaryLink,
+)
 from .services import ExecutorServices
 
 __all__ = ["Executor", "Instance"]
 
 log = logging.getLogger("aios_fast.executor")
 TASK_EVENTS = ("received", "accepted", "completed", "failed", "retried", "rejected", "lost",
-               "invalid")  # fmt: skip
+               "invalid", "timed_out", "cancelled")  # fmt: skip
+MAX_EJECTION = 300.0  # seconds, however often an instance was ejected
 
 
 @dataclass(eq=False)
 class Instance:
     """Everything the executor knows of one instance. ``healthy`` is the health
     checker's verdict (the link's own state is ``link.up``); ``draining`` and ``weight``
-    are what the balancer was told; ``metrics`` the instance's latest ``GET /stats``."""
+    are what the balancer was told; ``metrics`` the instance's latest ``GET /stats``;
+    the rest is outlier ejection: failures in a row, whether it is ejected now, how
+    often it was (the multiplier of the next ejection) and when it was last let back."""
 
     spec: InstanceSpec
     link: Link
@@ -65,6 +84,15 @@ class Instance:
     draining: bool = False
     weight: float = 1.0
     metrics: dict | None = None
+    failures: int = 0
+    ejected: bool = False
+    ejections: int = 0
+    returned_at: float = 0.0
+
+    @property
+    def available(self) -> bool:
+        """May get new tasks, as far as its state goes (the balancer adds draining)."""
+        return self.link.up and self.healthy and not self.ejected
 
     @property
     def id(self) -> str:
@@ -103,6 +131,14 @@ class Executor:
         self.port = config.port
         self.discovery: Discovery | None = None
         self.services: ExecutorServices | None = None  # management and metrics, when served
+        self.draining = False  # stopping: new calls get UNAVAILABLE
+        self.link_settings = LinkSettings(config.link_linger, config.max_message,
+                                          config.link_keepalive, config.task_timeout)  # fmt: skip
+        self._expiry = Periodic(self._expire_tasks, min(1.0, max(config.task_timeout / 4, 0.05)),
+                                log, "task timeout sweep")  # fmt: skip
+        self._log = RateLimitedLog(log, 5.0)
+        self._trimmed_at = 0  # tasks received when memory was last released
+        self._trim = Periodic(self._release_memory, 2.0, log, "memory release")
 
     # ------------------------------------------------------------------ instance set
 
@@ -114,8 +150,7 @@ class Executor:
         self.balancer.add(spec.id)
         self.balancer.set_healthy(spec.id, False)  # until its link is up
         link_cls = InstanceLink if spec.protocol == "stream" else UnaryLink
-        link = link_cls(spec.id, spec.target, self._link_state, self._settled,
-                        self.config.link_linger)  # fmt: skip
+        link = link_cls(spec.id, spec.target, self._link_state, self._settled, self.link_settings)
         record = Instance(spec, link, weight=self.balancer.state(spec.id)["weight"])
         self.instances[spec.id] = record
         link.start()
@@ -149,7 +184,7 @@ class Executor:
         its link up) until it is marked healthy again."""
         record = self._known(instance_id)
         record.healthy = healthy
-        self._link_state(instance_id, record.link.up)
+        self.balancer.set_healthy(instance_id, record.available)
 
     def set_draining(self, instance_id: str, draining: bool) -> None:
         """A draining instance gets no new tasks; its in-flight ones finish."""
@@ -181,6 +216,8 @@ class Executor:
             "draining": record.draining,
             "available": self.balancer.state(instance_id)["available"],
             "weight": record.weight,
+            "ejected": record.ejected,
+            "ejections": record.ejections,
             "inflight": link.inflight,
             "tasks_sent": link.tasks_sent,
             "completed": link.completed,
@@ -191,7 +228,50 @@ class Executor:
     def _link_state(self, instance_id: str, up: bool) -> None:
         record = self.instances.get(instance_id)
         if record is not None:
-            self.balancer.set_healthy(instance_id, up and record.healthy)
+            self.balancer.set_healthy(instance_id, record.available)
+
+    # ------------------------------------------------------------------ outliers
+
+    def _eject(self, record: Instance) -> None:
+        """Out for eject_seconds x its ejections (Envoy's outlier ejection), unless that
+        would eject more than eject_max_percent of the instances (at least one may go)."""
+        cfg = self.config
+        ejected = sum(r.ejected for r in self.instances.values())
+        if ejected + 1 > max(1, len(self.instances) * cfg.eject_max_percent // 100):
+            self._log.warning(f"instance {record.id}", f"{record.failures} failures in a row; "
+                              "not ejected: too many instances are ejected already")  # fmt: skip
+            return
+        loop = asyncio.get_running_loop()
+        if record.returned_at:  # a quiet spell since the last one shortens the next
+            quiet = int((loop.time() - record.returned_at) // max(cfg.eject_seconds, 1e-3))
+            record.ejections = max(0, record.ejections - quiet)
+        record.ejections += 1
+        seconds = min(cfg.eject_seconds * record.ejections, MAX_EJECTION)
+        log.warning("instance %s ejected for %.1fs after %d failures in a row (ejection %d)",
+                    record.id, seconds, record.failures, record.ejections)  # fmt: skip
+        record.ejected = True
+        record.failures = 0
+        self.balancer.set_healthy(record.id, False)
+        loop.call_later(seconds, self._unject, record)
+
+    def _unject(self, record: Instance) -> None:
+        record.ejected = False
+        record.returned_at = asyncio.get_running_loop().time()
+        if self.instances.get(record.id) is record:
+            self.balancer.set_healthy(record.id, record.available)
+            log.info("instance %s is back from ejection", record.id)
+
+    async def _release_memory(self) -> None:
+        """After a burst, once idle: return the freed memory (runtime.release_memory)."""
+        received = self.stats["received"]
+        if self.inflight == 0 and received - self._trimmed_at >= 1000:
+            self._trimmed_at = received
+            runtime.release_memory()
+
+    async def _expire_tasks(self) -> None:
+        cutoff = perf_counter() - self.config.task_timeout
+        for record in list(self.instances.values()):
+            record.link.expire(cutoff)
 
     # ------------------------------------------------------------------ policy
 
@@ -286,7 +366,8 @@ class Executor:
 
     # ------------------------------------------------------------------ dispatch
 
-    async def _dispatch(self, frame: bytes, packet, want_result: bool, t0: float) -> LinkTask:
+    async def _dispatch(self, frame: bytes, packet, want_result: bool, t0: float,
+                        timeout: float) -> LinkTask:  # fmt: skip
         """Send one task; returns it once acknowledged. Retries unacknowledged tasks."""
         last: Exception | None = None
         for attempt in range(self.config.max_retries + 1):
@@ -303,7 +384,8 @@ class Executor:
                         f"every instance has {self.config.instance_inflight} tasks in flight",
                     )
             self.balancer.on_dispatch(link.instance_id)
-            task = link.submit(frame, want_result)
+            left = max(timeout - (perf_counter() - t0), 1e-6) if timeout else 0.0
+            task = link.submit(frame, want_result, left)
             task.t0 = t0
             try:
                 await task.accepted
@@ -313,6 +395,9 @@ class Executor:
                 last = exc
                 if attempt < self.config.max_retries:
                     self.stats["retried"] += 1
+            except asyncio.CancelledError:
+                task.cancel()
+                raise
         raise _Reject(grpc.StatusCode.UNAVAILABLE, f"no instance accepted the task: {last}")
 
     def _least_loaded(self) -> Link | None:
@@ -328,10 +413,20 @@ class Executor:
     def _settled(self, task: LinkTask, exc: Exception | None) -> None:
         """Every task's end, reported once by its link."""
         self.balancer.on_finish(task.instance_id)
+        record = self.instances.get(task.instance_id)
         if exc is None:
             now = perf_counter()
             self.latency["run"].observe(now - task.t_ack)
             self.latency["total"].observe(now - task.t0)
+            if record is not None:
+                record.failures = 0
+        elif isinstance(exc, (TaskLost, TaskTimedOut)) and record is not None:
+            if isinstance(exc, TaskTimedOut):
+                self.stats["timed_out"] += 1
+            record.failures += 1
+            limit = self.config.eject_after
+            if limit and record.failures >= limit and not record.ejected:
+                self._eject(record)
         if task.result is not None or isinstance(exc, TaskNotAccepted):
             return  # a waiting caller (or the retry loop) hears of it
         # an infer task, whose caller was answered at acceptance
@@ -339,14 +434,19 @@ class Executor:
             self.stats["completed"] += 1
         elif isinstance(exc, TaskLost):
             self.stats["lost"] += 1
-            log.error("task accepted by %s was lost: %s", task.instance_id, exc)
+            self._log.error(f"tasks accepted by {task.instance_id}", f"lost: {exc}")
         else:
             self.stats["failed"] += 1
-            log.error("task failed on %s: %s", task.instance_id, exc)
+            self._log.error(f"tasks on {task.instance_id}", f"failed: {exc}")
 
-    async def _run(self, frame: bytes, context, want_result: bool) -> bytes:
+    async def _run(self, frame: bytes, want_result: bool, timeout: float | None) -> bytes:
+        """One task: the bytes to answer with, or _Reject. ``timeout``: seconds the
+        caller still waits (None: no deadline)."""
         t0 = perf_counter()
         self.stats["received"] += 1
+        if self.draining:
+            self.stats["rejected"] += 1
+            raise _Reject(grpc.StatusCode.UNAVAILABLE, "the executor is stopping; retry")
         try:
             packet = codec.decode_message(frame)
         except PacketDecodeError as exc:
@@ -360,7 +460,9 @@ class Executor:
             )
         self.inflight += 1
         try:
-            task = await self._dispatch(frame, packet, want_result, t0)
+            # infer's caller is answered at acceptance: its deadline does not bound the run
+            budget = (timeout or 0.0) if want_result else 0.0
+            task = await self._dispatch(frame, packet, want_result, t0, budget)
             self.stats["accepted"] += 1
             if not want_result:
                 return ACCEPTED
@@ -371,7 +473,11 @@ class Executor:
                 raise _Reject(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
             except TaskFailed as exc:
                 self.stats["failed"] += 1
-                raise _Reject(grpc.StatusCode.INTERNAL, str(exc)) from None
+                raise _Reject(exc.code, str(exc)) from None
+            except asyncio.CancelledError:
+                self.stats["cancelled"] += 1
+                task.cancel()
+                raise
             self.stats["completed"] += 1
             return codec.encode_message(out)
         finally:
@@ -380,16 +486,18 @@ class Executor:
     # ------------------------------------------------------------------ gRPC handlers
 
     async def _unary(self, frame: bytes, context, want_result: bool) -> bytes:
+        remaining = context.time_remaining()
         try:
-            remaining = context.time_remaining()
-            coro = self._run(frame, context, want_result)
-            if remaining is not None:
-                return await asyncio.wait_for(coro, remaining)
-            return await coro
+            if remaining is None:
+                return await self._run(frame, want_result, None)
+            return await asyncio.wait_for(self._run(frame, want_result, remaining), remaining)
         except _Reject as exc:
             await context.abort(exc.code, exc.message)
         except asyncio.TimeoutError:
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+            # grpc ends the call at the same deadline: abort only if it has not yet
+            if not context.done():
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+            return b""  # the call is over: nobody reads this
 
     async def _infer(self, frame: bytes, context) -> bytes:
         return await self._unary(frame, context, False)
@@ -398,14 +506,21 @@ class Executor:
         return await self._unary(frame, context, True)
 
     async def _infer_stream(self, requests, context):
+        """Tasks pipelined on one stream; each answer is its output, or an error packet
+        (``wire.error_packet``) for a task that failed: one bad task fails alone."""
         results: asyncio.Queue = asyncio.Queue()
         pending: set[asyncio.Task] = set()
 
         async def one(frame: bytes) -> None:
             try:
-                await results.put(await self._run(frame, context, True))
+                answer = await self._run(frame, True, context.time_remaining())
             except _Reject as exc:
-                await results.put(exc)
+                try:
+                    packet = codec.decode_message(frame)
+                except PacketDecodeError:
+                    packet = None
+                answer = codec.encode_message(error_packet(exc.code.name, exc.message, packet))
+            await results.put(answer)
 
         async def read() -> None:
             async for frame in requests:
@@ -419,17 +534,28 @@ class Executor:
         reader = asyncio.ensure_future(read())
         try:
             while (item := await results.get()) is not None:
-                if isinstance(item, _Reject):
-                    await context.abort(item.code, item.message)
                 yield item
         finally:
             reader.cancel()
+            for t in list(pending):  # the caller left: its tasks are cancelled too
+                t.cancel()
 
     # ------------------------------------------------------------------ lifecycle
 
+    def _server_options(self) -> list[tuple[str, int]]:
+        cfg = self.config
+        # grpc core queues calls not yet handed to Python; past its default limits (1,000
+        # / 3,000) a burst's calls are CANCELLED before any handler sees them. Let the
+        # executor's own max_inflight decide instead (RESOURCE_EXHAUSTED past it).
+        pending = max(2 * cfg.max_inflight, 20_000)
+        return [("grpc.so_reuseport", 1 if cfg.reuse_port else 0),
+                ("grpc.max_receive_message_length", cfg.max_message),
+                ("grpc.max_send_message_length", cfg.max_message),
+                ("grpc.server.max_pending_requests", pending),
+                ("grpc.server.max_pending_requests_hard_limit", pending)]  # fmt: skip
+
     async def start(self) -> None:
-        options = [("grpc.so_reuseport", 1 if self.config.reuse_port else 0)]
-        server = grpc.aio.server(options=options)
+        server = grpc.aio.server(options=self._server_options())
         server.add_generic_rpc_handlers(
             (
                 grpc.method_handlers_generic_handler(
@@ -457,6 +583,9 @@ class Executor:
         self._server = server
         self.metrics.start()
         self._instance_poll.start()
+        self._trim.start()
+        if self.config.task_timeout > 0:
+            self._expiry.start()
         if self.config.mgmt_port is not None or self.config.metrics_port is not None:
             self.services = ExecutorServices(self)
             await self.services.start(
@@ -477,17 +606,23 @@ class Executor:
         raise TimeoutError(f"instance links not up after {timeout}s: {down}")
 
     async def stop(self, grace: float | None = None) -> None:
-        """Drain: refuse new calls, let in-flight ones finish, then close the links."""
+        """Drain: new calls get UNAVAILABLE (retryable) while the calls in flight finish,
+        then accepted ``infer`` tasks finish, then the server and the links close."""
         grace = self.config.drain_timeout if grace is None else grace
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
+        self.draining = True
         if self.discovery is not None:
             await self.discovery.stop()
-        if self._server is not None:
-            await self._server.stop(grace)
+        while self.inflight and loop.time() < deadline:
+            await asyncio.sleep(0.01)
         # infer calls were answered at acceptance: let their tasks finish before the links go
         links = [r.link for r in self.instances.values()]
         await _until_idle(links, deadline)
+        if self._server is not None:
+            await self._server.stop(max(0.5, min(5.0, deadline - loop.time())))
+        await self._expiry.stop()
+        await self._trim.stop()
         for link in links:
             await link.close()
         await self.metrics.stop()

@@ -27,9 +27,11 @@ from .services import BUILTIN_ACTIONS
 
 __all__ = ["WorkerFront"]
 
-_MAX_GAUGES = frozenset({"aios_executor_instance_up", "aios_executor_instance_available"})
-_COUNTS = ("inflight", "tasks_sent", "completed", "failed", "lost")
-_FLAGS = ("up", "healthy", "available")
+_MAX_GAUGES = frozenset({"aios_executor_instance_up", "aios_executor_instance_available",
+                         "aios_executor_instance_ejected"})  # fmt: skip
+_COUNTS = ("inflight", "tasks_sent", "completed", "failed", "lost", "ejections")
+_FLAGS = ("up", "healthy", "available")  # hold when they hold in every worker
+_ANY = ("ejected",)  # hold when they hold in any worker
 
 
 def _merge_rows(rows: list[dict]) -> dict:
@@ -38,6 +40,8 @@ def _merge_rows(rows: list[dict]) -> dict:
         merged[key] = sum(row.get(key, 0) for row in rows)
     for key in _FLAGS:
         merged[key] = all(row.get(key) for row in rows)
+    for key in _ANY:
+        merged[key] = any(row.get(key) for row in rows)
     return merged
 
 

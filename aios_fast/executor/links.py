@@ -3,11 +3,12 @@
 Every link (``Link``) sends tasks to one instance and settles each task twice:
 ``accepted`` when the instance acknowledges it, then its end, reported through the one
 ``on_settled(task, exc)`` callback the link was made with (exactly once per task: exc
-None for a result, else TaskFailed, TaskLost or TaskNotAccepted). ``InstanceLink`` keeps
-a bidirectional stream open (reconnecting with backoff) and sends tasks in batches;
-``UnaryLink`` makes one seeds' ``infer`` call a task. When a stream breaks, tasks not yet
-acknowledged fail with TaskNotAccepted (safe to retry elsewhere) and acknowledged ones
-with TaskLost (the caller must be told).
+None for a result, else TaskFailed, TaskTimedOut, TaskLost, TaskNotAccepted or
+TaskCancelled). ``InstanceLink`` keeps a bidirectional stream open (reconnecting with
+backoff, HTTP/2 keepalive so a hung instance is noticed) and sends tasks in batches;
+``UnaryLink`` makes one seeds' ``infer`` call a task. When a stream breaks, tasks not
+yet acknowledged fail with TaskNotAccepted (safe to retry elsewhere) and acknowledged
+ones with TaskLost (the caller must be told).
 """
 
 from __future__ import annotations
@@ -16,28 +17,51 @@ import asyncio
 import itertools
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from time import perf_counter
 from typing import Protocol
 
 import grpc
 
 from ..errors import AiosFastError
+from ..logs import RateLimitedLog
 from ..service.batch_writer import BatchWriter
-from ..wire import ACCEPTED, ACK, ERROR, INFER, LINK_METHOD, RESULT, decode_replies, encode_tasks
+from ..wire import (
+    ACCEPTED,
+    ACK,
+    CANCEL,
+    ERROR,
+    EXPIRED,
+    INFER,
+    ITEM_OVERHEAD,
+    LEAVING,
+    LINK_BATCH_BYTES,
+    LINK_METHOD,
+    MAX_MESSAGE,
+    REFUSED,
+    RESULT,
+    TASK,
+    TOO_LARGE,
+    decode_replies,
+    encode_tasks,
+    link_limit,
+)
 
 __all__ = [
     "InstanceLink",
     "Link",
+    "LinkSettings",
     "LinkTask",
+    "TaskCancelled",
     "TaskFailed",
     "TaskLost",
     "TaskNotAccepted",
+    "TaskTimedOut",
     "UnaryLink",
 ]
 
 log = logging.getLogger("aios_fast.executor")
 _ids = itertools.count(1)
-LINGER = 0.002  # default seconds a small batch may wait under load (see BatchWriter)
 BUSY_INFLIGHT = 2  # tasks in flight on a link from which it counts as loaded
 
 
@@ -50,10 +74,53 @@ class TaskLost(AiosFastError):
 
 
 class TaskFailed(AiosFastError):
-    """The instance ran the task and reported an error."""
+    """The task ended without a result; ``code`` is the gRPC status its caller gets."""
+
+    def __init__(self, message: str, code: grpc.StatusCode = grpc.StatusCode.INTERNAL) -> None:
+        super().__init__(message)
+        self.code = code
 
 
-OnState = Callable[[str, bool], None]  # (instance id, link up)
+class TaskTimedOut(TaskFailed):
+    """The instance took longer than the block's task timeout (it was told to cancel)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+class TaskCancelled(AiosFastError):
+    """The caller gave up (cancelled, or its deadline passed); the instance was told."""
+
+
+_REPLY_CODES = {
+    ERROR: grpc.StatusCode.INTERNAL,
+    EXPIRED: grpc.StatusCode.DEADLINE_EXCEEDED,
+    TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+
+@dataclass
+class LinkSettings:
+    linger: float = 0.002  # seconds a small batch may wait while the link is busy
+    max_message: int = MAX_MESSAGE  # the executor's accept limit: every task fits
+    keepalive: float = 2.0  # seconds between HTTP/2 pings; a ping unanswered as long fails
+    run_timeout: float = 0.0  # seconds an acknowledged task may run (0: no limit)
+
+    def channel_options(self) -> list[tuple[str, int]]:
+        limit = link_limit(self.max_message)
+        options = [("grpc.max_send_message_length", limit),
+                   ("grpc.max_receive_message_length", limit)]  # fmt: skip
+        if self.keepalive > 0:
+            ms = max(int(self.keepalive * 1000), 100)
+            # any unanswered ping (keepalive or BDP probe) ends the transport after ms
+            options += [("grpc.keepalive_time_ms", ms), ("grpc.keepalive_timeout_ms", ms),
+                        ("grpc.http2.ping_timeout_ms", ms),
+                        ("grpc.keepalive_permit_without_calls", 1),
+                        ("grpc.http2.max_pings_without_data", 0)]  # fmt: skip
+        return options
+
+
+OnState = Callable[[str, bool], None]  # (instance id, available to new tasks)
 
 
 class LinkTask:
@@ -61,15 +128,18 @@ class LinkTask:
     raises TaskNotAccepted); ``result`` (None for ``infer`` tasks, whose caller was
     answered at acceptance) resolves with the output packet bytes or the failure."""
 
-    __slots__ = ("_on_settled", "accepted", "id", "instance_id", "result", "t0", "t_ack")
+    __slots__ = ("_on_settled", "accepted", "id", "instance_id", "link", "result", "settled",
+                 "t0", "t_ack")  # fmt: skip
 
-    def __init__(self, instance_id: str, want_result: bool, on_settled: OnSettled) -> None:
+    def __init__(self, link: Link, want_result: bool, on_settled: OnSettled) -> None:
         loop = asyncio.get_running_loop()
         self.id = next(_ids)
-        self.instance_id = instance_id
+        self.link = link
+        self.instance_id = link.instance_id
         self.accepted: asyncio.Future = loop.create_future()
         self.result: asyncio.Future | None = loop.create_future() if want_result else None
         self._on_settled = on_settled
+        self.settled = False
         self.t0 = self.t_ack = 0.0  # perf_counter: received by the executor, acknowledged
 
     def ack(self) -> None:
@@ -77,29 +147,46 @@ class LinkTask:
         if not self.accepted.done():
             self.accepted.set_result(None)
 
+    def _settle(self, exc: Exception | None) -> bool:
+        if self.settled:
+            return False
+        self.settled = True
+        self._on_settled(self, exc)
+        return True
+
     def refuse(self, why: str) -> None:
         """Never acknowledged: settled with TaskNotAccepted (the caller may retry)."""
-        if self.accepted.done():
-            return
         exc = TaskNotAccepted(f"{self.instance_id}: {why}")
-        self.accepted.set_exception(exc)
-        self._on_settled(self, exc)
+        if not self.accepted.done():
+            self.accepted.set_exception(exc)
+        self._settle(exc)
 
     def finish(self, out: bytes | None, exc: Exception | None) -> None:
-        """The end of an acknowledged task: its output, or TaskFailed / TaskLost."""
-        self._on_settled(self, exc)
-        if self.result is not None and not self.result.done():
+        """The end of an acknowledged task: its output, or why there is none."""
+        if self._settle(exc) and self.result is not None and not self.result.done():
             if exc is None:
                 self.result.set_result(out)
             else:
                 self.result.set_exception(exc)
+
+    def drop(self, exc: Exception) -> None:
+        """Its caller is gone: settled, and nobody is told."""
+        if not self.accepted.done():
+            self.accepted.cancel()
+        self._settle(exc)
+
+    def cancel(self) -> None:
+        """The caller gave up: the link forgets the task and tells the instance."""
+        if not self.settled:
+            self.link.cancel(self)
 
 
 OnSettled = Callable[[LinkTask, Exception | None], None]
 
 
 class Link(Protocol):
-    """What the executor needs of a link to one instance."""
+    """What the executor needs of a link to one instance. ``up``: it may take new tasks
+    (connected, and the instance is not leaving)."""
 
     instance_id: str
     target: str
@@ -114,7 +201,11 @@ class Link(Protocol):
 
     def start(self) -> None: ...
 
-    def submit(self, frame: bytes, want_result: bool) -> LinkTask: ...
+    def submit(self, frame: bytes, want_result: bool, timeout: float = 0.0) -> LinkTask: ...
+
+    def cancel(self, task: LinkTask) -> None: ...
+
+    def expire(self, acked_before: float) -> int: ...
 
     async def close(self) -> None: ...
 
@@ -123,11 +214,12 @@ class InstanceLink:
     """The stream to one instance, with its in-flight tasks."""
 
     def __init__(self, instance_id: str, target: str, on_state: OnState,
-                 on_settled: OnSettled, linger: float = LINGER):  # fmt: skip
+                 on_settled: OnSettled, settings: LinkSettings | None = None):  # fmt: skip
         self.instance_id = instance_id
         self.target = target
         self.up = False
-        self.linger = linger
+        self.leaving = False  # the instance said it drains: no new tasks
+        self.settings = settings or LinkSettings()
         self._on_state = on_state
         self._on_settled = on_settled
         self._pending: dict[int, LinkTask] = {}
@@ -135,9 +227,10 @@ class InstanceLink:
         self._writer: BatchWriter | None = None
         self._runner: asyncio.Task | None = None
         self._closing = False
+        self._log = RateLimitedLog(log, 30.0)
         # Counters (cheap: integer additions on the loop).
         self.tasks_sent = self.messages_sent = self.replies = self.messages_received = 0
-        self.completed = self.failed = self.lost = 0
+        self.completed = self.failed = self.lost = self.timed_out = self.cancelled = 0
 
     @property
     def inflight(self) -> int:
@@ -149,30 +242,62 @@ class InstanceLink:
     def start(self) -> None:
         self._runner = asyncio.ensure_future(self._run())
 
-    def submit(self, frame: bytes, want_result: bool) -> LinkTask:
-        task = LinkTask(self.instance_id, want_result, self._on_settled)
+    def submit(self, frame: bytes, want_result: bool, timeout: float = 0.0) -> LinkTask:
+        task = LinkTask(self, want_result, self._on_settled)
         if not self.up or self._writer is None:
             task.refuse("link is down")
             return task
         self._pending[task.id] = task
-        self._writer.put((task.id, frame))
+        self.tasks_sent += 1
+        self._writer.put((task.id, TASK, frame, timeout), len(frame) + ITEM_OVERHEAD)
         return task
+
+    def cancel(self, task: LinkTask) -> None:
+        if self._pending.pop(task.id, None) is None:
+            return
+        self._acked.discard(task.id)
+        self.cancelled += 1
+        if self._writer is not None:
+            self._writer.put((task.id, CANCEL, b"", 0.0), ITEM_OVERHEAD)
+        task.drop(TaskCancelled(f"{self.instance_id}: the caller gave up"))
+
+    def expire(self, acked_before: float) -> int:
+        """Tasks acknowledged before ``acked_before`` (perf_counter) and still running
+        fail with TaskTimedOut; the instance is told to cancel them. Returns how many."""
+        late = [t for tid in self._acked if (t := self._pending[tid]).t_ack < acked_before]
+        for task in late:
+            del self._pending[task.id]
+            self._acked.discard(task.id)
+            self.timed_out += 1
+            if self._writer is not None:
+                self._writer.put((task.id, CANCEL, b"", 0.0), ITEM_OVERHEAD)
+            timeout = self.settings.run_timeout
+            task.finish(None, TaskTimedOut(f"{self.instance_id} ran the task over {timeout}s"))
+        return len(late)
 
     async def _requests(self, writer: BatchWriter):
         while (batch := await writer.next_batch()) is not None:
             self.messages_sent += 1
-            self.tasks_sent += len(batch)
             yield encode_tasks(batch)
 
     def _reply(self, task_id: int, kind: int, payload: bytes) -> None:
+        if kind == LEAVING:
+            self.leaving = True
+            self._set_up(False)
+            log.info("instance %s is leaving: no new tasks, %d in flight finish there",
+                     self.instance_id, len(self._pending))  # fmt: skip
+            return
         task = self._pending.get(task_id)
         if task is None:
-            return
+            return  # cancelled or timed out meanwhile
         if kind == ACK:
             self._acked.add(task_id)
             task.ack()
             return
         del self._pending[task_id]
+        if kind == REFUSED:
+            task.refuse("the instance is leaving")
+            return
         if task_id in self._acked:
             self._acked.discard(task_id)
         else:  # a result implies acceptance
@@ -180,9 +305,11 @@ class InstanceLink:
         if kind == RESULT:
             self.completed += 1
             task.finish(payload, None)
-        elif kind == ERROR:
+        else:
             self.failed += 1
-            task.finish(None, TaskFailed(f"{self.instance_id}: {payload.decode(errors='replace')}"))
+            code = _REPLY_CODES.get(kind, grpc.StatusCode.INTERNAL)
+            message = f"{self.instance_id}: {payload.decode(errors='replace')}"
+            task.finish(None, TaskFailed(message, code))
 
     def _fail_all(self, reason: str) -> None:
         pending, self._pending = self._pending, {}
@@ -201,14 +328,17 @@ class InstanceLink:
 
     async def _run(self) -> None:
         backoff = 0.05
+        settings = self.settings
         while not self._closing:
-            channel = grpc.aio.insecure_channel(self.target)
-            writer = BatchWriter(linger=self.linger, busy=self._busy)
+            channel = grpc.aio.insecure_channel(self.target, options=settings.channel_options())
+            writer = BatchWriter(linger=settings.linger, busy=self._busy,
+                                 max_bytes=LINK_BATCH_BYTES)  # fmt: skip
             reason = "the link closed"
             try:
                 call = channel.stream_stream(LINK_METHOD)(self._requests(writer))
                 await call.wait_for_connection()
                 self._writer = writer
+                self.leaving = False
                 self._set_up(True)
                 backoff = 0.05
                 async for message in call:
@@ -230,8 +360,11 @@ class InstanceLink:
                 self._fail_all(reason)
                 await channel.close()
             if not self._closing:
-                log.warning("instance %s at %s: %s; reconnecting", self.instance_id,
-                            self.target, reason)  # fmt: skip
+                if self.leaving:
+                    log.info("instance %s left", self.instance_id)
+                else:
+                    self._log.warning(f"instance {self.instance_id} at {self.target}",
+                                      f"{reason}; reconnecting")  # fmt: skip
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
 
@@ -259,18 +392,20 @@ class UnaryLink:
     any, travels by the packet's output_ptr, so result-returning callers get an empty
     output. UNAVAILABLE before an answer counts as not accepted (retried elsewhere: such
     instances get at-least-once delivery); any other failure is reported to the caller.
+    The caller's deadline (and the block's task timeout) is the call's deadline.
     """
 
     def __init__(self, instance_id: str, target: str, on_state: OnState,
-                 on_settled: OnSettled, linger: float = 0.0):  # fmt: skip
+                 on_settled: OnSettled, settings: LinkSettings | None = None):  # fmt: skip
         self.instance_id = instance_id
         self.target = target
         self.up = False
+        self.settings = settings or LinkSettings()
         self._on_state = on_state
         self._on_settled = on_settled
         self._channel: grpc.aio.Channel | None = None
         self._call = None
-        self._pending: set[asyncio.Task] = set()
+        self._pending: dict[LinkTask, asyncio.Task] = {}
         self._watch: asyncio.Task | None = None
         self.tasks_sent = self.completed = self.failed = self.lost = 0
 
@@ -279,7 +414,8 @@ class UnaryLink:
         return len(self._pending)
 
     def start(self) -> None:
-        self._channel = grpc.aio.insecure_channel(self.target)
+        options = self.settings.channel_options()
+        self._channel = grpc.aio.insecure_channel(self.target, options=options)
         self._call = self._channel.unary_unary(INFER)
         self._watch = asyncio.ensure_future(self._watch_state())
 
@@ -296,24 +432,37 @@ class UnaryLink:
             await self._channel.wait_for_state_change(state)
             state = self._channel.get_state(try_to_connect=True)
 
-    def submit(self, frame: bytes, want_result: bool) -> LinkTask:
-        task = LinkTask(self.instance_id, want_result, self._on_settled)
+    def submit(self, frame: bytes, want_result: bool, timeout: float = 0.0) -> LinkTask:
+        task = LinkTask(self, want_result, self._on_settled)
         self.tasks_sent += 1
-        runner = asyncio.ensure_future(self._send(task, frame))
-        self._pending.add(runner)
-        runner.add_done_callback(self._pending.discard)
+        limits = [t for t in (timeout, self.settings.run_timeout) if t > 0]
+        runner = asyncio.ensure_future(self._send(task, frame, min(limits) if limits else None))
+        self._pending[task] = runner
+        runner.add_done_callback(lambda _, t=task: self._pending.pop(t, None))
         return task
 
-    async def _send(self, task: LinkTask, frame: bytes) -> None:
+    def cancel(self, task: LinkTask) -> None:
+        runner = self._pending.pop(task, None)
+        if runner is not None:
+            runner.cancel()
+        task.drop(TaskCancelled(f"{self.instance_id}: the caller gave up"))
+
+    def expire(self, acked_before: float) -> int:
+        return 0  # the call's own deadline is the task timeout
+
+    async def _send(self, task: LinkTask, frame: bytes, timeout: float | None) -> None:
         try:
-            reply = await self._call(frame)
+            reply = await self._call(frame, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNAVAILABLE:
                 task.refuse(_short(exc))
                 return
             task.ack()
             self.failed += 1
-            task.finish(None, TaskFailed(f"{self.instance_id}: {_short(exc)}"))
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                task.finish(None, TaskTimedOut(f"{self.instance_id}: {_short(exc)}"))
+            else:
+                task.finish(None, TaskFailed(f"{self.instance_id}: {_short(exc)}", exc.code()))
             return
         except asyncio.CancelledError:
             task.refuse("link closed")
@@ -328,9 +477,10 @@ class UnaryLink:
     async def close(self) -> None:
         if self._watch is not None:
             self._watch.cancel()
-        for runner in list(self._pending):
+        runners = list(self._pending.values())
+        for runner in runners:
             runner.cancel()
-        if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
+        if runners:
+            await asyncio.gather(*runners, return_exceptions=True)
         if self._channel is not None:
             await self._channel.close()

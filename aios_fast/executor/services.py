@@ -191,8 +191,8 @@ class ExecutorServices:
         links = {iid: record.link for iid, record in ex.instances.items()}
         yield counter(
             "aios_executor_tasks",
-            "Tasks by event: received, accepted, completed, "
-            "failed, retried, rejected, lost, invalid.",
+            "Tasks by event: received, accepted, completed, failed, retried, rejected, "
+            "lost, invalid, timed_out, cancelled.",
             ("event",),
             ex.stats.items(),
         )
@@ -218,6 +218,18 @@ class ExecutorServices:
                     ("lost", "lost"),
                 )
             ],
+        )
+        yield gauge(
+            "aios_executor_instance_ejected",
+            "1 while the instance is ejected as an outlier (tasks lost or timed out in a row).",
+            ("instance",),
+            [(iid, int(r.ejected)) for iid, r in ex.instances.items()],
+        )
+        yield counter(
+            "aios_executor_instance_ejections",
+            "Times the instance was ejected as an outlier.",
+            ("instance",),
+            [(iid, r.ejections) for iid, r in ex.instances.items()],
         )
         yield gauge(
             "aios_executor_instance_inflight",

@@ -12,6 +12,7 @@ import sys
 from ..errors import AiosFastError
 from ..framedb import FrameDB
 from ..service import runtime
+from ..wire import MAX_MESSAGE
 from .registration import Registration
 from .server import InstanceServer, load_block
 
@@ -21,6 +22,7 @@ async def _serve(opts) -> None:
     server = InstanceServer(
         block, host=opts.host, port=opts.port, mgmt_port=opts.mgmt_port,
         max_concurrency=opts.max_concurrency, frames=FrameDB(json.loads(opts.framedb)),
+        max_message=opts.max_message,
     )  # fmt: skip
     await server.start()
     registration = None
@@ -35,7 +37,7 @@ async def _serve(opts) -> None:
     await runtime.until_signalled()
     if registration is not None:
         await registration.stop()  # leave first: no new tasks come while we drain
-    await server.stop()
+    await server.stop(opts.drain_timeout)
 
 
 def main(argv=None) -> int:
@@ -54,6 +56,18 @@ def main(argv=None) -> int:
     parser.add_argument("--instance-id", help="default: <advertise host>-<port>")
     parser.add_argument("--advertise", help="host executors reach this instance at")
     parser.add_argument("--ttl", type=float, default=3.0, help="registration TTL, seconds")
+    parser.add_argument(
+        "--max-message",
+        type=int,
+        default=MAX_MESSAGE,
+        help="bytes of the largest task (and output) it takes; as the executor's",
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="on SIGTERM, seconds the tasks it took may take to finish",
+    )
     opts = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:

@@ -1,17 +1,39 @@
 """The instance's side of an instance link (``aios_fast.wire`` describes the wire):
 acknowledge every task on arrival, run it, reply with its result or error as it ends.
-Replies go out in batches; an ACK whose task's result is in the same batch is dropped
-(a result implies acceptance)."""
+Replies go out in batches (at most ``LINK_BATCH_BYTES`` unless one result is larger);
+an ACK whose task's result is in the same batch is dropped (a result implies
+acceptance). A task whose caller's deadline passes before it can start is skipped
+(EXPIRED); a CANCEL stops a task whose caller gave up. ``leave()`` tells every executor
+the instance is leaving; tasks that still arrive are REFUSED (retried elsewhere), and
+``close()`` ends the streams once the tasks taken have finished."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import grpc
+
+from ..errors import OutputTooLarge, TaskExpired
 from ..service.batch_writer import BatchWriter
-from ..wire import ACK, ERROR, RESULT, decode_tasks, encode_replies
+from ..wire import (
+    ACK,
+    CANCEL,
+    ERROR,
+    EXPIRED,
+    ITEM_OVERHEAD,
+    LEAVING,
+    LINK_BATCH_BYTES,
+    REFUSED,
+    RESULT,
+    TOO_LARGE,
+    decode_tasks,
+    encode_replies,
+)
 
 __all__ = ["LinkServer", "describe"]
+
+RunTask = Callable[[bytes, float | None], Awaitable[bytes]]
 
 
 def describe(exc: BaseException) -> str:
@@ -19,48 +41,108 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-class LinkServer:
-    """Serves executors' streams for one instance. ``run_task(frame)`` runs one task;
-    ``counters.completed`` / ``.failed`` count the outcomes."""
+class _Stream:
+    """One executor's stream: its reply writer and its running tasks by id."""
 
-    def __init__(self, run_task: Callable[[bytes], Awaitable[bytes]], counters) -> None:
+    __slots__ = ("running", "writer")
+
+    def __init__(self) -> None:
+        self.writer = BatchWriter(max_bytes=LINK_BATCH_BYTES)
+        self.running: dict[int, asyncio.Task] = {}
+
+    def reply(self, task_id: int, kind: int, payload: bytes = b"") -> None:
+        self.writer.put((task_id, kind, payload), len(payload) + ITEM_OVERHEAD)
+
+
+class LinkServer:
+    """Serves executors' streams for one instance. ``run_task(frame, deadline)`` runs one
+    task; ``counters.completed`` / ``.failed`` / ``.cancelled`` count the outcomes."""
+
+    def __init__(self, run_task: RunTask, counters) -> None:
         self.run_task = run_task
         self.counters = counters
+        self.leaving = False
+        self._streams: set[_Stream] = set()
+
+    @property
+    def inflight(self) -> int:
+        return sum(len(stream.running) for stream in self._streams)
+
+    def leave(self) -> None:
+        """Tell every executor: no new tasks; what was taken still finishes."""
+        self.leaving = True
+        for stream in self._streams:
+            stream.reply(0, LEAVING)
+
+    async def close(self, timeout: float) -> None:
+        """End every stream once its tasks finished (cancelling those left after
+        ``timeout`` seconds: they were taken, so their executor reports them lost)."""
+        running = [t for stream in self._streams for t in stream.running.values()]
+        if running:
+            await asyncio.wait(running, timeout=timeout)
+        for stream in self._streams:
+            for t in stream.running.values():
+                t.cancel()
+            stream.writer.close()
 
     async def serve(self, requests: AsyncIterator[bytes], context) -> AsyncIterator[bytes]:
         """One executor's stream: ``requests`` are task batches, the yielded messages
         reply batches (the gRPC stream-stream handler)."""
-        writer = BatchWriter()
-        pending: set[asyncio.Task] = set()
+        if self.leaving:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the instance is stopping")
+        stream = _Stream()
+        self._streams.add(stream)
         counters = self.counters
+        loop = asyncio.get_running_loop()
 
-        async def work(task_id: int, frame: bytes) -> None:
+        async def work(task_id: int, frame: bytes, deadline: float | None) -> None:
             try:
-                writer.put((task_id, RESULT, await self.run_task(frame)))
+                stream.reply(task_id, RESULT, await self.run_task(frame, deadline))
                 counters.completed += 1
+            except asyncio.CancelledError:
+                counters.cancelled += 1  # its caller gave up: nobody waits for a reply
+                raise
+            except TaskExpired as exc:
+                stream.reply(task_id, EXPIRED, str(exc).encode())
+            except OutputTooLarge as exc:
+                counters.failed += 1
+                stream.reply(task_id, TOO_LARGE, str(exc).encode())
             except Exception as exc:  # reported to the executor, never dropped
                 counters.failed += 1
-                writer.put((task_id, ERROR, describe(exc).encode()))
+                stream.reply(task_id, ERROR, describe(exc).encode())
+            finally:
+                stream.running.pop(task_id, None)
 
         async def read() -> None:
             try:
                 async for message in requests:
-                    for task_id, frame in decode_tasks(message):
-                        writer.put((task_id, ACK, b""))
-                        t = asyncio.ensure_future(work(task_id, frame))
-                        pending.add(t)
-                        t.add_done_callback(pending.discard)
+                    for task_id, kind, frame, timeout in decode_tasks(message):
+                        if kind == CANCEL:
+                            t = stream.running.get(task_id)
+                            if t is not None:
+                                t.cancel()
+                        elif self.leaving:
+                            stream.reply(task_id, REFUSED)
+                        else:
+                            stream.reply(task_id, ACK)
+                            deadline = loop.time() + timeout if timeout > 0 else None
+                            stream.running[task_id] = asyncio.ensure_future(
+                                work(task_id, frame, deadline)
+                            )
             finally:
-                if pending:
-                    await asyncio.gather(*pending, return_exceptions=True)
-                writer.close()
+                if stream.running:
+                    await asyncio.gather(*stream.running.values(), return_exceptions=True)
+                stream.writer.close()
 
+        if self.leaving:
+            stream.reply(0, LEAVING)
         reader = asyncio.ensure_future(read())
         try:
-            while (batch := await writer.next_batch()) is not None:
+            while (batch := await stream.writer.next_batch()) is not None:
                 yield encode_replies(_drop_answered_acks(batch))
         finally:
             reader.cancel()
+            self._streams.discard(stream)
 
 
 def _drop_answered_acks(batch: list) -> list:

@@ -33,13 +33,13 @@ from aiohttp import web
 
 from .. import codec
 from ..block import Block
-from ..errors import AiosFastError, PacketDecodeError
+from ..errors import AiosFastError, OutputTooLarge, PacketDecodeError, TaskExpired
 from ..framedb import FrameDB
 from ..service.hardware import hardware_families
 from ..service.http import mgmt_route, start_site
 from ..service.metrics import CONTENT_TYPE, Histogram, Registry, counter, gauge, histogram
 from ..service.snapshot import MetricsSnapshot
-from ..wire import ACCEPTED, LINK_RPC, LINK_SERVICE, SERVICE
+from ..wire import ACCEPTED, LINK_RPC, LINK_SERVICE, MAX_MESSAGE, SERVICE, link_limit, max_output
 from .link_server import LinkServer, describe
 from .routing import OutputRouter
 
@@ -93,6 +93,7 @@ class InstanceServer:
         max_concurrency: int = 256,
         router: OutputRouter | None = None,
         frames: FrameDB | None = None,
+        max_message: int = MAX_MESSAGE,
     ) -> None:
         self.block = block
         if frames is not None:
@@ -101,11 +102,17 @@ class InstanceServer:
         self.port = port
         self.mgmt_port = mgmt_port
         self.router = router or OutputRouter()
+        self.max_message = max_message
+        self.max_output = max_output(max_message)
+        self.leaving = False  # draining: takes no new task
         self._sem = asyncio.Semaphore(max_concurrency)
         self._server: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
         self.completed = 0
         self.failed = 0
+        self.expired = self.cancelled = 0
+        self._background_tasks: set[asyncio.Task] = set()
+        self._calls = 0  # infer_result calls in progress
         self.waiting = 0  # tasks queued for a concurrency slot
         self.running = 0  # tasks in on_preprocess / on_data
         self.on_data_seconds = Histogram()
@@ -120,17 +127,33 @@ class InstanceServer:
             return await fn(*args)
         if getattr(self.block, "inline", False):  # declared cheap: no thread hop
             return fn(*args)
-        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        work = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            # A thread cannot be stopped: it keeps its concurrency slot until it ends.
+            await asyncio.wait([work])
+            raise
 
-    async def run_task(self, frame: bytes) -> bytes:
+    async def run_task(self, frame: bytes, deadline: float | None = None) -> bytes:
         """Process one InferenceMessage frame; the serialized output packet (or b"")."""
-        return await self.run_packet(codec.decode_message(frame))
+        return await self.run_packet(codec.decode_message(frame), deadline)
 
-    async def run_packet(self, packet: codec.Packet) -> bytes:
-        """Process one decoded task; the serialized output packet (or b"")."""
+    async def run_packet(self, packet: codec.Packet, deadline: float | None = None) -> bytes:
+        """Process one decoded task; the serialized output packet (or b""). With a
+        ``deadline`` (the loop's clock) a task that cannot start before it is skipped
+        (TaskExpired). An output over the message limit raises OutputTooLarge."""
         self.waiting += 1
         try:
-            await self._sem.acquire()
+            if deadline is None:
+                await self._sem.acquire()
+            else:
+                left = deadline - asyncio.get_running_loop().time()
+                try:
+                    await asyncio.wait_for(self._sem.acquire(), max(left, 0.0))
+                except asyncio.TimeoutError:
+                    self.expired += 1
+                    raise TaskExpired("its deadline passed while it waited to run") from None
         finally:
             self.waiting -= 1
         self.running += 1
@@ -145,13 +168,19 @@ class InstanceServer:
         out = make_output(result, packet)
         if out is None:
             return b""
+        data = codec.encode_packet(out)
+        if len(data) > self.max_output:
+            raise OutputTooLarge(f"output of {len(data):,} bytes is over the "
+                                 f"{self.max_output:,}-byte limit")  # fmt: skip
         if out.output_ptr:
             await self.router.route(out)
-        return codec.encode_packet(out)
+        return data
 
     # ------------------------------------------------------------------ gRPC handlers
 
     async def _infer(self, request: bytes, context) -> bytes:
+        if self.leaving:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the instance is stopping")
         try:
             packet = codec.decode_message(request)
         except PacketDecodeError as exc:
@@ -170,13 +199,25 @@ class InstanceServer:
             log.error("task failed after it was accepted: %s", describe(exc))
 
     async def _infer_result(self, request: bytes, context) -> bytes:
+        if self.leaving:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the instance is stopping")
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else asyncio.get_running_loop().time() + remaining
+        self._calls += 1
         try:
-            out = await self.run_task(request)
+            out = await self.run_task(request, deadline)
         except PacketDecodeError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except TaskExpired as exc:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
+        except OutputTooLarge as exc:
+            self.failed += 1
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except Exception as exc:
             self.failed += 1
             await context.abort(grpc.StatusCode.INTERNAL, describe(exc))
+        finally:
+            self._calls -= 1
         self.completed += 1
         return codec.encode_message(out)
 
@@ -199,11 +240,13 @@ class InstanceServer:
 
     def _block_metrics(self) -> dict:
         return {"completed": self.completed, "failed": self.failed,
+                "expired": self.expired, "cancelled": self.cancelled,
                 "waiting": self.waiting, "running": self.running}  # fmt: skip
 
     def _collect(self):
         yield counter("aios_instance_tasks", "Tasks by outcome.", ("outcome",),
-                      [("completed", self.completed), ("failed", self.failed)])  # fmt: skip
+                      [("completed", self.completed), ("failed", self.failed),
+                       ("expired", self.expired), ("cancelled", self.cancelled)])  # fmt: skip
         yield gauge("aios_instance_queue_length", "Tasks waiting for a concurrency slot.", (),
                     [(self.waiting,)])  # fmt: skip
         yield gauge("aios_instance_running", "Tasks in on_preprocess/on_data now.", (),
@@ -224,9 +267,20 @@ class InstanceServer:
 
     # ------------------------------------------------------------------ lifecycle
 
+    def _server_options(self) -> list[tuple[str, int]]:
+        limit = link_limit(self.max_message)  # a link's batch, or one caller's message
+        return [("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                # executors ping their links (keepalive): let them, however often
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 100),
+                ("grpc.http2.max_ping_strikes", 0),
+                ("grpc.server.max_pending_requests", 20_000),
+                ("grpc.server.max_pending_requests_hard_limit", 20_000)]  # fmt: skip
+
     async def start(self) -> None:
-        self._background_tasks: set[asyncio.Task] = set()
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        server = grpc.aio.server(options=self._server_options())
         handlers = {
             "infer": grpc.unary_unary_rpc_method_handler(self._infer),
             "infer_result": grpc.unary_unary_rpc_method_handler(self._infer_result),
@@ -251,11 +305,25 @@ class InstanceServer:
         self._runner, self.mgmt_port = await start_site(app, self.host, self.mgmt_port)
         self.snapshot.start()
 
-    async def stop(self, grace: float = 5.0) -> None:
+    def busy(self) -> int:
+        """Tasks taken and not finished: on links, infer (background) and infer_result."""
+        return self._links.inflight + len(self._background_tasks) + self._calls
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Drain: tell executors the instance is leaving and take nothing new (links
+        answer REFUSED, direct calls UNAVAILABLE: both retried elsewhere), finish what
+        was taken (up to ``grace`` seconds), end the links, then stop serving."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        self.leaving = True
+        self._links.leave()
+        while self.busy() and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        if self.busy():
+            log.error("stopping with %d tasks unfinished after %.0fs", self.busy(), grace)
+        await self._links.close(max(0.0, deadline - loop.time()))
         if self._server is not None:
-            await self._server.stop(grace)
-        if self._background_tasks:
-            await asyncio.wait(self._background_tasks, timeout=grace)
+            await self._server.stop(1.0)
         if self._runner is not None:
             await self._runner.cleanup()
         await self.snapshot.stop()
