@@ -15,12 +15,14 @@ import json
 import os
 import sys
 
+from .auth import ENV_TOKEN, bearer
 from .errors import AiosFastError
 from .service import runtime
 from .wire import ACCEPTED, SERVICE
 
 __all__ = ["main"]
 
+TOKEN_HELP = "bearer token to send (default: AIOS_FAST_TOKEN)"
 EXAMPLE_BLOCK = os.path.join(os.path.dirname(__file__), "examples", "echo-block.json")
 
 
@@ -36,6 +38,7 @@ def _block_up(opts) -> int:
             traffic=opts.traffic,
             once=opts.once,
             as_json=opts.json,
+            auth_file=opts.auth_file,
         )
     )
 
@@ -63,6 +66,7 @@ def _bench(opts) -> int:
             size=opts.size,
             check=opts.check,
             timeout=opts.timeout,
+            token=opts.token,
         )
 
     if opts.target:
@@ -96,6 +100,12 @@ async def _bench_local(opts, run) -> dict:
         await block.stop()
 
 
+def _auth_metadata(opts, key: str = "authorization") -> tuple[tuple[str, str], ...]:
+    """The caller's token (--token, else AIOS_FAST_TOKEN) as a bearer header, if any."""
+    token = opts.token or os.environ.get(ENV_TOKEN)
+    return ((key, bearer(token)),) if token else ()
+
+
 def _read_data(text: str) -> str:
     if text.startswith("@"):
         with open(text[1:]) as f:
@@ -125,7 +135,8 @@ def _send(opts) -> int:
                 files=files,
             )
             try:
-                reply = rpc(codec.encode_message(packet), timeout=opts.timeout)
+                reply = rpc(codec.encode_message(packet), timeout=opts.timeout,
+                            metadata=_auth_metadata(opts))  # fmt: skip
             except grpc.RpcError as exc:
                 print(
                     json.dumps(
@@ -163,7 +174,8 @@ def _mgmt(opts) -> int:
 
     url = opts.url if opts.url.endswith("/mgmt") else opts.url.rstrip("/") + "/mgmt"
     body = json.dumps({"mgmt_action": opts.action, "mgmt_data": json.loads(opts.data)})
-    req = urllib.request.Request(url, body.encode(), {"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", **dict(_auth_metadata(opts, "Authorization"))}
+    req = urllib.request.Request(url, body.encode(), headers)
     try:
         with urllib.request.urlopen(req, timeout=opts.timeout) as resp:
             print(json.dumps(json.loads(resp.read()), indent=2))
@@ -213,6 +225,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     bup.add_argument("--once", action="store_true", help="stop after --traffic")
     bup.add_argument("--json", action="store_true", help="print the endpoints as one JSON line")
+    bup.add_argument("--auth-file", help="tokens for every service of the block, one 'role "
+                     "token' a line (or set AIOS_FAST_TOKEN)")  # fmt: skip
     bup.set_defaults(run=_block_up)
 
     bench = sub.add_parser("bench", help="drive load at a block, live progress, final table")
@@ -232,6 +246,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--check", action="store_true", help="check echo answers")
     bench.add_argument("--timeout", type=float, default=30.0)
     bench.add_argument("--json", action="store_true", help="also print the summary as JSON")
+    bench.add_argument("--token", help=TOKEN_HELP)
     bench.set_defaults(run=_bench)
 
     send = sub.add_parser("send", help="submit packets and print the answers")
@@ -245,6 +260,7 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--file", action="append", default=[], help="attach a file (FileInfo)")
     send.add_argument("--count", type=int, default=1)
     send.add_argument("--timeout", type=float, default=30.0)
+    send.add_argument("--token", help=TOKEN_HELP)
     send.set_defaults(run=_send)
 
     mgmt = sub.add_parser("mgmt", help="POST /mgmt to an executor or sidecar")
@@ -252,6 +268,7 @@ def _parser() -> argparse.ArgumentParser:
     mgmt.add_argument("action")
     mgmt.add_argument("data", nargs="?", default="{}", help="mgmt_data JSON")
     mgmt.add_argument("--timeout", type=float, default=60.0)
+    mgmt.add_argument("--token", help=TOKEN_HELP)
     mgmt.set_defaults(run=_mgmt)
 
     registry = sub.add_parser("registry", help="the registry server")

@@ -103,6 +103,23 @@ def _module_for(uri: str) -> tuple[Any, str | None]:
         raise PolicyLoadError(f"policy {uri!r}: cannot import module {name!r}: {exc}") from exc
 
 
+def network_safe(uri: str) -> str | None:
+    """Why a policy URI named in a network request must not be loaded (None: it may).
+    Only ``builtin:*`` and ``name:version`` (resolved under the operator's
+    AIOS_POLICY_PATH) are; a file, folder or module path would run whatever code it
+    names inside the process."""
+    uri = uri.strip() if isinstance(uri, str) else ""
+    if uri.startswith("builtin:"):
+        return None
+    name, _, tail = uri.partition(":")
+    if tail and _VERSION.match(tail) and re.fullmatch(r"\w[\w.-]*", name):
+        return None  # dots become folders under AIOS_POLICY_PATH: nothing can climb out
+    return (
+        f"policy {uri!r} is not builtin:<name> or <name>:<version> under "
+        "AIOS_POLICY_PATH; paths and modules cannot be loaded over the network"
+    )
+
+
 def load_policy_class(uri: str) -> type:
     """The policy class named by ``uri`` (see the module docstring for the forms)."""
     if not isinstance(uri, str) or not uri.strip():

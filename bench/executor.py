@@ -15,6 +15,7 @@ import argparse
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,11 +38,14 @@ def grpc_body(message: bytes) -> bytes:
 
 
 def h2load(port: int, body: Path, duration: float, conns: int, streams: int,
-           method: str = "infer_result") -> dict:  # fmt: skip
+           method: str = "infer_result", token: str | None = None) -> dict:  # fmt: skip
     """gRPC calls of ``method`` (HTTP/2, gRPC framing) through bench._h2load."""
+    headers = ("content-type: application/grpc", "te: trailers")
+    if token:
+        headers += (f"authorization: Bearer {token}",)
     result = _h2load.run(
         f"http://127.0.0.1:{port}/InferenceProxy/{method}", int(duration), conns,
-        streams=streams, body=body, headers=("content-type: application/grpc", "te: trailers"),
+        streams=streams, body=body, headers=headers,
     )  # fmt: skip
     return {**result, "tasks_s": result["req_s"]}
 
@@ -92,11 +96,14 @@ def original_system(opts, body: Path) -> dict:
         server.wait(10)
 
 
-def check(port: int) -> None:
+def check(port: int, token: str | None = None) -> None:
     import grpc
 
+    metadata = (("authorization", f"Bearer {token}"),) if token else None
     with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-        out = ch.unary_unary("/InferenceProxy/infer_result")(payloads.small_message(), timeout=5)
+        out = ch.unary_unary("/InferenceProxy/infer_result")(
+            payloads.small_message(), timeout=5, metadata=metadata
+        )
     assert codec.decode_message(out).session_id == "session-0000123", "wrong answer"
 
 
@@ -139,10 +146,40 @@ def run(opts) -> list[dict]:
             finally:
                 if proc is not None:
                     proc.stop()
+        progress("executor bench: authentication cost ...")
+        opts.auth_cost = auth_cost(opts, body)
     finally:
         instance.stop()
         body.unlink()
     return rows
+
+
+def auth_cost(opts, body: Path, rounds: int = 3) -> dict:
+    """1-worker executor with and without tokens (every call and link checked), each
+    with its own echo instance configured alike; rounds interleaved, medians."""
+    token_file = Path(tempfile.mkstemp(suffix=".tokens")[1])
+    token = "bench-token-" + "x" * 24
+    token_file.write_text(f"* {token}\n")
+    rates: dict[str, list[float]] = {"plain": [], "tokens": []}
+    try:
+        for _ in range(rounds):
+            for kind in rates:
+                extra = ("--auth-file", str(token_file)) if kind == "tokens" else ()
+                key = token if extra else None
+                inst = start_instance("aios_fast.block:EchoBlock", None, *extra)
+                proc, port = start_executor({"i0": inst.info["port"]}, *extra, port=free_port(),
+                                            token=key)  # fmt: skip
+                try:
+                    check(port, key)
+                    result = h2load(port, body, opts.duration, opts.connections, opts.streams,
+                                    token=key)  # fmt: skip
+                    rates[kind].append(result["tasks_s"])
+                finally:
+                    proc.stop()
+                    inst.stop()
+    finally:
+        token_file.unlink()
+    return {kind: statistics.median(values) for kind, values in rates.items()}
 
 
 def metrics_cost_ns() -> float:
@@ -195,6 +232,14 @@ def render(rows: list[dict], opts) -> str:
         "its tasks/s counts outputs produced."
     )
     lines.extend(f"\n{n}" for n in notes)
+    cost = getattr(opts, "auth_cost", None)
+    if cost:
+        lines.append(
+            f"\nAuthentication cost (issue #12): 1 worker with bearer tokens checked on every "
+            f"call and link {cost['tokens']:,.0f} tasks/s vs {cost['plain']:,.0f} without "
+            f"({cost['tokens'] / cost['plain'] - 1:+.1%}; median of 3 interleaved rounds, each "
+            "with its own instance; target: under 3% slower)."
+        )
     one_worker = by_name.get("aios_fast executor, 1 worker(s)")
     if one_worker:
         cost = metrics_cost_ns()

@@ -61,7 +61,7 @@ def start_instance(block: str = "aios_fast.block:EchoBlock", parameters: dict | 
 
 
 def start_executor(instances: dict[str, int | dict], *extra: str, port: int | None = None,
-                   workers: int = 1) -> tuple[Proc, int]:  # fmt: skip
+                   workers: int = 1, token: str | None = None) -> tuple[Proc, int]:  # fmt: skip
     """An executor process serving the instances; a free port is picked (again, if another
     process took it between the pick and the bind) unless ``port`` is given."""
     for attempt in range(3):  # a picked port may be taken before the executor binds it
@@ -79,7 +79,8 @@ def start_executor(instances: dict[str, int | dict], *extra: str, port: int | No
                 continue
             raise
         try:
-            wait_serving(chosen)
+            if instances:  # (it announced its ports once serving: nothing else to wait for)
+                wait_serving(chosen, token=token)
         except BaseException:
             proc.stop()
             raise
@@ -93,7 +94,7 @@ def frame(session_id: str = "s", seq_no: int = 1, data: str = "{}", **kw) -> byt
     )
 
 
-def wait_serving(port: int, timeout: float = 20.0) -> None:
+def wait_serving(port: int, timeout: float = 20.0, token: str | None = None) -> None:
     """Until the executor answers for an instance (its link is up), or fail. The probe is
     ``infer``, answered at acceptance, so slow test blocks do not slow it down."""
     end = time.monotonic() + timeout
@@ -102,7 +103,8 @@ def wait_serving(port: int, timeout: float = 20.0) -> None:
         call = ch.unary_unary("/InferenceProxy/infer")
         while time.monotonic() < end:
             try:
-                call(frame("probe"), timeout=2)
+                metadata = (("authorization", f"Bearer {token}"),) if token else None
+                call(frame("probe"), timeout=2, metadata=metadata)
                 return
             except grpc.RpcError as exc:
                 if exc.code() not in (grpc.StatusCode.UNAVAILABLE,

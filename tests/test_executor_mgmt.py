@@ -19,7 +19,9 @@ from .procs import frame, get_text, http, mgmt, start_executor, start_instance
 def named():
     """Two NameBlock instances ('a', 'b') behind a one-worker executor."""
     instances = {name: start_instance("tests.blocks:NameBlock", {"name": name}) for name in "ab"}
-    executor, port = start_executor({name: p.info["port"] for name, p in instances.items()})
+    # this test loads its policies by module path: the operator allows it
+    executor, port = start_executor({name: p.info["port"] for name, p in instances.items()},
+                                    "--allow-policy-paths")  # fmt: skip
     yield port, executor.info, instances
     executor.stop()
     for p in instances.values():

@@ -233,7 +233,8 @@ def test_deadlines_reach_the_instance():
         body = json.loads(get_text(f"http://127.0.0.1:{instance.info['mgmt_port']}/stats"))
         assert body["completed"] <= 3, body  # not all 12 ran
         assert body["expired"] + body["cancelled"] >= 9, body
-        assert stats(executor)["tasks"]["cancelled"] >= 9
+        tasks = stats(executor)["tasks"]  # given up by their callers, or skipped there
+        assert tasks["cancelled"] + tasks["failed"] >= 9, tasks
     finally:
         executor.stop()
         instance.stop()

@@ -40,6 +40,7 @@ from typing import Any
 
 import msgspec
 
+from ..auth import Auth
 from ..errors import AiosFastError
 from ..service import runtime
 from ..sidecars.actuator import LocalActuator
@@ -155,10 +156,16 @@ def _free_port() -> int:
 class LocalBlock:
     """The running pieces of one block; ``start`` then ``stop``."""
 
-    def __init__(self, doc: BlockDoc, document: dict, *, host: str = "127.0.0.1") -> None:
+    def __init__(self, doc: BlockDoc, document: dict, *, host: str = "127.0.0.1",
+                 auth_file: str | None = None) -> None:  # fmt: skip
         self.doc = doc
         self.document = document
         self.host = host
+        # Tokens: AIOS_FAST_TOKEN (inherited by every process) and/or --auth-file (given
+        # to every process); the sidecars present the admin token to the executor.
+        self.auth_file = auth_file
+        self.auth = Auth.from_env(auth_file)
+        auth_args = ("--auth-file", auth_file) if auth_file else ()
         self.executor_proc: subprocess.Popen | None = None
         self.info: dict = {}
         self.actuator = LocalActuator(
@@ -167,7 +174,7 @@ class LocalBlock:
             init_data=doc.blockInitData,
             parameters=doc.parameters,
             host=host,
-            extra_args=("--max-message", str(doc.initSettings.maxMessageBytes)),
+            extra_args=("--max-message", str(doc.initSettings.maxMessageBytes), *auth_args),
         )
         self.checker: HealthChecker | None = None
         self.scaler: AutoScaler | None = None
@@ -208,6 +215,7 @@ class LocalBlock:
             str(settings.outlierDetection.baseEjectionSeconds),
             "--eject-max-percent",
             str(settings.outlierDetection.maxEjectionPercent),
+            *(("--auth-file", self.auth_file) if self.auth_file else ()),
         ]
         self.executor_proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
         line = self.executor_proc.stdout.readline()
@@ -222,7 +230,7 @@ class LocalBlock:
         loop = asyncio.get_running_loop()
         info = await loop.run_in_executor(None, self._start_executor)
         executor_url = f"http://{self.host}:{info['mgmt_port']}"
-        client = ExecutorClient(executor_url)
+        client = ExecutorClient(executor_url, token=self.auth.any_token("admin"))
         try:
             specs = await self.actuator.start(self.doc.minInstances)
             if len(specs) < self.doc.minInstances:
@@ -235,7 +243,8 @@ class LocalBlock:
             await client.close()
         policies = self.doc.policies
         settings = self.doc.initSettings
-        common = {"block_data": self.document, "cluster_data": self.doc.cluster}
+        common = {"block_data": self.document, "cluster_data": self.doc.cluster,
+                  "auth": self.auth}  # fmt: skip
         hs = settings.healthChecker
         self.checker = HealthChecker(
             executor_url,
@@ -338,6 +347,7 @@ async def up(
     traffic: int = 0,
     once: bool = False,
     as_json: bool = False,
+    auth_file: str | None = None,
 ) -> int:
     doc, document = load_block_doc(path)
     if block_class:
@@ -348,7 +358,7 @@ async def up(
         use_free_ports(doc)
     elif ports != "default":
         raise AiosFastError(f"--ports must be 'default' or 'auto', not {ports!r}")
-    block = LocalBlock(doc, document)
+    block = LocalBlock(doc, document, auth_file=auth_file)
     stop = runtime.signal_event()
     loop = asyncio.get_running_loop()
     status = 0
@@ -361,7 +371,14 @@ async def up(
         if traffic:
             print(f"sending {traffic:,} checked tasks through {info['grpc']} ...", flush=True)
             summary = await loop.run_in_executor(
-                None, lambda: drive(info["grpc"], tasks=traffic, concurrency=64, check=True)
+                None,
+                lambda: drive(
+                    info["grpc"],
+                    tasks=traffic,
+                    concurrency=64,
+                    check=True,
+                    token=block.auth.any_token("infer") or "",
+                ),
             )
             print(format_summary(summary), flush=True)
             ok = not summary["errors"] and not summary["wrong"] and not summary["client_crashes"]

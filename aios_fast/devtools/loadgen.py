@@ -16,6 +16,7 @@ import sys
 import time
 
 from .. import codec
+from ..auth import ENV_TOKEN, bearer
 from ..service import runtime
 from ..wire import ACCEPTED, SERVICE
 
@@ -37,6 +38,8 @@ def _child(index: int, opts: dict, counters, queue) -> None:
         next_task = index
         async with grpc.aio.insecure_channel(opts["target"]) as channel:
             rpc = channel.unary_unary(f"/{SERVICE}/{opts['method']}")
+            token = opts["token"]
+            metadata = (("authorization", bearer(token)),) if token else None
             started = time.monotonic()  # the clock all processes share (CLOCK_MONOTONIC)
 
             async def worker() -> None:
@@ -56,7 +59,7 @@ def _child(index: int, opts: dict, counters, queue) -> None:
                     )
                     t0 = time.perf_counter()
                     try:
-                        reply = await rpc(frame, timeout=opts["timeout"])
+                        reply = await rpc(frame, timeout=opts["timeout"], metadata=metadata)
                     except grpc.aio.AioRpcError as exc:
                         name = exc.code().name
                         errors[name] = errors.get(name, 0) + 1
@@ -98,8 +101,10 @@ def drive(
     check: bool = False,
     timeout: float = 30.0,
     progress: bool = True,
+    token: str | None = None,
 ) -> dict:
-    """Send load to ``target`` (host:port); the summary dict (see ``format_summary``)."""
+    """Send load to ``target`` (host:port); the summary dict (see ``format_summary``).
+    ``token``: sent as ``authorization: Bearer`` (default: AIOS_FAST_TOKEN, if set)."""
     if not tasks and not duration:
         raise ValueError("give tasks or duration")
     if method not in ("infer", "infer_result"):
@@ -117,6 +122,7 @@ def drive(
         "method": method,
         "size": size,
         "check": check,
+        "token": token if token is not None else os.environ.get(ENV_TOKEN) or None,
         "timeout": timeout,
     }
     children = [

@@ -8,6 +8,8 @@ import logging
 import os
 import sys
 
+from ..auth import Auth
+from ..errors import AiosFastError
 from ..wire import MAX_MESSAGE
 from .config import ExecutorConfig, parse_instance
 from .workers import describe_start_error, run_workers
@@ -15,7 +17,33 @@ from .workers import describe_start_error, run_workers
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Run a block's executor.")
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", help="gRPC address")
+    parser.add_argument(
+        "--http-host",
+        default="127.0.0.1",
+        help="management and metrics address (not --host's: keep it private)",
+    )
+    parser.add_argument(
+        "--auth-file",
+        help="tokens, one 'role token' a line (roles: infer, "
+        "admin, read, *); re-read on SIGHUP. AIOS_FAST_TOKEN: one token, "
+        "every role",
+    )
+    parser.add_argument(
+        "--insecure", action="store_true", help="allow a non-loopback address without any token"
+    )
+    parser.add_argument(
+        "--allow-policy-paths",
+        action="store_true",
+        help="let switch_policy load files and modules (not only builtin:* "
+        "and name:version under AIOS_POLICY_PATH)",
+    )
+    parser.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        help="hosts add_instance may name (default: any)",
+    )
     parser.add_argument("--port", type=int, default=50051)
     parser.add_argument("--instance", action="append", default=[],
                         metavar="ID=[unary:]HOST:PORT")  # fmt: skip
@@ -89,29 +117,38 @@ def main(argv=None) -> int:
         with open(opts.block_doc) as f:
             block_data = json.load(f)
         policy = dict((block_data.get("policies") or {}).get("loadBalancer") or {})
-    config = ExecutorConfig(
-        host=opts.host,
-        port=opts.port,
-        instances=[parse_instance(text) for text in opts.instance],
-        policy=policy,
-        block_data=block_data,
-        max_inflight=opts.max_inflight,
-        instance_inflight=opts.instance_inflight,
-        max_retries=opts.max_retries,
-        drain_timeout=opts.drain_timeout,
-        link_linger=opts.link_linger,
-        link_keepalive=opts.link_keepalive,
-        max_message=opts.max_message,
-        task_timeout=opts.task_timeout,
-        eject_after=opts.eject_after,
-        eject_seconds=opts.eject_seconds,
-        eject_max_percent=opts.eject_max_percent,
-        discover=opts.discover,
-        block_id=opts.block_id,
-        discover_interval=opts.discover_interval,
-        mgmt_port=None if opts.mgmt_port < 0 else opts.mgmt_port,
-        metrics_port=None if opts.metrics_port < 0 else opts.metrics_port,
-    )
+    try:
+        config = ExecutorConfig(
+            host=opts.host,
+            http_host=opts.http_host,
+            auth=Auth.from_env(opts.auth_file),
+            insecure=opts.insecure,
+            allow_policy_paths=opts.allow_policy_paths,
+            allowed_hosts=tuple(opts.allowed_host),
+            port=opts.port,
+            instances=[parse_instance(text) for text in opts.instance],
+            policy=policy,
+            block_data=block_data,
+            max_inflight=opts.max_inflight,
+            instance_inflight=opts.instance_inflight,
+            max_retries=opts.max_retries,
+            drain_timeout=opts.drain_timeout,
+            link_linger=opts.link_linger,
+            link_keepalive=opts.link_keepalive,
+            max_message=opts.max_message,
+            task_timeout=opts.task_timeout,
+            eject_after=opts.eject_after,
+            eject_seconds=opts.eject_seconds,
+            eject_max_percent=opts.eject_max_percent,
+            discover=opts.discover,
+            block_id=opts.block_id,
+            discover_interval=opts.discover_interval,
+            mgmt_port=None if opts.mgmt_port < 0 else opts.mgmt_port,
+            metrics_port=None if opts.metrics_port < 0 else opts.metrics_port,
+        )
+    except (AiosFastError, ValueError) as exc:  # a bad --instance, token file, ...
+        print(f"executor: cannot start: {exc}", file=sys.stderr, flush=True)
+        return 2
     try:
         return run_workers(config, opts.workers)
     except Exception as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..auth import Auth
 from ..wire import MAX_MESSAGE
 
 __all__ = ["ExecutorConfig", "InstanceSpec", "parse_instance"]
@@ -47,6 +48,15 @@ class ExecutorConfig:
     http_host: str = ""  # where those listen ("": host)
     block_data: dict | None = None  # the block document, handed to user policies
     metrics_interval: float = 1.0  # seconds between policy metrics refreshes
+    # Security (docs/DESIGN.md, trust model): tokens by role; without any, only
+    # loopback addresses may be bound unless insecure. Over the management API, policies
+    # are only builtin:*, name:version (under AIOS_POLICY_PATH) or the one configured at
+    # start, unless allow_policy_paths; instance addresses must be in allowed_hosts
+    # when it is set.
+    auth: Auth = field(default_factory=Auth)
+    insecure: bool = False
+    allow_policy_paths: bool = False
+    allowed_hosts: tuple[str, ...] = ()
 
 
 def parse_instance(text: str) -> InstanceSpec:

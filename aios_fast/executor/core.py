@@ -40,13 +40,15 @@ import aiohttp
 import grpc
 
 from .. import codec, lb
+from ..auth import bearer, check_bind
 from ..errors import NoInstanceError, PacketDecodeError
 from ..logs import RateLimitedLog
 from ..service import runtime
+from ..service.grpc_auth import TokenInterceptor
 from ..service.metrics import Histogram
 from ..service.periodic import Periodic
 from ..service.snapshot import MetricsSnapshot
-from ..wire import ACCEPTED, SERVICE, error_packet
+from ..wire import ACCEPTED, INFER, INFER_RESULT, INFER_STREAM, SERVICE, error_packet
 from .config import ExecutorConfig, InstanceSpec
 from .discovery import Discovery
 from .links import (
@@ -68,6 +70,7 @@ log = logging.getLogger("aios_fast.executor")
 TASK_EVENTS = ("received", "accepted", "completed", "failed", "retried", "rejected", "lost",
                "invalid", "timed_out", "cancelled")  # fmt: skip
 MAX_EJECTION = 300.0  # seconds, however often an instance was ejected
+DEADLINE_SLACK = 0.05  # seconds past a caller's deadline before the executor gives up
 
 
 @dataclass(eq=False)
@@ -132,8 +135,11 @@ class Executor:
         self.discovery: Discovery | None = None
         self.services: ExecutorServices | None = None  # management and metrics, when served
         self.draining = False  # stopping: new calls get UNAVAILABLE
-        self.link_settings = LinkSettings(config.link_linger, config.max_message,
-                                          config.link_keepalive, config.task_timeout)  # fmt: skip
+        token = config.auth.any_token("infer")
+        self.link_settings = LinkSettings(
+            config.link_linger, config.max_message, config.link_keepalive, config.task_timeout,
+            ((("authorization", bearer(token)),) if token else ()),
+        )  # fmt: skip
         self._expiry = Periodic(self._expire_tasks, min(1.0, max(config.task_timeout / 4, 0.05)),
                                 log, "task timeout sweep")  # fmt: skip
         self._log = RateLimitedLog(log, 5.0)
@@ -350,7 +356,11 @@ class Executor:
         if not targets:
             return
         if self._http is None:
-            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.0))
+            token = self.config.auth.any_token("read")
+            headers = {"Authorization": bearer(token)} if token else None
+            self._http = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=1.0), headers=headers
+            )
 
         async def one(record: Instance) -> None:
             try:
@@ -490,13 +500,20 @@ class Executor:
         try:
             if remaining is None:
                 return await self._run(frame, want_result, None)
-            return await asyncio.wait_for(self._run(frame, want_result, remaining), remaining)
+            # grpc itself ends the call at its deadline (cancelling this handler); the
+            # timer here is a backstop, a little later, so the two do not race
+            budget = remaining + DEADLINE_SLACK
+            return await asyncio.wait_for(self._run(frame, want_result, remaining), budget)
         except _Reject as exc:
             await context.abort(exc.code, exc.message)
         except asyncio.TimeoutError:
-            # grpc ends the call at the same deadline: abort only if it has not yet
             if not context.done():
-                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+                try:
+                    await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+                except grpc.aio.AbortError:
+                    raise
+                except Exception:  # the call ended meanwhile: nothing left to tell
+                    pass
             return b""  # the call is over: nobody reads this
 
     async def _infer(self, frame: bytes, context) -> bytes:
@@ -555,7 +572,14 @@ class Executor:
                 ("grpc.server.max_pending_requests_hard_limit", pending)]  # fmt: skip
 
     async def start(self) -> None:
-        server = grpc.aio.server(options=self._server_options())
+        cfg = self.config
+        check_bind(cfg.host, cfg.auth, cfg.insecure, "executor")
+        check_bind(cfg.http_host or cfg.host, cfg.auth, cfg.insecure, "executor management")
+        interceptors = []
+        if cfg.auth.enabled:
+            roles = {INFER: "infer", INFER_RESULT: "infer", INFER_STREAM: "infer"}
+            interceptors.append(TokenInterceptor(cfg.auth, roles, frozenset({INFER_STREAM})))
+        server = grpc.aio.server(options=self._server_options(), interceptors=interceptors)
         server.add_generic_rpc_handlers(
             (
                 grpc.method_handlers_generic_handler(

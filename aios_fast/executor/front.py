@@ -21,7 +21,8 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
-from ..service.http import MgmtRequest, fail, start_site
+from ..auth import Auth, bearer
+from ..service.http import MgmtRequest, fail, new_app, start_site
 from ..service.metrics import CONTENT_TYPE, merge_expositions
 from .services import BUILTIN_ACTIONS
 
@@ -78,8 +79,9 @@ def _merge_stats(answers: list[dict]) -> dict:
 class WorkerFront:
     """The parent's servers in front of the workers' private HTTP ports."""
 
-    def __init__(self, worker_ports: list[int]) -> None:
+    def __init__(self, worker_ports: list[int], auth: Auth | None = None) -> None:
         self.urls = [f"http://127.0.0.1:{port}" for port in worker_ports]
+        self.auth = auth or Auth()
         self._session: aiohttp.ClientSession | None = None
         self._runners: list[web.AppRunner] = []
         self.mgmt_port: int | None = None
@@ -152,11 +154,15 @@ class WorkerFront:
         return web.json_response({"healthy": True, "workers": len(self.urls)})
 
     async def start(self, host: str, mgmt_port: int | None, metrics_port: int | None) -> None:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+        token = self.auth.any_token("admin")  # the workers check tokens too
+        headers = {"Authorization": bearer(token)} if token else None
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=60), headers=headers
+        )
         for port, route in ((mgmt_port, "mgmt"), (metrics_port, "metrics")):
             if port is None:
                 continue
-            app = web.Application()
+            app = new_app(self.auth, host)
             app.router.add_get("/health", self._health)
             if route == "mgmt":
                 app.router.add_post("/mgmt", self._mgmt)

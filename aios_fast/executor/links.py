@@ -105,6 +105,7 @@ class LinkSettings:
     max_message: int = MAX_MESSAGE  # the executor's accept limit: every task fits
     keepalive: float = 2.0  # seconds between HTTP/2 pings; a ping unanswered as long fails
     run_timeout: float = 0.0  # seconds an acknowledged task may run (0: no limit)
+    metadata: tuple[tuple[str, str], ...] = ()  # sent with every call (the infer token)
 
     def channel_options(self) -> list[tuple[str, int]]:
         limit = link_limit(self.max_message)
@@ -335,7 +336,9 @@ class InstanceLink:
                                  max_bytes=LINK_BATCH_BYTES)  # fmt: skip
             reason = "the link closed"
             try:
-                call = channel.stream_stream(LINK_METHOD)(self._requests(writer))
+                call = channel.stream_stream(LINK_METHOD)(
+                    self._requests(writer), metadata=settings.metadata
+                )
                 await call.wait_for_connection()
                 self._writer = writer
                 self.leaving = False
@@ -452,7 +455,7 @@ class UnaryLink:
 
     async def _send(self, task: LinkTask, frame: bytes, timeout: float | None) -> None:
         try:
-            reply = await self._call(frame, timeout=timeout)
+            reply = await self._call(frame, timeout=timeout, metadata=self.settings.metadata)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNAVAILABLE:
                 task.refuse(_short(exc))

@@ -30,7 +30,8 @@ import msgspec
 from aiohttp import web
 
 from ..errors import AiosFastError
-from ..service.http import MgmtError, convert, mgmt_route, run_action, start_site
+from ..policy import network_safe
+from ..service.http import MgmtError, convert, mgmt_route, new_app, run_action, start_site
 from ..service.metrics import CONTENT_TYPE, Registry, counter, gauge, histogram
 from .config import InstanceSpec
 
@@ -122,10 +123,29 @@ class ExecutorServices:
             raise MgmtError(
                 f"add_instance: protocol must be 'stream' or 'unary', not {req.protocol!r}"
             )
-        if req.target.rpartition(":")[2].isdigit() is False:
-            raise MgmtError(f"add_instance: target must be host:port, not {req.target!r}")
+        for field, address in (("target", req.target), ("health", req.health)):
+            if address or field == "target":
+                self._check_address(field, address)
         self.executor.add_instance(InstanceSpec(req.id, req.target, req.protocol, req.health))
         return self._row(req.id)
+
+    def _check_address(self, field: str, address: str) -> None:
+        """host:port only (no scheme, path or credentials: the executor connects to it),
+        on a host of --allowed-host when that list is set."""
+        host, sep, port = address.rpartition(":")
+        host = host.strip("[]")
+        if (
+            not sep
+            or not host
+            or not port.isdigit()
+            or not 0 < int(port) < 65536
+            or any(c in host for c in "/@?#\\ ")
+        ):
+            raise MgmtError(f"add_instance: {field} must be host:port, not {address!r}")
+        allowed = self.executor.config.allowed_hosts
+        if allowed and host not in allowed:
+            raise MgmtError(f"add_instance: {field} host {host!r} is not an allowed host "
+                            f"({', '.join(allowed)})", 403)  # fmt: skip
 
     async def remove_instance(self, data: dict) -> dict:
         req = convert(data, _RemoveInstance, "remove_instance")
@@ -167,6 +187,13 @@ class ExecutorServices:
 
     def switch_policy(self, data: dict) -> dict:
         req = convert(data, _Policy, "switch_policy")
+        config = self.executor.config
+        started_with = (config.policy or {}).get("policyRuleURI")
+        if not config.allow_policy_paths and req.uri.strip() != started_with:
+            why = network_safe(req.uri)
+            if why:
+                raise MgmtError(f"switch_policy: {why} (start the executor with "
+                                "--allow-policy-paths to allow it)", 403)  # fmt: skip
         spec = {"policyRuleURI": req.uri, "parameters": req.parameters, "settings": req.settings}
         try:
             self.executor.switch_policy(spec)
@@ -280,7 +307,7 @@ class ExecutorServices:
         if metrics_port is not None:
             routes.setdefault(metrics_port, []).append("metrics")
         for port, kinds in routes.items():
-            app = web.Application()
+            app = new_app(self.executor.config.auth, host)
             app.router.add_get("/health", self._health)
             if "mgmt" in kinds:
                 app.router.add_post("/mgmt", mgmt_route(self.dispatch, "executor"))

@@ -31,6 +31,7 @@ async def serve(config: ExecutorConfig, ready: Callable[[Executor], None] | None
     executor = Executor(config)
     await executor.start()
     stop = runtime.signal_event()
+    runtime.reload_on_sighup(config.auth)
     if ready is not None:
         ready(executor)
     await stop.wait()
@@ -119,6 +120,8 @@ async def _parent(config: ExecutorConfig, children: list[int], pipes: list[int])
 
     for sig in runtime.STOP_SIGNALS:
         loop.add_signal_handler(sig, forward, sig)
+    # SIGHUP: the front re-reads its tokens, each worker its own
+    runtime.reload_on_sighup(config.auth, then=lambda: forward(signal.SIGHUP))
 
     def read_announce(fd: int) -> dict | None:
         with os.fdopen(fd, "rb") as f:
@@ -129,7 +132,7 @@ async def _parent(config: ExecutorConfig, children: list[int], pipes: list[int])
     infos = await asyncio.gather(*(loop.run_in_executor(None, read_announce, fd) for fd in pipes))
     front = None
     if all(infos):
-        front = WorkerFront([info["mgmt_port"] for info in infos])
+        front = WorkerFront([info["mgmt_port"] for info in infos], config.auth)
         try:
             await front.start(config.http_host or config.host, config.mgmt_port,
                               config.metrics_port)  # fmt: skip

@@ -9,22 +9,27 @@ import logging
 import os
 import sys
 
+from ..auth import Auth
 from ..errors import AiosFastError
 from ..framedb import FrameDB
 from ..service import runtime
 from ..wire import MAX_MESSAGE
 from .registration import Registration
+from .routing import OutputRouter
 from .server import InstanceServer, load_block
 
 
 async def _serve(opts) -> None:
+    auth = Auth.from_env(opts.auth_file)
     block = load_block(opts.block, json.loads(opts.init_data), json.loads(opts.parameters))
     server = InstanceServer(
         block, host=opts.host, port=opts.port, mgmt_port=opts.mgmt_port,
         max_concurrency=opts.max_concurrency, frames=FrameDB(json.loads(opts.framedb)),
-        max_message=opts.max_message,
+        max_message=opts.max_message, auth=auth, insecure=opts.insecure,
+        router=OutputRouter(auth.any_token("infer")),
     )  # fmt: skip
     await server.start()
+    runtime.reload_on_sighup(auth)
     registration = None
     if opts.register:
         advertise = opts.advertise or opts.host
@@ -62,6 +67,10 @@ def main(argv=None) -> int:
         default=MAX_MESSAGE,
         help="bytes of the largest task (and output) it takes; as the executor's",
     )
+    parser.add_argument("--auth-file", help="tokens, one 'role token' a line; re-read on "
+                        "SIGHUP (AIOS_FAST_TOKEN: one token, every role)")  # fmt: skip
+    parser.add_argument("--insecure", action="store_true",
+                        help="allow a non-loopback --host without any token")  # fmt: skip
     parser.add_argument(
         "--drain-timeout",
         type=float,

@@ -17,6 +17,7 @@ import json
 import grpc
 
 from .. import codec
+from ..auth import bearer
 from ..errors import AiosFastError
 from ..wire import ACCEPTED, INFER
 
@@ -30,7 +31,8 @@ class RoutingError(AiosFastError):
 class OutputRouter:
     """Sends output packets where their output_ptr says; keeps one client per target."""
 
-    def __init__(self) -> None:
+    def __init__(self, token: str | None = None) -> None:
+        self._metadata = (("authorization", bearer(token)),) if token else ()
         self._redis: dict[tuple[str, int], object] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
 
@@ -86,7 +88,8 @@ class OutputRouter:
         if channel is None:
             channel = self._channels[target] = grpc.aio.insecure_channel(target)
         call = channel.unary_unary(INFER)
-        reply = await call(codec.encode_message(payload), metadata=(("x-service-name", block_id),))
+        metadata = (("x-service-name", block_id), *self._metadata)
+        reply = await call(codec.encode_message(payload), metadata=metadata)
         if reply != ACCEPTED:
             raise RoutingError(f"next block {block_id!r} at {target} did not accept the task")
 

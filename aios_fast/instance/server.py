@@ -32,14 +32,27 @@ import grpc
 from aiohttp import web
 
 from .. import codec
+from ..auth import Auth, check_bind
 from ..block import Block
 from ..errors import AiosFastError, OutputTooLarge, PacketDecodeError, TaskExpired
 from ..framedb import FrameDB
+from ..service.grpc_auth import TokenInterceptor
 from ..service.hardware import hardware_families
-from ..service.http import mgmt_route, start_site
+from ..service.http import mgmt_route, new_app, start_site
 from ..service.metrics import CONTENT_TYPE, Histogram, Registry, counter, gauge, histogram
 from ..service.snapshot import MetricsSnapshot
-from ..wire import ACCEPTED, LINK_RPC, LINK_SERVICE, MAX_MESSAGE, SERVICE, link_limit, max_output
+from ..wire import (
+    ACCEPTED,
+    INFER,
+    INFER_RESULT,
+    LINK_METHOD,
+    LINK_RPC,
+    LINK_SERVICE,
+    MAX_MESSAGE,
+    SERVICE,
+    link_limit,
+    max_output,
+)
 from .link_server import LinkServer, describe
 from .routing import OutputRouter
 
@@ -94,6 +107,8 @@ class InstanceServer:
         router: OutputRouter | None = None,
         frames: FrameDB | None = None,
         max_message: int = MAX_MESSAGE,
+        auth: Auth | None = None,
+        insecure: bool = False,
     ) -> None:
         self.block = block
         if frames is not None:
@@ -103,6 +118,8 @@ class InstanceServer:
         self.mgmt_port = mgmt_port
         self.router = router or OutputRouter()
         self.max_message = max_message
+        self.auth = auth or Auth()
+        self.insecure = insecure
         self.max_output = max_output(max_message)
         self.leaving = False  # draining: takes no new task
         self._sem = asyncio.Semaphore(max_concurrency)
@@ -280,7 +297,12 @@ class InstanceServer:
                 ("grpc.server.max_pending_requests_hard_limit", 20_000)]  # fmt: skip
 
     async def start(self) -> None:
-        server = grpc.aio.server(options=self._server_options())
+        check_bind(self.host, self.auth, self.insecure, "instance")
+        interceptors = []
+        if self.auth.enabled:
+            roles = {INFER: "infer", INFER_RESULT: "infer", LINK_METHOD: "infer"}
+            interceptors.append(TokenInterceptor(self.auth, roles, frozenset({LINK_METHOD})))
+        server = grpc.aio.server(options=self._server_options(), interceptors=interceptors)
         handlers = {
             "infer": grpc.unary_unary_rpc_method_handler(self._infer),
             "infer_result": grpc.unary_unary_rpc_method_handler(self._infer_result),
@@ -297,7 +319,7 @@ class InstanceServer:
         self.port = server.add_insecure_port(f"{self.host}:{self.port}")
         await server.start()
         self._server = server
-        app = web.Application()
+        app = new_app(self.auth, self.host)
         app.router.add_get("/health", self._health)
         app.router.add_post("/mgmt", mgmt_route(self._mgmt, "instance"))
         app.router.add_get("/metrics", self._metrics)

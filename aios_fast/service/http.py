@@ -18,12 +18,15 @@ from typing import Any, TypeVar
 import msgspec
 from aiohttp import web
 
+from ..auth import Auth, AuthError, is_loopback
+
 __all__ = [
     "MgmtError",
     "MgmtRequest",
     "convert",
     "fail",
     "mgmt_route",
+    "new_app",
     "ok",
     "run_action",
     "start_site",
@@ -134,3 +137,36 @@ async def start_site(app: web.Application, host: str, port: int) -> tuple[web.Ap
         await runner.cleanup()
         raise
     return runner, site._server.sockets[0].getsockname()[1]
+
+
+def _role(request: web.Request, open_metrics: bool) -> str | None:
+    path = request.path
+    if path == "/health":
+        return None  # probes: says up or down, nothing more
+    if path == "/metrics":
+        return None if open_metrics else "read"
+    if path == "/stats" and request.method == "GET":
+        return "read"
+    return "admin"
+
+
+def new_app(auth: Auth | None, host: str) -> web.Application:
+    """An aiohttp app for a block service listening on ``host``, refusing calls without
+    the token their route needs (401/403 JSON): ``GET /health`` is open, ``GET
+    /metrics`` is open on loopback only (``read`` elsewhere), ``GET /stats`` needs
+    ``read``, anything else (``POST /mgmt``) ``admin``."""
+    if auth is None or not auth.enabled:
+        return web.Application()
+    open_metrics = is_loopback(host)
+
+    @web.middleware
+    async def check_token(request: web.Request, handler):
+        role = _role(request, open_metrics)
+        if role is not None:
+            try:
+                auth.check(request.headers.get("Authorization"), role)
+            except AuthError as exc:
+                return fail(str(exc), exc.status)
+        return await handler(request)
+
+    return web.Application(middlewares=[check_token])

@@ -7,6 +7,7 @@ import asyncio
 import ctypes
 import ctypes.util
 import gc
+import logging
 import signal
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -15,6 +16,7 @@ __all__ = [
     "STOP_SIGNALS",
     "install_uvloop",
     "release_memory",
+    "reload_on_sighup",
     "run",
     "signal_event",
     "until_signalled",
@@ -46,6 +48,23 @@ def signal_event() -> asyncio.Event:
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, event.set)
     return event
+
+
+def reload_on_sighup(auth, then=None) -> None:
+    """Re-read ``auth``'s token file on SIGHUP (a bad file keeps the tokens in force),
+    then call ``then()`` if given."""
+    log = logging.getLogger("aios_fast.auth")
+
+    def reload() -> None:
+        try:
+            auth.reload()
+            log.info("tokens re-read from %s", auth.path)
+        except Exception as exc:
+            log.error("tokens not re-read: %s", exc)
+        if then is not None:
+            then()
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
 
 
 async def until_signalled() -> None:

@@ -127,6 +127,7 @@ class AutoScaler(Sidecar):
         max_instances: int = 1,
         interval: float = 10.0,
         drain_timeout: float = 30.0,
+        hard_max: int | None = None,
         **kw,
     ) -> None:
         super().__init__(executor_url, interval=interval, **kw)
@@ -134,6 +135,9 @@ class AutoScaler(Sidecar):
         self.actuator = actuator
         self.min_instances = min_instances
         self.max_instances = max_instances
+        # set_bounds can never go past this (the block document's maxInstances, or the
+        # operator's --max-instances): management cannot start unbounded processes
+        self.hard_max = max_instances if hard_max is None else hard_max
         self.drain_timeout = drain_timeout
         self.upscaled = self.downscaled = 0
         self.actions["scale"] = self.scale
@@ -306,5 +310,9 @@ class AutoScaler(Sidecar):
             self._check_bounds(req.min_instances, req.max_instances)
         except ValueError as exc:
             raise MgmtError(str(exc)) from None
+        if req.max_instances > self.hard_max:
+            raise MgmtError(f"set_bounds: max_instances {req.max_instances} is over the "
+                            f"hard cap {self.hard_max} (the block document's maxInstances)",
+                            403)  # fmt: skip
         self.min_instances, self.max_instances = req.min_instances, req.max_instances
         return {"min_instances": self.min_instances, "max_instances": self.max_instances}

@@ -22,9 +22,10 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
+from ..auth import Auth, bearer, check_bind
 from ..errors import AiosFastError
 from ..policy import PolicyRule
-from ..service.http import MgmtError, convert, mgmt_route, run_action, start_site
+from ..service.http import MgmtError, convert, mgmt_route, new_app, run_action, start_site
 from ..service.periodic import Periodic
 
 __all__ = ["ExecutorCallError", "ExecutorClient", "Sidecar"]
@@ -39,14 +40,15 @@ class ExecutorCallError(AiosFastError):
 class ExecutorClient:
     """Calls the executor's ``POST /mgmt`` (``url`` like http://127.0.0.1:18001)."""
 
-    def __init__(self, url: str, timeout: float = 60.0) -> None:
+    def __init__(self, url: str, timeout: float = 60.0, token: str | None = None) -> None:
         self.url = url.rstrip("/") + "/mgmt"
         self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._headers = {"Authorization": bearer(token)} if token else None
         self._session: aiohttp.ClientSession | None = None
 
     async def call(self, action: str, data: dict | None = None) -> Any:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            self._session = aiohttp.ClientSession(timeout=self._timeout, headers=self._headers)
         body = {"mgmt_action": action, "mgmt_data": data or {}}
         try:
             async with self._session.post(self.url, json=body) as resp:
@@ -88,11 +90,15 @@ class Sidecar:
         policy: dict | None = None,
         block_data: dict | None = None,
         cluster_data: dict | None = None,
+        auth: Auth | None = None,
+        insecure: bool = False,
     ) -> None:
         if interval <= 0:
             raise ValueError(f"{self.name}: interval must be > 0, not {interval}")
         self.log = logging.getLogger(f"aios_fast.{self.name}")
-        self.executor = ExecutorClient(executor_url)
+        self.auth = auth or Auth()
+        self.insecure = insecure
+        self.executor = ExecutorClient(executor_url, token=self.auth.any_token("admin"))
         self.block_data = block_data or {}
         self.cluster_data = cluster_data or {}
         self.latest_metrics: dict = {"block_metrics": {}, "cluster_metrics": {}}
@@ -213,7 +219,8 @@ class Sidecar:
     async def start(self, host: str = "127.0.0.1", port: int | None = 0) -> None:
         """Start the rounds and (unless port is None) the management server."""
         if port is not None:
-            app = web.Application()
+            check_bind(host, self.auth, self.insecure, self.name)
+            app = new_app(self.auth, host)
             app.router.add_post("/mgmt", mgmt_route(self.dispatch, self.name))
             app.router.add_get("/health", self._health)
             self._runner, self.port = await start_site(app, host, port)

@@ -22,6 +22,7 @@ import time
 
 import aiohttp
 
+from ..auth import Auth
 from ..service import runtime
 from .base import Sidecar
 
@@ -149,6 +150,14 @@ def main(argv=None) -> int:
     parser.add_argument("--unhealthy-after", type=int, default=1)
     parser.add_argument("--healthy-after", type=int, default=1)
     parser.add_argument("--block", help="block document (JSON file): stabilityChecker policy")
+    parser.add_argument(
+        "--auth-file",
+        help="tokens, one 'role token' a line (AIOS_FAST_TOKEN: "
+        "one token, every role); the admin one is sent to the executor",
+    )
+    parser.add_argument(
+        "--insecure", action="store_true", help="allow a non-loopback --host without any token"
+    )
     opts = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     block = {}
@@ -160,6 +169,8 @@ def main(argv=None) -> int:
     async def run() -> None:
         checker = HealthChecker(
             opts.executor,
+            auth=Auth.from_env(opts.auth_file),
+            insecure=opts.insecure,
             interval=opts.interval,
             timeout=opts.timeout,
             unhealthy_after=opts.unhealthy_after,

@@ -1,0 +1,295 @@
+"""Tokens, roles, safe binding and a management API that cannot run code, against real
+processes (issue: security). Tokens come from a token file with one token per role."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import grpc
+import pytest
+
+from aios_fast import auth
+from aios_fast.sidecars.actuator import LocalActuator
+from aios_fast.sidecars.autoscale import AutoScaler
+from aios_fast.sidecars.healthcheck import HealthChecker
+
+from .procs import ROOT, frame, free_port, http, start_executor, start_instance
+
+TOKENS = {role: f"{role}-token-{'x' * 20}" for role in ("infer", "admin", "read")}
+
+
+@pytest.fixture(scope="module")
+def token_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("auth") / "tokens"
+    path.write_text("".join(f"{role} {token}\n" for role, token in TOKENS.items()))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def block(token_file):
+    instance = start_instance("aios_fast.block:EchoBlock", None, "--auth-file", token_file)
+    executor, port = start_executor({"i": instance.info}, "--auth-file", token_file,
+                                    token=TOKENS["infer"])  # fmt: skip
+    yield executor, port, instance
+    executor.stop()
+    instance.stop()
+
+
+def grpc_code(port: int, method: str, token: str | None, stream: bool = False):
+    metadata = (("authorization", auth.bearer(token)),) if token else None
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        try:
+            if stream:
+                call = ch.stream_stream(f"/InferenceProxy/{method}")
+                list(call(iter([frame()]), timeout=10, metadata=metadata))
+            else:
+                ch.unary_unary(f"/InferenceProxy/{method}")(frame(), timeout=10,
+                                                            metadata=metadata)  # fmt: skip
+        except grpc.RpcError as exc:
+            return exc.code()
+    return grpc.StatusCode.OK
+
+
+def post(port: int, token: str | None, action: str = "status", data: dict | None = None,
+         path: str = "/mgmt") -> tuple[int, dict]:  # fmt: skip
+    import urllib.error
+    import urllib.request
+
+    body = json.dumps({"mgmt_action": action, "mgmt_data": data or {}}).encode()
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = auth.bearer(token)
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", body, headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def get(port: int, path: str, token: str | None = None) -> int:
+    import urllib.error
+    import urllib.request
+
+    headers = {"Authorization": auth.bearer(token)} if token else {}
+    try:
+        with urllib.request.urlopen(
+            urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers), timeout=10
+        ) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+UNAUTH, DENIED, OK = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
+                      grpc.StatusCode.OK)  # fmt: skip
+
+
+@pytest.mark.parametrize("method,stream", [("infer", False), ("infer_result", False),
+                                           ("infer_stream", True)])  # fmt: skip
+def test_executor_grpc_needs_the_infer_role(block, method, stream):
+    _, port, _ = block
+    assert grpc_code(port, method, None, stream) == UNAUTH
+    assert grpc_code(port, method, "not-a-token-but-long-enough", stream) == UNAUTH
+    assert grpc_code(port, method, TOKENS["read"], stream) == DENIED
+    assert grpc_code(port, method, TOKENS["admin"], stream) == DENIED
+    assert grpc_code(port, method, TOKENS["infer"], stream) == OK
+
+
+def test_instance_grpc_needs_the_infer_role(block):
+    _, _, instance = block
+    port = instance.info["port"]
+    assert grpc_code(port, "infer_result", None) == UNAUTH
+    assert grpc_code(port, "infer_result", TOKENS["admin"]) == DENIED
+    assert grpc_code(port, "infer_result", TOKENS["infer"]) == OK
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:  # the link itself
+        call = ch.stream_stream("/aios.InstanceLink/Tasks")(iter([]), timeout=5)
+        with pytest.raises(grpc.RpcError) as err:
+            list(call)
+        assert err.value.code() == UNAUTH
+
+
+def test_http_endpoints_by_role(block):
+    executor, _, instance = block
+    for mgmt_port in (executor.info["mgmt_port"], instance.info["mgmt_port"]):
+        assert post(mgmt_port, None, "stats")[0] == 401
+        status, body = post(mgmt_port, TOKENS["infer"], "stats")
+        assert status == 403 and "admin" in body["message"]
+        assert post(mgmt_port, TOKENS["read"], "stats")[0] == 403
+        assert get(mgmt_port, "/health") in (200, 503)  # probes need no token
+    assert post(executor.info["mgmt_port"], TOKENS["admin"], "stats")[0] == 200
+    # metrics are open on loopback; an instance's /stats needs the read role
+    assert get(executor.info["metrics_port"], "/metrics") == 200
+    assert get(instance.info["mgmt_port"], "/stats") == 401
+    assert get(instance.info["mgmt_port"], "/stats", TOKENS["infer"]) == 403
+    assert get(instance.info["mgmt_port"], "/stats", TOKENS["read"]) == 200
+
+
+def test_sidecars_need_the_admin_role(token_file):
+    tokens = auth.Auth({TOKENS["admin"]: ("admin",), TOKENS["read"]: ("read",)})
+
+    async def run():
+        checker = HealthChecker("http://127.0.0.1:1", interval=60, auth=tokens)
+        scaler = AutoScaler("http://127.0.0.1:1", LocalActuator("aios_fast.block:EchoBlock"),
+                            interval=60, max_instances=2, auth=tokens)  # fmt: skip
+        await checker.start("127.0.0.1", 0)
+        await scaler.start("127.0.0.1", 0)
+        loop = asyncio.get_running_loop()
+        try:
+            out = []
+            for sidecar in (checker, scaler):
+                for token in (None, TOKENS["read"], TOKENS["admin"]):
+                    out.append(await loop.run_in_executor(
+                        None, lambda t=token, p=sidecar.port: post(p, t)[0]))  # fmt: skip
+            return out
+        finally:
+            await checker.stop()
+            await scaler.stop()
+
+    assert asyncio.run(run()) == [401, 403, 200, 401, 403, 200]
+
+
+def test_management_cannot_load_code_or_point_anywhere(block, tmp_path):
+    executor, _, _ = block
+    mp = executor.info["mgmt_port"]
+    admin = TOKENS["admin"]
+    evil = tmp_path / "evil.py"
+    evil.write_text("import os\nos.system('touch /tmp/aios-owned')\n")
+    for uri in (
+        str(evil),
+        "os:system",
+        "tests.policies.sticky_module",
+        str(tmp_path),
+        "file:" + str(evil),
+    ):
+        status, body = post(mp, admin, "switch_policy", {"policyRuleURI": uri})
+        assert status == 403 and "--allow-policy-paths" in body["message"], (uri, body)
+    assert post(mp, admin, "switch_policy", {"policyRuleURI": "builtin:least_outstanding"})[0] \
+        == 200  # fmt: skip
+    for target in ("http://127.0.0.1:80/x", "user@127.0.0.1:80", "127.0.0.1:0",
+                   "127.0.0.1:99999", "127.0.0.1/x:80"):  # fmt: skip
+        status, body = post(mp, admin, "add_instance", {"id": "x", "target": target})
+        assert status == 400 and "host:port" in body["message"], (target, body)
+    status, body = post(
+        mp,
+        admin,
+        "add_instance",
+        {"id": "x", "target": "127.0.0.1:1", "health": "http://169.254.169.254/"},
+    )
+    assert status == 400, body
+
+
+def test_allowed_hosts_and_policy_paths_when_the_operator_allows(token_file):
+    instance = start_instance("aios_fast.block:EchoBlock", None, "--auth-file", token_file)
+    executor, _ = start_executor({}, "--auth-file", token_file, "--allowed-host", "127.0.0.1",
+                                 "--allow-policy-paths", token=TOKENS["infer"])  # fmt: skip
+    try:
+        mp, admin = executor.info["mgmt_port"], TOKENS["admin"]
+        status, body = post(mp, admin, "add_instance",
+                            {"id": "x", "target": "10.0.0.1:50051"})  # fmt: skip
+        assert status == 403 and "allowed host" in body["message"]
+        status, body = post(
+            mp, admin, "add_instance", {"id": "i", "target": f"127.0.0.1:{instance.info['port']}"}
+        )
+        assert status == 200, body
+        uri = "tests.policies.sticky_module"
+        assert post(mp, admin, "switch_policy", {"policyRuleURI": uri})[0] == 200
+    finally:
+        executor.stop()
+        instance.stop()
+
+
+def test_scaler_bounds_never_pass_the_block_document():
+    async def run():
+        scaler = AutoScaler("http://127.0.0.1:1", LocalActuator("aios_fast.block:EchoBlock"),
+                            interval=60, min_instances=1, max_instances=3)  # fmt: skip
+        return scaler.set_bounds({"min_instances": 1, "max_instances": 3}), scaler
+
+    ok, scaler = asyncio.run(run())
+    assert ok == {"min_instances": 1, "max_instances": 3}
+    from aios_fast.service.http import MgmtError
+
+    with pytest.raises(MgmtError) as err:
+        scaler.set_bounds({"min_instances": 1, "max_instances": 100_000})
+    assert err.value.status == 403 and "hard cap 3" in str(err.value)
+
+
+def _listening_on(port: int) -> set[str]:
+    """The local addresses listening on TCP ``port`` (from /proc/net/tcp, tcp6)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            next(f)
+            for line in f:
+                local, state = line.split()[1], line.split()[3]
+                address, hex_port = local.rsplit(":", 1)
+                if state == "0A" and int(hex_port, 16) == port:  # LISTEN
+                    found.add(address)
+    return found
+
+
+def test_no_token_means_loopback_only():
+    """0.0.0.0 without a token: one clear line, exit 2; with --insecure it starts, and
+    management stays on 127.0.0.1 either way (--http-host)."""
+    port = free_port()
+    env = {k: v for k, v in __import__("os").environ.items() if k != auth.ENV_TOKEN}
+    env["PYTHONPATH"] = str(ROOT)
+    args = [sys.executable, "-m", "aios_fast.executor", "--host", "0.0.0.0", "--port",
+            str(port), "--workers", "1", "--mgmt-port", "0", "--metrics-port", "0"]  # fmt: skip
+    out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "refusing to listen on 0.0.0.0" in lines[0], out.stderr
+    proc = subprocess.Popen([*args, "--insecure"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT)  # fmt: skip
+    try:
+        info = json.loads(proc.stdout.readline())
+        any_address = {"00000000", "0" * 32}  # 0.0.0.0, or [::] (dual stack)
+        assert _listening_on(info["port"]) & any_address  # gRPC: everywhere, as asked
+        assert _listening_on(info["mgmt_port"]) == {"0100007F"}  # management: 127.0.0.1
+        assert _listening_on(info["metrics_port"]) == {"0100007F"}
+        assert http(f"http://127.0.0.1:{info['mgmt_port']}/health")[0] == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+
+
+def test_token_file_is_reread_on_sighup(tmp_path):
+    path = tmp_path / "tokens"
+    old, new = "admin-old-" + "y" * 20, "admin-new-" + "z" * 20
+    path.write_text(f"* {old}\n")
+    instance = start_instance("aios_fast.block:EchoBlock", None, "--auth-file", str(path))
+    try:
+        mp = instance.info["mgmt_port"]
+        assert get(mp, "/stats", old) == 200
+        path.write_text(f"* {new}\n")
+        instance.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while get(mp, "/stats", new) != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert get(mp, "/stats", new) == 200 and get(mp, "/stats", old) == 401
+        path.write_text("nonsense line here\n")  # a broken file keeps the tokens in force
+        instance.signal(signal.SIGHUP)
+        time.sleep(0.5)
+        assert get(mp, "/stats", new) == 200
+    finally:
+        instance.stop()
+    assert "tokens not re-read" in instance.p.stderr.read()
+
+
+def test_token_file_errors_are_one_line(tmp_path):
+    path = tmp_path / "tokens"
+    path.write_text("superuser abcdefghijklmnopqrstuvwxyz\n")
+    args = [sys.executable, "-m", "aios_fast.executor", "--port", str(free_port()),
+            "--auth-file", str(path), "--workers", "1"]  # fmt: skip
+    out = subprocess.run(args, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"executor: cannot start: {path}:1: unknown role 'superuser' (roles: infer, admin, "
+        "read, or *)"
+    ]
