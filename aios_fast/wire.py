@@ -23,6 +23,8 @@ carries as many tasks or replies as were ready when the writer last woke up::
         kind TASK:    payload = the caller's InferenceMessage; timeout = seconds the
                       caller still waits (0: no deadline); the instance skips it once
                       that has passed
+        kind FIRE:    as TASK, but nobody waits for the output (``infer``): the result
+                      reply carries b"" (output_ptr routing still happens there)
         kind CANCEL:  the caller gave up on task_id (payload b"", timeout 0)
     instance -> executor:  [[task_id, kind, payload], ...]
         kind ACK:       the instance took the task (payload b"")
@@ -30,11 +32,15 @@ carries as many tasks or replies as were ready when the writer last woke up::
         kind ERROR:     the block failed; payload = the error message (UTF-8): INTERNAL
         kind EXPIRED:   its deadline passed before it ran: DEADLINE_EXCEEDED
         kind TOO_LARGE: its output is over the message limit: RESOURCE_EXHAUSTED
-        kind REFUSED:   not taken (the instance is leaving): retry it elsewhere
+        kind REFUSED:   not run (the instance is leaving; before or after its ACK):
+                        run it elsewhere
         kind LEAVING:   (task_id 0) the instance drains: send it nothing more; it
                         finishes what it took, then ends the stream
 
-Both directions send raw bytes through grpc (no protobuf objects).
+Both directions send raw bytes through grpc (no protobuf objects). Each side says its
+message limit in the stream's metadata (``LIMIT_HEADER``; the executor's also bounds
+the outputs the instance sends back), so a task or output one side could not take is
+refused alone instead of breaking the stream.
 
 Instance registration (Redis): the key ``instance_key(block, instance)`` holds
 ``{"target": "host:port", "mgmt": "host:port"}`` with a TTL.
@@ -52,11 +58,13 @@ __all__ = [
     "CANCEL",
     "ERROR",
     "EXPIRED",
+    "FIRE",
     "INFER",
     "INFER_RESULT",
     "INFER_STREAM",
     "ITEM_OVERHEAD",
     "LEAVING",
+    "LIMIT_HEADER",
     "LINK_BATCH_BYTES",
     "LINK_METHOD",
     "LINK_RPC",
@@ -121,7 +129,8 @@ def read_error(packet) -> tuple[str, str] | None:
 LINK_SERVICE = "aios.InstanceLink"
 LINK_RPC = "Tasks"
 LINK_METHOD = f"/{LINK_SERVICE}/{LINK_RPC}"
-TASK, CANCEL = 0, 1
+TASK, CANCEL, FIRE = 0, 1, 2
+LIMIT_HEADER = "x-aios-max-message"  # link metadata: the sender's --max-message
 ACK, RESULT, ERROR, EXPIRED, TOO_LARGE, REFUSED, LEAVING = 0, 1, 2, 3, 4, 5, 6
 LINK_BATCH_BYTES = 1024 * 1024  # a batch fills up to this, unless one item is larger
 ITEM_OVERHEAD = 32  # msgpack bytes around one item's payload, at most (ids, kinds, floats)

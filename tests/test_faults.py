@@ -190,6 +190,9 @@ def test_task_timeout_ejects_an_outlier_and_never_more_than_allowed():
         rows = {r["id"]: r for r in mgmt(executor.info["mgmt_port"], "list_instances")[1]["data"]}
         assert rows["wedged"]["ejected"] is True and rows["wedged"]["ejections"] == 1
         assert rows["wedged"]["available"] is False and rows["fine"]["ejected"] is False
+        # a policy switch keeps the ejection in force
+        mp = executor.info["mgmt_port"]
+        assert mgmt(mp, "switch_policy", {"policyRuleURI": "builtin:least_outstanding"})[0] == 200
         after = asyncio.run(gather_calls(port, [("infer_result", frame("a", i), 10)
                                                 for i in range(20)]))  # fmt: skip
         assert all(isinstance(r, bytes) for r in after)
@@ -348,3 +351,90 @@ def test_a_burst_of_10000_calls_is_answered_and_memory_comes_back():
         executor.stop()
         for p in instances:
             p.stop()
+
+
+def test_executor_and_instance_limits_differ():
+    """Each side says its --max-message on the link: a task over the instance's limit,
+    or an output over the executor's, fails alone (RESOURCE_EXHAUSTED) instead of
+    breaking the link; an infer task's output is not shipped back at all."""
+    small = start_instance(CONTROL, None, "--max-message", str(4 << 20))
+    executor, port = start_executor({"small": small.info["port"]}, "--max-message", str(8 << 20))
+    big = start_instance(CONTROL, None, "--max-message", str(8 << 20))
+    executor2, port2 = start_executor({"big": big.info["port"]}, "--max-message", str(2 << 20))
+    try:
+        calls = [("infer_result", frame("s", i, order(sleep=0.3)), 30) for i in range(40)]
+        calls.append(("infer_result", sized_frame(6 << 20, out_bytes=10), 30))
+        results = asyncio.run(gather_calls(port, calls))
+        assert all(isinstance(r, bytes) for r in results[:40]), results[:40]
+        assert results[40][0] == grpc.StatusCode.RESOURCE_EXHAUSTED, results[40]
+        calls = [("infer_result", frame("s", i, order(sleep=0.3)), 30) for i in range(20)]
+        calls += [("infer_result", frame("o", 1, order(out_bytes=3 << 20)), 30),
+                  ("infer", frame("o", 2, order(out_bytes=3 << 20)), 30)]  # fmt: skip
+        results = asyncio.run(gather_calls(port2, calls))
+        assert all(isinstance(r, bytes) for r in results[:20]), results[:20]
+        assert results[20][0] == grpc.StatusCode.RESOURCE_EXHAUSTED, results[20]
+        assert results[21] == wire.ACCEPTED
+        time.sleep(0.5)
+        for ex in (executor, executor2):
+            tasks = stats(ex)["tasks"]
+            assert tasks["lost"] == 0, tasks
+            rows = stats(ex)["instances"].values()
+            assert all(r["up"] and not r["ejected"] and r["lost"] == 0 for r in rows), rows
+        assert stats(executor2)["tasks"]["failed"] == 1  # only infer_result: infer ships no output
+    finally:
+        executor.stop()
+        executor2.stop()
+        small.stop()
+        big.stop()
+
+
+def test_a_short_drain_gives_back_the_tasks_it_did_not_start():
+    """An instance that runs 4 tasks at a time, SIGTERMed with 100 queued on it: the 4
+    running finish there, the queued ones are given back and run on the other one."""
+    leaving = start_instance(CONTROL, None, "--max-concurrency", "4", "--drain-timeout", "5")
+    staying = start_instance(CONTROL)
+    executor, port = start_executor({"leaving": leaving.info["port"],
+                                     "staying": staying.info["port"]})  # fmt: skip
+    try:
+
+        async def run():
+            calls = [
+                ("infer_result" if i % 3 else "infer", frame("q", i, order(sleep=1.0)), 60)
+                for i in range(200)
+            ]
+            batch = asyncio.ensure_future(gather_calls(port, calls))
+            await asyncio.sleep(0.5)
+            leaving.signal(signal.SIGTERM)
+            return await batch
+
+        results = asyncio.run(run())
+        assert [r for r in results if not isinstance(r, bytes)] == []
+        assert leaving.p.wait(30) == 0
+        deadline = time.monotonic() + 20
+        while stats(executor)["inflight"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.5)  # infer tasks given back run on the other instance
+        tasks = stats(executor)["tasks"]
+        assert tasks["lost"] == 0 and tasks["failed"] == 0, tasks
+        assert tasks["retried"] >= 50, tasks  # the queued ones went to the other instance
+        done = json.loads(get_text(f"http://127.0.0.1:{staying.info['mgmt_port']}/stats"))
+        gone = [line for line in leaving.p.stderr.read().splitlines() if "unfinished" in line]
+        assert gone == []
+        assert done["completed"] >= 150, done
+    finally:
+        executor.stop()
+        leaving.stop()
+        staying.stop()
+
+
+def test_the_last_instance_is_never_ejected():
+    wedged = start_instance("tests.blocks:HangBlock")
+    executor, port = start_executor({"only": wedged.info["port"]}, "--task-timeout", "0.3",
+                                    "--eject-after", "1")  # fmt: skip
+    try:
+        asyncio.run(gather_calls(port, [("infer_result", frame("t", i), 5) for i in range(4)]))
+        rows = mgmt(executor.info["mgmt_port"], "list_instances")[1]["data"]
+        assert rows[0]["ejected"] is False and rows[0]["available"] is True
+    finally:
+        executor.stop()
+        wedged.stop()

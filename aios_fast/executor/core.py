@@ -48,7 +48,15 @@ from ..service.grpc_auth import TokenInterceptor
 from ..service.metrics import Histogram
 from ..service.periodic import Periodic
 from ..service.snapshot import MetricsSnapshot
-from ..wire import ACCEPTED, INFER, INFER_RESULT, INFER_STREAM, SERVICE, error_packet
+from ..wire import (
+    ACCEPTED,
+    INFER,
+    INFER_RESULT,
+    INFER_STREAM,
+    SERVICE,
+    error_packet,
+    max_output,
+)
 from .config import ExecutorConfig, InstanceSpec
 from .discovery import Discovery
 from .links import (
@@ -59,7 +67,9 @@ from .links import (
     TaskFailed,
     TaskLost,
     TaskNotAccepted,
+    TaskReturned,
     TaskTimedOut,
+    TaskTooLarge,
     UnaryLink,
 )
 from .services import ExecutorServices
@@ -71,6 +81,7 @@ TASK_EVENTS = ("received", "accepted", "completed", "failed", "retried", "reject
                "invalid", "timed_out", "cancelled")  # fmt: skip
 MAX_EJECTION = 300.0  # seconds, however often an instance was ejected
 DEADLINE_SLACK = 0.05  # seconds past a caller's deadline before the executor gives up
+STREAM_WINDOW = 1024  # tasks of one infer_stream started and not yet read by its caller
 
 
 @dataclass(eq=False)
@@ -143,6 +154,8 @@ class Executor:
         self._expiry = Periodic(self._expire_tasks, min(1.0, max(config.task_timeout / 4, 0.05)),
                                 log, "task timeout sweep")  # fmt: skip
         self._log = RateLimitedLog(log, 5.0)
+        self._max_output = max_output(config.max_message)
+        self._background: set[asyncio.Task] = set()  # infer tasks being run elsewhere
         self._trimmed_at = 0  # tasks received when memory was last released
         self._trim = Periodic(self._release_memory, 2.0, log, "memory release")
 
@@ -243,7 +256,9 @@ class Executor:
         would eject more than eject_max_percent of the instances (at least one may go)."""
         cfg = self.config
         ejected = sum(r.ejected for r in self.instances.values())
-        if ejected + 1 > max(1, len(self.instances) * cfg.eject_max_percent // 100):
+        n = len(self.instances)
+        allowed = max(1, n * cfg.eject_max_percent // 100) if n > 1 else 0  # never the last
+        if ejected + 1 > allowed:
             self._log.warning(f"instance {record.id}", f"{record.failures} failures in a row; "
                               "not ejected: too many instances are ejected already")  # fmt: skip
             return
@@ -270,7 +285,7 @@ class Executor:
     async def _release_memory(self) -> None:
         """After a burst, once idle: return the freed memory (runtime.release_memory)."""
         received = self.stats["received"]
-        if self.inflight == 0 and received - self._trimmed_at >= 1000:
+        if self.inflight == 0 and received != self._trimmed_at:
             self._trimmed_at = received
             runtime.release_memory()
 
@@ -333,7 +348,7 @@ class Executor:
         old = self.balancer
         for iid, record in self.instances.items():
             new.add(iid, record.weight)
-            new.set_healthy(iid, record.link.up and record.healthy)
+            new.set_healthy(iid, record.available)
             new.set_draining(iid, record.draining)
             for _ in range(old.state(iid)["outstanding"]):
                 new.on_dispatch(iid)
@@ -401,6 +416,8 @@ class Executor:
                 await task.accepted
                 self.latency["accept"].observe(task.t_ack - t0)
                 return task
+            except TaskTooLarge as exc:
+                raise _Reject(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
             except TaskNotAccepted as exc:
                 last = exc
                 if attempt < self.config.max_retries:
@@ -439,6 +456,11 @@ class Executor:
                 self._eject(record)
         if task.result is not None or isinstance(exc, TaskNotAccepted):
             return  # a waiting caller (or the retry loop) hears of it
+        if isinstance(exc, TaskReturned):  # an infer task given back unrun: run it elsewhere
+            self.stats["retried"] += 1
+            self._background.add(t := asyncio.ensure_future(self._rerun(task.frame)))
+            t.add_done_callback(self._background.discard)
+            return
         # an infer task, whose caller was answered at acceptance
         if exc is None:
             self.stats["completed"] += 1
@@ -448,6 +470,14 @@ class Executor:
         else:
             self.stats["failed"] += 1
             self._log.error(f"tasks on {task.instance_id}", f"failed: {exc}")
+
+    async def _rerun(self, frame: bytes) -> None:
+        """An ``infer`` task an instance gave back: its caller has its answer already."""
+        try:
+            await self._dispatch(frame, codec.decode_message(frame), False, perf_counter(), 0.0)
+        except _Reject as exc:
+            self.stats["lost"] += 1
+            self._log.error("tasks given back", f"could not be run elsewhere: {exc.message}")
 
     async def _run(self, frame: bytes, want_result: bool, timeout: float | None) -> bytes:
         """One task: the bytes to answer with, or _Reject. ``timeout``: seconds the
@@ -477,7 +507,13 @@ class Executor:
             if not want_result:
                 return ACCEPTED
             try:
-                out = await task.result
+                while True:
+                    try:
+                        out = await task.result
+                        break
+                    except TaskReturned:  # given back unrun by an instance that is leaving
+                        self.stats["retried"] += 1
+                        task = await self._dispatch(frame, packet, True, t0, budget)
             except TaskLost as exc:
                 self.stats["lost"] += 1
                 raise _Reject(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
@@ -488,6 +524,11 @@ class Executor:
                 self.stats["cancelled"] += 1
                 task.cancel()
                 raise
+            if len(out) > self._max_output:  # an instance whose limit is larger than ours
+                self.stats["failed"] += 1
+                raise _Reject(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"output of {len(out):,} bytes is over the {self._max_output:,}"
+                              "-byte limit")  # fmt: skip
             self.stats["completed"] += 1
             return codec.encode_message(out)
         finally:
@@ -527,6 +568,8 @@ class Executor:
         (``wire.error_packet``) for a task that failed: one bad task fails alone."""
         results: asyncio.Queue = asyncio.Queue()
         pending: set[asyncio.Task] = set()
+        # back-pressure: a caller that does not read its answers stops being read
+        window = asyncio.Semaphore(STREAM_WINDOW)
 
         async def one(frame: bytes) -> None:
             try:
@@ -541,6 +584,7 @@ class Executor:
 
         async def read() -> None:
             async for frame in requests:
+                await window.acquire()
                 t = asyncio.ensure_future(one(frame))
                 pending.add(t)
                 t.add_done_callback(pending.discard)
@@ -552,6 +596,7 @@ class Executor:
         try:
             while (item := await results.get()) is not None:
                 yield item
+                window.release()
         finally:
             reader.cancel()
             for t in list(pending):  # the caller left: its tasks are cancelled too

@@ -32,9 +32,11 @@ from ..wire import (
     CANCEL,
     ERROR,
     EXPIRED,
+    FIRE,
     INFER,
     ITEM_OVERHEAD,
     LEAVING,
+    LIMIT_HEADER,
     LINK_BATCH_BYTES,
     LINK_METHOD,
     MAX_MESSAGE,
@@ -56,7 +58,9 @@ __all__ = [
     "TaskFailed",
     "TaskLost",
     "TaskNotAccepted",
+    "TaskReturned",
     "TaskTimedOut",
+    "TaskTooLarge",
     "UnaryLink",
 ]
 
@@ -67,6 +71,15 @@ BUSY_INFLIGHT = 2  # tasks in flight on a link from which it counts as loaded
 
 class TaskNotAccepted(AiosFastError):
     """The instance never acknowledged the task: it may be retried on another instance."""
+
+
+class TaskTooLarge(TaskNotAccepted):
+    """The task is over the instance's message limit (RESOURCE_EXHAUSTED, not retried)."""
+
+
+class TaskReturned(AiosFastError):
+    """The instance took the task, then gave it back unrun (it is leaving): run it
+    elsewhere."""
 
 
 class TaskLost(AiosFastError):
@@ -105,7 +118,11 @@ class LinkSettings:
     max_message: int = MAX_MESSAGE  # the executor's accept limit: every task fits
     keepalive: float = 2.0  # seconds between HTTP/2 pings; a ping unanswered as long fails
     run_timeout: float = 0.0  # seconds an acknowledged task may run (0: no limit)
-    metadata: tuple[tuple[str, str], ...] = ()  # sent with every call (the infer token)
+    token_metadata: tuple[tuple[str, str], ...] = ()  # sent with every call (infer token)
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return ((LIMIT_HEADER, str(self.max_message)), *self.token_metadata)
 
     def channel_options(self) -> list[tuple[str, int]]:
         limit = link_limit(self.max_message)
@@ -129,12 +146,14 @@ class LinkTask:
     raises TaskNotAccepted); ``result`` (None for ``infer`` tasks, whose caller was
     answered at acceptance) resolves with the output packet bytes or the failure."""
 
-    __slots__ = ("_on_settled", "accepted", "id", "instance_id", "link", "result", "settled",
-                 "t0", "t_ack")  # fmt: skip
+    __slots__ = ("_on_settled", "accepted", "frame", "id", "instance_id", "link", "result",
+                 "settled", "t0", "t_ack")  # fmt: skip
 
-    def __init__(self, link: Link, want_result: bool, on_settled: OnSettled) -> None:
+    def __init__(self, link: Link, want_result: bool, on_settled: OnSettled,
+                 frame: bytes = b"") -> None:  # fmt: skip
         loop = asyncio.get_running_loop()
         self.id = next(_ids)
+        self.frame = frame  # kept (no copy) to run it elsewhere if it is given back
         self.link = link
         self.instance_id = link.instance_id
         self.accepted: asyncio.Future = loop.create_future()
@@ -155,9 +174,9 @@ class LinkTask:
         self._on_settled(self, exc)
         return True
 
-    def refuse(self, why: str) -> None:
+    def refuse(self, why: str, kind: type[TaskNotAccepted] = TaskNotAccepted) -> None:
         """Never acknowledged: settled with TaskNotAccepted (the caller may retry)."""
-        exc = TaskNotAccepted(f"{self.instance_id}: {why}")
+        exc = kind(f"{self.instance_id}: {why}")
         if not self.accepted.done():
             self.accepted.set_exception(exc)
         self._settle(exc)
@@ -221,6 +240,7 @@ class InstanceLink:
         self.up = False
         self.leaving = False  # the instance said it drains: no new tasks
         self.settings = settings or LinkSettings()
+        self.peer_limit = self.settings.max_message  # the instance's, once it says
         self._on_state = on_state
         self._on_settled = on_settled
         self._pending: dict[int, LinkTask] = {}
@@ -244,13 +264,18 @@ class InstanceLink:
         self._runner = asyncio.ensure_future(self._run())
 
     def submit(self, frame: bytes, want_result: bool, timeout: float = 0.0) -> LinkTask:
-        task = LinkTask(self, want_result, self._on_settled)
+        task = LinkTask(self, want_result, self._on_settled, frame)
         if not self.up or self._writer is None:
             task.refuse("link is down")
             return task
+        if len(frame) > self.peer_limit:
+            task.refuse(f"the task's {len(frame):,} bytes are over this instance's "
+                        f"{self.peer_limit:,}-byte limit", TaskTooLarge)  # fmt: skip
+            return task
         self._pending[task.id] = task
         self.tasks_sent += 1
-        self._writer.put((task.id, TASK, frame, timeout), len(frame) + ITEM_OVERHEAD)
+        kind = TASK if want_result else FIRE
+        self._writer.put((task.id, kind, frame, timeout), len(frame) + ITEM_OVERHEAD)
         return task
 
     def cancel(self, task: LinkTask) -> None:
@@ -297,7 +322,11 @@ class InstanceLink:
             return
         del self._pending[task_id]
         if kind == REFUSED:
-            task.refuse("the instance is leaving")
+            if task_id in self._acked:  # taken, then given back unrun
+                self._acked.discard(task_id)
+                task.finish(None, TaskReturned(f"{self.instance_id} gave the task back"))
+            else:
+                task.refuse("the instance is leaving")
             return
         if task_id in self._acked:
             self._acked.discard(task_id)
@@ -340,6 +369,7 @@ class InstanceLink:
                     self._requests(writer), metadata=settings.metadata
                 )
                 await call.wait_for_connection()
+                self.peer_limit = _peer_limit(await call.initial_metadata(), settings)
                 self._writer = writer
                 self.leaving = False
                 self._set_up(True)
@@ -364,10 +394,9 @@ class InstanceLink:
                 await channel.close()
             if not self._closing:
                 if self.leaving:
-                    log.info("instance %s left", self.instance_id)
-                else:
-                    self._log.warning(f"instance {self.instance_id} at {self.target}",
-                                      f"{reason}; reconnecting")  # fmt: skip
+                    reason = "it left (drained); reconnecting while it is away"
+                self._log.warning(f"instance {self.instance_id} at {self.target}",
+                                  f"{reason}; reconnecting")  # fmt: skip
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
 
@@ -380,6 +409,14 @@ class InstanceLink:
             except asyncio.CancelledError:
                 pass
         self._fail_all("the link was closed by the executor")
+
+
+def _peer_limit(metadata, settings: LinkSettings) -> int:
+    """The instance's --max-message from its stream metadata (else ours)."""
+    for key, value in metadata or ():
+        if key == LIMIT_HEADER and value.isdigit():
+            return int(value)
+    return settings.max_message
 
 
 def _short(exc: Exception) -> str:
@@ -436,7 +473,7 @@ class UnaryLink:
             state = self._channel.get_state(try_to_connect=True)
 
     def submit(self, frame: bytes, want_result: bool, timeout: float = 0.0) -> LinkTask:
-        task = LinkTask(self, want_result, self._on_settled)
+        task = LinkTask(self, want_result, self._on_settled, frame)
         self.tasks_sent += 1
         limits = [t for t in (timeout, self.settings.run_timeout) if t > 0]
         runner = asyncio.ensure_future(self._send(task, frame, min(limits) if limits else None))

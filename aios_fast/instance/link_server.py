@@ -4,8 +4,13 @@ Replies go out in batches (at most ``LINK_BATCH_BYTES`` unless one result is lar
 an ACK whose task's result is in the same batch is dropped (a result implies
 acceptance). A task whose caller's deadline passes before it can start is skipped
 (EXPIRED); a CANCEL stops a task whose caller gave up. ``leave()`` tells every executor
-the instance is leaving; tasks that still arrive are REFUSED (retried elsewhere), and
-``close()`` ends the streams once the tasks taken have finished."""
+the instance is leaving and gives back (REFUSED) the tasks not yet started, and those
+that still arrive, to be run elsewhere; ``close()`` ends the streams once the tasks
+that started have finished. A stream that breaks cancels its tasks: its executor has
+already counted them lost or run them elsewhere.
+
+Limits: the instance says its --max-message in the stream's initial metadata, and caps
+the outputs it sends at what the executor said it takes."""
 
 from __future__ import annotations
 
@@ -21,19 +26,22 @@ from ..wire import (
     CANCEL,
     ERROR,
     EXPIRED,
+    FIRE,
     ITEM_OVERHEAD,
     LEAVING,
+    LIMIT_HEADER,
     LINK_BATCH_BYTES,
     REFUSED,
     RESULT,
     TOO_LARGE,
     decode_tasks,
     encode_replies,
+    max_output,
 )
 
 __all__ = ["LinkServer", "describe"]
 
-RunTask = Callable[[bytes, float | None], Awaitable[bytes]]
+RunTask = Callable[[bytes, float | None, int | None], Awaitable[bytes]]
 
 
 def describe(exc: BaseException) -> str:
@@ -44,11 +52,12 @@ def describe(exc: BaseException) -> str:
 class _Stream:
     """One executor's stream: its reply writer and its running tasks by id."""
 
-    __slots__ = ("running", "writer")
+    __slots__ = ("returned", "running", "writer")
 
     def __init__(self) -> None:
         self.writer = BatchWriter(max_bytes=LINK_BATCH_BYTES)
         self.running: dict[int, asyncio.Task] = {}
+        self.returned: set[int] = set()  # given back unrun (the instance is leaving)
 
     def reply(self, task_id: int, kind: int, payload: bytes = b"") -> None:
         self.writer.put((task_id, kind, payload), len(payload) + ITEM_OVERHEAD)
@@ -58,21 +67,30 @@ class LinkServer:
     """Serves executors' streams for one instance. ``run_task(frame, deadline)`` runs one
     task; ``counters.completed`` / ``.failed`` / ``.cancelled`` count the outcomes."""
 
-    def __init__(self, run_task: RunTask, counters) -> None:
+    def __init__(self, run_task: RunTask, counters, max_message: int,
+                 queued: Callable[[asyncio.Task], bool] = lambda task: False) -> None:  # fmt: skip
         self.run_task = run_task
         self.counters = counters
+        self.max_output = max_output(max_message)  # this instance's own output limit
+        self.queued = queued  # whether a task still waits for a slot (not started)
         self.leaving = False
         self._streams: set[_Stream] = set()
+        self._limit_md = ((LIMIT_HEADER, str(max_message)),)
 
     @property
     def inflight(self) -> int:
         return sum(len(stream.running) for stream in self._streams)
 
     def leave(self) -> None:
-        """Tell every executor: no new tasks; what was taken still finishes."""
+        """Tell every executor: no new tasks; what started still finishes, what did not
+        start yet is given back to run elsewhere."""
         self.leaving = True
         for stream in self._streams:
             stream.reply(0, LEAVING)
+            for task_id, task in list(stream.running.items()):
+                if self.queued(task):
+                    stream.returned.add(task_id)
+                    task.cancel()
 
     async def close(self, timeout: float) -> None:
         """End every stream once its tasks finished (cancelling those left after
@@ -90,18 +108,26 @@ class LinkServer:
         reply batches (the gRPC stream-stream handler)."""
         if self.leaving:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the instance is stopping")
+        await context.send_initial_metadata(self._limit_md)
         stream = _Stream()
         self._streams.add(stream)
         counters = self.counters
         loop = asyncio.get_running_loop()
+        limit = self.max_output  # outputs the executor can take, as it says
+        for key, value in context.invocation_metadata() or ():
+            if key == LIMIT_HEADER and value.isdigit():
+                limit = min(limit, max_output(int(value)))
 
-        async def work(task_id: int, frame: bytes, deadline: float | None) -> None:
+        async def work(task_id: int, frame: bytes, deadline: float | None, fire: bool) -> None:
             try:
-                stream.reply(task_id, RESULT, await self.run_task(frame, deadline))
+                output = await self.run_task(frame, deadline, None if fire else limit)
+                stream.reply(task_id, RESULT, output)
                 counters.completed += 1
             except asyncio.CancelledError:
-                counters.cancelled += 1  # its caller gave up: nobody waits for a reply
-                raise
+                if task_id in stream.returned:
+                    stream.reply(task_id, REFUSED)  # never started: run it elsewhere
+                else:
+                    counters.cancelled += 1  # its caller gave up: nobody waits for a reply
             except TaskExpired as exc:
                 stream.reply(task_id, EXPIRED, str(exc).encode())
             except OutputTooLarge as exc:
@@ -127,10 +153,10 @@ class LinkServer:
                             stream.reply(task_id, ACK)
                             deadline = loop.time() + timeout if timeout > 0 else None
                             stream.running[task_id] = asyncio.ensure_future(
-                                work(task_id, frame, deadline)
+                                work(task_id, frame, deadline, kind == FIRE)
                             )
             finally:
-                if stream.running:
+                if stream.running:  # the executor closed its side: answer what is running
                     await asyncio.gather(*stream.running.values(), return_exceptions=True)
                 stream.writer.close()
 
@@ -143,6 +169,8 @@ class LinkServer:
         finally:
             reader.cancel()
             self._streams.discard(stream)
+            for task in stream.running.values():  # the stream broke: nobody waits for them
+                task.cancel()
 
 
 def _drop_answered_acks(batch: list) -> list:

@@ -36,10 +36,12 @@ from ..auth import Auth, check_bind
 from ..block import Block
 from ..errors import AiosFastError, OutputTooLarge, PacketDecodeError, TaskExpired
 from ..framedb import FrameDB
+from ..service import runtime
 from ..service.grpc_auth import TokenInterceptor
 from ..service.hardware import hardware_families
 from ..service.http import mgmt_route, new_app, start_site
 from ..service.metrics import CONTENT_TYPE, Histogram, Registry, counter, gauge, histogram
+from ..service.periodic import Periodic
 from ..service.snapshot import MetricsSnapshot
 from ..wire import (
     ACCEPTED,
@@ -130,12 +132,15 @@ class InstanceServer:
         self.expired = self.cancelled = 0
         self._background_tasks: set[asyncio.Task] = set()
         self._calls = 0  # infer_result calls in progress
+        self._queued: set[asyncio.Task] = set()  # tasks waiting for a concurrency slot
+        self._released_at = 0  # tasks ended when memory was last given back
+        self._trim = Periodic(self._release_memory, 2.0, log, "memory release")
         self.waiting = 0  # tasks queued for a concurrency slot
         self.running = 0  # tasks in on_preprocess / on_data
         self.on_data_seconds = Histogram()
         self.snapshot = MetricsSnapshot(self._block_metrics)  # hardware, read off the loop
         self.registry = Registry(self._collect, process=True)
-        self._links = LinkServer(self.run_task, self)
+        self._links = LinkServer(self.run_task, self, self.max_message, self.queued)
 
     # ------------------------------------------------------------------ running a task
 
@@ -152,15 +157,21 @@ class InstanceServer:
             await asyncio.wait([work])
             raise
 
-    async def run_task(self, frame: bytes, deadline: float | None = None) -> bytes:
+    async def run_task(self, frame: bytes, deadline: float | None = None,
+                       limit: int | None = -1) -> bytes:  # fmt: skip
         """Process one InferenceMessage frame; the serialized output packet (or b"")."""
-        return await self.run_packet(codec.decode_message(frame), deadline)
+        return await self.run_packet(codec.decode_message(frame), deadline, limit)
 
-    async def run_packet(self, packet: codec.Packet, deadline: float | None = None) -> bytes:
+    async def run_packet(self, packet: codec.Packet, deadline: float | None = None,
+                         limit: int | None = -1) -> bytes:  # fmt: skip
         """Process one decoded task; the serialized output packet (or b""). With a
         ``deadline`` (the loop's clock) a task that cannot start before it is skipped
-        (TaskExpired). An output over the message limit raises OutputTooLarge."""
+        (TaskExpired). An output over ``limit`` bytes (-1: this instance's own limit)
+        raises OutputTooLarge; with ``limit`` None nobody waits for the output: it is
+        routed by its output_ptr and b"" is returned."""
+        me = asyncio.current_task()
         self.waiting += 1
+        self._queued.add(me)
         try:
             if deadline is None:
                 await self._sem.acquire()
@@ -173,6 +184,7 @@ class InstanceServer:
                     raise TaskExpired("its deadline passed while it waited to run") from None
         finally:
             self.waiting -= 1
+            self._queued.discard(me)
         self.running += 1
         t0 = perf_counter()
         try:
@@ -186,12 +198,17 @@ class InstanceServer:
         if out is None:
             return b""
         data = codec.encode_packet(out)
-        if len(data) > self.max_output:
+        limit = self.max_output if limit == -1 else limit
+        if limit is not None and len(data) > limit:
             raise OutputTooLarge(f"output of {len(data):,} bytes is over the "
-                                 f"{self.max_output:,}-byte limit")  # fmt: skip
+                                 f"{limit:,}-byte limit")  # fmt: skip
         if out.output_ptr:
             await self.router.route(out)
-        return data
+        return data if limit is not None else b""
+
+    def queued(self, task: asyncio.Task) -> bool:
+        """Whether ``task`` waits for a concurrency slot (has not started)."""
+        return task in self._queued
 
     # ------------------------------------------------------------------ gRPC handlers
 
@@ -326,6 +343,14 @@ class InstanceServer:
         app.router.add_get("/stats", self._stats)
         self._runner, self.mgmt_port = await start_site(app, self.host, self.mgmt_port)
         self.snapshot.start()
+        self._trim.start()
+
+    async def _release_memory(self) -> None:
+        """Once idle after tasks ran, give freed memory back (runtime.release_memory)."""
+        ended = self.completed + self.failed
+        if ended != self._released_at and not self.busy():
+            self._released_at = ended
+            runtime.release_memory()
 
     def busy(self) -> int:
         """Tasks taken and not finished: on links, infer (background) and infer_result."""
@@ -346,6 +371,7 @@ class InstanceServer:
         await self._links.close(max(0.0, deadline - loop.time()))
         if self._server is not None:
             await self._server.stop(1.0)
+        await self._trim.stop()
         if self._runner is not None:
             await self._runner.cleanup()
         await self.snapshot.stop()
