@@ -293,3 +293,103 @@ def test_token_file_errors_are_one_line(tmp_path):
         f"executor: cannot start: {path}:1: unknown role 'superuser' (roles: infer, admin, "
         "read, or *)"
     ]
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    from .tlsutil import make_pki
+
+    return make_pki(tmp_path_factory.mktemp("pki"), ("node", "client", "stranger"))
+
+
+def test_tls_everywhere_with_mutual_tls(pki, tmp_path_factory):
+    """Executor and instance serve TLS and ask for client certificates; the link between
+    them is TLS. A client with the CA and a certificate works; plaintext, a client that
+    does not trust the CA, and one without a certificate are refused."""
+    from aios_fast.tls import TLS
+
+    from .tlsutil import make_pki
+
+    (cert, key), (ca, _) = pki["node"], pki["ca"]
+    tls_args = ("--tls-cert", cert, "--tls-key", key, "--tls-ca", ca)
+    instance = start_instance("aios_fast.block:EchoBlock", None, *tls_args)
+    client = TLS(*pki["client"], ca)
+    executor = subprocess.Popen(
+        [sys.executable, "-m", "aios_fast.executor", "--port", str(free_port()), "--workers",
+         "1", "--mgmt-port", "0", "--metrics-port", "0", *tls_args, "--instance",
+         f"i=127.0.0.1:{instance.info['port']}@127.0.0.1:{instance.info['mgmt_port']}"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        info = json.loads(executor.stdout.readline())
+        target = f"127.0.0.1:{info['port']}"
+        answer = None
+        for _ in range(100):  # until the TLS link is up
+            with client.channel(target) as ch:
+                try:
+                    answer = ch.unary_unary("/InferenceProxy/infer_result")(frame(), timeout=5)
+                    break
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+                    time.sleep(0.1)
+        assert answer is not None
+
+        def refused(tls) -> bool:
+            with tls.channel(target) as ch:
+                try:
+                    ch.unary_unary("/InferenceProxy/infer_result")(frame(), timeout=3)
+                except grpc.RpcError as exc:
+                    return exc.code() == grpc.StatusCode.UNAVAILABLE
+            return False
+
+        other_ca = make_pki(tmp_path_factory.mktemp("other"), ())["ca"][0]
+        assert refused(TLS())  # plaintext
+        assert refused(TLS(ca=ca))  # no client certificate
+        assert refused(TLS(*pki["client"], other_ca))  # does not trust the server's CA
+        # management over HTTPS: a client certificate is needed there too
+        import ssl
+        import urllib.request
+
+        url = f"https://127.0.0.1:{info['mgmt_port']}/mgmt"
+        body = json.dumps({"mgmt_action": "list_instances"}).encode()
+        req = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10, context=client.client_context()) as r:
+            rows = json.loads(r.read())["data"]
+        assert rows[0]["up"] is True
+        with pytest.raises((ssl.SSLError, OSError)):
+            urllib.request.urlopen(req, timeout=10, context=TLS(ca=ca).client_context())
+        with pytest.raises(OSError):  # plain HTTP to a TLS port
+            urllib.request.urlopen(url.replace("https", "http"), body, timeout=10)
+    finally:
+        executor.send_signal(signal.SIGTERM)
+        executor.wait(20)
+        instance.stop()
+
+
+def test_block_up_over_tls_with_tokens(pki, tmp_path):
+    """``aios-fast block up`` with certificates and a token file: every process serves
+    TLS and checks tokens, and its own checked traffic gets through."""
+    (cert, key), (ca, _) = pki["node"], pki["ca"]
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"* {'t' * 32}\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "aios_fast", "block", "up", "--ports", "auto", "--traffic", "300",
+         "--once", "--auth-file", str(tokens), "--tls-cert", cert, "--tls-key", key,
+         "--tls-ca", ca],
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert "https://" in out.stdout and "300" in out.stdout
+
+
+def test_tls_file_errors_are_one_line(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "aios_fast.executor", "--port", str(free_port()), "--tls-cert",
+         str(tmp_path / "nope.pem"), "--tls-key", str(tmp_path / "nope.key")],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"executor: cannot start: cannot read the TLS certificate {tmp_path / 'nope.pem'}: "
+        "No such file or directory"
+    ]

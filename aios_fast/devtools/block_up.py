@@ -47,6 +47,7 @@ from ..sidecars.actuator import LocalActuator
 from ..sidecars.autoscale import AutoScaler
 from ..sidecars.base import ExecutorClient
 from ..sidecars.healthcheck import HealthChecker
+from ..tls import TLS
 from ..wire import MAX_MESSAGE
 from .loadgen import drive, format_summary
 
@@ -145,6 +146,12 @@ def use_free_ports(doc: BlockDoc) -> None:
     doc.initSettings.ports = _Ports(grpc=0, metrics=0, mgmt=0, autoscaler=0, healthChecker=0)
 
 
+def _tls_args(tls: TLS) -> tuple[str, ...]:
+    """The TLS options, as every process of the block takes them."""
+    pairs = (("--tls-cert", tls.cert), ("--tls-key", tls.key), ("--tls-ca", tls.ca))
+    return tuple(arg for flag, path in pairs if path for arg in (flag, path))
+
+
 def _free_port() -> int:
     import socket
 
@@ -157,7 +164,7 @@ class LocalBlock:
     """The running pieces of one block; ``start`` then ``stop``."""
 
     def __init__(self, doc: BlockDoc, document: dict, *, host: str = "127.0.0.1",
-                 auth_file: str | None = None) -> None:  # fmt: skip
+                 auth_file: str | None = None, tls: TLS | None = None) -> None:  # fmt: skip
         self.doc = doc
         self.document = document
         self.host = host
@@ -165,7 +172,9 @@ class LocalBlock:
         # to every process); the sidecars present the admin token to the executor.
         self.auth_file = auth_file
         self.auth = Auth.from_env(auth_file)
+        self.tls = tls or TLS()
         auth_args = ("--auth-file", auth_file) if auth_file else ()
+        auth_args += _tls_args(self.tls)
         self.executor_proc: subprocess.Popen | None = None
         self.info: dict = {}
         self.actuator = LocalActuator(
@@ -216,6 +225,7 @@ class LocalBlock:
             "--eject-max-percent",
             str(settings.outlierDetection.maxEjectionPercent),
             *(("--auth-file", self.auth_file) if self.auth_file else ()),
+            *_tls_args(self.tls),
         ]
         self.executor_proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
         line = self.executor_proc.stdout.readline()
@@ -229,8 +239,9 @@ class LocalBlock:
     async def start(self) -> dict:
         loop = asyncio.get_running_loop()
         info = await loop.run_in_executor(None, self._start_executor)
-        executor_url = f"http://{self.host}:{info['mgmt_port']}"
-        client = ExecutorClient(executor_url, token=self.auth.any_token("admin"))
+        scheme = self.tls.scheme
+        executor_url = f"{scheme}://{self.host}:{info['mgmt_port']}"
+        client = ExecutorClient(executor_url, token=self.auth.any_token("admin"), tls=self.tls)
         try:
             specs = await self.actuator.start(self.doc.minInstances)
             if len(specs) < self.doc.minInstances:
@@ -244,7 +255,7 @@ class LocalBlock:
         policies = self.doc.policies
         settings = self.doc.initSettings
         common = {"block_data": self.document, "cluster_data": self.doc.cluster,
-                  "auth": self.auth}  # fmt: skip
+                  "auth": self.auth, "tls": self.tls}  # fmt: skip
         hs = settings.healthChecker
         self.checker = HealthChecker(
             executor_url,
@@ -271,14 +282,14 @@ class LocalBlock:
         self.info = {
             "block": self.doc.id,
             "grpc": f"{self.host}:{info['port']}",
-            "executor_mgmt": f"http://{self.host}:{info['mgmt_port']}/mgmt",
-            "metrics": f"http://{self.host}:{info['metrics_port']}/metrics",
-            "health_checker_mgmt": f"http://{self.host}:{self.checker.port}/mgmt",
-            "autoscaler_mgmt": f"http://{self.host}:{self.scaler.port}/mgmt",
+            "executor_mgmt": f"{scheme}://{self.host}:{info['mgmt_port']}/mgmt",
+            "metrics": f"{scheme}://{self.host}:{info['metrics_port']}/metrics",
+            "health_checker_mgmt": f"{scheme}://{self.host}:{self.checker.port}/mgmt",
+            "autoscaler_mgmt": f"{scheme}://{self.host}:{self.scaler.port}/mgmt",
             "instances": {
                 s["id"]: {
                     "grpc": s["target"],
-                    "health": f"http://{s['health']}/health",
+                    "health": f"{scheme}://{s['health']}/health",
                     "pid": s["pid"],
                 }
                 for s in specs
@@ -348,6 +359,7 @@ async def up(
     once: bool = False,
     as_json: bool = False,
     auth_file: str | None = None,
+    tls: TLS | None = None,
 ) -> int:
     doc, document = load_block_doc(path)
     if block_class:
@@ -358,7 +370,7 @@ async def up(
         use_free_ports(doc)
     elif ports != "default":
         raise AiosFastError(f"--ports must be 'default' or 'auto', not {ports!r}")
-    block = LocalBlock(doc, document, auth_file=auth_file)
+    block = LocalBlock(doc, document, auth_file=auth_file, tls=tls)
     stop = runtime.signal_event()
     loop = asyncio.get_running_loop()
     status = 0
@@ -378,6 +390,7 @@ async def up(
                     concurrency=64,
                     check=True,
                     token=block.auth.any_token("infer") or "",
+                    tls=block.tls,
                 ),
             )
             print(format_summary(summary), flush=True)

@@ -18,6 +18,7 @@ import time
 from .. import codec
 from ..auth import ENV_TOKEN, bearer
 from ..service import runtime
+from ..tls import TLS
 from ..wire import ACCEPTED, SERVICE
 
 __all__ = ["drive", "format_summary"]
@@ -36,7 +37,8 @@ def _child(index: int, opts: dict, counters, queue) -> None:
         share = opts["concurrency"] // opts["procs"] + (index < opts["concurrency"] % opts["procs"])
         deadline = time.monotonic() + opts["duration"] if opts["duration"] else None
         next_task = index
-        async with grpc.aio.insecure_channel(opts["target"]) as channel:
+        tls = TLS(*opts["tls"])
+        async with tls.aio_channel(opts["target"]) as channel:
             rpc = channel.unary_unary(f"/{SERVICE}/{opts['method']}")
             token = opts["token"]
             metadata = (("authorization", bearer(token)),) if token else None
@@ -102,6 +104,7 @@ def drive(
     timeout: float = 30.0,
     progress: bool = True,
     token: str | None = None,
+    tls: TLS | None = None,
 ) -> dict:
     """Send load to ``target`` (host:port); the summary dict (see ``format_summary``).
     ``token``: sent as ``authorization: Bearer`` (default: AIOS_FAST_TOKEN, if set)."""
@@ -123,6 +126,7 @@ def drive(
         "size": size,
         "check": check,
         "token": token if token is not None else os.environ.get(ENV_TOKEN) or None,
+        "tls": ((tls.cert, tls.key, tls.ca) if tls else ("", "", "")),
         "timeout": timeout,
     }
     children = [

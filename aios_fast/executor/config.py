@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..auth import Auth
+from ..tls import TLS
 from ..wire import MAX_MESSAGE
 
 __all__ = ["ExecutorConfig", "InstanceSpec", "parse_instance"]
@@ -57,6 +58,8 @@ class ExecutorConfig:
     insecure: bool = False
     allow_policy_paths: bool = False
     allowed_hosts: tuple[str, ...] = ()
+    tls: TLS = field(default_factory=TLS)  # listeners, links and /stats polls
+    http_tls: bool = True  # False: management/metrics in plain HTTP (workers' private ports)
 
 
 def parse_instance(text: str) -> InstanceSpec:

@@ -149,7 +149,7 @@ class Executor:
         token = config.auth.any_token("infer")
         self.link_settings = LinkSettings(
             config.link_linger, config.max_message, config.link_keepalive, config.task_timeout,
-            ((("authorization", bearer(token)),) if token else ()),
+            ((("authorization", bearer(token)),) if token else ()), config.tls,
         )  # fmt: skip
         self._expiry = Periodic(self._expire_tasks, min(1.0, max(config.task_timeout / 4, 0.05)),
                                 log, "task timeout sweep")  # fmt: skip
@@ -374,12 +374,14 @@ class Executor:
             token = self.config.auth.any_token("read")
             headers = {"Authorization": bearer(token)} if token else None
             self._http = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=1.0), headers=headers
-            )
+                timeout=aiohttp.ClientTimeout(total=1.0), headers=headers,
+                connector=aiohttp.TCPConnector(ssl=self.config.tls.client_context() or True),
+            )  # fmt: skip
 
         async def one(record: Instance) -> None:
             try:
-                async with self._http.get(f"http://{record.spec.health}/stats") as resp:
+                url = f"{self.config.tls.scheme}://{record.spec.health}/stats"
+                async with self._http.get(url) as resp:
                     if resp.status == 200:
                         record.metrics = await resp.json()
                         return
@@ -637,7 +639,7 @@ class Executor:
                 ),
             )
         )
-        self.port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        self.port = cfg.tls.bind(server, f"{cfg.host}:{cfg.port}")
         if self.port == 0:
             raise OSError(f"cannot bind {self.config.host}:{self.config.port}")
         for spec in self.config.instances:

@@ -24,6 +24,7 @@ from aiohttp import web
 from ..auth import Auth, bearer
 from ..service.http import MgmtRequest, fail, new_app, start_site
 from ..service.metrics import CONTENT_TYPE, merge_expositions
+from ..tls import TLS
 from .services import BUILTIN_ACTIONS
 
 __all__ = ["WorkerFront"]
@@ -79,7 +80,9 @@ def _merge_stats(answers: list[dict]) -> dict:
 class WorkerFront:
     """The parent's servers in front of the workers' private HTTP ports."""
 
-    def __init__(self, worker_ports: list[int], auth: Auth | None = None) -> None:
+    def __init__(self, worker_ports: list[int], auth: Auth | None = None,
+                 tls: TLS | None = None) -> None:  # fmt: skip
+        self.tls = tls or TLS()  # the public ports'; workers are plain HTTP on loopback
         self.urls = [f"http://127.0.0.1:{port}" for port in worker_ports]
         self.auth = auth or Auth()
         self._session: aiohttp.ClientSession | None = None
@@ -168,7 +171,7 @@ class WorkerFront:
                 app.router.add_post("/mgmt", self._mgmt)
             else:
                 app.router.add_get("/metrics", self._metrics)
-            runner, bound = await start_site(app, host, port)
+            runner, bound = await start_site(app, host, port, self.tls.server_context())
             self._runners.append(runner)
             setattr(self, f"{route}_port", bound)
 

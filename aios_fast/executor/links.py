@@ -17,7 +17,7 @@ import asyncio
 import itertools
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Protocol
 
@@ -26,6 +26,7 @@ import grpc
 from ..errors import AiosFastError
 from ..logs import RateLimitedLog
 from ..service.batch_writer import BatchWriter
+from ..tls import TLS
 from ..wire import (
     ACCEPTED,
     ACK,
@@ -119,6 +120,7 @@ class LinkSettings:
     keepalive: float = 2.0  # seconds between HTTP/2 pings; a ping unanswered as long fails
     run_timeout: float = 0.0  # seconds an acknowledged task may run (0: no limit)
     token_metadata: tuple[tuple[str, str], ...] = ()  # sent with every call (infer token)
+    tls: TLS = field(default_factory=TLS)  # links over TLS when it has a CA
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -360,7 +362,7 @@ class InstanceLink:
         backoff = 0.05
         settings = self.settings
         while not self._closing:
-            channel = grpc.aio.insecure_channel(self.target, options=settings.channel_options())
+            channel = settings.tls.aio_channel(self.target, settings.channel_options())
             writer = BatchWriter(linger=settings.linger, busy=self._busy,
                                  max_bytes=LINK_BATCH_BYTES)  # fmt: skip
             reason = "the link closed"
@@ -455,7 +457,7 @@ class UnaryLink:
 
     def start(self) -> None:
         options = self.settings.channel_options()
-        self._channel = grpc.aio.insecure_channel(self.target, options=options)
+        self._channel = self.settings.tls.aio_channel(self.target, options)
         self._call = self._channel.unary_unary(INFER)
         self._watch = asyncio.ensure_future(self._watch_state())
 

@@ -313,7 +313,9 @@ class ExecutorServices:
                 app.router.add_post("/mgmt", mgmt_route(self.dispatch, "executor"))
             if "metrics" in kinds:
                 app.router.add_get("/metrics", self._metrics)
-            runner, bound = await start_site(app, host, port)
+            config = self.executor.config
+            context = config.tls.server_context() if config.http_tls else None
+            runner, bound = await start_site(app, host, port, context)
             self._runners.append(runner)
             if "mgmt" in kinds:
                 self.mgmt_port = bound

@@ -76,9 +76,11 @@ def run_workers(config: ExecutorConfig, workers: int) -> int:
     if config.port == 0:
         raise ValueError("several workers need a fixed --port (they share it)")
     # Workers serve their HTTP on one private port each; the front serves the public ones.
+    # (plain HTTP there: private loopback ports, behind the front's TLS and tokens)
     worker_config = dataclasses.replace(
-        config, reuse_port=True, http_host="127.0.0.1", mgmt_port=0, metrics_port=0
-    )
+        config, reuse_port=True, http_host="127.0.0.1", mgmt_port=0, metrics_port=0,
+        http_tls=False,
+    )  # fmt: skip
     children, pipes = [], []
     for _ in range(workers):
         read_fd, write_fd = os.pipe()
@@ -132,7 +134,7 @@ async def _parent(config: ExecutorConfig, children: list[int], pipes: list[int])
     infos = await asyncio.gather(*(loop.run_in_executor(None, read_announce, fd) for fd in pipes))
     front = None
     if all(infos):
-        front = WorkerFront([info["mgmt_port"] for info in infos], config.auth)
+        front = WorkerFront([info["mgmt_port"] for info in infos], config.auth, config.tls)
         try:
             await front.start(config.http_host or config.host, config.mgmt_port,
                               config.metrics_port)  # fmt: skip

@@ -13,6 +13,7 @@ from ..auth import Auth
 from ..errors import AiosFastError
 from ..framedb import FrameDB
 from ..service import runtime
+from ..tls import TLS
 from ..wire import MAX_MESSAGE
 from .registration import Registration
 from .routing import OutputRouter
@@ -21,12 +22,13 @@ from .server import InstanceServer, load_block
 
 async def _serve(opts) -> None:
     auth = Auth.from_env(opts.auth_file)
+    tls = TLS(opts.tls_cert, opts.tls_key, opts.tls_ca)
     block = load_block(opts.block, json.loads(opts.init_data), json.loads(opts.parameters))
     server = InstanceServer(
         block, host=opts.host, port=opts.port, mgmt_port=opts.mgmt_port,
         max_concurrency=opts.max_concurrency, frames=FrameDB(json.loads(opts.framedb)),
-        max_message=opts.max_message, auth=auth, insecure=opts.insecure,
-        router=OutputRouter(auth.any_token("infer")),
+        max_message=opts.max_message, auth=auth, insecure=opts.insecure, tls=tls,
+        router=OutputRouter(auth.any_token("infer"), tls),
     )  # fmt: skip
     await server.start()
     runtime.reload_on_sighup(auth)
@@ -76,6 +78,13 @@ def main(argv=None) -> int:
         type=float,
         default=30.0,
         help="on SIGTERM, seconds the tasks it took may take to finish",
+    )
+    parser.add_argument("--tls-cert", default="", help="PEM certificate: serve TLS")
+    parser.add_argument("--tls-key", default="", help="PEM private key of --tls-cert")
+    parser.add_argument(
+        "--tls-ca",
+        default="",
+        help="PEM CA bundle: check peers with it (TLS to them; mutual TLS from clients)",
     )
     opts = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

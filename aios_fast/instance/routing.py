@@ -19,6 +19,7 @@ import grpc
 from .. import codec
 from ..auth import bearer
 from ..errors import AiosFastError
+from ..tls import TLS
 from ..wire import ACCEPTED, INFER
 
 __all__ = ["OutputRouter", "RoutingError"]
@@ -31,7 +32,8 @@ class RoutingError(AiosFastError):
 class OutputRouter:
     """Sends output packets where their output_ptr says; keeps one client per target."""
 
-    def __init__(self, token: str | None = None) -> None:
+    def __init__(self, token: str | None = None, tls: TLS | None = None) -> None:
+        self.tls = tls or TLS()
         self._metadata = (("authorization", bearer(token)),) if token else ()
         self._redis: dict[tuple[str, int], object] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -86,7 +88,7 @@ class OutputRouter:
         target = host if ":" in host else f"{host}:50051"
         channel = self._channels.get(target)
         if channel is None:
-            channel = self._channels[target] = grpc.aio.insecure_channel(target)
+            channel = self._channels[target] = self.tls.aio_channel(target)
         call = channel.unary_unary(INFER)
         metadata = (("x-service-name", block_id), *self._metadata)
         reply = await call(codec.encode_message(payload), metadata=metadata)

@@ -43,6 +43,7 @@ from ..service.http import mgmt_route, new_app, start_site
 from ..service.metrics import CONTENT_TYPE, Histogram, Registry, counter, gauge, histogram
 from ..service.periodic import Periodic
 from ..service.snapshot import MetricsSnapshot
+from ..tls import TLS
 from ..wire import (
     ACCEPTED,
     INFER,
@@ -111,6 +112,7 @@ class InstanceServer:
         max_message: int = MAX_MESSAGE,
         auth: Auth | None = None,
         insecure: bool = False,
+        tls: TLS | None = None,
     ) -> None:
         self.block = block
         if frames is not None:
@@ -122,6 +124,7 @@ class InstanceServer:
         self.max_message = max_message
         self.auth = auth or Auth()
         self.insecure = insecure
+        self.tls = tls or TLS()
         self.max_output = max_output(max_message)
         self.leaving = False  # draining: takes no new task
         self._sem = asyncio.Semaphore(max_concurrency)
@@ -333,7 +336,7 @@ class InstanceServer:
                 ),
             )
         )
-        self.port = server.add_insecure_port(f"{self.host}:{self.port}")
+        self.port = self.tls.bind(server, f"{self.host}:{self.port}")
         await server.start()
         self._server = server
         app = new_app(self.auth, self.host)
@@ -341,7 +344,8 @@ class InstanceServer:
         app.router.add_post("/mgmt", mgmt_route(self._mgmt, "instance"))
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/stats", self._stats)
-        self._runner, self.mgmt_port = await start_site(app, self.host, self.mgmt_port)
+        self._runner, self.mgmt_port = await start_site(app, self.host, self.mgmt_port,
+                                                        self.tls.server_context())  # fmt: skip
         self.snapshot.start()
         self._trim.start()
 

@@ -126,11 +126,13 @@ def mgmt_route(dispatch: Dispatch, what: str) -> Callable[[web.Request], Awaitab
     return handler
 
 
-async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Serve ``app`` on host:port (0: a free port); returns the runner and the port."""
+async def start_site(app: web.Application, host: str, port: int,
+                     ssl_context=None) -> tuple[web.AppRunner, int]:  # fmt: skip
+    """Serve ``app`` on host:port (0: a free port), over TLS with ``ssl_context``;
+    returns the runner and the port."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     try:
         await site.start()
     except OSError:

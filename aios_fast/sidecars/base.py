@@ -27,6 +27,7 @@ from ..errors import AiosFastError
 from ..policy import PolicyRule
 from ..service.http import MgmtError, convert, mgmt_route, new_app, run_action, start_site
 from ..service.periodic import Periodic
+from ..tls import TLS
 
 __all__ = ["ExecutorCallError", "ExecutorClient", "Sidecar"]
 
@@ -40,15 +41,20 @@ class ExecutorCallError(AiosFastError):
 class ExecutorClient:
     """Calls the executor's ``POST /mgmt`` (``url`` like http://127.0.0.1:18001)."""
 
-    def __init__(self, url: str, timeout: float = 60.0, token: str | None = None) -> None:
+    def __init__(self, url: str, timeout: float = 60.0, token: str | None = None,
+                 tls: TLS | None = None) -> None:  # fmt: skip
         self.url = url.rstrip("/") + "/mgmt"
+        self._ssl = (tls or TLS()).client_context() or True
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._headers = {"Authorization": bearer(token)} if token else None
         self._session: aiohttp.ClientSession | None = None
 
     async def call(self, action: str, data: dict | None = None) -> Any:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout, headers=self._headers)
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout, headers=self._headers,
+                connector=aiohttp.TCPConnector(ssl=self._ssl),
+            )  # fmt: skip
         body = {"mgmt_action": action, "mgmt_data": data or {}}
         try:
             async with self._session.post(self.url, json=body) as resp:
@@ -92,13 +98,16 @@ class Sidecar:
         cluster_data: dict | None = None,
         auth: Auth | None = None,
         insecure: bool = False,
+        tls: TLS | None = None,
     ) -> None:
         if interval <= 0:
             raise ValueError(f"{self.name}: interval must be > 0, not {interval}")
         self.log = logging.getLogger(f"aios_fast.{self.name}")
         self.auth = auth or Auth()
         self.insecure = insecure
-        self.executor = ExecutorClient(executor_url, token=self.auth.any_token("admin"))
+        self.tls = tls or TLS()
+        self.executor = ExecutorClient(executor_url, token=self.auth.any_token("admin"),
+                                       tls=self.tls)  # fmt: skip
         self.block_data = block_data or {}
         self.cluster_data = cluster_data or {}
         self.latest_metrics: dict = {"block_metrics": {}, "cluster_metrics": {}}
@@ -223,7 +232,8 @@ class Sidecar:
             app = new_app(self.auth, host)
             app.router.add_post("/mgmt", mgmt_route(self.dispatch, self.name))
             app.router.add_get("/health", self._health)
-            self._runner, self.port = await start_site(app, host, port)
+            self._runner, self.port = await start_site(app, host, port,
+                                                       self.tls.server_context())  # fmt: skip
         self._periodic.start()
 
     async def _health(self, request: web.Request) -> web.Response:

@@ -24,6 +24,7 @@ import aiohttp
 
 from ..auth import Auth
 from ..service import runtime
+from ..tls import TLS
 from .base import Sidecar
 
 __all__ = ["HealthChecker"]
@@ -66,7 +67,7 @@ class HealthChecker(Sidecar):
     async def _probe(self, row: dict) -> tuple[bool, str | None]:
         if not row.get("health"):
             return bool(row["up"]), None if row["up"] else "executor link is down"
-        url = f"http://{row['health']}/health"
+        url = f"{self.tls.scheme}://{row['health']}/health"
         try:
             async with self._session.get(url) as resp:
                 await resp.read()
@@ -78,7 +79,10 @@ class HealthChecker(Sidecar):
 
     async def round(self) -> dict:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                connector=aiohttp.TCPConnector(ssl=self.tls.client_context() or True),
+            )
         rows = await self.executor.call("list_instances")
         results = await asyncio.gather(*(self._probe(row) for row in rows))
         health_check_data: dict[str, bool] = {}
@@ -158,6 +162,13 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--insecure", action="store_true", help="allow a non-loopback --host without any token"
     )
+    parser.add_argument("--tls-cert", default="", help="PEM certificate: serve TLS")
+    parser.add_argument("--tls-key", default="", help="PEM private key of --tls-cert")
+    parser.add_argument(
+        "--tls-ca",
+        default="",
+        help="PEM CA bundle: check peers with it (TLS to them; mutual TLS from clients)",
+    )
     opts = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     block = {}
@@ -171,6 +182,7 @@ def main(argv=None) -> int:
             opts.executor,
             auth=Auth.from_env(opts.auth_file),
             insecure=opts.insecure,
+            tls=TLS(opts.tls_cert, opts.tls_key, opts.tls_ca),
             interval=opts.interval,
             timeout=opts.timeout,
             unhealthy_after=opts.unhealthy_after,
