@@ -10,9 +10,10 @@ Wire format (protos/payload.proto, protos/inference.proto):
 
 Decoding follows protobuf (upb) exactly on valid input: last occurrence of a
 singular field wins, ``files`` accumulates, unknown fields (groups included) are
-skipped, tags are at most 5 bytes, varints at most 10. It is stricter than
-protobuf in one place, on purpose: a known field that arrives with another wire
-type is rejected (``wrong_wire_type``) instead of being kept as an unknown field.
+skipped, tags and lengths are at most 5 bytes, other varints at most 10. It is
+stricter than protobuf in one place, on purpose: a known field that arrives with
+another wire type is rejected (``wrong_wire_type``) instead of being kept as an
+unknown field.
 
 Bytes fields come back as memoryviews into the decoded buffer (zero-copy).
 """
@@ -78,7 +79,7 @@ def _tag(buf, pos: int, end: int) -> tuple[int, int, int]:
 
 def _length(buf, pos: int, end: int) -> tuple[int, int]:
     start = pos
-    n, pos = _varint(buf, pos, end)
+    n, pos = _varint(buf, pos, end, 5)  # upb reads a length from at most 5 bytes
     if n > end - pos:
         raise PacketDecodeError("length_overflow", start, f"{n} bytes, {end - pos} left")
     return n, pos

@@ -204,3 +204,42 @@ def test_truncations_and_corruptions(fields, data):
 def test_group_nesting_depth_matches_protobuf(depth):
     buf = b"\x43" * depth + b"\x44" * depth
     check_against_protobuf(buf)
+
+
+def padded_varint(n: int, width: int) -> bytes:
+    """n as a varint of exactly width bytes (non-minimal: continuation bytes of zero)."""
+    out = bytearray()
+    for i in range(width):
+        out.append(((n >> (7 * i)) & 0x7F) | (0x80 if i < width - 1 else 0))
+    return bytes(out)
+
+
+LENGTH_SITES = {
+    # name: (prefix, body); the length prefix goes between them
+    "session_id": (b"\x0a", b"abc"),
+    "frame_ptr": (b"\x1a", b"\x00\xff"),
+    "unknown_field": (b"\x4a", b"xyz"),
+    "files": (b"\x3a", b"\x0a\x01m"),
+    "in_group": (b"\x4b\x52", b"abc"),
+}
+
+
+@pytest.mark.parametrize("width", range(1, 12))
+@pytest.mark.parametrize("site", sorted(LENGTH_SITES))
+def test_length_prefix_width_matches_protobuf(site, width):
+    # upb reads a length from at most 5 bytes: 6-10 byte lengths are rejected even when
+    # their value is small (a plain varint may take 10).
+    prefix, body = LENGTH_SITES[site]
+    buf = prefix + padded_varint(len(body), width) + body
+    if site == "in_group":
+        buf += b"\x4c"
+    check_against_protobuf(buf)
+    outcome = decode_all(buf)[0]
+    assert (outcome[0] == "ok") == (width <= 5), outcome
+    if width > 5:
+        assert outcome[1] == "varint_too_long"
+    # inside a FileInfo too
+    meta = b"\x0a" + padded_varint(3, width) + b"abc"
+    nested = b"\x3a" + bytes([len(meta)]) + meta
+    check_against_protobuf(nested)
+    assert (decode_all(nested)[0][0] == "ok") == (width <= 5)

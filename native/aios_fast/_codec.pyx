@@ -194,7 +194,7 @@ cdef inline Py_ssize_t _tag(Cur* c, Py_ssize_t pos, Py_ssize_t end, uint32_t* fi
 cdef inline Py_ssize_t _length(Cur* c, Py_ssize_t pos, Py_ssize_t end, Span* sp) noexcept nogil:
     cdef uint64_t n
     cdef Py_ssize_t start = pos
-    pos = _varint(c, pos, end, &n, 10)
+    pos = _varint(c, pos, end, &n, 5)  # upb reads a length from at most 5 bytes
     if pos < 0:
         return -1
     if n > <uint64_t>(end - pos):
