@@ -10,7 +10,8 @@ Wire format (protos/payload.proto, protos/inference.proto):
 
 Decoding follows protobuf (upb) exactly on valid input: last occurrence of a
 singular field wins, ``files`` accumulates, unknown fields (groups included) are
-skipped, tags and lengths are at most 5 bytes, other varints at most 10. It is
+skipped (field number 0 is accepted inside a group, as upb does, and refused
+elsewhere), tags and lengths are at most 5 bytes, other varints at most 10. It is
 stricter than protobuf in one place, on purpose: a known field that arrives with
 another wire type is rejected (``wrong_wire_type``) instead of being kept as an
 unknown field.
@@ -67,10 +68,11 @@ def _varint(buf, pos: int, end: int, max_len: int = 10) -> tuple[int, int]:
         shift += 7
 
 
-def _tag(buf, pos: int, end: int) -> tuple[int, int, int]:
+def _tag(buf, pos: int, end: int, in_group: bool = False) -> tuple[int, int, int]:
+    """Read a tag. Field number 0 is an error except inside a group, where upb accepts it."""
     start = pos
     tag, pos = _varint(buf, pos, end, 5)
-    if tag > 0xFFFFFFFF or tag >> 3 == 0:
+    if tag > 0xFFFFFFFF or (tag >> 3 == 0 and not in_group):
         raise PacketDecodeError("bad_tag", start)
     if tag & 7 > _I32:
         raise PacketDecodeError("bad_wire_type", start, f"wire type {tag & 7}")
@@ -107,7 +109,7 @@ def _skip(buf, field: int, wt: int, pos: int, end: int, depth: int) -> int:
             if pos >= end:
                 raise PacketDecodeError("bad_group", pos, "unterminated group")
             at = pos
-            f, w, pos = _tag(buf, pos, end)
+            f, w, pos = _tag(buf, pos, end, True)
             if w == _EGROUP:
                 if f != field:
                     raise PacketDecodeError("bad_group", at, "mismatched end group")

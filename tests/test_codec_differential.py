@@ -61,11 +61,13 @@ def values(packet):
 
 
 field_numbers = st.integers(8, 2**29 - 1)
+# Inside a group upb accepts field number 0 (and a group numbered 0).
+group_field_numbers = st.one_of(st.just(0), field_numbers)
 
 
 @st.composite
 def unknown_field(draw, depth=0):
-    number = draw(field_numbers)
+    number = draw(group_field_numbers if depth else field_numbers)
     kind = draw(st.sampled_from([0, 1, 2, 5] + ([3] if depth < 4 else [])))
     tag = varint((number << 3) | kind)
     if kind == 0:
@@ -243,3 +245,15 @@ def test_length_prefix_width_matches_protobuf(site, width):
     nested = b"\x3a" + bytes([len(meta)]) + meta
     check_against_protobuf(nested)
     assert (decode_all(nested)[0][0] == "ok") == (width <= 5)
+
+
+@pytest.mark.parametrize(
+    "inner",
+    [b"\x00\x01", b"\x02\x01x", b"\x01" + b"\0" * 8, b"\x05" + b"\0" * 4, b"\x03\x04",
+     b"\x03\x00\x01\x04", b"\x80\x00\x01", b"\x04", b"\x06", b"\x07", b"\x03\x4c"],
+)  # fmt: skip
+def test_field_zero_inside_groups_matches_protobuf(inner):
+    for buf in (b"\x4b" + inner + b"\x4c", b"\x4b\x53" + inner + b"\x54\x4c"):
+        check_against_protobuf(buf)
+        check_against_protobuf(b"\x3a" + bytes([len(buf)]) + buf)
+    assert decode_all(b"\x4b\x00\x01\x4c")[0][0] == "ok"

@@ -176,13 +176,14 @@ cdef inline Py_ssize_t _varint(Cur* c, Py_ssize_t pos, Py_ssize_t end, uint64_t*
 
 
 cdef inline Py_ssize_t _tag(Cur* c, Py_ssize_t pos, Py_ssize_t end, uint32_t* field,
-                            int* wt) noexcept nogil:
+                            int* wt, bint in_group=False) noexcept nogil:
+    """Read a tag. Field number 0 is an error except inside a group, where upb accepts it."""
     cdef uint64_t tag
     cdef Py_ssize_t start = pos
     pos = _varint(c, pos, end, &tag, 5)
     if pos < 0:
         return -1
-    if tag > 0xFFFFFFFFULL or (tag >> 3) == 0:
+    if tag > 0xFFFFFFFFULL or ((tag >> 3) == 0 and not in_group):
         return _fail(c, E_BAD_TAG, start)
     if (tag & 7) > WT_I32:
         return _fail(c, E_BAD_WIRE_TYPE, start)
@@ -227,7 +228,7 @@ cdef Py_ssize_t _skip(Cur* c, uint32_t field, int wt, Py_ssize_t pos, Py_ssize_t
             if pos >= end:
                 return _fail(c, E_BAD_GROUP, pos)
             at = pos
-            pos = _tag(c, pos, end, &f, &w)
+            pos = _tag(c, pos, end, &f, &w, True)
             if pos < 0:
                 return -1
             if w == WT_EGROUP:
