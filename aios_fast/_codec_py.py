@@ -442,9 +442,18 @@ def _utf8_bytes(value: str, name: str) -> bytes:
 
 
 def _put_len(out: bytearray, tag: int, payload) -> None:
-    if len(payload):
+    if isinstance(payload, memoryview):
+        # The byte length: len() counts items of the first dimension (array('I'), 2-D).
+        if not payload.c_contiguous:
+            raise PacketEncodeError("bytes fields must be C-contiguous buffers")
+        n = payload.nbytes
+        if payload.ndim != 1 or payload.itemsize != 1:
+            payload = payload.cast("B")
+    else:
+        n = len(payload)
+    if n:
         out.append(tag)
-        _put_varint(out, len(payload))
+        _put_varint(out, n)
         out += payload
 
 

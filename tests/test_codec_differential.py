@@ -257,3 +257,45 @@ def test_field_zero_inside_groups_matches_protobuf(inner):
         check_against_protobuf(buf)
         check_against_protobuf(b"\x3a" + bytes([len(buf)]) + buf)
     assert decode_all(b"\x4b\x00\x01\x4c")[0][0] == "ok"
+
+
+def _wide_views():
+    from array import array
+
+    raw = bytes(range(24))
+    return {
+        "array_I": memoryview(array("I", [1, 2, 0xFFFFFFFF])),
+        "array_d": memoryview(array("d", [1.5, -2.0])),
+        "2d": memoryview(raw).cast("B", (4, 6)),
+        "3d_ints": memoryview(raw).cast("I").cast("B").cast("I", (2, 1, 3)),
+        "bytearray_h": memoryview(bytearray(raw)).cast("h"),
+    }
+
+
+@pytest.mark.parametrize("kind", sorted(_wide_views()))
+def test_multibyte_and_multidim_views_encode_their_bytes(kind):
+    # len(view) counts items of the first dimension; a length prefix is the byte count.
+    view = _wide_views()[kind]
+    raw = view.tobytes()
+    pb = payload_pb2.AIOSPacket(session_id="s", frame_ptr=raw)
+    pb.files.add(metadata="m", file_data=raw)
+    expected = pb.SerializeToString()
+    frame = inference_pb2.InferenceMessage(rpc_data=raw).SerializeToString()
+    for codec in CODECS:
+        packet = codec.Packet(session_id="s", frame_ptr=view, files=[codec.FileInfo("m", view)])
+        assert codec.encode_packet(packet) == expected, codec.IMPLEMENTATION
+        assert codec.encode_message(view) == frame, codec.IMPLEMENTATION
+        assert values(codec.decode_packet(expected)) == values(pb)
+
+
+def test_non_contiguous_views_are_refused_at_encode():
+    from aios_fast.errors import PacketEncodeError
+
+    view = memoryview(b"abcdef")[::2]
+    for codec in CODECS:
+        with pytest.raises(PacketEncodeError):
+            codec.encode_packet(codec.Packet(frame_ptr=view))
+        with pytest.raises(PacketEncodeError):
+            codec.encode_packet(codec.Packet(files=[codec.FileInfo("m", view)]))
+        with pytest.raises(PacketEncodeError):
+            codec.encode_message(view)

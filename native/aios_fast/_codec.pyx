@@ -774,7 +774,10 @@ cdef class _Pieces:
             self.lens[i] = PyBytes_GET_SIZE(value)
             self.keep.append(value)
             return 0
-        PyObject_GetBuffer(value, &self.bufs[self.nbufs], PyBUF_SIMPLE)
+        try:
+            PyObject_GetBuffer(value, &self.bufs[self.nbufs], PyBUF_SIMPLE)
+        except BufferError:  # PyBUF_SIMPLE refuses non-contiguous views
+            raise PacketEncodeError("bytes fields must be C-contiguous buffers") from None
         self.ptrs[i] = <const uint8_t*>self.bufs[self.nbufs].buf
         self.lens[i] = self.bufs[self.nbufs].len
         self.nbufs += 1
