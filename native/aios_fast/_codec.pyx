@@ -15,11 +15,9 @@ from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
-from aios_fast.errors import PacketDecodeError, PacketEncodeError
+from aios_fast._cpython cimport PyMemoryView_FromObject, PyUnicode_AsUTF8AndSize, aiosf_load_le64
 
-cdef extern from "Python.h":
-    const char* PyUnicode_AsUTF8AndSize(object, Py_ssize_t*) except NULL
-    object PyMemoryView_FromObject(object)
+from aios_fast.errors import PacketDecodeError, PacketEncodeError
 
 cdef extern from *:
     """
@@ -346,10 +344,7 @@ cdef int _parse_packet(Packet pk, Cur* c, Py_ssize_t pos, Py_ssize_t end) except
             if end - pos < 8:
                 pos = _fail(c, E_TRUNCATED, pos)
                 break
-            bits = (<uint64_t>c.p[pos] | (<uint64_t>c.p[pos + 1] << 8)
-                    | (<uint64_t>c.p[pos + 2] << 16) | (<uint64_t>c.p[pos + 3] << 24)
-                    | (<uint64_t>c.p[pos + 4] << 32) | (<uint64_t>c.p[pos + 5] << 40)
-                    | (<uint64_t>c.p[pos + 6] << 48) | (<uint64_t>c.p[pos + 7] << 56))
+            bits = aiosf_load_le64(c.p + pos)
             memcpy(&pk._ts, &bits, 8)
             pos += 8
         else:

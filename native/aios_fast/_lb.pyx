@@ -17,11 +17,9 @@ from libc.stdlib cimport qsort
 from libc.string cimport memcpy
 
 from aios_fast._codec cimport Packet
+from aios_fast._cpython cimport PyUnicode_AsUTF8AndSize, aiosf_load_le64
 
 from aios_fast.errors import LBConfigError, NoInstanceError, UnknownInstanceError
-
-cdef extern from "Python.h":
-    const char* PyUnicode_AsUTF8AndSize(object, Py_ssize_t*) except NULL
 
 cdef extern from *:
     """
@@ -31,20 +29,6 @@ cdef extern from *:
     }
     """
     Py_ssize_t aiosf_mulhi(uint64_t x, uint64_t n) noexcept nogil
-
-cdef extern from *:
-    """
-    #include <string.h>
-    static inline uint64_t aiosf_load_le64(const unsigned char* p) {
-        uint64_t w;
-        memcpy(&w, p, 8);
-    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-        w = __builtin_bswap64(w);
-    #endif
-        return w;
-    }
-    """
-    uint64_t aiosf_load_le64(const unsigned char* p) noexcept nogil
 
 __all__ = [
     "BUILTINS",
