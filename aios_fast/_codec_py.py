@@ -16,7 +16,10 @@ stricter than protobuf in one place, on purpose: a known field that arrives with
 another wire type is rejected (``wrong_wire_type``) instead of being kept as an
 unknown field.
 
-Bytes fields come back as memoryviews into the decoded buffer (zero-copy).
+Bytes fields come back as memoryviews into the decoded buffer: zero-copy for bytes
+(and memoryviews of bytes); any buffer the caller could change afterwards (bytearray,
+a writable memoryview, array, mmap) is copied once at decode, so a Packet never changes
+after it was decoded.
 """
 
 from __future__ import annotations
@@ -188,7 +191,8 @@ class Packet:
     """An ``AIOSPacket`` with the protobuf class's attribute names.
 
     Decoded packets reference the caller's buffer: ``frame_ptr`` and every
-    ``file_data`` are memoryviews into it. Assigning a field patches the packet;
+    ``file_data`` are memoryviews into it (into a copy taken at decode when the buffer
+    was mutable, so a decoded packet never changes). Assigning a field patches the packet;
     ``encode_packet`` turns it back into protobuf-identical bytes.
     """
 
@@ -313,9 +317,13 @@ class Packet:
 
 
 def _view(buf) -> memoryview:
+    """A byte view of buf that nobody can change: bytes (and views of bytes) as they are,
+    any other buffer (bytearray, writable memoryview, array, mmap) copied once."""
     view = buf if isinstance(buf, memoryview) else memoryview(buf)
     if view.ndim != 1 or view.itemsize != 1:
         view = view.cast("B")
+    if type(view.obj) is not bytes:
+        view = memoryview(view.tobytes())
     return view
 
 

@@ -492,7 +492,8 @@ cdef class Packet:
     """An ``AIOSPacket`` with the protobuf class's attribute names.
 
     Decoded packets reference the caller's buffer: ``frame_ptr`` and every
-    ``file_data`` are memoryviews into it. Assigning a field patches the packet;
+    ``file_data`` are memoryviews into it (into a copy taken at decode when the buffer
+    was mutable, so a decoded packet never changes). Assigning a field patches the packet;
     ``encode_packet`` turns it back into protobuf-identical bytes.
     """
 
@@ -646,15 +647,28 @@ cdef class Packet:
 
 
 cdef inline Packet _bind(object buf, Cur* c, Py_ssize_t* n):
-    """A fresh Packet holding buf's memory; c.p and n point at it."""
+    """A fresh Packet holding buf's memory (or a snapshot of it); c.p and n point at it.
+
+    A Packet never reads memory its caller can change: bytes (and memoryviews of bytes)
+    are used in place; any other buffer (bytearray, a writable memoryview, array, mmap)
+    is copied once into bytes, as otherwise a later write would change strings already
+    validated as UTF-8, the hashed session_id and every view handed out.
+    """
     cdef Packet pk = Packet.__new__(Packet)
-    if PyBytes_CheckExact(buf):
-        c.p = <const uint8_t*>PyBytes_AS_STRING(buf)
-        n[0] = PyBytes_GET_SIZE(buf)
-    else:
-        pk._src = _Source(buf)
-        c.p = <const uint8_t*>pk._src.view.buf
-        n[0] = pk._src.view.len
+    cdef _Source src
+    if not PyBytes_CheckExact(buf):
+        src = _Source(buf)
+        if type(buf) is memoryview and PyBytes_CheckExact(buf.obj):
+            pk._src = src  # immutable memory: zero copy, the buffer is held
+            c.p = <const uint8_t*>src.view.buf
+            n[0] = src.view.len
+            pk._owner = buf
+            pk._base = c.p
+            return pk
+        buf = PyBytes_FromStringAndSize(<const char*>src.view.buf, src.view.len)
+        src = None  # the snapshot is taken: release the caller's buffer now
+    c.p = <const uint8_t*>PyBytes_AS_STRING(buf)
+    n[0] = PyBytes_GET_SIZE(buf)
     pk._owner = buf
     pk._base = c.p
     return pk
