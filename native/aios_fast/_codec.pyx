@@ -434,11 +434,14 @@ cdef object _byte_view(object owner):
     return mv
 
 
-# no_gc (Packet and FileInfo): they reference buffers and values, never each other or
-# themselves (FileInfo holds the buffer, not its Packet), so they cannot form cycles;
-# skipping GC tracking is a measurable part of a decode.
+# Packet and FileInfo are GC-tracked: user code can close a cycle through them
+# (packet.files.append(packet), a bytearray subclass in frame_ptr pointing back at its
+# packet), which only the collector frees. no_gc_clear: the collector never clears them
+# (their _owner must outlive _base); every such cycle also runs through a list or a
+# Python object the collector does clear, since their own fields hold only str,
+# bytes-like values and the files list.
 @cython.final
-@cython.no_gc
+@cython.no_gc_clear
 @cython.freelist(16)
 cdef class FileInfo:
     """One ``FileInfo``: ``metadata`` (str) and ``file_data`` (bytes-like, a view when decoded)."""
@@ -486,7 +489,7 @@ _FIELDS = ("session_id", "seq_no", "frame_ptr", "data", "ts", "output_ptr", "fil
 
 
 @cython.final
-@cython.no_gc
+@cython.no_gc_clear
 @cython.freelist(32)
 cdef class Packet:
     """An ``AIOSPacket`` with the protobuf class's attribute names.
