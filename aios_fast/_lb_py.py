@@ -428,8 +428,8 @@ class ConsistentHash(Balancer):
     (always when idle) this is the plain ring. ``balance_factor`` None (the default) or
     0 keeps strict affinity, which a block that keeps per-session state needs; a full
     instance's sessions spill to the next ones while it is full (measured at 1,024
-    instances and factor 1.25: 5.6% of picks spill at 20 tasks in flight per instance,
-    34% at 2).
+    instances and factor 1.25: about 5% of picks spill at 20 tasks in flight per instance,
+    about 35% at 2).
     """
 
     name = "consistent_hash"
