@@ -415,7 +415,7 @@ class ConsistentHash(Balancer):
 
     Shares: an instance owns the hashes nearer one of its points than any other point
     (either side; a tie goes clockwise). Nearest rather than next point, and 1,024
-    points rather than 160: at 1,024 instances shares are 0.92-1.08 of 1/N (measured
+    points rather than 160: at 1,024 instances shares are 0.92-1.07 of 1/N (measured
     for four id patterns; 0.70-1.32 with 160 next-point vnodes), so within +-10%;
     ``shares()`` gives them exactly.
 
