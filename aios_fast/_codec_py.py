@@ -10,11 +10,16 @@ Wire format (protos/payload.proto, protos/inference.proto):
 
 Decoding follows protobuf (upb) exactly on valid input: last occurrence of a
 singular field wins, ``files`` accumulates, unknown fields (groups included) are
-skipped, tags are at most 5 bytes, varints at most 10. It is stricter than
-protobuf in one place, on purpose: a known field that arrives with another wire
-type is rejected (``wrong_wire_type``) instead of being kept as an unknown field.
+skipped (field number 0 is accepted inside a group, as upb does, and refused
+elsewhere), tags and lengths are at most 5 bytes, other varints at most 10. It is
+stricter than protobuf in one place, on purpose: a known field that arrives with
+another wire type is rejected (``wrong_wire_type``) instead of being kept as an
+unknown field.
 
-Bytes fields come back as memoryviews into the decoded buffer (zero-copy).
+Bytes fields come back as memoryviews into the decoded buffer: zero-copy for bytes
+(and memoryviews of bytes); any buffer the caller could change afterwards (bytearray,
+a writable memoryview, array, mmap) is copied once at decode, so a Packet never changes
+after it was decoded.
 """
 
 from __future__ import annotations
@@ -66,10 +71,11 @@ def _varint(buf, pos: int, end: int, max_len: int = 10) -> tuple[int, int]:
         shift += 7
 
 
-def _tag(buf, pos: int, end: int) -> tuple[int, int, int]:
+def _tag(buf, pos: int, end: int, in_group: bool = False) -> tuple[int, int, int]:
+    """Read a tag. Field number 0 is an error except inside a group, where upb accepts it."""
     start = pos
     tag, pos = _varint(buf, pos, end, 5)
-    if tag > 0xFFFFFFFF or tag >> 3 == 0:
+    if tag > 0xFFFFFFFF or (tag >> 3 == 0 and not in_group):
         raise PacketDecodeError("bad_tag", start)
     if tag & 7 > _I32:
         raise PacketDecodeError("bad_wire_type", start, f"wire type {tag & 7}")
@@ -78,7 +84,7 @@ def _tag(buf, pos: int, end: int) -> tuple[int, int, int]:
 
 def _length(buf, pos: int, end: int) -> tuple[int, int]:
     start = pos
-    n, pos = _varint(buf, pos, end)
+    n, pos = _varint(buf, pos, end, 5)  # upb reads a length from at most 5 bytes
     if n > end - pos:
         raise PacketDecodeError("length_overflow", start, f"{n} bytes, {end - pos} left")
     return n, pos
@@ -106,7 +112,7 @@ def _skip(buf, field: int, wt: int, pos: int, end: int, depth: int) -> int:
             if pos >= end:
                 raise PacketDecodeError("bad_group", pos, "unterminated group")
             at = pos
-            f, w, pos = _tag(buf, pos, end)
+            f, w, pos = _tag(buf, pos, end, True)
             if w == _EGROUP:
                 if f != field:
                     raise PacketDecodeError("bad_group", at, "mismatched end group")
@@ -185,7 +191,8 @@ class Packet:
     """An ``AIOSPacket`` with the protobuf class's attribute names.
 
     Decoded packets reference the caller's buffer: ``frame_ptr`` and every
-    ``file_data`` are memoryviews into it. Assigning a field patches the packet;
+    ``file_data`` are memoryviews into it (into a copy taken at decode when the buffer
+    was mutable, so a decoded packet never changes). Assigning a field patches the packet;
     ``encode_packet`` turns it back into protobuf-identical bytes.
     """
 
@@ -310,9 +317,13 @@ class Packet:
 
 
 def _view(buf) -> memoryview:
+    """A byte view of buf that nobody can change: bytes (and views of bytes) as they are,
+    any other buffer (bytearray, writable memoryview, array, mmap) copied once."""
     view = buf if isinstance(buf, memoryview) else memoryview(buf)
     if view.ndim != 1 or view.itemsize != 1:
         view = view.cast("B")
+    if type(view.obj) is not bytes:
+        view = memoryview(view.tobytes())
     return view
 
 
@@ -439,9 +450,18 @@ def _utf8_bytes(value: str, name: str) -> bytes:
 
 
 def _put_len(out: bytearray, tag: int, payload) -> None:
-    if len(payload):
+    if isinstance(payload, memoryview):
+        # The byte length: len() counts items of the first dimension (array('I'), 2-D).
+        if not payload.c_contiguous:
+            raise PacketEncodeError("bytes fields must be C-contiguous buffers")
+        n = payload.nbytes
+        if payload.ndim != 1 or payload.itemsize != 1:
+            payload = payload.cast("B")
+    else:
+        n = len(payload)
+    if n:
         out.append(tag)
-        _put_varint(out, len(payload))
+        _put_varint(out, n)
         out += payload
 
 

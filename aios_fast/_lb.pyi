@@ -42,9 +42,11 @@ class ConsistentHash(Balancer):
         self,
         instances: Iterable[str] = (),
         *,
-        vnodes: int = 160,
+        vnodes: int = 1024,
+        balance_factor: float | None = None,
         seed: int | None = None,
         weights: dict[str, float] | None = None,
     ) -> None: ...
+    def shares(self) -> dict[str, float]: ...
 
 BUILTINS: dict[str, type[Balancer]]

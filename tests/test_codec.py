@@ -188,15 +188,34 @@ def test_unknown_fields_are_skipped(codec):
     assert_same(codec.decode_packet(buf), payload_pb2.AIOSPacket.FromString(buf))
 
 
+def test_field_zero_inside_a_group_is_skipped_like_protobuf(codec):
+    # upb refuses field number 0 at the top level but accepts it inside a group.
+    inner = b"\x00\x01" + b"\x02\x01x" + b"\x01" + b"\0" * 8 + b"\x05" + b"\0" * 4
+    inner += b"\x03\x00\x07\x04"  # a group numbered 0 holding a field 0, closed by 0
+    buf = b"\x4b" + inner + b"\x4c" + small_packet().SerializeToString()
+    assert_same(codec.decode_packet(buf), payload_pb2.AIOSPacket.FromString(buf))
+    in_file = b"\x3a" + _varint(len(inner) + 2) + b"\x4b" + inner + b"\x4c"
+    assert_same(codec.decode_packet(in_file), payload_pb2.AIOSPacket.FromString(in_file))
+
+
 MALFORMED = [
     ("truncated_varint", b"\x10\xff", "truncated"),
     ("truncated_length", b"\x0a", "truncated"),
     ("length_past_end", b"\x0a\x05abc", "length_overflow"),
-    ("huge_length", b"\x0a" + b"\xff" * 9 + b"\x01", "length_overflow"),
+    ("huge_length", b"\x0a" + b"\xff" * 4 + b"\x0f", "length_overflow"),
+    # upb reads a length from at most 5 bytes, even one whose value is small
+    ("length_10_bytes", b"\x0a" + b"\xff" * 9 + b"\x01", "varint_too_long"),
+    ("length_6_bytes", b"\x0a\x83\x80\x80\x80\x80\x00abc", "varint_too_long"),
+    ("unknown_length_6_bytes", b"\x4a\x80\x80\x80\x80\x80\x00", "varint_too_long"),
+    ("file_length_6_bytes", b"\x3a\x82\x80\x80\x80\x80\x00\x0a\x00", "varint_too_long"),
+    ("metadata_length_6_bytes", b"\x3a\x07\x0a\x80\x80\x80\x80\x80\x00", "varint_too_long"),
     ("varint_11_bytes", b"\x10" + b"\xff" * 10 + b"\x01", "varint_too_long"),
     ("tag_6_bytes", b"\x80\x80\x80\x80\x80\x00", "varint_too_long"),
     ("tag_over_32_bits", b"\xf8\xff\xff\xff\x1f\x00", "bad_tag"),
     ("field_zero", b"\x00\x00", "bad_tag"),
+    ("group_zero_at_top_level", b"\x03\x04", "bad_tag"),
+    ("field_zero_in_file", b"\x3a\x02\x00\x00", "bad_tag"),
+    ("group_ended_by_field_zero", b"\x4b\x04", "bad_group"),
     ("wire_type_6", b"\x0e", "bad_wire_type"),
     ("wire_type_7", b"\x0f", "bad_wire_type"),
     ("truncated_fixed64", b"\x29\x00\x00", "truncated"),

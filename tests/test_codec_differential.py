@@ -61,11 +61,13 @@ def values(packet):
 
 
 field_numbers = st.integers(8, 2**29 - 1)
+# Inside a group upb accepts field number 0 (and a group numbered 0).
+group_field_numbers = st.one_of(st.just(0), field_numbers)
 
 
 @st.composite
 def unknown_field(draw, depth=0):
-    number = draw(field_numbers)
+    number = draw(group_field_numbers if depth else field_numbers)
     kind = draw(st.sampled_from([0, 1, 2, 5] + ([3] if depth < 4 else [])))
     tag = varint((number << 3) | kind)
     if kind == 0:
@@ -204,3 +206,96 @@ def test_truncations_and_corruptions(fields, data):
 def test_group_nesting_depth_matches_protobuf(depth):
     buf = b"\x43" * depth + b"\x44" * depth
     check_against_protobuf(buf)
+
+
+def padded_varint(n: int, width: int) -> bytes:
+    """n as a varint of exactly width bytes (non-minimal: continuation bytes of zero)."""
+    out = bytearray()
+    for i in range(width):
+        out.append(((n >> (7 * i)) & 0x7F) | (0x80 if i < width - 1 else 0))
+    return bytes(out)
+
+
+LENGTH_SITES = {
+    # name: (prefix, body); the length prefix goes between them
+    "session_id": (b"\x0a", b"abc"),
+    "frame_ptr": (b"\x1a", b"\x00\xff"),
+    "unknown_field": (b"\x4a", b"xyz"),
+    "files": (b"\x3a", b"\x0a\x01m"),
+    "in_group": (b"\x4b\x52", b"abc"),
+}
+
+
+@pytest.mark.parametrize("width", range(1, 12))
+@pytest.mark.parametrize("site", sorted(LENGTH_SITES))
+def test_length_prefix_width_matches_protobuf(site, width):
+    # upb reads a length from at most 5 bytes: 6-10 byte lengths are rejected even when
+    # their value is small (a plain varint may take 10).
+    prefix, body = LENGTH_SITES[site]
+    buf = prefix + padded_varint(len(body), width) + body
+    if site == "in_group":
+        buf += b"\x4c"
+    check_against_protobuf(buf)
+    outcome = decode_all(buf)[0]
+    assert (outcome[0] == "ok") == (width <= 5), outcome
+    if width > 5:
+        assert outcome[1] == "varint_too_long"
+    # inside a FileInfo too
+    meta = b"\x0a" + padded_varint(3, width) + b"abc"
+    nested = b"\x3a" + bytes([len(meta)]) + meta
+    check_against_protobuf(nested)
+    assert (decode_all(nested)[0][0] == "ok") == (width <= 5)
+
+
+@pytest.mark.parametrize(
+    "inner",
+    [b"\x00\x01", b"\x02\x01x", b"\x01" + b"\0" * 8, b"\x05" + b"\0" * 4, b"\x03\x04",
+     b"\x03\x00\x01\x04", b"\x80\x00\x01", b"\x04", b"\x06", b"\x07", b"\x03\x4c"],
+)  # fmt: skip
+def test_field_zero_inside_groups_matches_protobuf(inner):
+    for buf in (b"\x4b" + inner + b"\x4c", b"\x4b\x53" + inner + b"\x54\x4c"):
+        check_against_protobuf(buf)
+        check_against_protobuf(b"\x3a" + bytes([len(buf)]) + buf)
+    assert decode_all(b"\x4b\x00\x01\x4c")[0][0] == "ok"
+
+
+def _wide_views():
+    from array import array
+
+    raw = bytes(range(24))
+    return {
+        "array_I": memoryview(array("I", [1, 2, 0xFFFFFFFF])),
+        "array_d": memoryview(array("d", [1.5, -2.0])),
+        "2d": memoryview(raw).cast("B", (4, 6)),
+        "3d_ints": memoryview(raw).cast("I").cast("B").cast("I", (2, 1, 3)),
+        "bytearray_h": memoryview(bytearray(raw)).cast("h"),
+    }
+
+
+@pytest.mark.parametrize("kind", sorted(_wide_views()))
+def test_multibyte_and_multidim_views_encode_their_bytes(kind):
+    # len(view) counts items of the first dimension; a length prefix is the byte count.
+    view = _wide_views()[kind]
+    raw = view.tobytes()
+    pb = payload_pb2.AIOSPacket(session_id="s", frame_ptr=raw)
+    pb.files.add(metadata="m", file_data=raw)
+    expected = pb.SerializeToString()
+    frame = inference_pb2.InferenceMessage(rpc_data=raw).SerializeToString()
+    for codec in CODECS:
+        packet = codec.Packet(session_id="s", frame_ptr=view, files=[codec.FileInfo("m", view)])
+        assert codec.encode_packet(packet) == expected, codec.IMPLEMENTATION
+        assert codec.encode_message(view) == frame, codec.IMPLEMENTATION
+        assert values(codec.decode_packet(expected)) == values(pb)
+
+
+def test_non_contiguous_views_are_refused_at_encode():
+    from aios_fast.errors import PacketEncodeError
+
+    view = memoryview(b"abcdef")[::2]
+    for codec in CODECS:
+        with pytest.raises(PacketEncodeError):
+            codec.encode_packet(codec.Packet(frame_ptr=view))
+        with pytest.raises(PacketEncodeError):
+            codec.encode_packet(codec.Packet(files=[codec.FileInfo("m", view)]))
+        with pytest.raises(PacketEncodeError):
+            codec.encode_message(view)

@@ -15,11 +15,9 @@ from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
-from aios_fast.errors import PacketDecodeError, PacketEncodeError
+from aios_fast._cpython cimport PyMemoryView_FromObject, PyUnicode_AsUTF8AndSize, aiosf_load_le64
 
-cdef extern from "Python.h":
-    const char* PyUnicode_AsUTF8AndSize(object, Py_ssize_t*) except NULL
-    object PyMemoryView_FromObject(object)
+from aios_fast.errors import PacketDecodeError, PacketEncodeError
 
 cdef extern from *:
     """
@@ -176,13 +174,14 @@ cdef inline Py_ssize_t _varint(Cur* c, Py_ssize_t pos, Py_ssize_t end, uint64_t*
 
 
 cdef inline Py_ssize_t _tag(Cur* c, Py_ssize_t pos, Py_ssize_t end, uint32_t* field,
-                            int* wt) noexcept nogil:
+                            int* wt, bint in_group=False) noexcept nogil:
+    """Read a tag. Field number 0 is an error except inside a group, where upb accepts it."""
     cdef uint64_t tag
     cdef Py_ssize_t start = pos
     pos = _varint(c, pos, end, &tag, 5)
     if pos < 0:
         return -1
-    if tag > 0xFFFFFFFFULL or (tag >> 3) == 0:
+    if tag > 0xFFFFFFFFULL or ((tag >> 3) == 0 and not in_group):
         return _fail(c, E_BAD_TAG, start)
     if (tag & 7) > WT_I32:
         return _fail(c, E_BAD_WIRE_TYPE, start)
@@ -194,7 +193,7 @@ cdef inline Py_ssize_t _tag(Cur* c, Py_ssize_t pos, Py_ssize_t end, uint32_t* fi
 cdef inline Py_ssize_t _length(Cur* c, Py_ssize_t pos, Py_ssize_t end, Span* sp) noexcept nogil:
     cdef uint64_t n
     cdef Py_ssize_t start = pos
-    pos = _varint(c, pos, end, &n, 10)
+    pos = _varint(c, pos, end, &n, 5)  # upb reads a length from at most 5 bytes
     if pos < 0:
         return -1
     if n > <uint64_t>(end - pos):
@@ -227,7 +226,7 @@ cdef Py_ssize_t _skip(Cur* c, uint32_t field, int wt, Py_ssize_t pos, Py_ssize_t
             if pos >= end:
                 return _fail(c, E_BAD_GROUP, pos)
             at = pos
-            pos = _tag(c, pos, end, &f, &w)
+            pos = _tag(c, pos, end, &f, &w, True)
             if pos < 0:
                 return -1
             if w == WT_EGROUP:
@@ -345,10 +344,7 @@ cdef int _parse_packet(Packet pk, Cur* c, Py_ssize_t pos, Py_ssize_t end) except
             if end - pos < 8:
                 pos = _fail(c, E_TRUNCATED, pos)
                 break
-            bits = (<uint64_t>c.p[pos] | (<uint64_t>c.p[pos + 1] << 8)
-                    | (<uint64_t>c.p[pos + 2] << 16) | (<uint64_t>c.p[pos + 3] << 24)
-                    | (<uint64_t>c.p[pos + 4] << 32) | (<uint64_t>c.p[pos + 5] << 40)
-                    | (<uint64_t>c.p[pos + 6] << 48) | (<uint64_t>c.p[pos + 7] << 56))
+            bits = aiosf_load_le64(c.p + pos)
             memcpy(&pk._ts, &bits, 8)
             pos += 8
         else:
@@ -438,11 +434,14 @@ cdef object _byte_view(object owner):
     return mv
 
 
-# no_gc (Packet and FileInfo): they reference buffers and values, never each other or
-# themselves (FileInfo holds the buffer, not its Packet), so they cannot form cycles;
-# skipping GC tracking is a measurable part of a decode.
+# Packet and FileInfo are GC-tracked: user code can close a cycle through them
+# (packet.files.append(packet), a bytearray subclass in frame_ptr pointing back at its
+# packet), which only the collector frees. no_gc_clear: the collector never clears them
+# (their _owner must outlive _base); every such cycle also runs through a list or a
+# Python object the collector does clear, since their own fields hold only str,
+# bytes-like values and the files list.
 @cython.final
-@cython.no_gc
+@cython.no_gc_clear
 @cython.freelist(16)
 cdef class FileInfo:
     """One ``FileInfo``: ``metadata`` (str) and ``file_data`` (bytes-like, a view when decoded)."""
@@ -490,13 +489,14 @@ _FIELDS = ("session_id", "seq_no", "frame_ptr", "data", "ts", "output_ptr", "fil
 
 
 @cython.final
-@cython.no_gc
+@cython.no_gc_clear
 @cython.freelist(32)
 cdef class Packet:
     """An ``AIOSPacket`` with the protobuf class's attribute names.
 
     Decoded packets reference the caller's buffer: ``frame_ptr`` and every
-    ``file_data`` are memoryviews into it. Assigning a field patches the packet;
+    ``file_data`` are memoryviews into it (into a copy taken at decode when the buffer
+    was mutable, so a decoded packet never changes). Assigning a field patches the packet;
     ``encode_packet`` turns it back into protobuf-identical bytes.
     """
 
@@ -650,15 +650,28 @@ cdef class Packet:
 
 
 cdef inline Packet _bind(object buf, Cur* c, Py_ssize_t* n):
-    """A fresh Packet holding buf's memory; c.p and n point at it."""
+    """A fresh Packet holding buf's memory (or a snapshot of it); c.p and n point at it.
+
+    A Packet never reads memory its caller can change: bytes (and memoryviews of bytes)
+    are used in place; any other buffer (bytearray, a writable memoryview, array, mmap)
+    is copied once into bytes, as otherwise a later write would change strings already
+    validated as UTF-8, the hashed session_id and every view handed out.
+    """
     cdef Packet pk = Packet.__new__(Packet)
-    if PyBytes_CheckExact(buf):
-        c.p = <const uint8_t*>PyBytes_AS_STRING(buf)
-        n[0] = PyBytes_GET_SIZE(buf)
-    else:
-        pk._src = _Source(buf)
-        c.p = <const uint8_t*>pk._src.view.buf
-        n[0] = pk._src.view.len
+    cdef _Source src
+    if not PyBytes_CheckExact(buf):
+        src = _Source(buf)
+        if type(buf) is memoryview and PyBytes_CheckExact(buf.obj):
+            pk._src = src  # immutable memory: zero copy, the buffer is held
+            c.p = <const uint8_t*>src.view.buf
+            n[0] = src.view.len
+            pk._owner = buf
+            pk._base = c.p
+            return pk
+        buf = PyBytes_FromStringAndSize(<const char*>src.view.buf, src.view.len)
+        src = None  # the snapshot is taken: release the caller's buffer now
+    c.p = <const uint8_t*>PyBytes_AS_STRING(buf)
+    n[0] = PyBytes_GET_SIZE(buf)
     pk._owner = buf
     pk._base = c.p
     return pk
@@ -773,7 +786,10 @@ cdef class _Pieces:
             self.lens[i] = PyBytes_GET_SIZE(value)
             self.keep.append(value)
             return 0
-        PyObject_GetBuffer(value, &self.bufs[self.nbufs], PyBUF_SIMPLE)
+        try:
+            PyObject_GetBuffer(value, &self.bufs[self.nbufs], PyBUF_SIMPLE)
+        except BufferError:  # PyBUF_SIMPLE refuses non-contiguous views
+            raise PacketEncodeError("bytes fields must be C-contiguous buffers") from None
         self.ptrs[i] = <const uint8_t*>self.bufs[self.nbufs].buf
         self.lens[i] = self.bufs[self.nbufs].len
         self.nbufs += 1

@@ -4,24 +4,22 @@
 Behaviour is defined by the pure twin ``aios_fast._lb_py`` (read its docstrings): the
 same operations give the same picks. Here the per-instance state lives in C arrays,
 least_outstanding and weighted_round_robin keep indexed binary heaps (O(log N) per
-pick / update) where the twin scans, and the hash ring has a 65,536-bucket index so a
-lookup touches a couple of entries.
+pick / update) where the twin scans, and the hash ring has a bucket index of about one
+bucket per point (2**16 to 2**22 buckets) so a lookup touches a couple of entries.
 """
 
 cimport cython
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.unicode cimport PyUnicode_Check
 from libc.math cimport floor, fmod, isfinite
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t
 from libc.stdlib cimport qsort
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 from aios_fast._codec cimport Packet
+from aios_fast._cpython cimport PyUnicode_AsUTF8AndSize, aiosf_load_le64
 
 from aios_fast.errors import LBConfigError, NoInstanceError, UnknownInstanceError
-
-cdef extern from "Python.h":
-    const char* PyUnicode_AsUTF8AndSize(object, Py_ssize_t*) except NULL
 
 cdef extern from *:
     """
@@ -34,17 +32,26 @@ cdef extern from *:
 
 cdef extern from *:
     """
-    #include <string.h>
-    static inline uint64_t aiosf_load_le64(const unsigned char* p) {
-        uint64_t w;
-        memcpy(&w, p, 8);
-    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-        w = __builtin_bswap64(w);
+    #include <stdlib.h>
+    #if defined(__linux__)
+    #include <sys/mman.h>
     #endif
-        return w;
+    /* Memory for a hash ring: past 2 MiB, 2 MiB-aligned and marked for transparent huge
+       pages, so a lookup at random costs a cache miss but no page walk (a 1,024-instance
+       ring is 8 MiB: 2,048 small pages, more than the TLB holds). Free with free(). */
+    static void* aiosf_ring_alloc(size_t size) {
+        void* p = NULL;
+        if (size < ((size_t)2 << 20)) return malloc(size ? size : 1);
+        size = (size + ((size_t)2 << 20) - 1) & ~(((size_t)2 << 20) - 1);
+        if (posix_memalign(&p, (size_t)2 << 20, size) != 0) return NULL;
+    #if defined(__linux__) && defined(MADV_HUGEPAGE)
+        madvise(p, size, MADV_HUGEPAGE);
+    #endif
+        return p;
     }
     """
-    uint64_t aiosf_load_le64(const unsigned char* p) noexcept nogil
+    void* aiosf_ring_alloc(size_t size) noexcept nogil
+    void free(void* p) noexcept nogil
 
 __all__ = [
     "BUILTINS",
@@ -61,7 +68,8 @@ __all__ = [
 
 IMPLEMENTATION = "c"
 cdef double RENORMALISE_AT = 4294967296.0
-cdef int RING_BITS = 16
+cdef int RING_BITS = 16      # hash-ring bucket index: at least 2**16 buckets,
+cdef int RING_BITS_MAX = 18  # at most 2**18 (1 MiB of index: a few points a bucket)
 
 
 # --------------------------------------------------------------------------- hashing
@@ -98,6 +106,21 @@ def hash64(data, uint64_t seed=0):
     if view.shape[0] == 0:
         return _hash64(NULL, 0, seed)
     return _hash64(&view[0], view.shape[0], seed)
+
+
+cdef inline Py_ssize_t _put_decimal(char* out, Py_ssize_t k) noexcept nogil:
+    """Write k (>= 0) in decimal, as str(k); returns the digit count."""
+    cdef char tmp[24]
+    cdef Py_ssize_t n = 0, i
+    while True:
+        tmp[n] = <char>(48 + k % 10)
+        n += 1
+        k //= 10
+        if k == 0:
+            break
+    for i in range(n):
+        out[i] = tmp[n - 1 - i]
+    return n
 
 
 cdef double GOLDEN = 0.6180339887498949
@@ -156,6 +179,7 @@ cdef class Balancer:
     cdef Py_ssize_t _nactive
     cdef list _active_ids
     cdef int64_t _clock
+    cdef int64_t _active_out   # in-flight tasks on available instances
     cdef uint64_t _rng
     cdef dict _default_weights
 
@@ -224,6 +248,7 @@ cdef class Balancer:
         cdef Py_ssize_t i
         cdef Inst* it
         self._nactive = 0
+        self._active_out = 0
         active_ids = []
         for i in range(self._n):
             it = &self._inst[i]
@@ -231,6 +256,7 @@ cdef class Balancer:
                 it.aidx = self._nactive
                 self._active[self._nactive] = i
                 self._nactive += 1
+                self._active_out += it.out
                 active_ids.append(self._ids[i])
             else:
                 it.aidx = -1
@@ -320,6 +346,8 @@ cdef class Balancer:
             return False
         cdef Py_ssize_t p = pos
         self._inst[p].out += 1
+        if self._inst[p].aidx >= 0:
+            self._active_out += 1
         self._inst[p].seq = self._clock
         self._clock += 1
         self._touched(p)
@@ -334,6 +362,8 @@ cdef class Balancer:
         if self._inst[p].out == 0:
             return False
         self._inst[p].out -= 1
+        if self._inst[p].aidx >= 0:
+            self._active_out -= 1
         self._touched(p)
         return True
 
@@ -678,20 +708,6 @@ cdef class WeightedRoundRobin(Balancer):
 # --------------------------------------------------------------------------- hashing policy
 
 
-cdef struct Point:
-    uint64_t h
-    Py_ssize_t rank        # rank of the owner's id in sorted order (tie-break)
-    Py_ssize_t owner       # active index
-
-
-cdef int _cmp_points(const void* x, const void* y) noexcept nogil:
-    cdef const Point* a = <const Point*>x
-    cdef const Point* b = <const Point*>y
-    if a.h != b.h:
-        return -1 if a.h < b.h else 1
-    return -1 if a.rank < b.rank else (1 if a.rank > b.rank else 0)
-
-
 cdef inline uint64_t _packet_hash(object packet) except? 0:
     cdef Packet pk
     cdef Py_ssize_t n
@@ -709,87 +725,217 @@ cdef inline uint64_t _packet_hash(object packet) except? 0:
     return _hash64(<const unsigned char*>p, n, 0)
 
 
+cdef double _check_balance_factor(object factor) except -1:
+    if factor is None:
+        return 0.0
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)):
+        raise LBConfigError(f"balance_factor must be a number, not {type(factor).__name__}")
+    cdef double f = float(factor)
+    if f != 0.0 and not (isfinite(f) and f >= 1.0):
+        raise LBConfigError(f"balance_factor must be >= 1 (or 0 / None: off), not {f}")
+    return f
+
+
+cdef void _count_pass(const uint64_t* src, uint64_t* dst, Py_ssize_t n, int shift) noexcept nogil:
+    """Stable counting sort of src into dst by the 11 bits at shift."""
+    cdef Py_ssize_t count[2048]
+    cdef Py_ssize_t i, total = 0, c
+    cdef Py_ssize_t d
+    memset(count, 0, sizeof(count))
+    for i in range(n):
+        count[(src[i] >> shift) & 2047] += 1
+    for d in range(2048):
+        c = count[d]
+        count[d] = total
+        total += c
+    for i in range(n):
+        d = <Py_ssize_t>((src[i] >> shift) & 2047)
+        dst[count[d]] = src[i]
+        count[d] += 1
+
+
+cdef void _sort_u64(uint64_t* a, uint64_t* tmp, Py_ssize_t n) noexcept nogil:
+    """Sort uniform 64-bit values: two counting passes on the top 22 bits (11 bits each,
+    so the 2,048 output streams stay in cache), then an insertion pass that only meets
+    values sharing their top 22 bits."""
+    cdef Py_ssize_t i, j
+    cdef uint64_t v
+    _count_pass(a, tmp, n, 42)
+    _count_pass(tmp, a, n, 53)
+    for i in range(1, n):
+        v = a[i]
+        if a[i - 1] <= v:
+            continue
+        j = i
+        while j > 0 and a[j - 1] > v:
+            a[j] = a[j - 1]
+            j -= 1
+        a[j] = v
+
+
 @cython.final
 cdef class ConsistentHash(Balancer):
-    """Session affinity: a ring of ``vnodes`` points per instance, hashed from the ids.
+    """Session affinity: a ring of ``vnodes`` points per instance (1,024 by default),
+    hashed from the ids; a session goes to the point nearest its hash (see the twin).
 
     The ring depends only on the set of available ids, so every executor process maps a
     session to the same instance; adding or removing one instance moves only the
-    sessions on its arcs (about 1/N of them).
+    sessions it owns (about 1/N of them). With ``balance_factor`` (bounded loads, off by
+    default) and T tasks in flight on the N available instances, a task goes to the
+    first instance clockwise whose in-flight count is below
+    ``balance_factor * (T + 1) / N``.
+
+    One sorted uint64 array: a point's position in its high bits, its owner's rank (id
+    order) in the low ``_shift`` bits, so a lookup touches one array (and ties between
+    positions sort by rank, as in the twin).
     """
 
     cdef int _vnodes
-    cdef uint64_t* _ring
-    cdef Py_ssize_t* _owner
+    cdef double _factor
+    cdef uint64_t* _ring       # position (low _shift bits clear) | owner rank, sorted
+    cdef uint32_t* _rank_owner # owner rank -> active index
     cdef Py_ssize_t _npoints
-    cdef Py_ssize_t* _bucket   # 2**RING_BITS + 1 entries: first point with top bits >= b
+    cdef int _shift
+    cdef uint64_t _mask        # (1 << _shift) - 1
+    cdef uint32_t* _bucket     # 2**_bits + 1 entries: first point with top bits >= b
+    cdef int _bits
     name = "consistent_hash"
-    PARAMS = ("seed", "weights", "vnodes")
+    PARAMS = ("seed", "weights", "vnodes", "balance_factor")
 
-    def __init__(self, instances=(), *, vnodes=160, **params):
+    def __init__(self, instances=(), *, vnodes=1024, balance_factor=None, **params):
         if isinstance(vnodes, bool) or not isinstance(vnodes, int) or not 1 <= vnodes <= 4096:
             raise LBConfigError(f"vnodes must be an int in 1..4096, not {vnodes!r}")
         self._vnodes = vnodes
+        self._factor = _check_balance_factor(balance_factor)
         super().__init__(instances, **params)
 
     def __dealloc__(self):
-        PyMem_Free(self._ring)
-        PyMem_Free(self._owner)
+        free(self._ring)
+        PyMem_Free(self._rank_owner)
         PyMem_Free(self._bucket)
 
     cdef int _rebuild(self) except -1:
         cdef Py_ssize_t n = self._nactive * self._vnodes
-        cdef Py_ssize_t a, k, i, b
-        cdef Point* pts = <Point*>PyMem_Malloc((n + 1) * sizeof(Point))
-        if pts == NULL:
-            raise MemoryError()
-        cdef dict rank = {iid: r for r, iid in enumerate(sorted(self._active_ids))}
-        cdef bytes raw
-        cdef Py_ssize_t j = 0
+        cdef Py_ssize_t r, a, k, i, j, b, idlen, nb
+        cdef const char* idp
+        cdef char* key = NULL
+        cdef int bits = RING_BITS
+        cdef int shift = 1
+        while (<Py_ssize_t>1 << shift) <= self._nactive:
+            shift += 1
+        cdef uint64_t mask = (<uint64_t>1 << shift) - 1
+        while bits < RING_BITS_MAX and (<Py_ssize_t>1 << bits) < n:
+            bits += 1
+        nb = <Py_ssize_t>1 << bits
+        cdef uint64_t* ring = <uint64_t*>aiosf_ring_alloc((n + 1) * sizeof(uint64_t))
+        cdef uint64_t* tmp = <uint64_t*>PyMem_Malloc((n + 1) * sizeof(uint64_t))
+        cdef uint32_t* rank_owner = <uint32_t*>PyMem_Malloc((self._nactive + 1) * sizeof(uint32_t))
+        cdef uint32_t* bucket = <uint32_t*>PyMem_Malloc((nb + 1) * sizeof(uint32_t))
         try:
-            for a in range(self._nactive):
-                iid = <str>self._active_ids[a]
-                for k in range(self._vnodes):
-                    raw = iid.encode("utf-8") + b"#" + str(k).encode()
-                    pts[j].h = _hash64(<const unsigned char*><char*>raw, len(raw), 0)
-                    pts[j].rank = rank[iid]
-                    pts[j].owner = a
-                    j += 1
-            qsort(pts, n, sizeof(Point), _cmp_points)
-            PyMem_Free(self._ring)
-            PyMem_Free(self._owner)
-            self._ring = <uint64_t*>PyMem_Malloc((n + 1) * sizeof(uint64_t))
-            self._owner = <Py_ssize_t*>PyMem_Malloc((n + 1) * sizeof(Py_ssize_t))
-            if self._bucket == NULL:
-                self._bucket = <Py_ssize_t*>PyMem_Malloc(((1 << RING_BITS) + 1) * sizeof(Py_ssize_t))
-            if self._ring == NULL or self._owner == NULL or self._bucket == NULL:
+            if ring == NULL or tmp == NULL or rank_owner == NULL or bucket == NULL:
                 raise MemoryError()
-            for i in range(n):
-                self._ring[i] = pts[i].h
-                self._owner[i] = pts[i].owner
-            self._npoints = n
+            # Point k of an instance is hash64(b"<id>#<k>"), its low bits replaced by
+            # the owner's rank among the sorted ids.
+            j = 0
+            for r, a in enumerate(sorted(range(self._nactive), key=self._active_ids.__getitem__)):
+                rank_owner[r] = <uint32_t>a
+                idp = PyUnicode_AsUTF8AndSize(self._active_ids[a], &idlen)
+                PyMem_Free(key)
+                key = <char*>PyMem_Malloc(idlen + 16)
+                if key == NULL:
+                    raise MemoryError()
+                memcpy(key, idp, idlen)
+                key[idlen] = 35  # "#"
+                for k in range(self._vnodes):
+                    ring[j] = (_hash64(<const unsigned char*>key,
+                                       idlen + 1 + _put_decimal(key + idlen + 1, k), 0)
+                               & ~mask) | <uint64_t>r
+                    j += 1
+            _sort_u64(ring, tmp, n)
             i = 0
-            for b in range((1 << RING_BITS) + 1):
-                while i < n and <Py_ssize_t>(self._ring[i] >> (64 - RING_BITS)) < b:
+            for b in range(nb + 1):  # bucket[b]: the first point whose top bits are >= b
+                while i < n and <Py_ssize_t>(ring[i] >> (64 - bits)) < b:
                     i += 1
-                self._bucket[b] = i
+                bucket[b] = <uint32_t>i
+        except BaseException:
+            free(ring)
+            PyMem_Free(rank_owner)
+            PyMem_Free(bucket)
+            raise
         finally:
-            PyMem_Free(pts)
+            PyMem_Free(key)
+            PyMem_Free(tmp)
+        free(self._ring)
+        PyMem_Free(self._rank_owner)
+        PyMem_Free(self._bucket)
+        self._ring = ring
+        self._rank_owner = rank_owner
+        self._bucket = bucket
+        self._bits = bits
+        self._shift = shift
+        self._mask = mask
+        self._npoints = n
         return 0
 
     cdef Py_ssize_t _choose(self, object packet) except -1:
-        cdef uint64_t h = _packet_hash(packet)
-        cdef Py_ssize_t b = <Py_ssize_t>(h >> (64 - RING_BITS))
+        cdef uint64_t mask = self._mask
+        cdef uint64_t h = _packet_hash(packet) & ~mask
+        cdef Py_ssize_t b = <Py_ssize_t>(h >> (64 - self._bits))
         cdef Py_ssize_t lo = self._bucket[b]
         cdef Py_ssize_t hi = self._bucket[b + 1]
-        cdef Py_ssize_t mid
-        while lo < hi:  # first point >= h within the bucket
+        cdef Py_ssize_t mid, prv
+        cdef const uint64_t* ring = self._ring
+        while lo < hi:  # first point at or after h within the bucket
             mid = (lo + hi) >> 1
-            if self._ring[mid] < h:
+            if ring[mid] < h:
                 lo = mid + 1
             else:
                 hi = mid
-        return self._owner[lo if lo < self._npoints else 0]
+        # The nearest point, either side (distances mod 2**64; a tie goes clockwise).
+        prv = (lo if lo > 0 else self._npoints) - 1
+        if lo == self._npoints:
+            lo = 0
+        if h - (ring[prv] & ~mask) < (ring[lo] & ~mask) - h:
+            lo = prv
+        cdef Py_ssize_t a = self._rank_owner[ring[lo] & mask]
+        cdef double limit
+        if self._factor != 0.0 and self._inst[self._active[a]].out != 0:
+            # Full: out * N >= factor * (T + 1), in doubles exactly as the twin compares.
+            limit = self._factor * <double>(self._active_out + 1)
+            while <double>(self._inst[self._active[a]].out * self._nactive) >= limit:
+                lo = lo + 1 if lo + 1 < self._npoints else 0
+                a = self._rank_owner[ring[lo] & mask]
+        return a
+
+    def shares(self):
+        """Each available instance's share of the hash space (sums to 1): the fraction
+        of all sessions it owns while bounded loads do not divert them."""
+        cdef Py_ssize_t i, prv
+        cdef uint64_t d, back
+        cdef uint64_t mask = self._mask
+        cdef double* acc
+        if self._npoints <= 1:
+            return {iid: 1.0 for iid in self._active_ids}
+        acc = <double*>PyMem_Malloc(self._nactive * sizeof(double))
+        if acc == NULL:
+            raise MemoryError()
+        try:
+            for i in range(self._nactive):
+                acc[i] = 0.0
+            for i in range(self._npoints):
+                # Keys between the two points: d of them (multiples of mask + 1); those
+                # nearer the earlier point, (ceil(d / 2) - 1) units, go back to it.
+                prv = (i if i > 0 else self._npoints) - 1
+                d = ((self._ring[i] & ~mask) - (self._ring[prv] & ~mask)) >> self._shift
+                if d == 0:
+                    continue
+                back = (d >> 1) + (d & 1) - 1
+                acc[self._rank_owner[self._ring[prv] & mask]] += <double>back
+                acc[self._rank_owner[self._ring[i] & mask]] += <double>(d - back)
+            return {self._active_ids[i]: acc[i] / <double>(<uint64_t>1 << (64 - self._shift))
+                    for i in range(self._nactive)}
+        finally:
+            PyMem_Free(acc)
 
 
 BUILTINS = {
