@@ -12,6 +12,7 @@ __all__ = [
     "PolicyError",
     "PolicyLoadError",
     "TaskExpired",
+    "TaskTimedOut",
     "UnknownInstanceError",
 ]
 
@@ -87,6 +88,10 @@ class PolicyError(AiosFastError):
 
 class TaskExpired(AiosFastError):
     """An instance did not start a task before its caller's deadline, so skipped it."""
+
+
+class TaskTimedOut(AiosFastError):
+    """A block ran one task longer than the block's task timeout."""
 
 
 class OutputTooLarge(AiosFastError):

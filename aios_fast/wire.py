@@ -32,6 +32,8 @@ carries as many tasks or replies as were ready when the writer last woke up::
         kind ERROR:     the block failed; payload = the error message (UTF-8): INTERNAL
         kind EXPIRED:   its deadline passed before it ran: DEADLINE_EXCEEDED
         kind TOO_LARGE: its output is over the message limit: RESOURCE_EXHAUSTED
+        kind TIMED_OUT: the block ran it over the task timeout (``TIMEOUT_HEADER``,
+                        counted from the start of the run): DEADLINE_EXCEEDED
         kind REFUSED:   not run (the instance is leaving; before or after its ACK):
                         run it elsewhere
         kind LEAVING:   (task_id 0) the instance drains: send it nothing more; it
@@ -74,6 +76,8 @@ __all__ = [
     "RESULT",
     "SERVICE",
     "TASK",
+    "TIMED_OUT",
+    "TIMEOUT_HEADER",
     "TOO_LARGE",
     "decode_replies",
     "decode_tasks",
@@ -131,7 +135,8 @@ LINK_RPC = "Tasks"
 LINK_METHOD = f"/{LINK_SERVICE}/{LINK_RPC}"
 TASK, CANCEL, FIRE = 0, 1, 2
 LIMIT_HEADER = "x-aios-max-message"  # link metadata: the sender's --max-message
-ACK, RESULT, ERROR, EXPIRED, TOO_LARGE, REFUSED, LEAVING = 0, 1, 2, 3, 4, 5, 6
+TIMEOUT_HEADER = "x-aios-task-timeout"  # link metadata: the executor's --task-timeout
+ACK, RESULT, ERROR, EXPIRED, TOO_LARGE, REFUSED, LEAVING, TIMED_OUT = 0, 1, 2, 3, 4, 5, 6, 7
 LINK_BATCH_BYTES = 1024 * 1024  # a batch fills up to this, unless one item is larger
 ITEM_OVERHEAD = 32  # msgpack bytes around one item's payload, at most (ids, kinds, floats)
 _LINK_SLACK = 64 * 1024

@@ -95,3 +95,16 @@ class HangBlock(Block):
 
     async def on_data(self, entry):
         await asyncio.sleep(3600)
+
+
+class WedgeBlock(Block):
+    """Blocks the instance's event loop (inline and sync) for parameters['seconds']:
+    the process still answers HTTP/2 pings (grpc core's threads) but says nothing."""
+
+    inline = True
+
+    def on_data(self, entry):
+        import time
+
+        time.sleep(float(self.parameters.get("seconds", 30)))
+        return entry.data

@@ -438,3 +438,42 @@ def test_the_last_instance_is_never_ejected():
     finally:
         executor.stop()
         wedged.stop()
+
+
+def test_the_task_timeout_counts_from_the_start_of_the_run():
+    """An instance running one task at a time: tasks that wait for their turn longer
+    than --task-timeout still run (the clock starts when they start); a run longer than
+    that fails with DEADLINE_EXCEEDED and is counted as a timeout there."""
+    instance = start_instance(CONTROL, None, "--max-concurrency", "1")
+    executor, port = start_executor({"i": instance.info["port"]}, "--task-timeout", "0.5",
+                                    "--eject-after", "0")  # fmt: skip
+    try:
+        calls = [("infer_result", frame("q", i, order(sleep=0.3)), 10) for i in range(4)]
+        calls.append(("infer_result", frame("slow", 9, order(sleep=2.0)), 10))
+        results = asyncio.run(gather_calls(port, calls))
+        assert all(isinstance(r, bytes) for r in results[:4]), results[:4]
+        assert results[4][0] == grpc.StatusCode.DEADLINE_EXCEEDED and "0.5s" in results[4][1]
+        time.sleep(1.2)  # /stats is a snapshot refreshed every second
+        body = json.loads(get_text(f"http://127.0.0.1:{instance.info['mgmt_port']}/stats"))
+        assert body["timed_out"] == 1, body
+    finally:
+        executor.stop()
+        instance.stop()
+
+
+def test_a_wedged_event_loop_is_timed_out_by_the_executor():
+    """A block that blocks its instance's event loop: pings still get answers, the
+    instance cannot time the run out itself, so the executor's backstop ends the link
+    once the instance has said nothing for the task timeout with tasks waiting."""
+    wedged = start_instance("tests.blocks:WedgeBlock", {"seconds": 20})
+    executor, port = start_executor({"w": wedged.info["port"]}, "--task-timeout", "0.5")
+    try:
+        t0 = time.monotonic()
+        result = asyncio.run(gather_calls(port, [("infer_result", frame("w", 1), 15)]))[0]
+        # the stream is ended (the task never got its ACK: no other instance takes it)
+        assert result[0] == grpc.StatusCode.UNAVAILABLE, result
+        assert time.monotonic() - t0 < 5
+    finally:
+        wedged.p.kill()
+        executor.stop()
+        wedged.stop()

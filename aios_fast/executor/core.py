@@ -290,6 +290,8 @@ class Executor:
             runtime.release_memory()
 
     async def _expire_tasks(self) -> None:
+        """Backstop for instances that cannot time their runs out themselves (a wedged
+        event loop): see Link.expire."""
         cutoff = perf_counter() - self.config.task_timeout
         for record in list(self.instances.values()):
             record.link.expire(cutoff)

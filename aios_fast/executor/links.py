@@ -44,6 +44,8 @@ from ..wire import (
     REFUSED,
     RESULT,
     TASK,
+    TIMED_OUT,
+    TIMEOUT_HEADER,
     TOO_LARGE,
     decode_replies,
     encode_tasks,
@@ -124,7 +126,8 @@ class LinkSettings:
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
-        return ((LIMIT_HEADER, str(self.max_message)), *self.token_metadata)
+        return ((LIMIT_HEADER, str(self.max_message)), (TIMEOUT_HEADER, str(self.run_timeout)),
+                *self.token_metadata)  # fmt: skip
 
     def channel_options(self) -> list[tuple[str, int]]:
         limit = link_limit(self.max_message)
@@ -227,7 +230,7 @@ class Link(Protocol):
 
     def cancel(self, task: LinkTask) -> None: ...
 
-    def expire(self, acked_before: float) -> int: ...
+    def expire(self, cutoff: float) -> int: ...
 
     async def close(self) -> None: ...
 
@@ -243,6 +246,9 @@ class InstanceLink:
         self.leaving = False  # the instance said it drains: no new tasks
         self.settings = settings or LinkSettings()
         self.peer_limit = self.settings.max_message  # the instance's, once it says
+        self.last_heard = 0.0  # perf_counter of its last message
+        self._call = None  # the stream now
+        self._stalled = ""  # why expire() ended the stream
         self._on_state = on_state
         self._on_settled = on_settled
         self._pending: dict[int, LinkTask] = {}
@@ -289,19 +295,21 @@ class InstanceLink:
             self._writer.put((task.id, CANCEL, b"", 0.0), ITEM_OVERHEAD)
         task.drop(TaskCancelled(f"{self.instance_id}: the caller gave up"))
 
-    def expire(self, acked_before: float) -> int:
-        """Tasks acknowledged before ``acked_before`` (perf_counter) and still running
-        fail with TaskTimedOut; the instance is told to cancel them. Returns how many."""
-        late = [t for tid in self._acked if (t := self._pending[tid]).t_ack < acked_before]
-        for task in late:
-            del self._pending[task.id]
-            self._acked.discard(task.id)
-            self.timed_out += 1
-            if self._writer is not None:
-                self._writer.put((task.id, CANCEL, b"", 0.0), ITEM_OVERHEAD)
-            timeout = self.settings.run_timeout
-            task.finish(None, TaskTimedOut(f"{self.instance_id} ran the task over {timeout}s"))
-        return len(late)
+    def expire(self, cutoff: float) -> int:
+        """A backstop for the task timeout, which a live instance applies itself (from
+        the start of each run, with TIMED_OUT replies): when the instance has said
+        nothing since ``cutoff`` (perf_counter) while a task sent before then waits,
+        its event loop is wedged (HTTP/2 pings are answered by grpc's own threads, so
+        keepalive cannot tell). The stream is ended: tasks it acknowledged are lost,
+        the others go elsewhere. Returns how many tasks were waiting."""
+        if self._call is None or not self._pending or self.last_heard >= cutoff:
+            return 0
+        if min(task.t0 for task in self._pending.values()) >= cutoff:
+            return 0
+        self._stalled = (f"it said nothing for {self.settings.run_timeout:g}s with "
+                         f"{len(self._pending)} tasks waiting")  # fmt: skip
+        self._call.cancel()
+        return len(self._pending)
 
     async def _requests(self, writer: BatchWriter):
         while (batch := await writer.next_batch()) is not None:
@@ -337,6 +345,12 @@ class InstanceLink:
         if kind == RESULT:
             self.completed += 1
             task.finish(payload, None)
+        elif kind == TIMED_OUT:
+            self.failed += 1
+            self.timed_out += 1
+            task.finish(
+                None, TaskTimedOut(f"{self.instance_id}: {payload.decode(errors='replace')}")
+            )
         else:
             self.failed += 1
             code = _REPLY_CODES.get(kind, grpc.StatusCode.INTERNAL)
@@ -370,6 +384,7 @@ class InstanceLink:
                 call = channel.stream_stream(LINK_METHOD)(
                     self._requests(writer), metadata=settings.metadata
                 )
+                self._call, self._stalled = call, ""
                 await call.wait_for_connection()
                 self.peer_limit = _peer_limit(await call.initial_metadata(), settings)
                 self._writer = writer
@@ -377,6 +392,7 @@ class InstanceLink:
                 self._set_up(True)
                 backoff = 0.05
                 async for message in call:
+                    self.last_heard = perf_counter()
                     replies = decode_replies(message)
                     self.messages_received += 1
                     self.replies += len(replies)
@@ -384,12 +400,15 @@ class InstanceLink:
                         self._reply(task_id, kind, payload)
                 reason = "the instance ended the link"
             except asyncio.CancelledError:
-                reason = "the link was closed by the executor"
-                raise
+                if not self._stalled:
+                    reason = "the link was closed by the executor"
+                    raise
+                reason = self._stalled  # expire() ended the stream: reconnect
             except Exception as exc:
                 reason = f"the link failed ({type(exc).__name__}: {_short(exc)})"
             finally:
                 self._writer = None
+                self._call = None
                 writer.close()
                 self._set_up(False)
                 self._fail_all(reason)
@@ -489,7 +508,7 @@ class UnaryLink:
             runner.cancel()
         task.drop(TaskCancelled(f"{self.instance_id}: the caller gave up"))
 
-    def expire(self, acked_before: float) -> int:
+    def expire(self, cutoff: float) -> int:
         return 0  # the call's own deadline is the task timeout
 
     async def _send(self, task: LinkTask, frame: bytes, timeout: float | None) -> None:

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 
-from ..errors import OutputTooLarge, TaskExpired
+from ..errors import OutputTooLarge, TaskExpired, TaskTimedOut
 from ..service.batch_writer import BatchWriter
 from ..wire import (
     ACK,
@@ -33,6 +33,8 @@ from ..wire import (
     LINK_BATCH_BYTES,
     REFUSED,
     RESULT,
+    TIMED_OUT,
+    TIMEOUT_HEADER,
     TOO_LARGE,
     decode_tasks,
     encode_replies,
@@ -41,7 +43,7 @@ from ..wire import (
 
 __all__ = ["LinkServer", "describe"]
 
-RunTask = Callable[[bytes, float | None, int | None], Awaitable[bytes]]
+RunTask = Callable[[bytes, float | None, int | None, float], Awaitable[bytes]]
 
 
 def describe(exc: BaseException) -> str:
@@ -114,13 +116,19 @@ class LinkServer:
         counters = self.counters
         loop = asyncio.get_running_loop()
         limit = self.max_output  # outputs the executor can take, as it says
+        run_timeout = 0.0  # the block's task timeout, as the executor says
         for key, value in context.invocation_metadata() or ():
             if key == LIMIT_HEADER and value.isdigit():
                 limit = min(limit, max_output(int(value)))
+            elif key == TIMEOUT_HEADER:
+                try:
+                    run_timeout = max(float(value), 0.0)
+                except ValueError:
+                    pass
 
         async def work(task_id: int, frame: bytes, deadline: float | None, fire: bool) -> None:
             try:
-                output = await self.run_task(frame, deadline, None if fire else limit)
+                output = await self.run_task(frame, deadline, None if fire else limit, run_timeout)
                 stream.reply(task_id, RESULT, output)
                 counters.completed += 1
             except asyncio.CancelledError:
@@ -130,6 +138,9 @@ class LinkServer:
                     counters.cancelled += 1  # its caller gave up: nobody waits for a reply
             except TaskExpired as exc:
                 stream.reply(task_id, EXPIRED, str(exc).encode())
+            except TaskTimedOut as exc:
+                counters.failed += 1
+                stream.reply(task_id, TIMED_OUT, str(exc).encode())
             except OutputTooLarge as exc:
                 counters.failed += 1
                 stream.reply(task_id, TOO_LARGE, str(exc).encode())

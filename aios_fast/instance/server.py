@@ -34,7 +34,7 @@ from aiohttp import web
 from .. import codec
 from ..auth import Auth, check_bind
 from ..block import Block
-from ..errors import AiosFastError, OutputTooLarge, PacketDecodeError, TaskExpired
+from ..errors import AiosFastError, OutputTooLarge, PacketDecodeError, TaskExpired, TaskTimedOut
 from ..framedb import FrameDB
 from ..service import runtime
 from ..service.grpc_auth import TokenInterceptor
@@ -132,7 +132,7 @@ class InstanceServer:
         self._runner: web.AppRunner | None = None
         self.completed = 0
         self.failed = 0
-        self.expired = self.cancelled = 0
+        self.expired = self.cancelled = self.timed_out = 0
         self._background_tasks: set[asyncio.Task] = set()
         self._calls = 0  # infer_result calls in progress
         self._queued: set[asyncio.Task] = set()  # tasks waiting for a concurrency slot
@@ -161,17 +161,20 @@ class InstanceServer:
             raise
 
     async def run_task(self, frame: bytes, deadline: float | None = None,
-                       limit: int | None = -1) -> bytes:  # fmt: skip
+                       limit: int | None = -1, run_timeout: float = 0.0) -> bytes:  # fmt: skip
         """Process one InferenceMessage frame; the serialized output packet (or b"")."""
-        return await self.run_packet(codec.decode_message(frame), deadline, limit)
+        return await self.run_packet(codec.decode_message(frame), deadline, limit, run_timeout)
 
     async def run_packet(self, packet: codec.Packet, deadline: float | None = None,
-                         limit: int | None = -1) -> bytes:  # fmt: skip
+                         limit: int | None = -1, run_timeout: float = 0.0) -> bytes:  # fmt: skip
         """Process one decoded task; the serialized output packet (or b""). With a
         ``deadline`` (the loop's clock) a task that cannot start before it is skipped
-        (TaskExpired). An output over ``limit`` bytes (-1: this instance's own limit)
-        raises OutputTooLarge; with ``limit`` None nobody waits for the output: it is
-        routed by its output_ptr and b"" is returned."""
+        (TaskExpired). With ``run_timeout`` (the block's task timeout) a run longer than
+        that raises TaskTimedOut; it is cancelled, and a sync hook's thread, which
+        cannot be stopped, keeps its concurrency slot until it returns. An output over
+        ``limit`` bytes (-1: this instance's own limit) raises OutputTooLarge; with
+        ``limit`` None nobody waits for the output: it is routed by its output_ptr and
+        b"" is returned."""
         me = asyncio.current_task()
         self.waiting += 1
         self._queued.add(me)
@@ -188,15 +191,16 @@ class InstanceServer:
         finally:
             self.waiting -= 1
             self._queued.discard(me)
-        self.running += 1
-        t0 = perf_counter()
-        try:
-            entry = await self._call(self.block.on_preprocess, packet)
-            result = await self._call(self.block.on_data, entry)
-        finally:
-            self.on_data_seconds.observe(perf_counter() - t0)
-            self.running -= 1
-            self._sem.release()
+        if run_timeout > 0:
+            run = asyncio.ensure_future(self._hooks(packet))
+            done, _ = await asyncio.wait((run,), timeout=run_timeout)
+            if not done:
+                run.cancel()
+                self.timed_out += 1
+                raise TaskTimedOut(f"the block ran the task over {run_timeout:g}s")
+            result = run.result()
+        else:
+            result = await self._hooks(packet)
         out = make_output(result, packet)
         if out is None:
             return b""
@@ -208,6 +212,18 @@ class InstanceServer:
         if out.output_ptr:
             await self.router.route(out)
         return data if limit is not None else b""
+
+    async def _hooks(self, packet: codec.Packet):
+        """on_preprocess then on_data, in the concurrency slot the caller acquired."""
+        self.running += 1
+        t0 = perf_counter()
+        try:
+            entry = await self._call(self.block.on_preprocess, packet)
+            return await self._call(self.block.on_data, entry)
+        finally:
+            self.on_data_seconds.observe(perf_counter() - t0)
+            self.running -= 1
+            self._sem.release()
 
     def queued(self, task: asyncio.Task) -> bool:
         """Whether ``task`` waits for a concurrency slot (has not started)."""
@@ -278,6 +294,7 @@ class InstanceServer:
     def _block_metrics(self) -> dict:
         return {"completed": self.completed, "failed": self.failed,
                 "expired": self.expired, "cancelled": self.cancelled,
+                "timed_out": self.timed_out,
                 "waiting": self.waiting, "running": self.running}  # fmt: skip
 
     def _collect(self):
