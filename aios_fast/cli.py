@@ -18,7 +18,7 @@ import sys
 from .auth import ENV_TOKEN, bearer
 from .errors import AiosFastError
 from .service import runtime
-from .tls import TLS
+from .tls import TLS, add_tls_arguments
 from .wire import ACCEPTED, SERVICE
 
 __all__ = ["main"]
@@ -40,7 +40,7 @@ def _block_up(opts) -> int:
             once=opts.once,
             as_json=opts.json,
             auth_file=opts.auth_file,
-            tls=_tls(opts),
+            tls=TLS.from_options(opts),
         )
     )
 
@@ -69,7 +69,7 @@ def _bench(opts) -> int:
             check=opts.check,
             timeout=opts.timeout,
             token=opts.token,
-            tls=_tls(opts),
+            tls=TLS.from_options(opts),
         )
 
     if opts.target:
@@ -103,10 +103,6 @@ async def _bench_local(opts, run) -> dict:
         await block.stop()
 
 
-def _tls(opts) -> TLS:
-    return TLS(opts.tls_cert, opts.tls_key, opts.tls_ca)
-
-
 def _auth_metadata(opts, key: str = "authorization") -> tuple[tuple[str, str], ...]:
     """The caller's token (--token, else AIOS_FAST_TOKEN) as a bearer header, if any."""
     token = opts.token or os.environ.get(ENV_TOKEN)
@@ -130,7 +126,7 @@ def _send(opts) -> int:
         with open(spec, "rb") as f:
             files.append(codec.FileInfo(json.dumps({"name": os.path.basename(spec)}), f.read()))
     status = 0
-    with _tls(opts).channel(opts.target) as channel:
+    with TLS.from_options(opts).channel(opts.target) as channel:
         rpc = channel.unary_unary(f"/{SERVICE}/{opts.method}")
         for k in range(opts.count):
             packet = codec.Packet(
@@ -184,7 +180,7 @@ def _mgmt(opts) -> int:
     headers = {"Content-Type": "application/json", **dict(_auth_metadata(opts, "Authorization"))}
     req = urllib.request.Request(url, body.encode(), headers)
     try:
-        context = _tls(opts).client_context()
+        context = TLS.from_options(opts).client_context()
         with urllib.request.urlopen(req, timeout=opts.timeout, context=context) as resp:
             print(json.dumps(json.loads(resp.read()), indent=2))
             return 0
@@ -197,13 +193,6 @@ def _registry(opts, rest: list[str]) -> int:
     from registry_server.__main__ import main as registry_main
 
     return registry_main(rest)
-
-
-def _tls_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tls-ca", default="", help="PEM CA bundle: speak TLS, check the server")
-    parser.add_argument("--tls-cert", default="", help="PEM certificate (mutual TLS; block up: "
-                        "every process serves TLS with it)")  # fmt: skip
-    parser.add_argument("--tls-key", default="", help="PEM private key of --tls-cert")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -242,7 +231,7 @@ def _parser() -> argparse.ArgumentParser:
     bup.add_argument("--json", action="store_true", help="print the endpoints as one JSON line")
     bup.add_argument("--auth-file", help="tokens for every service of the block, one 'role "
                      "token' a line (or set AIOS_FAST_TOKEN)")  # fmt: skip
-    _tls_options(bup)
+    add_tls_arguments(bup)
     bup.set_defaults(run=_block_up)
 
     bench = sub.add_parser("bench", help="drive load at a block, live progress, final table")
@@ -263,7 +252,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--timeout", type=float, default=30.0)
     bench.add_argument("--json", action="store_true", help="also print the summary as JSON")
     bench.add_argument("--token", help=TOKEN_HELP)
-    _tls_options(bench)
+    add_tls_arguments(bench, client_only=True)
     bench.set_defaults(run=_bench)
 
     send = sub.add_parser("send", help="submit packets and print the answers")
@@ -278,7 +267,7 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--count", type=int, default=1)
     send.add_argument("--timeout", type=float, default=30.0)
     send.add_argument("--token", help=TOKEN_HELP)
-    _tls_options(send)
+    add_tls_arguments(send, client_only=True)
     send.set_defaults(run=_send)
 
     mgmt = sub.add_parser("mgmt", help="POST /mgmt to an executor or sidecar")
@@ -287,7 +276,7 @@ def _parser() -> argparse.ArgumentParser:
     mgmt.add_argument("data", nargs="?", default="{}", help="mgmt_data JSON")
     mgmt.add_argument("--timeout", type=float, default=60.0)
     mgmt.add_argument("--token", help=TOKEN_HELP)
-    _tls_options(mgmt)
+    add_tls_arguments(mgmt, client_only=True)
     mgmt.set_defaults(run=_mgmt)
 
     registry = sub.add_parser("registry", help="the registry server")

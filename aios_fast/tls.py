@@ -19,7 +19,7 @@ import grpc
 
 from .errors import AiosFastError
 
-__all__ = ["TLS"]
+__all__ = ["TLS", "add_tls_arguments"]
 
 
 def _read(path: str, what: str) -> bytes:
@@ -27,6 +27,15 @@ def _read(path: str, what: str) -> bytes:
         return Path(path).read_bytes()
     except OSError as exc:
         raise AiosFastError(f"cannot read the TLS {what} {path}: {exc.strerror}") from None
+
+
+def add_tls_arguments(parser, client_only: bool = False) -> None:
+    """--tls-cert, --tls-key and --tls-ca, as every aios-fast command takes them."""
+    serve = "present it to the server (mutual TLS)" if client_only else "serve TLS"
+    parser.add_argument("--tls-cert", default="", help=f"PEM certificate: {serve}")
+    parser.add_argument("--tls-key", default="", help="PEM private key of --tls-cert")
+    parser.add_argument("--tls-ca", default="", help="PEM CA bundle: check peers with it "
+                        "(TLS to them; mutual TLS from clients)")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,11 @@ class TLS:
         for path, what in ((self.cert, "certificate"), (self.key, "key"), (self.ca, "CA")):
             if path:
                 _read(path, what)
+
+    @classmethod
+    def from_options(cls, opts) -> TLS:
+        """From the options ``add_tls_arguments`` added."""
+        return cls(opts.tls_cert, opts.tls_key, opts.tls_ca)
 
     @property
     def serving(self) -> bool:

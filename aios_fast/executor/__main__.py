@@ -10,7 +10,7 @@ import sys
 
 from ..auth import Auth
 from ..errors import AiosFastError
-from ..tls import TLS
+from ..tls import TLS, add_tls_arguments
 from ..wire import MAX_MESSAGE
 from .config import ExecutorConfig, parse_instance
 from .workers import describe_start_error, run_workers
@@ -110,13 +110,7 @@ def main(argv=None) -> int:
                         help="POST /mgmt port (0: any free one, -1: none)")  # fmt: skip
     parser.add_argument("--metrics-port", type=int, default=18000,
                         help="GET /metrics port (0: any free one, -1: none)")  # fmt: skip
-    parser.add_argument("--tls-cert", default="", help="PEM certificate: serve TLS")
-    parser.add_argument("--tls-key", default="", help="PEM private key of --tls-cert")
-    parser.add_argument(
-        "--tls-ca",
-        default="",
-        help="PEM CA bundle: check peers with it (TLS to them; mutual TLS from clients)",
-    )
+    add_tls_arguments(parser)
     opts = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     policy = {"policyRuleURI": opts.policy, "parameters": json.loads(opts.policy_parameters)}
@@ -130,7 +124,7 @@ def main(argv=None) -> int:
             host=opts.host,
             http_host=opts.http_host,
             auth=Auth.from_env(opts.auth_file),
-            tls=TLS(opts.tls_cert, opts.tls_key, opts.tls_ca),
+            tls=TLS.from_options(opts),
             insecure=opts.insecure,
             allow_policy_paths=opts.allow_policy_paths,
             allowed_hosts=tuple(opts.allowed_host),

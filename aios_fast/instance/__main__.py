@@ -13,7 +13,7 @@ from ..auth import Auth
 from ..errors import AiosFastError
 from ..framedb import FrameDB
 from ..service import runtime
-from ..tls import TLS
+from ..tls import TLS, add_tls_arguments
 from ..wire import MAX_MESSAGE
 from .registration import Registration
 from .routing import OutputRouter
@@ -22,7 +22,7 @@ from .server import InstanceServer, load_block
 
 async def _serve(opts) -> None:
     auth = Auth.from_env(opts.auth_file)
-    tls = TLS(opts.tls_cert, opts.tls_key, opts.tls_ca)
+    tls = TLS.from_options(opts)
     block = load_block(opts.block, json.loads(opts.init_data), json.loads(opts.parameters))
     server = InstanceServer(
         block, host=opts.host, port=opts.port, mgmt_port=opts.mgmt_port,
@@ -79,13 +79,7 @@ def main(argv=None) -> int:
         default=30.0,
         help="on SIGTERM, seconds the tasks it took may take to finish",
     )
-    parser.add_argument("--tls-cert", default="", help="PEM certificate: serve TLS")
-    parser.add_argument("--tls-key", default="", help="PEM private key of --tls-cert")
-    parser.add_argument(
-        "--tls-ca",
-        default="",
-        help="PEM CA bundle: check peers with it (TLS to them; mutual TLS from clients)",
-    )
+    add_tls_arguments(parser)
     opts = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:

@@ -24,7 +24,7 @@ import aiohttp
 
 from ..auth import Auth
 from ..service import runtime
-from ..tls import TLS
+from ..tls import TLS, add_tls_arguments
 from .base import Sidecar
 
 __all__ = ["HealthChecker"]
@@ -162,13 +162,7 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--insecure", action="store_true", help="allow a non-loopback --host without any token"
     )
-    parser.add_argument("--tls-cert", default="", help="PEM certificate: serve TLS")
-    parser.add_argument("--tls-key", default="", help="PEM private key of --tls-cert")
-    parser.add_argument(
-        "--tls-ca",
-        default="",
-        help="PEM CA bundle: check peers with it (TLS to them; mutual TLS from clients)",
-    )
+    add_tls_arguments(parser)
     opts = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     block = {}
@@ -182,7 +176,7 @@ def main(argv=None) -> int:
             opts.executor,
             auth=Auth.from_env(opts.auth_file),
             insecure=opts.insecure,
-            tls=TLS(opts.tls_cert, opts.tls_key, opts.tls_ca),
+            tls=TLS.from_options(opts),
             interval=opts.interval,
             timeout=opts.timeout,
             unhealthy_after=opts.unhealthy_after,
