@@ -23,6 +23,7 @@ from .wire import ACCEPTED, SERVICE
 
 __all__ = ["main"]
 
+DEFAULTS = argparse.ArgumentDefaultsHelpFormatter
 TOKEN_HELP = "bearer token to send (default: AIOS_FAST_TOKEN)"
 EXAMPLE_BLOCK = os.path.join(os.path.dirname(__file__), "examples", "echo-block.json")
 
@@ -204,8 +205,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    block = sub.add_parser("block", help="run a block").add_subparsers(dest="verb", required=True)
-    bup = block.add_parser("up", help="start a whole block locally and serve until Ctrl-C")
+    block = sub.add_parser("block", help="run a block", formatter_class=DEFAULTS).add_subparsers(
+        dest="verb", required=True
+    )
+    bup = block.add_parser(
+        "up", help="start a whole block locally and serve until Ctrl-C", formatter_class=DEFAULTS
+    )
     bup.add_argument(
         "document",
         nargs="?",
@@ -234,7 +239,9 @@ def _parser() -> argparse.ArgumentParser:
     add_tls_arguments(bup)
     bup.set_defaults(run=_block_up)
 
-    bench = sub.add_parser("bench", help="drive load at a block, live progress, final table")
+    bench = sub.add_parser(
+        "bench", help="drive load at a block, live progress, final table", formatter_class=DEFAULTS
+    )
     bench.add_argument(
         "--target",
         help="host:port of an executor (default: start a local "
@@ -255,8 +262,10 @@ def _parser() -> argparse.ArgumentParser:
     add_tls_arguments(bench, client_only=True)
     bench.set_defaults(run=_bench)
 
-    send = sub.add_parser("send", help="submit packets and print the answers")
-    send.add_argument("--target", default="127.0.0.1:50051")
+    send = sub.add_parser(
+        "send", help="submit packets and print the answers", formatter_class=DEFAULTS
+    )
+    send.add_argument("--target", default="127.0.0.1:50051", help="the executor's host:port")
     send.add_argument("--method", default="infer_result", choices=("infer", "infer_result"))
     send.add_argument("--session", default="cli")
     send.add_argument("--seq", type=int, default=1, help="seq_no of the first packet")
@@ -270,7 +279,9 @@ def _parser() -> argparse.ArgumentParser:
     add_tls_arguments(send, client_only=True)
     send.set_defaults(run=_send)
 
-    mgmt = sub.add_parser("mgmt", help="POST /mgmt to an executor or sidecar")
+    mgmt = sub.add_parser(
+        "mgmt", help="POST /mgmt to an executor or sidecar", formatter_class=DEFAULTS
+    )
     mgmt.add_argument("url", help="e.g. http://127.0.0.1:18001")
     mgmt.add_argument("action")
     mgmt.add_argument("data", nargs="?", default="{}", help="mgmt_data JSON")
@@ -289,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     argv = sys.argv[1:] if argv is None else argv
+    if os.getcwd() not in sys.path:  # --block mymodule:MyBlock finds ./mymodule.py, as -m does
+        sys.path.insert(0, os.getcwd())
     if argv[:2] == ["registry", "serve"]:  # its own options, passed through
         return _registry(None, argv[2:])
     opts = _parser().parse_args(argv)

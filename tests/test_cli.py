@@ -232,3 +232,60 @@ def test_block_up_says_when_a_port_is_taken(tmp_path):
         out = aios("block", "up", str(path), "--once")
         assert out.returncode == 2 and "address already in use" in out.stderr, out.stderr
         assert "Traceback" not in out.stderr
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is gone
+    except FileNotFoundError:
+        return False
+
+
+def test_a_killed_block_up_leaves_no_process_behind():
+    """SIGKILL on ``block up`` (no chance to stop anything): its executor, the
+    executor's workers and the instances go with it (PR_SET_PDEATHSIG)."""
+    proc = Proc(["-m", "aios_fast", "block", "up", "--ports", "auto", "--json",
+                 "--workers", "2"])  # fmt: skip
+    info = proc.info
+    pids = [info["executor_pid"], *(i["pid"] for i in info["instances"].values())]
+    with open(f"/proc/{info['executor_pid']}/task/{info['executor_pid']}/children") as f:
+        pids += [int(p) for p in f.read().split()]  # the executor's workers
+    assert len(pids) == 5 and all(_alive(pid) for pid in pids)
+    proc.p.kill()
+    proc.p.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [pid for pid in pids if _alive(pid)] == []
+
+
+def test_help_shows_the_defaults():
+    for args in (["send", "--help"], ["block", "up", "--help"], ["bench", "--help"]):
+        out = aios(*args)
+        assert out.returncode == 0 and "(default: " in out.stdout, (args, out.stdout[-500:])
+    for module in ("aios_fast.executor", "aios_fast.instance", "aios_fast.sidecars.healthcheck"):
+        out = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert out.returncode == 0 and f"usage: python -m {module}" in out.stdout
+        assert "(default: " in out.stdout
+
+
+def test_a_block_in_the_working_directory_is_found(tmp_path):
+    (tmp_path / "myblocks.py").write_text(
+        "from aios_fast.block import Block\n\n"
+        "class UpperBlock(Block):\n"
+        "    inline = True\n\n"
+        "    def on_data(self, entry):\n"
+        "        return entry.data.upper()\n"
+    )
+    script = tmp_path / "bin" / "aios-fast"  # as the console script: sys.path[0] is bin/
+    script.parent.mkdir()
+    script.write_text("from aios_fast.cli import main\nraise SystemExit(main())\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    out = subprocess.run(
+        [sys.executable, str(script), "block", "up", "--ports", "auto", "--block",
+         "myblocks:UpperBlock", "--json", "--once", "--traffic", "0"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]

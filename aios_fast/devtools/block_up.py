@@ -227,7 +227,8 @@ class LocalBlock:
             *(("--auth-file", self.auth_file) if self.auth_file else ()),
             *_tls_args(self.tls),
         ]
-        self.executor_proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        self.executor_proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True,
+                                              preexec_fn=runtime.die_with_parent)  # fmt: skip
         line = self.executor_proc.stdout.readline()
         if not line:
             code = self.executor_proc.wait()

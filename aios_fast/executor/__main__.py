@@ -17,7 +17,11 @@ from .workers import describe_start_error, run_workers
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Run a block's executor.")
+    parser = argparse.ArgumentParser(
+        description="Run a block's executor.",
+        prog="python -m aios_fast.executor",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--host", default="127.0.0.1", help="gRPC address")
     parser.add_argument(
         "--http-host",

@@ -86,6 +86,7 @@ def run_workers(config: ExecutorConfig, workers: int) -> int:
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:
+            runtime.die_with_parent()  # a killed parent takes its workers along
             os.close(read_fd)
             status = 1
             try:

@@ -48,7 +48,11 @@ async def _serve(opts) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Serve one Block instance.")
+    parser = argparse.ArgumentParser(
+        description="Serve one Block instance.",
+        prog="python -m aios_fast.instance",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--block", default="aios_fast.block:EchoBlock", help="module:Class")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="gRPC port (0: any free one)")

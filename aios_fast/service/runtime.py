@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 __all__ = [
     "STOP_SIGNALS",
+    "die_with_parent",
     "install_uvloop",
     "release_memory",
     "reload_on_sighup",
@@ -70,6 +71,22 @@ def reload_on_sighup(auth, then=None) -> None:
 async def until_signalled() -> None:
     """Until SIGTERM or SIGINT; the caller then stops its services."""
     await signal_event().wait()
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """In a child process (``preexec_fn``, or right after ``os.fork``): have the kernel
+    send ``sig`` when the parent dies, even by SIGKILL, so no child is left behind
+    serving (Linux; elsewhere nothing). Note it is the parent *thread* that counts."""
+    name = ctypes.util.find_library("c")
+    try:
+        prctl = ctypes.CDLL(name, use_errno=True).prctl if name else None
+    except (OSError, AttributeError):
+        return
+    if prctl is not None:
+        prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
 
 
 def _libc_trim():

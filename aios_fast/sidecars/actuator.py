@@ -21,6 +21,7 @@ import sys
 import threading
 
 from ..errors import AiosFastError
+from ..service import runtime
 
 __all__ = ["LocalActuator"]
 
@@ -57,7 +58,8 @@ class LocalActuator:
             "--parameters", json.dumps(self.parameters), *self.extra_args,
         ]  # fmt: skip
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env)
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env,
+                                preexec_fn=runtime.die_with_parent)  # fmt: skip
         line = proc.stdout.readline()
         if not line:
             code = proc.wait()

@@ -143,7 +143,11 @@ def main(argv=None) -> int:
     import json
     import logging
 
-    parser = argparse.ArgumentParser(description="Run a block's health-checker sidecar.")
+    parser = argparse.ArgumentParser(
+        description="Run a block's health-checker sidecar.",
+        prog="python -m aios_fast.sidecars.healthcheck",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument(
         "--executor", default="http://127.0.0.1:18001", help="the executor's management URL"
     )
