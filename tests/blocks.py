@@ -108,3 +108,18 @@ class WedgeBlock(Block):
 
         time.sleep(float(self.parameters.get("seconds", 30)))
         return entry.data
+
+
+class ChattyBlock(Block):
+    """Prints to stdout while it loads and while it works, as model libraries do."""
+
+    inline = True
+
+    def __init__(self, init_data=None, parameters=None):
+        print("loading the model... 100%")
+        print('{"not": "the announcement"}')
+        super().__init__(init_data, parameters)
+
+    def on_data(self, entry):
+        print("running", entry.seq_no)
+        return entry.data

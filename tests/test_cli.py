@@ -289,3 +289,10 @@ def test_a_block_in_the_working_directory_is_found(tmp_path):
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_a_block_printing_to_stdout_does_not_break_start_up():
+    out = aios("block", "up", "--ports", "auto", "--block", "tests.blocks:ChattyBlock",
+               "--traffic", "50", "--once")  # fmt: skip
+    assert out.returncode == 0, out.stdout[-1500:] + out.stderr[-1500:]
+    assert "loading the model" in out.stderr  # the block's prints go to stderr

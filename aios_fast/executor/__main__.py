@@ -10,6 +10,7 @@ import sys
 
 from ..auth import Auth
 from ..errors import AiosFastError
+from ..service import runtime
 from ..tls import TLS, add_tls_arguments
 from ..wire import MAX_MESSAGE
 from .config import ExecutorConfig, parse_instance
@@ -116,6 +117,7 @@ def main(argv=None) -> int:
                         help="GET /metrics port (0: any free one, -1: none)")  # fmt: skip
     add_tls_arguments(parser)
     opts = parser.parse_args(argv)
+    runtime.reserve_stdout()  # user policies may print; stdout carries the ports alone
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     policy = {"policyRuleURI": opts.policy, "parameters": json.loads(opts.policy_parameters)}
     block_data = None

@@ -61,17 +61,13 @@ def describe_start_error(exc: Exception) -> str:
     return "cannot start:\n" + "".join(traceback.format_exception(exc))
 
 
-def _print_line(info: dict) -> None:
-    print(json.dumps(info), flush=True)
-
-
 def run_workers(config: ExecutorConfig, workers: int) -> int:
     """Fork ``workers`` executor processes on one port (SO_REUSEPORT) before any gRPC
     object exists. With several workers, this process serves the management and metrics
     ports in front of them (``WorkerFront``), forwards SIGTERM/SIGINT and waits. Prints
     one JSON line once everything serves. Returns an exit status."""
     if workers <= 1:
-        _worker(config, _print_line)
+        _worker(config, runtime.announce)
         return 0
     if config.port == 0:
         raise ValueError("several workers need a fixed --port (they share it)")
@@ -143,7 +139,7 @@ async def _parent(config: ExecutorConfig, children: list[int], pipes: list[int])
             log.error("cannot serve management/metrics: %s; stopping the workers", exc)
             forward(signal.SIGTERM)
         else:
-            _print_line({
+            runtime.announce({
                 "port": infos[0]["port"], "pid": os.getpid(), "mgmt_port": front.mgmt_port,
                 "metrics_port": front.metrics_port, "workers": [i["pid"] for i in infos],
             })  # fmt: skip

@@ -40,7 +40,7 @@ async def _serve(opts) -> None:
             f"{advertise}:{server.port}", f"{advertise}:{server.mgmt_port}", opts.ttl,
         )  # fmt: skip
         await registration.start()
-    print(json.dumps({"port": server.port, "mgmt_port": server.mgmt_port}), flush=True)
+    runtime.announce({"port": server.port, "mgmt_port": server.mgmt_port})
     await runtime.until_signalled()
     if registration is not None:
         await registration.stop()  # leave first: no new tasks come while we drain
@@ -85,6 +85,7 @@ def main(argv=None) -> int:
     )
     add_tls_arguments(parser)
     opts = parser.parse_args(argv)
+    runtime.reserve_stdout()  # before the block (and what it imports) can print
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         runtime.run(_serve(opts))

@@ -7,17 +7,22 @@ import asyncio
 import ctypes
 import ctypes.util
 import gc
+import json
 import logging
+import os
 import signal
+import sys
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 __all__ = [
     "STOP_SIGNALS",
+    "announce",
     "die_with_parent",
     "install_uvloop",
     "release_memory",
     "reload_on_sighup",
+    "reserve_stdout",
     "run",
     "signal_event",
     "until_signalled",
@@ -71,6 +76,25 @@ def reload_on_sighup(auth, then=None) -> None:
 async def until_signalled() -> None:
     """Until SIGTERM or SIGINT; the caller then stops its services."""
     await signal_event().wait()
+
+
+_announce_fd: int | None = None
+
+
+def reserve_stdout() -> None:
+    """Keep this process's stdout for ``announce`` alone: whatever else writes to it
+    from now on (a model library printing while it loads, a user's block or policy)
+    goes to stderr, so whoever started the process reads nothing but the announcement."""
+    global _announce_fd
+    if _announce_fd is None:
+        sys.stdout.flush()
+        _announce_fd = os.dup(1)
+        os.dup2(2, 1)
+
+
+def announce(info: dict) -> None:
+    """One JSON line on the process's real stdout: where it listens, once it serves."""
+    os.write(1 if _announce_fd is None else _announce_fd, (json.dumps(info) + "\n").encode())
 
 
 _PR_SET_PDEATHSIG = 1

@@ -190,7 +190,7 @@ def main(argv=None) -> int:
             cluster_data=block.get("cluster") or {},
         )
         await checker.start(opts.host, opts.port)
-        print(json.dumps({"mgmt_port": checker.port}), flush=True)
+        runtime.announce({"mgmt_port": checker.port})
         await runtime.until_signalled()
         await checker.stop()
 
