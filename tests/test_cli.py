@@ -296,3 +296,18 @@ def test_a_block_printing_to_stdout_does_not_break_start_up():
                "--traffic", "50", "--once")  # fmt: skip
     assert out.returncode == 0, out.stdout[-1500:] + out.stderr[-1500:]
     assert "loading the model" in out.stderr  # the block's prints go to stderr
+
+
+@pytest.mark.parametrize("delay", [0.5, 1.5])
+def test_ctrl_c_during_block_up_is_a_clean_stop(delay):
+    """Ctrl-C (SIGINT to the terminal's process group) while block up starts or
+    serves: it stops everything in order, with no traceback from it or its children."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "aios_fast", "block", "up", "--ports",
+                             "auto"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    time.sleep(delay)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode in (0, 130), err[-2000:]
+    assert "Traceback" not in err, err[-3000:]

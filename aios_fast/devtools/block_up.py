@@ -228,7 +228,8 @@ class LocalBlock:
             *_tls_args(self.tls),
         ]
         self.executor_proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True,
-                                              preexec_fn=runtime.die_with_parent)  # fmt: skip
+                                              preexec_fn=runtime.die_with_parent,
+                                              start_new_session=True)  # fmt: skip
         line = self.executor_proc.stdout.readline()
         if not line:
             code = self.executor_proc.wait()

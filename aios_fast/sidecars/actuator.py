@@ -58,8 +58,11 @@ class LocalActuator:
             "--parameters", json.dumps(self.parameters), *self.extra_args,
         ]  # fmt: skip
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # Its own session: a Ctrl-C at the terminal reaches whoever started it, which
+        # stops it in order; it still dies with its parent.
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env,
-                                preexec_fn=runtime.die_with_parent)  # fmt: skip
+                                preexec_fn=runtime.die_with_parent,
+                                start_new_session=True)  # fmt: skip
         line = proc.stdout.readline()
         if not line:
             code = proc.wait()
