@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import json
 import os
 import sys
@@ -110,6 +111,32 @@ def _auth_metadata(opts, key: str = "authorization") -> tuple[tuple[str, str], .
     return ((key, bearer(token)),) if token else ()
 
 
+def _json_arg(text: str, name: str, kind: type = dict):
+    """A JSON option's value, or one line saying what is wrong with it."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise AiosFastError(f"{name} is not JSON ({exc}): {text[:60]!r}") from None
+    if not isinstance(value, kind):
+        raise AiosFastError(f"{name} must be a JSON {kind.__name__}, not {text[:60]!r}")
+    return value
+
+
+def _count(minimum: int):
+    """An argparse type: an integer >= minimum."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, not {value}")
+        return value
+
+    return parse
+
+
 def _read_data(text: str) -> str:
     if text.startswith("@"):
         with open(text[1:]) as f:
@@ -130,6 +157,8 @@ def _send(opts) -> int:
     with TLS.from_options(opts).channel(opts.target) as channel:
         rpc = channel.unary_unary(f"/{SERVICE}/{opts.method}")
         for k in range(opts.count):
+            if opts.frame_ptr:
+                _json_arg(opts.frame_ptr, "--frame-ptr")
             packet = codec.Packet(
                 session_id=opts.session,
                 seq_no=opts.seq + k,
@@ -177,7 +206,7 @@ def _mgmt(opts) -> int:
     import urllib.request
 
     url = opts.url if opts.url.endswith("/mgmt") else opts.url.rstrip("/") + "/mgmt"
-    body = json.dumps({"mgmt_action": opts.action, "mgmt_data": json.loads(opts.data)})
+    body = json.dumps({"mgmt_action": opts.action, "mgmt_data": _json_arg(opts.data, "DATA")})
     headers = {"Content-Type": "application/json", **dict(_auth_metadata(opts, "Authorization"))}
     req = urllib.request.Request(url, body.encode(), headers)
     try:
@@ -188,6 +217,9 @@ def _mgmt(opts) -> int:
     except urllib.error.HTTPError as exc:
         print(f"{exc.code}: {exc.read().decode(errors='replace')}", file=sys.stderr)
         return 1
+    except (urllib.error.URLError, ValueError, http.client.HTTPException) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise AiosFastError(f"no management answer from {url}: {reason}") from None
 
 
 def _registry(opts, rest: list[str]) -> int:
@@ -249,10 +281,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--block-doc", default=EXAMPLE_BLOCK)
     bench.add_argument("--workers", type=int, help="executor processes of the local block")
-    bench.add_argument("--tasks", type=int, default=0)
+    bench.add_argument("--tasks", type=_count(0), default=0, help="0: use --duration")
     bench.add_argument("--duration", type=float, default=0.0, help="seconds (instead of tasks)")
-    bench.add_argument("--concurrency", type=int, default=64)
-    bench.add_argument("--procs", type=int, help="client processes (default: cores / 2)")
+    bench.add_argument("--concurrency", type=_count(1), default=64)
+    bench.add_argument("--procs", type=_count(1), help="client processes (default: cores / 2)")
     bench.add_argument("--method", default="infer_result", choices=("infer", "infer_result"))
     bench.add_argument("--size", type=int, default=16, help="bytes of padding in data")
     bench.add_argument("--check", action="store_true", help="check echo answers")
@@ -273,7 +305,7 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--frame-ptr", default="", help='JSON {"framedb_id", "key"}')
     send.add_argument("--output-ptr", default="", help="the seeds' output_ptr JSON")
     send.add_argument("--file", action="append", default=[], help="attach a file (FileInfo)")
-    send.add_argument("--count", type=int, default=1)
+    send.add_argument("--count", type=_count(1), default=1)
     send.add_argument("--timeout", type=float, default=30.0)
     send.add_argument("--token", help=TOKEN_HELP)
     add_tls_arguments(send, client_only=True)

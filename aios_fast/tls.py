@@ -86,10 +86,18 @@ class TLS:
         )
 
     def bind(self, server, address: str) -> int:
-        """Add ``address`` to a grpc server, with TLS when serving it."""
-        if self.serving:
-            return server.add_secure_port(address, self.server_credentials())
-        return server.add_insecure_port(address)
+        """Add ``address`` to a grpc server, with TLS when serving it; OSError (one line)
+        when it cannot be bound."""
+        try:
+            if self.serving:
+                port = server.add_secure_port(address, self.server_credentials())
+            else:
+                port = server.add_insecure_port(address)
+        except RuntimeError:  # grpc's "Failed to bind to address ..."
+            port = 0
+        if port == 0:
+            raise OSError(f"cannot listen on {address}: the port is taken or not ours")
+        return port
 
     def aio_channel(self, target: str, options=None):
         if self.client:

@@ -311,3 +311,62 @@ def test_ctrl_c_during_block_up_is_a_clean_stop(delay):
     _, err = proc.communicate(timeout=90)
     assert proc.returncode in (0, 130), err[-2000:]
     assert "Traceback" not in err, err[-3000:]
+
+
+def _one_line_failure(args: list[str], cwd=ROOT) -> str:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    out = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
+                         text=True, timeout=60)  # fmt: skip
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert out.returncode == 2, (args, out.returncode, out.stderr[-1500:])
+    assert "Traceback" not in out.stderr, (args, out.stderr[-3000:])
+    return lines[-1] if lines else ""
+
+
+def test_user_errors_are_one_line(tmp_path):
+    """Bad input to every command: exit 2, one line saying what is wrong, no traceback
+    (argparse's own errors end with a usage line and the error; that counts too)."""
+    taken = free_port()
+    import socket
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", taken))
+    holder.listen()
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text("{nope")
+    cases = [
+        (["-m", "aios_fast", "bench", "--tasks", "-5", "--target", "127.0.0.1:1"], ">= 0"),
+        (["-m", "aios_fast", "bench", "--concurrency", "0", "--target", "127.0.0.1:1"], ">= 1"),
+        (
+            ["-m", "aios_fast", "send", "--frame-ptr", "notjson", "--target", "127.0.0.1:1"],
+            "--frame-ptr is not JSON",
+        ),
+        (["-m", "aios_fast", "mgmt", "http://127.0.0.1:1", "stats", "{nope"], "DATA is not JSON"),
+        (
+            ["-m", "aios_fast", "mgmt", f"http://127.0.0.1:{free_port()}", "stats"],
+            "no management answer",
+        ),
+        (
+            ["-m", "aios_fast.executor", "--instance", "garbage", "--workers", "1"],
+            "--instance wants",
+        ),
+        (
+            ["-m", "aios_fast.executor", "--block-doc", str(tmp_path / "missing.json")],
+            "cannot read the block document",
+        ),
+        (["-m", "aios_fast.executor", "--block-doc", str(bad_json)], "is not JSON"),
+        (["-m", "aios_fast.executor", "--policy-parameters", "[1]"], "must be a JSON object"),
+        (["-m", "aios_fast.instance", "--parameters", "{nope"], "--parameters is not JSON"),
+        (["-m", "aios_fast.instance", "--block", "nosuch:Class"], "no module named 'nosuch'"),
+        (["-m", "aios_fast.instance", "--port", str(taken)], "cannot start"),
+        (
+            ["-m", "aios_fast.sidecars.healthcheck", "--block", str(tmp_path / "missing.json")],
+            "No such file",
+        ),
+        (["-m", "aios_fast.sidecars.healthcheck", "--port", str(taken)], "cannot start"),
+    ]
+    try:
+        for args, expected in cases:
+            assert expected in _one_line_failure(args), args
+    finally:
+        holder.close()

@@ -17,6 +17,24 @@ from .config import ExecutorConfig, parse_instance
 from .workers import describe_start_error, run_workers
 
 
+def _json(text: str, what: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise AiosFastError(f"{what} is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise AiosFastError(f"{what} must be a JSON object")
+    return value
+
+
+def _read_document(path: str) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return _json(f.read().decode("utf-8", "replace"), f"block document {path}")
+    except OSError as exc:
+        raise AiosFastError(f"cannot read the block document: {exc}") from None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description="Run a block's executor.",
@@ -119,13 +137,13 @@ def main(argv=None) -> int:
     opts = parser.parse_args(argv)
     runtime.reserve_stdout()  # user policies may print; stdout carries the ports alone
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    policy = {"policyRuleURI": opts.policy, "parameters": json.loads(opts.policy_parameters)}
-    block_data = None
-    if opts.block_doc:
-        with open(opts.block_doc) as f:
-            block_data = json.load(f)
-        policy = dict((block_data.get("policies") or {}).get("loadBalancer") or {})
     try:
+        policy = {"policyRuleURI": opts.policy,
+                  "parameters": _json(opts.policy_parameters, "--policy-parameters")}  # fmt: skip
+        block_data = None
+        if opts.block_doc:
+            block_data = _read_document(opts.block_doc)
+            policy = dict((block_data.get("policies") or {}).get("loadBalancer") or {})
         config = ExecutorConfig(
             host=opts.host,
             http_host=opts.http_host,

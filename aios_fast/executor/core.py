@@ -647,8 +647,6 @@ class Executor:
             )
         )
         self.port = cfg.tls.bind(server, f"{cfg.host}:{cfg.port}")
-        if self.port == 0:
-            raise OSError(f"cannot bind {self.config.host}:{self.config.port}")
         for spec in self.config.instances:
             self.add_instance(spec)
         if self.config.discover:

@@ -20,13 +20,26 @@ from .routing import OutputRouter
 from .server import InstanceServer, load_block
 
 
+def _json(text: str, what: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise AiosFastError(f"{what} is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise AiosFastError(f"{what} must be a JSON object")
+    return value
+
+
 async def _serve(opts) -> None:
+    init_data = _json(opts.init_data, "--init-data")
+    parameters = _json(opts.parameters, "--parameters")
+    framedb = _json(opts.framedb, "--framedb")
     auth = Auth.from_env(opts.auth_file)
     tls = TLS.from_options(opts)
-    block = load_block(opts.block, json.loads(opts.init_data), json.loads(opts.parameters))
+    block = load_block(opts.block, init_data, parameters)
     server = InstanceServer(
         block, host=opts.host, port=opts.port, mgmt_port=opts.mgmt_port,
-        max_concurrency=opts.max_concurrency, frames=FrameDB(json.loads(opts.framedb)),
+        max_concurrency=opts.max_concurrency, frames=FrameDB(framedb),
         max_message=opts.max_message, auth=auth, insecure=opts.insecure, tls=tls,
         router=OutputRouter(auth.any_token("infer"), tls),
     )  # fmt: skip

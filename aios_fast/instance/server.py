@@ -69,7 +69,13 @@ def load_block(spec: str, init_data: dict | None = None, parameters: dict | None
     module_name, _, class_name = spec.partition(":")
     if not class_name:
         raise AiosFastError(f"block spec {spec!r} must be 'module:Class'")
-    cls = getattr(importlib.import_module(module_name), class_name, None)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):  # the block's module itself
+            raise AiosFastError(f"block spec {spec!r}: no module named {exc.name!r}") from None
+        raise  # something the block imports: its own traceback says more
+    cls = getattr(module, class_name, None)
     if cls is None:
         raise AiosFastError(f"block spec {spec!r}: {module_name} has no {class_name}")
     return cls(init_data, parameters)

@@ -17,12 +17,17 @@ Run alone: ``python -m aios_fast.sidecars.healthcheck --executor http://127.0.0.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
+import logging
+import sys
 import time
 
 import aiohttp
 
 from ..auth import Auth
+from ..errors import AiosFastError
 from ..service import runtime
 from ..tls import TLS, add_tls_arguments
 from .base import Sidecar
@@ -139,9 +144,6 @@ class HealthChecker(Sidecar):
 
 
 def main(argv=None) -> int:
-    import argparse
-    import json
-    import logging
 
     parser = argparse.ArgumentParser(
         description="Run a block's health-checker sidecar.",
@@ -169,10 +171,20 @@ def main(argv=None) -> int:
     add_tls_arguments(parser)
     opts = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        return _run(opts)
+    except (AiosFastError, OSError, ValueError) as exc:  # bad document, port taken, ...
+        print(f"health checker: cannot start: {exc}", file=sys.stderr, flush=True)
+        return 2
+
+
+def _run(opts) -> int:
     block = {}
     if opts.block:
-        with open(opts.block) as f:
-            block = json.load(f)
+        with open(opts.block, "rb") as f:
+            block = json.loads(f.read())
+        if not isinstance(block, dict):
+            raise ValueError(f"block document {opts.block} is not a JSON object")
     policy = (block.get("policies") or {}).get("stabilityChecker")
 
     async def run() -> None:
