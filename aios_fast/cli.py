@@ -39,6 +39,7 @@ def _block_up(opts) -> int:
             workers=opts.workers,
             block_class=opts.block,
             traffic=opts.traffic,
+            expect=opts.expect,
             once=opts.once,
             as_json=opts.json,
             auth_file=opts.auth_file,
@@ -265,6 +266,9 @@ def _parser() -> argparse.ArgumentParser:
         help="once up, send N checked tasks and print the figures",
     )
     bup.add_argument("--once", action="store_true", help="stop after --traffic")
+    bup.add_argument("--expect", choices=("auto", "echo", "status"), default="auto",
+                     help="what --traffic checks: echo (outputs repeat the inputs), status "
+                     "(every call answered OK), auto (echo for the echo block)")  # fmt: skip
     bup.add_argument("--json", action="store_true", help="print the endpoints as one JSON line")
     bup.add_argument("--auth-file", help="tokens for every service of the block, one 'role "
                      "token' a line (or set AIOS_FAST_TOKEN)")  # fmt: skip
@@ -287,7 +291,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--procs", type=_count(1), help="client processes (default: cores / 2)")
     bench.add_argument("--method", default="infer_result", choices=("infer", "infer_result"))
     bench.add_argument("--size", type=int, default=16, help="bytes of padding in data")
-    bench.add_argument("--check", action="store_true", help="check echo answers")
+    bench.add_argument("--check", action="store_true",
+                       help="check outputs repeat their inputs (the echo block)")  # fmt: skip
     bench.add_argument("--timeout", type=float, default=30.0)
     bench.add_argument("--json", action="store_true", help="also print the summary as JSON")
     bench.add_argument("--token", help=TOKEN_HELP)

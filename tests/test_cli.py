@@ -370,3 +370,12 @@ def test_user_errors_are_one_line(tmp_path):
             assert expected in _one_line_failure(args), args
     finally:
         holder.close()
+
+
+def test_block_up_traffic_through_another_block_checks_statuses():
+    """--traffic through a block that is not the echo block counts OK answers, not
+    'wrong' ones (its outputs are its own)."""
+    out = aios("block", "up", "--ports", "auto", "--block", "aios_fast.block:HashBlock",
+               "--traffic", "100", "--once")  # fmt: skip
+    assert out.returncode == 0, out.stdout[-1500:] + out.stderr[-1500:]
+    assert "statuses checked" in out.stdout

@@ -82,8 +82,11 @@ class _Outliers(msgspec.Struct, forbid_unknown_fields=True):
     maxEjectionPercent: int = 50
 
 
+ECHO = "aios_fast.block:EchoBlock"
+
+
 class _InitSettings(msgspec.Struct):
-    block: str = "aios_fast.block:EchoBlock"
+    block: str = ECHO
     workers: int = 1
     taskTimeout: float = 0.0  # seconds an instance may run one task (0: no limit)
     maxMessageBytes: int = MAX_MESSAGE
@@ -358,6 +361,7 @@ async def up(
     workers: int | None = None,
     block_class: str | None = None,
     traffic: int = 0,
+    expect: str = "auto",
     once: bool = False,
     as_json: bool = False,
     auth_file: str | None = None,
@@ -383,14 +387,17 @@ async def up(
         else:
             _print_info(info)
         if traffic:
-            print(f"sending {traffic:,} checked tasks through {info['grpc']} ...", flush=True)
+            # every answer's status is checked; outputs only where the answer is known
+            echo = expect == "echo" or (expect == "auto" and doc.initSettings.block == ECHO)
+            what = "tasks (outputs checked as echoes)" if echo else "tasks (statuses checked)"
+            print(f"sending {traffic:,} {what} through {info['grpc']} ...", flush=True)
             summary = await loop.run_in_executor(
                 None,
                 lambda: drive(
                     info["grpc"],
                     tasks=traffic,
                     concurrency=64,
-                    check=True,
+                    check=echo,
                     token=block.auth.any_token("infer") or "",
                     tls=block.tls,
                 ),
