@@ -379,3 +379,17 @@ def test_block_up_traffic_through_another_block_checks_statuses():
                "--traffic", "100", "--once")  # fmt: skip
     assert out.returncode == 0, out.stdout[-1500:] + out.stderr[-1500:]
     assert "statuses checked" in out.stdout
+
+
+def test_a_second_executor_cannot_share_a_served_port():
+    """Workers share their port with SO_REUSEPORT; a second executor on the same port
+    would silently take half the connections: it is refused instead."""
+    port = free_port()
+    first = Proc(["-m", "aios_fast.executor", "--port", str(port), "--workers", "2",
+                  "--mgmt-port", "0", "--metrics-port", "0"])  # fmt: skip
+    try:
+        line = _one_line_failure(["-m", "aios_fast.executor", "--port", str(port), "--workers",
+                                  "2", "--mgmt-port", "0", "--metrics-port", "0"])  # fmt: skip
+        assert f"cannot listen on 127.0.0.1:{port}" in line and "another executor" in line
+    finally:
+        first.stop()

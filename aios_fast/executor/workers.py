@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import traceback
 from collections.abc import Callable
@@ -71,6 +72,7 @@ def run_workers(config: ExecutorConfig, workers: int) -> int:
         return 0
     if config.port == 0:
         raise ValueError("several workers need a fixed --port (they share it)")
+    _check_port_free(config.host, config.port)
     # Workers serve their HTTP on one private port each; the front serves the public ones.
     # (plain HTTP there: private loopback ports, behind the front's TLS and tokens)
     worker_config = dataclasses.replace(
@@ -105,6 +107,20 @@ def run_workers(config: ExecutorConfig, workers: int) -> int:
         children.append(pid)
         pipes.append(read_fd)
     return asyncio.run(_parent(config, children, pipes))
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Workers share their port through SO_REUSEPORT, which would as gladly share it
+    with another executor already there (taking half its connections): bind it once
+    without the option first, so a port in use is refused."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no user
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise OSError(f"cannot listen on {host}:{port}: {exc.strerror} (another "
+                          "executor?)") from None  # fmt: skip
 
 
 async def _parent(config: ExecutorConfig, children: list[int], pipes: list[int]) -> int:
