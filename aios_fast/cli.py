@@ -82,6 +82,8 @@ def _bench(opts) -> int:
     print(format_summary(summary))
     if opts.json:
         print(json.dumps(summary))
+    if summary.get("interrupted"):
+        return 130
     failed = summary["errors"] or summary["wrong"] or summary["client_crashes"]
     return 1 if failed else 0
 

@@ -393,3 +393,27 @@ def test_a_second_executor_cannot_share_a_served_port():
         assert f"cannot listen on 127.0.0.1:{port}" in line and "another executor" in line
     finally:
         first.stop()
+
+
+def test_ctrl_c_during_bench_prints_the_partial_summary():
+    instance = Proc(["-m", "aios_fast.instance", "--port", "0"])
+    executor = Proc(["-m", "aios_fast.executor", "--port", str(free_port()), "--workers", "1",
+                     "--mgmt-port", "-1", "--metrics-port", "-1", "--instance",
+                     f"i=127.0.0.1:{instance.info['port']}"])  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    try:
+        bench = subprocess.Popen(
+            [sys.executable, "-m", "aios_fast", "bench", "--target",
+             f"127.0.0.1:{executor.info['port']}", "--duration", "60", "--procs", "1"],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True,
+        )  # fmt: skip
+        time.sleep(4)
+        os.killpg(bench.pid, signal.SIGINT)  # as the terminal's Ctrl-C does
+        out, err = bench.communicate(timeout=60)
+    finally:
+        executor.stop()
+        instance.stop()
+    assert bench.returncode == 130, err[-2000:]
+    assert "interrupted" in out and "tasks/s" in out, out
+    assert "Traceback" not in err, err[-3000:]

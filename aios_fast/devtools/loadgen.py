@@ -24,10 +24,14 @@ from ..wire import ACCEPTED, SERVICE
 __all__ = ["drive", "format_summary"]
 
 
-def _child(index: int, opts: dict, counters, queue) -> None:
+def _child(index: int, opts: dict, counters, queue, stop) -> None:
     import asyncio
+    import signal
 
     import grpc
+
+    # Ctrl-C reaches every process of the terminal's group: the parent decides (stop).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     async def run() -> dict:
         errors: dict[str, int] = {}
@@ -51,6 +55,8 @@ def _child(index: int, opts: dict, counters, queue) -> None:
                     if opts["tasks"] and i >= opts["tasks"]:
                         return
                     if deadline is not None and time.monotonic() >= deadline:
+                        return
+                    if stop.is_set():  # interrupted: finish what is in flight, report
                         return
                     next_task += opts["procs"]
                     data = f'{{"task": {i}, "pad": "{payload}"}}'
@@ -129,8 +135,9 @@ def drive(
         "tls": ((tls.cert, tls.key, tls.ca) if tls else ("", "", "")),
         "timeout": timeout,
     }
+    stop = ctx.Event()
     children = [
-        ctx.Process(target=_child, args=(k, opts, counters, queue), daemon=True)
+        ctx.Process(target=_child, args=(k, opts, counters, queue, stop), daemon=True)
         for k in range(procs)
     ]
     start = time.perf_counter()
@@ -138,9 +145,16 @@ def drive(
         child.start()
     results: list[dict] = []
     last_print = 0.0
+    interrupted = False
     while len(results) < procs:
         try:
             results.append(queue.get(timeout=0.25))
+        except KeyboardInterrupt:  # Ctrl-C: the clients stop, the summary is partial
+            if interrupted:
+                raise
+            interrupted = True
+            stop.set()
+            sys.stderr.write("\n  interrupted: waiting for the tasks in flight ...\n")
         except Exception:  # queue.Empty: nothing yet
             if not any(c.is_alive() for c in children) and queue.empty():
                 results.append({"crash": "a client process died"})
@@ -188,6 +202,7 @@ def drive(
         "max_ms": round(latencies[-1] * 1000, 3) if latencies else None,
         "concurrency": concurrency,
         "procs": procs,
+        "interrupted": interrupted,
     }
 
 
@@ -211,5 +226,7 @@ def format_summary(summary: dict) -> str:
     ]
     if summary["client_crashes"]:
         rows.append(("client crashes", "; ".join(summary["client_crashes"])))
+    if summary.get("interrupted"):
+        rows.append(("interrupted", "yes (Ctrl-C): the figures cover what ran until then"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
