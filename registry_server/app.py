@@ -19,9 +19,9 @@ from typing import Any
 from aiohttp import web
 
 from .errors import NotFound, QueryError, RegistryError, SchemaError
+from .filters import compile_filter
 from .openapi import build_spec
 from .options import apply_options, check_options
-from .query import compile_filter
 from .schemas import REGISTRIES, Registry, validate
 from .store import EmbeddedStore
 from .update import apply_update
@@ -142,7 +142,7 @@ class RegistryRoutes:
                 except ValueError:
                     raise QueryError(f"{key} must be an integer") from None
         options = check_options(options)
-        docs = await self.store(request).find(self.registry.name, {})
+        docs = await self.store(request).find(self.registry.name, compile_filter({}))
         return ok(apply_options(docs, options))
 
     async def update(self, request: web.Request) -> web.Response:
@@ -166,8 +166,8 @@ class RegistryRoutes:
 
     async def query(self, request: web.Request) -> web.Response:
         query, options = _split_query(await _body(request))
-        compile_filter(query)  # a bad filter is a 400 before anything is read
-        docs = await self.store(request).find(self.registry.name, query)
+        filter_ = compile_filter(query)  # once per request; a bad filter is a 400 here
+        docs = await self.store(request).find(self.registry.name, filter_)
         return ok(apply_options(docs, options))
 
 
@@ -182,7 +182,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 async def controllers_by_vdag(request: web.Request) -> web.Response:
     docs = await request.app[_STORE].find(
-        "vdag_controllers", {"vdag_uri": request.match_info["uri"]}
+        "vdag_controllers", compile_filter({"vdag_uri": request.match_info["uri"]})
     )
     return ok(docs)
 

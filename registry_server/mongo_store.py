@@ -1,9 +1,10 @@
 """The MongoDB backend (``--mongo-url mongodb://...``): the same interface as
 ``EmbeddedStore``, async, on pymongo's AsyncMongoClient.
 
-Filters are checked (and code-executing operators refused) by our compiler first, then
-run by MongoDB itself; options are applied the same way as on the embedded store so both
-backends answer alike. A unique index on each registry's id field is created at start.
+Filters arrive compiled (``registry_server.filters.Filter``: checked, and code-executing
+operators refused, by our compiler), then run by MongoDB itself; options are applied the
+same way as on the embedded store so both backends answer alike. A unique index on each
+registry's id field is created at start.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import Conflict, NotFound
-from .query import compile_filter
+from .filters import Filter, compile_filter
 from .schemas import REGISTRIES
 
 __all__ = ["MongoStore"]
@@ -63,9 +64,10 @@ class MongoStore:
         if result.deleted_count == 0:
             raise NotFound(f"{name}: no document {doc_id!r}")
 
-    async def find(self, name: str, filter_: dict) -> list[dict]:
-        compile_filter(filter_)  # refuse what we refuse before MongoDB sees it
-        cursor = self._coll(name).find(filter_, {"_id": 0})
+    async def find(self, name: str, filter_: Filter | dict) -> list[dict]:
+        # A plain dict is compiled here: we refuse what we refuse before MongoDB sees it.
+        spec = compile_filter(filter_).spec
+        cursor = self._coll(name).find(spec, {"_id": 0})
         return [doc async for doc in cursor]
 
     async def count(self, name: str) -> int:

@@ -7,7 +7,7 @@ import functools
 from typing import Any
 
 from .errors import QueryError
-from .query import _kind, path_values
+from .filters.values import kind, path_values
 
 __all__ = ["apply_options", "check_options"]
 
@@ -48,8 +48,11 @@ def _sort_key(value_list: list) -> tuple:
     if not value_list:
         return (0, 0)
     value = value_list[0]
-    kind = _kind(value)
-    return (_RANK.get(kind, 6), value if kind in ("number", "string", "bool") else str(value))
+    value_kind = kind(value)
+    return (
+        _RANK.get(value_kind, 6),
+        value if value_kind in ("number", "string", "bool") else str(value),
+    )
 
 
 def _compare(a: tuple, b: tuple) -> int:

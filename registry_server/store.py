@@ -8,9 +8,9 @@ the commit. Queries run the compiled filter over the in-memory documents.
 
 All methods are synchronous and fast; the HTTP layer calls them on its event loop.
 
-Queries use in-memory indexes (``registry_server.indexes``: equality and range,
-built on the first query that can use them, kept current by every write) to find
-candidates, then run the compiled filter (what the indexes did not answer) over them.
+Queries take a compiled ``Filter`` (``registry_server.filters``) and use in-memory
+indexes (``filters.indexes``: equality and range, built on the first query that can use
+them, kept current by every write) to find candidates, then run its matcher over them.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import threading
 from pathlib import Path
 
 from .errors import Conflict, NotFound
-from .indexes import Indexes
-from .query import compile_filter
+from .filters import Filter, compile_filter
+from .filters.indexes import Indexes
 
 __all__ = ["EmbeddedStore"]
 
@@ -107,20 +107,19 @@ class EmbeddedStore:
             del self._seq[name][doc_id]
             self._indexes[name].remove(doc_id, old)
 
-    def find(self, name: str, filter_: dict) -> list[dict]:
-        """Matching documents, in insertion order."""
-        match = compile_filter(filter_)
+    def find(self, name: str, filter_: Filter | dict) -> list[dict]:
+        """Matching documents, in insertion order. ``filter_``: a compiled Filter (a
+        plain dict is compiled here, for callers outside a request)."""
+        filter_ = compile_filter(filter_)
+        match = filter_.match
         docs = self._docs[name]
         with self._lock:  # an index built now must not miss a concurrent write
             plan = self._indexes[name].plan(filter_, docs)
         if plan is None:
             return [doc for doc in docs.values() if match(doc)]
-        sure, unsure, residual = plan
-        if residual:
-            match_rest = compile_filter(residual)
-            hits = [i for i in sure if match_rest(docs[i])]
-        else:
-            hits = list(sure)
+        sure, unsure = plan
+        rest = filter_.residual
+        hits = list(sure) if rest is None else [i for i in sure if rest(docs[i])]
         hits += [i for i in unsure if match(docs[i])]
         seq = self._seq[name]
         hits.sort(key=seq.__getitem__)  # insertion order; only the hits are sorted

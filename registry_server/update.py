@@ -14,7 +14,8 @@ import copy
 from typing import Any
 
 from .errors import UpdateError
-from .query import _kind, array_index, compile_filter, values_equal
+from .filters import compile_filter
+from .filters.values import array_index, kind, values_equal
 
 __all__ = ["apply_update", "normalize_update"]
 
@@ -76,7 +77,7 @@ def _parent(doc: dict, path: str, create: bool):
         else:
             if not create:
                 return None, parts[-1]
-            raise UpdateError(f"{path}: cannot create a field inside a {_kind(node)}")
+            raise UpdateError(f"{path}: cannot create a field inside a {kind(node)}")
     return node, parts[-1]
 
 
@@ -97,12 +98,12 @@ def _put(parent: Any, key: str, value: Any, path: str) -> None:
             parent.append(None)
         parent[index] = value
     else:
-        raise UpdateError(f"{path}: cannot set a field inside a {_kind(parent)}")
+        raise UpdateError(f"{path}: cannot set a field inside a {kind(parent)}")
 
 
 def _number(value: Any, op: str, path: str) -> Any:
-    if _kind(value) != "number":
-        raise UpdateError(f"{op} {path}: needs a number, not {_kind(value)}")
+    if kind(value) != "number":
+        raise UpdateError(f"{op} {path}: needs a number, not {kind(value)}")
     return value
 
 
@@ -161,18 +162,18 @@ def _apply(doc: dict, op: str, path: str, arg: Any) -> None:
     elif op in ("$min", "$max"):
         if current is _MISSING:
             _put(parent, key, arg, path)
-        elif _kind(current) == _kind(arg) and _kind(arg) in ("number", "string"):
+        elif kind(current) == kind(arg) and kind(arg) in ("number", "string"):
             better = arg < current if op == "$min" else arg > current
             if better:
                 _put(parent, key, arg, path)
         else:
-            raise UpdateError(f"{op} {path}: cannot compare {_kind(current)} with {_kind(arg)}")
+            raise UpdateError(f"{op} {path}: cannot compare {kind(current)} with {kind(arg)}")
     elif op in ("$push", "$addToSet"):
         if current is _MISSING:
             current = []
             _put(parent, key, current, path)
         if not isinstance(current, list):
-            raise UpdateError(f"{op} {path}: the field is a {_kind(current)}, not an array")
+            raise UpdateError(f"{op} {path}: the field is a {kind(current)}, not an array")
         for item in _each(arg):
             if op == "$push" or not any(values_equal(item, x) for x in current):
                 current.append(item)
@@ -183,7 +184,7 @@ def _pull(current: Any, arg: Any, path: str) -> None:
     if current is _MISSING:
         return
     if not isinstance(current, list):
-        raise UpdateError(f"$pull {path}: the field is a {_kind(current)}, not an array")
+        raise UpdateError(f"$pull {path}: the field is a {kind(current)}, not an array")
     if isinstance(arg, dict) and arg:
         if all(k.startswith("$") for k in arg):
             match = compile_filter({"v": arg})

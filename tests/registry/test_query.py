@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from registry_server.errors import QueryError, UpdateError
-from registry_server.query import compile_filter
+from registry_server.filters import compile_filter
 from registry_server.update import apply_update, normalize_update
 
 CLUSTER = {

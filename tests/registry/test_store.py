@@ -8,7 +8,7 @@ import copy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from registry_server.query import compile_filter
+from registry_server.filters import compile_filter
 from registry_server.store import EmbeddedStore
 
 from .test_query_differential import cluster, filters

@@ -1,6 +1,6 @@
-"""MongoDB-style filters, compiled once into Python closures.
+"""MongoDB-style filters as Python closures: the reference semantics.
 
-``compile_filter(filter)`` checks the whole filter up front (unknown or code-executing
+``compile_closures(filter)`` checks the whole filter up front (unknown or code-executing
 operators raise QueryError, so a bad filter is a 400 before any document is read) and
 returns ``match(doc) -> bool``. Semantics follow MongoDB's for JSON documents:
 
@@ -25,120 +25,20 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from .errors import QueryError
+from ..errors import QueryError
+from .values import NUMBER_TYPES, REFUSED, TYPE_ALIASES, kind, path_values, values_equal, walker
 
-__all__ = ["compile_closures", "compile_filter", "path_values", "values_equal"]
+__all__ = [
+    "all_of",
+    "clause_matcher",
+    "compile_clauses",
+    "compile_closures",
+    "compile_regex",
+    "eq_test",
+    "field_conditions",
+]
 
 Matcher = Callable[[Any], bool]
-_MISSING = object()
-_REFUSED = {"$where", "$function", "$accumulator", "$expr"}
-_TYPE_ALIASES = {
-    "double": "number", "int": "number", "long": "number", "decimal": "number",
-    "number": "number", "string": "string", "object": "object", "array": "array",
-    "bool": "bool", "null": "null",
-    1: "number", 16: "number", 18: "number", 19: "number", 2: "string", 3: "object",
-    4: "array", 8: "bool", 10: "null",
-}  # fmt: skip
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, dict):
-        return "object"
-    if isinstance(value, list):
-        return "array"
-    return type(value).__name__
-
-
-def values_equal(a: Any, b: Any) -> bool:
-    """JSON equality as MongoDB sees it: 1 == 1.0, but true != 1."""
-    ka, kb = _kind(a), _kind(b)
-    if ka != kb:
-        return False
-    if ka == "array":
-        return len(a) == len(b) and all(values_equal(x, y) for x, y in zip(a, b, strict=True))
-    if ka == "object":
-        return a.keys() == b.keys() and all(values_equal(a[k], b[k]) for k in a)
-    return a == b
-
-
-class _Found(list):
-    """The values at a path; ``missing``: some object on the way lacked the next key (an
-    array element without the field counts as null, as in MongoDB)."""
-
-    __slots__ = ("missing",)
-
-
-_NUMBER_TYPES = (int, float)
-
-
-def path_values(doc: Any, parts: tuple[str, ...], walker=None) -> list:
-    """Every value at a dotted path (arrays expanded as MongoDB does). ``walker``: the
-    path's compiled ``_walker``, used when an array is met on the way."""
-    value = doc
-    for key in parts:  # fast path: objects all the way down
-        if type(value) is not dict:
-            return _walk(doc, parts, walker)
-        if key not in value:
-            found = _Found()
-            found.missing = True
-            return found
-        value = value[key]
-    return [value]
-
-
-def _walker(parts: tuple[str, ...]) -> Callable[[Any, list], None]:
-    """A function that appends every value at ``parts`` under a value to ``out`` (arrays
-    expanded), built once per path as a chain of small closures: no per-call tuples."""
-
-    def terminal(value: Any, out: list) -> None:
-        out.append(value)
-
-    step = terminal
-    for key in reversed(parts):
-        step = _path_step(key, step)
-    return step
-
-
-def array_index(key: str) -> int:
-    """The array position a path part names, or -1 ("¹" is a digit to isdigit(), not one)."""
-    return int(key) if key.isascii() and key.isdigit() else -1
-
-
-def _path_step(key: str, next_step: Callable[[Any, list], None]) -> Callable[[Any, list], None]:
-    index = array_index(key)
-
-    def step(value: Any, out: list) -> None:
-        t = type(value)
-        if t is dict:
-            if key in value:
-                next_step(value[key], out)
-            else:
-                out.missing = True
-        elif t is list:
-            if 0 <= index < len(value):
-                next_step(value[index], out)  # a position in the array
-                return
-            for element in value:
-                if type(element) is dict:
-                    step(element, out)
-
-    return step
-
-
-def _walk(doc: Any, parts: tuple[str, ...], walker=None) -> list:
-    """The general case (arrays on the way)."""
-    out = _Found()
-    out.missing = False
-    (walker or _walker(parts))(doc, out)
-    return out
 
 
 def _any_value(pred: Callable[[Any], bool]) -> Callable[[list], bool]:
@@ -158,25 +58,25 @@ def _any_value(pred: Callable[[Any], bool]) -> Callable[[list], bool]:
 
 
 def _compare(op: str, arg: Any) -> Callable[[Any], bool]:
-    kind = _kind(arg)
-    if kind not in ("number", "string", "bool", "null"):
-        raise QueryError(f"{op} needs a number, string, boolean or null, not {kind}")
+    arg_kind = kind(arg)
+    if arg_kind not in ("number", "string", "bool", "null"):
+        raise QueryError(f"{op} needs a number, string, boolean or null, not {arg_kind}")
     test = {
         "$gt": lambda v: v > arg,
         "$gte": lambda v: v >= arg,
         "$lt": lambda v: v < arg,
         "$lte": lambda v: v <= arg,
     }[op]
-    if kind == "null":  # null sorts equal only to null: $gte/$lte null match null/missing
+    if arg_kind == "null":  # null sorts equal only to null: $gte/$lte null match null/missing
         inclusive = op in ("$gte", "$lte")
         return lambda v: inclusive and v is None
-    if kind == "bool":
+    if arg_kind == "bool":
         return lambda v: isinstance(v, bool) and test(v)
-    types = (str,) if kind == "string" else _NUMBER_TYPES
+    types = (str,) if arg_kind == "string" else NUMBER_TYPES
     return lambda v: type(v) in types and test(v)
 
 
-def _regex(pattern: Any, options: Any = "") -> re.Pattern:
+def compile_regex(pattern: Any, options: Any = "") -> re.Pattern:
     if not isinstance(pattern, str):
         raise QueryError("$regex needs a string pattern")
     if not isinstance(options, str) or set(options) - set("imsx"):
@@ -191,18 +91,18 @@ def _regex(pattern: Any, options: Any = "") -> re.Pattern:
         raise QueryError(f"bad $regex {pattern!r}: {exc}") from None
 
 
-def _field_conditions(spec: dict) -> Callable[[list], bool]:
+def field_conditions(spec: dict) -> Callable[[list], bool]:
     """An operator object ({"$gt": 1, "$lt": 5}) -> test over a path's values."""
     tests: list[Callable[[list], bool]] = []
     if "$options" in spec and "$regex" not in spec:
         raise QueryError("$options without $regex")
     for op, arg in spec.items():
-        if op in _REFUSED:
+        if op in REFUSED:
             raise QueryError(f"{op} is not allowed: it executes code")
         if op == "$options":
             continue
         tests.append(_operator(op, arg, spec))
-    return _all_of(tests)
+    return all_of(tests)
 
 
 def _any_test(tests: list) -> Callable:
@@ -218,7 +118,8 @@ def _any_test(tests: list) -> Callable:
     return test
 
 
-def _all_of(tests: list) -> Callable:
+def all_of(tests: list) -> Callable:
+    """A test that holds when every one of ``tests`` holds (the first failing stops)."""
     if len(tests) == 1:
         return tests[0]
     if len(tests) == 2:
@@ -236,7 +137,7 @@ def _all_of(tests: list) -> Callable:
 
 def _scalar_eq(arg: Any) -> Callable[[list], bool]:
     """Equality to a string or a number, without the general machinery (the hot case)."""
-    types = (str,) if isinstance(arg, str) else _NUMBER_TYPES
+    types = (str,) if isinstance(arg, str) else NUMBER_TYPES
 
     def test(values: list) -> bool:
         for v in values:
@@ -253,7 +154,7 @@ def _scalar_eq(arg: Any) -> Callable[[list], bool]:
     return test
 
 
-def _eq_test(arg: Any) -> Callable[[list], bool]:
+def eq_test(arg: Any) -> Callable[[list], bool]:
     if type(arg) in (str, int, float):
         return _scalar_eq(arg)
     if arg is None:
@@ -264,9 +165,9 @@ def _eq_test(arg: Any) -> Callable[[list], bool]:
 
 def _operator(op: str, arg: Any, spec: dict) -> Callable[[list], bool]:
     if op == "$eq":
-        return _eq_test(arg)
+        return eq_test(arg)
     if op == "$ne":
-        eq = _eq_test(arg)
+        eq = eq_test(arg)
         return lambda values: not eq(values)
     if op in ("$gt", "$gte", "$lt", "$lte"):
         cmp = _any_value(_compare(op, arg))
@@ -276,7 +177,7 @@ def _operator(op: str, arg: Any, spec: dict) -> Callable[[list], bool]:
     if op in ("$in", "$nin"):
         if not isinstance(arg, list):
             raise QueryError(f"{op} needs an array")
-        any_of = _any_test([_eq_test(a) for a in arg])
+        any_of = _any_test([eq_test(a) for a in arg])
         if op == "$in":
             return any_of
         return lambda values: not any_of(values)
@@ -287,10 +188,10 @@ def _operator(op: str, arg: Any, spec: dict) -> Callable[[list], bool]:
         names = arg if isinstance(arg, list) else [arg]
         kinds = set()
         for name in names:
-            if name not in _TYPE_ALIASES:
+            if name not in TYPE_ALIASES:
                 raise QueryError(f"unknown $type {name!r}")
-            kinds.add(_TYPE_ALIASES[name])
-        return _any_value(lambda v: _kind(v) in kinds)
+            kinds.add(TYPE_ALIASES[name])
+        return _any_value(lambda v: kind(v) in kinds)
     if op == "$size":
         if isinstance(arg, bool) or not isinstance(arg, int) or arg < 0:
             raise QueryError("$size needs a non-negative integer")
@@ -298,13 +199,13 @@ def _operator(op: str, arg: Any, spec: dict) -> Callable[[list], bool]:
     if op == "$all":
         if not isinstance(arg, list):
             raise QueryError("$all needs an array")
-        tests = [_eq_test(a) for a in arg]
+        tests = [eq_test(a) for a in arg]
         return lambda values: bool(arg) and all(t(values) for t in tests)
     if op == "$elemMatch":
         if not isinstance(arg, dict):
             raise QueryError("$elemMatch needs an object")
         if arg and all(k.startswith("$") for k in arg):
-            cond = _field_conditions(arg)
+            cond = field_conditions(arg)
             return lambda values: any(
                 isinstance(v, list) and any(cond([e]) for e in v) for v in values
             )
@@ -320,11 +221,11 @@ def _operator(op: str, arg: Any, spec: dict) -> Callable[[list], bool]:
 
         return elem_match
     if op == "$regex":
-        search = _regex(arg, spec.get("$options", "")).search
+        search = compile_regex(arg, spec.get("$options", "")).search
         return _any_value(lambda v: type(v) is str and search(v) is not None)
     if op == "$not":
         if isinstance(arg, dict) and arg and all(k.startswith("$") for k in arg):
-            inner = _field_conditions(arg)
+            inner = field_conditions(arg)
         elif isinstance(arg, str):  # a bare pattern
             inner = _operator("$regex", arg, {})
         else:
@@ -338,7 +239,7 @@ def _logical(op: str, arg: Any) -> Matcher:
         raise QueryError(f"{op} needs a non-empty array of filters")
     subs = [compile_closures(f) for f in arg]
     if op == "$and":
-        return _all_of(subs)
+        return all_of(subs)
 
     def any_of(doc) -> bool:
         for sub in subs:
@@ -351,52 +252,46 @@ def _logical(op: str, arg: Any) -> Matcher:
     return lambda doc: not any_of(doc)  # $nor
 
 
-def _clause(parts: tuple[str, ...], test: Callable[[list], bool]) -> Matcher:
-    walker = _walker(parts)
+def clause_matcher(parts: tuple[str, ...], test: Callable[[list], bool]) -> Matcher:
+    walk = walker(parts)
     if len(parts) == 1:  # the most common case: a top-level field
         key = parts[0]
 
         def top(doc) -> bool:
             if type(doc) is dict and key in doc:
                 return test([doc[key]])
-            return test(path_values(doc, parts, walker))
+            return test(path_values(doc, parts, walk))
 
         return top
-    return lambda doc: test(path_values(doc, parts, walker))
-
-
-def compile_filter(filter_: Any) -> Matcher:
-    """A MongoDB filter -> ``match(doc)``. Raises QueryError for an invalid filter.
-
-    The matcher is generated Python source (``query_gen``) calling the closures below
-    for the conditions it has no generated form for; same behaviour, faster on paths
-    through arrays and on several clauses."""
-    from .query_gen import generate  # imported here: query_gen builds on this module
-
-    return generate(filter_)
+    return lambda doc: test(path_values(doc, parts, walk))
 
 
 def compile_closures(filter_: Any) -> Matcher:
-    """The closure form of ``compile_filter`` (the reference semantics)."""
+    """The closure form of a filter (the reference semantics); QueryError if invalid."""
+    return all_of(list(compile_clauses(filter_).values()))
+
+
+def compile_clauses(filter_: Any) -> dict[str, Matcher]:
+    """Validate a filter and compile each of its top-level clauses: {key: matcher}."""
     if not isinstance(filter_, dict):
-        raise QueryError(f"a filter must be an object, not {_kind(filter_)}")
-    clauses: list[Matcher] = []
+        raise QueryError(f"a filter must be an object, not {kind(filter_)}")
+    clauses: dict[str, Matcher] = {}
     for key, cond in filter_.items():
         if not isinstance(key, str) or not key:
             raise QueryError("filter keys must be non-empty strings")
-        if key in _REFUSED:
+        if key in REFUSED:
             raise QueryError(f"{key} is not allowed: it executes code")
         if key in ("$and", "$or", "$nor"):
-            clauses.append(_logical(key, cond))
+            clauses[key] = _logical(key, cond)
             continue
         if key.startswith("$"):
             raise QueryError(f"unknown top-level operator {key}")
         parts = tuple(key.split("."))
         if isinstance(cond, dict) and cond and all(k.startswith("$") for k in cond):
-            test = _field_conditions(cond)
+            test = field_conditions(cond)
         else:
             if isinstance(cond, dict) and any(k.startswith("$") for k in cond):
                 raise QueryError(f"{key}: do not mix operators and fields in one object")
-            test = _eq_test(cond)
-        clauses.append(_clause(parts, test))
-    return _all_of(clauses)
+            test = eq_test(cond)
+        clauses[key] = clause_matcher(parts, test)
+    return clauses

@@ -11,10 +11,12 @@ built on the first query that can use them, then kept current by every write:
   ``$gte``, ``$lt``, ``$lte`` on a number or a string. Only values of the operand's kind
   can satisfy such a condition (the matcher's rule), so the index is exact: no "unsure".
 
-``plan(filter)`` -> (sure ids, unsure ids, residual filter): a document matches the
-filter if it is in ``sure`` and matches the residual (the filter without the clauses
-the indexes answered), or it is in ``unsure`` and matches the whole filter. None when no
-clause can use an index. Tests check indexed queries equal full scans through writes.
+``index_clauses(spec)`` (run once, when a filter is compiled) lists the clauses an index
+can answer; ``Indexes.plan(filter)`` -> (sure ids, unsure ids): a document matches the
+filter if it is in ``sure`` and matches the residual (the filter without the clauses the
+indexes answered: ``Filter.residual``), or it is in ``unsure`` and matches the whole
+filter. None when no clause can use an index. Tests check indexed queries equal full
+scans through writes.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ from __future__ import annotations
 import math
 from bisect import bisect_left, bisect_right, insort
 
-from .query import path_values
+from .values import path_values
 
-__all__ = ["EqualityIndex", "Indexes", "RangeIndex"]
+__all__ = ["EqualityIndex", "IndexClause", "Indexes", "RangeIndex", "index_clauses"]
 
 _RANGE_OPS = {"$gt", "$gte", "$lt", "$lte"}
 
@@ -173,6 +175,27 @@ def _range_ops(cond) -> dict | None:
     return None
 
 
+IndexClause = tuple[str, tuple[str, ...], str, object]
+"""(key, path, "eq" or "range", the values (eq) or the operators (range)) of a clause."""
+
+
+def index_clauses(spec: dict) -> tuple[IndexClause, ...]:
+    """The top-level clauses of a (validated) filter that an index can answer exactly."""
+    out = []
+    for key, cond in spec.items():
+        if key.startswith("$"):
+            continue
+        path = tuple(key.split("."))
+        values = _equality_values(cond)
+        if values is not None:
+            out.append((key, path, "eq", values))
+            continue
+        ops = _range_ops(cond)
+        if ops is not None:
+            out.append((key, path, "range", ops))
+    return tuple(out)
+
+
 class Indexes:
     """The indexes of one collection."""
 
@@ -196,31 +219,23 @@ class Indexes:
             self.all[(kind.__name__, path)] = index
         return index
 
-    def plan(self, filter_: dict, docs: dict[str, dict]):
-        """(sure, unsure, residual filter) or None (see the module docstring)."""
-        answered = []  # (key, sure ids, unsure ids)
-        for key, cond in filter_.items():
-            if key.startswith("$"):
-                continue
-            path = tuple(key.split("."))
-            values = _equality_values(cond)
-            if values is not None:
-                sure, unsure = self._get(EqualityIndex, path, docs).lookup(values)
-                answered.append((key, sure, unsure))
-                continue
-            ops = _range_ops(cond)
-            if ops is not None:
-                answered.append((key, self._get(RangeIndex, path, docs).lookup(ops), set()))
+    def plan(self, filter_, docs: dict[str, dict]) -> tuple[set[str], set[str]] | None:
+        """(sure, unsure) for a compiled ``Filter`` (its ``index_clauses``), or None when
+        no clause can use an index (see the module docstring)."""
+        answered = []  # (sure ids, unsure ids) per clause
+        for _, path, how, arg in filter_.index_clauses:
+            if how == "eq":
+                answered.append(self._get(EqualityIndex, path, docs).lookup(arg))
+            else:
+                answered.append((self._get(RangeIndex, path, docs).lookup(arg), set()))
         if not answered:
             return None
-        answered.sort(key=lambda a: len(a[1]) + len(a[2]))
-        _, sure, unsure = answered[0]
+        answered.sort(key=lambda a: len(a[0]) + len(a[1]))
+        sure, unsure = answered[0]
         maybe = sure | unsure if unsure else sure
-        for _, other_sure, other_unsure in answered[1:]:
+        for other_sure, other_unsure in answered[1:]:
             if not maybe:
                 break
             maybe = maybe & (other_sure | other_unsure if other_unsure else other_sure)
             sure = sure & other_sure
-        keys = {key for key, _, _ in answered}
-        residual = {k: v for k, v in filter_.items() if k not in keys}
-        return sure & maybe, maybe - sure, residual
+        return sure & maybe, maybe - sure
