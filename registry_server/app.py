@@ -12,19 +12,21 @@ update operators; a bare document means $set. The id of a document cannot change
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import weakref
 from typing import Any
 
 from aiohttp import web
 
-from .errors import NotFound, QueryError, RegistryError, SchemaError
+from .errors import Conflict, NotFound, QueryError, RegistryError, SchemaError, Stale
 from .filters import compile_filter
 from .openapi import build_spec
 from .options import apply_options, check_options
 from .schemas import REGISTRIES, Registry, validate
 from .store import EmbeddedStore
-from .update import apply_update
+from .update import apply_update, normalize_update
 
 __all__ = ["make_app"]
 
@@ -49,6 +51,12 @@ class _AsyncStore:
     async def delete(self, name, doc_id):
         return self._store.delete(name, doc_id)
 
+    async def get_for_update(self, name, doc_id):
+        return self._store.get_for_update(name, doc_id)
+
+    async def replace_if(self, name, doc_id, doc, rev, update=None):
+        return self._store.replace_if(name, doc_id, doc, rev, update)
+
     async def find(self, name, filter_):
         return self._store.find(name, filter_)
 
@@ -58,6 +66,8 @@ class _AsyncStore:
 
 _STORE = web.AppKey("store", object)
 _SPEC = web.AppKey("openapi", dict)
+_LOCKS = web.AppKey("document_locks", weakref.WeakValueDictionary)
+_UPDATE_TRIES = 20  # compare-and-swap rounds before a 409 (only other servers can race)
 
 
 def ok(data: Any, status: int = 200) -> web.Response:
@@ -146,18 +156,34 @@ class RegistryRoutes:
         return ok(apply_options(docs, options))
 
     async def update(self, request: web.Request) -> web.Response:
+        """Read, apply, check and write one document, atomically: the whole body is read
+        first; then, under this document's lock (other requests in this server) and a
+        compare-and-swap on its revision (other servers on one MongoDB), the update is
+        applied to the current document and written only if nothing changed meanwhile."""
         doc_id = request.match_info["id"]
-        store = self.store(request)
-        current = await store.get(self.registry.name, doc_id)
-        updated = apply_update(current, await _body(request))
-        if self.registry.name == "vdags":
-            updated.pop("vdagURI", None)  # recomputed from name and version
-        updated = validate(self.registry, updated)
-        if updated[self.registry.id_field] != doc_id:
-            raise SchemaError(f"{self.registry.id_field} cannot change ({doc_id!r})")
-        await self.check_references(request, updated)
-        await store.replace(self.registry.name, doc_id, updated)
-        return ok(updated)
+        update = normalize_update(await _body(request))
+        store, name = self.store(request), self.registry.name
+        locks = request.app[_LOCKS]
+        lock = locks.get((name, doc_id))
+        if lock is None:
+            lock = locks[(name, doc_id)] = asyncio.Lock()
+        async with lock:
+            for _ in range(_UPDATE_TRIES):
+                current, rev = await store.get_for_update(name, doc_id)
+                plain = apply_update(current, update)
+                updated = dict(plain)
+                if name == "vdags":
+                    updated.pop("vdagURI", None)  # recomputed from name and version
+                updated = validate(self.registry, updated)
+                if updated[self.registry.id_field] != doc_id:
+                    raise SchemaError(f"{self.registry.id_field} cannot change ({doc_id!r})")
+                await self.check_references(request, updated)
+                native = update if updated == plain else None  # operators MongoDB can apply
+                try:
+                    return ok(await store.replace_if(name, doc_id, updated, rev, native))
+                except Stale:
+                    continue
+        raise Conflict(f"{name}: {doc_id!r} is changing too often to update; try again")
 
     async def delete(self, request: web.Request) -> web.Response:
         doc_id = request.match_info["id"]
@@ -192,6 +218,7 @@ def make_app(store) -> web.Application:
     app = web.Application(middlewares=[errors], client_max_size=16 << 20)
     app[_STORE] = _AsyncStore(store) if isinstance(store, EmbeddedStore) else store
     app[_SPEC] = build_spec()
+    app[_LOCKS] = weakref.WeakValueDictionary()
     r = app.router
     r.add_get("/health", health)
     r.add_get("/openapi.json", openapi)

@@ -20,7 +20,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from .errors import Conflict, NotFound
+from .errors import Conflict, NotFound, Stale
 from .filters import Filter, compile_filter
 from .filters.indexes import Indexes
 
@@ -33,11 +33,13 @@ class EmbeddedStore:
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._docs: dict[str, dict[str, dict]] = {}
         self._indexes: dict[str, Indexes] = {n: Indexes() for n in collections}
         self._seq: dict[str, dict[str, int]] = {}  # insertion order, for indexed queries
         self._next = 0
+        self._revs: dict[str, dict[str, int]] = {n: {} for n in collections}  # per write
+        self._next_rev = 0
         for name in collections:
             self._db.execute(
                 f'CREATE TABLE IF NOT EXISTS "{name}" (id TEXT PRIMARY KEY, doc TEXT NOT NULL)'
@@ -64,6 +66,7 @@ class EmbeddedStore:
                 self._db.execute("ROLLBACK")
                 raise Conflict(f"{name}: a document id already exists") from None
             for doc_id, doc in docs.items():
+                self._bump(name, doc_id)
                 self._docs[name][doc_id] = doc
                 self._seq[name][doc_id] = self._next
                 self._next += 1
@@ -76,10 +79,15 @@ class EmbeddedStore:
                                  (doc_id, json.dumps(doc)))  # fmt: skip
             except sqlite3.IntegrityError:
                 raise Conflict(f"{name}: {doc_id!r} already exists") from None
+            self._bump(name, doc_id)
             self._docs[name][doc_id] = doc
             self._seq[name][doc_id] = self._next
             self._next += 1
             self._indexes[name].add(doc_id, doc)
+
+    def _bump(self, name: str, doc_id: str) -> None:
+        self._next_rev += 1
+        self._revs[name][doc_id] = self._next_rev
 
     def get(self, name: str, doc_id: str) -> dict:
         doc = self._docs[name].get(doc_id)
@@ -95,8 +103,26 @@ class EmbeddedStore:
                              (json.dumps(doc), doc_id))  # fmt: skip
             old = self._docs[name][doc_id]
             self._docs[name][doc_id] = doc
+            self._bump(name, doc_id)
             self._indexes[name].remove(doc_id, old)
             self._indexes[name].add(doc_id, doc)
+
+    def get_for_update(self, name: str, doc_id: str) -> tuple[dict, int]:
+        """The document and its revision, for ``replace_if``."""
+        doc = self.get(name, doc_id)
+        return doc, self._revs[name].get(doc_id, -1)
+
+    def replace_if(self, name: str, doc_id: str, doc: dict, rev: int, update=None) -> dict:
+        """Replace the document if it is still at revision ``rev`` (Stale otherwise);
+        returns the stored document. ``update`` (the operators that made ``doc``) is
+        unused here: the MongoDB backend applies them itself."""
+        with self._lock:
+            if doc_id not in self._docs[name]:
+                raise NotFound(f"{name}: no document {doc_id!r}")
+            if self._revs[name].get(doc_id, -1) != rev:
+                raise Stale(f"{name}: {doc_id!r} changed while it was being updated")
+            self.replace(name, doc_id, doc)
+        return doc
 
     def delete(self, name: str, doc_id: str) -> None:
         with self._lock:
@@ -105,6 +131,7 @@ class EmbeddedStore:
             self._db.execute(f'DELETE FROM "{name}" WHERE id = ?', (doc_id,))
             old = self._docs[name].pop(doc_id)
             del self._seq[name][doc_id]
+            self._revs[name].pop(doc_id, None)
             self._indexes[name].remove(doc_id, old)
 
     def find(self, name: str, filter_: Filter | dict) -> list[dict]:
