@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from aiohttp import web
 
 from .app import make_app
+from .errors import StoreLocked
 from .schemas import REGISTRIES
 from .store import EmbeddedStore
 
@@ -27,7 +29,11 @@ def main(argv=None) -> int:
         store = MongoStore(opts.mongo_url, opts.mongo_db)
         where = f"MongoDB {opts.mongo_db}"
     else:
-        store = EmbeddedStore(opts.db, list(REGISTRIES))
+        try:
+            store = EmbeddedStore(opts.db, list(REGISTRIES))
+        except StoreLocked as exc:
+            print(f"registry: {exc}", file=sys.stderr)
+            return 1
         where = opts.db
     app = make_app(store)
     if opts.mongo_url:

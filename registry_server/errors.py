@@ -40,6 +40,10 @@ class Conflict(RegistryError):
     status = 409
 
 
+class StoreLocked(RegistryError):
+    """Another process has the embedded store open (the server refuses to start)."""
+
+
 class Stale(Conflict):
     """The document changed between its read and a conditional write (the caller reads
     again and retries; HTTP 409 if it gives up)."""

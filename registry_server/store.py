@@ -6,6 +6,10 @@ plus every document in memory for queries. A write returns only after SQLite has
 committed it to disk, so acknowledged writes survive kill -9; memory is updated after
 the commit. Queries run the compiled filter over the in-memory documents.
 
+One process owns a store file: it holds an exclusive lock (``flock``) on
+``<file>.lock`` while open, so a second server on the same file stops at once with
+StoreLocked instead of running beside the first and seeing only its own writes.
+
 All methods are synchronous and fast; the HTTP layer calls them on its event loop.
 
 Queries take a compiled ``Filter`` (``registry_server.filters``) and use in-memory
@@ -15,22 +19,42 @@ them, kept current by every write) to find candidates, then run its matcher over
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 import threading
 from pathlib import Path
 
-from .errors import Conflict, NotFound, Stale
+from .errors import Conflict, NotFound, Stale, StoreLocked
 from .filters import Filter, compile_filter
 from .filters.indexes import Indexes
 
 __all__ = ["EmbeddedStore"]
 
 
+def _lock_exclusively(lock_path: str) -> int:
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreLocked(
+            f"the store {lock_path[: -len('.lock')]} is in use by another registry server "
+            f"(lock {lock_path}); stop it or use another --db"
+        ) from None
+    return fd
+
+
 class EmbeddedStore:
     def __init__(self, path: str | Path, collections: list[str]) -> None:
         self.path = str(path)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._lock_fd = _lock_exclusively(self.path + ".lock")
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._lock = threading.RLock()
@@ -53,6 +77,9 @@ class EmbeddedStore:
 
     def close(self) -> None:
         self._db.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = None
 
     def insert_many(self, name: str, docs: dict[str, dict]) -> None:
         """Insert {id: doc} in one transaction (bulk loads); a duplicate id inserts none."""

@@ -311,3 +311,29 @@ def test_concurrent_updates_of_one_document_all_apply(server):
     assert doc["hits"] == 80 and sorted(doc["log"]) == sorted(
         f"{n}-{i}" for n in range(8) for i in range(10)
     )
+
+
+def test_a_second_server_on_one_store_file_refuses_to_start(tmp_path):
+    """Issue 13 (2): two servers on one --db file would each see only their own writes;
+    the second one stops at once with one clear line and a non-zero exit."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "registry.sqlite3"
+    first = Server(db)
+    try:
+        second = subprocess.run(
+            [sys.executable, "-m", "registry_server", "--port", str(free_port()),
+             "--db", str(db)],
+            cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert second.returncode != 0
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and "in use by another registry server" in lines[0], lines
+        assert "Traceback" not in second.stderr
+        assert first.call("GET", "/health")[0] == 200  # the first one is untouched
+    finally:
+        first.stop()
+    again = Server(db)  # the lock went with the first server
+    again.stop()
