@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import copy
-import functools
 from typing import Any
 
 from .errors import QueryError
-from .filters.values import kind, path_values
+from .filters.values import NULL_KEY, UNDEFINED_KEY, bson_key, path_values, walker
 
 __all__ = ["apply_options", "check_options"]
 
-_RANK = {"null": 0, "number": 1, "string": 2, "object": 3, "array": 4, "bool": 5}
 _MAX_LIMIT = 10_000
 
 
@@ -44,19 +42,26 @@ def check_options(options: Any) -> dict:
     return options
 
 
-def _sort_key(value_list: list) -> tuple:
-    if not value_list:
-        return (0, 0)
-    value = value_list[0]
-    value_kind = kind(value)
-    return (
-        _RANK.get(value_kind, 6),
-        value if value_kind in ("number", "string", "bool") else str(value),
-    )
-
-
-def _compare(a: tuple, b: tuple) -> int:
-    return (a > b) - (a < b)
+def sort_key(doc: Any, parts: tuple[str, ...], walk, descending: bool) -> tuple:
+    """The key MongoDB sorts a document by for one field: every value at the path
+    (arrays expanded: their elements count, an empty array counts as "undefined", below
+    null; a missing field or an array element without it counts as null), the smallest
+    for an ascending sort, the largest for a descending one, in BSON comparison order."""
+    values = path_values(doc, parts, walk)
+    keys = []
+    for value in values:
+        if type(value) is list:
+            if value:
+                keys += [bson_key(e) for e in value]
+            else:
+                keys.append(UNDEFINED_KEY)
+        else:
+            keys.append(bson_key(value))
+    if not keys or getattr(values, "missing", False):
+        keys.append(NULL_KEY)
+    if len(keys) == 1:
+        return keys[0]
+    return max(keys) if descending else min(keys)
 
 
 def _project(doc: dict, projection: dict) -> dict:
@@ -95,18 +100,12 @@ def apply_options(docs: list[dict], options: dict) -> list[dict]:
     """Sort, skip, limit, then project (options already checked)."""
     sort = options.get("sort")
     if sort:
-        keyed = [(doc, [_sort_key(path_values(doc, tuple(f.split(".")))) for f in sort])
-                 for doc in docs]  # fmt: skip
-        directions = list(sort.values())
-
-        def cmp(x, y) -> int:
-            for (a, b), direction in zip(zip(x[1], y[1], strict=True), directions, strict=True):
-                c = _compare(a, b)
-                if c:
-                    return c * direction
-            return 0
-
-        docs = [doc for doc, _ in sorted(keyed, key=functools.cmp_to_key(cmp))]
+        docs = list(docs)
+        for field, direction in reversed(sort.items()):  # stable: the last key first
+            parts = tuple(field.split("."))
+            walk = walker(parts)
+            desc = direction == -1
+            docs.sort(key=lambda d, p=parts, w=walk, r=desc: sort_key(d, p, w, r), reverse=desc)
     skip = options.get("skip") or 0
     limit = options.get("limit")
     docs = docs[skip : skip + limit] if limit else docs[skip:]

@@ -12,11 +12,14 @@ from typing import Any
 
 __all__ = [
     "MISSING",
+    "NULL_KEY",
     "NUMBER_TYPES",
     "REFUSED",
     "TYPE_ALIASES",
+    "UNDEFINED_KEY",
     "Found",
     "array_index",
+    "bson_key",
     "kind",
     "path_values",
     "values_equal",
@@ -68,6 +71,40 @@ def values_equal(a: Any, b: Any) -> bool:
     if ka == "object":
         return a.keys() == b.keys() and all(values_equal(a[k], b[k]) for k in a)
     return a == b
+
+
+def bson_key(value: Any) -> tuple:
+    """A key that orders JSON values as MongoDB's BSON comparison order does: null <
+    numbers < strings < objects < arrays < booleans (numbers compared by value whatever
+    their type; strings by code point, which is UTF-8 byte order). Objects compare pair
+    by pair in their own key order: the value's type, then the field name, then the
+    value; a prefix is less. Arrays compare element by element. NaN sorts below every
+    number, as in MongoDB."""
+    t = type(value)
+    if t is str:
+        return (3, value)
+    if t is int:
+        return (2, value)
+    if t is float:
+        return (2, value) if value == value else (2,)
+    if value is None:
+        return (1,)
+    if t is bool:
+        return (8, value)
+    if t is dict:
+        pairs = []
+        for k, v in value.items():
+            key = bson_key(v)
+            pairs.append((key[0], k, key))
+        return (4, tuple(pairs))
+    if t is list:
+        return (5, tuple(bson_key(v) for v in value))
+    return (20, repr(value))  # not JSON (only from Python callers)
+
+
+UNDEFINED_KEY = (0,)
+"""The sort key of an empty array met by a sort: below null (MongoDB's "undefined")."""
+NULL_KEY = (1,)
 
 
 class Found(list):

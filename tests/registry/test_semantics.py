@@ -1,0 +1,110 @@
+"""Issue 13: MongoDB's semantics where the registry differed (sort, projection,
+comparisons, updates, numbers JSON cannot carry). Each test says whether its expectation
+comes from mongomock (where it is right) or from MongoDB's documentation (where
+mongomock is wrong or silent)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from registry_server.options import apply_options, check_options
+
+mongomock = pytest.importorskip("mongomock")
+
+SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+def _ids(docs):
+    return [d["i"] for d in docs]
+
+
+def _sorted(docs, sort):
+    return _ids(apply_options(copy.deepcopy(docs), check_options({"sort": sort})))
+
+
+# ---------------------------------------------------------------------------- sort (3)
+
+# Values of every JSON type. Booleans are left to the written tests: mongomock's own
+# comparison of True with 1 follows Python's.
+sort_scalars = st.one_of(
+    st.none(),
+    st.integers(-3, 3),
+    st.floats(-3, 3, allow_nan=False).map(lambda f: round(f, 1)),
+    st.sampled_from(["", "a", "b", "ab", "B"]),
+)
+sort_objects = st.recursive(
+    st.dictionaries(st.sampled_from(["a", "b", "c"]), sort_scalars, max_size=2),
+    lambda inner: st.dictionaries(
+        st.sampled_from(["a", "b", "c"]),
+        st.one_of(sort_scalars, inner, st.lists(st.one_of(sort_scalars, inner), max_size=2)),
+        max_size=2,
+    ),
+    max_leaves=5,
+)
+# No arrays as the sorted value here: mongomock picks the wrong element of [null, 0],
+# [null, []] and ["", 0] (MongoDB takes the smallest ascending and the largest
+# descending, in BSON order); arrays are in the written tests below.
+sort_values = st.one_of(sort_scalars, sort_objects)
+
+
+@SETTINGS
+@given(st.lists(st.one_of(st.just("missing"), sort_values), min_size=1, max_size=8),
+       st.sampled_from([1, -1]))  # fmt: skip
+def test_sort_on_a_top_level_field_agrees_with_mongomock(values, direction):
+    """Mixed types, null against missing, objects pair by pair (arrays inside them
+    element by element): mongomock gets these right."""
+    docs = [{"i": i} if v == "missing" else {"i": i, "a": v} for i, v in enumerate(values)]
+    coll = mongomock.MongoClient().db.c
+    coll.insert_many(copy.deepcopy(docs))
+    expected = _ids(coll.find({}, {"_id": 0}).sort("a", direction))
+    assert _sorted(docs, {"a": direction}) == expected
+
+
+def test_sort_follows_mongodb_documentation():
+    """Written from MongoDB's documentation (BSON comparison order; DOCS-2760's example):
+    an empty array sorts below a missing field, missing and null are equal, arrays sort
+    by their smallest element ascending and their largest descending."""
+    docs = [{"i": 0}, {"i": 1, "a": 1}, {"i": 2, "a": []}, {"i": 3, "a": [1]},
+            {"i": 4, "a": [0, 1]}]  # fmt: skip
+    assert _sorted(docs, {"a": 1}) == [2, 0, 4, 1, 3]
+    assert _sorted(docs, {"a": -1}) == [1, 3, 4, 0, 2]
+    # null and missing (the HTTP 500 of issue 13): equal, below every number
+    docs = [{"i": 0, "a": None}, {"i": 1}, {"i": 2, "a": -5}, {"i": 3, "a": "x"}]
+    assert _sorted(docs, {"a": 1}) == [0, 1, 2, 3]
+    assert _sorted(docs, {"a": -1}) == [3, 2, 0, 1]
+    # type order: null < numbers < strings < objects < arrays < booleans
+    docs = [{"i": 0, "a": True}, {"i": 1, "a": {"x": 1}}, {"i": 2, "a": "s"},
+            {"i": 3, "a": 2.5}, {"i": 4, "a": None}, {"i": 5, "a": [[1]]},
+            {"i": 6, "a": False}]  # fmt: skip
+    assert _sorted(docs, {"a": 1}) == [4, 3, 2, 1, 5, 6, 0]
+    # an array inside an array is one value (an array), above null
+    docs = [{"i": 0}, {"i": 1, "a": [None, []]}, {"i": 2, "a": [None, 0]}]
+    assert _sorted(docs, {"a": -1}) == [1, 2, 0]
+    assert _sorted(docs, {"a": 1}) == [0, 1, 2]
+    docs = [{"i": 0, "a": ["", 0]}, {"i": 1, "a": -1}, {"i": 2, "a": ["b", "a"]}]
+    assert _sorted(docs, {"a": 1}) == [1, 0, 2]
+    assert _sorted(docs, {"a": -1}) == [2, 0, 1]
+    # embedded documents: pair by pair (value type, then field name, then value);
+    # a document that is a prefix of another is less
+    docs = [{"i": 0, "a": {"b": 1, "c": 1}}, {"i": 1, "a": {"b": 1}}, {"i": 2, "a": {"b": "x"}},
+            {"i": 3, "a": {"a": 9}}, {"i": 4, "a": {"b": 0}}]  # fmt: skip
+    assert _sorted(docs, {"a": 1}) == [3, 4, 1, 0, 2]
+
+
+def test_sort_on_paths_through_arrays_of_subdocuments():
+    """Written from MongoDB's documentation, where mongomock is wrong (it sorts
+    [{b: 3}, {b: 1}] after [{b: 2}] ascending): the values reached through the array
+    are the candidates, an element without the field counts as null."""
+    docs = [{"i": 0, "a": [{"b": 3}, {"b": 1}]}, {"i": 1, "a": [{"b": 2}]},
+            {"i": 2, "a": [{"b": 0}, {}]}, {"i": 3, "a": {"b": [5, -1]}}]  # fmt: skip
+    assert _sorted(docs, {"a.b": 1}) == [2, 3, 0, 1]
+    assert _sorted(docs, {"a.b": -1}) == [3, 0, 1, 2]
+    # positions in the path, and compound sorts with mixed directions
+    docs = [{"i": 0, "a": [1, 5], "k": "x"}, {"i": 1, "a": [2], "k": "x"},
+            {"i": 2, "a": [0, 9], "k": "y"}]  # fmt: skip
+    assert _sorted(docs, {"a.0": -1}) == [1, 0, 2]
+    assert _sorted(docs, {"k": -1, "a": 1}) == [2, 0, 1]
