@@ -39,6 +39,9 @@ def check_options(options: Any) -> dict:
         values = list(projection.values())
         if not all(v in (0, 1) for v in values) or len({bool(v) for v in values}) != 1:
             raise QueryError("projection must be all inclusions (1) or all exclusions (0)")
+        if not all(isinstance(p, str) and p and "" not in p.split(".") for p in projection):
+            raise QueryError("projection paths must be non-empty dotted field names")
+        projection_tree(projection)
     return options
 
 
@@ -64,36 +67,53 @@ def sort_key(doc: Any, parts: tuple[str, ...], walk, descending: bool) -> tuple:
     return max(keys) if descending else min(keys)
 
 
-def _project(doc: dict, projection: dict) -> dict:
-    include = any(projection.values())
-    if include:
-        out: dict = {}
-        for path in projection:
-            _copy_path(doc, out, path.split("."))
-        return out
-    out = copy.deepcopy(doc)
+def projection_tree(projection: dict) -> dict:
+    """{"a.b": 1, "c": 1} -> {"a": {"b": True}, "c": True}; QueryError when one path is
+    the prefix of another (MongoDB's "path collision")."""
+    tree: dict = {}
     for path in projection:
-        _drop_path(out, path.split("."))
+        node = tree
+        parts = path.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if child is True:
+                raise QueryError(f"projection: {path!r} collides with a shorter path")
+            node = child
+        if parts[-1] in node:
+            raise QueryError(f"projection: {path!r} collides with another path")
+        node[parts[-1]] = True
+    return tree
+
+
+def _include(value: Any, tree: dict) -> Any:
+    """Only the fields the tree names, in the document's own order; through arrays,
+    element by element (elements that are not documents are dropped, as MongoDB does)."""
+    if type(value) is list:
+        return [_include(e, tree) for e in value if type(e) in (dict, list)]
+    out = {}
+    for key, item in value.items():
+        sub = tree.get(key)
+        if sub is True:
+            out[key] = copy.deepcopy(item)
+        elif sub is not None and type(item) in (dict, list):
+            out[key] = _include(item, sub)
     return out
 
 
-def _copy_path(src: Any, dst: dict, parts: list[str]) -> None:
-    key = parts[0]
-    if not isinstance(src, dict) or key not in src:
-        return
-    if len(parts) == 1:
-        dst[key] = copy.deepcopy(src[key])
-    elif isinstance(src[key], dict):
-        _copy_path(src[key], dst.setdefault(key, {}), parts[1:])
-
-
-def _drop_path(doc: Any, parts: list[str]) -> None:
-    if not isinstance(doc, dict) or parts[0] not in doc:
-        return
-    if len(parts) == 1:
-        del doc[parts[0]]
-    else:
-        _drop_path(doc[parts[0]], parts[1:])
+def _exclude(value: Any, tree: dict) -> Any:
+    """Everything but the fields the tree names; through arrays, element by element."""
+    if type(value) is list:
+        return [_exclude(e, tree) if type(e) in (dict, list) else e for e in value]
+    out = {}
+    for key, item in value.items():
+        sub = tree.get(key)
+        if sub is True:
+            continue
+        if sub is not None and type(item) in (dict, list):
+            out[key] = _exclude(item, sub)
+        else:
+            out[key] = copy.deepcopy(item)
+    return out
 
 
 def apply_options(docs: list[dict], options: dict) -> list[dict]:
@@ -111,5 +131,7 @@ def apply_options(docs: list[dict], options: dict) -> list[dict]:
     docs = docs[skip : skip + limit] if limit else docs[skip:]
     projection = options.get("projection")
     if projection:
-        docs = [_project(doc, projection) for doc in docs]
+        tree = projection_tree(projection)
+        project = _include if any(projection.values()) else _exclude
+        docs = [project(doc, tree) for doc in docs]
     return docs
