@@ -12,7 +12,8 @@ returns ``match(doc) -> bool``. Semantics follow MongoDB's for JSON documents:
   ``$ne`` / ``$nin`` / ``$not`` are the negation of their positive form (so a missing
   field matches ``$ne: 5``);
 - comparisons only compare values of the same kind (numbers with numbers, strings with
-  strings...), and ``true`` is never equal to ``1``.
+  strings, objects and arrays in BSON order...), and ``true`` is never equal to ``1``;
+  ``$gte``/``$lte`` null mean ``$eq`` null, ``$gt``/``$lt`` null match nothing.
 
 Operators: $eq $ne $gt $gte $lt $lte $in $nin $and $or $nor $not $exists $type $all
 $elemMatch $size $regex (+ $options i m s x). $where, $function, $accumulator and $expr
@@ -26,7 +27,16 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import QueryError
-from .values import NUMBER_TYPES, REFUSED, TYPE_ALIASES, kind, path_values, values_equal, walker
+from .values import (
+    NUMBER_TYPES,
+    REFUSED,
+    TYPE_ALIASES,
+    bson_key,
+    kind,
+    path_values,
+    values_equal,
+    walker,
+)
 
 __all__ = [
     "all_of",
@@ -59,8 +69,17 @@ def _any_value(pred: Callable[[Any], bool]) -> Callable[[list], bool]:
 
 def _compare(op: str, arg: Any) -> Callable[[Any], bool]:
     arg_kind = kind(arg)
+    if arg_kind in ("object", "array"):  # BSON order within the type (type bracketing)
+        want, key = (dict if arg_kind == "object" else list), bson_key(arg)
+        by_key = {
+            "$gt": lambda v: bson_key(v) > key,
+            "$gte": lambda v: bson_key(v) >= key,
+            "$lt": lambda v: bson_key(v) < key,
+            "$lte": lambda v: bson_key(v) <= key,
+        }[op]
+        return lambda v: type(v) is want and by_key(v)
     if arg_kind not in ("number", "string", "bool", "null"):
-        raise QueryError(f"{op} needs a number, string, boolean or null, not {arg_kind}")
+        raise QueryError(f"{op} needs a JSON value, not {arg_kind}")
     test = {
         "$gt": lambda v: v > arg,
         "$gte": lambda v: v >= arg,
@@ -170,10 +189,9 @@ def _operator(op: str, arg: Any, spec: dict) -> Callable[[list], bool]:
         eq = eq_test(arg)
         return lambda values: not eq(values)
     if op in ("$gt", "$gte", "$lt", "$lte"):
-        cmp = _any_value(_compare(op, arg))
-        if arg is None:
-            return lambda values: (not values and op in ("$gte", "$lte")) or cmp(values)
-        return cmp
+        if arg is None:  # null equals only null (and missing): $gte/$lte null are $eq null
+            return eq_test(None) if op in ("$gte", "$lte") else lambda values: False
+        return _any_value(_compare(op, arg))
     if op in ("$in", "$nin"):
         if not isinstance(arg, list):
             raise QueryError(f"{op} needs an array")

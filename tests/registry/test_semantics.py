@@ -184,3 +184,62 @@ def test_projection_agrees_with_mongomock_on_arrays_of_documents(doc, paths, inc
     coll.insert_one(copy.deepcopy(doc))
     expected = coll.find_one({}, {"_id": 0, **projection})
     assert _project(doc, projection) == expected
+
+
+# -------------------------------------------------------------------- comparisons (5)
+
+cmp_scalars = st.one_of(st.integers(-2, 2), st.sampled_from(["a", "b"]))
+cmp_objects = st.recursive(
+    st.dictionaries(st.sampled_from(["x", "y"]), cmp_scalars, max_size=2),
+    lambda inner: st.dictionaries(
+        st.sampled_from(["x", "y"]), st.one_of(cmp_scalars, inner), max_size=2
+    ),
+    max_leaves=4,
+)
+# No array directly inside an array: mongomock does not compare such elements with an
+# array operand ([[]] $lt [0]), which MongoDB's rule for array fields (each element,
+# then the whole array) would.
+cmp_arrays = st.lists(st.one_of(cmp_scalars, cmp_objects), max_size=3)
+cmp_values = st.one_of(cmp_scalars, cmp_objects, cmp_arrays)
+
+
+@SETTINGS
+@given(
+    st.lists(cmp_values, min_size=1, max_size=6),
+    st.sampled_from(["$gt", "$gte", "$lt", "$lte"]),
+    st.one_of(cmp_objects, cmp_arrays),
+)
+def test_comparisons_with_array_and_document_operands_agree_with_mongomock(values, op, arg):
+    """MongoDB evaluates $gt/$gte/$lt/$lte with an array or a document operand (BSON
+    order within the operand's type; an array field is compared whole and by its
+    elements); mongomock agrees."""
+    from registry_server.filters import compile_filter
+
+    docs = [{"i": i, "a": v} for i, v in enumerate(values)]
+    coll = mongomock.MongoClient().db.c
+    coll.insert_many(copy.deepcopy(docs))
+    flt = {"a": {op: arg}}
+    expected = [d["i"] for d in coll.find(copy.deepcopy(flt))]
+    match = compile_filter(flt)
+    assert [d["i"] for d in docs if match(d)] == expected
+
+
+def test_comparisons_with_null_follow_mongodb_documentation():
+    """Written from MongoDB's documentation (null equals only null; a missing field and
+    an array element without the field count as null): $gte/$lte null match what
+    {"f": null} matches, $gt/$lt null match nothing. mongomock leaves missing fields out
+    of $lte null."""
+    from registry_server.filters import compile_filter
+
+    docs = [{"a": [{"b": 1}, {}]}, {"a": [{"b": 1}]}, {"a": {"b": None}}, {}, {"a": 1}]
+    for flt in ({"a.b": {"$lte": None}}, {"a.b": {"$gte": None}}):
+        expected = [compile_filter({"a.b": None})(d) for d in docs]
+        assert [compile_filter(flt)(d) for d in docs] == expected == [True, False, True, True,
+                                                                      True]  # fmt: skip
+    for flt in ({"a.b": {"$lt": None}}, {"a.b": {"$gt": None}}):
+        assert not any(compile_filter(flt)(d) for d in docs)
+    # embedded documents and arrays as operands, element by element
+    assert compile_filter({"a": {"$gt": {"x": 1}}})({"a": [{"x": 2}]})
+    assert not compile_filter({"a": {"$gt": {"x": 1}}})({"a": {"x": 1}})
+    assert compile_filter({"a": {"$lt": [2]}})({"a": [1, 5]})
+    assert compile_filter({"a": {"$gte": []}})({"a": []})
