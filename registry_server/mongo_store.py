@@ -34,7 +34,7 @@ def _hidden() -> dict:
 
 
 _NATIVE = {"$set", "$unset", "$inc", "$mul", "$min", "$max", "$rename", "$push",
-           "$addToSet", "$pull"}  # fmt: skip
+           "$addToSet", "$pull", "$pop"}  # fmt: skip
 
 
 class MongoStore:

@@ -62,14 +62,19 @@ def kind(value: Any) -> str:
 
 
 def values_equal(a: Any, b: Any) -> bool:
-    """JSON equality as MongoDB sees it: 1 == 1.0, but true != 1."""
+    """JSON equality as MongoDB sees it: 1 == 1.0, but true != 1; embedded documents are
+    equal only with the same fields in the same order ({"a": 1, "b": 2} is not
+    {"b": 2, "a": 1}: BSON documents are ordered, and MongoDB compares them so)."""
     ka, kb = kind(a), kind(b)
     if ka != kb:
         return False
     if ka == "array":
         return len(a) == len(b) and all(values_equal(x, y) for x, y in zip(a, b, strict=True))
     if ka == "object":
-        return a.keys() == b.keys() and all(values_equal(a[k], b[k]) for k in a)
+        return len(a) == len(b) and all(
+            ka == kb and values_equal(va, vb)
+            for (ka, va), (kb, vb) in zip(a.items(), b.items(), strict=True)
+        )
     return a == b
 
 

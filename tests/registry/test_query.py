@@ -130,7 +130,12 @@ def test_updates():
         ({"$inc": {"reputation": "x"}}, "needs a number"),
         ({"$push": {"status": "x"}}, "not an array"),
         ({"$set": {"status.sub": 1}}, "cannot set a field inside a string"),
-        ({"$min": {"status": 3}}, "cannot compare"),
+        # {"$min": {"status": 3}} ("cannot compare") now applies: MongoDB compares any two
+        # values in BSON order (issue 13, item 6; test_semantics.py checks it).
+        ({"$pop": {"tags": 2}}, "needs 1"),
+        ({"$push": {"tags": {"$each": ["x"], "$slice": "x"}}}, "integer"),
+        ({"$push": {"tags": {"$slice": 1}}}, "need \\$each"),
+        ({"$pop": {"status": 1}}, "not an array"),
     ],
 )
 def test_invalid_updates_are_refused(update, message):

@@ -243,3 +243,68 @@ def test_comparisons_with_null_follow_mongodb_documentation():
     assert not compile_filter({"a": {"$gt": {"x": 1}}})({"a": {"x": 1}})
     assert compile_filter({"a": {"$lt": [2]}})({"a": [1, 5]})
     assert compile_filter({"a": {"$gte": []}})({"a": []})
+
+
+# ------------------------------------------------------------------------ updates (6)
+
+
+def _update(doc, update):
+    from registry_server.update import apply_update
+
+    return apply_update(doc, update)
+
+
+def test_min_max_compare_across_types_in_bson_order():
+    """Written from MongoDB's documentation ($min/$max compare any two values in BSON
+    comparison order); mongomock raises TypeError on every one of these."""
+    assert _update({"a": None}, {"$min": {"a": 1}}) == {"a": None}  # null < numbers
+    assert _update({"a": None}, {"$max": {"a": 1}}) == {"a": 1}
+    assert _update({"a": "x"}, {"$min": {"a": 1}}) == {"a": 1}  # numbers < strings
+    assert _update({"a": "x"}, {"$max": {"a": [1]}}) == {"a": [1]}  # strings < arrays
+    assert _update({"a": {"b": 1}}, {"$max": {"a": {"b": 2}}}) == {"a": {"b": 2}}
+    assert _update({"a": True}, {"$min": {"a": "s"}}) == {"a": "s"}  # strings < booleans
+    assert _update({}, {"$max": {"a": None}}) == {"a": None}  # missing: set
+
+
+def test_set_past_the_end_of_an_array_pads_with_nulls():
+    """Written from MongoDB's documentation ($set on an array position past its end pads
+    with nulls); mongomock crashes (IndexError) on the nested case."""
+    assert _update({"a": [1]}, {"$set": {"a.3": 2}}) == {"a": [1, None, None, 2]}
+    assert _update({"a": [1]}, {"$set": {"a.2.b": 2}}) == {"a": [1, None, {"b": 2}]}
+    assert _update({"a": [1]}, {"$inc": {"a.1": 2}}) == {"a": [1, 2]}
+
+
+def test_embedded_document_equality_is_key_order_sensitive():
+    """The decision (MongoDB's, from its documentation: BSON documents are ordered and
+    {a: 1, b: 2} does not equal {b: 2, a: 1}): equality of embedded documents, in
+    filters, $addToSet and $pull, looks at field order. mongomock (Python ==) does not."""
+    from registry_server.filters import compile_filter
+
+    doc = {"a": {"x": 1, "y": 2}, "l": [{"x": 1, "y": 2}]}
+    assert compile_filter({"a": {"x": 1, "y": 2}})(doc)
+    assert not compile_filter({"a": {"y": 2, "x": 1}})(doc)
+    assert not compile_filter({"l": {"y": 2, "x": 1}})(doc)
+    assert compile_filter({"a": {"$ne": {"y": 2, "x": 1}}})(doc)
+    assert _update(doc, {"$addToSet": {"l": {"y": 2, "x": 1}}})["l"] == [
+        {"x": 1, "y": 2}, {"y": 2, "x": 1}]  # fmt: skip
+    assert _update(doc, {"$pull": {"l": {"x": 1, "y": 2}}})["l"] == []  # a sub-filter
+
+
+push_arrays = st.lists(st.integers(-3, 3), max_size=4)
+
+
+@SETTINGS
+@given(push_arrays, push_arrays,
+       st.fixed_dictionaries({}, optional={"$position": st.integers(-4, 4),
+                                           "$slice": st.integers(-4, 4),
+                                           "$sort": st.sampled_from([1, -1])}),
+       st.sampled_from([None, 1, -1]))  # fmt: skip
+def test_push_modifiers_and_pop_agree_with_mongomock(current, each, modifiers, pop):
+    update = {"$push": {"a": {"$each": each, **modifiers}}}
+    if pop is not None:
+        update = {"$push": {"a": {"$each": each, **modifiers}}, "$pop": {"b": pop}}
+    doc = {"i": 0, "a": current, "b": list(current)}
+    coll = mongomock.MongoClient().db.c
+    coll.insert_one(copy.deepcopy(doc))
+    coll.update_one({"i": 0}, copy.deepcopy(update))
+    assert _update(doc, update) == coll.find_one({}, {"_id": 0})
