@@ -13,8 +13,10 @@ update operators; a bare document means $set. The id of a document cannot change
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
+import math
 import weakref
 from typing import Any
 
@@ -70,8 +72,11 @@ _LOCKS = web.AppKey("document_locks", weakref.WeakValueDictionary)
 _UPDATE_TRIES = 20  # compare-and-swap rounds before a 409 (only other servers can race)
 
 
+_dumps = functools.partial(json.dumps, allow_nan=False)  # never an invalid JSON answer
+
+
 def ok(data: Any, status: int = 200) -> web.Response:
-    return web.json_response({"success": True, "data": data}, status=status)
+    return web.json_response({"success": True, "data": data}, status=status, dumps=_dumps)
 
 
 def fail(status: int, message: str) -> web.Response:
@@ -95,14 +100,33 @@ async def errors(request: web.Request, handler):
         return fail(500, "internal error")
 
 
+def _no_constant(name: str) -> Any:
+    raise QueryError(f"{name} is not JSON: numbers must be finite")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 overflows to infinity
+        raise QueryError(f"{text} is out of range: numbers must be finite")
+    return value
+
+
+def parse_json(raw: bytes) -> Any:
+    """Strict JSON: NaN, Infinity and numbers that overflow to infinity are refused (a
+    response carrying them would not be JSON), as is anything malformed."""
+    try:
+        return json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
+    except (ValueError, UnicodeDecodeError) as exc:
+        if isinstance(exc, QueryError):
+            raise
+        raise QueryError(f"malformed JSON: {exc}") from None
+
+
 async def _body(request: web.Request) -> Any:
     raw = await request.read()
     if not raw:
         raise QueryError("the request needs a JSON body")
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise QueryError(f"malformed JSON: {exc}") from None
+    return parse_json(raw)
 
 
 def _split_query(body: Any) -> tuple[dict, dict]:

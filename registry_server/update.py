@@ -13,6 +13,7 @@ a non-object, one path changed by two operators) raise UpdateError.
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 from .errors import UpdateError
@@ -227,7 +228,10 @@ def _apply(doc: dict, op: str, path: str, arg: Any) -> None:
             _put(parent, key, arg if op == "$inc" else 0 * arg, path)
         else:
             _number(current, op, path)
-            _put(parent, key, current + arg if op == "$inc" else current * arg, path)
+            result = current + arg if op == "$inc" else current * arg
+            if isinstance(result, float) and not math.isfinite(result):
+                raise UpdateError(f"{op} {path}: the result is not a finite number")
+            _put(parent, key, result, path)
     elif op in ("$min", "$max"):
         if current is _MISSING:
             _put(parent, key, arg, path)

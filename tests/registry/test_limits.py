@@ -1,0 +1,105 @@
+"""Issue 13, items 7-10: input the registry refuses with a clear 400/413 (numbers JSON
+cannot carry, ids too long to address, regexes and filters too costly), each tested at
+and just past its limit, in-process over real HTTP (aiohttp's test server)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.parse
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from registry_server.app import make_app
+from registry_server.schemas import MAX_ID_BYTES, REGISTRIES
+from registry_server.store import EmbeddedStore
+
+from .seed_docs import BLOCK, CLUSTER, fresh
+
+
+@pytest.fixture
+def api(tmp_path):
+    """run(coro_fn): runs coro_fn(client) against a fresh server."""
+    store = EmbeddedStore(tmp_path / "r.sqlite3", list(REGISTRIES))
+
+    def run(fn):
+        async def main():
+            async with TestClient(TestServer(make_app(store))) as client:
+                return await fn(client)
+
+        return asyncio.run(main())
+
+    yield run
+    store.close()
+
+
+async def _send(client, method, path, raw: bytes):
+    resp = await client.request(
+        method, path, data=raw, headers={"Content-Type": "application/json"}
+    )
+    text = await resp.text()
+    return resp.status, json.loads(text)  # every answer is valid JSON
+
+
+# ------------------------------------------------------------------ NaN / Infinity (7)
+
+
+def test_nan_and_infinity_are_refused_everywhere(api):
+    """NaN, Infinity, -Infinity and numbers that overflow to infinity (1e400) are not
+    JSON: refused with 400 in documents, filters, options and updates; an update whose
+    result would overflow is refused too. Answers are always strict JSON."""
+
+    async def go(client):
+        assert (await _send(client, "POST", "/blocks", json.dumps(fresh(BLOCK)).encode()))[0] == 201
+        bad_numbers = [b"NaN", b"Infinity", b"-Infinity", b"1e400", b"-1e999"]
+        for number in bad_numbers:
+            block = json.dumps(dict(fresh(BLOCK), id="b2", minInstances=0)).encode()
+            block = block.replace(b'"minInstances": 0', b'"minInstances": ' + number)
+            cases = [
+                ("POST", "/blocks", block),
+                ("POST", "/blocks/query", b'{"minInstances": {"$gt": ' + number + b"}}"),
+                ("POST", "/blocks/query", b'{"query": {}, "options": {"limit": ' + number + b"}}"),
+                ("PUT", "/blocks/block-object-detector-001", b'{"$inc": {"x": ' + number + b"}}"),
+                ("PUT", "/blocks/block-object-detector-001", b'{"$set": {"x": [' + number + b"]}}"),
+            ]
+            for method, path, raw in cases:
+                status, body = await _send(client, method, path, raw)
+                assert status == 400 and body["success"] is False, (method, path, raw, body)
+                assert "finite" in body["message"], body
+        # the largest finite double is fine; an update that overflows is refused
+        status, body = await _send(client, "PUT", "/blocks/block-object-detector-001",
+                                   b'{"$set": {"x": 1.7976931348623157e308}}')  # fmt: skip
+        assert status == 200 and body["data"]["x"] == 1.7976931348623157e308
+        for update in (b'{"$mul": {"x": 10}}', b'{"$inc": {"x": 1.7976931348623157e308}}'):
+            status, body = await _send(client, "PUT", "/blocks/block-object-detector-001", update)
+            assert status == 400 and "finite" in body["message"], body
+        status, body = await _send(client, "GET", "/blocks/block-object-detector-001", b"")
+        assert body["data"]["x"] == 1.7976931348623157e308
+
+    api(go)
+
+
+# ------------------------------------------------------------------------ id length (8)
+
+
+def test_id_length_is_bounded_at_create(api):
+    """An id of MAX_ID_BYTES (UTF-8) is created, read and deleted by URL; one byte more
+    is a clear 400 at create (it could not be read or deleted)."""
+
+    async def go(client):
+        for doc_id in ("x" * MAX_ID_BYTES, "é" * (MAX_ID_BYTES // 2)):
+            doc = dict(fresh(CLUSTER), id=doc_id)
+            status, body = await _send(client, "POST", "/clusters", json.dumps(doc).encode())
+            assert status == 201, body
+            url = "/clusters/" + urllib.parse.quote(doc_id, safe="")
+            assert (await client.get(url)).status == 200
+            assert (await client.put(url, json={"$set": {"status": "down"}})).status == 200
+            assert (await client.delete(url)).status == 200
+        for doc_id in ("x" * (MAX_ID_BYTES + 1), "é" * (MAX_ID_BYTES // 2) + "x"):
+            doc = dict(fresh(CLUSTER), id=doc_id)
+            status, body = await _send(client, "POST", "/clusters", json.dumps(doc).encode())
+            assert status == 400 and f"longer than {MAX_ID_BYTES} bytes" in body["message"]
+        assert (await client.get("/health")).status == 200
+
+    api(go)
