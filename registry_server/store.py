@@ -27,7 +27,7 @@ import threading
 from pathlib import Path
 
 from .errors import Conflict, NotFound, Stale, StoreLocked
-from .filters import Filter, compile_filter
+from .filters import Filter, compile_filter, regex_budget
 from .filters.indexes import Indexes
 
 __all__ = ["EmbeddedStore"]
@@ -169,12 +169,13 @@ class EmbeddedStore:
         docs = self._docs[name]
         with self._lock:  # an index built now must not miss a concurrent write
             plan = self._indexes[name].plan(filter_, docs)
-        if plan is None:
-            return [doc for doc in docs.values() if match(doc)]
-        sure, unsure = plan
-        rest = filter_.residual
-        hits = list(sure) if rest is None else [i for i in sure if rest(docs[i])]
-        hits += [i for i in unsure if match(docs[i])]
+        with regex_budget():  # all of this query's $regex searches share one budget
+            if plan is None:
+                return [doc for doc in docs.values() if match(doc)]
+            sure, unsure = plan
+            rest = filter_.residual
+            hits = list(sure) if rest is None else [i for i in sure if rest(docs[i])]
+            hits += [i for i in unsure if match(docs[i])]
         seq = self._seq[name]
         hits.sort(key=seq.__getitem__)  # insertion order; only the hits are sorted
         return [docs[i] for i in hits]

@@ -21,9 +21,10 @@ from collections.abc import Callable
 from typing import Any
 
 from . import closures, codegen
+from .closures import regex_budget
 from .indexes import IndexClause, index_clauses
 
-__all__ = ["Filter", "compile_filter"]
+__all__ = ["Filter", "compile_filter", "regex_budget"]
 
 _UNSET = object()
 

@@ -22,9 +22,12 @@ are refused: they execute code.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from time import monotonic
 from typing import Any
+
+import regex
 
 from ..errors import QueryError
 from .values import (
@@ -46,6 +49,7 @@ __all__ = [
     "compile_regex",
     "eq_test",
     "field_conditions",
+    "regex_budget",
 ]
 
 Matcher = Callable[[Any], bool]
@@ -95,19 +99,68 @@ def _compare(op: str, arg: Any) -> Callable[[Any], bool]:
     return lambda v: type(v) in types and test(v)
 
 
-def compile_regex(pattern: Any, options: Any = "") -> re.Pattern:
+REGEX_SEARCH_S = 0.05
+"""Seconds one $regex search may take (against one string)."""
+REGEX_BUDGET_S = 1.0
+"""Seconds of regex matching one request may spend (all its $regex searches together)."""
+
+_budget_left: list[float] | None = None  # the open budget's seconds left (None: none open)
+
+
+@contextmanager
+def regex_budget(seconds: float = REGEX_BUDGET_S) -> Iterator[None]:
+    """Every $regex search inside shares ``seconds`` (and each gets REGEX_SEARCH_S at
+    most); past them a search raises QueryError (a 400) instead of holding the event
+    loop (patterns such as (a|aa)+$ take time doubling with each character). Outside
+    any budget, each search gets REGEX_SEARCH_S."""
+    global _budget_left
+    outer, _budget_left = _budget_left, [seconds]
+    try:
+        yield
+    finally:
+        _budget_left = outer
+
+
+def _budget_spent(pattern: str) -> QueryError:
+    return QueryError(
+        f"$regex {pattern!r} took more than its time budget ({REGEX_SEARCH_S:g} s a string, "
+        f"{REGEX_BUDGET_S:g} s a request): simplify it (nested repetition such as (a|aa)+ "
+        "backtracks exponentially)"
+    )
+
+
+def compile_regex(pattern: Any, options: Any = "") -> Callable[[str], Any]:
+    """``search(string) -> match or None`` for a $regex, on the ``regex`` engine with a
+    time budget (``regex_budget``)."""
     if not isinstance(pattern, str):
         raise QueryError("$regex needs a string pattern")
     if not isinstance(options, str) or set(options) - set("imsx"):
         raise QueryError("$options may only contain i, m, s, x")
     flags = 0
-    for ch, flag in (("i", re.I), ("m", re.M), ("s", re.S), ("x", re.X)):
+    for ch, flag in (("i", regex.I), ("m", regex.M), ("s", regex.S), ("x", regex.X)):
         if ch in options:
             flags |= flag
     try:
-        return re.compile(pattern, flags)
-    except re.error as exc:
+        search = regex.compile(pattern, flags).search
+    except (regex.error, OverflowError, RecursionError) as exc:
         raise QueryError(f"bad $regex {pattern!r}: {exc}") from None
+
+    def budgeted(value: str):
+        left = _budget_left
+        if left is None:
+            try:
+                return search(value, timeout=REGEX_SEARCH_S)
+            except TimeoutError:
+                raise _budget_spent(pattern) from None
+        start = monotonic()
+        try:
+            return search(value, timeout=max(min(left[0], REGEX_SEARCH_S), 1e-6))
+        except TimeoutError:
+            raise _budget_spent(pattern) from None
+        finally:
+            left[0] -= monotonic() - start
+
+    return budgeted
 
 
 def field_conditions(spec: dict) -> Callable[[list], bool]:
@@ -239,7 +292,7 @@ def _operator(op: str, arg: Any, spec: dict) -> Callable[[list], bool]:
 
         return elem_match
     if op == "$regex":
-        search = compile_regex(arg, spec.get("$options", "")).search
+        search = compile_regex(arg, spec.get("$options", ""))
         return _any_value(lambda v: type(v) is str and search(v) is not None)
     if op == "$not":
         if isinstance(arg, dict) and arg and all(k.startswith("$") for k in arg):

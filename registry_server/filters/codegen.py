@@ -148,7 +148,7 @@ class _Source:
         if op == "$nin":
             return self.in_(arg), True
         if op == "$regex":
-            search = self.const(compile_regex(arg, spec.get("$options", "")).search)
+            search = self.const(compile_regex(arg, spec.get("$options", "")))
             return _Pred(lambda x: f"(type({x}) is str and {search}({x}) is not None)"), False
         if op == "$exists":
             return _Pred(lambda x: "True", expand=False), not bool(arg)

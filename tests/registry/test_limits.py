@@ -103,3 +103,56 @@ def test_id_length_is_bounded_at_create(api):
         assert (await client.get("/health")).status == 200
 
     api(go)
+
+
+# --------------------------------------------------------------------- regex budget (9)
+
+
+def test_a_catastrophic_regex_is_a_400_within_its_budget(api):
+    """(a|aa)+$ against 40 a's and a '!' backtracks for minutes; the search stops at its
+    budget (REGEX_SEARCH_S) with a 400, in every form a $regex takes, and the server
+    answers the next request at once."""
+    import time
+
+    from registry_server.filters.closures import REGEX_SEARCH_S
+
+    async def go(client):
+        doc = dict(fresh(CLUSTER), id="a" * 40 + "!")
+        assert (await client.post("/clusters", json=doc)).status == 201
+        for flt in (
+            {"id": {"$regex": "(a|aa)+$"}},
+            {"id": {"$not": {"$regex": "(a|aa)+$"}}},
+            {"$or": [{"status": "x"}, {"id": {"$regex": "(a|aa)+$", "$options": "i"}}]},
+            {"tags": {"$elemMatch": {"$regex": "^g"}}, "id": {"$regex": "(a|aa)+$"}},
+        ):
+            start = time.perf_counter()
+            resp = await client.post("/clusters/query", json=flt)
+            elapsed = time.perf_counter() - start
+            body = await resp.json()
+            assert resp.status == 400 and "budget" in body["message"], (flt, body)
+            assert elapsed < REGEX_SEARCH_S + 1.0, elapsed
+            start = time.perf_counter()
+            assert (await client.get("/health")).status == 200
+            assert time.perf_counter() - start < 0.5
+        # an ordinary regex over many documents stays within the request's budget
+        for i in range(300):
+            assert (
+                await client.post("/clusters", json=dict(fresh(CLUSTER), id=f"c-{i}"))
+            ).status == 201
+        resp = await client.post("/clusters/query", json={"id": {"$regex": "^c-1[0-9]$"}})
+        assert resp.status == 200 and len((await resp.json())["data"]) == 10
+
+    api(go)
+
+
+def test_regex_budget_applies_to_python_callers_too():
+    """Outside a request (no budget open), each search still has its own limit."""
+    from registry_server.errors import QueryError
+    from registry_server.filters import compile_filter
+    from registry_server.filters.closures import compile_closures
+
+    for compile_ in (compile_filter, compile_closures):
+        match = compile_({"s": {"$regex": "(a|aa)+$"}})
+        with pytest.raises(QueryError, match="budget"):
+            match({"s": "a" * 40 + "!"})
+        assert match({"s": "aaa"})
