@@ -30,7 +30,7 @@ from .schemas import REGISTRIES, Registry, validate
 from .store import EmbeddedStore
 from .update import apply_update, normalize_update
 
-__all__ = ["make_app"]
+__all__ = ["MAX_BODY", "make_app"]
 
 log = logging.getLogger("registry_server")
 
@@ -69,6 +69,8 @@ class _AsyncStore:
 _STORE = web.AppKey("store", object)
 _SPEC = web.AppKey("openapi", dict)
 _LOCKS = web.AppKey("document_locks", weakref.WeakValueDictionary)
+MAX_BODY = 1 << 20
+"""The largest request body, in bytes (larger: 413). Registry documents are a few KB."""
 _UPDATE_TRIES = 20  # compare-and-swap rounds before a 409 (only other servers can race)
 
 
@@ -90,6 +92,8 @@ async def errors(request: web.Request, handler):
     except RegistryError as exc:
         return fail(exc.status, str(exc))
     except web.HTTPException as exc:
+        if exc.status == 413:
+            return fail(413, f"the request body is larger than {MAX_BODY} bytes")
         if exc.status >= 400:
             return fail(exc.status, exc.reason)
         raise
@@ -239,7 +243,7 @@ async def controllers_by_vdag(request: web.Request) -> web.Response:
 
 def make_app(store) -> web.Application:
     """The app over an EmbeddedStore or a MongoStore."""
-    app = web.Application(middlewares=[errors], client_max_size=16 << 20)
+    app = web.Application(middlewares=[errors], client_max_size=MAX_BODY)
     app[_STORE] = _AsyncStore(store) if isinstance(store, EmbeddedStore) else store
     app[_SPEC] = build_spec()
     app[_LOCKS] = weakref.WeakValueDictionary()

@@ -20,11 +20,40 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import QueryError
 from . import closures, codegen
 from .closures import regex_budget
 from .indexes import IndexClause, index_clauses
 
-__all__ = ["Filter", "compile_filter", "regex_budget"]
+__all__ = ["MAX_FILTER_DEPTH", "MAX_FILTER_NODES", "Filter", "check_size", "compile_filter",
+           "regex_budget"]  # fmt: skip
+
+MAX_FILTER_DEPTH = 64
+"""Objects and arrays nested in a filter, at most (deeper: 400 "nested too deeply")."""
+MAX_FILTER_NODES = 100_000
+"""Keys and array members in a filter, at most (more: 400 "too complex")."""
+
+
+def check_size(spec: Any) -> None:
+    """QueryError unless the filter is within MAX_FILTER_DEPTH and MAX_FILTER_NODES
+    (checked before anything is compiled: compiling costs time and memory in proportion)."""
+    nodes = 0
+    stack = [(spec, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_FILTER_DEPTH:
+            raise QueryError(f"the filter is nested too deeply (at most {MAX_FILTER_DEPTH} levels)")
+        if isinstance(value, dict):
+            nodes += len(value)
+            stack += [(v, depth + 1) for v in value.values()]
+        elif isinstance(value, list):
+            nodes += len(value)
+            stack += [(v, depth + 1) for v in value]
+        if nodes > MAX_FILTER_NODES:
+            raise QueryError(
+                f"the filter is too complex (more than {MAX_FILTER_NODES} keys and array members)"
+            )
+
 
 _UNSET = object()
 
@@ -44,6 +73,7 @@ class Filter:
     """The clauses an index can answer (``indexes.index_clauses``)."""
 
     def __init__(self, spec: dict) -> None:
+        check_size(spec)
         self._clauses = closures.compile_clauses(spec)  # validates: QueryError if bad
         self.spec = spec
         self.closures = closures.all_of(list(self._clauses.values()))

@@ -235,6 +235,32 @@ def eq_test(arg: Any) -> Callable[[list], bool]:
     return _any_value(lambda v: values_equal(v, arg))
 
 
+def _in_test(arg: list) -> Callable[[list], bool]:
+    """$in: strings and numbers looked up in sets (one closure, not one per member: a
+    100,000-member $in stays small), other members (null, booleans, documents, arrays)
+    by their own equality tests."""
+    strings = frozenset(a for a in arg if type(a) is str)
+    numbers = frozenset(a for a in arg if type(a) is int or type(a) is float)
+    others = [eq_test(a) for a in arg if type(a) not in (str, int, float)]
+
+    def scalar(v) -> bool:
+        t = type(v)
+        return (t is str and v in strings) or ((t is int or t is float) and v in numbers)
+
+    def test(values: list) -> bool:
+        for v in values:
+            if scalar(v):
+                return True
+            if type(v) is list:
+                for e in v:
+                    if scalar(e):
+                        return True
+        return False
+
+    tests = ([test] if strings or numbers else []) + others
+    return _any_test(tests) if tests else lambda values: False
+
+
 def _operator(op: str, arg: Any, spec: dict) -> Callable[[list], bool]:
     if op == "$eq":
         return eq_test(arg)
@@ -248,7 +274,7 @@ def _operator(op: str, arg: Any, spec: dict) -> Callable[[list], bool]:
     if op in ("$in", "$nin"):
         if not isinstance(arg, list):
             raise QueryError(f"{op} needs an array")
-        any_of = _any_test([eq_test(a) for a in arg])
+        any_of = _in_test(arg)
         if op == "$in":
             return any_of
         return lambda values: not any_of(values)

@@ -304,8 +304,20 @@ class _Source:
         return name
 
 
-_CACHE_SIZE = 512
+CACHE_ENTRIES = 512
+CACHE_BYTES = 1 << 20
+"""The cache of generated matchers holds at most CACHE_ENTRIES filters whose JSON
+adds up to CACHE_BYTES (a compiled filter takes tens of times its JSON's size)."""
+CACHE_MAX_KEY = 16 << 10
+"""A filter whose JSON is longer is compiled for its request only, never cached."""
+
 _cache: OrderedDict[str, Callable[[Any], bool]] = OrderedDict()
+_cache_bytes = 0
+
+
+def cache_stats() -> tuple[int, int]:
+    """(entries, bytes of JSON) in the cache of generated matchers."""
+    return len(_cache), _cache_bytes
 
 
 def _generate(filter_: dict, fallback: Callable[[Any], bool]) -> Callable[[Any], bool] | None:
@@ -332,7 +344,11 @@ def generate(filter_: dict, fallback: Callable[[Any], bool]) -> Callable[[Any], 
         _cache.move_to_end(key)
         return match
     match = _generate(filter_, fallback) or fallback
-    _cache[key] = match
-    while len(_cache) > _CACHE_SIZE:
-        _cache.popitem(last=False)
+    if len(key) <= CACHE_MAX_KEY:
+        global _cache_bytes
+        _cache[key] = match
+        _cache_bytes += len(key)
+        while len(_cache) > CACHE_ENTRIES or _cache_bytes > CACHE_BYTES:
+            old, _ = _cache.popitem(last=False)
+            _cache_bytes -= len(old)
     return match

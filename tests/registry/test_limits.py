@@ -156,3 +156,80 @@ def test_regex_budget_applies_to_python_callers_too():
         with pytest.raises(QueryError, match="budget"):
             match({"s": "a" * 40 + "!"})
         assert match({"s": "aaa"})
+
+
+# ------------------------------------------------------------- size and complexity (10)
+
+
+def test_request_body_size_is_bounded_with_413(api):
+    from registry_server.app import MAX_BODY
+
+    async def go(client):
+        pad = b'{"status": "' + b"x" * (MAX_BODY - 14) + b'"}'
+        assert len(pad) == MAX_BODY
+        status, body = await _send(client, "POST", "/clusters/query", pad)
+        assert status == 200, body  # at the limit: answered
+        status, body = await _send(client, "POST", "/clusters/query", pad + b" ")
+        assert status == 413 and f"larger than {MAX_BODY} bytes" in body["message"], body
+
+    api(go)
+
+
+def _nested(levels: int) -> dict:
+    """A filter whose deepest value sits ``levels`` levels down (the filter itself: 1)."""
+    value: object = 1
+    for _ in range(levels - 2):
+        value = {"b": value}
+    return {"a": value}
+
+
+def test_filter_depth_and_size_are_bounded_with_400(api):
+    from registry_server.filters import MAX_FILTER_DEPTH, MAX_FILTER_NODES
+
+    async def go(client):
+        resp = await client.post("/clusters/query", json=_nested(MAX_FILTER_DEPTH))
+        assert resp.status == 200
+        resp = await client.post("/clusters/query", json=_nested(MAX_FILTER_DEPTH + 1))
+        assert resp.status == 400 and "nested too deeply" in (await resp.json())["message"]
+        at_limit = {"reputation": {"$in": [0] * (MAX_FILTER_NODES - 2)}}
+        assert (await client.post("/clusters/query", json=at_limit)).status == 200
+        over = {"reputation": {"$in": [0] * (MAX_FILTER_NODES - 1)}}
+        resp = await client.post("/clusters/query", json=over)
+        assert resp.status == 400 and "too complex" in (await resp.json())["message"]
+
+    api(go)
+
+
+def test_compiled_filter_cache_is_bounded_by_bytes():
+    """Issue 13 (10): 30 distinct 2 MB $in filters took the server from 73 MB to 2.5 GB
+    (~82 MB kept per filter). Large filters are compiled for their request only; the
+    cache holds at most CACHE_ENTRIES filters and CACHE_BYTES of their JSON; a large
+    $in compiles to a few times its JSON's size, not forty."""
+    import gc
+    import tracemalloc
+
+    from registry_server.filters import codegen, compile_filter
+
+    big = 90_000  # members: a 2 MB filter, as in the issue (compiled directly, no body limit)
+    tracemalloc.start()
+    try:
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(8):
+            flt = {"id": {"$in": [f"cluster-{n}-{i:07d}" for i in range(big)]}}
+            assert len(json.dumps(flt)) > 1_800_000
+            match = compile_filter(flt)
+            assert match({"id": f"cluster-{n}-0000042"}) and not match({"id": "c-x"})
+            del flt, match
+        gc.collect()
+        kept, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert kept - before < 5_000_000, (kept - before) / 1e6  # nothing of them is kept
+    assert peak - before < 40_000_000, (peak - before) / 1e6  # one at a time, a few x JSON
+    for n in range(3 * codegen.CACHE_ENTRIES):  # many small distinct filters
+        compile_filter({"status": f"s-{n}", "tags": {"$in": ["x" * 2000, str(n)]}})
+    entries, size = codegen.cache_stats()
+    assert entries <= codegen.CACHE_ENTRIES and size <= codegen.CACHE_BYTES
+    flt = {"status": "cached"}
+    assert compile_filter(flt).match is compile_filter(flt).match  # small ones are cached
