@@ -17,7 +17,9 @@ import functools
 import json
 import logging
 import math
+import sys
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiohttp import web
@@ -30,43 +32,67 @@ from .schemas import REGISTRIES, Registry, validate
 from .store import EmbeddedStore
 from .update import apply_update, normalize_update
 
-__all__ = ["MAX_BODY", "make_app"]
+__all__ = ["DEFAULT_PAGE", "MAX_BODY", "make_app"]
 
 log = logging.getLogger("registry_server")
 
 
 class _AsyncStore:
-    """Gives the synchronous EmbeddedStore the async interface MongoStore has."""
+    """Gives the synchronous EmbeddedStore the async interface MongoStore has. Queries
+    and writes run in the app's thread pool (an index build, a long scan or a commit's
+    fsync never holds the event loop; the GIL still lets the loop in every few ms);
+    reads by id and counts are dictionary lookups, done inline."""
 
-    def __init__(self, store: EmbeddedStore) -> None:
+    def __init__(self, store: EmbeddedStore, pool: ThreadPoolExecutor) -> None:
         self._store = store
+        self._pool = pool
+
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def insert(self, name, doc_id, doc):
-        return self._store.insert(name, doc_id, doc)
+        return await self._run(self._store.insert, name, doc_id, doc)
 
     async def get(self, name, doc_id):
         return self._store.get(name, doc_id)
 
     async def replace(self, name, doc_id, doc):
-        return self._store.replace(name, doc_id, doc)
+        return await self._run(self._store.replace, name, doc_id, doc)
 
     async def delete(self, name, doc_id):
-        return self._store.delete(name, doc_id)
+        return await self._run(self._store.delete, name, doc_id)
 
     async def get_for_update(self, name, doc_id):
-        return self._store.get_for_update(name, doc_id)
+        return await self._run(self._store.get_for_update, name, doc_id)
 
     async def replace_if(self, name, doc_id, doc, rev, update=None):
-        return self._store.replace_if(name, doc_id, doc, rev, update)
+        return await self._run(self._store.replace_if, name, doc_id, doc, rev, update)
 
     async def find(self, name, filter_):
-        return self._store.find(name, filter_)
+        return await self._run(self._store.find, name, filter_)
+
+    async def query(self, name, filter_, options):
+        """find, then sort/skip/limit/projection, in the pool (without a sort, the scan
+        stops at skip + limit hits)."""
+
+        def run():
+            first = None
+            if options.get("limit") and not options.get("sort"):
+                first = min((options.get("skip") or 0) + options["limit"], sys.maxsize)
+            return apply_options(self._store.find(name, filter_, first), options)
+
+        return await self._run(run)
 
     async def count(self, name):
         return self._store.count(name)
 
 
 _STORE = web.AppKey("store", object)
+_POOL = web.AppKey("pool", ThreadPoolExecutor)
+DEFAULT_PAGE = 100
+"""GET on a registry's list answers this many documents when no limit is given, with a
+``next`` link (and a Link header) to the following page."""
+_ENCODE_INLINE = 200  # answers with more documents are encoded in the pool
 _SPEC = web.AppKey("openapi", dict)
 _LOCKS = web.AppKey("document_locks", weakref.WeakValueDictionary)
 MAX_BODY = 1 << 20
@@ -77,8 +103,19 @@ _UPDATE_TRIES = 20  # compare-and-swap rounds before a 409 (only other servers c
 _dumps = functools.partial(json.dumps, allow_nan=False)  # never an invalid JSON answer
 
 
-def ok(data: Any, status: int = 200) -> web.Response:
-    return web.json_response({"success": True, "data": data}, status=status, dumps=_dumps)
+def ok(data: Any, status: int = 200, **extra: Any) -> web.Response:
+    body = {"success": True, "data": data, **extra}
+    return web.json_response(body, status=status, dumps=_dumps)
+
+
+async def ok_docs(request: web.Request, docs: list, **extra: Any) -> web.Response:
+    """ok() for a list of documents; a long one is encoded in the thread pool."""
+    if len(docs) <= _ENCODE_INLINE:
+        return ok(docs, **extra)
+    body = {"success": True, "data": docs, **extra}
+    loop = asyncio.get_running_loop()
+    text = await loop.run_in_executor(request.app[_POOL], _dumps, body)
+    return web.Response(text=text, content_type="application/json")
 
 
 def fail(status: int, message: str) -> web.Response:
@@ -179,9 +216,17 @@ class RegistryRoutes:
                     options[key] = int(request.query[key])
                 except ValueError:
                     raise QueryError(f"{key} must be an integer") from None
+        options.setdefault("limit", DEFAULT_PAGE)
         options = check_options(options)
-        docs = await self.store(request).find(self.registry.name, compile_filter({}))
-        return ok(apply_options(docs, options))
+        docs = await self.store(request).query(self.registry.name, compile_filter({}), options)
+        skip, limit = options.get("skip") or 0, options["limit"]
+        following = None
+        if limit and len(docs) == limit:  # there may be more
+            following = f"{request.path}?skip={skip + limit}&limit={limit}"
+        response = await ok_docs(request, docs, next=following)
+        if following:
+            response.headers["Link"] = f'<{following}>; rel="next"'
+        return response
 
     async def update(self, request: web.Request) -> web.Response:
         """Read, apply, check and write one document, atomically: the whole body is read
@@ -221,8 +266,8 @@ class RegistryRoutes:
     async def query(self, request: web.Request) -> web.Response:
         query, options = _split_query(await _body(request))
         filter_ = compile_filter(query)  # once per request; a bad filter is a 400 here
-        docs = await self.store(request).find(self.registry.name, filter_)
-        return ok(apply_options(docs, options))
+        docs = await self.store(request).query(self.registry.name, filter_, options)
+        return await ok_docs(request, docs)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -238,13 +283,19 @@ async def controllers_by_vdag(request: web.Request) -> web.Response:
     docs = await request.app[_STORE].find(
         "vdag_controllers", compile_filter({"vdag_uri": request.match_info["uri"]})
     )
-    return ok(docs)
+    return await ok_docs(request, docs)
 
 
 def make_app(store) -> web.Application:
     """The app over an EmbeddedStore or a MongoStore."""
     app = web.Application(middlewares=[errors], client_max_size=MAX_BODY)
-    app[_STORE] = _AsyncStore(store) if isinstance(store, EmbeddedStore) else store
+    pool = app[_POOL] = ThreadPoolExecutor(max_workers=2, thread_name_prefix="registry")
+    app[_STORE] = _AsyncStore(store, pool) if isinstance(store, EmbeddedStore) else store
+
+    async def stop_pool(app):
+        pool.shutdown(wait=True)
+
+    app.on_cleanup.append(stop_pool)
     app[_SPEC] = build_spec()
     app[_LOCKS] = weakref.WeakValueDictionary()
     r = app.router

@@ -20,6 +20,7 @@ from typing import Any
 
 from .errors import Conflict, NotFound, Stale
 from .filters import Filter, compile_filter
+from .options import apply_options
 from .schemas import REGISTRIES
 
 __all__ = ["REV", "MongoStore"]
@@ -123,6 +124,10 @@ class MongoStore:
         spec = compile_filter(filter_).spec
         cursor = self._coll(name).find(spec, _hidden())
         return [doc async for doc in cursor]
+
+    async def query(self, name: str, filter_: Filter | dict, options: dict) -> list[dict]:
+        """find, then sort/skip/limit/projection as the embedded store applies them."""
+        return apply_options(await self.find(name, filter_), options)
 
     async def count(self, name: str) -> int:
         return await self._coll(name).count_documents({})

@@ -10,7 +10,10 @@ One process owns a store file: it holds an exclusive lock (``flock``) on
 ``<file>.lock`` while open, so a second server on the same file stops at once with
 StoreLocked instead of running beside the first and seeing only its own writes.
 
-All methods are synchronous and fast; the HTTP layer calls them on its event loop.
+All methods are synchronous and thread-safe: the HTTP layer runs queries and writes in
+a small thread pool (so an index build or a long scan never holds its event loop) and
+reads by id inline. Writes and index builds take the store's lock; a query takes it
+only to plan and to copy its candidates, then matches them outside it.
 
 Queries take a compiled ``Filter`` (``registry_server.filters``) and use in-memory
 indexes (``filters.indexes``: equality and range, built on the first query that can use
@@ -24,7 +27,10 @@ import json
 import os
 import sqlite3
 import threading
+from itertools import islice
 from pathlib import Path
+
+import msgspec
 
 from .errors import Conflict, NotFound, Stale, StoreLocked
 from .filters import Filter, compile_filter, regex_budget
@@ -69,7 +75,9 @@ class EmbeddedStore:
                 f'CREATE TABLE IF NOT EXISTS "{name}" (id TEXT PRIMARY KEY, doc TEXT NOT NULL)'
             )
             rows = self._db.execute(f'SELECT id, doc FROM "{name}" ORDER BY rowid').fetchall()
-            self._docs[name] = {doc_id: json.loads(doc) for doc_id, doc in rows}
+            decode = msgspec.json.decode  # 2-3x json.loads; same values (big ints exact)
+            self._docs[name] = {doc_id: decode(doc) for doc_id, doc in rows}
+            del rows
             self._seq[name] = {}
             for doc_id in self._docs[name]:
                 self._seq[name][doc_id] = self._next
@@ -161,24 +169,34 @@ class EmbeddedStore:
             self._revs[name].pop(doc_id, None)
             self._indexes[name].remove(doc_id, old)
 
-    def find(self, name: str, filter_: Filter | dict) -> list[dict]:
-        """Matching documents, in insertion order. ``filter_``: a compiled Filter (a
-        plain dict is compiled here, for callers outside a request)."""
+    def find(self, name: str, filter_: Filter | dict, first: int | None = None) -> list[dict]:
+        """Matching documents, in insertion order (only the ``first`` n when given).
+        ``filter_``: a compiled Filter (a plain dict is compiled here, for callers
+        outside a request)."""
         filter_ = compile_filter(filter_)
         match = filter_.match
         docs = self._docs[name]
         with self._lock:  # an index built now must not miss a concurrent write
             plan = self._indexes[name].plan(filter_, docs)
+            if plan is None:
+                if not filter_.spec and first is not None:
+                    return list(islice(docs.values(), first))  # a page of everything
+                candidates = list(docs.values())  # a snapshot: writers may go on
+            else:
+                sure, unsure, answered = plan
+                seq = self._seq[name]
+                sure = sorted((seq[i], docs[i]) for i in sure)  # insertion order
+                unsure = sorted((seq[i], docs[i]) for i in unsure)
         with regex_budget():  # all of this query's $regex searches share one budget
             if plan is None:
-                return [doc for doc in docs.values() if match(doc)]
-            sure, unsure = plan
-            rest = filter_.residual
-            hits = list(sure) if rest is None else [i for i in sure if rest(docs[i])]
-            hits += [i for i in unsure if match(docs[i])]
-        seq = self._seq[name]
-        hits.sort(key=seq.__getitem__)  # insertion order; only the hits are sorted
-        return [docs[i] for i in hits]
+                if first is None:
+                    return [doc for doc in candidates if match(doc)]
+                return list(islice((doc for doc in candidates if match(doc)), first))
+            rest = filter_.residual(answered)
+            hits = sure if rest is None else [(n, d) for n, d in sure if rest(d)]
+            if unsure:
+                hits = sorted(hits + [(n, d) for n, d in unsure if match(d)])
+        return [doc for _, doc in (hits if first is None else hits[:first])]
 
     def count(self, name: str) -> int:
         return len(self._docs[name])

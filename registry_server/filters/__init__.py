@@ -55,9 +55,6 @@ def check_size(spec: Any) -> None:
             )
 
 
-_UNSET = object()
-
-
 class Filter:
     """A validated, compiled filter. Build it with ``compile_filter``."""
 
@@ -79,7 +76,7 @@ class Filter:
         self.closures = closures.all_of(list(self._clauses.values()))
         self.match = codegen.generate(spec, self.closures)
         self.index_clauses = index_clauses(spec)
-        self._residual: Any = _UNSET
+        self._residual: dict[frozenset[str], Callable[[Any], bool] | None] = {}
 
     def __call__(self, doc: Any) -> bool:
         return self.match(doc)
@@ -87,20 +84,18 @@ class Filter:
     def __repr__(self) -> str:
         return f"Filter({self.spec!r})"
 
-    @property
-    def residual(self) -> Callable[[Any], bool] | None:
-        """The matcher of the clauses the indexes do not answer (None: there are none),
-        for documents the index planner found sure for all of ``index_clauses``. Built
-        on first use from the clauses already validated and compiled here."""
-        if self._residual is _UNSET:
-            answered = {clause[0] for clause in self.index_clauses}
+    def residual(self, answered: frozenset[str]) -> Callable[[Any], bool] | None:
+        """The matcher of the clauses not in ``answered`` (None: there are none), for
+        documents the index planner found sure for the answered clauses. Built on first
+        use from the clauses already validated and compiled here."""
+        if answered not in self._residual:
             rest = {k: v for k, v in self.spec.items() if k not in answered}
             if not rest:
-                self._residual = None
+                self._residual[answered] = None
             else:
                 fallback = closures.all_of([self._clauses[k] for k in rest])
-                self._residual = codegen.generate(rest, fallback)
-        return self._residual
+                self._residual[answered] = codegen.generate(rest, fallback)
+        return self._residual[answered]
 
 
 def compile_filter(spec: Any) -> Filter:

@@ -22,6 +22,7 @@ are refused: they execute code.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from time import monotonic
@@ -104,7 +105,7 @@ REGEX_SEARCH_S = 0.05
 REGEX_BUDGET_S = 1.0
 """Seconds of regex matching one request may spend (all its $regex searches together)."""
 
-_budget_left: list[float] | None = None  # the open budget's seconds left (None: none open)
+_budget = threading.local()  # .left: the open budget's seconds left, per thread
 
 
 @contextmanager
@@ -113,12 +114,12 @@ def regex_budget(seconds: float = REGEX_BUDGET_S) -> Iterator[None]:
     most); past them a search raises QueryError (a 400) instead of holding the event
     loop (patterns such as (a|aa)+$ take time doubling with each character). Outside
     any budget, each search gets REGEX_SEARCH_S."""
-    global _budget_left
-    outer, _budget_left = _budget_left, [seconds]
+    outer = getattr(_budget, "left", None)
+    _budget.left = [seconds]
     try:
         yield
     finally:
-        _budget_left = outer
+        _budget.left = outer
 
 
 def _budget_spent(pattern: str) -> QueryError:
@@ -146,7 +147,7 @@ def compile_regex(pattern: Any, options: Any = "") -> Callable[[str], Any]:
         raise QueryError(f"bad $regex {pattern!r}: {exc}") from None
 
     def budgeted(value: str):
-        left = _budget_left
+        left = getattr(_budget, "left", None)
         if left is None:
             try:
                 return search(value, timeout=REGEX_SEARCH_S)

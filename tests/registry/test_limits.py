@@ -10,6 +10,8 @@ import urllib.parse
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from registry_server.app import make_app
 from registry_server.schemas import MAX_ID_BYTES, REGISTRIES
@@ -233,3 +235,96 @@ def test_compiled_filter_cache_is_bounded_by_bytes():
     assert entries <= codegen.CACHE_ENTRIES and size <= codegen.CACHE_BYTES
     flt = {"status": "cached"}
     assert compile_filter(flt).match is compile_filter(flt).match  # small ones are cached
+
+
+# ------------------------------------------------------------------- scaling (11)
+
+
+def test_get_lists_are_paginated_by_default(api):
+    """GET /blocks answers DEFAULT_PAGE documents and a next link (body and Link header);
+    following the links visits every document once, the last page has next: null."""
+    from registry_server.app import DEFAULT_PAGE
+
+    async def go(client):
+        total = 2 * DEFAULT_PAGE + 7
+        for i in range(total):
+            resp = await client.post("/blocks", json=dict(fresh(BLOCK), id=f"b-{i:04d}"))
+            assert resp.status == 201
+        seen, url, pages = [], "/blocks", 0
+        while url:
+            resp = await client.get(url)
+            body = await resp.json()
+            assert resp.status == 200 and len(body["data"]) <= DEFAULT_PAGE
+            if body["next"]:
+                assert resp.headers["Link"] == f'<{body["next"]}>; rel="next"'
+            seen += [d["id"] for d in body["data"]]
+            url, pages = body["next"], pages + 1
+        assert seen == [f"b-{i:04d}" for i in range(total)] and pages == 3
+        body = await (await client.get("/blocks?skip=5&limit=3")).json()
+        assert [d["id"] for d in body["data"]] == ["b-0005", "b-0006", "b-0007"]
+        assert body["next"] == "/blocks?skip=8&limit=3"
+
+    api(go)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    st.lists(st.fixed_dictionaries({}, optional={
+        "a": st.one_of(st.none(), st.integers(-3, 3), st.sampled_from(["x", "y"]),
+                       st.lists(st.integers(-3, 3), max_size=2)),
+        "b": st.integers(0, 2)}), min_size=30, max_size=60),
+    st.dictionaries(st.sampled_from(["a", "b"]), st.sampled_from([1, -1]), min_size=1),
+    st.integers(0, 3), st.integers(1, 3),
+)  # fmt: skip
+def test_top_k_sort_gives_the_full_sorts_first_documents(docs, sort, skip, limit):
+    """sort + a small limit takes the top k with heapq (no full sort): the same
+    documents in the same order as sorting everything, ties included."""
+    from registry_server.options import apply_options
+
+    docs = [dict(d, i=i) for i, d in enumerate(docs)]
+    full = apply_options(docs, {"sort": sort})[skip : skip + limit]
+    assert skip + limit < len(docs) // 4  # the top-k path
+    assert apply_options(docs, {"sort": sort, "skip": skip, "limit": limit}) == full
+
+
+def test_queries_and_index_builds_do_not_hold_the_event_loop(tmp_path):
+    """A query that builds a new index over many documents runs in the thread pool:
+    /health keeps answering meanwhile; writes racing queries all succeed."""
+    import time
+
+    store = EmbeddedStore(tmp_path / "r.sqlite3", list(REGISTRIES))
+    store.insert_many("clusters", {
+        f"c{i}": {"id": f"c{i}", "n": [{"v": i % 97, "w": [{"x": i}]} for _ in range(8)]}
+        for i in range(30_000)})  # fmt: skip
+
+    async def go(client):
+        start = time.perf_counter()
+        query = asyncio.ensure_future(
+            client.post("/clusters/query", json={"n.w.x": {"$gte": 29_990}})
+        )
+        worst = 0.0
+        while not query.done():
+            t = time.perf_counter()
+            assert (await client.get("/health")).status == 200
+            worst = max(worst, time.perf_counter() - t)
+            await asyncio.sleep(0.005)
+        took = time.perf_counter() - start
+        resp = await query
+        assert resp.status == 200 and len((await resp.json())["data"]) == 10
+        assert worst < max(0.25, took / 3), (worst, took)
+        # writes racing queries (the store's lock, snapshots of the candidates)
+        writes = [
+            client.post("/clusters", json=dict(fresh(CLUSTER), id=f"w{i}")) for i in range(60)
+        ]
+        reads = [client.post("/clusters/query", json={"n.v": {"$lt": 5}}) for _ in range(20)]
+        results = await asyncio.gather(*writes, *reads)
+        assert [r.status for r in results] == [201] * 60 + [200] * 20
+
+    async def main():
+        async with TestClient(TestServer(make_app(store))) as client:
+            await go(client)
+
+    try:
+        asyncio.run(main())
+    finally:
+        store.close()
