@@ -39,34 +39,41 @@ log = logging.getLogger("registry_server")
 
 class _AsyncStore:
     """Gives the synchronous EmbeddedStore the async interface MongoStore has. Queries
-    and writes run in the app's thread pool (an index build, a long scan or a commit's
-    fsync never holds the event loop; the GIL still lets the loop in every few ms);
-    reads by id and counts are dictionary lookups, done inline."""
+    run in the app's query thread and writes in a write thread (an index build, a long
+    scan or a commit's fsync never holds the event loop; the GIL lets the loop in every
+    millisecond, see __main__); reads by id and counts are dictionary lookups, inline."""
 
     def __init__(self, store: EmbeddedStore, pool: ThreadPoolExecutor) -> None:
         self._store = store
-        self._pool = pool
+        self._pool = pool  # queries (one thread: one busy thread besides the loop)
+        self._writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry-write")
 
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
+    async def _write(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._writes, fn, *args)
+
+    def close(self) -> None:
+        self._writes.shutdown(wait=True)
+
     async def insert(self, name, doc_id, doc):
-        return await self._run(self._store.insert, name, doc_id, doc)
+        return await self._write(self._store.insert, name, doc_id, doc)
 
     async def get(self, name, doc_id):
         return self._store.get(name, doc_id)
 
     async def replace(self, name, doc_id, doc):
-        return await self._run(self._store.replace, name, doc_id, doc)
+        return await self._write(self._store.replace, name, doc_id, doc)
 
     async def delete(self, name, doc_id):
-        return await self._run(self._store.delete, name, doc_id)
+        return await self._write(self._store.delete, name, doc_id)
 
     async def get_for_update(self, name, doc_id):
-        return await self._run(self._store.get_for_update, name, doc_id)
+        return await self._write(self._store.get_for_update, name, doc_id)
 
     async def replace_if(self, name, doc_id, doc, rev, update=None):
-        return await self._run(self._store.replace_if, name, doc_id, doc, rev, update)
+        return await self._write(self._store.replace_if, name, doc_id, doc, rev, update)
 
     async def find(self, name, filter_):
         return await self._run(self._store.find, name, filter_)
@@ -289,11 +296,13 @@ async def controllers_by_vdag(request: web.Request) -> web.Response:
 def make_app(store) -> web.Application:
     """The app over an EmbeddedStore or a MongoStore."""
     app = web.Application(middlewares=[errors], client_max_size=MAX_BODY)
-    pool = app[_POOL] = ThreadPoolExecutor(max_workers=2, thread_name_prefix="registry")
+    pool = app[_POOL] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry")
     app[_STORE] = _AsyncStore(store, pool) if isinstance(store, EmbeddedStore) else store
 
     async def stop_pool(app):
         pool.shutdown(wait=True)
+        if isinstance(app[_STORE], _AsyncStore):
+            app[_STORE].close()
 
     app.on_cleanup.append(stop_pool)
     app[_SPEC] = build_spec()

@@ -77,41 +77,28 @@ def sort_key(doc: Any, parts: tuple[str, ...], walk, descending: bool) -> tuple:
     return max(keys) if descending else min(keys)
 
 
-class _Descending:
-    """A sort key that orders in reverse (for one descending field among several)."""
-
-    __slots__ = ("key",)
-
-    def __init__(self, key: tuple) -> None:
-        self.key = key
-
-    def __eq__(self, other) -> bool:
-        return self.key == other.key
-
-    def __lt__(self, other) -> bool:
-        return other.key < self.key
-
-    __hash__ = None  # type: ignore[assignment]
-
-
 def _top(docs: list[dict], sort: dict, k: int) -> list[dict]:
     """The first k documents of the sorted order (the same ones, in the same order, as a
-    full stable sort gives) with heapq: O(n log k), not O(n log n)."""
-    fields = [(tuple(f.split(".")), d == -1) for f, d in sort.items()]
-    if len(fields) == 1:
-        parts, desc = fields[0]
+    full stable sort gives) without sorting everything: the first sort field's key for
+    every document, its k-th best value as a threshold (heapq), then a full sort of the
+    few documents at or before it (ties on the first field included)."""
+    (first, direction), *_ = sort.items()
+    parts = tuple(first.split("."))
+    walk = walker(parts)
+    desc = direction == -1
+    keys = [sort_key(d, parts, walk, desc) for d in docs]
+    if desc:
+        threshold = heapq.nlargest(k, keys)[-1]
+        few = [d for d, key in zip(docs, keys, strict=True) if key >= threshold]
+    else:
+        threshold = heapq.nsmallest(k, keys)[-1]
+        few = [d for d, key in zip(docs, keys, strict=True) if key <= threshold]
+    for field, direction in reversed(sort.items()):  # stable: the last key first
+        parts = tuple(field.split("."))
         walk = walker(parts)
-        pick = heapq.nlargest if desc else heapq.nsmallest  # both stable
-        return pick(k, docs, key=lambda d: sort_key(d, parts, walk, desc))
-    walks = [(parts, walker(parts), desc) for parts, desc in fields]
-
-    def key(doc):
-        return tuple(
-            _Descending(sort_key(doc, p, w, True)) if desc else sort_key(doc, p, w, False)
-            for p, w, desc in walks
-        )
-
-    return heapq.nsmallest(k, docs, key=key)
+        desc = direction == -1
+        few.sort(key=lambda d, p=parts, w=walk, r=desc: sort_key(d, p, w, r), reverse=desc)
+    return few[:k]
 
 
 def projection_tree(projection: dict) -> dict:
