@@ -83,8 +83,11 @@ class _AsyncStore:
         stops at skip + limit hits)."""
 
         def run():
+            if options.get("sort"):  # sorted anyway: ties by insertion position
+                pairs = self._store.find_unordered(name, filter_)
+                return apply_options(pairs, options, positioned=True)
             first = None
-            if options.get("limit") and not options.get("sort"):
+            if options.get("limit"):
                 first = min((options.get("skip") or 0) + options["limit"], sys.maxsize)
             return apply_options(self._store.find(name, filter_, first), options)
 

@@ -77,7 +77,7 @@ def sort_key(doc: Any, parts: tuple[str, ...], walk, descending: bool) -> tuple:
     return max(keys) if descending else min(keys)
 
 
-def _top(docs: list[dict], sort: dict, k: int) -> list[dict]:
+def _top(docs: list, sort: dict, k: int, positioned: bool = False) -> list[dict]:
     """The first k documents of the sorted order (the same ones, in the same order, as a
     full stable sort gives) without sorting everything: the first sort field's key for
     every document, its k-th best value as a threshold (heapq), then a full sort of the
@@ -86,13 +86,16 @@ def _top(docs: list[dict], sort: dict, k: int) -> list[dict]:
     parts = tuple(first.split("."))
     walk = walker(parts)
     desc = direction == -1
-    keys = [sort_key(d, parts, walk, desc) for d in docs]
+    keys = [sort_key(d[1] if positioned else d, parts, walk, desc) for d in docs]
     if desc:
         threshold = heapq.nlargest(k, keys)[-1]
         few = [d for d, key in zip(docs, keys, strict=True) if key >= threshold]
     else:
         threshold = heapq.nsmallest(k, keys)[-1]
         few = [d for d, key in zip(docs, keys, strict=True) if key <= threshold]
+    if positioned:  # ties keep insertion order
+        few.sort(key=lambda pair: pair[0])
+        few = [doc for _, doc in few]
     for field, direction in reversed(sort.items()):  # stable: the last key first
         parts = tuple(field.split("."))
         walk = walker(parts)
@@ -150,20 +153,25 @@ def _exclude(value: Any, tree: dict) -> Any:
     return out
 
 
-def apply_options(docs: list[dict], options: dict) -> list[dict]:
-    """Sort, skip, limit, then project (options already checked)."""
+def apply_options(docs: list, options: dict, positioned: bool = False) -> list[dict]:
+    """Sort, skip, limit, then project (options already checked). ``positioned``: docs
+    are (insertion position, document) pairs in any order (ties sort by position)."""
     sort = options.get("sort")
     skip = options.get("skip") or 0
     limit = options.get("limit")
     if sort and limit and skip + limit < len(docs) // 4:  # top k: no full sort
-        docs = _top(docs, sort, skip + limit)
-    elif sort:
-        docs = list(docs)
-        for field, direction in reversed(sort.items()):  # stable: the last key first
-            parts = tuple(field.split("."))
-            walk = walker(parts)
-            desc = direction == -1
-            docs.sort(key=lambda d, p=parts, w=walk, r=desc: sort_key(d, p, w, r), reverse=desc)
+        docs = _top(docs, sort, skip + limit, positioned)
+    else:
+        if positioned:
+            docs = [doc for _, doc in sorted(docs, key=lambda pair: pair[0])]
+        if sort:
+            docs = list(docs)
+            for field, direction in reversed(sort.items()):  # stable: the last key first
+                parts = tuple(field.split("."))
+                walk = walker(parts)
+                desc = direction == -1
+                docs.sort(key=lambda d, p=parts, w=walk, r=desc: sort_key(d, p, w, r),
+                          reverse=desc)  # fmt: skip
     docs = docs[skip : skip + limit] if limit else docs[skip:]
     projection = options.get("projection")
     if projection:

@@ -52,6 +52,10 @@ def _lock_exclusively(lock_path: str) -> int:
     return fd
 
 
+def _first(pair: tuple) -> int:
+    return pair[0]
+
+
 class EmbeddedStore:
     def __init__(self, path: str | Path, collections: list[str]) -> None:
         self.path = str(path)
@@ -173,30 +177,42 @@ class EmbeddedStore:
         """Matching documents, in insertion order (only the ``first`` n when given).
         ``filter_``: a compiled Filter (a plain dict is compiled here, for callers
         outside a request)."""
+        return [doc for _, doc in self.find_unordered(name, filter_, first, ordered=True)]
+
+    def find_unordered(
+        self, name: str, filter_: Filter | dict, first: int | None = None, ordered: bool = False
+    ) -> list[tuple[int, dict]]:
+        """(insertion position, document) of every match, in no particular order unless
+        ``ordered`` (a caller that sorts anyway breaks ties by the position)."""
         filter_ = compile_filter(filter_)
         match = filter_.match
         docs = self._docs[name]
         with self._lock:  # an index built now must not miss a concurrent write
             plan = self._indexes[name].plan(filter_, docs)
+            seq = self._seq[name]
             if plan is None:
                 if not filter_.spec and first is not None:
-                    return list(islice(docs.values(), first))  # a page of everything
-                candidates = list(docs.values())  # a snapshot: writers may go on
+                    ids = islice(docs, first)  # a page of everything
+                    return [(seq[i], docs[i]) for i in ids]
+                candidates = list(docs.items())  # a snapshot: writers may go on
             else:
                 sure, unsure, answered = plan
-                seq = self._seq[name]
-                sure = sorted((seq[i], docs[i]) for i in sure)  # insertion order
-                unsure = sorted((seq[i], docs[i]) for i in unsure)
+                sure = [(seq[i], docs[i]) for i in sure]
+                unsure = [(seq[i], docs[i]) for i in unsure]
+                if ordered or first is not None:
+                    sure.sort(key=_first)
+                    unsure.sort(key=_first)
         with regex_budget():  # all of this query's $regex searches share one budget
             if plan is None:
-                if first is None:
-                    return [doc for doc in candidates if match(doc)]
-                return list(islice((doc for doc in candidates if match(doc)), first))
+                hits = ((i, doc) for i, doc in candidates if match(doc))
+                return [(seq.get(i, -1), doc) for i, doc in islice(hits, first)]
             rest = filter_.residual(answered)
             hits = sure if rest is None else [(n, d) for n, d in sure if rest(d)]
             if unsure:
-                hits = sorted(hits + [(n, d) for n, d in unsure if match(d)])
-        return [doc for _, doc in (hits if first is None else hits[:first])]
+                hits = hits + [(n, d) for n, d in unsure if match(d)]
+                if ordered or first is not None:
+                    hits.sort(key=_first)
+        return hits if first is None else hits[:first]
 
     def count(self, name: str) -> int:
         return len(self._docs[name])

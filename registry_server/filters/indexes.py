@@ -85,7 +85,10 @@ class EqualityIndex:
         self.unsure.discard(doc_id)
 
     def lookup(self, values: list) -> tuple[set[str], set[str]]:
-        """(ids holding one of the values, ids the index cannot judge)."""
+        """(ids holding one of the values, ids the index cannot judge): the index's own
+        sets, not copies, when there is one value (callers never modify them)."""
+        if len(values) == 1:
+            return self.by_key.get((_kind(values[0]), values[0])) or set(), self.unsure
         sure: set[str] = set()
         for value in values:
             ids = self.by_key.get((_kind(value), value))

@@ -328,3 +328,26 @@ def test_queries_and_index_builds_do_not_hold_the_event_loop(tmp_path):
         asyncio.run(main())
     finally:
         store.close()
+
+
+def test_unordered_candidates_sort_like_ordered_ones(tmp_path):
+    """A sorted query takes its candidates in no order (find_unordered) and breaks ties
+    by insertion position: the same answer as sorting the ordered find."""
+    from registry_server.options import apply_options, check_options
+
+    store = EmbeddedStore(tmp_path / "r.sqlite3", ["c"])
+    try:
+        for i in range(400):
+            store.insert("c", f"d{i}", {"id": f"d{i}", "k": i % 5, "s": ["x", "y"][i % 2],
+                                        "v": None if i % 7 == 0 else i % 11})  # fmt: skip
+        store.delete("c", "d3")
+        store.insert("c", "d3", {"id": "d3", "k": 1, "s": "x", "v": 2})  # now the last
+        for flt in ({}, {"s": "x"}, {"k": {"$gte": 2}, "s": "y"}, {"v": {"$lt": 5}}):
+            for options in ({"sort": {"k": 1}, "limit": 7}, {"sort": {"v": -1, "k": 1}},
+                            {"sort": {"s": -1}, "skip": 3, "limit": 5}):  # fmt: skip
+                options = check_options(options)
+                expected = apply_options(store.find("c", flt), options)
+                pairs = store.find_unordered("c", flt)
+                assert apply_options(pairs, options, positioned=True) == expected, (flt, options)
+    finally:
+        store.close()
