@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left, bisect_right, insort
+from heapq import merge
 
 from .values import path_values
 
@@ -114,8 +115,8 @@ class RangeIndex:
             found, _ = _scalars(doc, self.path)
             for value, kind in set(found):
                 self.sorted[kind].append((value, doc_id))
-        for entries in self.sorted.values():
-            entries.sort()
+        for kind, entries in self.sorted.items():
+            self.sorted[kind] = _sort_in_slices(entries)
 
     def remove(self, doc_id: str, doc: dict) -> None:
         found, _ = _scalars(doc, self.path)
@@ -148,6 +149,20 @@ class RangeIndex:
             ids = {doc_id for _, doc_id in entries[lo:hi]}
             result = ids if result is None else result & ids
         return result or set()
+
+
+_SLICE = 20_000
+
+
+def _sort_in_slices(entries: list) -> list:
+    """sorted(entries), without one C call that holds the GIL for the whole sort (a
+    query thread building an index must let the event loop run): slices sorted apart,
+    then merged by a Python-level generator."""
+    if len(entries) <= _SLICE:
+        entries.sort()
+        return entries
+    runs = [sorted(entries[i : i + _SLICE]) for i in range(0, len(entries), _SLICE)]
+    return list(merge(*runs))
 
 
 def _from(entries: list[tuple], value) -> int:

@@ -260,6 +260,11 @@ def test_get_lists_are_paginated_by_default(api):
             seen += [d["id"] for d in body["data"]]
             url, pages = body["next"], pages + 1
         assert seen == [f"b-{i:04d}" for i in range(total)] and pages == 3
+        assert body["next"] is None
+        body = await (await client.get(f"/blocks?limit={total + 1}")).json()  # encoded apart
+        assert [d["id"] for d in body["data"]] == seen and body["next"] is None
+        resp = await client.post("/blocks/query", json={"id": {"$regex": "^b-0"}})
+        assert [d["id"] for d in (await resp.json())["data"]] == seen
         body = await (await client.get("/blocks?skip=5&limit=3")).json()
         assert [d["id"] for d in body["data"]] == ["b-0005", "b-0006", "b-0007"]
         assert body["next"] == "/blocks?skip=8&limit=3"
