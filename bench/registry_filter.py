@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from registry_server.query import compile_filter
+from registry_server.filters import compile_filter
 from registry_server.store import EmbeddedStore
 
 from ._timing import fmt_ns, progress, publish
@@ -108,7 +108,8 @@ def render(rows: list[dict], n_docs: int, rounds: int) -> str:
     lines = [
         f"Machine: {platform.machine()}, Python {platform.python_version()}; {n_docs:,} "
         f"documents, median of {rounds} interleaved rounds; goal >= 10x mongomock.",
-        "`compiled filter` is the matcher alone (generated source, registry_server/query_gen.py)",
+        "`compiled filter` is the matcher alone (generated source, "
+        "registry_server/filters/codegen.py)",
         "over every document; `store query` is what the server runs (EmbeddedStore.find:",
         "equality and range indexes answer the clauses they can, the matcher runs the rest",
         "over the candidates); the goal is judged on the store query. Indexes are built by",

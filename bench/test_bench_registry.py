@@ -9,7 +9,8 @@ import random
 
 import pytest
 
-from registry_server.query import compile_closures, compile_filter
+from registry_server.filters import compile_filter
+from registry_server.filters.closures import compile_closures
 from registry_server.store import EmbeddedStore
 
 from .registry_filter import FILTERS, make_cluster

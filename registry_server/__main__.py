@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
+import sys
 
 from aiohttp import web
 
 from .app import make_app
+from .errors import StoreLocked
 from .schemas import REGISTRIES
 from .store import EmbeddedStore
 
@@ -27,9 +30,19 @@ def main(argv=None) -> int:
         store = MongoStore(opts.mongo_url, opts.mongo_db)
         where = f"MongoDB {opts.mongo_db}"
     else:
-        store = EmbeddedStore(opts.db, list(REGISTRIES))
+        try:
+            store = EmbeddedStore(opts.db, list(REGISTRIES))
+        except StoreLocked as exc:
+            print(f"registry: {exc}", file=sys.stderr)
+            return 1
         where = opts.db
     app = make_app(store)
+    # Every loaded document is a long-lived object: keep them out of the collector's
+    # full passes (at 100k documents one pass holds the GIL, and the loop, for seconds).
+    gc.freeze()
+    # Queries run in a thread pool; a thread holding the GIL yields it to the event loop
+    # after this long (the default 5 ms lets 2 busy threads delay /health by 10-20 ms).
+    sys.setswitchinterval(0.001)
     if opts.mongo_url:
 
         async def start(app):

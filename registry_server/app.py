@@ -12,56 +12,130 @@ update operators; a bare document means $set. The id of a document cannot change
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import logging
+import math
+import sys
+import weakref
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiohttp import web
 
-from .errors import NotFound, QueryError, RegistryError, SchemaError
+from .errors import Conflict, NotFound, QueryError, RegistryError, SchemaError, Stale
+from .filters import compile_filter
 from .openapi import build_spec
 from .options import apply_options, check_options
-from .query import compile_filter
 from .schemas import REGISTRIES, Registry, validate
 from .store import EmbeddedStore
-from .update import apply_update
+from .update import apply_update, normalize_update
 
-__all__ = ["make_app"]
+__all__ = ["DEFAULT_PAGE", "MAX_BODY", "make_app"]
 
 log = logging.getLogger("registry_server")
 
 
 class _AsyncStore:
-    """Gives the synchronous EmbeddedStore the async interface MongoStore has."""
+    """Gives the synchronous EmbeddedStore the async interface MongoStore has. Queries
+    run in the app's query thread and writes in a write thread (an index build, a long
+    scan or a commit's fsync never holds the event loop; the GIL lets the loop in every
+    millisecond, see __main__); reads by id and counts are dictionary lookups, inline."""
 
-    def __init__(self, store: EmbeddedStore) -> None:
+    def __init__(self, store: EmbeddedStore, pool: ThreadPoolExecutor) -> None:
         self._store = store
+        self._pool = pool  # queries (one thread: one busy thread besides the loop)
+        self._writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry-write")
+
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def _write(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._writes, fn, *args)
+
+    def close(self) -> None:
+        self._writes.shutdown(wait=True)
 
     async def insert(self, name, doc_id, doc):
-        return self._store.insert(name, doc_id, doc)
+        return await self._write(self._store.insert, name, doc_id, doc)
 
     async def get(self, name, doc_id):
         return self._store.get(name, doc_id)
 
     async def replace(self, name, doc_id, doc):
-        return self._store.replace(name, doc_id, doc)
+        return await self._write(self._store.replace, name, doc_id, doc)
 
     async def delete(self, name, doc_id):
-        return self._store.delete(name, doc_id)
+        return await self._write(self._store.delete, name, doc_id)
+
+    async def get_for_update(self, name, doc_id):
+        return await self._write(self._store.get_for_update, name, doc_id)
+
+    async def replace_if(self, name, doc_id, doc, rev, update=None):
+        return await self._write(self._store.replace_if, name, doc_id, doc, rev, update)
 
     async def find(self, name, filter_):
-        return self._store.find(name, filter_)
+        return await self._run(self._store.find, name, filter_)
+
+    async def query(self, name, filter_, options):
+        """find, then sort/skip/limit/projection, in the pool (without a sort, the scan
+        stops at skip + limit hits)."""
+
+        def run():
+            if options.get("sort"):  # sorted anyway: ties by insertion position
+                pairs = self._store.find_unordered(name, filter_)
+                return apply_options(pairs, options, positioned=True)
+            first = None
+            if options.get("limit"):
+                first = min((options.get("skip") or 0) + options["limit"], sys.maxsize)
+            return apply_options(self._store.find(name, filter_, first), options)
+
+        return await self._run(run)
 
     async def count(self, name):
         return self._store.count(name)
 
 
 _STORE = web.AppKey("store", object)
+_POOL = web.AppKey("pool", ThreadPoolExecutor)
+DEFAULT_PAGE = 100
+"""GET on a registry's list answers this many documents when no limit is given, with a
+``next`` link (and a Link header) to the following page."""
+_ENCODE_INLINE = 200  # answers with more documents are encoded in the pool
 _SPEC = web.AppKey("openapi", dict)
+_LOCKS = web.AppKey("document_locks", weakref.WeakValueDictionary)
+MAX_BODY = 1 << 20
+"""The largest request body, in bytes (larger: 413). Registry documents are a few KB."""
+_UPDATE_TRIES = 20  # compare-and-swap rounds before a 409 (only other servers can race)
 
 
-def ok(data: Any, status: int = 200) -> web.Response:
-    return web.json_response({"success": True, "data": data}, status=status)
+_dumps = functools.partial(json.dumps, allow_nan=False)  # never an invalid JSON answer
+
+
+def ok(data: Any, status: int = 200, **extra: Any) -> web.Response:
+    body = {"success": True, "data": data, **extra}
+    return web.json_response(body, status=status, dumps=_dumps)
+
+
+async def ok_docs(request: web.Request, docs: list, **extra: Any) -> web.Response:
+    """ok() for a list of documents; a long one is encoded in the thread pool."""
+    if len(docs) <= _ENCODE_INLINE:
+        return ok(docs, **extra)
+    head = _dumps({"success": True, **extra})[:-1]  # without its closing brace
+
+    def encode() -> bytes:  # one document at a time: the GIL is let go between them
+        parts = [head.encode(), b', "data": [']
+        for i, doc in enumerate(docs):
+            if i:
+                parts.append(b", ")
+            parts.append(_dumps(doc).encode())
+        parts.append(b"]}")
+        return b"".join(parts)
+
+    loop = asyncio.get_running_loop()
+    body = await loop.run_in_executor(request.app[_POOL], encode)
+    return web.Response(body=body, content_type="application/json")
 
 
 def fail(status: int, message: str) -> web.Response:
@@ -75,6 +149,8 @@ async def errors(request: web.Request, handler):
     except RegistryError as exc:
         return fail(exc.status, str(exc))
     except web.HTTPException as exc:
+        if exc.status == 413:
+            return fail(413, f"the request body is larger than {MAX_BODY} bytes")
         if exc.status >= 400:
             return fail(exc.status, exc.reason)
         raise
@@ -85,14 +161,33 @@ async def errors(request: web.Request, handler):
         return fail(500, "internal error")
 
 
+def _no_constant(name: str) -> Any:
+    raise QueryError(f"{name} is not JSON: numbers must be finite")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 overflows to infinity
+        raise QueryError(f"{text} is out of range: numbers must be finite")
+    return value
+
+
+def parse_json(raw: bytes) -> Any:
+    """Strict JSON: NaN, Infinity and numbers that overflow to infinity are refused (a
+    response carrying them would not be JSON), as is anything malformed."""
+    try:
+        return json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
+    except (ValueError, UnicodeDecodeError) as exc:
+        if isinstance(exc, QueryError):
+            raise
+        raise QueryError(f"malformed JSON: {exc}") from None
+
+
 async def _body(request: web.Request) -> Any:
     raw = await request.read()
     if not raw:
         raise QueryError("the request needs a JSON body")
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise QueryError(f"malformed JSON: {exc}") from None
+    return parse_json(raw)
 
 
 def _split_query(body: Any) -> tuple[dict, dict]:
@@ -141,23 +236,47 @@ class RegistryRoutes:
                     options[key] = int(request.query[key])
                 except ValueError:
                     raise QueryError(f"{key} must be an integer") from None
+        options.setdefault("limit", DEFAULT_PAGE)
         options = check_options(options)
-        docs = await self.store(request).find(self.registry.name, {})
-        return ok(apply_options(docs, options))
+        docs = await self.store(request).query(self.registry.name, compile_filter({}), options)
+        skip, limit = options.get("skip") or 0, options["limit"]
+        following = None
+        if limit and len(docs) == limit:  # there may be more
+            following = f"{request.path}?skip={skip + limit}&limit={limit}"
+        response = await ok_docs(request, docs, next=following)
+        if following:
+            response.headers["Link"] = f'<{following}>; rel="next"'
+        return response
 
     async def update(self, request: web.Request) -> web.Response:
+        """Read, apply, check and write one document, atomically: the whole body is read
+        first; then, under this document's lock (other requests in this server) and a
+        compare-and-swap on its revision (other servers on one MongoDB), the update is
+        applied to the current document and written only if nothing changed meanwhile."""
         doc_id = request.match_info["id"]
-        store = self.store(request)
-        current = await store.get(self.registry.name, doc_id)
-        updated = apply_update(current, await _body(request))
-        if self.registry.name == "vdags":
-            updated.pop("vdagURI", None)  # recomputed from name and version
-        updated = validate(self.registry, updated)
-        if updated[self.registry.id_field] != doc_id:
-            raise SchemaError(f"{self.registry.id_field} cannot change ({doc_id!r})")
-        await self.check_references(request, updated)
-        await store.replace(self.registry.name, doc_id, updated)
-        return ok(updated)
+        update = normalize_update(await _body(request))
+        store, name = self.store(request), self.registry.name
+        locks = request.app[_LOCKS]
+        lock = locks.get((name, doc_id))
+        if lock is None:
+            lock = locks[(name, doc_id)] = asyncio.Lock()
+        async with lock:
+            for _ in range(_UPDATE_TRIES):
+                current, rev = await store.get_for_update(name, doc_id)
+                plain = apply_update(current, update)
+                updated = dict(plain)
+                if name == "vdags":
+                    updated.pop("vdagURI", None)  # recomputed from name and version
+                updated = validate(self.registry, updated)
+                if updated[self.registry.id_field] != doc_id:
+                    raise SchemaError(f"{self.registry.id_field} cannot change ({doc_id!r})")
+                await self.check_references(request, updated)
+                native = update if updated == plain else None  # operators MongoDB can apply
+                try:
+                    return ok(await store.replace_if(name, doc_id, updated, rev, native))
+                except Stale:
+                    continue
+        raise Conflict(f"{name}: {doc_id!r} is changing too often to update; try again")
 
     async def delete(self, request: web.Request) -> web.Response:
         doc_id = request.match_info["id"]
@@ -166,9 +285,9 @@ class RegistryRoutes:
 
     async def query(self, request: web.Request) -> web.Response:
         query, options = _split_query(await _body(request))
-        compile_filter(query)  # a bad filter is a 400 before anything is read
-        docs = await self.store(request).find(self.registry.name, query)
-        return ok(apply_options(docs, options))
+        filter_ = compile_filter(query)  # once per request; a bad filter is a 400 here
+        docs = await self.store(request).query(self.registry.name, filter_, options)
+        return await ok_docs(request, docs)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -182,16 +301,25 @@ async def openapi(request: web.Request) -> web.Response:
 
 async def controllers_by_vdag(request: web.Request) -> web.Response:
     docs = await request.app[_STORE].find(
-        "vdag_controllers", {"vdag_uri": request.match_info["uri"]}
+        "vdag_controllers", compile_filter({"vdag_uri": request.match_info["uri"]})
     )
-    return ok(docs)
+    return await ok_docs(request, docs)
 
 
 def make_app(store) -> web.Application:
     """The app over an EmbeddedStore or a MongoStore."""
-    app = web.Application(middlewares=[errors], client_max_size=16 << 20)
-    app[_STORE] = _AsyncStore(store) if isinstance(store, EmbeddedStore) else store
+    app = web.Application(middlewares=[errors], client_max_size=MAX_BODY)
+    pool = app[_POOL] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry")
+    app[_STORE] = _AsyncStore(store, pool) if isinstance(store, EmbeddedStore) else store
+
+    async def stop_pool(app):
+        pool.shutdown(wait=True)
+        if isinstance(app[_STORE], _AsyncStore):
+            app[_STORE].close()
+
+    app.on_cleanup.append(stop_pool)
     app[_SPEC] = build_spec()
+    app[_LOCKS] = weakref.WeakValueDictionary()
     r = app.router
     r.add_get("/health", health)
     r.add_get("/openapi.json", openapi)

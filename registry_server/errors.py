@@ -38,3 +38,12 @@ class Conflict(RegistryError):
     """A document with that id already exists (HTTP 409)."""
 
     status = 409
+
+
+class StoreLocked(RegistryError):
+    """Another process has the embedded store open (the server refuses to start)."""
+
+
+class Stale(Conflict):
+    """The document changed between its read and a conditional write (the caller reads
+    again and retries; HTTP 409 if it gives up)."""

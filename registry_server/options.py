@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import copy
-import functools
+import heapq
 from typing import Any
 
 from .errors import QueryError
-from .query import _kind, path_values
+from .filters.values import NULL_KEY, UNDEFINED_KEY, bson_key, path_values, walker
 
 __all__ = ["apply_options", "check_options"]
 
-_RANK = {"null": 0, "number": 1, "string": 2, "object": 3, "array": 4, "bool": 5}
 _MAX_LIMIT = 10_000
 
 
@@ -41,73 +40,142 @@ def check_options(options: Any) -> dict:
         values = list(projection.values())
         if not all(v in (0, 1) for v in values) or len({bool(v) for v in values}) != 1:
             raise QueryError("projection must be all inclusions (1) or all exclusions (0)")
+        if not all(isinstance(p, str) and p and "" not in p.split(".") for p in projection):
+            raise QueryError("projection paths must be non-empty dotted field names")
+        projection_tree(projection)
     return options
 
 
-def _sort_key(value_list: list) -> tuple:
-    if not value_list:
-        return (0, 0)
-    value = value_list[0]
-    kind = _kind(value)
-    return (_RANK.get(kind, 6), value if kind in ("number", "string", "bool") else str(value))
+def sort_key(doc: Any, parts: tuple[str, ...], walk, descending: bool) -> tuple:
+    """The key MongoDB sorts a document by for one field: every value at the path
+    (arrays expanded: their elements count, an empty array counts as "undefined", below
+    null; a missing field or an array element without it counts as null), the smallest
+    for an ascending sort, the largest for a descending one, in BSON comparison order."""
+    if len(parts) == 1 and type(doc) is dict:  # the usual case: a top-level scalar
+        value = doc.get(parts[0], NULL_KEY)
+        t = type(value)
+        if t is str:
+            return (3, value)
+        if t is int or (t is float and value == value):
+            return (2, value)
+        if value is NULL_KEY or value is None:
+            return NULL_KEY
+    values = path_values(doc, parts, walk)
+    keys = []
+    for value in values:
+        if type(value) is list:
+            if value:
+                keys += [bson_key(e) for e in value]
+            else:
+                keys.append(UNDEFINED_KEY)
+        else:
+            keys.append(bson_key(value))
+    if not keys or getattr(values, "missing", False):
+        keys.append(NULL_KEY)
+    if len(keys) == 1:
+        return keys[0]
+    return max(keys) if descending else min(keys)
 
 
-def _compare(a: tuple, b: tuple) -> int:
-    return (a > b) - (a < b)
+def _top(docs: list, sort: dict, k: int, positioned: bool = False) -> list[dict]:
+    """The first k documents of the sorted order (the same ones, in the same order, as a
+    full stable sort gives) without sorting everything: the first sort field's key for
+    every document, its k-th best value as a threshold (heapq), then a full sort of the
+    few documents at or before it (ties on the first field included)."""
+    (first, direction), *_ = sort.items()
+    parts = tuple(first.split("."))
+    walk = walker(parts)
+    desc = direction == -1
+    keys = [sort_key(d[1] if positioned else d, parts, walk, desc) for d in docs]
+    if desc:
+        threshold = heapq.nlargest(k, keys)[-1]
+        few = [d for d, key in zip(docs, keys, strict=True) if key >= threshold]
+    else:
+        threshold = heapq.nsmallest(k, keys)[-1]
+        few = [d for d, key in zip(docs, keys, strict=True) if key <= threshold]
+    if positioned:  # ties keep insertion order
+        few.sort(key=lambda pair: pair[0])
+        few = [doc for _, doc in few]
+    for field, direction in reversed(sort.items()):  # stable: the last key first
+        parts = tuple(field.split("."))
+        walk = walker(parts)
+        desc = direction == -1
+        few.sort(key=lambda d, p=parts, w=walk, r=desc: sort_key(d, p, w, r), reverse=desc)
+    return few[:k]
 
 
-def _project(doc: dict, projection: dict) -> dict:
-    include = any(projection.values())
-    if include:
-        out: dict = {}
-        for path in projection:
-            _copy_path(doc, out, path.split("."))
-        return out
-    out = copy.deepcopy(doc)
+def projection_tree(projection: dict) -> dict:
+    """{"a.b": 1, "c": 1} -> {"a": {"b": True}, "c": True}; QueryError when one path is
+    the prefix of another (MongoDB's "path collision")."""
+    tree: dict = {}
     for path in projection:
-        _drop_path(out, path.split("."))
+        node = tree
+        parts = path.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if child is True:
+                raise QueryError(f"projection: {path!r} collides with a shorter path")
+            node = child
+        if parts[-1] in node:
+            raise QueryError(f"projection: {path!r} collides with another path")
+        node[parts[-1]] = True
+    return tree
+
+
+def _include(value: Any, tree: dict) -> Any:
+    """Only the fields the tree names, in the document's own order; through arrays,
+    element by element (elements that are not documents are dropped, as MongoDB does)."""
+    if type(value) is list:
+        return [_include(e, tree) for e in value if type(e) in (dict, list)]
+    out = {}
+    for key, item in value.items():
+        sub = tree.get(key)
+        if sub is True:
+            out[key] = copy.deepcopy(item)
+        elif sub is not None and type(item) in (dict, list):
+            out[key] = _include(item, sub)
     return out
 
 
-def _copy_path(src: Any, dst: dict, parts: list[str]) -> None:
-    key = parts[0]
-    if not isinstance(src, dict) or key not in src:
-        return
-    if len(parts) == 1:
-        dst[key] = copy.deepcopy(src[key])
-    elif isinstance(src[key], dict):
-        _copy_path(src[key], dst.setdefault(key, {}), parts[1:])
+def _exclude(value: Any, tree: dict) -> Any:
+    """Everything but the fields the tree names; through arrays, element by element."""
+    if type(value) is list:
+        return [_exclude(e, tree) if type(e) in (dict, list) else e for e in value]
+    out = {}
+    for key, item in value.items():
+        sub = tree.get(key)
+        if sub is True:
+            continue
+        if sub is not None and type(item) in (dict, list):
+            out[key] = _exclude(item, sub)
+        else:
+            out[key] = copy.deepcopy(item)
+    return out
 
 
-def _drop_path(doc: Any, parts: list[str]) -> None:
-    if not isinstance(doc, dict) or parts[0] not in doc:
-        return
-    if len(parts) == 1:
-        del doc[parts[0]]
-    else:
-        _drop_path(doc[parts[0]], parts[1:])
-
-
-def apply_options(docs: list[dict], options: dict) -> list[dict]:
-    """Sort, skip, limit, then project (options already checked)."""
+def apply_options(docs: list, options: dict, positioned: bool = False) -> list[dict]:
+    """Sort, skip, limit, then project (options already checked). ``positioned``: docs
+    are (insertion position, document) pairs in any order (ties sort by position)."""
     sort = options.get("sort")
-    if sort:
-        keyed = [(doc, [_sort_key(path_values(doc, tuple(f.split(".")))) for f in sort])
-                 for doc in docs]  # fmt: skip
-        directions = list(sort.values())
-
-        def cmp(x, y) -> int:
-            for (a, b), direction in zip(zip(x[1], y[1], strict=True), directions, strict=True):
-                c = _compare(a, b)
-                if c:
-                    return c * direction
-            return 0
-
-        docs = [doc for doc, _ in sorted(keyed, key=functools.cmp_to_key(cmp))]
     skip = options.get("skip") or 0
     limit = options.get("limit")
+    if sort and limit and skip + limit < len(docs) // 4:  # top k: no full sort
+        docs = _top(docs, sort, skip + limit, positioned)
+    else:
+        if positioned:
+            docs = [doc for _, doc in sorted(docs, key=lambda pair: pair[0])]
+        if sort:
+            docs = list(docs)
+            for field, direction in reversed(sort.items()):  # stable: the last key first
+                parts = tuple(field.split("."))
+                walk = walker(parts)
+                desc = direction == -1
+                docs.sort(key=lambda d, p=parts, w=walk, r=desc: sort_key(d, p, w, r),
+                          reverse=desc)  # fmt: skip
     docs = docs[skip : skip + limit] if limit else docs[skip:]
     projection = options.get("projection")
     if projection:
-        docs = [_project(doc, projection) for doc in docs]
+        tree = projection_tree(projection)
+        project = _include if any(projection.values()) else _exclude
+        docs = [project(doc, tree) for doc in docs]
     return docs

@@ -16,7 +16,11 @@ import msgspec
 
 from .errors import SchemaError
 
-__all__ = ["REGISTRIES", "Registry", "validate"]
+__all__ = ["MAX_ID_BYTES", "REGISTRIES", "Registry", "validate"]
+
+MAX_ID_BYTES = 1024
+"""The longest document id (UTF-8 bytes): it must fit in a request line (a URL path) with
+room to spare, percent-encoded; MongoDB's old index-key limit was the same."""
 
 Number = int | float
 
@@ -186,4 +190,9 @@ def validate(registry: Registry, doc: Any) -> dict:
         doc["vdagURI"] = uri
     if not isinstance(doc.get(registry.id_field), str) or not doc[registry.id_field]:
         raise SchemaError(f"{registry.id_field} must be a non-empty string")
+    if len(doc[registry.id_field].encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
+        raise SchemaError(
+            f"{registry.id_field} is longer than {MAX_ID_BYTES} bytes (UTF-8): it could not "
+            "be read or deleted by URL"
+        )
     return doc

@@ -1,26 +1,31 @@
 """MongoDB-style update documents applied to JSON documents.
 
 ``apply_update(doc, update)`` returns a new document (the input is not modified).
-Operators: $set $unset $inc $mul $min $max $rename $push (with $each) $addToSet (with
-$each) $pull (a value, or a condition as in a filter). A document with no operator keys
-means $set of those keys (never a $set nested in a $set). Paths are dotted; $set creates
-missing intermediate objects. Errors (unknown operator, a number expected, a path through
+Operators: $set $unset $inc $mul $min $max (any two values, in BSON comparison order)
+$rename $push (with $each, $position, $sort, $slice) $addToSet (with $each) $pop $pull
+(a value, or a condition as in a filter). A document with no operator keys means $set of
+those keys (never a $set nested in a $set). Paths are dotted; $set creates missing
+intermediate objects, and a position past the end of an array pads it with nulls (as
+MongoDB does). Errors (unknown operator, a number expected, a path through
 a non-object, one path changed by two operators) raise UpdateError.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 from .errors import UpdateError
-from .query import _kind, array_index, compile_filter, values_equal
+from .filters import compile_filter
+from .filters.values import array_index, bson_key, kind, values_equal
 
 __all__ = ["apply_update", "normalize_update"]
 
 _MISSING = object()
 _OPERATORS = {"$set", "$unset", "$inc", "$mul", "$min", "$max", "$rename", "$push",
-              "$addToSet", "$pull"}  # fmt: skip
+              "$addToSet", "$pull", "$pop"}  # fmt: skip
+_PUSH_MODIFIERS = {"$each", "$position", "$sort", "$slice"}
 
 
 def normalize_update(update: Any) -> dict:
@@ -71,12 +76,13 @@ def _parent(doc: dict, path: str, create: bool):
             if index >= len(node):
                 if not create:
                     return None, parts[-1]
-                raise UpdateError(f"{path}: index {index} past the end of the array")
+                node.extend([None] * (index - len(node)))  # MongoDB pads with nulls
+                node.append({})
             node = node[index]
         else:
             if not create:
                 return None, parts[-1]
-            raise UpdateError(f"{path}: cannot create a field inside a {_kind(node)}")
+            raise UpdateError(f"{path}: cannot create a field inside a {kind(node)}")
     return node, parts[-1]
 
 
@@ -97,21 +103,74 @@ def _put(parent: Any, key: str, value: Any, path: str) -> None:
             parent.append(None)
         parent[index] = value
     else:
-        raise UpdateError(f"{path}: cannot set a field inside a {_kind(parent)}")
+        raise UpdateError(f"{path}: cannot set a field inside a {kind(parent)}")
 
 
 def _number(value: Any, op: str, path: str) -> Any:
-    if _kind(value) != "number":
-        raise UpdateError(f"{op} {path}: needs a number, not {_kind(value)}")
+    if kind(value) != "number":
+        raise UpdateError(f"{op} {path}: needs a number, not {kind(value)}")
     return value
 
 
-def _each(arg: Any) -> list:
+def _each(arg: Any, op: str) -> tuple[list, dict]:
+    """(the values to add, the modifiers) of a $push or $addToSet argument."""
     if isinstance(arg, dict) and "$each" in arg:
-        if set(arg) != {"$each"} or not isinstance(arg["$each"], list):
-            raise UpdateError("$each needs an array (and no other modifiers)")
-        return list(arg["$each"])
-    return [arg]
+        allowed = _PUSH_MODIFIERS if op == "$push" else {"$each"}
+        unknown = set(arg) - allowed
+        if unknown:
+            raise UpdateError(f"{op}: unknown modifier(s) {', '.join(sorted(unknown))}")
+        if not isinstance(arg["$each"], list):
+            raise UpdateError("$each needs an array")
+        return list(arg["$each"]), arg
+    if isinstance(arg, dict) and set(arg) & _PUSH_MODIFIERS:
+        raise UpdateError(f"{op}: $position, $sort and $slice need $each")
+    return [arg], {}
+
+
+def _integer(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise UpdateError(f"{what} needs an integer")
+    return int(value)
+
+
+def _push_sort_key(spec: Any) -> list[tuple[tuple[str, ...], bool]]:
+    """(path, descending) per sort field of a $push $sort: 1/-1 sorts whole elements,
+    {field: 1/-1, ...} sorts documents by those fields (BSON comparison order)."""
+    if spec in (1, -1) and not isinstance(spec, bool):
+        return [((), spec == -1)]
+    if (
+        isinstance(spec, dict)
+        and spec
+        and all(v in (1, -1) and not isinstance(v, bool) for v in spec.values())
+    ):
+        return [(tuple(f.split(".")), v == -1) for f, v in spec.items()]
+    raise UpdateError("$sort needs 1, -1 or an object of field: 1 or -1")
+
+
+def _field_key(value: Any, parts: tuple[str, ...]) -> tuple:
+    for part in parts:
+        if not isinstance(value, dict) or part not in value:
+            return (1,)  # missing: null
+        value = value[part]
+    return bson_key(value)
+
+
+def _push(current: list, items: list, modifiers: dict) -> None:
+    """$push with its modifiers, in MongoDB's order: insert ($position), $sort, $slice."""
+    slice_n = _integer(modifiers["$slice"], "$slice") if "$slice" in modifiers else None
+    sort = _push_sort_key(modifiers["$sort"]) if "$sort" in modifiers else None
+    if "$position" in modifiers:
+        position = _integer(modifiers["$position"], "$position")
+        if position < 0:
+            position = max(len(current) + position, 0)
+        current[position:position] = items
+    else:
+        current.extend(items)
+    if sort is not None:
+        for parts, descending in reversed(sort):
+            current.sort(key=lambda v, p=parts: _field_key(v, p), reverse=descending)
+    if slice_n is not None:
+        current[:] = current[:slice_n] if slice_n >= 0 else current[slice_n:]
 
 
 def apply_update(doc: dict, update: Any) -> dict:
@@ -143,6 +202,18 @@ def _apply(doc: dict, op: str, path: str, arg: Any) -> None:
         target_parent, target_key = _parent(doc, arg, create=True)
         _put(target_parent, target_key, value, arg)
         return
+    if op == "$pop":
+        if arg not in (1, -1) or isinstance(arg, bool):
+            raise UpdateError(f"$pop {path}: needs 1 (last element) or -1 (first)")
+        parent, key = _parent(doc, path, create=False)
+        current = _get(parent, key) if parent is not None else _MISSING
+        if current is _MISSING:
+            return
+        if not isinstance(current, list):
+            raise UpdateError(f"$pop {path}: the field is a {kind(current)}, not an array")
+        if current:
+            current.pop(-1 if arg == 1 else 0)
+        return
     if op == "$pull":
         parent, key = _parent(doc, path, create=False)
         _pull(_get(parent, key) if parent is not None else _MISSING, arg, path)
@@ -157,25 +228,30 @@ def _apply(doc: dict, op: str, path: str, arg: Any) -> None:
             _put(parent, key, arg if op == "$inc" else 0 * arg, path)
         else:
             _number(current, op, path)
-            _put(parent, key, current + arg if op == "$inc" else current * arg, path)
+            result = current + arg if op == "$inc" else current * arg
+            if isinstance(result, float) and not math.isfinite(result):
+                raise UpdateError(f"{op} {path}: the result is not a finite number")
+            _put(parent, key, result, path)
     elif op in ("$min", "$max"):
         if current is _MISSING:
             _put(parent, key, arg, path)
-        elif _kind(current) == _kind(arg) and _kind(arg) in ("number", "string"):
-            better = arg < current if op == "$min" else arg > current
-            if better:
+        else:  # any two values compare, in BSON comparison order
+            new, old = bson_key(arg), bson_key(current)
+            if (new < old) if op == "$min" else (new > old):
                 _put(parent, key, arg, path)
-        else:
-            raise UpdateError(f"{op} {path}: cannot compare {_kind(current)} with {_kind(arg)}")
     elif op in ("$push", "$addToSet"):
         if current is _MISSING:
             current = []
             _put(parent, key, current, path)
         if not isinstance(current, list):
-            raise UpdateError(f"{op} {path}: the field is a {_kind(current)}, not an array")
-        for item in _each(arg):
-            if op == "$push" or not any(values_equal(item, x) for x in current):
-                current.append(item)
+            raise UpdateError(f"{op} {path}: the field is a {kind(current)}, not an array")
+        items, modifiers = _each(arg, op)
+        if op == "$push":
+            _push(current, items, modifiers)
+        else:
+            for item in items:
+                if not any(values_equal(item, x) for x in current):
+                    current.append(item)
 
 
 def _pull(current: Any, arg: Any, path: str) -> None:
@@ -183,7 +259,7 @@ def _pull(current: Any, arg: Any, path: str) -> None:
     if current is _MISSING:
         return
     if not isinstance(current, list):
-        raise UpdateError(f"$pull {path}: the field is a {_kind(current)}, not an array")
+        raise UpdateError(f"$pull {path}: the field is a {kind(current)}, not an array")
     if isinstance(arg, dict) and arg:
         if all(k.startswith("$") for k in arg):
             match = compile_filter({"v": arg})

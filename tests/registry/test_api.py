@@ -6,14 +6,25 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
+from pathlib import Path
 
 import pytest
 
-from ..procs import ROOT, free_port
 from .seed_docs import BLOCK, CLUSTER, CONTROLLER, VDAG, fresh
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class Server:
@@ -235,3 +246,94 @@ def test_acknowledged_writes_survive_kill_9(tmp_path):
         assert again.call("GET", "/blocks/durable-7")[1]["data"]["minInstances"] == 4
     finally:
         again.stop()
+
+
+def _raw_request(port: int, method: str, path: str, body: bytes, delay: float) -> tuple:
+    """Send the headers now and the body ``delay`` seconds later; (status, JSON body)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        head = (f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")  # fmt: skip
+        sock.sendall(head.encode())
+        time.sleep(delay)
+        sock.sendall(body)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, payload = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(payload)
+
+
+def test_a_slow_body_does_not_lose_racing_updates(server):
+    """Issue 13 (1): a PUT whose body arrives 0.3 s after its headers, racing 5 fast $inc
+    calls on the same document: every acknowledged increment is kept."""
+    block = fresh(BLOCK)
+    block["hits"] = 0
+    assert server.call("POST", "/blocks", block)[0] == 201
+    path = f"/blocks/{block['id']}"
+    result = {}
+
+    def slow():
+        body = json.dumps({"$inc": {"hits": 1}}).encode()
+        result["slow"] = _raw_request(server.port, "PUT", path, body, delay=0.3)
+
+    thread = threading.Thread(target=slow)
+    thread.start()
+    time.sleep(0.05)  # the slow request's headers are in
+    for _ in range(5):
+        status, body = server.call("PUT", path, {"$inc": {"hits": 1}})
+        assert status == 200, body
+    thread.join(10)
+    assert result["slow"][0] == 200, result
+    assert server.call("GET", path)[1]["data"]["hits"] == 6
+
+
+def test_concurrent_updates_of_one_document_all_apply(server):
+    """Many clients at once, each $inc and $push on one document: none is lost."""
+    block = fresh(BLOCK)
+    assert server.call("POST", "/blocks", block)[0] == 201
+    path = f"/blocks/{block['id']}"
+    errors = []
+
+    def client(n):
+        for i in range(10):
+            status, body = server.call("PUT", path, {"$inc": {"hits": 1},
+                                                     "$push": {"log": f"{n}-{i}"}})  # fmt: skip
+            if status != 200:
+                errors.append(body)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    doc = server.call("GET", path)[1]["data"]
+    assert doc["hits"] == 80 and sorted(doc["log"]) == sorted(
+        f"{n}-{i}" for n in range(8) for i in range(10)
+    )
+
+
+def test_a_second_server_on_one_store_file_refuses_to_start(tmp_path):
+    """Issue 13 (2): two servers on one --db file would each see only their own writes;
+    the second one stops at once with one clear line and a non-zero exit."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "registry.sqlite3"
+    first = Server(db)
+    try:
+        second = subprocess.run(
+            [sys.executable, "-m", "registry_server", "--port", str(free_port()),
+             "--db", str(db)],
+            cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert second.returncode != 0
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and "in use by another registry server" in lines[0], lines
+        assert "Traceback" not in second.stderr
+        assert first.call("GET", "/health")[0] == 200  # the first one is untouched
+    finally:
+        first.stop()
+    again = Server(db)  # the lock went with the first server
+    again.stop()

@@ -8,8 +8,8 @@ import asyncio
 
 import pytest
 
-from registry_server.errors import Conflict, NotFound, QueryError
-from registry_server.mongo_store import MongoStore
+from registry_server.errors import Conflict, NotFound, QueryError, Stale
+from registry_server.mongo_store import REV, MongoStore
 
 from .seed_docs import BLOCK, fresh
 
@@ -48,6 +48,9 @@ class _Coll:
     async def replace_one(self, *a):
         return self._c.replace_one(*a)
 
+    async def find_one_and_update(self, *a, **k):
+        return self._c.find_one_and_update(*a, **k)
+
     async def delete_one(self, *a):
         return self._c.delete_one(*a)
 
@@ -61,6 +64,7 @@ class _Coll:
 class _Client:
     def __init__(self):
         self._db = mongomock.MongoClient().db
+        self.raw = self._db  # the collections without the shim (another server's view)
 
     def __getitem__(self, name):
         return _DB(self._db)
@@ -100,5 +104,63 @@ def test_mongo_store_semantics():
         with pytest.raises(NotFound):
             await store.replace("blocks", doc["id"], doc)
         await store.close()
+
+    asyncio.run(run())
+
+
+class _RacingColl(_Coll):
+    """Another server writes the document right after each of our first ``races`` reads:
+    the write that follows such a read must not overwrite it."""
+
+    def __init__(self, coll, races):
+        super().__init__(coll)
+        self.races = races
+
+    async def find_one(self, *a):
+        doc = self._c.find_one(*a)
+        if self.races and doc is not None:
+            self.races -= 1
+            self._c.update_one(a[0], {"$inc": {"hits": 1, REV: 1}})
+        return doc
+
+
+def test_mongo_updates_are_compare_and_swap():
+    """Issue 13 (1), MongoDB backend: an update computed from a document another server
+    changed meanwhile is not written; the app reads again and applies it to the new one."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from registry_server.app import make_app
+
+    client = _Client()
+    store = MongoStore("mongodb://unused", client=client)
+    racing = _RacingColl(client.raw["blocks"], races=3)
+    store._coll = lambda name: racing if name == "blocks" else _Coll(client.raw[name])
+
+    async def run():
+        await store.start()
+        doc = fresh(BLOCK)
+        doc["hits"] = 0
+        await store.insert("blocks", doc["id"], doc)
+        async with TestClient(TestServer(make_app(store))) as http:
+            resp = await http.put(f"/blocks/{doc['id']}", json={"$inc": {"hits": 1}})
+            body = await resp.json()
+            assert resp.status == 200, body
+            # 3 writes by "another server" + ours: none lost; the revision is hidden.
+            assert body["data"]["hits"] == 4 and REV not in body["data"]
+            got = await (await http.get(f"/blocks/{doc['id']}")).json()
+            assert got["data"]["hits"] == 4 and REV not in got["data"]
+            assert racing.races == 0
+
+        # The replace path (no operators to hand MongoDB): a stale revision is refused.
+        current, rev = await store.get_for_update("blocks", doc["id"])
+        client.raw["blocks"].update_one({"id": doc["id"]}, {"$inc": {REV: 1}})
+        with pytest.raises(Stale):
+            await store.replace_if("blocks", doc["id"], dict(current, hits=0), rev)
+        current, rev = await store.get_for_update("blocks", doc["id"])
+        assert await store.replace_if("blocks", doc["id"], dict(current, hits=9), rev)
+        assert (await store.get("blocks", doc["id"]))["hits"] == 9
+        await store.delete("blocks", doc["id"])
+        with pytest.raises(NotFound):
+            await store.replace_if("blocks", doc["id"], current, rev)
 
     asyncio.run(run())

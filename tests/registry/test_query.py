@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from registry_server.errors import QueryError, UpdateError
-from registry_server.query import compile_filter
+from registry_server.filters import compile_filter
 from registry_server.update import apply_update, normalize_update
 
 CLUSTER = {
@@ -82,7 +82,8 @@ def test_filter_semantics(flt, expected):
         ({"a": {"$regex": "x", "$options": "q"}}, "\\$options"),
         ({"a": {"$size": -1}}, "non-negative"),
         ({"a": {"$type": "weird"}}, "unknown \\$type"),
-        ({"a": {"$gt": {"x": 1}}}, "needs a number"),
+        # {"a": {"$gt": {"x": 1}}} is no longer refused: MongoDB compares documents and
+        # arrays in BSON order (issue 13, item 5; test_semantics.py checks it).
         ({"a": {"$gt": 1, "b": 2}}, "do not mix"),
         ([1, 2], "must be an object"),
     ],
@@ -129,7 +130,12 @@ def test_updates():
         ({"$inc": {"reputation": "x"}}, "needs a number"),
         ({"$push": {"status": "x"}}, "not an array"),
         ({"$set": {"status.sub": 1}}, "cannot set a field inside a string"),
-        ({"$min": {"status": 3}}, "cannot compare"),
+        # {"$min": {"status": 3}} ("cannot compare") now applies: MongoDB compares any two
+        # values in BSON order (issue 13, item 6; test_semantics.py checks it).
+        ({"$pop": {"tags": 2}}, "needs 1"),
+        ({"$push": {"tags": {"$each": ["x"], "$slice": "x"}}}, "integer"),
+        ({"$push": {"tags": {"$slice": 1}}}, "need \\$each"),
+        ({"$pop": {"status": 1}}, "not an array"),
     ],
 )
 def test_invalid_updates_are_refused(update, message):

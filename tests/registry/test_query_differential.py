@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from registry_server.errors import QueryError, UpdateError
-from registry_server.query import compile_filter
+from registry_server.filters import compile_filter
 from registry_server.update import apply_update
 
 mongomock = pytest.importorskip("mongomock")
@@ -177,7 +177,7 @@ def test_updates_apply_like_mongomock(document, update):
 @given(docs, filters())
 def test_generated_filters_agree_with_the_closures(documents, flt):
     """compile_filter generates source; compile_closures is the reference form."""
-    from registry_server.query import compile_closures
+    from registry_server.filters.closures import compile_closures
 
     try:
         reference = compile_closures(flt)
@@ -212,7 +212,7 @@ ODD_FILTERS = [
 @pytest.mark.parametrize("flt", ODD_FILTERS, ids=[json.dumps(f) for f in ODD_FILTERS])
 def test_generated_and_closure_forms_agree_on_odd_shapes(flt):
     """Booleans, numeric path parts, nested arrays: beyond what mongomock can referee."""
-    from registry_server.query import compile_closures
+    from registry_server.filters.closures import compile_closures
 
     generated, reference = compile_filter(flt), compile_closures(flt)
     assert [generated(d) for d in ODD_DOCS] == [reference(d) for d in ODD_DOCS]

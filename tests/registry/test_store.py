@@ -8,7 +8,7 @@ import copy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from registry_server.query import compile_filter
+from registry_server.filters import compile_filter
 from registry_server.store import EmbeddedStore
 
 from .test_query_differential import cluster, filters
@@ -135,3 +135,27 @@ def test_index_equality_is_exact_for_odd_numbers_and_shapes(tmp_path):
         assert [d["id"] for d in store.find("clusters", {"v": 1})] == ["d3", "d5"]
     finally:
         store.close()
+
+
+def test_replace_if_is_a_compare_and_swap(tmp_path):
+    """Issue 13 (1): a write computed from an old revision is refused (Stale)."""
+    import pytest
+
+    from registry_server.errors import NotFound, Stale
+
+    store = EmbeddedStore(tmp_path / "db.sqlite3", ["blocks"])
+    store.insert("blocks", "b1", {"id": "b1", "n": 0})
+    doc, rev = store.get_for_update("blocks", "b1")
+    store.replace("blocks", "b1", {"id": "b1", "n": 5})  # another writer
+    with pytest.raises(Stale):
+        store.replace_if("blocks", "b1", {"id": "b1", "n": 1}, rev)
+    doc, rev = store.get_for_update("blocks", "b1")
+    assert store.replace_if("blocks", "b1", {"id": "b1", "n": doc["n"] + 1}, rev)["n"] == 6
+    store.delete("blocks", "b1")
+    store.insert("blocks", "b1", {"id": "b1", "n": 0})  # deleted and created again
+    with pytest.raises(Stale):
+        store.replace_if("blocks", "b1", {"id": "b1", "n": 7}, rev)
+    store.delete("blocks", "b1")
+    with pytest.raises(NotFound):
+        store.replace_if("blocks", "b1", {"id": "b1"}, rev)
+    store.close()

@@ -1,6 +1,6 @@
-"""MongoDB-style filters, compiled once into Python closures.
+"""MongoDB-style filters as Python closures: the reference semantics.
 
-``compile_filter(filter)`` checks the whole filter up front (unknown or code-executing
+``compile_closures(filter)`` checks the whole filter up front (unknown or code-executing
 operators raise QueryError, so a bad filter is a 400 before any document is read) and
 returns ``match(doc) -> bool``. Semantics follow MongoDB's for JSON documents:
 
@@ -12,7 +12,8 @@ returns ``match(doc) -> bool``. Semantics follow MongoDB's for JSON documents:
   ``$ne`` / ``$nin`` / ``$not`` are the negation of their positive form (so a missing
   field matches ``$ne: 5``);
 - comparisons only compare values of the same kind (numbers with numbers, strings with
-  strings...), and ``true`` is never equal to ``1``.
+  strings, objects and arrays in BSON order...), and ``true`` is never equal to ``1``;
+  ``$gte``/``$lte`` null mean ``$eq`` null, ``$gt``/``$lt`` null match nothing.
 
 Operators: $eq $ne $gt $gte $lt $lte $in $nin $and $or $nor $not $exists $type $all
 $elemMatch $size $regex (+ $options i m s x). $where, $function, $accumulator and $expr
@@ -21,124 +22,38 @@ are refused: they execute code.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from time import monotonic
 from typing import Any
 
-from .errors import QueryError
+import regex
 
-__all__ = ["compile_closures", "compile_filter", "path_values", "values_equal"]
+from ..errors import QueryError
+from .values import (
+    NUMBER_TYPES,
+    REFUSED,
+    TYPE_ALIASES,
+    bson_key,
+    kind,
+    path_values,
+    values_equal,
+    walker,
+)
+
+__all__ = [
+    "all_of",
+    "clause_matcher",
+    "compile_clauses",
+    "compile_closures",
+    "compile_regex",
+    "eq_test",
+    "field_conditions",
+    "regex_budget",
+]
 
 Matcher = Callable[[Any], bool]
-_MISSING = object()
-_REFUSED = {"$where", "$function", "$accumulator", "$expr"}
-_TYPE_ALIASES = {
-    "double": "number", "int": "number", "long": "number", "decimal": "number",
-    "number": "number", "string": "string", "object": "object", "array": "array",
-    "bool": "bool", "null": "null",
-    1: "number", 16: "number", 18: "number", 19: "number", 2: "string", 3: "object",
-    4: "array", 8: "bool", 10: "null",
-}  # fmt: skip
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, dict):
-        return "object"
-    if isinstance(value, list):
-        return "array"
-    return type(value).__name__
-
-
-def values_equal(a: Any, b: Any) -> bool:
-    """JSON equality as MongoDB sees it: 1 == 1.0, but true != 1."""
-    ka, kb = _kind(a), _kind(b)
-    if ka != kb:
-        return False
-    if ka == "array":
-        return len(a) == len(b) and all(values_equal(x, y) for x, y in zip(a, b, strict=True))
-    if ka == "object":
-        return a.keys() == b.keys() and all(values_equal(a[k], b[k]) for k in a)
-    return a == b
-
-
-class _Found(list):
-    """The values at a path; ``missing``: some object on the way lacked the next key (an
-    array element without the field counts as null, as in MongoDB)."""
-
-    __slots__ = ("missing",)
-
-
-_NUMBER_TYPES = (int, float)
-
-
-def path_values(doc: Any, parts: tuple[str, ...], walker=None) -> list:
-    """Every value at a dotted path (arrays expanded as MongoDB does). ``walker``: the
-    path's compiled ``_walker``, used when an array is met on the way."""
-    value = doc
-    for key in parts:  # fast path: objects all the way down
-        if type(value) is not dict:
-            return _walk(doc, parts, walker)
-        if key not in value:
-            found = _Found()
-            found.missing = True
-            return found
-        value = value[key]
-    return [value]
-
-
-def _walker(parts: tuple[str, ...]) -> Callable[[Any, list], None]:
-    """A function that appends every value at ``parts`` under a value to ``out`` (arrays
-    expanded), built once per path as a chain of small closures: no per-call tuples."""
-
-    def terminal(value: Any, out: list) -> None:
-        out.append(value)
-
-    step = terminal
-    for key in reversed(parts):
-        step = _path_step(key, step)
-    return step
-
-
-def array_index(key: str) -> int:
-    """The array position a path part names, or -1 ("¹" is a digit to isdigit(), not one)."""
-    return int(key) if key.isascii() and key.isdigit() else -1
-
-
-def _path_step(key: str, next_step: Callable[[Any, list], None]) -> Callable[[Any, list], None]:
-    index = array_index(key)
-
-    def step(value: Any, out: list) -> None:
-        t = type(value)
-        if t is dict:
-            if key in value:
-                next_step(value[key], out)
-            else:
-                out.missing = True
-        elif t is list:
-            if 0 <= index < len(value):
-                next_step(value[index], out)  # a position in the array
-                return
-            for element in value:
-                if type(element) is dict:
-                    step(element, out)
-
-    return step
-
-
-def _walk(doc: Any, parts: tuple[str, ...], walker=None) -> list:
-    """The general case (arrays on the way)."""
-    out = _Found()
-    out.missing = False
-    (walker or _walker(parts))(doc, out)
-    return out
 
 
 def _any_value(pred: Callable[[Any], bool]) -> Callable[[list], bool]:
@@ -158,51 +73,132 @@ def _any_value(pred: Callable[[Any], bool]) -> Callable[[list], bool]:
 
 
 def _compare(op: str, arg: Any) -> Callable[[Any], bool]:
-    kind = _kind(arg)
-    if kind not in ("number", "string", "bool", "null"):
-        raise QueryError(f"{op} needs a number, string, boolean or null, not {kind}")
+    arg_kind = kind(arg)
+    if arg_kind in ("object", "array"):  # BSON order within the type (type bracketing)
+        want, key = (dict if arg_kind == "object" else list), bson_key(arg)
+        by_key = {
+            "$gt": lambda v: bson_key(v) > key,
+            "$gte": lambda v: bson_key(v) >= key,
+            "$lt": lambda v: bson_key(v) < key,
+            "$lte": lambda v: bson_key(v) <= key,
+        }[op]
+        return lambda v: type(v) is want and by_key(v)
+    if arg_kind not in ("number", "string", "bool", "null"):
+        raise QueryError(f"{op} needs a JSON value, not {arg_kind}")
     test = {
         "$gt": lambda v: v > arg,
         "$gte": lambda v: v >= arg,
         "$lt": lambda v: v < arg,
         "$lte": lambda v: v <= arg,
     }[op]
-    if kind == "null":  # null sorts equal only to null: $gte/$lte null match null/missing
+    if arg_kind == "null":  # null sorts equal only to null: $gte/$lte null match null/missing
         inclusive = op in ("$gte", "$lte")
         return lambda v: inclusive and v is None
-    if kind == "bool":
+    if arg_kind == "bool":
         return lambda v: isinstance(v, bool) and test(v)
-    types = (str,) if kind == "string" else _NUMBER_TYPES
+    types = (str,) if arg_kind == "string" else NUMBER_TYPES
     return lambda v: type(v) in types and test(v)
 
 
-def _regex(pattern: Any, options: Any = "") -> re.Pattern:
+REGEX_SEARCH_S = 0.05
+"""Seconds one $regex search may take (against one string)."""
+REGEX_BUDGET_S = 1.0
+"""Seconds of regex matching one request may spend (all its $regex searches together)."""
+
+_budget = threading.local()  # .left: the open budget's seconds left, per thread
+
+
+@contextmanager
+def regex_budget(seconds: float = REGEX_BUDGET_S) -> Iterator[None]:
+    """Every $regex search inside shares ``seconds`` (and each gets REGEX_SEARCH_S at
+    most); past them a search raises QueryError (a 400) instead of holding the event
+    loop (patterns such as (a|aa)+$ take time doubling with each character). Outside
+    any budget, each search gets REGEX_SEARCH_S."""
+    outer = getattr(_budget, "left", None)
+    _budget.left = [seconds]
+    try:
+        yield
+    finally:
+        _budget.left = outer
+
+
+def _budget_spent(pattern: str) -> QueryError:
+    return QueryError(
+        f"$regex {pattern!r} took more than its time budget ({REGEX_SEARCH_S:g} s a string, "
+        f"{REGEX_BUDGET_S:g} s a request): simplify it (nested repetition such as (a|aa)+ "
+        "backtracks exponentially)"
+    )
+
+
+_SHORT = 1024
+_ESCAPE = regex.compile(r"\\.", regex.S)
+_CLASS = regex.compile(r"\[\^?\]?[^\]]*\]")
+_RISKY = regex.compile(r"\)\s*[*+?{]|\(\?[<=!P]|\(\?\(")
+_UNBOUNDED = regex.compile(r"[*+]|\{\d*,\}")
+
+
+def _cannot_blow_up(pattern: str) -> bool:
+    """True for patterns whose search time is bounded by a small power of the string's
+    length: no backreference, no quantified group, no lookaround or conditional, at
+    most one unbounded quantifier. Anything else (or anything this rough reading cannot
+    judge) searches with the timer."""
+    if regex.search(r"\\[1-9g]|\(\?P=", pattern):
+        return False
+    plain = _CLASS.sub("C", _ESCAPE.sub("E", pattern))
+    if "[" in plain or _RISKY.search(plain):
+        return False
+    return len(_UNBOUNDED.findall(plain)) <= 1
+
+
+def compile_regex(pattern: Any, options: Any = "") -> Callable[[str], Any]:
+    """``search(string) -> match or None`` for a $regex, on the ``regex`` engine with a
+    time budget (``regex_budget``)."""
     if not isinstance(pattern, str):
         raise QueryError("$regex needs a string pattern")
     if not isinstance(options, str) or set(options) - set("imsx"):
         raise QueryError("$options may only contain i, m, s, x")
     flags = 0
-    for ch, flag in (("i", re.I), ("m", re.M), ("s", re.S), ("x", re.X)):
+    for ch, flag in (("i", regex.I), ("m", regex.M), ("s", regex.S), ("x", regex.X)):
         if ch in options:
             flags |= flag
     try:
-        return re.compile(pattern, flags)
-    except re.error as exc:
+        search = regex.compile(pattern, flags).search
+    except (regex.error, OverflowError, RecursionError) as exc:
         raise QueryError(f"bad $regex {pattern!r}: {exc}") from None
+    simple = _cannot_blow_up(pattern)
+
+    def budgeted(value: str):
+        if simple and len(value) <= _SHORT:  # bounded work: skip the timer (10x faster)
+            return search(value)
+        left = getattr(_budget, "left", None)
+        if left is None:
+            try:
+                return search(value, timeout=REGEX_SEARCH_S)
+            except TimeoutError:
+                raise _budget_spent(pattern) from None
+        start = monotonic()
+        try:
+            return search(value, timeout=max(min(left[0], REGEX_SEARCH_S), 1e-6))
+        except TimeoutError:
+            raise _budget_spent(pattern) from None
+        finally:
+            left[0] -= monotonic() - start
+
+    return budgeted
 
 
-def _field_conditions(spec: dict) -> Callable[[list], bool]:
+def field_conditions(spec: dict) -> Callable[[list], bool]:
     """An operator object ({"$gt": 1, "$lt": 5}) -> test over a path's values."""
     tests: list[Callable[[list], bool]] = []
     if "$options" in spec and "$regex" not in spec:
         raise QueryError("$options without $regex")
     for op, arg in spec.items():
-        if op in _REFUSED:
+        if op in REFUSED:
             raise QueryError(f"{op} is not allowed: it executes code")
         if op == "$options":
             continue
         tests.append(_operator(op, arg, spec))
-    return _all_of(tests)
+    return all_of(tests)
 
 
 def _any_test(tests: list) -> Callable:
@@ -218,7 +214,8 @@ def _any_test(tests: list) -> Callable:
     return test
 
 
-def _all_of(tests: list) -> Callable:
+def all_of(tests: list) -> Callable:
+    """A test that holds when every one of ``tests`` holds (the first failing stops)."""
     if len(tests) == 1:
         return tests[0]
     if len(tests) == 2:
@@ -236,7 +233,7 @@ def _all_of(tests: list) -> Callable:
 
 def _scalar_eq(arg: Any) -> Callable[[list], bool]:
     """Equality to a string or a number, without the general machinery (the hot case)."""
-    types = (str,) if isinstance(arg, str) else _NUMBER_TYPES
+    types = (str,) if isinstance(arg, str) else NUMBER_TYPES
 
     def test(values: list) -> bool:
         for v in values:
@@ -253,7 +250,7 @@ def _scalar_eq(arg: Any) -> Callable[[list], bool]:
     return test
 
 
-def _eq_test(arg: Any) -> Callable[[list], bool]:
+def eq_test(arg: Any) -> Callable[[list], bool]:
     if type(arg) in (str, int, float):
         return _scalar_eq(arg)
     if arg is None:
@@ -262,21 +259,46 @@ def _eq_test(arg: Any) -> Callable[[list], bool]:
     return _any_value(lambda v: values_equal(v, arg))
 
 
+def _in_test(arg: list) -> Callable[[list], bool]:
+    """$in: strings and numbers looked up in sets (one closure, not one per member: a
+    100,000-member $in stays small), other members (null, booleans, documents, arrays)
+    by their own equality tests."""
+    strings = frozenset(a for a in arg if type(a) is str)
+    numbers = frozenset(a for a in arg if type(a) is int or type(a) is float)
+    others = [eq_test(a) for a in arg if type(a) not in (str, int, float)]
+
+    def scalar(v) -> bool:
+        t = type(v)
+        return (t is str and v in strings) or ((t is int or t is float) and v in numbers)
+
+    def test(values: list) -> bool:
+        for v in values:
+            if scalar(v):
+                return True
+            if type(v) is list:
+                for e in v:
+                    if scalar(e):
+                        return True
+        return False
+
+    tests = ([test] if strings or numbers else []) + others
+    return _any_test(tests) if tests else lambda values: False
+
+
 def _operator(op: str, arg: Any, spec: dict) -> Callable[[list], bool]:
     if op == "$eq":
-        return _eq_test(arg)
+        return eq_test(arg)
     if op == "$ne":
-        eq = _eq_test(arg)
+        eq = eq_test(arg)
         return lambda values: not eq(values)
     if op in ("$gt", "$gte", "$lt", "$lte"):
-        cmp = _any_value(_compare(op, arg))
-        if arg is None:
-            return lambda values: (not values and op in ("$gte", "$lte")) or cmp(values)
-        return cmp
+        if arg is None:  # null equals only null (and missing): $gte/$lte null are $eq null
+            return eq_test(None) if op in ("$gte", "$lte") else lambda values: False
+        return _any_value(_compare(op, arg))
     if op in ("$in", "$nin"):
         if not isinstance(arg, list):
             raise QueryError(f"{op} needs an array")
-        any_of = _any_test([_eq_test(a) for a in arg])
+        any_of = _in_test(arg)
         if op == "$in":
             return any_of
         return lambda values: not any_of(values)
@@ -287,10 +309,10 @@ def _operator(op: str, arg: Any, spec: dict) -> Callable[[list], bool]:
         names = arg if isinstance(arg, list) else [arg]
         kinds = set()
         for name in names:
-            if name not in _TYPE_ALIASES:
+            if name not in TYPE_ALIASES:
                 raise QueryError(f"unknown $type {name!r}")
-            kinds.add(_TYPE_ALIASES[name])
-        return _any_value(lambda v: _kind(v) in kinds)
+            kinds.add(TYPE_ALIASES[name])
+        return _any_value(lambda v: kind(v) in kinds)
     if op == "$size":
         if isinstance(arg, bool) or not isinstance(arg, int) or arg < 0:
             raise QueryError("$size needs a non-negative integer")
@@ -298,13 +320,13 @@ def _operator(op: str, arg: Any, spec: dict) -> Callable[[list], bool]:
     if op == "$all":
         if not isinstance(arg, list):
             raise QueryError("$all needs an array")
-        tests = [_eq_test(a) for a in arg]
+        tests = [eq_test(a) for a in arg]
         return lambda values: bool(arg) and all(t(values) for t in tests)
     if op == "$elemMatch":
         if not isinstance(arg, dict):
             raise QueryError("$elemMatch needs an object")
         if arg and all(k.startswith("$") for k in arg):
-            cond = _field_conditions(arg)
+            cond = field_conditions(arg)
             return lambda values: any(
                 isinstance(v, list) and any(cond([e]) for e in v) for v in values
             )
@@ -320,11 +342,11 @@ def _operator(op: str, arg: Any, spec: dict) -> Callable[[list], bool]:
 
         return elem_match
     if op == "$regex":
-        search = _regex(arg, spec.get("$options", "")).search
+        search = compile_regex(arg, spec.get("$options", ""))
         return _any_value(lambda v: type(v) is str and search(v) is not None)
     if op == "$not":
         if isinstance(arg, dict) and arg and all(k.startswith("$") for k in arg):
-            inner = _field_conditions(arg)
+            inner = field_conditions(arg)
         elif isinstance(arg, str):  # a bare pattern
             inner = _operator("$regex", arg, {})
         else:
@@ -338,7 +360,7 @@ def _logical(op: str, arg: Any) -> Matcher:
         raise QueryError(f"{op} needs a non-empty array of filters")
     subs = [compile_closures(f) for f in arg]
     if op == "$and":
-        return _all_of(subs)
+        return all_of(subs)
 
     def any_of(doc) -> bool:
         for sub in subs:
@@ -351,52 +373,46 @@ def _logical(op: str, arg: Any) -> Matcher:
     return lambda doc: not any_of(doc)  # $nor
 
 
-def _clause(parts: tuple[str, ...], test: Callable[[list], bool]) -> Matcher:
-    walker = _walker(parts)
+def clause_matcher(parts: tuple[str, ...], test: Callable[[list], bool]) -> Matcher:
+    walk = walker(parts)
     if len(parts) == 1:  # the most common case: a top-level field
         key = parts[0]
 
         def top(doc) -> bool:
             if type(doc) is dict and key in doc:
                 return test([doc[key]])
-            return test(path_values(doc, parts, walker))
+            return test(path_values(doc, parts, walk))
 
         return top
-    return lambda doc: test(path_values(doc, parts, walker))
-
-
-def compile_filter(filter_: Any) -> Matcher:
-    """A MongoDB filter -> ``match(doc)``. Raises QueryError for an invalid filter.
-
-    The matcher is generated Python source (``query_gen``) calling the closures below
-    for the conditions it has no generated form for; same behaviour, faster on paths
-    through arrays and on several clauses."""
-    from .query_gen import generate  # imported here: query_gen builds on this module
-
-    return generate(filter_)
+    return lambda doc: test(path_values(doc, parts, walk))
 
 
 def compile_closures(filter_: Any) -> Matcher:
-    """The closure form of ``compile_filter`` (the reference semantics)."""
+    """The closure form of a filter (the reference semantics); QueryError if invalid."""
+    return all_of(list(compile_clauses(filter_).values()))
+
+
+def compile_clauses(filter_: Any) -> dict[str, Matcher]:
+    """Validate a filter and compile each of its top-level clauses: {key: matcher}."""
     if not isinstance(filter_, dict):
-        raise QueryError(f"a filter must be an object, not {_kind(filter_)}")
-    clauses: list[Matcher] = []
+        raise QueryError(f"a filter must be an object, not {kind(filter_)}")
+    clauses: dict[str, Matcher] = {}
     for key, cond in filter_.items():
         if not isinstance(key, str) or not key:
             raise QueryError("filter keys must be non-empty strings")
-        if key in _REFUSED:
+        if key in REFUSED:
             raise QueryError(f"{key} is not allowed: it executes code")
         if key in ("$and", "$or", "$nor"):
-            clauses.append(_logical(key, cond))
+            clauses[key] = _logical(key, cond)
             continue
         if key.startswith("$"):
             raise QueryError(f"unknown top-level operator {key}")
         parts = tuple(key.split("."))
         if isinstance(cond, dict) and cond and all(k.startswith("$") for k in cond):
-            test = _field_conditions(cond)
+            test = field_conditions(cond)
         else:
             if isinstance(cond, dict) and any(k.startswith("$") for k in cond):
                 raise QueryError(f"{key}: do not mix operators and fields in one object")
-            test = _eq_test(cond)
-        clauses.append(_clause(parts, test))
-    return _all_of(clauses)
+            test = eq_test(cond)
+        clauses[key] = clause_matcher(parts, test)
+    return clauses

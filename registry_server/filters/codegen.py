@@ -1,9 +1,9 @@
-"""Filters compiled to Python source: the fast form of ``query.compile_filter``.
+"""Filters compiled to Python source: the fast form of a compiled ``Filter``.
 
-``query.py`` defines the semantics as closures (``compile_closures``). Here a filter
+``closures.py`` defines the semantics as closures (``compile_closures``). Here a filter
 becomes the source of one function per clause, executed once: a dotted path is walked by
 nested ``for`` loops over the values found at each level (objects by key, arrays by
-position or element by element, exactly as ``query._path_step``), and the condition is
+position or element by element, exactly as ``values.walker``), and the condition is
 an inline expression tested on each value (and on each element of an array value) with
 an early return on the first hit. No lists of values are built and no closure is
 called per level or per value, which is where the closure form spends its time on
@@ -13,18 +13,19 @@ Only conditions that hold when *some* value satisfies a predicate are generated
 ($eq/$gt/$gte/$lt/$lte on numbers and strings, $in of those, $regex, $exists, $size,
 $type, $elemMatch) and their negations ($ne, $nin, $not, $exists: false, which hold when
 *no* value does). Anything else (null, booleans, objects or arrays as operands, $all)
-is a call to the closure built by ``query.py`` for that clause, so every filter has the
+is a call to the closure built by ``closures.py`` for that clause, so every filter has the
 closures' behaviour; tests check both forms agree on random filters.
 """
 
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Callable
-from functools import lru_cache
 from typing import Any
 
-from . import query as q
+from .closures import clause_matcher, compile_regex, eq_test, field_conditions
+from .values import MISSING, TYPE_ALIASES, array_index, kind
 
 __all__ = ["generate"]
 
@@ -60,7 +61,7 @@ def _number_or_str(arg: Any) -> str | None:
 class _Source:
     def __init__(self) -> None:
         self.lines: list[str] = []
-        self.env: dict[str, Any] = {"_M": q._MISSING, "_kind": q._kind}
+        self.env: dict[str, Any] = {"_M": MISSING, "_kind": kind}
         self._names = 0
 
     def name(self, prefix: str) -> str:
@@ -101,11 +102,11 @@ class _Source:
         if None in kinds:
             raise _Unsupported
         parts = []
-        for kind in ("str", "number"):
-            members = frozenset(a for a, k in zip(arg, kinds, strict=True) if k == kind)
+        for want in ("str", "number"):
+            members = frozenset(a for a, k in zip(arg, kinds, strict=True) if k == want)
             if members:
                 k = self.const(members)
-                parts.append((kind, k))
+                parts.append((want, k))
         return _Pred(
             lambda x: (
                 "(" + " or ".join(self._typed(kind, x, f"{x} in {k}") for kind, k in parts) + ")"
@@ -115,7 +116,7 @@ class _Source:
     def elem_match(self, arg: dict) -> _Pred:
         helper = self.name("_e")
         if arg and all(k.startswith("$") for k in arg):
-            c = self.const(q._field_conditions(arg))
+            c = self.const(field_conditions(arg))
             self.lines += [
                 f"def {helper}(lst):",
                 "    for e in lst:",
@@ -147,7 +148,7 @@ class _Source:
         if op == "$nin":
             return self.in_(arg), True
         if op == "$regex":
-            search = self.const(q._regex(arg, spec.get("$options", "")).search)
+            search = self.const(compile_regex(arg, spec.get("$options", "")))
             return _Pred(lambda x: f"(type({x}) is str and {search}({x}) is not None)"), False
         if op == "$exists":
             return _Pred(lambda x: "True", expand=False), not bool(arg)
@@ -156,7 +157,7 @@ class _Source:
             return _Pred(lambda x: f"(type({x}) is list and len({x}) == {n})", expand=False), False
         if op == "$type":
             names = arg if isinstance(arg, list) else [arg]
-            kinds = self.const(frozenset(q._TYPE_ALIASES[n] for n in names))
+            kinds = self.const(frozenset(TYPE_ALIASES[n] for n in names))
             return _Pred(lambda x: f"(_kind({x}) in {kinds})"), False
         if op == "$elemMatch":
             return self.elem_match(arg), False
@@ -194,7 +195,7 @@ class _Source:
             v, nxt, key = f"v{level - 1}", f"v{level}", parts[level]
             k = repr(key)
             elements = f"[e[{k}] for e in {v} if type(e) is dict and {k} in e]"
-            index = q.array_index(key)
+            index = array_index(key)
             if index >= 0:
                 elements = f"(({v}[{index}],) if len({v}) > {index} else {elements})"
             lines.append(
@@ -256,8 +257,8 @@ class _Source:
                 raise _Unsupported
             tests = [self.operator(op, arg, cond if is_ops else {}) for op, arg in ops]
         except _Unsupported:  # the closure form of the clause
-            test = q._field_conditions(cond) if is_ops else q._eq_test(cond)
-            return [f"{indent}if not {self.const(q._clause(parts, test))}(doc): {fail}"]
+            test = field_conditions(cond) if is_ops else eq_test(cond)
+            return [f"{indent}if not {self.const(clause_matcher(parts, test))}(doc): {fail}"]
         out = []
         for pred, negated in tests:
             out += self.walk(parts, pred, negated, indent, fail)
@@ -290,26 +291,39 @@ class _Source:
         ]
         return name
 
-    def matcher(self, filter_: dict) -> str:
-        """A function(doc) -> bool for a (validated) filter."""
+    def matcher(self, filter_: dict, fallback: str | None = None) -> str:
+        """A function(doc) -> bool for a (validated) filter. Only the outermost one is
+        ever called with something other than a dict (sub-filters of $and/$or/$nor get
+        the same document): it hands such input to ``fallback``."""
         body = self.body(filter_, "    ", "return False")
         name = self.name("_m")
-        slow = self.const(q.compile_closures(filter_))
-        self.lines += [
-            f"def {name}(doc):",
-            f"    if type(doc) is not dict: return {slow}(doc)",
-            *body,
-            "    return True",
-        ]
+        self.lines.append(f"def {name}(doc):")
+        if fallback is not None:
+            self.lines.append(f"    if type(doc) is not dict: return {fallback}(doc)")
+        self.lines += [*body, "    return True"]
         return name
 
 
-@lru_cache(maxsize=512)
-def _generate_cached(key: str) -> Callable[[Any], bool] | None:
-    filter_ = json.loads(key)
+CACHE_ENTRIES = 512
+CACHE_BYTES = 1 << 20
+"""The cache of generated matchers holds at most CACHE_ENTRIES filters whose JSON
+adds up to CACHE_BYTES (a compiled filter takes tens of times its JSON's size)."""
+CACHE_MAX_KEY = 16 << 10
+"""A filter whose JSON is longer is compiled for its request only, never cached."""
+
+_cache: OrderedDict[str, Callable[[Any], bool]] = OrderedDict()
+_cache_bytes = 0
+
+
+def cache_stats() -> tuple[int, int]:
+    """(entries, bytes of JSON) in the cache of generated matchers."""
+    return len(_cache), _cache_bytes
+
+
+def _generate(filter_: dict, fallback: Callable[[Any], bool]) -> Callable[[Any], bool] | None:
     source = _Source()
     try:
-        name = source.matcher(filter_)
+        name = source.matcher(filter_, source.const(fallback))
         code = compile("\n".join(source.lines), "<registry filter>", "exec")
     except (SyntaxError, RecursionError, MemoryError):  # absurdly deep filters or paths
         return None
@@ -317,12 +331,24 @@ def _generate_cached(key: str) -> Callable[[Any], bool] | None:
     return source.env[name]
 
 
-def generate(filter_: Any) -> Callable[[Any], bool]:
-    """``match(doc)`` for a filter; QueryError when it is invalid (checked by the
-    closure compiler first, so both forms accept exactly the same filters)."""
-    closures = q.compile_closures(filter_)  # validates; also the answer for odd input
+def generate(filter_: dict, fallback: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    """``match(doc)`` for a filter already validated by ``closures.compile_closures``
+    (``fallback``, its closure form: the answer for non-object documents, and for filters
+    too deep to generate). Generated functions are cached per filter (its JSON)."""
     try:
         key = json.dumps(filter_, allow_nan=False)
     except (TypeError, ValueError):  # not JSON (only possible from Python callers)
-        return closures
-    return _generate_cached(key) or closures
+        return fallback
+    match = _cache.get(key)
+    if match is not None:
+        _cache.move_to_end(key)
+        return match
+    match = _generate(filter_, fallback) or fallback
+    if len(key) <= CACHE_MAX_KEY:
+        global _cache_bytes
+        _cache[key] = match
+        _cache_bytes += len(key)
+        while len(_cache) > CACHE_ENTRIES or _cache_bytes > CACHE_BYTES:
+            old, _ = _cache.popitem(last=False)
+            _cache_bytes -= len(old)
+    return match
