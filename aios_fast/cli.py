@@ -228,7 +228,7 @@ def _mgmt(opts) -> int:
 def _registry(opts, rest: list[str]) -> int:
     from registry_server.__main__ import main as registry_main
 
-    return registry_main(rest)
+    return registry_main(rest, prog="aios-fast registry serve")
 
 
 def _parser() -> argparse.ArgumentParser:

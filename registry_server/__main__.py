@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import logging
+import signal
+import ssl
 import sys
 
 from aiohttp import web
@@ -12,18 +15,54 @@ from aiohttp import web
 from .app import make_app
 from .errors import StoreLocked
 from .schemas import REGISTRIES
+from .security import ENV_TOKEN, Security, is_loopback
 from .store import EmbeddedStore
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Serve the AIOSv1 registries.")
+def _ssl_context(cert: str, key: str):
+    if not cert and not key:
+        return None
+    if not (cert and key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def main(argv=None, prog: str = "python -m registry_server") -> int:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Serve the AIOSv1 registries.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--db", default="registry.sqlite3", help="embedded store file")
     parser.add_argument("--mongo-url", help="mongodb:// URL: use MongoDB instead")
     parser.add_argument("--mongo-db", default="aios_registry")
+    parser.add_argument("--auth-file", help="tokens, one 'role token' a line (read, admin, *); "
+                        "re-read on SIGHUP. AIOS_FAST_TOKEN: one token, every role")  # fmt: skip
+    parser.add_argument("--insecure", action="store_true",
+                        help="allow a non-loopback --host without any token")  # fmt: skip
+    parser.add_argument("--allowed-host", action="append", default=[],
+                        help="a name clients reach the server by (its --host and localhost "
+                        "always are); other Host headers get 403")  # fmt: skip
+    parser.add_argument("--read-only", action="store_true", help="refuse every write (405)")
+    parser.add_argument("--tls-cert", default="", help="PEM certificate: serve HTTPS")
+    parser.add_argument("--tls-key", default="", help="PEM private key of --tls-cert")
     opts = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        security = Security.from_env(opts.auth_file, allowed_hosts=opts.allowed_host,
+                                     read_only=opts.read_only)  # fmt: skip
+        if not (is_loopback(opts.host) or security.enabled or opts.insecure):
+            raise ValueError(f"refusing to listen on {opts.host} without authentication: set "
+                             f"{ENV_TOKEN} or --auth-file, or pass --insecure")  # fmt: skip
+        ssl_context = _ssl_context(opts.tls_cert, opts.tls_key)
+    except (ValueError, OSError) as exc:
+        print(f"registry: {exc}", file=sys.stderr)
+        return 2
+    security.bind(opts.host)
     if opts.mongo_url:
         from .mongo_store import MongoStore
 
@@ -36,7 +75,18 @@ def main(argv=None) -> int:
             print(f"registry: {exc}", file=sys.stderr)
             return 1
         where = opts.db
-    app = make_app(store)
+    app = make_app(store, security)
+
+    def reload_tokens() -> None:
+        try:
+            security.reload()
+        except ValueError as exc:
+            logging.getLogger("registry").error("tokens not re-read: %s", exc)
+
+    async def on_sighup(app):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_tokens)
+
+    app.on_startup.append(on_sighup)
     # Every loaded document is a long-lived object: keep them out of the collector's
     # full passes (at 100k documents one pass holds the GIL, and the loop, for seconds).
     gc.freeze()
@@ -53,8 +103,10 @@ def main(argv=None) -> int:
 
         app.on_startup.append(start)
         app.on_cleanup.append(close)
-    print(f"registry on http://{opts.host}:{opts.port} (store {where})", flush=True)
-    web.run_app(app, host=opts.host, port=opts.port, print=None, access_log=None)
+    scheme = "https" if ssl_context else "http"
+    print(f"registry on {scheme}://{opts.host}:{opts.port} (store {where})", flush=True)
+    web.run_app(app, host=opts.host, port=opts.port, print=None, access_log=None,
+                ssl_context=ssl_context)  # fmt: skip
     if not opts.mongo_url:
         store.close()
     return 0

@@ -29,6 +29,7 @@ from .filters import compile_filter
 from .openapi import build_spec
 from .options import apply_options, check_options
 from .schemas import REGISTRIES, Registry, validate
+from .security import Security
 from .store import EmbeddedStore
 from .update import apply_update, normalize_update
 
@@ -306,9 +307,11 @@ async def controllers_by_vdag(request: web.Request) -> web.Response:
     return await ok_docs(request, docs)
 
 
-def make_app(store) -> web.Application:
-    """The app over an EmbeddedStore or a MongoStore."""
-    app = web.Application(middlewares=[errors], client_max_size=MAX_BODY)
+def make_app(store, security: Security | None = None) -> web.Application:
+    """The app over an EmbeddedStore or a MongoStore; ``security`` checks callers
+    (tokens, JSON bodies, Host names, read-only) before anything else."""
+    middlewares = [errors] if security is None else [security.middleware, errors]
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY)
     pool = app[_POOL] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry")
     app[_STORE] = _AsyncStore(store, pool) if isinstance(store, EmbeddedStore) else store
 
