@@ -251,7 +251,8 @@ def test_acknowledged_writes_survive_kill_9(tmp_path):
 def _raw_request(port: int, method: str, path: str, body: bytes, delay: float) -> tuple:
     """Send the headers now and the body ``delay`` seconds later; (status, JSON body)."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        head = (f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        head = (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                "Content-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")  # fmt: skip
         sock.sendall(head.encode())
         time.sleep(delay)

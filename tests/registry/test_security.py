@@ -104,3 +104,41 @@ def test_no_token_means_loopback_only(tmp_path):
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "refusing to listen on 0.0.0.0" in lines[0], out.stderr
+
+
+def test_https(tmp_path):
+    """--tls-cert/--tls-key: the registry answers HTTPS to a client trusting the CA,
+    and nothing to plain HTTP."""
+    import ssl
+
+    from ..tlsutil import make_pki
+
+    pki = make_pki(tmp_path, ("registry",))
+    cert, key = pki["registry"]
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "registry_server", "--port", str(port), "--db",
+         str(tmp_path / "r.sqlite3"), "--tls-cert", cert, "--tls-key", key],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout.readline().startswith(f"registry on https://127.0.0.1:{port}")
+        context = ssl.create_default_context(cafile=pki["ca"][0])
+        for _ in range(100):
+            try:
+                with urllib.request.urlopen(f"https://127.0.0.1:{port}/health", timeout=5,
+                                            context=context) as resp:  # fmt: skip
+                    assert resp.status == 200
+                    break
+            except urllib.error.URLError:
+                import time
+
+                time.sleep(0.1)
+        else:
+            raise AssertionError("no HTTPS answer")
+        with pytest.raises((urllib.error.URLError, OSError)):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
+    finally:
+        proc.terminate()
+        proc.wait(15)
