@@ -17,7 +17,7 @@ import os
 import sys
 
 from .auth import ENV_TOKEN, bearer
-from .errors import AiosFastError
+from .errors import AiosFastError, json_object
 from .service import runtime
 from .tls import TLS, add_tls_arguments
 from .wire import ACCEPTED, SERVICE
@@ -114,17 +114,6 @@ def _auth_metadata(opts, key: str = "authorization") -> tuple[tuple[str, str], .
     return ((key, bearer(token)),) if token else ()
 
 
-def _json_arg(text: str, name: str, kind: type = dict):
-    """A JSON option's value, or one line saying what is wrong with it."""
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise AiosFastError(f"{name} is not JSON ({exc}): {text[:60]!r}") from None
-    if not isinstance(value, kind):
-        raise AiosFastError(f"{name} must be a JSON {kind.__name__}, not {text[:60]!r}")
-    return value
-
-
 def _count(minimum: int):
     """An argparse type: an integer >= minimum."""
 
@@ -161,7 +150,7 @@ def _send(opts) -> int:
         rpc = channel.unary_unary(f"/{SERVICE}/{opts.method}")
         for k in range(opts.count):
             if opts.frame_ptr:
-                _json_arg(opts.frame_ptr, "--frame-ptr")
+                json_object(opts.frame_ptr, "--frame-ptr")
             packet = codec.Packet(
                 session_id=opts.session,
                 seq_no=opts.seq + k,
@@ -209,7 +198,7 @@ def _mgmt(opts) -> int:
     import urllib.request
 
     url = opts.url if opts.url.endswith("/mgmt") else opts.url.rstrip("/") + "/mgmt"
-    body = json.dumps({"mgmt_action": opts.action, "mgmt_data": _json_arg(opts.data, "DATA")})
+    body = json.dumps({"mgmt_action": opts.action, "mgmt_data": json_object(opts.data, "DATA")})
     headers = {"Content-Type": "application/json", **dict(_auth_metadata(opts, "Authorization"))}
     req = urllib.request.Request(url, body.encode(), headers)
     try:

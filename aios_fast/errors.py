@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 __all__ = [
     "AiosFastError",
     "LBConfigError",
@@ -14,6 +16,7 @@ __all__ = [
     "TaskExpired",
     "TaskTimedOut",
     "UnknownInstanceError",
+    "json_object",
 ]
 
 
@@ -96,3 +99,15 @@ class TaskTimedOut(AiosFastError):
 
 class OutputTooLarge(AiosFastError):
     """A task's output is over the message limit its caller can receive."""
+
+
+def json_object(text: str, what: str) -> dict:
+    """A JSON object given by a user (an option, a file): one-line AiosFastError
+    naming ``what`` when it is not JSON or not an object."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise AiosFastError(f"{what} is not JSON ({exc}): {text[:60]!r}") from None
+    if not isinstance(value, dict):
+        raise AiosFastError(f"{what} must be a JSON object, not {text[:60]!r}")
+    return value

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 
 from ..auth import Auth
-from ..errors import AiosFastError
+from ..errors import AiosFastError, json_object
 from ..service import runtime
 from ..tls import TLS, add_tls_arguments
 from ..wire import MAX_MESSAGE
@@ -17,20 +16,10 @@ from .config import ExecutorConfig, parse_instance
 from .workers import describe_start_error, run_workers
 
 
-def _json(text: str, what: str) -> dict:
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise AiosFastError(f"{what} is not JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise AiosFastError(f"{what} must be a JSON object")
-    return value
-
-
 def _read_document(path: str) -> dict:
     try:
         with open(path, "rb") as f:
-            return _json(f.read().decode("utf-8", "replace"), f"block document {path}")
+            return json_object(f.read().decode("utf-8", "replace"), f"block document {path}")
     except OSError as exc:
         raise AiosFastError(f"cannot read the block document: {exc}") from None
 
@@ -138,8 +127,8 @@ def main(argv=None) -> int:
     runtime.reserve_stdout()  # user policies may print; stdout carries the ports alone
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
-        policy = {"policyRuleURI": opts.policy,
-                  "parameters": _json(opts.policy_parameters, "--policy-parameters")}  # fmt: skip
+        parameters = json_object(opts.policy_parameters, "--policy-parameters")
+        policy = {"policyRuleURI": opts.policy, "parameters": parameters}
         block_data = None
         if opts.block_doc:
             block_data = _read_document(opts.block_doc)

@@ -4,13 +4,12 @@ one JSON line with the ports it listens on once it serves."""
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 
 from ..auth import Auth
-from ..errors import AiosFastError
+from ..errors import AiosFastError, json_object
 from ..framedb import FrameDB
 from ..service import runtime
 from ..tls import TLS, add_tls_arguments
@@ -20,20 +19,10 @@ from .routing import OutputRouter
 from .server import InstanceServer, load_block
 
 
-def _json(text: str, what: str) -> dict:
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise AiosFastError(f"{what} is not JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise AiosFastError(f"{what} must be a JSON object")
-    return value
-
-
 async def _serve(opts) -> None:
-    init_data = _json(opts.init_data, "--init-data")
-    parameters = _json(opts.parameters, "--parameters")
-    framedb = _json(opts.framedb, "--framedb")
+    init_data = json_object(opts.init_data, "--init-data")
+    parameters = json_object(opts.parameters, "--parameters")
+    framedb = json_object(opts.framedb, "--framedb")
     auth = Auth.from_env(opts.auth_file)
     tls = TLS.from_options(opts)
     block = load_block(opts.block, init_data, parameters)
