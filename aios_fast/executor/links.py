@@ -18,6 +18,7 @@ import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from time import perf_counter
 from typing import Protocol
 
@@ -124,7 +125,7 @@ class LinkSettings:
     token_metadata: tuple[tuple[str, str], ...] = ()  # sent with every call (infer token)
     tls: TLS = field(default_factory=TLS)  # links over TLS when it has a CA
 
-    @property
+    @cached_property  # sent with every unary-link call: built once
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return ((LIMIT_HEADER, str(self.max_message)), (TIMEOUT_HEADER, str(self.run_timeout)),
                 *self.token_metadata)  # fmt: skip
