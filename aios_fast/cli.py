@@ -16,7 +16,7 @@ import json
 import os
 import sys
 
-from .auth import ENV_TOKEN, bearer
+from .auth import ENV_TOKEN, bearer, local_token
 from .errors import AiosFastError, json_object
 from .service import runtime
 from .tls import TLS, add_tls_arguments
@@ -25,7 +25,10 @@ from .wire import ACCEPTED, SERVICE
 __all__ = ["main"]
 
 DEFAULTS = argparse.ArgumentDefaultsHelpFormatter
-TOKEN_HELP = "bearer token to send (default: AIOS_FAST_TOKEN)"
+TOKEN_HELP = (
+    "bearer token to send (default: AIOS_FAST_TOKEN, else the token a running "
+    "`block up` of yours handed out for the address)"
+)
 EXAMPLE_BLOCK = os.path.join(os.path.dirname(__file__), "examples", "echo-block.json")
 
 
@@ -71,7 +74,7 @@ def _bench(opts) -> int:
             size=opts.size,
             check=opts.check,
             timeout=opts.timeout,
-            token=opts.token,
+            token=_token(opts, target),
             tls=TLS.from_options(opts),
         )
 
@@ -108,9 +111,14 @@ async def _bench_local(opts, run) -> dict:
         await block.stop()
 
 
-def _auth_metadata(opts, key: str = "authorization") -> tuple[tuple[str, str], ...]:
-    """The caller's token (--token, else AIOS_FAST_TOKEN) as a bearer header, if any."""
-    token = opts.token or os.environ.get(ENV_TOKEN)
+def _token(opts, target: str) -> str | None:
+    """The caller's token: --token, else AIOS_FAST_TOKEN, else the one a running
+    ``block up`` of this user handed out for ``target``."""
+    return opts.token or os.environ.get(ENV_TOKEN) or local_token(target)
+
+
+def _auth_metadata(opts, target: str, key: str = "authorization") -> tuple[tuple[str, str], ...]:
+    token = _token(opts, target)
     return ((key, bearer(token)),) if token else ()
 
 
@@ -161,7 +169,7 @@ def _send(opts) -> int:
             )
             try:
                 reply = rpc(codec.encode_message(packet), timeout=opts.timeout,
-                            metadata=_auth_metadata(opts))  # fmt: skip
+                            metadata=_auth_metadata(opts, opts.target))  # fmt: skip
             except grpc.RpcError as exc:
                 print(
                     json.dumps(
@@ -199,7 +207,8 @@ def _mgmt(opts) -> int:
 
     url = opts.url if opts.url.endswith("/mgmt") else opts.url.rstrip("/") + "/mgmt"
     body = json.dumps({"mgmt_action": opts.action, "mgmt_data": json_object(opts.data, "DATA")})
-    headers = {"Content-Type": "application/json", **dict(_auth_metadata(opts, "Authorization"))}
+    auth = dict(_auth_metadata(opts, url, "Authorization"))
+    headers = {"Content-Type": "application/json", **auth}
     req = urllib.request.Request(url, body.encode(), headers)
     try:
         context = TLS.from_options(opts).client_context()

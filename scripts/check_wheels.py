@@ -39,6 +39,7 @@ def main() -> int:
         for need in (
             "aios_fast/protos/payload_pb2.py",
             "aios_fast/protos/inference_pb2_grpc.py",
+            "protos/__init__.py",  # the seeds' client's `from protos import ...`, anywhere
             "aios_fast/examples/echo-block.json",
             "console_scripts: aios-fast = aios_fast.cli:main",
         ):

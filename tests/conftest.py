@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import tempfile
 
 import pytest
 from hypothesis import settings
@@ -14,6 +15,10 @@ from hypothesis import settings
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+# Blocks started by tests leave their internal-token files here, not in the user's
+# runtime directory (aios_fast.auth.TokenHandoff); subprocesses inherit it.
+os.environ.setdefault("AIOS_FAST_RUNTIME_DIR", tempfile.mkdtemp(prefix="aios-test-run-"))
 
 PURE_ONLY = os.environ.get("AIOS_FAST_NO_EXTENSIONS", "").strip().lower() in {
     "1",

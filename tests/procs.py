@@ -115,10 +115,14 @@ def wait_serving(port: int, timeout: float = 20.0, token: str | None = None) -> 
     raise TimeoutError(f"executor on {port} not serving: {last}")
 
 
-def http(url: str, body: dict | bytes | None = None, timeout: float = 10.0) -> tuple[int, dict]:
+def http(url: str, body: dict | bytes | None = None, timeout: float = 10.0,
+         token: str | None = None) -> tuple[int, dict]:  # fmt: skip
     """POST ``body`` (JSON-encoded unless bytes) or GET when None; (status, JSON reply)."""
     data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=data, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read())
@@ -131,6 +135,8 @@ def get_text(url: str, timeout: float = 10.0) -> str:
         return resp.read().decode()
 
 
-def mgmt(port: int, action: str, data: dict | None = None) -> tuple[int, dict]:
+def mgmt(port: int, action: str, data: dict | None = None,
+         token: str | None = None) -> tuple[int, dict]:  # fmt: skip
     """POST /mgmt {"mgmt_action", "mgmt_data"} on 127.0.0.1:port."""
-    return http(f"http://127.0.0.1:{port}/mgmt", {"mgmt_action": action, "mgmt_data": data or {}})
+    body = {"mgmt_action": action, "mgmt_data": data or {}}
+    return http(f"http://127.0.0.1:{port}/mgmt", body, token=token)

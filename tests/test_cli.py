@@ -49,8 +49,14 @@ def test_block_up_serves_and_is_operable(block):
     out = aios("send", "--target", info["grpc"], "--method", "infer")
     assert json.loads(out.stdout) == {"seq_no": 1, "accepted": True}
 
+    # no token configured: block up generated one; management refuses callers without
+    # it, and this user's `aios-fast mgmt` finds it in the 0600 hand-off file
     mgmt_port = int(info["executor_mgmt"].rsplit(":", 1)[1].split("/")[0])
-    status, body = mgmt(mgmt_port, "get_policy")
+    assert mgmt(mgmt_port, "get_policy")[0] == 401
+    token_file = info["token_file"]
+    assert os.stat(token_file).st_mode & 0o777 == 0o600
+    token = json.loads(open(token_file).read())["token"]
+    status, body = mgmt(mgmt_port, "get_policy", token=token)
     assert status == 200 and body["data"]["policyRuleURI"] == "builtin:least_outstanding"
     out = aios("mgmt", info["executor_mgmt"], "list_instances")
     assert out.returncode == 0 and len(json.loads(out.stdout)["data"]) == 2
@@ -82,6 +88,7 @@ def test_block_up_serves_and_is_operable(block):
     proc.signal(signal.SIGTERM)
     assert proc.p.wait(60) == 0
     assert "stopped" in proc.p.stdout.read()
+    assert not os.path.exists(token_file)  # handed back when the block stops
 
 
 def test_block_up_with_traffic_once_exits_with_the_figures():

@@ -51,7 +51,10 @@ def test_message_and_field_numbers_match_the_seeds():
     assert method.output_type.name == "InferenceResponse"
 
 
-def test_seed_client_imports_run_from_the_repository_root():
+@pytest.mark.parametrize("where", ["root", "elsewhere"])
+def test_seed_client_imports_run_from_anywhere(where, tmp_path):
+    """The seeds' client is a script that imports ``from protos import ...``: it runs
+    unchanged from the repository root and, aios-fast installed, from any directory."""
     code = (
         "from protos import inference_pb2, inference_pb2_grpc, payload_pb2\n"
         "p = payload_pb2.AIOSPacket(session_id='session-123', seq_no=1)\n"
@@ -60,5 +63,12 @@ def test_seed_client_imports_run_from_the_repository_root():
         "assert inference_pb2_grpc.InferenceProxyStub and r.rpc_data\n"
         "print('ok')\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    folder = ROOT if where == "root" else tmp_path
+    script = folder / ("seed_client_check.py" if where == "elsewhere" else "")
+    if where == "elsewhere":
+        script.write_text(code)
+        args = [sys.executable, str(script)]
+    else:
+        args = [sys.executable, "-c", code]
+    out = subprocess.run(args, cwd=folder, capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

@@ -393,3 +393,111 @@ def test_tls_file_errors_are_one_line(tmp_path):
         f"executor: cannot start: cannot read the TLS certificate {tmp_path / 'nope.pem'}: "
         "No such file or directory"
     ]
+
+
+# ------------------------------------------------------------------ block up's own token
+
+
+SEED_CLIENT = """
+import grpc, sys, time
+from protos import inference_pb2, inference_pb2_grpc, payload_pb2
+packet = payload_pb2.AIOSPacket(session_id="s", seq_no=1, data='{"input": "hi"}', ts=time.time())
+stub = inference_pb2_grpc.InferenceProxyStub(grpc.insecure_channel(sys.argv[1]))
+print(stub.infer(inference_pb2.InferenceMessage(rpc_data=packet.SerializeToString())).message)
+"""
+
+
+def test_block_up_without_a_token_guards_everything_but_the_data_plane(tmp_path):
+    """No token configured: ``block up`` generates one. The executor's data plane stays
+    open on loopback (the seeds' client sends none); management, the instances and the
+    sidecars refuse callers without it; the same user's ``aios-fast mgmt`` finds it in a
+    0600 file that is gone when the block stops."""
+    import os
+
+    from .procs import Proc
+
+    env_token = os.environ.pop(auth.ENV_TOKEN, None)
+    proc = Proc(["-m", "aios_fast", "block", "up", "--ports", "auto", "--json"])
+    try:
+        info = proc.info
+        port = int(info["grpc"].rsplit(":", 1)[1])
+        for method, stream in (("infer", False), ("infer_result", False),
+                               ("infer_stream", True)):  # fmt: skip
+            assert grpc_code(port, method, None, stream) == OK
+        script = tmp_path / "client.py"
+        script.write_text(SEED_CLIENT)
+        out = subprocess.run([sys.executable, str(script), info["grpc"]], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr
+
+        token = json.loads(open(info["token_file"]).read())["token"]
+        assert os.stat(info["token_file"]).st_mode & 0o777 == 0o600
+        assert os.stat(os.path.dirname(info["token_file"])).st_mode & 0o077 == 0
+        for key in ("executor_mgmt", "health_checker_mgmt", "autoscaler_mgmt"):
+            mgmt_port = int(info[key].rsplit(":", 1)[1].split("/")[0])
+            assert post(mgmt_port, None, "status")[0] == 401
+            assert post(mgmt_port, "x" * 43, "status")[0] == 401
+            assert post(mgmt_port, token, "stats" if key == "executor_mgmt" else "status")[0] == 200
+        for instance in info["instances"].values():  # only the executor may send tasks
+            iport = int(instance["grpc"].rsplit(":", 1)[1])
+            assert grpc_code(iport, "infer_result", None) == UNAUTH
+            assert grpc_code(iport, "infer_result", token) == OK
+            mport = int(instance["health"].rsplit(":", 1)[1].split("/")[0])
+            assert post(mport, None, "stats")[0] == 401
+            assert get(mport, "/health") == 200
+        # the executor does not hand the data plane's openness to its management port
+        status, _ = post(int(info["executor_mgmt"].rsplit(":", 1)[1].split("/")[0]), None,
+                         "add_instance", {"id": "evil", "target": "127.0.0.1:1"})  # fmt: skip
+        assert status == 401
+        cli = subprocess.run([sys.executable, "-m", "aios_fast", "mgmt", info["executor_mgmt"],
+                              "list_instances"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=60)  # fmt: skip
+        assert cli.returncode == 0 and len(json.loads(cli.stdout)["data"]) == 2, cli.stderr
+    finally:
+        if env_token is not None:
+            os.environ[auth.ENV_TOKEN] = env_token
+        proc.stop(60)
+    assert not os.path.exists(info["token_file"])
+
+
+def test_open_roles_are_for_loopback_only():
+    tokens = auth.Auth({"t" * 32: auth.ROLES}, open_roles=("infer",))
+    assert tokens.requires("admin") and not tokens.requires("infer")
+    tokens.check(None, "infer")  # open: no token needed
+    with pytest.raises(auth.AuthError):
+        tokens.check(None, "admin")
+    auth.check_bind("127.0.0.1", tokens, False, "executor")
+    with pytest.raises(auth.AiosFastError, match="open to anyone"):
+        auth.check_bind("0.0.0.0", tokens, False, "executor")
+    auth.check_bind("0.0.0.0", tokens, True, "executor")  # --insecure: the operator's call
+    with pytest.raises(auth.AiosFastError, match="unknown role"):
+        auth.Auth({}, open_roles=("root",))
+    # a role is only open where tokens exist at all; without tokens nothing is checked
+    assert not auth.Auth(open_roles=("infer",)).requires("admin")
+
+
+def test_local_token_lookup(tmp_path, monkeypatch):
+    """Found by the address called (URL or host:port, localhost = 127.0.0.1); files of
+    blocks that are gone, broken files and other addresses give nothing; a runtime
+    directory others can read is refused."""
+    import os
+
+    monkeypatch.setenv(auth.RUNTIME_ENV, str(tmp_path / "run"))
+    handoff = auth.TokenHandoff("k" * 43)
+    path = handoff.write(["127.0.0.1:50051", "http://127.0.0.1:18001/mgmt"])
+    assert auth.local_token("localhost:50051") == "k" * 43
+    assert auth.local_token("http://localhost:18001") == "k" * 43
+    assert auth.local_token("127.0.0.1:18000") is None
+    assert auth.local_token("not an address") is None
+    (tmp_path / "run" / "block-1.json").write_text("{broken")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "run" / "block-2.json").write_text(json.dumps(
+        {"pid": dead.pid, "token": "d" * 43, "endpoints": ["127.0.0.1:9"]}))  # fmt: skip
+    assert auth.local_token("127.0.0.1:9") is None  # that block is gone
+    assert auth.local_token("127.0.0.1:50051") == "k" * 43
+    handoff.remove()
+    assert not path.exists() and auth.local_token("127.0.0.1:50051") is None
+    os.chmod(tmp_path / "run", 0o755)
+    with pytest.raises(auth.AiosFastError, match="private"):
+        handoff.write(["127.0.0.1:50051"])

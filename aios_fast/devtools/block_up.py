@@ -40,7 +40,7 @@ from typing import Any
 
 import msgspec
 
-from ..auth import Auth
+from ..auth import ENV_TOKEN, ROLES, Auth, TokenHandoff, new_token
 from ..errors import AiosFastError
 from ..service import runtime
 from ..sidecars.actuator import LocalActuator
@@ -172,9 +172,19 @@ class LocalBlock:
         self.document = document
         self.host = host
         # Tokens: AIOS_FAST_TOKEN (inherited by every process) and/or --auth-file (given
-        # to every process); the sidecars present the admin token to the executor.
+        # to every process); the sidecars present the admin token to the executor. With
+        # neither, a generated internal token guards management, the instances and the
+        # sidecars, the executor's data plane stays open on loopback (the seeds' client
+        # sends no token), and the same user's clients find the token (TokenHandoff).
         self.auth_file = auth_file
         self.auth = Auth.from_env(auth_file)
+        self.env: dict[str, str] = {}
+        self.handoff: TokenHandoff | None = None
+        if not self.auth.enabled:
+            token = new_token()
+            self.env = {ENV_TOKEN: token}
+            self.auth = Auth({token: ROLES})
+            self.handoff = TokenHandoff(token)
         self.tls = tls or TLS()
         auth_args = ("--auth-file", auth_file) if auth_file else ()
         auth_args += _tls_args(self.tls)
@@ -187,6 +197,7 @@ class LocalBlock:
             parameters=doc.parameters,
             host=host,
             extra_args=("--max-message", str(doc.initSettings.maxMessageBytes), *auth_args),
+            env=self.env,
         )
         self.checker: HealthChecker | None = None
         self.scaler: AutoScaler | None = None
@@ -228,9 +239,11 @@ class LocalBlock:
             "--eject-max-percent",
             str(settings.outlierDetection.maxEjectionPercent),
             *(("--auth-file", self.auth_file) if self.auth_file else ()),
+            *(("--open-roles", "infer") if self.handoff else ()),
             *_tls_args(self.tls),
         ]
         self.executor_proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True,
+                                              env=dict(os.environ, **self.env),
                                               preexec_fn=runtime.die_with_parent,
                                               start_new_session=True)  # fmt: skip
         line = self.executor_proc.stdout.readline()
@@ -301,9 +314,14 @@ class LocalBlock:
             },
             "executor_pid": self.executor_proc.pid,
         }
+        if self.handoff is not None:
+            keys = ("grpc", "executor_mgmt", "metrics", "health_checker_mgmt", "autoscaler_mgmt")
+            self.info["token_file"] = str(self.handoff.write(self.info[k] for k in keys))
         return self.info
 
     async def stop(self) -> None:
+        if self.handoff is not None:
+            self.handoff.remove()
         for sidecar in (self.scaler, self.checker):
             if sidecar is not None:
                 await sidecar.stop()
@@ -348,6 +366,8 @@ def _print_info(info: dict) -> None:
         (f"instance {iid}", f"{v['grpc']} (health {v['health']})")
         for iid, v in info["instances"].items()
     ]
+    if info.get("token_file"):  # aios-fast mgmt/send/bench of this user find it there
+        rows.append(("internal token", f"{info['token_file']} (management needs it)"))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"  {key.ljust(width)}  {value}")

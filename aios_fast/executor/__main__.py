@@ -24,6 +24,10 @@ def _read_document(path: str) -> dict:
         raise AiosFastError(f"cannot read the block document: {exc}") from None
 
 
+def _roles(text: str) -> tuple[str, ...]:
+    return tuple(role.strip() for role in text.split(",") if role.strip())
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description="Run a block's executor.",
@@ -44,6 +48,12 @@ def main(argv=None) -> int:
     )
     parser.add_argument(
         "--insecure", action="store_true", help="allow a non-loopback address without any token"
+    )
+    parser.add_argument(
+        "--open-roles",
+        default="",
+        help="roles callers have without a token, comma-separated (e.g. infer: the data "
+        "plane open on loopback while management needs the token)",
     )
     parser.add_argument(
         "--allow-policy-paths",
@@ -136,7 +146,7 @@ def main(argv=None) -> int:
         config = ExecutorConfig(
             host=opts.host,
             http_host=opts.http_host,
-            auth=Auth.from_env(opts.auth_file),
+            auth=Auth.from_env(opts.auth_file, open_roles=_roles(opts.open_roles)),
             tls=TLS.from_options(opts),
             insecure=opts.insecure,
             allow_policy_paths=opts.allow_policy_paths,

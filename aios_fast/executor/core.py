@@ -546,7 +546,7 @@ class Executor:
             await context.abort(*refusal(exc))
 
     async def _unary(self, frame: bytes, context, want_result: bool) -> bytes:
-        if self.config.auth.enabled:
+        if self.config.auth.requires("infer"):
             await self._authorize(context)
         remaining = context.time_remaining()
         try:
@@ -577,7 +577,7 @@ class Executor:
     async def _infer_stream(self, requests, context):
         """Tasks pipelined on one stream; each answer is its output, or an error packet
         (``wire.error_packet``) for a task that failed: one bad task fails alone."""
-        if self.config.auth.enabled:
+        if self.config.auth.requires("infer"):
             await self._authorize(context)
         results: asyncio.Queue = asyncio.Queue()
         pending: set[asyncio.Task] = set()

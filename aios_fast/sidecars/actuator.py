@@ -39,6 +39,7 @@ class LocalActuator:
         host: str = "127.0.0.1",
         extra_args: tuple[str, ...] = (),
         stop_timeout: float = 30.0,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.block = block
         self.block_id = block_id
@@ -47,6 +48,7 @@ class LocalActuator:
         self.host = host
         self.extra_args = tuple(extra_args)
         self.stop_timeout = stop_timeout
+        self.env = dict(env or {})  # added to the instances' environment (tokens)
         self.procs: dict[str, subprocess.Popen] = {}
         self._numbers = itertools.count()
 
@@ -57,7 +59,7 @@ class LocalActuator:
             "--init-data", json.dumps(self.init_data),
             "--parameters", json.dumps(self.parameters), *self.extra_args,
         ]  # fmt: skip
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         # Its own session: a Ctrl-C at the terminal reaches whoever started it, which
         # stops it in order; it still dies with its parent.
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env,
