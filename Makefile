@@ -38,8 +38,12 @@ test: setup                 ## README's test command: the suite compiled, then p
 test-compiled:
 	$(PY) -m pytest -q
 
+# Suites that never touch the extensions run once, in the compiled pass: the registry never
+# imports aios_fast (tests/registry/test_layout.py checks it); layout and protos read source.
+ONCE = --ignore=tests/registry --ignore=tests/test_layout.py --ignore=tests/test_protos.py
+
 test-pure:                  ## the suite on the pure-Python twins (AIOS_FAST_NO_EXTENSIONS=1)
-	AIOS_FAST_NO_EXTENSIONS=1 $(PY) -m pytest -q
+	AIOS_FAST_NO_EXTENSIONS=1 $(PY) -m pytest -q $(ONCE)
 
 bench: setup                ## benchmarks; updates bench/RESULTS.md
 	$(PY) -m bench.codec --write

@@ -267,6 +267,16 @@ def test_a_killed_block_up_leaves_no_process_behind():
     assert [pid for pid in pids if _alive(pid)] == []
 
 
+def test_a_child_whose_parent_is_already_gone_exits():
+    """The parent died between fork and the child's start (the child-side PDEATHSIG
+    race): the instance sees a parent other than the one named and exits at once."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), AIOS_FAST_PARENT_PID="1")
+    out = subprocess.run([sys.executable, "-m", "aios_fast.instance", "--port", "0"],
+                         cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=60)  # fmt: skip
+    assert out.returncode == 1 and out.stderr.strip() == "parent process is gone; exiting"
+
+
 def test_help_shows_the_defaults():
     for args in (["send", "--help"], ["block", "up", "--help"], ["bench", "--help"]):
         out = aios(*args)

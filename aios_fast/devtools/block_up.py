@@ -242,9 +242,8 @@ class LocalBlock:
             *(("--open-roles", "infer") if self.handoff else ()),
             *_tls_args(self.tls),
         ]
-        self.executor_proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True,
-                                              env=dict(os.environ, **self.env),
-                                              preexec_fn=runtime.die_with_parent,
+        env = runtime.child_env({**os.environ, **self.env})  # it dies with block up
+        self.executor_proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env,
                                               start_new_session=True)  # fmt: skip
         line = self.executor_proc.stdout.readline()
         if not line:
@@ -268,6 +267,7 @@ class LocalBlock:
                 )
             for spec in specs:
                 await client.call("add_instance", {k: spec[k] for k in ("id", "target", "health")})
+            await _until_available(client, [spec["id"] for spec in specs])
         finally:
             await client.close()
         policies = self.doc.policies
@@ -339,6 +339,23 @@ class LocalBlock:
         except subprocess.TimeoutExpired:
             self.executor_proc.kill()
             self.executor_proc.wait()
+
+
+async def _until_available(client: ExecutorClient, ids: list[str],
+                           timeout: float = 30.0) -> None:  # fmt: skip
+    """Wait until the executor (every worker) has a link up to each instance, so the
+    first call after "is up" finds them; after ``timeout`` say which are not."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        rows = {row["id"]: row for row in await client.call("list_instances")}
+        waiting = [iid for iid in ids if not rows.get(iid, {}).get("available")]
+        if not waiting:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            log.warning("instances not reachable from the executor after %.0f s: %s",
+                        timeout, ", ".join(waiting))  # fmt: skip
+            return
+        await asyncio.sleep(0.05)
 
 
 async def _until_stopped_or_dead(stop: asyncio.Event, proc: subprocess.Popen) -> bool:

@@ -29,6 +29,7 @@ def _roles(text: str) -> tuple[str, ...]:
 
 
 def main(argv=None) -> int:
+    runtime.adopt_parent_death()  # started by block up / an actuator: die with it
     parser = argparse.ArgumentParser(
         description="Run a block's executor.",
         prog="python -m aios_fast.executor",

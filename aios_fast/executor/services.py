@@ -193,7 +193,7 @@ class ExecutorServices:
             why = network_safe(req.uri)
             if why:
                 raise MgmtError(f"switch_policy: {why} (start the executor with "
-                                "--allow-policy-paths to allow it)", 403)  # fmt: skip
+                                "--allow-policy-paths to allow it)", 400)  # fmt: skip
         spec = {"policyRuleURI": req.uri, "parameters": req.parameters, "settings": req.settings}
         try:
             self.executor.switch_policy(spec)

@@ -50,6 +50,7 @@ async def _serve(opts) -> None:
 
 
 def main(argv=None) -> int:
+    runtime.adopt_parent_death()  # started by block up / an actuator: die with it
     parser = argparse.ArgumentParser(
         description="Serve one Block instance.",
         prog="python -m aios_fast.instance",

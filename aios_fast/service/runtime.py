@@ -16,8 +16,11 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 __all__ = [
+    "PARENT_ENV",
     "STOP_SIGNALS",
+    "adopt_parent_death",
     "announce",
+    "child_env",
     "die_with_parent",
     "install_uvloop",
     "release_memory",
@@ -98,19 +101,46 @@ def announce(info: dict) -> None:
 
 
 _PR_SET_PDEATHSIG = 1
+PARENT_ENV = "AIOS_FAST_PARENT_PID"
+
+
+def _libc_prctl():
+    name = ctypes.util.find_library("c")  # runs ldconfig: never in a fork's child
+    try:
+        return ctypes.CDLL(name, use_errno=True).prctl if name else None
+    except (OSError, AttributeError):
+        return None
+
+
+_prctl = _libc_prctl()
 
 
 def die_with_parent(sig: int = signal.SIGTERM) -> None:
-    """In a child process (``preexec_fn``, or right after ``os.fork``): have the kernel
-    send ``sig`` when the parent dies, even by SIGKILL, so no child is left behind
-    serving (Linux; elsewhere nothing). Note it is the parent *thread* that counts."""
-    name = ctypes.util.find_library("c")
-    try:
-        prctl = ctypes.CDLL(name, use_errno=True).prctl if name else None
-    except (OSError, AttributeError):
+    """Have the kernel send ``sig`` to this process when its parent dies, even by
+    SIGKILL, so no child is left behind serving (Linux; elsewhere nothing). Safe right
+    after ``os.fork`` (libc was looked up at import). Note it is the parent *thread*
+    that counts."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+
+
+def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a child process that must die with this one: the child calls
+    ``adopt_parent_death`` as it starts. (Not ``preexec_fn``: running Python between fork
+    and exec in a process with threads can deadlock or crash the child.)"""
+    return dict(os.environ if env is None else env, **{PARENT_ENV: str(os.getpid())})
+
+
+def adopt_parent_death() -> None:
+    """At the start of a process spawned with ``child_env``: die with that parent, and
+    exit at once if it is already gone (it died between our fork and this call)."""
+    parent = os.environ.pop(PARENT_ENV, "")  # not inherited by our own children
+    if not parent.isdigit():
         return
-    if prctl is not None:
-        prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    die_with_parent()
+    if os.getppid() != int(parent):
+        sys.stderr.write("parent process is gone; exiting\n")
+        os._exit(1)
 
 
 def _libc_trim():

@@ -59,11 +59,10 @@ class LocalActuator:
             "--init-data", json.dumps(self.init_data),
             "--parameters", json.dumps(self.parameters), *self.extra_args,
         ]  # fmt: skip
-        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
+        env = runtime.child_env(dict(os.environ, PYTHONUNBUFFERED="1", **self.env))
         # Its own session: a Ctrl-C at the terminal reaches whoever started it, which
         # stops it in order; it still dies with its parent.
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env,
-                                preexec_fn=runtime.die_with_parent,
                                 start_new_session=True)  # fmt: skip
         line = proc.stdout.readline()
         if not line:
