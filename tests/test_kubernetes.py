@@ -192,6 +192,15 @@ def test_manifests_refuse_bad_input(tmp_path):
                          cwd=ROOT, timeout=60)  # fmt: skip
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().count("\n") == 0
+    up = [sys.executable, "-m", "aios_fast", "block", "up", str(EXAMPLE), "--ports", "auto"]
+    local = subprocess.run([*up, "--namespace", "x"], capture_output=True, text=True,
+                           cwd=ROOT, timeout=60)  # fmt: skip
+    assert local.returncode == 2 and "go with --actuator kubernetes" in local.stderr
+    nowhere = subprocess.run([*up, "--actuator", "kubernetes", "--kubeconfig",
+                              str(tmp_path / "missing")], capture_output=True, text=True,
+                             cwd=ROOT, timeout=60)  # fmt: skip
+    assert nowhere.returncode == 2 and "no usable configuration" in nowhere.stderr
+    assert "Traceback" not in nowhere.stderr
 
 
 # ---------------------------------------------------------------------- image
@@ -278,7 +287,7 @@ def test_discovery_follows_slices_through_watch_expiry_and_errors():
             await add(EndpointSlice.from_dict(endpoint_slice(  # another Service's: not ours
                 "x", "other", [endpoint("pod-x")], {"grpc": 1009})))  # fmt: skip
             disc = KubeDiscovery(ex, f"k8s://{NS}/inst", client=client(api.url, NS),
-                                 drain_grace=5.0, backoff_cap=0.3)  # fmt: skip
+                                 drain_grace=5.0, backoff_cap=0.3, watch_timeout=1)  # fmt: skip
             await disc.sync_once()
             assert set(ex.instances) == {"pod-a"}
             disc.start()
@@ -289,6 +298,8 @@ def test_discovery_follows_slices_through_watch_expiry_and_errors():
                 {"grpc": 1002, "mgmt": 2002})))  # fmt: skip
             await until(lambda: "pod-b" in ex.instances, what="pod-b added")
             assert "pod-c" not in ex.instances
+            # timeoutSeconds ends each watch after 1 s: watched again, nothing added twice
+            await until(lambda: api.k.watches >= 3, what="watch timeouts and reconnects")
             # the watch expires (410): a new list, nothing added twice
             api.k.expire()
             lists = disc.lists
