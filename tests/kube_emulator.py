@@ -9,7 +9,7 @@ Status, as the API server sends for a too-old resourceVersion) and injected fail
 
 ``Controllers``: what the ReplicaSet controller, the kubelet and the EndpointSlice
 controller would do for one Deployment: a scale change becomes pods that are real local
-instance processes (``LocalActuator``), one EndpointSlice per pod (each pod has its own
+instance processes, one EndpointSlice per pod (each pod has its own
 ports here, as pods with different port numbers get separate slices); a scale-down
 deletes the pod with the lowest ``controller.kubernetes.io/pod-deletion-cost`` (ties:
 the newest), first turning its endpoint not ready and terminating, then stopping it.
@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import random
 import string
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from lightkube.resources.core_v1 import Pod
 from lightkube.resources.discovery_v1 import EndpointSlice
 from lightkube.types import PatchType
 
-from aios_fast.sidecars.actuator import LocalActuator
+from .procs import Proc
 
 RESOURCES = ("apps/v1/deployments", "v1/pods", "discovery.k8s.io/v1/endpointslices")
 COST = "controller.kubernetes.io/pod-deletion-cost"
@@ -216,7 +217,7 @@ class Controllers:
         self.client = client
         self.deployment = deployment
         self.service = service
-        self.kubelet = LocalActuator(block, block_id=deployment, parameters=parameters)
+        self.block, self.parameters = block, parameters or {}
         self.interval = interval
         self.pods: dict[str, dict] = {}  # pod name -> the local instance's spec
         self.created: list[str] = []
@@ -237,10 +238,13 @@ class Controllers:
         await self.client.create(Pod.from_dict({
             "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels},
             "spec": {"containers": [{"name": "instance", "image": "x"}]}}))  # fmt: skip
-        [spec] = await self.kubelet.start(1)
-        host, port = spec["target"].rsplit(":", 1)
-        mgmt = spec["health"].rsplit(":", 1)[1]
-        self.pods[name] = spec
+        # the kubelet: a real instance process (spawned without preexec_fn, so no Python
+        # runs in a forked child while this process's gRPC threads are busy)
+        proc = await asyncio.get_running_loop().run_in_executor(None, Proc, [
+            "-m", "aios_fast.instance", "--block", self.block,
+            "--parameters", json.dumps(self.parameters)])  # fmt: skip
+        host, port, mgmt = "127.0.0.1", proc.info["port"], proc.info["mgmt_port"]
+        self.pods[name] = proc
         self._born[name] = next(self._order)
         self.created.append(name)
         await self.client.create(EndpointSlice.from_dict(endpoint_slice(
@@ -257,12 +261,13 @@ class Controllers:
 
     async def _remove(self, name: str) -> None:
         slice_name = f"{name}-slice"
-        spec = self.pods.pop(name)
-        host = spec["target"].rsplit(":", 1)[0]
+        proc = self.pods.pop(name)
+        host = "127.0.0.1"
         await self.client.patch(EndpointSlice, slice_name, {"endpoints": [
             endpoint(name, ready=False, terminating=True, address=host)]},
             patch_type=PatchType.MERGE)  # fmt: skip
-        await self.kubelet.stop(spec["id"])  # SIGTERM: the instance drains, then exits
+        # SIGTERM: the instance drains, then exits
+        await asyncio.get_running_loop().run_in_executor(None, proc.stop)
         await self.client.delete(EndpointSlice, slice_name)
         await self.client.delete(Pod, name)
         self.deleted.append(name)
@@ -297,4 +302,6 @@ class Controllers:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self.kubelet.stop_all()
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(None, p.stop) for p in self.pods.values()))
+        self.pods.clear()
