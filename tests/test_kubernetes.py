@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -392,7 +393,7 @@ def test_actuator_bounds_retries_and_errors():
             # 500 twice, then a 409 conflict: retried, then done
             api.k.fail("PATCH", "deployments", 500, times=2, subresource="scale")
             api.k.fail("PATCH", "pods", 409, times=1)
-            await api.client.create(kmock_pod("b-instances-5d8f9c7b6a-abcde"))
+            await api.client.create(a_pod("b-instances-5d8f9c7b6a-abcde"))
             await act.stop("b-instances-5d8f9c7b6a-abcde")
             assert await replicas() == 2
             pod = api.k.objects[PODS, NS, "b-instances-5d8f9c7b6a-abcde"]
@@ -415,10 +416,10 @@ def test_actuator_bounds_retries_and_errors():
                 await act.stop("other-5d8f9c7b6a-abcde")
             await act.stop("b-instances-5d8f9c7b6a-zzzzz")  # 404: no scale-down
             assert await replicas() == 2
-            await api.client.create(kmock_pod("b-instances-5d8f9c7b6a-fghij"))
+            await api.client.create(a_pod("b-instances-5d8f9c7b6a-fghij"))
             await act.stop("b-instances-5d8f9c7b6a-fghij")
             assert await replicas() == 1
-            await api.client.create(kmock_pod("b-instances-5d8f9c7b6a-klmno"))
+            await api.client.create(a_pod("b-instances-5d8f9c7b6a-klmno"))
             with pytest.raises(AiosFastError, match="min_replicas"):
                 await act.stop("b-instances-5d8f9c7b6a-klmno")
             assert await replicas() == 1
@@ -427,7 +428,7 @@ def test_actuator_bounds_retries_and_errors():
     run(scenario())
 
 
-def kmock_pod(name: str):
+def a_pod(name: str):
     from lightkube.resources.core_v1 import Pod
 
     return Pod.from_dict({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
@@ -455,13 +456,15 @@ class LiveBlock:
                 "--metrics-port", "-1", "--discover", f"k8s://{NS}/b1-instances",
                 "--drain-timeout", "5"]  # fmt: skip
         loop = asyncio.get_running_loop()
-        import os
-
-        os.environ["KUBECONFIG"] = self.kubeconfig  # the executor's: as in-cluster would
+        before = os.environ.get("KUBECONFIG")
+        os.environ["KUBECONFIG"] = self.kubeconfig  # how the executor finds the API
         try:
             self.executor = await loop.run_in_executor(None, Proc, args)
         finally:
-            del os.environ["KUBECONFIG"]
+            if before is None:
+                del os.environ["KUBECONFIG"]
+            else:
+                os.environ["KUBECONFIG"] = before
         self.mgmt_port = self.executor.info["mgmt_port"]
         self.target = f"127.0.0.1:{self.executor.info['port']}"
         self.client = ExecutorClient(f"http://127.0.0.1:{self.mgmt_port}")
