@@ -1,6 +1,7 @@
 """The ``aios-fast`` command.
 
 aios-fast block up BLOCK.json [--traffic N] [--once]   a whole block on this machine
+aios-fast block manifests BLOCK.json [--image IMG]   the block's Kubernetes YAML
 aios-fast bench [--target HOST:PORT] [--tasks N | --duration S]   load with a live line
 aios-fast send --target HOST:PORT [--data JSON] ...   submit packets, print the outputs
 aios-fast mgmt URL ACTION [DATA]                      POST /mgmt to a block service
@@ -35,6 +36,25 @@ EXAMPLE_BLOCK = os.path.join(os.path.dirname(__file__), "examples", "echo-block.
 def _block_up(opts) -> int:
     from .devtools.block_up import up
 
+    if opts.actuator == "kubernetes":  # the sidecars alone, scaling a Deployment
+        from .devtools.kube_up import up_kubernetes
+
+        return runtime.run(
+            up_kubernetes(
+                opts.document,
+                ports=opts.ports,
+                executor_url=opts.executor_url,
+                namespace=opts.namespace,
+                kubeconfig=opts.kubeconfig,
+                host=opts.host,
+                as_json=opts.json,
+                auth_file=opts.auth_file,
+                tls=TLS.from_options(opts),
+            )
+        )
+    if opts.host != "127.0.0.1" or opts.executor_url or opts.namespace or opts.kubeconfig:
+        raise AiosFastError("--host, --executor-url, --namespace and --kubeconfig go with "
+                            "--actuator kubernetes")  # fmt: skip
     return runtime.run(
         up(
             opts.document,
@@ -49,6 +69,15 @@ def _block_up(opts) -> int:
             tls=TLS.from_options(opts),
         )
     )
+
+
+def _block_manifests(opts) -> int:
+    from .devtools.block_up import load_block_doc
+    from .devtools.manifests import manifests, render
+
+    doc, document = load_block_doc(opts.document)
+    sys.stdout.write(render(manifests(doc, document, image=opts.image, namespace=opts.namespace)))
+    return 0
 
 
 def _bench(opts) -> int:
@@ -272,8 +301,30 @@ def _parser() -> argparse.ArgumentParser:
     bup.add_argument("--json", action="store_true", help="print the endpoints as one JSON line")
     bup.add_argument("--auth-file", help="tokens for every service of the block, one 'role "
                      "token' a line (or set AIOS_FAST_TOKEN)")  # fmt: skip
+    bup.add_argument("--actuator", choices=("local", "kubernetes"), default="local",
+                     help="local: the whole block as processes here; kubernetes: "
+                     "only the sidecars, scaling the instances' Deployment")  # fmt: skip
+    bup.add_argument("--host", default="127.0.0.1",
+                     help="(kubernetes) where the sidecars listen (non-loopback: "
+                     "a token is needed)")  # fmt: skip
+    bup.add_argument("--executor-url", help="(kubernetes) the executor's management URL "
+                     "(default: http://<block>-executor:<ports.mgmt>)")  # fmt: skip
+    bup.add_argument("--namespace", help="(kubernetes) the block's namespace (default: the "
+                     "pod's, or the kubeconfig context's)")  # fmt: skip
+    bup.add_argument("--kubeconfig", help="(kubernetes) kubeconfig file (default: in-cluster "
+                     "service account, else $KUBECONFIG or ~/.kube/config)")  # fmt: skip
     add_tls_arguments(bup)
     bup.set_defaults(run=_block_up)
+
+    bman = block.add_parser(
+        "manifests",
+        help="print the Kubernetes YAML of a block (apply with kubectl apply -f -)",
+        formatter_class=DEFAULTS,
+    )
+    bman.add_argument("document", help="block document (JSON)")
+    bman.add_argument("--image", default="aios-fast:latest", help="container image of every pod")
+    bman.add_argument("--namespace", default="default")
+    bman.set_defaults(run=_block_manifests)
 
     bench = sub.add_parser(
         "bench", help="drive load at a block, live progress, final table", formatter_class=DEFAULTS

@@ -13,6 +13,7 @@ from ..service import runtime
 from ..tls import TLS, add_tls_arguments
 from ..wire import MAX_MESSAGE
 from .config import ExecutorConfig, parse_instance
+from .kube_discovery import parse_discover_url
 from .workers import describe_start_error, run_workers
 
 
@@ -126,7 +127,12 @@ def main(argv=None) -> int:
         default=50,
         help="share of the instances that may be ejected at once",
     )
-    parser.add_argument("--discover", default="", help="redis:// URL of registrations")
+    parser.add_argument(
+        "--discover",
+        default="",
+        help="redis:// URL of registrations, or k8s://[NAMESPACE/]SERVICE: the ready "
+        "endpoints of the instances' Service (EndpointSlices; kubeconfig or in-cluster)",
+    )
     parser.add_argument("--block-id", default="block")
     parser.add_argument("--discover-interval", type=float, default=1.0)
     parser.add_argument("--mgmt-port", type=int, default=18001,
@@ -144,6 +150,8 @@ def main(argv=None) -> int:
         if opts.block_doc:
             block_data = _read_document(opts.block_doc)
             policy = dict((block_data.get("policies") or {}).get("loadBalancer") or {})
+        if opts.discover.startswith("k8s://"):
+            parse_discover_url(opts.discover)  # a bad one is a user mistake: exit 2
         config = ExecutorConfig(
             host=opts.host,
             http_host=opts.http_host,

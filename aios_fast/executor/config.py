@@ -40,7 +40,9 @@ class ExecutorConfig:
     eject_after: int = 5
     eject_seconds: float = 5.0
     eject_max_percent: int = 50
-    discover: str = ""  # redis:// URL of instance registrations (executor.discovery)
+    # redis:// URL of instance registrations (executor.discovery), or k8s://[NS/]SERVICE:
+    # the instances' EndpointSlices (executor.kube_discovery)
+    discover: str = ""
     block_id: str = "block"
     discover_interval: float = 1.0
     # HTTP services (executor.services): None = not served, 0 = any free port.

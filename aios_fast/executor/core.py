@@ -56,6 +56,7 @@ from ..wire import (
 )
 from .config import ExecutorConfig, InstanceSpec
 from .discovery import Discovery
+from .kube_discovery import KubeDiscovery
 from .links import (
     InstanceLink,
     Link,
@@ -140,7 +141,7 @@ class Executor:
         self.stats = dict.fromkeys(TASK_EVENTS, 0)
         self._server: grpc.aio.Server | None = None
         self.port = config.port
-        self.discovery: Discovery | None = None
+        self.discovery: Discovery | KubeDiscovery | None = None
         self.services: ExecutorServices | None = None  # management and metrics, when served
         self.draining = False  # stopping: new calls get UNAVAILABLE
         token = config.auth.any_token("infer")
@@ -649,10 +650,13 @@ class Executor:
         self.port = cfg.tls.bind(server, f"{cfg.host}:{cfg.port}")
         for spec in self.config.instances:
             self.add_instance(spec)
-        if self.config.discover:
+        if self.config.discover.startswith("k8s://"):  # the instances' EndpointSlices
+            self.discovery = KubeDiscovery(self, self.config.discover)
+        elif self.config.discover:
             self.discovery = Discovery(
                 self, self.config.discover, self.config.block_id, self.config.discover_interval
             )
+        if self.discovery is not None:
             await self.discovery.sync_once()
             self.discovery.start()
         await server.start()

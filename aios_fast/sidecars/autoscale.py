@@ -294,6 +294,8 @@ class AutoScaler(Sidecar):
             "upscaled": self.upscaled,
             "downscaled": self.downscaled,
             "local_instances": sorted(self.actuator.procs),
+            # the Kubernetes actuator's scale, API retries and last error
+            **({"actuator": self.actuator.status()} if hasattr(self.actuator, "status") else {}),
         }
 
     async def scale(self, data: dict) -> dict:
