@@ -69,6 +69,7 @@ from .links import (
     TaskTooLarge,
     UnaryLink,
 )
+from .native_front import NativeServer
 from .services import ExecutorServices
 
 __all__ = ["Executor", "Instance"]
@@ -138,7 +139,7 @@ class Executor:
         self.latency = {"accept": Histogram(), "run": Histogram(), "total": Histogram()}
         self.inflight = 0
         self.stats = dict.fromkeys(TASK_EVENTS, 0)
-        self._server: grpc.aio.Server | None = None
+        self._server: grpc.aio.Server | NativeServer | None = None
         self.port = config.port
         self.discovery: Discovery | None = None
         self.services: ExecutorServices | None = None  # management and metrics, when served
@@ -629,10 +630,7 @@ class Executor:
                 ("grpc.server.max_pending_requests", pending),
                 ("grpc.server.max_pending_requests_hard_limit", pending)]  # fmt: skip
 
-    async def start(self) -> None:
-        cfg = self.config
-        check_bind(cfg.host, cfg.auth, cfg.insecure, "executor")
-        check_bind(cfg.http_host or cfg.host, cfg.auth, cfg.insecure, "executor management")
+    def _grpc_server(self) -> grpc.aio.Server:
         server = grpc.aio.server(options=self._server_options())
         server.add_generic_rpc_handlers(
             (
@@ -646,7 +644,19 @@ class Executor:
                 ),
             )
         )
-        self.port = cfg.tls.bind(server, f"{cfg.host}:{cfg.port}")
+        return server
+
+    async def start(self) -> None:
+        cfg = self.config
+        check_bind(cfg.host, cfg.auth, cfg.insecure, "executor")
+        check_bind(cfg.http_host or cfg.host, cfg.auth, cfg.insecure, "executor management")
+        if cfg.front == "native":  # executor.native_front: same calls, C HTTP/2
+            server = NativeServer(self._run, _Reject, cfg.auth, cfg.tls, cfg.max_message,
+                                  STREAM_WINDOW)  # fmt: skip
+            self.port = await server.bind(cfg.host, cfg.port, cfg.reuse_port)
+        else:
+            server = self._grpc_server()
+            self.port = cfg.tls.bind(server, f"{cfg.host}:{cfg.port}")
         for spec in self.config.instances:
             self.add_instance(spec)
         if self.config.discover:
