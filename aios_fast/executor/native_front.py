@@ -161,7 +161,6 @@ class NativeServer:
     def dispatch(self, conn, events: list) -> None:
         """Every request one chunk of bytes completed: (call, message), or (call, None)
         for an ``infer_stream``'s end of input. Called by the compiled layer."""
-        create_task = self.loop.create_task
         check = self.auth.enabled
         for call, frame in events:
             if call.finished:
@@ -171,7 +170,7 @@ class NativeServer:
                 continue
             if check and not self._allowed(call):
                 continue
-            call.task = create_task(self._unary(call, frame, call.method == RESULT))
+            call.task = self._unary(call, frame, call.method == RESULT)
 
     def _allowed(self, call) -> bool:
         try:
@@ -182,25 +181,34 @@ class NativeServer:
             return False
         return True
 
-    async def _unary(self, call, frame: bytes, want_result: bool) -> None:
+    def _unary(self, call, frame: bytes, want_result: bool) -> asyncio.Task:
+        """The call's task: the executor's ``_run`` itself (no wrapper coroutine); its
+        end answers the call (``_answer``)."""
         timeout = call.timeout
-        timer = None
+        task = self.loop.create_task(
+            self._run(frame, want_result, timeout if timeout >= 0 else None)
+        )
         if timeout >= 0:
             timer = self.loop.call_later(timeout, self._expire, call)
-        try:
-            out = await self._run(frame, want_result, timeout if timeout >= 0 else None)
-        except self._reject as exc:
+            task.add_done_callback(lambda _, t=timer: t.cancel())
+        task.add_done_callback(call.task_done)
+        return task
+
+    def answer(self, call, task: asyncio.Task) -> None:
+        """A unary call's task ended: its answer, or its status. (A cancelled task's
+        call was answered already: deadline, or the client reset the stream.)"""
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if call.finished:
+            return
+        if exc is None:
+            call.respond(task.result())
+        elif isinstance(exc, self._reject):
             call.finish(exc.code.value[0], exc.message)
-        except asyncio.CancelledError:
-            pass  # deadline (answered in _expire) or the client reset the stream
-        except Exception:
-            log.exception("a call failed")
-            call.finish(INTERNAL, "internal error")
         else:
-            call.respond(out)
-        finally:
-            if timer is not None:
-                timer.cancel()
+            log.error("a call failed", exc_info=exc)
+            call.finish(INTERNAL, "internal error")
 
     @staticmethod
     def _expire(call) -> None:

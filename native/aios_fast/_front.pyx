@@ -193,6 +193,7 @@ cdef class Call:
     cdef readonly bint closed  # the stream is gone (reset, finished, connection lost)
     cdef readonly bint finished  # the status is set: nothing more may be sent
     cdef Connection conn
+    cdef object server
     cdef int32_t sid
     cdef bint bad_method, bad_type, bad_encoding, got_path, discard, answered, remote_done
     cdef bint task_held, queue_held
@@ -220,6 +221,11 @@ cdef class Call:
     def queued(self):
         """Answer bytes not yet sent to the client (its flow control window is full)."""
         return self.queued
+
+    def task_done(self, task):
+        """Done callback of a unary call's task: the server's ``answer`` says what to send."""
+        if self.server is not None:
+            self.server.answer(self, task)
 
     def respond(self, bytes message):
         """A unary call's answer: one message, then status OK."""
@@ -673,6 +679,7 @@ cdef int _on_begin_headers(nghttp2_session* session, const nghttp2_frame* frame,
     try:
         call = Call()
         call.conn = conn
+        call.server = conn.server
         call.sid = frame.hd.stream_id
         conn.calls[call.sid] = call
         nghttp2_session_set_stream_user_data(session, call.sid, <void*>call)
