@@ -455,3 +455,28 @@ def test_several_workers_share_the_port(front):
     finally:
         executor.stop()
         instance.stop()
+
+
+def test_a_stream_past_its_window_is_answered_whole(front):
+    """3,000 tasks on one infer_stream against a slow instance: past 1,024 running the
+    stream is held (its window shut); every task is still answered, none refused."""
+    instance = start_instance("tests.blocks:SleepBlock", {"delay": 0.3})
+    executor, port = start(front, {"i0": instance.info["port"]}, "--instance-inflight", "5000")
+    try:
+
+        async def run():
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                stream = ch.stream_stream("/InferenceProxy/infer_stream")
+
+                async def gen():
+                    for i in range(3000):
+                        yield frame("w", i, str(i))
+
+                return [codec.decode_message(m) async for m in stream(gen(), timeout=60)]
+
+        outs = asyncio.run(run())
+        assert sorted(o.seq_no for o in outs) == list(range(3000))
+        assert all(o.data == str(o.seq_no) for o in outs)
+    finally:
+        executor.stop()
+        instance.stop()

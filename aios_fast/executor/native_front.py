@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+from collections import deque
 
 import grpc
 
@@ -67,11 +68,12 @@ def unavailable() -> str | None:
 class _Stream:
     """One ``infer_stream`` call's tasks (kept as ``call.task``: ``cancel`` ends them)."""
 
-    __slots__ = ("call", "deadline", "ended", "pending", "timer")
+    __slots__ = ("backlog", "call", "deadline", "ended", "pending", "timer")
 
     def __init__(self, call, loop) -> None:
         self.call = call
         self.pending: set[asyncio.Task] = set()
+        self.backlog: deque[bytes] = deque()  # read while the window was full
         self.ended = False
         self.timer = None
         self.deadline = None
@@ -89,11 +91,12 @@ class _Stream:
     def cancel(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
+        self.backlog.clear()
         for task in list(self.pending):
             task.cancel()
 
     def done_if_over(self) -> None:
-        if self.ended and not self.pending:
+        if self.ended and not self.pending and not self.backlog:
             if self.timer is not None:
                 self.timer.cancel()
             self.call.finish(0)
@@ -228,10 +231,13 @@ class NativeServer:
             state.ended = True
             state.done_if_over()
             return
-        task = self.loop.create_task(self._one(state, frame))
-        state.pending.add(task)
         if len(state.pending) >= self.stream_window:
-            call.hold()  # back-pressure: stop reading until tasks finish
+            # back-pressure: this stream's HTTP/2 window stays shut until tasks finish;
+            # what the client had in flight waits here
+            call.hold()
+            state.backlog.append(frame)
+            return
+        state.pending.add(self.loop.create_task(self._one(state, frame)))
 
     async def _one(self, state: _Stream, frame: bytes) -> None:
         call = state.call
@@ -253,7 +259,9 @@ class NativeServer:
             state.cancel()
         finally:
             state.pending.discard(asyncio.current_task())
-            if len(state.pending) < self.stream_window:
+            if state.backlog and not call.finished:
+                state.pending.add(self.loop.create_task(self._one(state, state.backlog.popleft())))
+            if not state.backlog and len(state.pending) < self.stream_window:
                 call.release()
             if not call.finished:
                 state.done_if_over()
