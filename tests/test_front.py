@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import grpc
@@ -406,7 +407,7 @@ def test_tls_with_alpn_h2(front, tmp_path):
     (cert, key), (ca, _) = pki["node"], pki["ca"]
     instance = start_instance()
     proc = subprocess.Popen(
-        ["python3", "-m", "aios_fast.executor", "--front", front, "--port", "0", "--workers",
+        [sys.executable, "-m", "aios_fast.executor", "--front", front, "--port", "0", "--workers",
          "1", "--mgmt-port", "-1", "--metrics-port", "-1", "--tls-cert", cert, "--tls-key", key,
          "--instance", f"i0=127.0.0.1:{instance.info['port']}"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -480,3 +481,16 @@ def test_a_stream_past_its_window_is_answered_whole(front):
     finally:
         executor.stop()
         instance.stop()
+
+
+def test_native_front_unavailable_is_a_one_line_error():
+    """Without the compiled front (here: AIOS_FAST_NO_EXTENSIONS=1) --front native stops
+    at once with one line and exit status 2."""
+    out = subprocess.run(
+        [sys.executable, "-m", "aios_fast.executor", "--front", "native", "--port", "0",
+         "--workers", "1", "--mgmt-port", "-1", "--metrics-port", "-1"],
+        capture_output=True, text=True, timeout=60,
+        env=dict(os.environ, PYTHONPATH=str(_root()), AIOS_FAST_NO_EXTENSIONS="1"),
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "--front native" in out.stderr, out.stderr
