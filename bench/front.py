@@ -186,6 +186,10 @@ def render(res: dict[str, dict], opts) -> str:
         "here is the instance's grpc.aio unary rate, and its CPU per request is what it "
         "spends at that rate, not at saturation (the executor batches tasks onto its link "
         "instead).",
+        "",
+        "At low load a task costs more CPU on both fronts: each one wakes the loop alone and "
+        "travels to the instance in a link message of its own (no batching), and the "
+        "link is a grpc.aio stream.",
     ]
     return "\n".join(lines) + "\n"
 
