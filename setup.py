@@ -14,13 +14,26 @@ from pathlib import Path
 from setuptools import Extension, setup
 
 sys.path.insert(0, str(Path(__file__).parent.resolve()))
-from setup_modules import MODULES
+from setup_modules import MODULES, OPTIONAL_MODULES
 
 NATIVE = "native"
 
 
 def _flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _has_header(header: str) -> bool:
+    """``header`` is under one of the compiler's usual include directories."""
+    import sysconfig
+
+    dirs = [os.environ.get(v, "") for v in ("CPATH", "C_INCLUDE_PATH")]
+    dirs = [d for value in dirs for d in value.split(os.pathsep) if d]
+    dirs += ["/usr/include", "/usr/local/include", sysconfig.get_config_var("INCLUDEDIR") or ""]
+    multiarch = sysconfig.get_config_var("MULTIARCH")
+    if multiarch:
+        dirs.append(f"/usr/include/{multiarch}")
+    return any(d and Path(d, header).is_file() for d in dirs)
 
 
 def extensions():
@@ -43,6 +56,12 @@ def extensions():
         Extension(name, [src], define_macros=macros, extra_compile_args=cflags)
         for name, src in MODULES.items()
     ]
+    for name, (src, header, libraries) in OPTIONAL_MODULES.items():
+        if _has_header(header):
+            exts.append(Extension(name, [src], define_macros=macros, extra_compile_args=cflags,
+                                  libraries=libraries))  # fmt: skip
+        else:
+            print(f"aios-fast: {header} not found: {name} is not built", file=sys.stderr)
     directives = {
         "language_level": 3,
         "boundscheck": False,

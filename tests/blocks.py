@@ -123,3 +123,12 @@ class ChattyBlock(Block):
     def on_data(self, entry):
         print("running", entry.seq_no)
         return entry.data
+
+
+class PacketEchoBlock(Block):
+    """Returns the input packet whole (files included)."""
+
+    inline = True
+
+    def on_data(self, entry):
+        return entry

@@ -14,6 +14,7 @@ from ..tls import TLS, add_tls_arguments
 from ..wire import MAX_MESSAGE
 from .config import ExecutorConfig, parse_instance
 from .kube_discovery import parse_discover_url
+from .native_front import unavailable
 from .workers import describe_start_error, run_workers
 
 
@@ -70,6 +71,12 @@ def main(argv=None) -> int:
         help="hosts add_instance may name (default: any)",
     )
     parser.add_argument("--port", type=int, default=50051)
+    parser.add_argument(
+        "--front",
+        choices=("grpcio", "native"),
+        default="grpcio",
+        help="gRPC server: grpc.aio, or the native one (C over libnghttp2, when built)",
+    )
     parser.add_argument("--instance", action="append", default=[],
                         metavar="ID=[unary:]HOST:PORT")  # fmt: skip
     parser.add_argument("--policy", default="builtin:round_robin", help="policyRuleURI")
@@ -161,6 +168,7 @@ def main(argv=None) -> int:
             allow_policy_paths=opts.allow_policy_paths,
             allowed_hosts=tuple(opts.allowed_host),
             port=opts.port,
+            front=opts.front,
             instances=[parse_instance(text) for text in opts.instance],
             policy=policy,
             block_data=block_data,
@@ -181,6 +189,8 @@ def main(argv=None) -> int:
             mgmt_port=None if opts.mgmt_port < 0 else opts.mgmt_port,
             metrics_port=None if opts.metrics_port < 0 else opts.metrics_port,
         )
+        if opts.front == "native" and (why := unavailable()):
+            raise AiosFastError(why)
     except (AiosFastError, ValueError) as exc:  # a bad --instance, token file, ...
         print(f"executor: cannot start: {exc}", file=sys.stderr, flush=True)
         return 2

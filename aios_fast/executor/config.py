@@ -30,6 +30,7 @@ class ExecutorConfig:
     max_retries: int = 2
     drain_timeout: float = 30.0
     reuse_port: bool = False
+    front: str = "grpcio"  # "grpcio" (grpc.aio) or "native" (executor.native_front)
     link_linger: float = 0.002  # seconds a small task batch may wait while a link is busy
     link_keepalive: float = 2.0  # seconds between HTTP/2 pings on links (unanswered: down)
     max_message: int = MAX_MESSAGE  # bytes of the largest message a caller may send

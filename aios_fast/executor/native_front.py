@@ -1,0 +1,267 @@
+"""The executor's native gRPC front (``--front native``): HTTP/2 and gRPC framing in C
+(``aios_fast._front``, Cython over libnghttp2) as an asyncio Protocol; this module is its
+Python side: the listener, and what each call does once its request is read.
+
+The compiled layer reads a chunk of bytes, runs nghttp2 over it, cuts the gRPC messages
+out and calls ``NativeServer.dispatch`` once with every request that chunk completed.
+Per request, this module checks the token, starts the executor's task (``run``: the
+same ``Executor._run`` the grpcio front's handlers await) and answers through the
+call's ``respond`` / ``send`` / ``finish``. The semantics are the grpcio front's
+(``executor.core``): statuses and messages, ``grpc-timeout`` deadlines (the call ends
+with DEADLINE_EXCEEDED and its task is cancelled at the instance), a client's RST_STREAM
+cancels its task, ``infer_stream`` answers each task as it finishes (a failed task's
+answer is an error packet) with at most ``stream_window`` tasks running per stream.
+Draining: GOAWAY (shutdown notice) to every connection, then the final GOAWAY once the
+calls are done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+from collections import deque
+
+import grpc
+
+from .. import codec
+from ..auth import Auth, AuthError
+from ..errors import AiosFastError, PacketDecodeError
+from ..service.grpc_auth import refusal
+from ..tls import TLS
+from ..wire import error_packet
+
+__all__ = ["NativeServer", "load_front", "unavailable"]
+
+log = logging.getLogger("aios_fast.executor")
+DEADLINE = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+INTERNAL = grpc.StatusCode.INTERNAL.value[0]
+STREAM = 2  # _front.INFER_STREAM
+RESULT = 1  # _front.INFER_RESULT
+
+
+def load_front():
+    """The compiled front, or AiosFastError saying why it is not there."""
+    from .._select import use_extensions
+
+    if not use_extensions():
+        raise AiosFastError("--front native needs the compiled extensions "
+                            "(AIOS_FAST_NO_EXTENSIONS is set)")  # fmt: skip
+    try:
+        return importlib.import_module("aios_fast._front")
+    except ImportError as exc:
+        raise AiosFastError(
+            f"--front native: aios_fast._front is not built ({exc}); install libnghttp2-dev "
+            "(Debian) and rebuild (`pip install -e .`), or use --front grpcio"
+        ) from None
+
+
+def unavailable() -> str | None:
+    """Why the native front cannot be used here, or None."""
+    try:
+        load_front()
+    except AiosFastError as exc:
+        return str(exc)
+    return None
+
+
+class _Stream:
+    """One ``infer_stream`` call's tasks (kept as ``call.task``: ``cancel`` ends them)."""
+
+    __slots__ = ("backlog", "call", "deadline", "ended", "pending", "timer")
+
+    def __init__(self, call, loop) -> None:
+        self.call = call
+        self.pending: set[asyncio.Task] = set()
+        self.backlog: deque[bytes] = deque()  # read while the window was full
+        self.ended = False
+        self.timer = None
+        self.deadline = None
+        if call.timeout >= 0:
+            self.deadline = loop.time() + call.timeout
+            self.timer = loop.call_later(call.timeout, self.expire)
+
+    def remaining(self, loop) -> float | None:
+        return None if self.deadline is None else max(self.deadline - loop.time(), 0.0)
+
+    def expire(self) -> None:
+        self.call.finish(DEADLINE, "Deadline Exceeded")
+        self.cancel()
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.backlog.clear()
+        for task in list(self.pending):
+            task.cancel()
+
+    def done_if_over(self) -> None:
+        if self.ended and not self.pending and not self.backlog:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.call.finish(0)
+
+
+class NativeServer:
+    """The listener (one per executor process; SO_REUSEPORT for workers). ``run(frame,
+    want_result, timeout)`` is the executor's task; ``reject`` the exception type it
+    raises to refuse one (with ``code``, a grpc.StatusCode, and ``message``)."""
+
+    def __init__(self, run, reject: type[Exception], auth: Auth, tls: TLS, max_message: int,
+                 stream_window: int) -> None:  # fmt: skip
+        self._front = load_front()
+        self._run = run
+        self._reject = reject
+        self.auth = auth
+        self.tls = tls
+        self.max_message = max_message
+        self.stream_window = stream_window
+        self.connections: set = set()  # the compiled Connections, while open
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.base_events.Server | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def bind(self, host: str, port: int, reuse_port: bool = False) -> int:
+        """Listen (not yet serving); returns the port. OSError (one line) if it cannot."""
+        self.loop = asyncio.get_running_loop()
+        ssl = self.tls.server_context()
+        if ssl is not None:
+            ssl.set_alpn_protocols(["h2"])
+        try:
+            self._server = await self.loop.create_server(
+                lambda: self._front.Connection(self), host, port, reuse_port=reuse_port or None,
+                ssl=ssl, backlog=1024, start_serving=False,
+            )  # fmt: skip
+        except OSError as exc:
+            raise OSError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        return self._server.sockets[0].getsockname()[1]
+
+    async def start(self) -> None:
+        await self._server.start_serving()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """GOAWAY to every connection; calls still open after ``grace`` seconds are cut."""
+        if self._server is None:
+            return
+        self._server.close()
+        for conn in list(self.connections):
+            conn.shutdown_notice()
+        end = self.loop.time() + (grace or 0.0)
+        while any(c.open_calls for c in self.connections) and self.loop.time() < end:
+            await asyncio.sleep(0.01)
+        for conn in list(self.connections):
+            conn.goaway()
+        end = self.loop.time() + 0.5  # the GOAWAYs' bytes leave; clients close
+        while self.connections and self.loop.time() < end:
+            await asyncio.sleep(0.01)
+        for conn in list(self.connections):
+            conn.abort()
+        await self._server.wait_closed()
+
+    # ------------------------------------------------------------------ calls
+
+    def dispatch(self, conn, events: list) -> None:
+        """Every request one chunk of bytes completed: (call, message), or (call, None)
+        for an ``infer_stream``'s end of input. Called by the compiled layer."""
+        check = self.auth.enabled
+        for call, frame in events:
+            if call.finished:
+                continue
+            if call.method == STREAM:
+                self._stream_event(call, frame)
+                continue
+            if check and not self._allowed(call):
+                continue
+            call.task = self._unary(call, frame, call.method == RESULT)
+
+    def _allowed(self, call) -> bool:
+        try:
+            self.auth.check(call.token, "infer")
+        except AuthError as exc:
+            code, message = refusal(exc)
+            call.finish(code.value[0], message)
+            return False
+        return True
+
+    def _unary(self, call, frame: bytes, want_result: bool) -> asyncio.Task:
+        """The call's task: the executor's ``_run`` itself (no wrapper coroutine); its
+        end answers the call (``_answer``)."""
+        timeout = call.timeout
+        task = self.loop.create_task(
+            self._run(frame, want_result, timeout if timeout >= 0 else None)
+        )
+        if timeout >= 0:
+            timer = self.loop.call_later(timeout, self._expire, call)
+            task.add_done_callback(lambda _, t=timer: t.cancel())
+        task.add_done_callback(call.task_done)
+        return task
+
+    def answer(self, call, task: asyncio.Task) -> None:
+        """A unary call's task ended: its answer, or its status. (A cancelled task's
+        call was answered already: deadline, or the client reset the stream.)"""
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if call.finished:
+            return
+        if exc is None:
+            call.respond(task.result())
+        elif isinstance(exc, self._reject):
+            call.finish(exc.code.value[0], exc.message)
+        else:
+            log.error("a call failed", exc_info=exc)
+            call.finish(INTERNAL, "internal error")
+
+    @staticmethod
+    def _expire(call) -> None:
+        call.finish(DEADLINE, "Deadline Exceeded")
+        if call.task is not None:
+            call.task.cancel()
+
+    # ------------------------------------------------------------------ infer_stream
+
+    def _stream_event(self, call, frame: bytes | None) -> None:
+        state = call.task
+        if state is None:
+            if self.auth.enabled and not self._allowed(call):
+                return
+            state = call.task = _Stream(call, self.loop)
+        if frame is None:
+            state.ended = True
+            state.done_if_over()
+            return
+        if len(state.pending) >= self.stream_window:
+            # back-pressure: this stream's HTTP/2 window stays shut until tasks finish;
+            # what the client had in flight waits here
+            call.hold()
+            state.backlog.append(frame)
+            return
+        state.pending.add(self.loop.create_task(self._one(state, frame)))
+
+    async def _one(self, state: _Stream, frame: bytes) -> None:
+        call = state.call
+        try:
+            try:
+                answer = await self._run(frame, True, state.remaining(self.loop))
+            except self._reject as exc:
+                try:
+                    packet = codec.decode_message(frame)
+                except PacketDecodeError:
+                    packet = None
+                answer = codec.encode_message(error_packet(exc.code.name, exc.message, packet))
+            call.send(answer)
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("a stream's task failed")
+            call.finish(INTERNAL, "internal error")
+            state.cancel()
+        finally:
+            state.pending.discard(asyncio.current_task())
+            if state.backlog and not call.finished:
+                state.pending.add(self.loop.create_task(self._one(state, state.backlog.popleft())))
+            if not state.backlog and len(state.pending) < self.stream_window:
+                call.release()
+            if not call.finished:
+                state.done_if_over()
