@@ -42,21 +42,22 @@ def test_instances_join_and_leave_through_redis(redis_url):  # noqa: F811
         {}, "--discover", redis_url, "--block-id", "b1", "--discover-interval", "0.2"
     )
     second = None
+
+    def serving(expected: set[str]) -> bool:
+        # UNAVAILABLE until a discovered instance's link is up, or while calls race a
+        # death (reported, never silent)
+        try:
+            return names(port) == expected
+        except grpc.RpcError:
+            return False
+
     try:
-        assert names(port) == {"alpha"}
+        wait_for(lambda: serving({"alpha"}))
         second = registered_instance(redis_url, "beta")
         wait_for(lambda: names(port) == {"alpha", "beta"})
         first.p.send_signal(signal.SIGKILL)  # dies without deregistering: the TTL expires
         first.p.wait()
-
-        # Calls racing the death may fail (reported, never silent); then beta serves alone.
-        def only_beta():
-            try:
-                return names(port) == {"beta"}
-            except grpc.RpcError:
-                return False
-
-        wait_for(only_beta)
+        wait_for(lambda: serving({"beta"}))  # then beta serves alone
         second.stop()  # a clean stop deregisters at once
 
         def none_left():
