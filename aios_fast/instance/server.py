@@ -31,6 +31,7 @@ import importlib
 import inspect
 import json
 import logging
+import os
 import time
 from time import perf_counter
 
@@ -161,6 +162,7 @@ class InstanceServer:
         # The default on_preprocess returns the packet: skip its thread hop.
         self._preprocess = _overrides(block, "on_preprocess")
         self._batching_base = batching
+        self._gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
         self.batcher = self._make_batcher(
             BatchSettings.parse(batching, block.parameters.get("batching"))
         )
@@ -369,6 +371,8 @@ class InstanceServer:
                    "waiting": self.waiting, "running": self.running}  # fmt: skip
         if self.batcher is not None:
             metrics["batching"] = self.batcher.stats()
+        if self._gpus is not None:  # pinned (CUDA_VISIBLE_DEVICES): the GPUs it may use
+            metrics["cuda_visible_devices"] = self._gpus
         return metrics
 
     def _collect(self):
