@@ -200,7 +200,8 @@ def test_the_example_document_runs_with_block_up(model, tmp_path):
 
         outs = asyncio.run(send())
         answers = [json.loads(codec.decode_message(o).data) for o in outs[:101]]
-        accuracy = np.mean([a["class"] == label for a, label in zip(answers, y[:100], strict=True)])
+        right = [a["class"] == label for a, label in zip(answers[:100], y[:100], strict=True)]
+        accuracy = np.mean(right)
         assert accuracy >= 0.9
         assert answers[100]["class"] == answers[0]["class"]  # the uint8 file tensor
         assert outs[101].code() == grpc.StatusCode.INTERNAL
