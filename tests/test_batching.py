@@ -18,7 +18,7 @@ from aios_fast.errors import AiosFastError, TaskExpired
 from aios_fast.instance import InstanceServer
 from aios_fast.instance.batcher import BatchSettings
 
-from .procs import Proc, frame, http, start_executor, start_instance
+from .procs import ROOT, Proc, frame, http, start_executor, start_instance
 
 
 class RecordingBlock(Block):
@@ -94,8 +94,8 @@ async def _gather(server, datas, **kw):
 def test_settings_defaults_layers_and_checks():
     s = BatchSettings.parse(None, None)
     assert (s.mode, s.max_size, s.delay, s.preferred, s.max_batches) == (
-        "adaptive", 32, 0.0, (), 1)  # fmt: skip
-    assert BatchSettings.parse({"mode": "delay"}).delay == 0.005  # delay mode: 5 ms default
+        "adaptive", 32, 0.005, (), 1)  # fmt: skip
+    assert BatchSettings.parse({"mode": "delay", "maxQueueDelayMs": 0}).delay == 0.0
     # the block's parameters (second layer) win key by key
     s = BatchSettings.parse({"maxBatchSize": 8, "maxQueueDelayMs": 2},
                             {"maxBatchSize": 16, "preferredBatchSizes": [8, 4, 8]})  # fmt: skip
@@ -138,8 +138,7 @@ def test_instance_with_bad_batching_settings_exits_2_with_one_line():
 def test_adaptive_runs_a_lone_task_at_once_and_batches_what_queues_meanwhile():
     async def main():
         block = RecordingBlock(parameters={"delay": 0.2})
-        # a long delay that adaptive mode must not spend while the instance is idle
-        server = _server(block, maxQueueDelayMs=5000)
+        server = _server(block, maxQueueDelayMs=0)  # no linger: take what queued
         t0 = time.monotonic()
         first = asyncio.ensure_future(_run(server, "a"))
         await asyncio.sleep(0.05)  # "a" runs now: these queue behind it
@@ -153,8 +152,42 @@ def test_adaptive_runs_a_lone_task_at_once_and_batches_what_queues_meanwhile():
     assert batches[0] == ["a"]  # idle: ran alone, at once
     assert batches[1] == [f"x{i}" for i in range(10)]  # all that queued, in order
     assert rest == [f"X{i}" for i in range(10)]
-    assert elapsed < 2.0  # two batches of 0.2 s: never the 5 s delay
+    assert elapsed < 2.0
     assert stats["batches"] == 2 and stats["items"] == 11 and stats["mean_batch_size"] == 5.5
+
+
+def test_adaptive_lingers_only_for_tasks_that_came_while_a_batch_ran():
+    async def main():
+        block = RecordingBlock(parameters={"delay": 0.1})
+        # a delay far longer than a batch: only tasks that came while one ran use it
+        server = _server(block, maxQueueDelayMs=400, maxBatchSize=4)
+        t0 = time.monotonic()
+        assert await _run(server, "idle") == "IDLE"
+        idle = time.monotonic() - t0  # the instance was idle: no wait for company
+        first = asyncio.ensure_future(_run(server, "a"))
+        await asyncio.sleep(0.03)
+        t0 = time.monotonic()
+        late = asyncio.ensure_future(_run(server, "b"))  # came while "a" ran
+        await first
+        await asyncio.sleep(0.1)
+        early = list(block.batches)  # "b" still waits for company after "a" ended
+        assert await late == "B"
+        lingered = time.monotonic() - t0
+        # a full batch's worth queued behind a running one goes as soon as it ends
+        first = asyncio.ensure_future(_run(server, "c"))
+        await asyncio.sleep(0.03)
+        t0 = time.monotonic()
+        full = await _gather(server, ["d", "e", "f", "g"])
+        quick = time.monotonic() - t0
+        await first
+        return block.batches, idle, early, lingered, full, quick
+
+    batches, idle, early, lingered, full, quick = asyncio.run(main())
+    assert batches[0] == ["idle"] and idle < 0.35  # one 0.1 s batch, never the 0.4 s linger
+    assert early == [["idle"], ["a"]]
+    assert batches[2] == ["b"] and 0.39 <= lingered < 2.0  # waited its 0.4 s, then alone
+    assert batches[3:] == [["c"], ["d", "e", "f", "g"]] and full == ["D", "E", "F", "G"]
+    assert quick < 0.39  # full: no linger
 
 
 def test_max_batch_size_splits_and_keeps_order():
@@ -461,3 +494,26 @@ def test_metrics_reach_stats_prometheus_and_policies():
     assert "aios_instance_batch_queue_delay_seconds" in families
     items = families["aios_instance_batch_items"].samples[0].value
     assert items >= 40
+
+
+def test_the_guides_batching_example_works_as_written():
+    """docs/writing-a-block.md's on_batch example: batches, per-item errors."""
+    import re
+
+    pytest.importorskip("numpy", reason="the guide's example uses numpy")
+    (source,) = re.findall(r"```py\n(.*?)```", (ROOT / "docs" / "writing-a-block.md").read_text(),
+                           re.S)  # fmt: skip
+    namespace: dict = {}
+    exec(compile(source, "writing-a-block.md", "exec"), namespace)
+
+    async def main():
+        server = _server(namespace["SumBlock"](), mode="delay", maxQueueDelayMs=50)
+        ok = await _gather(server, [json.dumps({"x": [1, 2, i]}) for i in range(3)])
+        mixed = await _gather(server, [json.dumps({"x": [1, 2]}), json.dumps({"x": [1]})])
+        huge = await _gather(server, ['{"x": [Infinity, 1]}'])
+        return ok, mixed, huge
+
+    ok, mixed, huge = asyncio.run(main())
+    assert [json.loads(o)["sum"] for o in ok] == [3.0, 4.0, 5.0]
+    assert all(isinstance(e, ValueError) and "same length" in str(e) for e in mixed)
+    assert isinstance(huge[0], ValueError) and "not finite" in str(huge[0])

@@ -18,6 +18,7 @@ probabilities]}``. Tasks run in batches (``on_batch``; see the block document's
 (``health`` says which provider it uses).
 
 Parameters: ``model_path``, ``hidden`` (hidden layer sizes, default [256, 256]),
+``epochs`` (training passes at most, default 60),
 ``threads`` (ONNX Runtime intra-op threads, default 1), ``providers`` (a list, default:
 CUDA first when available, then CPU).
 """
@@ -41,6 +42,7 @@ __all__ = ["DigitsBlock", "choose_providers", "decode_pixels", "ensure_model", "
 
 MODEL_VERSION = 1
 DEFAULT_HIDDEN = (256, 256)
+EPOCHS = 60  # training passes at most (it stops earlier once the loss settles)
 _NPY_MAGIC = b"\x93NUMPY"
 
 
@@ -55,12 +57,12 @@ def _onnx_modules():
     return np, ort
 
 
-def model_path(hidden=DEFAULT_HIDDEN, path: str | None = None) -> Path:
+def model_path(hidden=DEFAULT_HIDDEN, path: str | None = None, epochs: int = EPOCHS) -> Path:
     """Where the model lives: ``path``, or the user cache dir, named after its shape."""
     if path:
         return Path(path).expanduser()
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "aios-fast"
-    shape = "x".join(str(h) for h in hidden)
+    shape = "x".join(str(h) for h in hidden) + (f"-e{epochs}" if epochs != EPOCHS else "")
     return cache / f"digits-mlp-{shape}-v{MODEL_VERSION}.onnx"
 
 
@@ -77,7 +79,7 @@ def _check_hidden(hidden) -> tuple[int, ...]:
     return tuple(hidden)
 
 
-def _build(path: Path, hidden: tuple[int, ...]) -> dict:
+def _build(path: Path, hidden: tuple[int, ...], epochs: int) -> dict:
     try:
         import numpy as np
         import onnxruntime as ort
@@ -100,10 +102,10 @@ def _build(path: Path, hidden: tuple[int, ...]) -> dict:
     x_train, x_test, y_train, y_test = train_test_split(
         x, y, test_size=0.25, random_state=0, stratify=y
     )
-    mlp = MLPClassifier(hidden, max_iter=60, random_state=0, early_stopping=False)
+    mlp = MLPClassifier(hidden, max_iter=epochs, random_state=0, early_stopping=False)
     model = make_pipeline(StandardScaler(), mlp)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)  # 60 epochs are plenty here
+        warnings.simplefilter("ignore", ConvergenceWarning)  # a few dozen epochs do here
         model.fit(x_train, y_train)
     onx = to_onnx(model, x_train[:1], options={id(mlp): {"zipmap": False}},
                   target_opset=17)  # fmt: skip
@@ -129,10 +131,13 @@ def _meta_path(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def ensure_model(hidden=DEFAULT_HIDDEN, path: str | None = None) -> tuple[Path, dict]:
+def ensure_model(hidden=DEFAULT_HIDDEN, path: str | None = None,
+                 epochs: int = EPOCHS) -> tuple[Path, dict]:  # fmt: skip
     """The model's path and its metadata (accuracy ...), building it if missing."""
     hidden = _check_hidden(hidden)
-    where = model_path(hidden, path)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or not 1 <= epochs <= 1000:
+        raise AiosFastError(f"onnx_digits: epochs must be an integer in 1..1000, not {epochs!r}")
+    where = model_path(hidden, path, epochs)
     try:
         where.parent.mkdir(parents=True, exist_ok=True)
         with open(where.with_name(where.name + ".lock"), "w") as lock:
@@ -140,7 +145,7 @@ def ensure_model(hidden=DEFAULT_HIDDEN, path: str | None = None) -> tuple[Path, 
             try:
                 if where.exists() and _meta_path(where).exists():
                     return where, json.loads(_meta_path(where).read_text())
-                return where, _build(where, hidden)
+                return where, _build(where, hidden, epochs)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
     except OSError as exc:
@@ -224,7 +229,8 @@ class DigitsBlock(Block):
             raise AiosFastError(f"onnx_digits: threads must be an integer in 0..256 "
                                 f"(0: ONNX Runtime's default), not {threads!r}")  # fmt: skip
         hidden = self.parameters.get("hidden", list(DEFAULT_HIDDEN))
-        self.model, self.meta = ensure_model(hidden, self.parameters.get("model_path"))
+        self.model, self.meta = ensure_model(hidden, self.parameters.get("model_path"),
+                                             self.parameters.get("epochs", EPOCHS))  # fmt: skip
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -262,10 +268,11 @@ def main(argv=None) -> int:
     parser.add_argument("--model-path", help="default: the user cache dir")
     parser.add_argument("--hidden", default=",".join(map(str, DEFAULT_HIDDEN)),
                         help="hidden layer sizes, comma-separated")  # fmt: skip
+    parser.add_argument("--epochs", type=int, default=EPOCHS, help="training passes, at most")
     opts = parser.parse_args(argv)
     try:
         hidden = [int(h) for h in opts.hidden.split(",")]
-        path, meta = ensure_model(hidden, opts.model_path)
+        path, meta = ensure_model(hidden, opts.model_path, opts.epochs)
     except (AiosFastError, ValueError) as exc:
         print(f"onnx_digits: {exc}", file=sys.stderr)
         return 2

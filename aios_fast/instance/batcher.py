@@ -9,19 +9,19 @@ alone; an ``on_batch`` that raises fails every task of its batch with that error
 Settings (``BatchSettings.parse``; from the block document's ``initSettings.batching``
 and/or the block's ``parameters.batching``, the latter winning key by key):
 
-- ``mode``: ``"adaptive"`` (default): a free worker takes what is queued at once, up to
-  ``maxBatchSize``: an idle instance runs a lone task without waiting; under load tasks
-  queue while a batch runs and the next batch takes them all. With
-  ``maxConcurrentBatches`` > 1, a worker that is free while another batch runs waits up
-  to ``maxQueueDelayMs`` for company (the link's linger). ``"delay"``: a batch waits
-  until ``maxBatchSize`` tasks (or the largest preferred size) are queued, or until its
-  oldest task has waited ``maxQueueDelayMs`` (Triton's dynamic batcher). ``"off"``: one
-  task at a time through ``on_data`` (through ``on_batch`` with batches of one when the
-  block has no ``on_data``).
-- ``maxBatchSize`` (default 32, 1..4096), ``maxQueueDelayMs`` (default 0 adaptive, 5
-  delay), ``preferredBatchSizes`` (optional: a batch formed from n queued tasks takes the
-  largest preferred size <= n, the rest wait for the next batch), ``maxConcurrentBatches``
-  (default 1, 1..64).
+- ``mode``: ``"adaptive"`` (default): a task that arrives at an idle instance runs at
+  once, alone; tasks that arrive while a batch runs queue, and the next batch takes
+  them, waiting (as the link's linger does) until it is full or its oldest task has
+  waited ``maxQueueDelayMs`` since it arrived: under load batches fill up without a
+  busy model spinning on small ones, and an idle instance never waits. ``"delay"``:
+  every batch waits until ``maxBatchSize`` tasks (or the largest preferred size) are
+  queued, or until its oldest task has waited ``maxQueueDelayMs`` (Triton's dynamic
+  batcher), idle or not. ``"off"``: one task at a time through ``on_data`` (through
+  ``on_batch`` with batches of one when the block has no ``on_data``).
+- ``maxBatchSize`` (default 32, 1..4096), ``maxQueueDelayMs`` (default 5; 0: a free
+  worker takes what is queued at once), ``preferredBatchSizes`` (optional: a batch
+  formed from n queued tasks takes the largest preferred size <= n, the rest wait for
+  the next batch), ``maxConcurrentBatches`` (default 1, 1..64).
 
 Tasks whose deadline passed are dropped before a batch forms (TaskExpired); cancelled
 ones (their caller gave up) are skipped. Metrics: batch sizes and queue delays
@@ -51,7 +51,7 @@ class BatchSettings:
 
     __slots__ = ("delay", "max_batches", "max_size", "mode", "preferred")
 
-    def __init__(self, mode: str = "adaptive", max_size: int = 32, delay: float = 0.0,
+    def __init__(self, mode: str = "adaptive", max_size: int = 32, delay: float = 0.005,
                  preferred: tuple[int, ...] = (), max_batches: int = 1) -> None:  # fmt: skip
         self.mode = mode
         self.max_size = max_size
@@ -78,8 +78,7 @@ class BatchSettings:
             raise AiosFastError(f"batching.mode must be one of {', '.join(MODES)}, not {mode!r}")
         size = _int(merged.get("maxBatchSize", 32), "maxBatchSize", 1, 4096)
         batches = _int(merged.get("maxConcurrentBatches", 1), "maxConcurrentBatches", 1, 64)
-        default_delay = 5.0 if mode == "delay" else 0.0
-        delay = merged.get("maxQueueDelayMs", default_delay)
+        delay = merged.get("maxQueueDelayMs", 5.0)
         number = isinstance(delay, (int, float)) and not isinstance(delay, bool)
         if not number or not 0 <= delay <= 60_000:
             raise AiosFastError(f"batching.maxQueueDelayMs must be a number of milliseconds "
@@ -104,10 +103,11 @@ def _int(value: Any, name: str, low: int, high: int) -> int:
 
 
 class _Item:
-    __slots__ = ("deadline", "entry", "future", "owner", "queued", "queued_at")
+    __slots__ = ("busy", "deadline", "entry", "future", "owner", "queued", "queued_at")
 
-    def __init__(self, entry, deadline, owner, future, queued_at) -> None:
+    def __init__(self, entry, deadline, owner, future, queued_at, busy) -> None:
         self.queued = True  # in the queue (not in a batch, not dropped)
+        self.busy = busy  # a batch was running when it came: it may wait for company
         self.entry = entry
         self.deadline = deadline
         self.owner = owner
@@ -146,7 +146,7 @@ class Batcher:
         if not self._workers:
             self._start()
         owner = owner or asyncio.current_task()
-        item = _Item(entry, deadline, owner, loop.create_future(), loop.time())
+        item = _Item(entry, deadline, owner, loop.create_future(), loop.time(), self.running > 0)
         self._queue.append(item)
         self._waiting[owner] = self._waiting.get(owner, 0) + 1
         if len(self._queue) >= self._need:
@@ -197,6 +197,9 @@ class Batcher:
         """Drop cancelled items and fail the expired ones (before a batch forms)."""
         if not self._queue:
             return
+        if all(not item.future.done() and (item.deadline is None or now < item.deadline)
+               for item in self._queue):  # fmt: skip
+            return  # the common case: nothing to drop
         keep: deque[_Item] = deque()
         for item in self._queue:
             if item.future.done():
@@ -235,13 +238,13 @@ class Batcher:
         while True:
             self._prune(loop.time())
             if not self._queue:
+                # Woken by the first task's submit: the rest of its link message, whose
+                # tasks were scheduled before this wake-up, have queued by the time it runs.
                 await self._wait(None, 1)
-                # The rest of a link message (or tasks finishing their preprocess on the
-                # loop) join this batch: one pass of the loop, as the link's writer does.
-                await asyncio.sleep(0)
                 continue
             if len(self._queue) < full and s.delay > 0:
-                if s.mode == "delay" or self.running > 0:  # adaptive: linger only while busy
+                # adaptive: only tasks that came while a batch ran wait (never an idle one)
+                if s.mode == "delay" or self._queue[0].busy or self.running > 0:
                     left = self._queue[0].queued_at + s.delay - loop.time()
                     if left > 0:
                         await self._wait(left, full)
