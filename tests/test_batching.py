@@ -40,6 +40,8 @@ class RecordingBlock(Block):
             raise RuntimeError("the model fell over")
         outs = [ValueError(f"cannot read {d!r}") if d.startswith("bad") else d.upper()
                 for d in data]  # fmt: skip
+        if "dict" in data:
+            return {"not": "a list"}
         return outs[:-1] if "short" in data else outs
 
 
@@ -279,10 +281,12 @@ def test_a_raising_or_miscounting_on_batch_fails_its_whole_batch_only():
         server = _server(block, mode="delay", maxQueueDelayMs=50)
         exploded = await _gather(server, ["a", "explode", "b"])
         short = await _gather(server, ["c", "short", "d"])
+        wrong = await _gather(server, ["dict"])
         after = await _gather(server, ["e"])  # the batcher keeps going
-        return exploded, short, after
+        return exploded, short, wrong, after
 
-    exploded, short, after = asyncio.run(main())
+    exploded, short, wrong, after = asyncio.run(main())
+    assert str(wrong[0]) == "on_batch must return a list (one output per entry), not dict"
     assert all(isinstance(e, RuntimeError) and str(e) == "the model fell over" for e in exploded)
     assert all(isinstance(e, AiosFastError) for e in short)
     assert str(short[0]) == "on_batch returned 2 outputs for 3 entries (one per entry expected)"

@@ -272,10 +272,12 @@ class Batcher:
             self.sizes.observe(len(batch))
             try:
                 outputs = await self.run_batch([item.entry for item in batch])
-                if not isinstance(outputs, (list, tuple)) or len(outputs) != len(batch):
-                    got = len(outputs) if isinstance(outputs, (list, tuple)) else type(outputs)
+                if not isinstance(outputs, (list, tuple)):
+                    raise AiosFastError(f"on_batch must return a list (one output per "
+                                        f"entry), not {type(outputs).__name__}")  # fmt: skip
+                if len(outputs) != len(batch):
                     raise AiosFastError(
-                        f"on_batch returned {got} outputs for {len(batch)} entries "
+                        f"on_batch returned {len(outputs)} outputs for {len(batch)} entries "
                         "(one per entry expected)"
                     )
             except asyncio.CancelledError:
