@@ -31,7 +31,7 @@ from aios_fast.examples import onnx_digits
 from aios_fast.framedb import FrameDB
 from aios_fast.instance import InstanceServer
 
-from .procs import ROOT, http
+from .procs import ROOT, http, wait_serving
 
 DOC = ROOT / "aios_fast" / "examples" / "onnx-digits-block.json"
 
@@ -185,6 +185,7 @@ def test_the_example_document_runs_with_block_up(model, tmp_path):
         (instance,) = info["instances"].values()
         _, health = http(instance["health"])
         assert health["provider"] == "CPUExecutionProvider" and health["accuracy"] >= 0.9
+        wait_serving(int(info["grpc"].rsplit(":", 1)[1]))  # the executor's link is up
 
         async def send():
             async with grpc.aio.insecure_channel(info["grpc"]) as ch:
@@ -199,6 +200,8 @@ def test_the_example_document_runs_with_block_up(model, tmp_path):
                                               for t in tasks), return_exceptions=True)  # fmt: skip
 
         outs = asyncio.run(send())
+        failed = [(i, o) for i, o in enumerate(outs[:101]) if not isinstance(o, bytes)]
+        assert not failed, failed[:3]
         answers = [json.loads(codec.decode_message(o).data) for o in outs[:101]]
         right = [a["class"] == label for a, label in zip(answers[:100], y[:100], strict=True)]
         accuracy = np.mean(right)
