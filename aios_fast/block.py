@@ -14,6 +14,16 @@ on_data may return a Packet (sent as is), a str / bytes (the output packet's dat
 dict or list (JSON-encoded into data), or None (no output). The output packet keeps the
 input's session_id, seq_no and output_ptr, with ts set to now.
 
+A block may also (or instead) implement ``on_batch(entries) -> outputs``: the runtime
+then hands it batches of entries (each through on_preprocess) formed across all the
+instance's links and calls, and each task gets the output in its own entry's place, one
+output per entry, in order. An exception object in an entry's place fails that task
+only; an on_batch that raises fails every task of the batch. Batching settings (mode
+adaptive | delay | off, maxBatchSize, maxQueueDelayMs, preferredBatchSizes,
+maxConcurrentBatches) come from the block document's ``initSettings.batching`` or the
+block's ``parameters.batching`` (``aios_fast.instance.batcher``). With only on_data,
+tasks run one at a time as before.
+
 Large inputs come by reference: ``await self.frames.get(packet.frame_ptr)`` resolves a
 frame_ptr through the instance's Frame DB (``aios_fast.framedb``).
 """
@@ -43,7 +53,14 @@ class Block:
         return packet
 
     def on_data(self, entry) -> Any:
-        raise NotImplementedError("a Block must implement on_data()")
+        raise NotImplementedError("a Block must implement on_data() or on_batch()")
+
+    def on_batch(self, entries: list) -> list:
+        """Optional: the outputs for a batch of entries, one per entry in order (each
+        as on_data would return it, or an exception object to fail that task alone).
+        Sync (run in a thread unless ``inline``) or async. Blocks without it get no
+        batches."""
+        raise NotImplementedError("this block does not implement on_batch()")
 
     def health(self) -> bool | dict:
         """True (or a dict, reported as JSON) when healthy; False or raising is unhealthy."""

@@ -22,7 +22,12 @@ autoscaler, healthChecker}, ``healthChecker`` {interval, timeout, unhealthyAfter
 healthyAfter}, ``autoscaler`` {interval, drainTimeout}, ``taskTimeout`` (seconds an
 instance may run one task, 0: no limit), ``maxMessageBytes`` (the largest task or
 output, default 4 MiB), ``outlierDetection`` {consecutiveFailures, baseEjectionSeconds,
-maxEjectionPercent}.
+maxEjectionPercent}, ``batching`` (for a block with ``on_batch``: mode, maxBatchSize,
+maxQueueDelayMs, preferredBatchSizes, maxConcurrentBatches; ``aios_fast.instance.batcher``),
+``gpus`` ("auto" or a list of GPU indices/UUIDs: each instance is pinned through
+CUDA_VISIBLE_DEVICES to ``gpusPerInstance`` of them, default 1, each GPU shared by at
+most ``instancesPerGpu``, default 1; the auto-scaler starts new instances on free GPUs
+only).
 """
 
 from __future__ import annotations
@@ -42,8 +47,9 @@ import msgspec
 
 from ..auth import ENV_TOKEN, ROLES, Auth, TokenHandoff, new_token
 from ..errors import AiosFastError
+from ..instance.batcher import BatchSettings
 from ..service import runtime
-from ..sidecars.actuator import LocalActuator
+from ..sidecars.actuator import GpuPool, LocalActuator
 from ..sidecars.autoscale import AutoScaler
 from ..sidecars.base import ExecutorClient
 from ..sidecars.healthcheck import HealthChecker
@@ -94,6 +100,10 @@ class _InitSettings(msgspec.Struct):
     ports: _Ports = msgspec.field(default_factory=_Ports)
     healthChecker: _HealthSettings = msgspec.field(default_factory=_HealthSettings)
     autoscaler: _ScalerSettings = msgspec.field(default_factory=_ScalerSettings)
+    batching: dict[str, Any] | None = None
+    gpus: list[int | str] | str | None = None
+    gpusPerInstance: int = 1
+    instancesPerGpu: int = 1
 
 
 class BlockDoc(msgspec.Struct):
@@ -132,6 +142,11 @@ def load_block_doc(path: str) -> tuple[BlockDoc, dict]:
     if doc.initSettings.maxMessageBytes < 1024 or doc.initSettings.taskTimeout < 0:
         raise AiosFastError(f"block document {path}: initSettings.maxMessageBytes must be "
                             ">= 1024 and taskTimeout >= 0")  # fmt: skip
+    try:
+        BatchSettings.parse(doc.initSettings.batching, doc.parameters.get("batching"))
+        _gpu_pool(doc)  # checked here; "auto" reads the GPUs again when the block starts
+    except AiosFastError as exc:
+        raise AiosFastError(f"block document {path}: {exc}") from None
     module, _, cls = doc.initSettings.block.partition(":")
     try:
         if not cls or not hasattr(importlib.import_module(module), cls):
@@ -141,6 +156,20 @@ def load_block_doc(path: str) -> tuple[BlockDoc, dict]:
     except AiosFastError as exc:
         raise AiosFastError(f"block class {doc.initSettings.block!r}: {exc}") from None
     return doc, document
+
+
+def _gpu_pool(doc: BlockDoc, readings=None) -> GpuPool | None:
+    """The GPUs the block's instances are pinned to (None: no pinning)."""
+    s = doc.initSettings
+    if s.gpus is None:
+        return None
+    pool = GpuPool(s.gpus, gpus_per_instance=s.gpusPerInstance,
+                   instances_per_gpu=s.instancesPerGpu, readings=readings)  # fmt: skip
+    if pool.capacity() < doc.minInstances:
+        raise AiosFastError(f"initSettings.gpus: {pool.capacity()} instance(s) fit on GPUs "
+                            f"{','.join(pool.devices)}, fewer than minInstances "
+                            f"{doc.minInstances}")  # fmt: skip
+    return pool
 
 
 def use_free_ports(doc: BlockDoc) -> None:
@@ -196,7 +225,14 @@ class LocalBlock:
             init_data=doc.blockInitData,
             parameters=doc.parameters,
             host=host,
-            extra_args=("--max-message", str(doc.initSettings.maxMessageBytes), *auth_args),
+            extra_args=(
+                "--max-message",
+                str(doc.initSettings.maxMessageBytes),
+                "--batching",
+                json.dumps(doc.initSettings.batching or {}),
+                *auth_args,
+            ),
+            gpus=_gpu_pool(doc),
             env=self.env,
         )
         self.checker: HealthChecker | None = None

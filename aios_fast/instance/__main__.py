@@ -23,6 +23,7 @@ async def _serve(opts) -> None:
     init_data = json_object(opts.init_data, "--init-data")
     parameters = json_object(opts.parameters, "--parameters")
     framedb = json_object(opts.framedb, "--framedb")
+    batching = json_object(opts.batching, "--batching")
     auth = Auth.from_env(opts.auth_file)
     tls = TLS.from_options(opts)
     block = load_block(opts.block, init_data, parameters)
@@ -30,7 +31,7 @@ async def _serve(opts) -> None:
         block, host=opts.host, port=opts.port, mgmt_port=opts.mgmt_port,
         max_concurrency=opts.max_concurrency, frames=FrameDB(framedb),
         max_message=opts.max_message, auth=auth, insecure=opts.insecure, tls=tls,
-        router=OutputRouter(auth.any_token("infer"), tls),
+        router=OutputRouter(auth.any_token("infer"), tls), batching=batching,
     )  # fmt: skip
     await server.start()
     runtime.reload_on_sighup(auth)
@@ -65,6 +66,10 @@ def main(argv=None) -> int:
     parser.add_argument("--parameters", default="{}", help="JSON block parameters")
     parser.add_argument("--framedb", default=os.environ.get("AIOS_FRAMEDB", "{}"),
                         help='JSON {framedb_id: "redis://host:port/db" | "memory"}')  # fmt: skip
+    parser.add_argument("--batching", default="{}",
+                        help="JSON batching settings for a block with on_batch (mode, "
+                        "maxBatchSize, maxQueueDelayMs, preferredBatchSizes, "
+                        "maxConcurrentBatches); the block's parameters.batching wins")  # fmt: skip
     parser.add_argument("--register", help="redis:// URL to register in (heartbeat + TTL)")
     parser.add_argument("--block-id", default="block")
     parser.add_argument("--instance-id", help="default: <advertise host>-<port>")

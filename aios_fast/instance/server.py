@@ -14,6 +14,12 @@ HTTP (aiohttp, management port): ``GET /health`` answers from ``Block.health()``
 and host CPU/memory and GPUs (Prometheus text), ``GET /stats``: the same readings as
 JSON (executors poll it for their policies' ``get_metrics()``).
 
+A block that implements ``on_batch`` gets its tasks in batches formed across all links
+and unary calls (``instance.batcher``; settings: the ``batching`` argument, i.e. the
+block document's ``initSettings.batching``, overridden key by key by the block's
+``parameters.batching``; ``update_parameters`` may change them live). ``/stats`` then
+has a ``batching`` object and ``/metrics`` the batch size and queue delay histograms.
+
 Run: ``python -m aios_fast.instance --block aios_fast.block:EchoBlock --port 0``; it
 prints one JSON line with the ports it listens on.
 """
@@ -25,6 +31,7 @@ import importlib
 import inspect
 import json
 import logging
+import os
 import time
 from time import perf_counter
 
@@ -56,6 +63,7 @@ from ..wire import (
     link_limit,
     max_output,
 )
+from .batcher import Batcher, BatchSettings
 from .link_server import LinkServer, describe
 from .routing import OutputRouter
 
@@ -119,6 +127,7 @@ class InstanceServer:
         auth: Auth | None = None,
         insecure: bool = False,
         tls: TLS | None = None,
+        batching: dict | None = None,
     ) -> None:
         self.block = block
         if frames is not None:
@@ -150,6 +159,29 @@ class InstanceServer:
         self.snapshot = MetricsSnapshot(self._block_metrics)  # hardware, read off the loop
         self.registry = Registry(self._collect, process=True)
         self._links = LinkServer(self.run_task, self, self.max_message, self.queued)
+        # The default on_preprocess returns the packet: skip its thread hop.
+        self._preprocess = _overrides(block, "on_preprocess")
+        self._batching_base = batching
+        self._gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
+        self.batcher = self._make_batcher(
+            BatchSettings.parse(batching, block.parameters.get("batching"))
+        )
+
+    def _make_batcher(self, settings: BatchSettings) -> Batcher | None:
+        """A batcher when the block implements on_batch and batching is not off."""
+        if not _overrides(self.block, "on_batch"):
+            if self._batching_base or self.block.parameters.get("batching"):
+                log.warning("batching settings ignored: %s has no on_batch()",
+                            type(self.block).__name__)  # fmt: skip
+            return None
+        if settings.mode == "off":
+            if _overrides(self.block, "on_data"):
+                return None
+            settings = BatchSettings("adaptive", max_size=1)  # on_batch is all it has
+        return Batcher(self._run_batch, settings)
+
+    async def _run_batch(self, entries: list) -> list:
+        return await self._call(self.block.on_batch, entries)
 
     # ------------------------------------------------------------------ running a task
 
@@ -198,15 +230,19 @@ class InstanceServer:
             self.waiting -= 1
             self._queued.discard(me)
         if run_timeout > 0:
-            run = asyncio.ensure_future(self._hooks(packet))
-            done, _ = await asyncio.wait((run,), timeout=run_timeout)
+            run = asyncio.ensure_future(self._hooks(packet, deadline, me))
+            try:
+                done, _ = await asyncio.wait((run,), timeout=run_timeout)
+            except asyncio.CancelledError:
+                run.cancel()  # its caller gave up (or it is given back): stop the run too
+                raise
             if not done:
                 run.cancel()
                 self.timed_out += 1
                 raise TaskTimedOut(f"the block ran the task over {run_timeout:g}s")
             result = run.result()
         else:
-            result = await self._hooks(packet)
+            result = await self._hooks(packet, deadline, me)
         out = make_output(result, packet)
         if out is None:
             return b""
@@ -219,12 +255,18 @@ class InstanceServer:
             await self.router.route(out)
         return data if limit is not None else b""
 
-    async def _hooks(self, packet: codec.Packet):
-        """on_preprocess then on_data, in the concurrency slot the caller acquired."""
+    async def _hooks(self, packet: codec.Packet, deadline: float | None = None,
+                     owner: asyncio.Task | None = None):  # fmt: skip
+        """on_preprocess then on_data (or its item of an on_batch), in the concurrency
+        slot the caller acquired."""
         self.running += 1
         t0 = perf_counter()
         try:
-            entry = await self._call(self.block.on_preprocess, packet)
+            entry = packet
+            if self._preprocess:
+                entry = await self._call(self.block.on_preprocess, packet)
+            if self.batcher is not None:
+                return await self.batcher.submit(entry, deadline, owner)
             return await self._call(self.block.on_data, entry)
         finally:
             self.on_data_seconds.observe(perf_counter() - t0)
@@ -232,8 +274,9 @@ class InstanceServer:
             self._sem.release()
 
     def queued(self, task: asyncio.Task) -> bool:
-        """Whether ``task`` waits for a concurrency slot (has not started)."""
-        return task in self._queued
+        """Whether ``task`` has not started: it waits for a concurrency slot or for a
+        batch to take it."""
+        return task in self._queued or (self.batcher is not None and self.batcher.holds(task))
 
     # ------------------------------------------------------------------ gRPC handlers
 
@@ -294,19 +337,48 @@ class InstanceServer:
     async def _mgmt(self, action: str, data: dict):
         """A block's own actions (ValueError: 400, any other exception: 500)."""
         if action == "update_parameters":
-            return await self._call(self.block.on_update, data)
+            batching = None
+            if "batching" in data:
+                batching = self._new_batching(data["batching"])
+            result = await self._call(self.block.on_update, data)
+            if batching is not None:
+                self.batcher.settings = batching
+            return result
         return await self._call(self.block.management, action, data)
 
+    def _new_batching(self, layer) -> BatchSettings | None:
+        """update_parameters' batching settings, checked (ValueError: 400); None when
+        the block does not batch (they are ignored, as at start)."""
+        try:
+            settings = BatchSettings.parse(self._batching_base, layer)
+        except AiosFastError as exc:
+            raise ValueError(str(exc)) from None
+        if self.batcher is None:
+            return None
+        if settings.mode == "off" or settings.max_batches != self.batcher.settings.max_batches:
+            raise ValueError("batching: turning batching off or changing "
+                             "maxConcurrentBatches needs a restart")  # fmt: skip
+        return settings
+
+    @property
+    def _expired(self) -> int:
+        return self.expired + (self.batcher.expired if self.batcher is not None else 0)
+
     def _block_metrics(self) -> dict:
-        return {"completed": self.completed, "failed": self.failed,
-                "expired": self.expired, "cancelled": self.cancelled,
-                "timed_out": self.timed_out,
-                "waiting": self.waiting, "running": self.running}  # fmt: skip
+        metrics = {"completed": self.completed, "failed": self.failed,
+                   "expired": self._expired, "cancelled": self.cancelled,
+                   "timed_out": self.timed_out,
+                   "waiting": self.waiting, "running": self.running}  # fmt: skip
+        if self.batcher is not None:
+            metrics["batching"] = self.batcher.stats()
+        if self._gpus is not None:  # pinned (CUDA_VISIBLE_DEVICES): the GPUs it may use
+            metrics["cuda_visible_devices"] = self._gpus
+        return metrics
 
     def _collect(self):
         yield counter("aios_instance_tasks", "Tasks by outcome.", ("outcome",),
                       [("completed", self.completed), ("failed", self.failed),
-                       ("expired", self.expired), ("cancelled", self.cancelled)])  # fmt: skip
+                       ("expired", self._expired), ("cancelled", self.cancelled)])  # fmt: skip
         yield gauge("aios_instance_queue_length", "Tasks waiting for a concurrency slot.", (),
                     [(self.waiting,)])  # fmt: skip
         yield gauge("aios_instance_running", "Tasks in on_preprocess/on_data now.", (),
@@ -314,6 +386,8 @@ class InstanceServer:
         yield histogram("aios_instance_on_data_seconds",
                         "Time in on_preprocess + on_data per task.", (),
                         [(self.on_data_seconds,)])  # fmt: skip
+        if self.batcher is not None:
+            yield from _batch_families(self.batcher)
         hardware = self.snapshot.get_metrics()["block_metrics"].get("hardware")
         if hardware:
             yield from hardware_families(hardware)
@@ -396,6 +470,8 @@ class InstanceServer:
         if self.busy():
             log.error("stopping with %d tasks unfinished after %.0fs", self.busy(), grace)
         await self._links.close(max(0.0, deadline - loop.time()))
+        if self.batcher is not None:
+            await self.batcher.close()
         if self._server is not None:
             await self._server.stop(1.0)
         await self._trim.stop()
@@ -404,3 +480,20 @@ class InstanceServer:
         await self.snapshot.stop()
         await self.router.close()
         await self.block.frames.close()
+
+
+def _overrides(block: Block, name: str) -> bool:
+    """Whether the block's class replaces Block's ``name`` hook."""
+    return getattr(type(block), name, None) is not getattr(Block, name, None)
+
+
+def _batch_families(batcher: Batcher):
+    yield counter("aios_instance_batches", "Batches run through on_batch.", (),
+                  [(batcher.batches,)])  # fmt: skip
+    yield counter("aios_instance_batch_items", "Tasks run in batches (rate: items/s).", (),
+                  [(batcher.items,)])  # fmt: skip
+    yield gauge("aios_instance_batch_queue_length", "Tasks queued for a batch.", (),
+                [(batcher.queued,)])  # fmt: skip
+    yield histogram("aios_instance_batch_size", "Tasks per batch.", (), [(batcher.sizes,)])
+    yield histogram("aios_instance_batch_queue_delay_seconds",
+                    "Time a task waited in the batch queue.", (), [(batcher.delays,)])  # fmt: skip

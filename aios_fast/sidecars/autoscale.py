@@ -9,7 +9,9 @@ its answer, as the seeds define it:
 
 - ``{"skip": True}``: nothing;
 - ``{"operation": "upscale", "instances_count": n}``: start n instances (the actuator)
-  and add them to the executor, never past ``max_instances``;
+  and add them to the executor, never past ``max_instances`` nor past what the actuator
+  has room for (``capacity()``, when it has one: a GPU-pinning actuator places new
+  instances on free GPUs only);
 - ``{"operation": "downscale", "instances_list": [ids]}``: drain each in the executor
   (in-flight tasks finish), remove it, stop it; never below ``min_instances``, and only
   instances this scaler's actuator started.
@@ -202,6 +204,9 @@ class AutoScaler(Sidecar):
         n = len(instances)
         if d.operation == "upscale":
             count = min(d.instances_count, self.max_instances - n)
+            room = self._room()
+            if room is not None:
+                count = min(count, room)
             if d.instances_count < 1:
                 raise ValueError(f"upscale needs instances_count >= 1: {decision!r}")
             added = await self.upscale(count) if count > 0 else []
@@ -228,6 +233,11 @@ class AutoScaler(Sidecar):
             }
         raise ValueError(f"unknown operation {d.operation!r} (upscale or downscale)")
 
+    def _room(self) -> int | None:
+        """How many more instances the actuator can place (None: no limit of its own)."""
+        capacity = getattr(self.actuator, "capacity", None)
+        return capacity() if capacity is not None else None
+
     async def _instances(self) -> list[dict]:
         stats = await self.executor.call("stats")
         self.latest_metrics = {"block_metrics": stats, "cluster_metrics": {}}
@@ -243,7 +253,9 @@ class AutoScaler(Sidecar):
         instances = await self._instances()
         n = len(instances)
         if n < self.min_instances:
-            added = await self.upscale(self.min_instances - n)
+            room = self._room()
+            missing = self.min_instances - n
+            added = await self.upscale(missing if room is None else min(missing, room))
             return {
                 "instances": n,
                 "operation": "upscale",
@@ -296,6 +308,11 @@ class AutoScaler(Sidecar):
             "local_instances": sorted(self.actuator.procs),
             # the Kubernetes actuator's scale, API retries and last error
             **({"actuator": self.actuator.status()} if hasattr(self.actuator, "status") else {}),
+            **(
+                {"gpus": dict(self.actuator.gpus.assigned)}
+                if getattr(self.actuator, "gpus", None) is not None
+                else {}
+            ),
         }
 
     async def scale(self, data: dict) -> dict:
