@@ -50,6 +50,8 @@ bench: setup                ## benchmarks; updates bench/RESULTS.md
 	$(PY) -m bench.lb --write
 	$(PY) -m bench.executor --write
 	$(PY) -m bench.faults --write
+	$(PY) -m bench.front --write
+	$(PY) -m bench.batching --write
 	$(PY) -m bench.registry_filter --write
 	$(PY) -m bench.registry_http --write
 	$(PY) -m pytest bench -q --benchmark-enable --benchmark-max-time=0.5

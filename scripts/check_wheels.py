@@ -41,6 +41,7 @@ def main() -> int:
             "aios_fast/protos/inference_pb2_grpc.py",
             "protos/__init__.py",  # the seeds' client's `from protos import ...`, anywhere
             "aios_fast/examples/echo-block.json",
+            "aios_fast/examples/onnx-digits-block.json",
             "console_scripts: aios-fast = aios_fast.cli:main",
         ):
             if need not in files:

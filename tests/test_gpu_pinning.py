@@ -23,10 +23,10 @@ from .procs import ROOT, http
 GIB = 1 << 30
 
 
-def pinned_to(health: str) -> str | None:
+def pinned_to(health: str, token: str | None = None) -> str | None:
     """The instance's CUDA_VISIBLE_DEVICES as its /stats says (once readings exist)."""
     for _ in range(100):
-        _, stats = http(f"{health}/stats")
+        _, stats = http(f"{health}/stats", token=token)
         if stats:  # the first readings are taken within a second of the start
             return stats.get("cuda_visible_devices")
         time.sleep(0.05)
@@ -174,10 +174,12 @@ def test_block_up_pins_each_instance_to_its_gpu(tmp_path):
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         info = json.loads(proc.stdout.readline())
+        token = json.loads(open(info["token_file"]).read())["token"]  # block up's own
         pinned = []
         for instance in info["instances"].values():
-            pinned.append(pinned_to(instance["health"].removesuffix("/health")))
-        _, status = http(info["autoscaler_mgmt"], {"mgmt_action": "status", "mgmt_data": {}})
+            pinned.append(pinned_to(instance["health"].removesuffix("/health"), token))
+        _, status = http(info["autoscaler_mgmt"], {"mgmt_action": "status", "mgmt_data": {}},
+                         token=token)  # fmt: skip
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)

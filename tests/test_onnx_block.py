@@ -210,8 +210,9 @@ def test_the_example_document_runs_with_block_up(model, tmp_path):
         assert outs[101].code() == grpc.StatusCode.INTERNAL
         assert "expected" in outs[101].details()
         stats = {}
+        token = json.loads(open(info["token_file"]).read())["token"]  # block up's own
         for _ in range(100):  # /stats is refreshed every second
-            _, stats = http(instance["health"].removesuffix("/health") + "/stats")
+            _, stats = http(instance["health"].removesuffix("/health") + "/stats", token=token)
             if stats.get("batching", {}).get("items", 0) >= 101:
                 break
             time.sleep(0.05)
