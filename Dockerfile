@@ -8,11 +8,12 @@
 ARG PYTHON=3.11
 
 FROM python:${PYTHON}-slim AS build
-# gcc and libc6-dev: the compiler Cython's output needs (as CI's `cc`); the base
-# image's Debian release fixes their versions.
+# gcc and libc6-dev: the compiler Cython's output needs (as CI's `cc`); libnghttp2-dev:
+# the executor's native gRPC front (as .ci/run); the base image's Debian release fixes
+# their versions.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && apt-get install -y --no-install-recommends gcc libc6-dev libnghttp2-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # the build tools, exactly as `make setup` pins them (ranges, not versions)
@@ -23,14 +24,18 @@ COPY native/ native/
 COPY aios_fast/ aios_fast/
 COPY registry_server/ registry_server/
 RUN python -m pip wheel --disable-pip-version-check --progress-bar off --no-cache-dir -q -w /wheels '.[kube]' \
-    && python -c "import sys, zipfile, glob; w = glob.glob('/wheels/aios_fast-*.whl')[0]; sys.exit(0 if any(n.endswith('.so') for n in zipfile.ZipFile(w).namelist()) else 'no compiled extension in ' + w)"
+    && python -c "import sys, zipfile, glob; w = glob.glob('/wheels/aios_fast-*.whl')[0]; names = zipfile.ZipFile(w).namelist(); sys.exit(0 if any(n.startswith('aios_fast/_front.') for n in names) else 'no native front in ' + w)"
 
 FROM python:${PYTHON}-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 COPY --from=build /wheels /wheels
-# --no-index: only the wheels built above, whose versions stage 1 fixed
-# hadolint ignore=DL3013
-RUN python -m pip install --disable-pip-version-check --no-cache-dir --no-index --find-links /wheels 'aios-fast[kube]' \
+# libnghttp2-14: the native front's shared library; --no-index: only the wheels built
+# above, whose versions stage 1 fixed
+# hadolint ignore=DL3008,DL3013
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libnghttp2-14 \
+    && rm -rf /var/lib/apt/lists/* \
+    && python -m pip install --disable-pip-version-check --no-cache-dir --no-index --find-links /wheels 'aios-fast[kube]' \
     && rm -rf /wheels \
     && useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin aios
 USER 10001

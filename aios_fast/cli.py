@@ -60,6 +60,7 @@ def _block_up(opts) -> int:
             opts.document,
             ports=opts.ports,
             workers=opts.workers,
+            front=opts.front,
             block_class=opts.block,
             traffic=opts.traffic,
             expect=opts.expect,
@@ -286,6 +287,9 @@ def _parser() -> argparse.ArgumentParser:
         help="default: the seeds' ports (50051, 18000, 18001, 10000, 19001); auto: free ones",
     )
     bup.add_argument("--workers", type=int, help="executor processes (initSettings.workers)")
+    bup.add_argument("--front", choices=("auto", "native", "grpcio"),
+                     help="the executor's gRPC server (initSettings.front; default auto: "
+                     "native where it is built)")  # fmt: skip
     bup.add_argument("--block", help="module:Class of the block (initSettings.block)")
     bup.add_argument(
         "--traffic",

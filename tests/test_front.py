@@ -4,6 +4,7 @@ against real clients: grpcio (sync and aio), a raw HTTP/2 client (h2) and h2load
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -494,3 +495,35 @@ def test_native_front_unavailable_is_a_one_line_error():
     )  # fmt: skip
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "--front native" in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("pure", [False, True])
+def test_auto_front_is_native_where_built(pure):
+    """The default (--front auto) serves with the native front where it is built and the
+    extensions are in use, and falls back to grpcio otherwise; the announcement says
+    which."""
+    env = dict(os.environ, PYTHONPATH=str(_root()))
+    if pure:
+        env["AIOS_FAST_NO_EXTENSIONS"] = "1"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aios_fast.executor", "--port", "0", "--workers", "1",
+         "--mgmt-port", "-1", "--metrics-port", "-1"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+    )  # fmt: skip
+    try:
+        info = json.loads(proc.stdout.readline())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    built = not pure and unavailable() is None
+    assert info["front"] == ("native" if built else "grpcio")
+
+
+def test_block_up_front_setting_is_checked(tmp_path):
+    doc = tmp_path / "b.json"
+    doc.write_text(json.dumps({"id": "b", "initSettings": {"front": "fast"}}))
+    out = subprocess.run([sys.executable, "-m", "aios_fast", "block", "up", str(doc),
+                          "--ports", "auto", "--once"], capture_output=True, text=True,
+                         timeout=60, env=dict(os.environ, PYTHONPATH=str(_root())))  # fmt: skip
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "initSettings.front must be one of auto, native, grpcio, not 'fast'" in out.stderr

@@ -47,6 +47,7 @@ import msgspec
 
 from ..auth import ENV_TOKEN, ROLES, Auth, TokenHandoff, new_token
 from ..errors import AiosFastError
+from ..executor.config import FRONTS
 from ..instance.batcher import BatchSettings
 from ..service import runtime
 from ..sidecars.actuator import GpuPool, LocalActuator
@@ -94,6 +95,7 @@ ECHO = "aios_fast.block:EchoBlock"
 class _InitSettings(msgspec.Struct):
     block: str = ECHO
     workers: int = 1
+    front: str = "auto"  # the executor's gRPC server: auto (native when built), native, grpcio
     taskTimeout: float = 0.0  # seconds an instance may run one task (0: no limit)
     maxMessageBytes: int = MAX_MESSAGE
     outlierDetection: _Outliers = msgspec.field(default_factory=_Outliers)
@@ -139,6 +141,9 @@ def load_block_doc(path: str) -> tuple[BlockDoc, dict]:
         )
     if doc.initSettings.workers < 1:
         raise AiosFastError(f"block document {path}: initSettings.workers must be >= 1")
+    if doc.initSettings.front not in FRONTS:
+        raise AiosFastError(f"block document {path}: initSettings.front must be one of "
+                            f"{', '.join(FRONTS)}, not {doc.initSettings.front!r}")  # fmt: skip
     if doc.initSettings.maxMessageBytes < 1024 or doc.initSettings.taskTimeout < 0:
         raise AiosFastError(f"block document {path}: initSettings.maxMessageBytes must be "
                             ">= 1024 and taskTimeout >= 0")  # fmt: skip
@@ -256,6 +261,8 @@ class LocalBlock:
             str(grpc_port),
             "--workers",
             str(self.doc.initSettings.workers),
+            "--front",
+            settings.front,
             "--mgmt-port",
             str(ports.mgmt),
             "--metrics-port",
@@ -349,6 +356,7 @@ class LocalBlock:
                 for s in specs
             },
             "executor_pid": self.executor_proc.pid,
+            "front": info.get("front"),
         }
         if self.handoff is not None:
             keys = ("grpc", "executor_mgmt", "metrics", "health_checker_mgmt", "autoscaler_mgmt")
@@ -409,7 +417,7 @@ async def _until_stopped_or_dead(stop: asyncio.Event, proc: subprocess.Popen) ->
 def _print_info(info: dict) -> None:
     print(f"block {info['block']} is up:")
     rows = [
-        ("gRPC inference", info["grpc"]),
+        ("gRPC inference", f"{info['grpc']} ({info['front']} front)"),
         ("executor management", info["executor_mgmt"]),
         ("executor metrics", info["metrics"]),
         ("health checker", info["health_checker_mgmt"]),
@@ -432,6 +440,7 @@ async def up(
     *,
     ports: str = "default",
     workers: int | None = None,
+    front: str | None = None,
     block_class: str | None = None,
     traffic: int = 0,
     expect: str = "auto",
@@ -445,6 +454,8 @@ async def up(
         doc.initSettings.block = block_class
     if workers:
         doc.initSettings.workers = workers
+    if front:
+        doc.initSettings.front = front
     if ports == "auto":  # every port free-picked (tests, several blocks on one machine)
         use_free_ports(doc)
     elif ports != "default":

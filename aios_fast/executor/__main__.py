@@ -12,7 +12,7 @@ from ..errors import AiosFastError, json_object
 from ..service import runtime
 from ..tls import TLS, add_tls_arguments
 from ..wire import MAX_MESSAGE
-from .config import ExecutorConfig, parse_instance
+from .config import FRONTS, ExecutorConfig, parse_instance
 from .kube_discovery import parse_discover_url
 from .native_front import unavailable
 from .workers import describe_start_error, run_workers
@@ -73,9 +73,10 @@ def main(argv=None) -> int:
     parser.add_argument("--port", type=int, default=50051)
     parser.add_argument(
         "--front",
-        choices=("grpcio", "native"),
-        default="grpcio",
-        help="gRPC server: grpc.aio, or the native one (C over libnghttp2, when built)",
+        choices=FRONTS,
+        default="auto",
+        help="gRPC server: native (C over libnghttp2), grpcio (grpc.aio), or auto: native "
+        "where it is built, grpcio elsewhere",
     )
     parser.add_argument("--instance", action="append", default=[],
                         metavar="ID=[unary:]HOST:PORT")  # fmt: skip
@@ -189,7 +190,9 @@ def main(argv=None) -> int:
             mgmt_port=None if opts.mgmt_port < 0 else opts.mgmt_port,
             metrics_port=None if opts.metrics_port < 0 else opts.metrics_port,
         )
-        if opts.front == "native" and (why := unavailable()):
+        if config.front == "auto":
+            config.front = "grpcio" if unavailable() else "native"
+        elif config.front == "native" and (why := unavailable()):
             raise AiosFastError(why)
     except (AiosFastError, ValueError) as exc:  # a bad --instance, token file, ...
         print(f"executor: cannot start: {exc}", file=sys.stderr, flush=True)

@@ -8,7 +8,11 @@ from ..auth import Auth
 from ..tls import TLS
 from ..wire import MAX_MESSAGE
 
-__all__ = ["ExecutorConfig", "InstanceSpec", "parse_instance"]
+__all__ = ["FRONTS", "ExecutorConfig", "InstanceSpec", "parse_instance"]
+
+# --front: "auto" is the native front where it is built (and the extensions are in use),
+# grpc.aio elsewhere
+FRONTS = ("auto", "native", "grpcio")
 
 
 @dataclass

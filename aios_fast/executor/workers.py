@@ -50,6 +50,7 @@ def _worker(config: ExecutorConfig, announce: Callable[[dict], None]) -> None:
             "pid": os.getpid(),
             "mgmt_port": services.mgmt_port if services else None,
             "metrics_port": services.metrics_port if services else None,
+            "front": config.front,
         })  # fmt: skip
 
     runtime.run(serve(config, ready))
@@ -158,6 +159,7 @@ async def _parent(config: ExecutorConfig, children: list[int], pipes: list[int])
             runtime.announce({
                 "port": infos[0]["port"], "pid": os.getpid(), "mgmt_port": front.mgmt_port,
                 "metrics_port": front.metrics_port, "workers": [i["pid"] for i in infos],
+                "front": config.front,
             })  # fmt: skip
     else:
         log.error("a worker failed to start; stopping the others")
