@@ -33,7 +33,8 @@ compile: setup              ## rebuild the Cython extensions in place
 	$(PY) setup.py -q build_ext --inplace
 
 test: setup                 ## README's test command: the suite compiled, then pure-Python
-	$(MAKE) test-compiled test-pure
+	$(MAKE) test-compiled
+	$(MAKE) test-pure TWINS_TESTED=1
 
 test-compiled:
 	$(PY) -m pytest -q
@@ -41,9 +42,13 @@ test-compiled:
 # Suites that never touch the extensions run once, in the compiled pass: the registry never
 # imports aios_fast (tests/registry/test_layout.py checks it); layout and protos read source.
 ONCE = --ignore=tests/registry --ignore=tests/test_layout.py --ignore=tests/test_protos.py
+# These test the twins side by side, by module (never through the selector): the compiled
+# pass already ran their pure-Python half, so after it (make test) they are not repeated.
+TWIN_ONLY = --ignore=tests/test_codec_differential.py --ignore=tests/test_codec_immutable.py \
+	--ignore=tests/test_codec_gc.py --ignore=tests/test_lb_shares.py --ignore=tests/test_lb_bounded.py
 
 test-pure:                  ## the suite on the pure-Python twins (AIOS_FAST_NO_EXTENSIONS=1)
-	AIOS_FAST_NO_EXTENSIONS=1 $(PY) -m pytest -q $(ONCE)
+	AIOS_FAST_NO_EXTENSIONS=1 $(PY) -m pytest -q $(ONCE) $(if $(TWINS_TESTED),$(TWIN_ONLY))
 
 bench: setup                ## benchmarks; updates bench/RESULTS.md
 	$(PY) -m bench.codec --write
