@@ -257,3 +257,23 @@ def test_several_workers_share_one_front():
         executor.stop()
         for p in instances.values():
             p.stop()
+
+
+def test_every_received_task_ends_counted():
+    """received = invalid + rejected + accepted, also for calls no instance could take
+    (an executor without instances answers UNAVAILABLE and counts them rejected)."""
+    executor, port = start_executor({})
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            for method in ("infer", "infer_result", "infer_result"):
+                with pytest.raises(grpc.RpcError) as err:
+                    ch.unary_unary(f"/InferenceProxy/{method}")(frame(), timeout=10)
+                assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            with pytest.raises(grpc.RpcError) as err:
+                ch.unary_unary("/InferenceProxy/infer_result")(b"\x0a\x03bad", timeout=10)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        tasks = _tasks(metric_samples(executor.info["metrics_port"]))
+        assert tasks["received"] == 4 and tasks["rejected"] == 3 and tasks["invalid"] == 1
+        assert tasks["accepted"] == 0
+    finally:
+        executor.stop()

@@ -507,7 +507,11 @@ class Executor:
         try:
             # infer's caller is answered at acceptance: its deadline does not bound the run
             budget = (timeout or 0.0) if want_result else 0.0
-            task = await self._dispatch(frame, packet, want_result, t0, budget)
+            try:
+                task = await self._dispatch(frame, packet, want_result, t0, budget)
+            except _Reject:  # no instance took it: every received task ends counted
+                self.stats["rejected"] += 1
+                raise
             self.stats["accepted"] += 1
             if not want_result:
                 return ACCEPTED
@@ -522,6 +526,9 @@ class Executor:
             except TaskLost as exc:
                 self.stats["lost"] += 1
                 raise _Reject(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
+            except _Reject:  # given back, and no other instance took it
+                self.stats["lost"] += 1
+                raise
             except TaskFailed as exc:
                 self.stats["failed"] += 1
                 raise _Reject(exc.code, str(exc)) from None
