@@ -87,8 +87,8 @@ def main(argv=None, prog: str = "python -m registry_server") -> int:
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_tokens)
 
     app.on_startup.append(on_sighup)
-    # Every loaded document is a long-lived object: keep them out of the collector's
-    # full passes (at 100k documents one pass holds the GIL, and the loop, for seconds).
+    # What is loaded now lives as long as the process: keep it out of the collector's
+    # full passes (documents are kept encoded, so this is mostly the modules' objects).
     gc.freeze()
     # Queries run in a thread pool; a thread holding the GIL yields it to the event loop
     # after this long (the default 5 ms lets 2 busy threads delay /health by 10-20 ms).
