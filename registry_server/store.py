@@ -42,7 +42,12 @@ from .filters import Filter, compile_filter, regex_budget
 from .filters.indexes import Indexes
 from .filters.sorted import SortIndex, SortSpec, sort_spec
 
-__all__ = ["MAX_SORT_INDEXES", "EmbeddedStore"]
+__all__ = ["DECODED_CACHE_MB", "MAX_SORT_INDEXES", "EmbeddedStore"]
+
+DECODED_CACHE_MB = 16.0
+"""Decoded documents are kept (as well as their JSON) while the store's JSON is at most
+this many MB: a small registry answers from Python objects (~7x its JSON: ~110 MB at
+most by default), a large one decodes what each query reads."""
 
 MAX_SORT_INDEXES = 8
 """Sort indexes kept per collection (each ~30 MB at 100,000 documents); the least
@@ -78,22 +83,43 @@ def _first(pair: tuple) -> int:
     return pair[0]
 
 
+def _decoder(cache: dict | None):
+    """load(id, raw) -> the document: decoded now, or from ``cache`` ({id: (raw,
+    document)}; an entry counts only for the very bytes object it was decoded from, so
+    one left behind by a race with a write is never used) and put there."""
+    if cache is None:
+        return lambda doc_id, raw: _decode(raw)
+
+    def load(doc_id: str, raw: bytes) -> dict:
+        entry = cache.get(doc_id)
+        if entry is not None and entry[0] is raw:
+            return entry[1]
+        doc = _decode(raw)
+        cache[doc_id] = (raw, doc)
+        return doc
+
+    return load
+
+
 class _Decoded:
     """A collection's encoded documents seen as {id: document}, decoded one at a time
-    (what an index build reads; nothing is kept)."""
+    (what an index build reads)."""
 
-    __slots__ = ("raw",)
+    __slots__ = ("load", "raw")
 
-    def __init__(self, raw: dict[str, bytes]) -> None:
-        self.raw = raw
+    def __init__(self, raw: dict[str, bytes], load) -> None:
+        self.raw, self.load = raw, load
 
     def items(self):
+        load = self.load
         for doc_id, raw in self.raw.items():
-            yield doc_id, _decode(raw)
+            yield doc_id, load(doc_id, raw)
 
 
 class EmbeddedStore:
-    def __init__(self, path: str | Path, collections: list[str]) -> None:
+    def __init__(
+        self, path: str | Path, collections: list[str], cache_mb: float = DECODED_CACHE_MB
+    ) -> None:
         self.path = str(path)
         self._lock_fd = _lock_exclusively(self.path + ".lock")
         try:
@@ -111,6 +137,9 @@ class EmbeddedStore:
         self._next = 0
         self._revs: dict[str, dict[str, int]] = {n: {} for n in collections}  # per write
         self._next_rev = 0
+        self._cache: dict[str, dict[str, tuple[bytes, dict]]] = {n: {} for n in collections}
+        self._cache_limit = cache_mb * 1e6
+        self._json_bytes = 0  # of every document in the store
         for name in collections:
             self._db.execute(
                 f'CREATE TABLE IF NOT EXISTS "{name}" (id TEXT PRIMARY KEY, doc TEXT NOT NULL)'
@@ -120,6 +149,7 @@ class EmbeddedStore:
             rows = self._db.execute(f'SELECT id, CAST(doc AS BLOB) FROM "{name}" ORDER BY rowid')
             for doc_id, raw in rows:  # kept encoded: decoded when a query reads them
                 docs[doc_id] = raw
+                self._json_bytes += len(raw)
                 seq[doc_id] = self._next
                 self._next += 1
             self._docs[name] = docs
@@ -159,18 +189,34 @@ class EmbeddedStore:
         """Memory after a committed insert: the encoded document, its position, indexes."""
         self._bump(name, doc_id)
         self._docs[name][doc_id] = raw
+        self._resized(len(raw))
         seq = self._seq[name][doc_id] = self._next
         self._next += 1
         self._indexes[name].add(doc_id, doc)
         for index in self._sorts[name].values():
             index.add(seq, doc_id, raw, doc)
 
+    def _loader(self, name: str):
+        """The collection's load(id, raw) (``_decoder``), through its cache while the
+        store's JSON is within the cache's limit."""
+        return _decoder(self._cache[name] if self._json_bytes <= self._cache_limit else None)
+
+    def _resized(self, change: int) -> None:
+        """The store's JSON grew or shrank by ``change`` bytes (the cache is emptied once
+        it is over the limit)."""
+        self._json_bytes += change
+        if self._json_bytes > self._cache_limit and change > 0:
+            for cache in self._cache.values():
+                cache.clear()
+
     def _unindex(self, name: str, doc_id: str, raw: bytes) -> None:
-        """Take a document's old version out of the indexes (decoded only if any)."""
+        """Take a document's old version out of the indexes (decoded only if any) and
+        out of the cache."""
+        entry = self._cache[name].pop(doc_id, None)
         sorts = self._sorts[name].values()
         if not (self._indexes[name].all or sorts):
             return
-        old = _decode(raw)
+        old = entry[1] if entry is not None and entry[0] is raw else _decode(raw)
         self._indexes[name].remove(doc_id, old)
         seq = self._seq[name][doc_id]
         for index in sorts:
@@ -181,7 +227,8 @@ class EmbeddedStore:
         self._revs[name][doc_id] = self._next_rev
 
     def get(self, name: str, doc_id: str) -> dict:
-        """The document (a fresh copy, decoded now: callers may modify it)."""
+        """The document (a fresh copy, decoded now: callers may modify it; the
+        documents queries return are shared: callers must not)."""
         raw = self._docs[name].get(doc_id)
         if raw is None:
             raise NotFound(f"{name}: no document {doc_id!r}")
@@ -194,8 +241,10 @@ class EmbeddedStore:
             text = json.dumps(doc)
             self._db.execute(f'UPDATE "{name}" SET doc = ? WHERE id = ?', (text, doc_id))
             raw = text.encode()
-            self._unindex(name, doc_id, self._docs[name][doc_id])
+            old = self._docs[name][doc_id]
+            self._unindex(name, doc_id, old)
             self._docs[name][doc_id] = raw
+            self._resized(len(raw) - len(old))
             self._bump(name, doc_id)
             self._indexes[name].add(doc_id, doc)
             seq = self._seq[name][doc_id]
@@ -224,7 +273,9 @@ class EmbeddedStore:
             if doc_id not in self._docs[name]:
                 raise NotFound(f"{name}: no document {doc_id!r}")
             self._db.execute(f'DELETE FROM "{name}" WHERE id = ?', (doc_id,))
-            self._unindex(name, doc_id, self._docs[name].pop(doc_id))
+            old = self._docs[name].pop(doc_id)
+            self._unindex(name, doc_id, old)
+            self._resized(-len(old))
             del self._seq[name][doc_id]
             self._revs[name].pop(doc_id, None)
 
@@ -242,9 +293,10 @@ class EmbeddedStore:
         filter_ = compile_filter(filter_)
         with self._lock:  # an index built now must not miss a concurrent write
             self._prepare(name, filter_)
-            plan = self._indexes[name].plan(filter_, _Decoded(self._docs[name]))
+            load = self._loader(name)
+            plan = self._indexes[name].plan(filter_, _Decoded(self._docs[name], load))
             work = self._candidates(name, filter_, plan, first, ordered)
-        return _matches(work, first)
+        return _matches(work, first, load)
 
     def find_sorted(
         self, name: str, filter_: Filter | dict, sort: dict, k: int, skip: int = 0
@@ -265,13 +317,15 @@ class EmbeddedStore:
         still needs and goes on without the lock."""
         filter_ = compile_filter(filter_)
         docs = self._docs[name]
-        walk = _Walk(filter_.match, k, skip)
         with regex_budget():  # one budget for both parts of a walk
             with self._lock:
+                load = self._loader(name)
+                walk = _Walk(filter_.match, k, skip, load)
                 index = self._prepare(name, filter_, sort_spec(sort))
-                narrow = self._indexes[name].narrowest(filter_, _Decoded(docs), len(docs) // 8)
+                decoded = _Decoded(docs, load)
+                narrow = self._indexes[name].narrowest(filter_, decoded, len(docs) // 8)
                 if narrow is not None and narrow[0] <= max(k, len(docs) // 64):
-                    plan = self._indexes[name].plan(filter_, _Decoded(docs))
+                    plan = self._indexes[name].plan(filter_, decoded)
                     work = self._candidates(name, filter_, plan, None, False)
                 else:
                     work = None
@@ -285,7 +339,7 @@ class EmbeddedStore:
             if work is None and at is not None:
                 walk.run(entries, sure, unsure, None)
         if work is not None:
-            return _matches(work, None), 0
+            return _matches(work, None, load), 0
         return walk.hits, skip
 
     def _prepare(self, name: str, filter_: Filter, spec: SortSpec | None = None):
@@ -300,9 +354,9 @@ class EmbeddedStore:
         if build_sort:
             index = SortIndex(spec)
         if new or build_sort:
-            seq = self._seq[name]
+            seq, load = self._seq[name], self._loader(name)
             for doc_id, raw in self._docs[name].items():
-                doc = _decode(raw)
+                doc = load(doc_id, raw)
                 for built in new:
                     built.collect(doc_id, doc)
                 if build_sort:
@@ -319,19 +373,19 @@ class EmbeddedStore:
         return index
 
     def _candidates(self, name, filter_: Filter, plan, first, ordered) -> list[tuple]:
-        """(position, encoded document, test) of the documents to test (test None: a
+        """(position, id, encoded document, test) of the documents to test (test None: a
         match already), in insertion order when ``ordered`` or ``first`` is given.
         Under the lock: what a query matches after letting it go."""
         docs, seq = self._docs[name], self._seq[name]
         if plan is None:
             if not filter_.spec and first is not None:  # a page of everything
-                return [(seq[i], docs[i], None) for i in islice(docs, first)]
+                return [(seq[i], i, docs[i], None) for i in islice(docs, first)]
             match = filter_.match
-            return [(seq[i], raw, match) for i, raw in docs.items()]
+            return [(seq[i], i, raw, match) for i, raw in docs.items()]
         sure, unsure, answered = plan
         rest, match = filter_.residual(answered), filter_.match
-        work = [(seq[i], docs[i], rest) for i in sure]
-        work += [(seq[i], docs[i], match) for i in unsure]
+        work = [(seq[i], i, docs[i], rest) for i in sure]
+        work += [(seq[i], i, docs[i], match) for i in unsure]
         if ordered or first is not None:
             work.sort(key=_first)
         return work
@@ -340,12 +394,12 @@ class EmbeddedStore:
         return len(self._docs[name])
 
 
-def _matches(work: list[tuple], first: int | None) -> list[tuple[int, dict]]:
+def _matches(work: list[tuple], first: int | None, load) -> list[tuple[int, dict]]:
     """(position, document) of the work items whose test passes (the first n only)."""
     hits = []
     with regex_budget():  # all of this query's $regex searches share one budget
-        for n, raw, test in work:
-            doc = _decode(raw)
+        for n, doc_id, raw, test in work:
+            doc = load(doc_id, raw)
             if test is None or test(doc):
                 hits.append((n, doc))
                 if first is not None and len(hits) >= first:
@@ -357,8 +411,8 @@ class _Walk:
     """A sorted query's walk along a sort index: matches counted until k, the
     (position, document) of those past ``skip`` kept in ``hits``."""
 
-    def __init__(self, match, k: int, skip: int) -> None:
-        self.match, self.k, self.skip = match, k, skip
+    def __init__(self, match, k: int, skip: int, load) -> None:
+        self.match, self.k, self.skip, self.load = match, k, skip, load
         self.found = 0
         self.hits: list[tuple[int, dict]] = []
 
@@ -368,7 +422,7 @@ class _Walk:
         matches, or no entries left), or the position to go on from once ``budget``
         entries were decoded (or _SKIP_LOCKED more skipped than decoded)."""
         decoded = 0
-        match, hits = self.match, self.hits
+        match, hits, load = self.match, self.hits, self.load
         for at, (_, n, doc_id, raw) in enumerate(entries):
             if sure is not None and doc_id not in sure and doc_id not in unsure:
                 if budget is not None and at - decoded > _SKIP_LOCKED:
@@ -377,7 +431,7 @@ class _Walk:
             if budget is not None and decoded >= budget:
                 return at
             decoded += 1
-            doc = _decode(raw)
+            doc = load(doc_id, raw)
             if match(doc):
                 self.found += 1
                 if self.found > self.skip:

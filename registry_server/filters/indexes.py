@@ -172,7 +172,7 @@ class RangeIndex:
         return {doc_id for _, doc_id in entries[lo:hi]}
 
 
-_SLICE = 20_000
+_SLICE = 5_000  # ~2 ms of C sorting at a time
 
 
 def _sort_in_slices(entries: list) -> list:

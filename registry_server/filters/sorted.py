@@ -23,7 +23,7 @@ from .values import sort_key, walker
 
 __all__ = ["SortIndex", "sort_spec"]
 
-_SLICE = 20_000
+_SLICE = 5_000  # ~2 ms of C sorting at a time
 
 SortSpec = tuple[tuple[str, bool], ...]
 """((field, descending), ...): a sort option as a hashable key."""

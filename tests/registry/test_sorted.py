@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from registry_server import store as store_module
 from registry_server.filters import compile_filter
 from registry_server.options import apply_options, check_options
-from registry_server.store import MAX_SORT_INDEXES, EmbeddedStore
+from registry_server.store import DECODED_CACHE_MB, MAX_SORT_INDEXES, EmbeddedStore
 
 from .test_query_differential import cluster, filters, paths
 from .test_store import equalities
@@ -42,7 +42,8 @@ def _sorted_query(store, flt, options):
        filters(), sorts, st.integers(1, 8), st.integers(0, 3), st.data())  # fmt: skip
 def test_sort_index_walk_equals_full_sort(tmp_path_factory, documents, equality, extra, sort,
                                           limit, skip, data):  # fmt: skip
-    store = EmbeddedStore(tmp_path_factory.mktemp("s") / "db.sqlite3", ["clusters"])
+    cache_mb = data.draw(st.sampled_from([0, DECODED_CACHE_MB]))  # decoded: never or all
+    store = EmbeddedStore(tmp_path_factory.mktemp("s") / "db.sqlite3", ["clusters"], cache_mb)
     docs = {}
     try:
         for i, doc in enumerate(documents):
@@ -143,8 +144,8 @@ def test_sort_indexes_are_bounded(tmp_path):
 
 def test_documents_read_back_from_their_encoded_form(tmp_path):
     """Documents are kept as their JSON and decoded when read: the same values after a
-    restart (big ints exact, floats, unicode, NaN stored by a Python caller), and every
-    read is a fresh copy (changing it changes nothing stored)."""
+    restart (big ints exact, floats, unicode, NaN stored by a Python caller), and a read
+    by id is a fresh copy (changing it changes nothing stored)."""
     path = tmp_path / "db.sqlite3"
     docs = {
         "a": {"id": "a", "big": 2**70 + 1, "f": 0.1, "neg": -0.0, "u": "é\u2028😀", "l": [1, [2]]},
@@ -155,21 +156,46 @@ def test_documents_read_back_from_their_encoded_form(tmp_path):
     store.insert_many("clusters", copy.deepcopy({k: docs[k] for k in "ab"}))
     store.insert("clusters", "c", copy.deepcopy(docs["c"]))
     store.close()
-    store = EmbeddedStore(path, ["clusters"])
+    for cache_mb in (0, DECODED_CACHE_MB):
+        store = EmbeddedStore(path, ["clusters"], cache_mb)
+        try:
+            for _ in range(2):  # the second time from the cache, when there is one
+                assert [d["id"] for d in store.find("clusters", {})] == ["a", "b", "c"]
+                for doc_id, doc in docs.items():
+                    got = store.get("clusters", doc_id)
+                    if doc_id == "b":
+                        assert math.isnan(got["nan"]) and got["inf"] == float("inf")
+                    else:
+                        assert got == doc and repr(got) == repr(doc)
+                    got["changed"] = True
+                    assert "changed" not in store.get("clusters", doc_id)
+                assert [d["id"] for d in store.find("clusters", {"big": 2**70 + 1})] == ["a"]
+                assert [d["id"] for d in store.find("clusters", {"big": 2**70})] == []
+        finally:
+            store.close()
+
+
+def test_the_decoded_cache_follows_writes_and_its_limit(tmp_path):
+    """Cached documents are replaced by writes; an entry decoded from bytes that are no
+    longer the document's (a query racing a write leaves one) is never used; past its
+    limit the store's documents are not cached at all."""
+    store = EmbeddedStore(tmp_path / "db.sqlite3", ["clusters"], cache_mb=0.01)  # 10 kB
     try:
-        for doc_id, doc in docs.items():
-            got = store.get("clusters", doc_id)
-            if doc_id == "b":
-                assert math.isnan(got["nan"]) and got["inf"] == float("inf")
-            else:
-                assert got == doc and repr(got) == repr(doc)
-            got["changed"] = True
-            assert "changed" not in store.get("clusters", doc_id)
-        assert [d["id"] for d in store.find("clusters", {})] == ["a", "b", "c"]
-        assert [d["id"] for d in store.find("clusters", {"big": 2**70 + 1})] == ["a"]
-        assert [d["id"] for d in store.find("clusters", {"big": 2**70})] == []
-        found = store.find("clusters", {"t": True})
-        found[0]["nested"]["x"] = 1
-        assert store.get("clusters", "c") == docs["c"]
+        for i in range(20):
+            store.insert("clusters", f"d{i}", {"id": f"d{i}", "n": i})
+        assert len(store.find("clusters", {"n": {"$gte": 0}})) == 20  # all cached now
+        assert len(store._cache["clusters"]) == 20
+        store.replace("clusters", "d3", {"id": "d3", "n": 103})
+        store._cache["clusters"]["d4"] = (b'{"id": "d4", "n": 104}', {"id": "d4", "n": 104})
+        found = {d["id"]: d["n"] for d in store.find("clusters", {})}
+        assert found == {f"d{i}": 103 if i == 3 else i for i in range(20)}
+        store.delete("clusters", "d5")
+        assert "d5" not in store._cache["clusters"]
+        assert [d["id"] for d in store.find("clusters", {"n": 5})] == []
+        big = "x" * 20_000  # past the limit: the cache is emptied and stays empty
+        store.insert("clusters", "big", {"id": "big", "n": -1, "s": big})
+        assert store._cache["clusters"] == {}
+        assert [d["id"] for d in store.find("clusters", {"n": {"$lt": 0}})] == ["big"]
+        assert store._cache["clusters"] == {}
     finally:
         store.close()
