@@ -199,3 +199,26 @@ def test_the_decoded_cache_follows_writes_and_its_limit(tmp_path):
         assert store._cache["clusters"] == {}
     finally:
         store.close()
+
+
+def test_index_builds_pause_the_collector_and_restore_it():
+    """Builds pause the cyclic collector (counted: nested or concurrent builds end with
+    the last) and leave it as they found it, enabled or not."""
+    import gc
+
+    from registry_server.store import _collector_paused
+
+    assert gc.isenabled()
+    with _collector_paused(10):
+        assert not gc.isenabled()
+        with _collector_paused(10):
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with _collector_paused(10):
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
