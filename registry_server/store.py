@@ -4,7 +4,7 @@
 per registry holding each document's JSON under its id (PRIMARY KEY: the unique index),
 plus every document's JSON in memory (bytes, decoded when a query or a read needs the
 document: a Python dict costs ~7 times its JSON, so 100,000 seed-shaped clusters take
-~180 MB rather than ~860 MB, and start in well under a second). A write returns only
+~180 MB rather than ~860 MB, and start in about a second). A write returns only
 after SQLite has committed it to disk, so acknowledged writes survive kill -9; memory
 is updated after the commit.
 
@@ -91,15 +91,16 @@ _FREEZE_AFTER = 10_000  # documents indexed by a build that freezes what is aliv
 
 
 @contextmanager
-def _collector_paused(documents: int):
+def _collector_paused(documents: int = 0):
     """No cyclic garbage collection while an index is built. A build decodes every
     document (millions of short-lived, acyclic objects: reference counting frees them);
     each of the thousands of collections they would trigger holds the GIL, and so the
     event loop, and the later ones walk the growing index (stalls of 40-70 ms measured
-    at 100,000 documents). At the end what is alive is frozen (gc.freeze, as the
-    server does after loading): the new index's hundreds of thousands of objects are
-    long-lived, and the first collection after the pause would otherwise walk them all
-    at once (~0.5 s); done after builds of _FREEZE_AFTER documents or more only.
+    at 100,000 documents). A build must not make reference cycles (they would pile up
+    until the pause ends). After a build of _FREEZE_AFTER documents or more what is
+    alive is frozen (gc.freeze, as the server does after loading): the new index's
+    hundreds of thousands of objects are long-lived, and the first collection after
+    the pause would otherwise walk them all at once (120 ms at 100,000 documents).
     Process-wide, so counted: the last build to end restores the collector as it
     was."""
     with _gc_lock:

@@ -25,7 +25,7 @@ import math
 from bisect import bisect_left, bisect_right, insort
 from heapq import merge
 
-from .values import path_values
+from .values import path_values, walker
 
 __all__ = ["EqualityIndex", "IndexClause", "Indexes", "RangeIndex", "index_clauses"]
 
@@ -43,12 +43,12 @@ def _kind(value) -> str | None:
     return None
 
 
-def _scalars(doc: dict, path: tuple[str, ...]):
+def _scalars(doc: dict, path: tuple[str, ...], walk):
     """(value, kind) of every scalar at the path, array elements included; and whether
     some value there is an object or an array holding an array or object."""
     found = []
     odd = False
-    for value in path_values(doc, path):
+    for value in path_values(doc, path, walk):
         for item in value if type(value) is list else (value,):
             kind = _kind(item)
             if kind is not None:
@@ -61,6 +61,7 @@ def _scalars(doc: dict, path: tuple[str, ...]):
 class EqualityIndex:
     def __init__(self, path: tuple[str, ...]) -> None:
         self.path = path
+        self.walk = walker(path)  # built once: a walker is a cycle of closures
         self.by_key: dict[tuple, set[str]] = {}
         self.unsure: set[str] = set()
 
@@ -76,14 +77,14 @@ class EqualityIndex:
         pass
 
     def add(self, doc_id: str, doc: dict) -> None:
-        found, odd = _scalars(doc, self.path)
+        found, odd = _scalars(doc, self.path, self.walk)
         for value, kind in found:
             self.by_key.setdefault((kind, value), set()).add(doc_id)
         if odd:
             self.unsure.add(doc_id)
 
     def remove(self, doc_id: str, doc: dict) -> None:
-        found, _ = _scalars(doc, self.path)
+        found, _ = _scalars(doc, self.path, self.walk)
         for value, kind in found:
             ids = self.by_key.get((kind, value))
             if ids is not None:
@@ -108,10 +109,11 @@ class EqualityIndex:
 class RangeIndex:
     def __init__(self, path: tuple[str, ...]) -> None:
         self.path = path
+        self.walk = walker(path)  # built once: a walker is a cycle of closures
         self.sorted: dict[str, list[tuple]] = {"n": [], "s": []}
 
     def add(self, doc_id: str, doc: dict) -> None:
-        found, _ = _scalars(doc, self.path)
+        found, _ = _scalars(doc, self.path, self.walk)
         for value, kind in set(found):
             insort(self.sorted[kind], (value, doc_id))
 
@@ -124,7 +126,7 @@ class RangeIndex:
 
     def collect(self, doc_id: str, doc: dict) -> None:
         """Index one document of a build, unsorted (``finish`` sorts them all)."""
-        found, _ = _scalars(doc, self.path)
+        found, _ = _scalars(doc, self.path, self.walk)
         for value, kind in set(found):
             self.sorted[kind].append((value, doc_id))
 
@@ -133,7 +135,7 @@ class RangeIndex:
             self.sorted[kind] = _sort_in_slices(entries)
 
     def remove(self, doc_id: str, doc: dict) -> None:
-        found, _ = _scalars(doc, self.path)
+        found, _ = _scalars(doc, self.path, self.walk)
         for value, kind in set(found):
             entries = self.sorted[kind]
             at = bisect_left(entries, (value, doc_id))
