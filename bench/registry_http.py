@@ -174,6 +174,14 @@ def scale(opts) -> tuple[list[tuple[str, str, str, str]], dict]:
                 lat.append(_timed(server, "GET", "/health")[0])
                 time.sleep(0.005)
 
+        idle = threading.Thread(target=ping)  # the same pings with nothing else to do:
+        idle.start()  # what this (shared) machine adds on its own
+        time.sleep(2.5)
+        done.set()
+        idle.join()
+        idle_worst, idle_pings = max(lat), len(lat)
+        lat.clear()
+        done.clear()
         pinger = threading.Thread(target=ping)
         pinger.start()
         time.sleep(0.2)
@@ -184,7 +192,8 @@ def scale(opts) -> tuple[list[tuple[str, str, str, str]], dict]:
         pinger.join()
         worst = max(lat)
         rows.append((f"/health worst while a query builds a new index ({build_ms:.0f} ms, "
-                     f"{len(lat)} pings)", f"{worst:.1f} ms", "<= 50 ms",
+                     f"{len(lat)} pings; the worst of {idle_pings} pings of an idle server "
+                     f"just before: {idle_worst:.1f} ms)", f"{worst:.1f} ms", "<= 50 ms",
                      "met" if worst <= 50 else "MISSED"))  # fmt: skip
         # /health while 4 clients run the heaviest queries
         bodies = []
