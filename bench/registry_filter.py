@@ -114,6 +114,8 @@ def render(rows: list[dict], n_docs: int, rounds: int) -> str:
         "equality and range indexes answer the clauses they can, the matcher runs the rest",
         "over the candidates); the goal is judged on the store query. Indexes are built by",
         "the first query that uses them (the correctness check below), then kept by writes.",
+        "The store keeps each document's JSON and, this store being under its decoded-cache",
+        "limit (registry_server.store.DECODED_CACHE_MB), the documents once decoded too.",
         "",
         "| filter | matches | compiled filter | store query | mongomock find | filter vs "
         "mongomock | store vs mongomock | goal |",

@@ -138,22 +138,29 @@ def scale(opts) -> tuple[list[tuple[str, str, str, str]], dict]:
     del docs
     facts = {"json_mb": json_mb, "file_mb": db.stat().st_size / 1e6}
     rows = []
-    progress("registry scale: starting the server ...")
-    start = time.perf_counter()
-    server = Server(db)
-    startup = time.perf_counter() - start
+    progress("registry scale: starting the server (3 times) ...")
+    starts = []
+    for _ in range(3):  # the median of 3: this machine is shared
+        start = time.perf_counter()
+        server = Server(db)
+        starts.append(time.perf_counter() - start)
+        if len(starts) < 3:
+            server.stop()
+    startup = statistics.median(starts)
     try:
         rss_start = _rss_mb(server.p.pid)
-        rows.append(("startup (process start to first /health answer)", f"{startup:.2f} s",
-                     "<= 2 s", "met" if startup <= 2 else "MISSED"))  # fmt: skip
+        each = ", ".join(f"{s:.2f}" for s in starts)
+        rows.append((f"startup (process start to first /health answer; median of 3: "
+                     f"{each} s)", f"{startup:.2f} s", "<= 2 s",
+                     "met" if startup <= 2 else "MISSED"))  # fmt: skip
         # sort + limit 10 on a compound query (its indexes built by the first call)
         first, status, answer = _timed(server, "POST", "/clusters/query", SCALE_QUERY)
         assert status == 200 and len(answer["data"]) == 10, answer
         times = [_timed(server, "POST", "/clusters/query", SCALE_QUERY)[0] for _ in range(30)]
         p50 = statistics.median(times)
         rows.append(("compound query + sort + limit 10 (HTTP, p50 of 30; first call "
-                     f"{first:.0f} ms builds 3 indexes)", f"{p50:.1f} ms", "<= 10 ms",
-                     "met" if p50 <= 10 else "MISSED"))  # fmt: skip
+                     f"{first:.0f} ms builds 3 indexes and the sort index)", f"{p50:.1f} ms",
+                     "<= 10 ms", "met" if p50 <= 10 else "MISSED"))  # fmt: skip
         ms, status, answer = _timed(server, "GET", "/clusters")
         size = len(json.dumps(answer)) / 1e3
         rows.append((f"GET /clusters (default page: {len(answer['data'])} documents, "
@@ -167,6 +174,14 @@ def scale(opts) -> tuple[list[tuple[str, str, str, str]], dict]:
                 lat.append(_timed(server, "GET", "/health")[0])
                 time.sleep(0.005)
 
+        idle = threading.Thread(target=ping)  # the same pings with nothing else to do:
+        idle.start()  # what this (shared) machine adds on its own
+        time.sleep(2.5)
+        done.set()
+        idle.join()
+        idle_worst, idle_pings = max(lat), len(lat)
+        lat.clear()
+        done.clear()
         pinger = threading.Thread(target=ping)
         pinger.start()
         time.sleep(0.2)
@@ -177,7 +192,8 @@ def scale(opts) -> tuple[list[tuple[str, str, str, str]], dict]:
         pinger.join()
         worst = max(lat)
         rows.append((f"/health worst while a query builds a new index ({build_ms:.0f} ms, "
-                     f"{len(lat)} pings)", f"{worst:.1f} ms", "<= 50 ms",
+                     f"{len(lat)} pings; the worst of {idle_pings} pings of an idle server "
+                     f"just before: {idle_worst:.1f} ms)", f"{worst:.1f} ms", "<= 50 ms",
                      "met" if worst <= 50 else "MISSED"))  # fmt: skip
         # /health while 4 clients run the heaviest queries
         bodies = []
@@ -185,9 +201,10 @@ def scale(opts) -> tuple[list[tuple[str, str, str, str]], dict]:
             path = tmp / f"heavy-{len(bodies)}.json"
             path.write_text(
                 json.dumps(
-                    {
-                        "query": FILTERS[name],  # a full scan, then top 10
-                        "options": {"sort": {"reputation": -1}, "limit": 10},
+                    {  # sorted, skipping past every match: the whole sort index is
+                        # walked and every document decoded and tested (a small answer)
+                        "query": FILTERS[name],
+                        "options": {"sort": {"reputation": -1}, "skip": opts.scale, "limit": 10},
                     }
                 )
             )
@@ -209,7 +226,8 @@ def scale(opts) -> tuple[list[tuple[str, str, str, str]], dict]:
         for t in loaders:
             t.join()
         heavy_rate = sum(r["req_s"] for r in heavy_results)
-        rows.append((f"/health p99 while 4 clients run {' and '.join(HEAVY)} (full scans, "
+        rows.append((f"/health p99 while 4 clients run {' and '.join(HEAVY)} (full scans: "
+                     "sorted, skip past the last match, "
                      f"{heavy_rate:.1f} queries/s together; /health p50 "
                      f"{health['p50_ms']:.1f} ms)", f"{health['p99_ms']:.1f} ms", "<= 50 ms",
                      "met" if health["p99_ms"] <= 50 else "MISSED"))  # fmt: skip

@@ -16,7 +16,7 @@ from .app import make_app
 from .errors import StoreLocked
 from .schemas import REGISTRIES
 from .security import ENV_TOKEN, Security, is_loopback
-from .store import EmbeddedStore
+from .store import DECODED_CACHE_MB, EmbeddedStore
 
 
 def _ssl_context(cert: str, key: str):
@@ -38,6 +38,9 @@ def main(argv=None, prog: str = "python -m registry_server") -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--db", default="registry.sqlite3", help="embedded store file")
+    parser.add_argument("--decoded-cache-mb", type=float, default=DECODED_CACHE_MB,
+                        help="keep documents decoded too while the store's JSON is at most "
+                        "this many MB (faster queries, ~7x the memory); 0: never")  # fmt: skip
     parser.add_argument("--mongo-url", help="mongodb:// URL: use MongoDB instead")
     parser.add_argument("--mongo-db", default="aios_registry")
     parser.add_argument("--auth-file", help="tokens, one 'role token' a line (read, admin, *); "
@@ -70,7 +73,7 @@ def main(argv=None, prog: str = "python -m registry_server") -> int:
         where = f"MongoDB {opts.mongo_db}"
     else:
         try:
-            store = EmbeddedStore(opts.db, list(REGISTRIES))
+            store = EmbeddedStore(opts.db, list(REGISTRIES), opts.decoded_cache_mb)
         except StoreLocked as exc:
             print(f"registry: {exc}", file=sys.stderr)
             return 1
@@ -87,8 +90,8 @@ def main(argv=None, prog: str = "python -m registry_server") -> int:
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_tokens)
 
     app.on_startup.append(on_sighup)
-    # Every loaded document is a long-lived object: keep them out of the collector's
-    # full passes (at 100k documents one pass holds the GIL, and the loop, for seconds).
+    # What is loaded now lives as long as the process: keep it out of the collector's
+    # full passes (documents are kept encoded, so this is mostly the modules' objects).
     gc.freeze()
     # Queries run in a thread pool; a thread holding the GIL yields it to the event loop
     # after this long (the default 5 ms lets 2 busy threads delay /health by 10-20 ms).

@@ -80,16 +80,21 @@ class _AsyncStore:
         return await self._run(self._store.find, name, filter_)
 
     async def query(self, name, filter_, options):
-        """find, then sort/skip/limit/projection, in the pool (without a sort, the scan
-        stops at skip + limit hits)."""
+        """find, then sort/skip/limit/projection, in the pool (with a limit, the scan
+        stops at skip + limit hits: in insertion order, or along a sort index)."""
 
         def run():
-            if options.get("sort"):  # sorted anyway: ties by insertion position
-                pairs = self._store.find_unordered(name, filter_)
-                return apply_options(pairs, options, positioned=True)
             first = None
             if options.get("limit"):
                 first = min((options.get("skip") or 0) + options["limit"], sys.maxsize)
+            if options.get("sort"):  # sorted anyway: ties by insertion position
+                if first is None:
+                    pairs = self._store.find_unordered(name, filter_)
+                    return apply_options(pairs, options, positioned=True)
+                skip = options.get("skip") or 0
+                pairs, skipped = self._store.find_sorted(name, filter_, options["sort"],
+                                                         first, skip)  # fmt: skip
+                return apply_options(pairs, {**options, "skip": skip - skipped}, positioned=True)
             return apply_options(self._store.find(name, filter_, first), options)
 
         return await self._run(run)

@@ -2,9 +2,11 @@
 
 ``EmbeddedStore`` (the default): SQLite in WAL mode with ``synchronous=FULL``, one table
 per registry holding each document's JSON under its id (PRIMARY KEY: the unique index),
-plus every document in memory for queries. A write returns only after SQLite has
-committed it to disk, so acknowledged writes survive kill -9; memory is updated after
-the commit. Queries run the compiled filter over the in-memory documents.
+plus every document's JSON in memory (bytes, decoded when a query or a read needs the
+document: a Python dict costs ~7 times its JSON, so 100,000 seed-shaped clusters take
+~180 MB rather than ~860 MB, and start in about a second). A write returns only
+after SQLite has committed it to disk, so acknowledged writes survive kill -9; memory
+is updated after the commit.
 
 One process owns a store file: it holds an exclusive lock (``flock``) on
 ``<file>.lock`` while open, so a second server on the same file stops at once with
@@ -17,16 +19,21 @@ only to plan and to copy its candidates, then matches them outside it.
 
 Queries take a compiled ``Filter`` (``registry_server.filters``) and use in-memory
 indexes (``filters.indexes``: equality and range, built on the first query that can use
-them, kept current by every write) to find candidates, then run its matcher over them.
+them, all of a query's in one pass over the documents, kept current by every write) to
+find candidates, then decode them and run its matcher. A sorted query with a limit
+walks a sort index instead (``filters.sorted``: every document in the sort's order)
+and stops at the limit, unless an index leaves few candidates (``find_sorted``).
 """
 
 from __future__ import annotations
 
 import fcntl
+import gc
 import json
 import os
 import sqlite3
 import threading
+from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
 
@@ -35,8 +42,30 @@ import msgspec
 from .errors import Conflict, NotFound, Stale, StoreLocked
 from .filters import Filter, compile_filter, regex_budget
 from .filters.indexes import Indexes
+from .filters.sorted import SortIndex, SortSpec, sort_spec
 
-__all__ = ["EmbeddedStore"]
+__all__ = ["DECODED_CACHE_MB", "MAX_SORT_INDEXES", "EmbeddedStore"]
+
+DECODED_CACHE_MB = 16.0
+"""Decoded documents are kept (as well as their JSON) while the store's JSON is at most
+this many MB: a small registry answers from Python objects (~7x its JSON: ~110 MB at
+most by default), a large one decodes what each query reads."""
+
+MAX_SORT_INDEXES = 8
+"""Sort indexes kept per collection (each ~30 MB at 100,000 documents); the least
+recently used goes when a query needs one more."""
+_WALK_LOCKED = 256  # documents a sorted query decodes under the lock (~2 ms), at most
+_SKIP_LOCKED = 20_000  # ... and entries it skips there (~2 ms)
+_fast_decode = msgspec.json.decode  # 2-3x json.loads; same values (big ints exact)
+
+
+def _decode(raw: bytes) -> dict:
+    """A stored document's JSON -> the document. json.loads takes what msgspec refuses:
+    NaN and Infinity, which only Python callers can store (HTTP refuses them)."""
+    try:
+        return _fast_decode(raw)
+    except msgspec.DecodeError:
+        return json.loads(raw)
 
 
 def _lock_exclusively(lock_path: str) -> int:
@@ -56,8 +85,80 @@ def _first(pair: tuple) -> int:
     return pair[0]
 
 
+_gc_lock = threading.Lock()
+_gc_pauses = [0, False, False]  # builds under way, collector enabled before, to freeze
+_FREEZE_AFTER = 10_000  # documents indexed by a build that freezes what is alive
+
+
+@contextmanager
+def _collector_paused(documents: int = 0):
+    """No cyclic garbage collection while an index is built. A build decodes every
+    document (millions of short-lived, acyclic objects: reference counting frees them);
+    each of the thousands of collections they would trigger holds the GIL, and so the
+    event loop, and the later ones walk the growing index (stalls of 40-70 ms measured
+    at 100,000 documents). A build must not make reference cycles (they would pile up
+    until the pause ends). After a build of _FREEZE_AFTER documents or more what is
+    alive is frozen (gc.freeze, as the server does after loading): the new index's
+    hundreds of thousands of objects are long-lived, and the first collection after
+    the pause would otherwise walk them all at once (120 ms at 100,000 documents).
+    Process-wide, so counted: the last build to end restores the collector as it
+    was."""
+    with _gc_lock:
+        if _gc_pauses[0] == 0:
+            _gc_pauses[1] = gc.isenabled()
+            _gc_pauses[2] = False
+            gc.disable()
+        _gc_pauses[0] += 1
+        _gc_pauses[2] = _gc_pauses[2] or documents >= _FREEZE_AFTER
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pauses[0] -= 1
+            if _gc_pauses[0] == 0:
+                if _gc_pauses[2]:
+                    gc.freeze()
+                if _gc_pauses[1]:
+                    gc.enable()
+
+
+def _decoder(cache: dict | None):
+    """load(id, raw) -> the document: decoded now, or from ``cache`` ({id: (raw,
+    document)}; an entry counts only for the very bytes object it was decoded from, so
+    one left behind by a race with a write is never used) and put there."""
+    if cache is None:
+        return lambda doc_id, raw: _decode(raw)
+
+    def load(doc_id: str, raw: bytes) -> dict:
+        entry = cache.get(doc_id)
+        if entry is not None and entry[0] is raw:
+            return entry[1]
+        doc = _decode(raw)
+        cache[doc_id] = (raw, doc)
+        return doc
+
+    return load
+
+
+class _Decoded:
+    """A collection's encoded documents seen as {id: document}, decoded one at a time
+    (what an index build reads)."""
+
+    __slots__ = ("load", "raw")
+
+    def __init__(self, raw: dict[str, bytes], load) -> None:
+        self.raw, self.load = raw, load
+
+    def items(self):
+        load = self.load
+        for doc_id, raw in self.raw.items():
+            yield doc_id, load(doc_id, raw)
+
+
 class EmbeddedStore:
-    def __init__(self, path: str | Path, collections: list[str]) -> None:
+    def __init__(
+        self, path: str | Path, collections: list[str], cache_mb: float = DECODED_CACHE_MB
+    ) -> None:
         self.path = str(path)
         self._lock_fd = _lock_exclusively(self.path + ".lock")
         try:
@@ -68,24 +169,30 @@ class EmbeddedStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._lock = threading.RLock()
-        self._docs: dict[str, dict[str, dict]] = {}
+        self._docs: dict[str, dict[str, bytes]] = {}  # id -> the document's JSON
         self._indexes: dict[str, Indexes] = {n: Indexes() for n in collections}
+        self._sorts: dict[str, dict[SortSpec, SortIndex]] = {n: {} for n in collections}
         self._seq: dict[str, dict[str, int]] = {}  # insertion order, for indexed queries
         self._next = 0
         self._revs: dict[str, dict[str, int]] = {n: {} for n in collections}  # per write
         self._next_rev = 0
+        self._cache: dict[str, dict[str, tuple[bytes, dict]]] = {n: {} for n in collections}
+        self._cache_limit = cache_mb * 1e6
+        self._json_bytes = 0  # of every document in the store
         for name in collections:
             self._db.execute(
                 f'CREATE TABLE IF NOT EXISTS "{name}" (id TEXT PRIMARY KEY, doc TEXT NOT NULL)'
             )
-            rows = self._db.execute(f'SELECT id, doc FROM "{name}" ORDER BY rowid').fetchall()
-            decode = msgspec.json.decode  # 2-3x json.loads; same values (big ints exact)
-            self._docs[name] = {doc_id: decode(doc) for doc_id, doc in rows}
-            del rows
-            self._seq[name] = {}
-            for doc_id in self._docs[name]:
-                self._seq[name][doc_id] = self._next
+            docs: dict[str, bytes] = {}
+            seq: dict[str, int] = {}
+            rows = self._db.execute(f'SELECT id, CAST(doc AS BLOB) FROM "{name}" ORDER BY rowid')
+            for doc_id, raw in rows:  # kept encoded: decoded when a query reads them
+                docs[doc_id] = raw
+                self._json_bytes += len(raw)
+                seq[doc_id] = self._next
                 self._next += 1
+            self._docs[name] = docs
+            self._seq[name] = seq
 
     def close(self) -> None:
         self._db.close()
@@ -96,60 +203,97 @@ class EmbeddedStore:
     def insert_many(self, name: str, docs: dict[str, dict]) -> None:
         """Insert {id: doc} in one transaction (bulk loads); a duplicate id inserts none."""
         with self._lock:
+            texts = [(i, json.dumps(d)) for i, d in docs.items()]
             try:
                 self._db.execute("BEGIN")
-                self._db.executemany(f'INSERT INTO "{name}" (id, doc) VALUES (?, ?)',
-                                     [(i, json.dumps(d)) for i, d in docs.items()])  # fmt: skip
+                self._db.executemany(f'INSERT INTO "{name}" (id, doc) VALUES (?, ?)', texts)
                 self._db.execute("COMMIT")
             except sqlite3.IntegrityError:
                 self._db.execute("ROLLBACK")
                 raise Conflict(f"{name}: a document id already exists") from None
-            for doc_id, doc in docs.items():
-                self._bump(name, doc_id)
-                self._docs[name][doc_id] = doc
-                self._seq[name][doc_id] = self._next
-                self._next += 1
-                self._indexes[name].add(doc_id, doc)
+            for (doc_id, text), doc in zip(texts, docs.values(), strict=True):
+                self._added(name, doc_id, text.encode(), doc)
 
     def insert(self, name: str, doc_id: str, doc: dict) -> None:
         with self._lock:
+            text = json.dumps(doc)
             try:
                 self._db.execute(f'INSERT INTO "{name}" (id, doc) VALUES (?, ?)',
-                                 (doc_id, json.dumps(doc)))  # fmt: skip
+                                 (doc_id, text))  # fmt: skip
             except sqlite3.IntegrityError:
                 raise Conflict(f"{name}: {doc_id!r} already exists") from None
-            self._bump(name, doc_id)
-            self._docs[name][doc_id] = doc
-            self._seq[name][doc_id] = self._next
-            self._next += 1
-            self._indexes[name].add(doc_id, doc)
+            self._added(name, doc_id, text.encode(), doc)
+
+    def _added(self, name: str, doc_id: str, raw: bytes, doc: dict) -> None:
+        """Memory after a committed insert: the encoded document, its position, indexes."""
+        self._bump(name, doc_id)
+        self._docs[name][doc_id] = raw
+        self._resized(len(raw))
+        seq = self._seq[name][doc_id] = self._next
+        self._next += 1
+        self._indexes[name].add(doc_id, doc)
+        for index in self._sorts[name].values():
+            index.add(seq, doc_id, raw, doc)
+
+    def _loader(self, name: str):
+        """The collection's load(id, raw) (``_decoder``), through its cache while the
+        store's JSON is within the cache's limit."""
+        return _decoder(self._cache[name] if self._json_bytes <= self._cache_limit else None)
+
+    def _resized(self, change: int) -> None:
+        """The store's JSON grew or shrank by ``change`` bytes (the cache is emptied once
+        it is over the limit)."""
+        self._json_bytes += change
+        if self._json_bytes > self._cache_limit and change > 0:
+            for cache in self._cache.values():
+                cache.clear()
+
+    def _unindex(self, name: str, doc_id: str, raw: bytes) -> None:
+        """Take a document's old version out of the indexes (decoded only if any) and
+        out of the cache."""
+        entry = self._cache[name].pop(doc_id, None)
+        sorts = self._sorts[name].values()
+        if not (self._indexes[name].all or sorts):
+            return
+        old = entry[1] if entry is not None and entry[0] is raw else _decode(raw)
+        self._indexes[name].remove(doc_id, old)
+        seq = self._seq[name][doc_id]
+        for index in sorts:
+            index.remove(seq, old)
 
     def _bump(self, name: str, doc_id: str) -> None:
         self._next_rev += 1
         self._revs[name][doc_id] = self._next_rev
 
     def get(self, name: str, doc_id: str) -> dict:
-        doc = self._docs[name].get(doc_id)
-        if doc is None:
+        """The document (a fresh copy, decoded now: callers may modify it; the
+        documents queries return are shared: callers must not)."""
+        raw = self._docs[name].get(doc_id)
+        if raw is None:
             raise NotFound(f"{name}: no document {doc_id!r}")
-        return doc
+        return _decode(raw)
 
     def replace(self, name: str, doc_id: str, doc: dict) -> None:
         with self._lock:
             if doc_id not in self._docs[name]:
                 raise NotFound(f"{name}: no document {doc_id!r}")
-            self._db.execute(f'UPDATE "{name}" SET doc = ? WHERE id = ?',
-                             (json.dumps(doc), doc_id))  # fmt: skip
+            text = json.dumps(doc)
+            self._db.execute(f'UPDATE "{name}" SET doc = ? WHERE id = ?', (text, doc_id))
+            raw = text.encode()
             old = self._docs[name][doc_id]
-            self._docs[name][doc_id] = doc
+            self._unindex(name, doc_id, old)
+            self._docs[name][doc_id] = raw
+            self._resized(len(raw) - len(old))
             self._bump(name, doc_id)
-            self._indexes[name].remove(doc_id, old)
             self._indexes[name].add(doc_id, doc)
+            seq = self._seq[name][doc_id]
+            for index in self._sorts[name].values():
+                index.add(seq, doc_id, raw, doc)
 
     def get_for_update(self, name: str, doc_id: str) -> tuple[dict, int]:
         """The document and its revision, for ``replace_if``."""
-        doc = self.get(name, doc_id)
-        return doc, self._revs[name].get(doc_id, -1)
+        with self._lock:  # the two together
+            return self.get(name, doc_id), self._revs[name].get(doc_id, -1)
 
     def replace_if(self, name: str, doc_id: str, doc: dict, rev: int, update=None) -> dict:
         """Replace the document if it is still at revision ``rev`` (Stale otherwise);
@@ -169,9 +313,10 @@ class EmbeddedStore:
                 raise NotFound(f"{name}: no document {doc_id!r}")
             self._db.execute(f'DELETE FROM "{name}" WHERE id = ?', (doc_id,))
             old = self._docs[name].pop(doc_id)
+            self._unindex(name, doc_id, old)
+            self._resized(-len(old))
             del self._seq[name][doc_id]
             self._revs[name].pop(doc_id, None)
-            self._indexes[name].remove(doc_id, old)
 
     def find(self, name: str, filter_: Filter | dict, first: int | None = None) -> list[dict]:
         """Matching documents, in insertion order (only the ``first`` n when given).
@@ -185,34 +330,153 @@ class EmbeddedStore:
         """(insertion position, document) of every match, in no particular order unless
         ``ordered`` (a caller that sorts anyway breaks ties by the position)."""
         filter_ = compile_filter(filter_)
-        match = filter_.match
-        docs = self._docs[name]
         with self._lock:  # an index built now must not miss a concurrent write
-            plan = self._indexes[name].plan(filter_, docs)
-            seq = self._seq[name]
-            if plan is None:
-                if not filter_.spec and first is not None:
-                    ids = islice(docs, first)  # a page of everything
-                    return [(seq[i], docs[i]) for i in ids]
-                candidates = list(docs.items())  # a snapshot: writers may go on
-            else:
-                sure, unsure, answered = plan
-                sure = [(seq[i], docs[i]) for i in sure]
-                unsure = [(seq[i], docs[i]) for i in unsure]
-                if ordered or first is not None:
-                    sure.sort(key=_first)
-                    unsure.sort(key=_first)
-        with regex_budget():  # all of this query's $regex searches share one budget
-            if plan is None:
-                hits = ((i, doc) for i, doc in candidates if match(doc))
-                return [(seq.get(i, -1), doc) for i, doc in islice(hits, first)]
-            rest = filter_.residual(answered)
-            hits = sure if rest is None else [(n, d) for n, d in sure if rest(d)]
-            if unsure:
-                hits = hits + [(n, d) for n, d in unsure if match(d)]
-                if ordered or first is not None:
-                    hits.sort(key=_first)
-        return hits if first is None else hits[:first]
+            self._prepare(name, filter_)
+            load = self._loader(name)
+            plan = self._indexes[name].plan(filter_, _Decoded(self._docs[name], load))
+            work = self._candidates(name, filter_, plan, first, ordered)
+        return _matches(work, first, load)
+
+    def find_sorted(
+        self, name: str, filter_: Filter | dict, sort: dict, k: int, skip: int = 0
+    ) -> tuple[list[tuple[int, dict]], int]:
+        """(pairs, skipped) for a query sorted by ``sort`` (a checked sort option) that
+        wants the first ``k`` matches of that order, the first ``skip`` of them left
+        out (skip <= k). When the query walks the sort index, ``pairs`` are the (insertion
+        position, document) of matches skip+1 to k in order, and ``skipped`` is skip;
+        when an equality or range index leaves few candidates (at most a 64th of the
+        collection), ``pairs`` are every match, in no order, and ``skipped`` is 0.
+        Either way ``apply_options(pairs, options with skip - skipped,
+        positioned=True)`` gives the answer.
+
+        The walk tests documents in the sort's order until k match, skipping those the
+        narrowest index clause rules out, and keeps only the documents past ``skip``.
+        It starts under the lock (no copies: most walks end within a few hundred
+        entries); one that goes on past _WALK_LOCKED documents decoded copies what it
+        still needs and goes on without the lock."""
+        filter_ = compile_filter(filter_)
+        docs = self._docs[name]
+        with regex_budget():  # one budget for both parts of a walk
+            with self._lock:
+                load = self._loader(name)
+                walk = _Walk(filter_.match, k, skip, load)
+                index = self._prepare(name, filter_, sort_spec(sort))
+                decoded = _Decoded(docs, load)
+                narrow = self._indexes[name].narrowest(filter_, decoded, len(docs) // 8)
+                if narrow is not None and narrow[0] <= max(k, len(docs) // 64):
+                    plan = self._indexes[name].plan(filter_, decoded)
+                    work = self._candidates(name, filter_, plan, None, False)
+                else:
+                    work = None
+                    sure, unsure = (None, None) if narrow is None else narrow[1:]
+                    entries = index.entries
+                    at = walk.run(entries, sure, unsure, _WALK_LOCKED)
+                    if at is not None:  # not done: copies, to go on without the lock
+                        entries = entries[at:]
+                        if sure is not None:
+                            sure, unsure = set(sure), set(unsure)
+            if work is None and at is not None:
+                walk.run(entries, sure, unsure, None)
+        if work is not None:
+            return _matches(work, None, load), 0
+        return walk.hits, skip
+
+    def _prepare(self, name: str, filter_: Filter, spec: SortSpec | None = None):
+        """Build the indexes the filter's clauses (and the sort, when given) can use and
+        the collection lacks, all in one pass over the documents (each decoded once);
+        returns the sort's index. Under the lock. The least recently used sort index
+        goes when there would be more than MAX_SORT_INDEXES."""
+        new = self._indexes[name].missing(filter_)
+        sorts = self._sorts[name]
+        index = None if spec is None else sorts.pop(spec, None)
+        build_sort = spec is not None and index is None
+        if build_sort:
+            index = SortIndex(spec)
+        if new or build_sort:
+            seq, load = self._seq[name], self._loader(name)
+            with _collector_paused(len(self._docs[name])):
+                for doc_id, raw in self._docs[name].items():
+                    doc = load(doc_id, raw)
+                    for built in new:
+                        built.collect(doc_id, doc)
+                    if build_sort:
+                        index.collect(seq[doc_id], doc_id, raw, doc)
+                for built in new:
+                    built.finish()
+                if build_sort:
+                    index.finish()
+            self._indexes[name].adopt(new)
+        if spec is not None:
+            if build_sort:
+                if len(sorts) >= MAX_SORT_INDEXES:
+                    del sorts[next(iter(sorts))]
+            sorts[spec] = index  # the most recently used last
+        return index
+
+    def _candidates(self, name, filter_: Filter, plan, first, ordered) -> list[tuple]:
+        """(position, id, encoded document, test) of the documents to test (test None: a
+        match already), in insertion order when ``ordered`` or ``first`` is given.
+        Under the lock: what a query matches after letting it go."""
+        docs, seq = self._docs[name], self._seq[name]
+        if plan is None:
+            if not filter_.spec and first is not None:  # a page of everything
+                return [(seq[i], i, docs[i], None) for i in islice(docs, first)]
+            match = filter_.match
+            return [(seq[i], i, raw, match) for i, raw in docs.items()]
+        sure, unsure, answered = plan
+        rest, match = filter_.residual(answered), filter_.match
+        work = [(seq[i], i, docs[i], rest) for i in sure]
+        work += [(seq[i], i, docs[i], match) for i in unsure]
+        if ordered or first is not None:
+            work.sort(key=_first)
+        return work
 
     def count(self, name: str) -> int:
         return len(self._docs[name])
+
+
+def _matches(work: list[tuple], first: int | None, load) -> list[tuple[int, dict]]:
+    """(position, document) of the work items whose test passes (the first n only)."""
+    hits = []
+    with regex_budget():  # all of this query's $regex searches share one budget
+        for n, doc_id, raw, test in work:
+            doc = load(doc_id, raw)
+            if test is None or test(doc):
+                hits.append((n, doc))
+                if first is not None and len(hits) >= first:
+                    break
+    return hits
+
+
+class _Walk:
+    """A sorted query's walk along a sort index: matches counted until k, the
+    (position, document) of those past ``skip`` kept in ``hits``."""
+
+    def __init__(self, match, k: int, skip: int, load) -> None:
+        self.match, self.k, self.skip, self.load = match, k, skip, load
+        self.found = 0
+        self.hits: list[tuple[int, dict]] = []
+
+    def run(self, entries: list, sure, unsure, budget: int | None) -> int | None:
+        """Test the entries in order; those whose id is in neither ``sure`` nor
+        ``unsure`` (when given) are skipped undecoded. Returns None when done (k
+        matches, or no entries left), or the position to go on from once ``budget``
+        entries were decoded (or _SKIP_LOCKED more skipped than decoded)."""
+        decoded = 0
+        match, hits, load = self.match, self.hits, self.load
+        for at, (_, n, doc_id, raw) in enumerate(entries):
+            if sure is not None and doc_id not in sure and doc_id not in unsure:
+                if budget is not None and at - decoded > _SKIP_LOCKED:
+                    return at
+                continue
+            if budget is not None and decoded >= budget:
+                return at
+            decoded += 1
+            doc = load(doc_id, raw)
+            if match(doc):
+                self.found += 1
+                if self.found > self.skip:
+                    hits.append((n, doc))
+                if self.found >= self.k:
+                    return None
+        return None

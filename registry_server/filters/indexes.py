@@ -25,7 +25,7 @@ import math
 from bisect import bisect_left, bisect_right, insort
 from heapq import merge
 
-from .values import path_values
+from .values import path_values, walker
 
 __all__ = ["EqualityIndex", "IndexClause", "Indexes", "RangeIndex", "index_clauses"]
 
@@ -43,12 +43,12 @@ def _kind(value) -> str | None:
     return None
 
 
-def _scalars(doc: dict, path: tuple[str, ...]):
+def _scalars(doc: dict, path: tuple[str, ...], walk):
     """(value, kind) of every scalar at the path, array elements included; and whether
     some value there is an object or an array holding an array or object."""
     found = []
     odd = False
-    for value in path_values(doc, path):
+    for value in path_values(doc, path, walk):
         for item in value if type(value) is list else (value,):
             kind = _kind(item)
             if kind is not None:
@@ -61,6 +61,7 @@ def _scalars(doc: dict, path: tuple[str, ...]):
 class EqualityIndex:
     def __init__(self, path: tuple[str, ...]) -> None:
         self.path = path
+        self.walk = walker(path)  # built once: a walker is a cycle of closures
         self.by_key: dict[tuple, set[str]] = {}
         self.unsure: set[str] = set()
 
@@ -68,15 +69,22 @@ class EqualityIndex:
         for doc_id, doc in docs.items():
             self.add(doc_id, doc)
 
+    def collect(self, doc_id: str, doc: dict) -> None:
+        """Index one document of a build (``finish`` when all are collected)."""
+        self.add(doc_id, doc)
+
+    def finish(self) -> None:
+        pass
+
     def add(self, doc_id: str, doc: dict) -> None:
-        found, odd = _scalars(doc, self.path)
+        found, odd = _scalars(doc, self.path, self.walk)
         for value, kind in found:
             self.by_key.setdefault((kind, value), set()).add(doc_id)
         if odd:
             self.unsure.add(doc_id)
 
     def remove(self, doc_id: str, doc: dict) -> None:
-        found, _ = _scalars(doc, self.path)
+        found, _ = _scalars(doc, self.path, self.walk)
         for value, kind in found:
             ids = self.by_key.get((kind, value))
             if ids is not None:
@@ -101,10 +109,11 @@ class EqualityIndex:
 class RangeIndex:
     def __init__(self, path: tuple[str, ...]) -> None:
         self.path = path
+        self.walk = walker(path)  # built once: a walker is a cycle of closures
         self.sorted: dict[str, list[tuple]] = {"n": [], "s": []}
 
     def add(self, doc_id: str, doc: dict) -> None:
-        found, _ = _scalars(doc, self.path)
+        found, _ = _scalars(doc, self.path, self.walk)
         for value, kind in set(found):
             insort(self.sorted[kind], (value, doc_id))
 
@@ -112,14 +121,21 @@ class RangeIndex:
         """Index every document at once: one sort, not an insertion per document
         (quadratic: seconds at 100,000 documents)."""
         for doc_id, doc in docs.items():
-            found, _ = _scalars(doc, self.path)
-            for value, kind in set(found):
-                self.sorted[kind].append((value, doc_id))
+            self.collect(doc_id, doc)
+        self.finish()
+
+    def collect(self, doc_id: str, doc: dict) -> None:
+        """Index one document of a build, unsorted (``finish`` sorts them all)."""
+        found, _ = _scalars(doc, self.path, self.walk)
+        for value, kind in set(found):
+            self.sorted[kind].append((value, doc_id))
+
+    def finish(self) -> None:
         for kind, entries in self.sorted.items():
             self.sorted[kind] = _sort_in_slices(entries)
 
     def remove(self, doc_id: str, doc: dict) -> None:
-        found, _ = _scalars(doc, self.path)
+        found, _ = _scalars(doc, self.path, self.walk)
         for value, kind in set(found):
             entries = self.sorted[kind]
             at = bisect_left(entries, (value, doc_id))
@@ -150,8 +166,15 @@ class RangeIndex:
             result = ids if result is None else result & ids
         return result or set()
 
+    def candidates(self, ops: dict) -> set[str]:
+        """Ids satisfying the operator with the fewest entries (a superset of
+        ``lookup``'s, cheaper when another operator is wide)."""
+        entries, lo, hi = min((self._bounds(op, arg) for op, arg in ops.items()),
+                              key=lambda bounds: bounds[2] - bounds[1])  # fmt: skip
+        return {doc_id for _, doc_id in entries[lo:hi]}
 
-_SLICE = 20_000
+
+_SLICE = 5_000  # ~2 ms of C sorting at a time
 
 
 def _sort_in_slices(entries: list) -> list:
@@ -248,6 +271,47 @@ class Indexes:
     def remove(self, doc_id: str, doc: dict) -> None:
         for index in self.all.values():
             index.remove(doc_id, doc)
+
+    def missing(self, filter_) -> list:
+        """New, empty indexes for the filter's index clauses that have none yet: the
+        caller builds them together, in one pass over the documents (``collect`` each
+        document, then ``finish``), and hands them to ``adopt``."""
+        new = {}
+        for _, path, how, _ in filter_.index_clauses:
+            kind = EqualityIndex if how == "eq" else RangeIndex
+            if (kind.__name__, path) not in self.all:
+                new[(kind.__name__, path)] = kind(path)
+        return list(new.values())
+
+    def adopt(self, built: list) -> None:
+        for index in built:
+            self.all[(type(index).__name__, index.path)] = index
+
+    def narrowest(self, filter_, docs: dict[str, dict], wide: int):
+        """(size, sure, unsure) for the index clause that leaves the fewest candidates:
+        at most ``size`` documents can match the filter, and every one that may is in
+        ``sure`` or ``unsure`` (for an equality clause the index's own sets: read them
+        under the store's lock only). ``sure`` is None for a range clause of more than
+        ``wide`` entries (its set would cost more than it saves). None when no clause
+        can use an index."""
+        best = None  # (size, the equality sets or None, (range index, operators))
+        for _, path, how, arg in filter_.index_clauses:
+            if how == "eq":
+                found = self._get(EqualityIndex, path, docs).lookup(arg)
+                option = (len(found[0]) + len(found[1]), found, None)
+            else:
+                index = self._get(RangeIndex, path, docs)
+                option = (index.estimate(arg), None, (index, arg))
+            if best is None or option[0] < best[0]:
+                best = option
+        if best is None:
+            return None
+        size, found, ranged = best
+        if found is not None:
+            return size, found[0], found[1]
+        if size > wide:
+            return size, None, None
+        return size, ranged[0].candidates(ranged[1]), set()
 
     def _get(self, kind: type, path: tuple[str, ...], docs: dict[str, dict]):
         index = self.all.get((kind.__name__, path))

@@ -22,6 +22,7 @@ __all__ = [
     "bson_key",
     "kind",
     "path_values",
+    "sort_key",
     "values_equal",
     "walker",
 ]
@@ -174,3 +175,34 @@ def _path_step(key: str, next_step: Callable[[Any, list], None]) -> Callable[[An
                     step(element, out)
 
     return step
+
+
+def sort_key(doc: Any, parts: tuple[str, ...], walk, descending: bool) -> tuple:
+    """The key MongoDB sorts a document by for one field: every value at the path
+    (arrays expanded: their elements count, an empty array counts as "undefined", below
+    null; a missing field or an array element without it counts as null), the smallest
+    for an ascending sort, the largest for a descending one, in BSON comparison order."""
+    if len(parts) == 1 and type(doc) is dict:  # the usual case: a top-level scalar
+        value = doc.get(parts[0], NULL_KEY)
+        t = type(value)
+        if t is str:
+            return (3, value)
+        if t is int or (t is float and value == value):
+            return (2, value)
+        if value is NULL_KEY or value is None:
+            return NULL_KEY
+    values = path_values(doc, parts, walk)
+    keys = []
+    for value in values:
+        if type(value) is list:
+            if value:
+                keys += [bson_key(e) for e in value]
+            else:
+                keys.append(UNDEFINED_KEY)
+        else:
+            keys.append(bson_key(value))
+    if not keys or getattr(values, "missing", False):
+        keys.append(NULL_KEY)
+    if len(keys) == 1:
+        return keys[0]
+    return max(keys) if descending else min(keys)
