@@ -200,11 +200,20 @@ def test_projection_agrees_with_mongomock_on_arrays_of_documents(doc, paths, inc
 # -------------------------------------------------------------------- comparisons (5)
 
 cmp_scalars = st.one_of(st.integers(-2, 2), st.sampled_from(["a", "b"]))
+
+
+def _sorted_keys(d: dict) -> dict:
+    # Documents with the same fields in another order: mongomock compares them with
+    # Python's == (equal), MongoDB field by field in order (not equal): that case is in
+    # the written test_embedded_document_equality_is_key_order_sensitive below.
+    return dict(sorted(d.items()))
+
+
 cmp_objects = st.recursive(
-    st.dictionaries(st.sampled_from(["x", "y"]), cmp_scalars, max_size=2),
+    st.dictionaries(st.sampled_from(["x", "y"]), cmp_scalars, max_size=2).map(_sorted_keys),
     lambda inner: st.dictionaries(
         st.sampled_from(["x", "y"]), st.one_of(cmp_scalars, inner), max_size=2
-    ),
+    ).map(_sorted_keys),
     max_leaves=4,
 )
 # No array directly inside an array: mongomock does not compare such elements with an
@@ -296,6 +305,10 @@ def test_embedded_document_equality_is_key_order_sensitive():
     assert not compile_filter({"a": {"y": 2, "x": 1}})(doc)
     assert not compile_filter({"l": {"y": 2, "x": 1}})(doc)
     assert compile_filter({"a": {"$ne": {"y": 2, "x": 1}}})(doc)
+    # comparisons too: field by field in order, names before values ("y" > "x")
+    assert compile_filter({"a": {"$lt": {"y": 2, "x": 1}}})(doc)
+    assert not compile_filter({"a": {"$gte": {"y": 2, "x": 1}}})(doc)
+    assert compile_filter({"a": {"$gt": {"x": 1, "y": 1}}})(doc)
     assert _update(doc, {"$addToSet": {"l": {"y": 2, "x": 1}}})["l"] == [
         {"x": 1, "y": 2}, {"y": 2, "x": 1}]  # fmt: skip
     assert _update(doc, {"$pull": {"l": {"x": 1, "y": 2}}})["l"] == []  # a sub-filter
