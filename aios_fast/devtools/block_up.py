@@ -197,6 +197,56 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def executor_settings_args(settings: _InitSettings) -> list[str]:
+    """The executor's command-line options a block document's initSettings set (block up
+    and the Kubernetes manifests run the executor with the same ones)."""
+    outliers = settings.outlierDetection
+    return [
+        "--max-message", str(settings.maxMessageBytes),
+        "--task-timeout", str(settings.taskTimeout),
+        "--eject-after", str(outliers.consecutiveFailures),
+        "--eject-seconds", str(outliers.baseEjectionSeconds),
+        "--eject-max-percent", str(outliers.maxEjectionPercent),
+    ]  # fmt: skip
+
+
+async def start_sidecars(
+    doc: BlockDoc, document: dict, executor_url: str, actuator, host: str, auth: Auth, tls: TLS
+) -> tuple[HealthChecker, AutoScaler]:
+    """A block's health checker and auto-scaler, configured from its document and
+    serving on ``host`` (block up, and ``block up --actuator kubernetes``)."""
+    settings, policies = doc.initSettings, doc.policies
+    common = {"block_data": document, "cluster_data": doc.cluster, "auth": auth, "tls": tls}
+    hs = settings.healthChecker
+    checker = HealthChecker(
+        executor_url,
+        interval=hs.interval,
+        timeout=hs.timeout,
+        unhealthy_after=hs.unhealthyAfter,
+        healthy_after=hs.healthyAfter,
+        policy=policies.get("stabilityChecker"),
+        **common,
+    )
+    await checker.start(host, settings.ports.healthChecker)
+    ss = settings.autoscaler
+    scaler = AutoScaler(
+        executor_url,
+        actuator,
+        min_instances=doc.minInstances,
+        max_instances=doc.maxInstances,
+        interval=ss.interval,
+        drain_timeout=ss.drainTimeout,
+        policy=policies.get("autoscaler"),
+        **common,
+    )
+    try:
+        await scaler.start(host, settings.ports.autoscaler)
+    except BaseException:
+        await checker.stop()
+        raise
+    return checker, scaler
+
+
 class LocalBlock:
     """The running pieces of one block; ``start`` then ``stop``."""
 
@@ -271,16 +321,7 @@ class LocalBlock:
             self._doc_file,
             "--block-id",
             self.doc.id,
-            "--max-message",
-            str(settings.maxMessageBytes),
-            "--task-timeout",
-            str(settings.taskTimeout),
-            "--eject-after",
-            str(settings.outlierDetection.consecutiveFailures),
-            "--eject-seconds",
-            str(settings.outlierDetection.baseEjectionSeconds),
-            "--eject-max-percent",
-            str(settings.outlierDetection.maxEjectionPercent),
+            *executor_settings_args(settings),
             *(("--auth-file", self.auth_file) if self.auth_file else ()),
             *(("--open-roles", "infer") if self.handoff else ()),
             *_tls_args(self.tls),
@@ -313,33 +354,9 @@ class LocalBlock:
             await _until_available(client, [spec["id"] for spec in specs])
         finally:
             await client.close()
-        policies = self.doc.policies
-        settings = self.doc.initSettings
-        common = {"block_data": self.document, "cluster_data": self.doc.cluster,
-                  "auth": self.auth, "tls": self.tls}  # fmt: skip
-        hs = settings.healthChecker
-        self.checker = HealthChecker(
-            executor_url,
-            interval=hs.interval,
-            timeout=hs.timeout,
-            unhealthy_after=hs.unhealthyAfter,
-            healthy_after=hs.healthyAfter,
-            policy=policies.get("stabilityChecker"),
-            **common,
+        self.checker, self.scaler = await start_sidecars(
+            self.doc, self.document, executor_url, self.actuator, self.host, self.auth, self.tls
         )
-        await self.checker.start(self.host, settings.ports.healthChecker)
-        ss = settings.autoscaler
-        self.scaler = AutoScaler(
-            executor_url,
-            self.actuator,
-            min_instances=self.doc.minInstances,
-            max_instances=self.doc.maxInstances,
-            interval=ss.interval,
-            drain_timeout=ss.drainTimeout,
-            policy=policies.get("autoscaler"),
-            **common,
-        )
-        await self.scaler.start(self.host, settings.ports.autoscaler)
         self.info = {
             "block": self.doc.id,
             "grpc": f"{self.host}:{info['port']}",

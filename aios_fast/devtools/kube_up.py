@@ -21,7 +21,7 @@ from ..sidecars.autoscale import AutoScaler
 from ..sidecars.healthcheck import HealthChecker
 from ..sidecars.kube_actuator import KubeActuator
 from ..tls import TLS
-from .block_up import BlockDoc, load_block_doc, use_free_ports
+from .block_up import BlockDoc, load_block_doc, start_sidecars, use_free_ports
 from .manifests import block_names
 
 __all__ = ["KubeSidecars", "up_kubernetes"]
@@ -54,32 +54,15 @@ class KubeSidecars:
         self.scaler: AutoScaler | None = None
 
     async def start(self) -> dict:
-        settings, policies = self.doc.initSettings, self.doc.policies
-        common = {"block_data": self.document, "cluster_data": self.doc.cluster,
-                  "auth": self.auth, "tls": self.tls}  # fmt: skip
-        hs = settings.healthChecker
-        self.checker = HealthChecker(
-            self.executor_url,
-            interval=hs.interval,
-            timeout=hs.timeout,
-            unhealthy_after=hs.unhealthyAfter,
-            healthy_after=hs.healthyAfter,
-            policy=policies.get("stabilityChecker"),
-            **common,
-        )
-        await self.checker.start(self.host, settings.ports.healthChecker)
-        ss = settings.autoscaler
-        self.scaler = AutoScaler(
+        self.checker, self.scaler = await start_sidecars(
+            self.doc,
+            self.document,
             self.executor_url,
             self.actuator,
-            min_instances=self.doc.minInstances,
-            max_instances=self.doc.maxInstances,
-            interval=ss.interval,
-            drain_timeout=ss.drainTimeout,
-            policy=policies.get("autoscaler"),
-            **common,
+            self.host,
+            self.auth,
+            self.tls,
         )
-        await self.scaler.start(self.host, settings.ports.autoscaler)
         scheme = self.tls.scheme
         return {
             "block": self.doc.id,

@@ -33,7 +33,7 @@ import msgspec
 
 from ..errors import AiosFastError
 from ..kube import INSTANCE_PORTS
-from .block_up import BlockDoc
+from .block_up import BlockDoc, executor_settings_args
 
 __all__ = ["BlockNames", "Resources", "block_names", "manifests", "render"]
 
@@ -261,16 +261,7 @@ def manifests(doc: BlockDoc, document: dict, *, image: str = IMAGE,
             str(settings.workers),
             "--discover",
             f"k8s://{namespace}/{names.instances}",
-            "--max-message",
-            str(settings.maxMessageBytes),
-            "--task-timeout",
-            str(settings.taskTimeout),
-            "--eject-after",
-            str(settings.outlierDetection.consecutiveFailures),
-            "--eject-seconds",
-            str(settings.outlierDetection.baseEjectionSeconds),
-            "--eject-max-percent",
-            str(settings.outlierDetection.maxEjectionPercent),
+            *executor_settings_args(settings),
         ],
         "env": _token_env(names),
         "ports": [{"name": k, "containerPort": v} for k, v in executor_ports.items()],
