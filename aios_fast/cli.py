@@ -19,6 +19,7 @@ import sys
 
 from .auth import ENV_TOKEN, bearer, local_token
 from .errors import AiosFastError, json_object
+from .executor.config import FRONTS
 from .service import runtime
 from .tls import TLS, add_tls_arguments
 from .wire import ACCEPTED, SERVICE
@@ -287,7 +288,7 @@ def _parser() -> argparse.ArgumentParser:
         help="default: the seeds' ports (50051, 18000, 18001, 10000, 19001); auto: free ones",
     )
     bup.add_argument("--workers", type=int, help="executor processes (initSettings.workers)")
-    bup.add_argument("--front", choices=("auto", "native", "grpcio"),
+    bup.add_argument("--front", choices=FRONTS,
                      help="the executor's gRPC server (initSettings.front; default auto: "
                      "native where it is built)")  # fmt: skip
     bup.add_argument("--block", help="module:Class of the block (initSettings.block)")
