@@ -109,9 +109,12 @@ def test_health_checker_takes_unhealthy_instances_out_and_puts_them_back():
             a.p.wait()
             await until(lambda: not rows(mp)["a"]["healthy"], what="a marked unhealthy")
             assert checker.records["a"]["error"].startswith("GET http://127.0.0.1:")
-            assert {"a": False, "b": True} == health_recorder.CALLS[-1]["input"][
-                "health_check_data"
-            ]
+            # The policy runs in a thread after the round that marked a: wait for its record.
+            await until(
+                lambda: health_recorder.CALLS[-1]["input"]["health_check_data"]
+                == {"a": False, "b": True},
+                what="the policy's record of a down",
+            )
             assert await served_by(port) == {"b": 30}
             status, body = await amgmt(checker.port, "counters")  # the policy's own action
             assert status == 200 and body["data"]["a"] >= 1
