@@ -202,6 +202,66 @@ def test_client_cancellation_reaches_the_executor(slow):
     _wait_stat(executor, "cancelled", before + 1)
 
 
+def test_every_received_task_ends_counted_once(front):
+    """The executor's books (``stats``) match what callers saw, outcome by outcome:
+    completed, failed (the block raised), invalid, cancelled (deadline, client cancel),
+    rejected (past --max-inflight); and received is their sum."""
+    instance = start_instance("tests.blocks:ControlBlock")
+    executor, port = start(front, {"i0": instance.info["port"]}, "--max-inflight", "40")
+    try:
+        before = _stats(executor)  # the start-up probe
+
+        async def call(rpc, body, timeout=20.0, cancel_after=None):
+            try:
+                if cancel_after is None:
+                    await rpc(body, timeout=timeout)
+                    return "OK"
+                pending = rpc(body, timeout=timeout)
+                await asyncio.sleep(cancel_after)
+                pending.cancel()
+                await pending
+            except asyncio.CancelledError:
+                return "CANCELLED"
+            except grpc.aio.AioRpcError as exc:
+                return exc.code().name
+            return "OK"
+
+        async def run():
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                rpc = ch.unary_unary("/InferenceProxy/infer_result")
+                first = await asyncio.gather(
+                    *[call(rpc, frame(data="{}")) for _ in range(20)],
+                    *[call(rpc, frame(data='{"fail": true}')) for _ in range(6)],
+                    *[call(rpc, b"\xff\x01") for _ in range(5)],
+                    *[call(rpc, frame(data='{"sleep": 5}'), timeout=0.3) for _ in range(5)],
+                    *[call(rpc, frame(data='{"sleep": 5}'), cancel_after=0.3) for _ in range(4)],
+                )  # fmt: skip
+                # 50 at once that hold their place 1 s: 40 run, 10 find the executor full
+                second = await asyncio.gather(
+                    *[call(rpc, frame(data='{"sleep": 1}')) for _ in range(50)]
+                )
+                return first, second
+
+        first, second = asyncio.run(run())
+        seen = {}
+        for outcome in first + second:
+            seen[outcome] = seen.get(outcome, 0) + 1
+        assert seen == {"OK": 60, "INTERNAL": 6, "INVALID_ARGUMENT": 5,
+                        "DEADLINE_EXCEEDED": 5, "CANCELLED": 4,
+                        "RESOURCE_EXHAUSTED": 10}, seen  # fmt: skip
+        _wait_stat(executor, "cancelled", before["cancelled"] + 9)
+        tasks = {k: v - before.get(k, 0) for k, v in _stats(executor).items()}
+        ends = {k: tasks[k] for k in ("completed", "failed", "invalid", "cancelled",
+                                      "rejected", "lost")}  # fmt: skip
+        assert ends == {"completed": 60, "failed": 6, "invalid": 5, "cancelled": 9,
+                        "rejected": 10, "lost": 0}, tasks  # fmt: skip
+        assert tasks["received"] == sum(ends.values()) == 90, tasks
+        assert tasks["accepted"] == 75, tasks  # every task an instance took
+    finally:
+        executor.stop()
+        instance.stop()
+
+
 def _stats(executor) -> dict:
     status, body = mgmt(executor.info["mgmt_port"], "stats")
     assert status == 200
@@ -316,6 +376,58 @@ def _goaway(sock: socket.socket) -> tuple[int, int] | None:
     except (TimeoutError, ConnectionError):
         pass
     return None
+
+
+def test_silent_clients_are_pinged_and_cut_and_their_calls_cancelled():
+    """Server keepalive (--keepalive / --keepalive-timeout, as grpc servers'): a client
+    that answers the PINGs stays connected; one that goes silent with a call in flight
+    is cut after the timeout and its task is cancelled at the instance."""
+    if why := unavailable():
+        pytest.skip(f"native front not available: {why}")
+    # (4 s: the silent client's call is still running when it is cut, and the start-up
+    # probe's task is over when the executor drains at the end)
+    instance = start_instance("tests.blocks:SleepBlock", {"delay": 4.0})
+    executor, port = start("native", {"i0": instance.info["port"]},
+                           "--keepalive", "0.3", "--keepalive-timeout", "0.4")  # fmt: skip
+    try:
+        talker = RawClient(port)  # reads, and h2 answers every PING it reads
+        silent = RawClient(port)
+        sid = silent.h2.get_next_available_stream_id()
+        silent.h2.send_headers(
+            sid,
+            [
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", "/InferenceProxy/infer_result"),
+                (":authority", f"127.0.0.1:{port}"),
+                ("content-type", "application/grpc"),
+                ("te", "trailers"),
+            ],
+        )
+        message = frame(data="slow")
+        silent.h2.send_data(sid, b"\x00" + len(message).to_bytes(4, "big") + message,
+                            end_stream=True)  # fmt: skip
+        silent.flush()  # from here on it sends nothing, whatever it is sent
+        _wait_stat(executor, "accepted", 2)  # the start-up probe's, and its
+        pings, end = 0, time.monotonic() + 2.5
+        while time.monotonic() < end:
+            events = talker.events(lambda e: isinstance(e, h2.events.PingReceived), 5)
+            assert not any(isinstance(e, h2.events.ConnectionTerminated) for e in events)
+            pings += sum(isinstance(e, h2.events.PingReceived) for e in events)
+        assert pings >= 3  # pinged each time it was idle 0.3 s, and never cut
+        silent.sock.settimeout(5)
+        received = b""
+        with pytest.raises(ConnectionError):
+            while chunk := silent.sock.recv(65536):  # raw bytes: no PING ACK is sent
+                received += chunk
+            raise ConnectionResetError("closed")  # a clean close counts as cut too
+        assert b"\x00\x00\x08\x06\x00" in received  # it was sent a PING (8 bytes, type 6)
+        _wait_stat(executor, "cancelled", 1)  # its call's task, at the instance too
+        talker.close()
+        silent.close()
+    finally:
+        executor.stop()
+        instance.stop()
 
 
 def test_grpc_framing_errors(served, front):

@@ -111,8 +111,10 @@ def test_health_checker_takes_unhealthy_instances_out_and_puts_them_back():
             assert checker.records["a"]["error"].startswith("GET http://127.0.0.1:")
             # The policy runs in a thread after the round that marked a: wait for its record.
             await until(
-                lambda: health_recorder.CALLS[-1]["input"]["health_check_data"]
-                == {"a": False, "b": True},
+                lambda: (
+                    health_recorder.CALLS[-1]["input"]["health_check_data"]
+                    == {"a": False, "b": True}
+                ),
                 what="the policy's record of a down",
             )
             assert await served_by(port) == {"b": 30}

@@ -106,6 +106,19 @@ def main(argv=None) -> int:
         "unanswered as long takes the link down",
     )
     parser.add_argument(
+        "--keepalive",
+        type=float,
+        default=7200.0,
+        help="seconds a client connection may be silent before the front pings it "
+        "(0: never; grpc servers' default, 2 hours)",
+    )
+    parser.add_argument(
+        "--keepalive-timeout",
+        type=float,
+        default=20.0,
+        help="seconds a pinged client has to answer before its connection is cut",
+    )
+    parser.add_argument(
         "--max-message",
         type=int,
         default=MAX_MESSAGE,
@@ -158,6 +171,8 @@ def main(argv=None) -> int:
         if opts.block_doc:
             block_data = _read_document(opts.block_doc)
             policy = dict((block_data.get("policies") or {}).get("loadBalancer") or {})
+        if opts.keepalive < 0 or opts.keepalive_timeout <= 0:
+            raise ValueError("--keepalive must be >= 0 and --keepalive-timeout > 0")
         if opts.discover.startswith("k8s://"):
             parse_discover_url(opts.discover)  # a bad one is a user mistake: exit 2
         config = ExecutorConfig(
@@ -179,6 +194,8 @@ def main(argv=None) -> int:
             drain_timeout=opts.drain_timeout,
             link_linger=opts.link_linger,
             link_keepalive=opts.link_keepalive,
+            keepalive=opts.keepalive,
+            keepalive_timeout=opts.keepalive_timeout,
             max_message=opts.max_message,
             task_timeout=opts.task_timeout,
             eject_after=opts.eject_after,

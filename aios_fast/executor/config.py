@@ -34,9 +34,15 @@ class ExecutorConfig:
     max_retries: int = 2
     drain_timeout: float = 30.0
     reuse_port: bool = False
-    front: str = "grpcio"  # "grpcio" (grpc.aio) or "native" (executor.native_front)
+    # "native" (executor.native_front), "grpcio" (grpc.aio), or "auto": native where it
+    # is built (resolved when the executor starts)
+    front: str = "auto"
     link_linger: float = 0.002  # seconds a small task batch may wait while a link is busy
     link_keepalive: float = 2.0  # seconds between HTTP/2 pings on links (unanswered: down)
+    # the front's clients (as grpc servers' keepalive_time / _timeout): one silent this
+    # long gets a PING; unanswered after keepalive_timeout, its connection is cut
+    keepalive: float = 7200.0  # seconds (0: never)
+    keepalive_timeout: float = 20.0
     max_message: int = MAX_MESSAGE  # bytes of the largest message a caller may send
     task_timeout: float = 0.0  # seconds an instance may run one task (0: no limit)
     # Outlier ejection (as Envoy's): eject_after failures in a row (tasks lost or timed

@@ -42,7 +42,7 @@ import grpc
 
 from .. import codec, lb
 from ..auth import AuthError, bearer, check_bind
-from ..errors import NoInstanceError, PacketDecodeError
+from ..errors import PacketDecodeError
 from ..logs import RateLimitedLog
 from ..service import runtime
 from ..service.grpc_auth import refusal, token_of
@@ -50,7 +50,6 @@ from ..service.metrics import Histogram
 from ..service.periodic import Periodic
 from ..service.snapshot import MetricsSnapshot
 from ..wire import (
-    ACCEPTED,
     SERVICE,
     error_packet,
     max_output,
@@ -63,16 +62,17 @@ from .links import (
     Link,
     LinkSettings,
     LinkTask,
-    TaskFailed,
+    TaskCancelled,
     TaskLost,
     TaskNotAccepted,
     TaskReturned,
     TaskTimedOut,
-    TaskTooLarge,
     UnaryLink,
 )
 from .native_front import NativeServer
+from .native_front import unavailable as native_unavailable
 from .services import ExecutorServices
+from .task_run import OnDone, Reject, TaskRun
 
 __all__ = ["Executor", "Instance"]
 
@@ -114,13 +114,6 @@ class Instance:
         return self.spec.id
 
 
-class _Reject(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        self.code = code
-        self.message = message
-        super().__init__(message)
-
-
 class Executor:
     """One executor process: a grpc.aio server, a balancer and one link per instance."""
 
@@ -155,8 +148,7 @@ class Executor:
         self._expiry = Periodic(self._expire_tasks, min(1.0, max(config.task_timeout / 4, 0.05)),
                                 log, "task timeout sweep")  # fmt: skip
         self._log = RateLimitedLog(log, 5.0)
-        self._max_output = max_output(config.max_message)
-        self._background: set[asyncio.Task] = set()  # infer tasks being run elsewhere
+        self.max_output = max_output(config.max_message)  # bytes an answer may carry
         self._trimmed_at = 0  # tasks received when memory was last released
         self._trim = Periodic(self._release_memory, 2.0, log, "memory release")
 
@@ -396,42 +388,6 @@ class Executor:
 
     # ------------------------------------------------------------------ dispatch
 
-    async def _dispatch(self, frame: bytes, packet, want_result: bool, t0: float,
-                        timeout: float) -> LinkTask:  # fmt: skip
-        """Send one task; returns it once acknowledged. Retries unacknowledged tasks."""
-        last: Exception | None = None
-        for attempt in range(self.config.max_retries + 1):
-            try:
-                instance_id = self.balancer.pick(packet)
-            except NoInstanceError:
-                raise _Reject(grpc.StatusCode.UNAVAILABLE, "no instance available") from None
-            link = self.instances[instance_id].link
-            if link.inflight >= self.config.instance_inflight:
-                link = self._least_loaded()
-                if link is None:
-                    raise _Reject(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        f"every instance has {self.config.instance_inflight} tasks in flight",
-                    )
-            self.balancer.on_dispatch(link.instance_id)
-            left = max(timeout - (perf_counter() - t0), 1e-6) if timeout else 0.0
-            task = link.submit(frame, want_result, left)
-            task.t0 = t0
-            try:
-                await task.accepted
-                self.latency["accept"].observe(task.t_ack - t0)
-                return task
-            except TaskTooLarge as exc:
-                raise _Reject(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
-            except TaskNotAccepted as exc:
-                last = exc
-                if attempt < self.config.max_retries:
-                    self.stats["retried"] += 1
-            except asyncio.CancelledError:
-                task.cancel()
-                raise
-        raise _Reject(grpc.StatusCode.UNAVAILABLE, f"no instance accepted the task: {last}")
-
     def _least_loaded(self) -> Link | None:
         best = None
         for iid in self.balancer.available():
@@ -459,12 +415,11 @@ class Executor:
             limit = self.config.eject_after
             if limit and record.failures >= limit and not record.ejected:
                 self._eject(record)
-        if task.result is not None or isinstance(exc, TaskNotAccepted):
-            return  # a waiting caller (or the retry loop) hears of it
+        if task.waiter is not None or isinstance(exc, (TaskNotAccepted, TaskCancelled)):
+            return  # a waiting caller's run hears of it (or it was cancelled: counted there)
         if isinstance(exc, TaskReturned):  # an infer task given back unrun: run it elsewhere
             self.stats["retried"] += 1
-            self._background.add(t := asyncio.ensure_future(self._rerun(task.frame)))
-            t.add_done_callback(self._background.discard)
+            self._rerun(task.frame)
             return
         # an infer task, whose caller was answered at acceptance
         if exc is None:
@@ -476,75 +431,32 @@ class Executor:
             self.stats["failed"] += 1
             self._log.error(f"tasks on {task.instance_id}", f"failed: {exc}")
 
-    async def _rerun(self, frame: bytes) -> None:
+    def _rerun(self, frame: bytes) -> None:
         """An ``infer`` task an instance gave back: its caller has its answer already."""
-        try:
-            await self._dispatch(frame, codec.decode_message(frame), False, perf_counter(), 0.0)
-        except _Reject as exc:
-            self.stats["lost"] += 1
-            self._log.error("tasks given back", f"could not be run elsewhere: {exc.message}")
+        TaskRun(self, frame, False, None, self._rerun_done).resend()
+
+    def _rerun_done(self, run: TaskRun, answer: bytes | None, reject: Reject | None) -> None:
+        if reject is not None:
+            self._log.error("tasks given back", f"could not be run elsewhere: {reject.message}")
+
+    def run_task(self, frame: bytes, want_result: bool, timeout: float | None,
+                 on_done: OnDone, call=None) -> TaskRun:  # fmt: skip
+        """Start one task (``executor.task_run``): ``on_done(run, answer, reject)`` is
+        called once, maybe before this returns. ``timeout``: seconds the caller still
+        waits (None: no deadline)."""
+        run = TaskRun(self, frame, want_result, timeout, on_done, call)
+        run.start()
+        return run
 
     async def _run(self, frame: bytes, want_result: bool, timeout: float | None) -> bytes:
-        """One task: the bytes to answer with, or _Reject. ``timeout``: seconds the
-        caller still waits (None: no deadline)."""
-        t0 = perf_counter()
-        self.stats["received"] += 1
-        if self.draining:
-            self.stats["rejected"] += 1
-            raise _Reject(grpc.StatusCode.UNAVAILABLE, "the executor is stopping; retry")
+        """One task, awaited: the bytes to answer with, or Reject."""
+        waiter = asyncio.get_running_loop().create_future()
+        run = self.run_task(frame, want_result, timeout, _resolve, waiter)
         try:
-            packet = codec.decode_message(frame)
-        except PacketDecodeError as exc:
-            self.stats["invalid"] += 1
-            raise _Reject(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
-        if self.inflight >= self.config.max_inflight:
-            self.stats["rejected"] += 1
-            raise _Reject(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"executor has {self.config.max_inflight} tasks in flight; retry later",
-            )
-        self.inflight += 1
-        try:
-            # infer's caller is answered at acceptance: its deadline does not bound the run
-            budget = (timeout or 0.0) if want_result else 0.0
-            try:
-                task = await self._dispatch(frame, packet, want_result, t0, budget)
-            except _Reject:  # no instance took it: every received task ends counted
-                self.stats["rejected"] += 1
-                raise
-            self.stats["accepted"] += 1
-            if not want_result:
-                return ACCEPTED
-            try:
-                while True:
-                    try:
-                        out = await task.result
-                        break
-                    except TaskReturned:  # given back unrun by an instance that is leaving
-                        self.stats["retried"] += 1
-                        task = await self._dispatch(frame, packet, True, t0, budget)
-            except TaskLost as exc:
-                self.stats["lost"] += 1
-                raise _Reject(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
-            except _Reject:  # given back, and no other instance took it
-                self.stats["lost"] += 1
-                raise
-            except TaskFailed as exc:
-                self.stats["failed"] += 1
-                raise _Reject(exc.code, str(exc)) from None
-            except asyncio.CancelledError:
-                self.stats["cancelled"] += 1
-                task.cancel()
-                raise
-            if len(out) > self._max_output:  # an instance whose limit is larger than ours
-                self.stats["failed"] += 1
-                raise _Reject(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                              f"output of {len(out):,} bytes is over the {self._max_output:,}"
-                              "-byte limit")  # fmt: skip
-            self.stats["completed"] += 1
-            return codec.encode_message(out)
-        finally:
-            self.inflight -= 1
+            return await waiter
+        except asyncio.CancelledError:
+            run.cancel()
+            raise
 
     # ------------------------------------------------------------------ gRPC handlers
 
@@ -567,7 +479,7 @@ class Executor:
             # timer here is a backstop, a little later, so the two do not race
             budget = remaining + DEADLINE_SLACK
             return await asyncio.wait_for(self._run(frame, want_result, remaining), budget)
-        except _Reject as exc:
+        except Reject as exc:
             await context.abort(exc.code, exc.message)
         except asyncio.TimeoutError:
             if not context.done():
@@ -598,7 +510,7 @@ class Executor:
         async def one(frame: bytes) -> None:
             try:
                 answer = await self._run(frame, True, context.time_remaining())
-            except _Reject as exc:
+            except Reject as exc:
                 try:
                     packet = codec.decode_message(frame)
                 except PacketDecodeError:
@@ -638,7 +550,8 @@ class Executor:
                 ("grpc.max_receive_message_length", cfg.max_message),
                 ("grpc.max_send_message_length", cfg.max_message),
                 ("grpc.server.max_pending_requests", pending),
-                ("grpc.server.max_pending_requests_hard_limit", pending)]  # fmt: skip
+                ("grpc.server.max_pending_requests_hard_limit", pending),
+                *_keepalive_options(cfg)]  # fmt: skip
 
     def _grpc_server(self) -> grpc.aio.Server:
         server = grpc.aio.server(options=self._server_options())
@@ -660,9 +573,12 @@ class Executor:
         cfg = self.config
         check_bind(cfg.host, cfg.auth, cfg.insecure, "executor")
         check_bind(cfg.http_host or cfg.host, cfg.auth, cfg.insecure, "executor management")
+        if cfg.front == "auto":  # the native front where it is built
+            cfg.front = "grpcio" if native_unavailable() else "native"
         if cfg.front == "native":  # executor.native_front: same calls, C HTTP/2
-            server = NativeServer(self._run, _Reject, cfg.auth, cfg.tls, cfg.max_message,
-                                  STREAM_WINDOW)  # fmt: skip
+            server = NativeServer(self.run_task, self._run, Reject, cfg.auth, cfg.tls,
+                                  cfg.max_message, STREAM_WINDOW, cfg.keepalive,
+                                  cfg.keepalive_timeout)  # fmt: skip
             self.port = await server.bind(cfg.host, cfg.port, cfg.reuse_port)
         else:
             server = self._grpc_server()
@@ -733,6 +649,14 @@ class Executor:
             await self.services.stop()
 
 
+def _keepalive_options(cfg: ExecutorConfig) -> list[tuple[str, int]]:
+    """The grpcio front's server keepalive: the same as the native front's."""
+    if cfg.keepalive <= 0:
+        return [("grpc.keepalive_time_ms", 2**31 - 1)]  # grpc's "never"
+    return [("grpc.keepalive_time_ms", max(int(cfg.keepalive * 1000), 1)),
+            ("grpc.keepalive_timeout_ms", max(int(cfg.keepalive_timeout * 1000), 1))]  # fmt: skip
+
+
 def _settle_gc() -> None:
     """Once serving: what start-up allocated (modules, grpc, the policy) moves out of the
     collector's sight (gc.freeze), and young collections come every GC_THRESHOLD new
@@ -748,3 +672,14 @@ async def _until_idle(links: list, deadline: float) -> None:
     loop = asyncio.get_running_loop()
     while any(link.inflight for link in links) and loop.time() < deadline:
         await asyncio.sleep(0.01)
+
+
+def _resolve(run: TaskRun, answer: bytes | None, reject: Reject | None) -> None:
+    """``Executor._run``'s on_done: the awaited future (``run.call``) gets the outcome."""
+    waiter = run.call
+    if waiter.done():
+        return
+    if reject is None:
+        waiter.set_result(answer)
+    else:
+        waiter.set_exception(reject)

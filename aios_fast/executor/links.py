@@ -1,10 +1,11 @@
 """The executor's side of an instance link (``aios_fast.wire`` describes the wire).
 
 Every link (``Link``) sends tasks to one instance and settles each task twice:
-``accepted`` when the instance acknowledges it, then its end, reported through the one
-``on_settled(task, exc)`` callback the link was made with (exactly once per task: exc
+acknowledged when the instance says so, then its end, reported once through the one
+``on_settled(task, exc)`` callback the link was made with (the executor's books: exc
 None for a result, else TaskFailed, TaskTimedOut, TaskLost, TaskNotAccepted or
-TaskCancelled). ``InstanceLink`` keeps a bidirectional stream open (reconnecting with
+TaskCancelled), then to the task's ``Waiter`` (the caller's ``TaskRun``), synchronously.
+``InstanceLink`` keeps a bidirectional stream open (reconnecting with
 backoff, HTTP/2 keepalive so a hung instance is noticed) and sends tasks in batches;
 ``UnaryLink`` makes one seeds' ``infer`` call a task. When a stream breaks, tasks not
 yet acknowledged fail with TaskNotAccepted (safe to retry elsewhere) and acknowledged
@@ -66,6 +67,7 @@ __all__ = [
     "TaskTimedOut",
     "TaskTooLarge",
     "UnaryLink",
+    "Waiter",
 ]
 
 log = logging.getLogger("aios_fast.executor")
@@ -147,31 +149,46 @@ class LinkSettings:
 OnState = Callable[[str, bool], None]  # (instance id, available to new tasks)
 
 
+class Waiter(Protocol):
+    """Who hears of a task's fate (``executor.task_run.TaskRun``), called synchronously
+    by its link: ``accepted`` once acknowledged, ``refused`` if never (it may be sent
+    elsewhere), ``finished`` at the end of an acknowledged task. Not told when the task
+    is dropped (its caller is gone)."""
+
+    def accepted(self, task: LinkTask) -> None: ...
+
+    def refused(self, task: LinkTask, exc: TaskNotAccepted) -> None: ...
+
+    def finished(self, task: LinkTask, out: bytes | None, exc: Exception | None) -> None: ...
+
+
 class LinkTask:
-    """One task on a link. ``accepted`` resolves when the instance acknowledges it (or
-    raises TaskNotAccepted); ``result`` (None for ``infer`` tasks, whose caller was
-    answered at acceptance) resolves with the output packet bytes or the failure."""
+    """One task on a link. Its end is reported once to the link's ``on_settled`` (the
+    executor's books) and then, if it has one, to its ``waiter`` (the caller's run):
+    acknowledged (``ack``), then finished with the output packet bytes or the failure;
+    or refused, never acknowledged."""
 
-    __slots__ = ("_on_settled", "accepted", "frame", "id", "instance_id", "link", "result",
-                 "settled", "t0", "t_ack")  # fmt: skip
+    __slots__ = ("_on_settled", "acked", "frame", "id", "instance_id", "link", "settled",
+                 "t0", "t_ack", "waiter")  # fmt: skip
 
-    def __init__(self, link: Link, want_result: bool, on_settled: OnSettled,
-                 frame: bytes = b"") -> None:  # fmt: skip
-        loop = asyncio.get_running_loop()
+    def __init__(self, link: Link, on_settled: OnSettled, frame: bytes = b"",
+                 waiter: Waiter | None = None) -> None:  # fmt: skip
         self.id = next(_ids)
         self.frame = frame  # kept (no copy) to run it elsewhere if it is given back
         self.link = link
         self.instance_id = link.instance_id
-        self.accepted: asyncio.Future = loop.create_future()
-        self.result: asyncio.Future | None = loop.create_future() if want_result else None
+        self.waiter = waiter
         self._on_settled = on_settled
-        self.settled = False
+        self.acked = self.settled = False
         self.t0 = self.t_ack = 0.0  # perf_counter: received by the executor, acknowledged
 
     def ack(self) -> None:
+        if self.acked or self.settled:
+            return
+        self.acked = True
         self.t_ack = perf_counter()
-        if not self.accepted.done():
-            self.accepted.set_result(None)
+        if self.waiter is not None:
+            self.waiter.accepted(self)
 
     def _settle(self, exc: Exception | None) -> bool:
         if self.settled:
@@ -181,24 +198,19 @@ class LinkTask:
         return True
 
     def refuse(self, why: str, kind: type[TaskNotAccepted] = TaskNotAccepted) -> None:
-        """Never acknowledged: settled with TaskNotAccepted (the caller may retry)."""
+        """Never acknowledged: settled with TaskNotAccepted (the waiter may retry)."""
         exc = kind(f"{self.instance_id}: {why}")
-        if not self.accepted.done():
-            self.accepted.set_exception(exc)
-        self._settle(exc)
+        if self._settle(exc) and self.waiter is not None:
+            self.waiter.refused(self, exc)
 
     def finish(self, out: bytes | None, exc: Exception | None) -> None:
         """The end of an acknowledged task: its output, or why there is none."""
-        if self._settle(exc) and self.result is not None and not self.result.done():
-            if exc is None:
-                self.result.set_result(out)
-            else:
-                self.result.set_exception(exc)
+        if self._settle(exc) and self.waiter is not None:
+            self.waiter.finished(self, out, exc)
 
     def drop(self, exc: Exception) -> None:
         """Its caller is gone: settled, and nobody is told."""
-        if not self.accepted.done():
-            self.accepted.cancel()
+        self.waiter = None
         self._settle(exc)
 
     def cancel(self) -> None:
@@ -227,7 +239,9 @@ class Link(Protocol):
 
     def start(self) -> None: ...
 
-    def submit(self, frame: bytes, want_result: bool, timeout: float = 0.0) -> LinkTask: ...
+    def submit(
+        self, frame: bytes, want_result: bool, timeout: float = 0.0, waiter: Waiter | None = None
+    ) -> LinkTask: ...
 
     def cancel(self, task: LinkTask) -> None: ...
 
@@ -272,8 +286,9 @@ class InstanceLink:
     def start(self) -> None:
         self._runner = asyncio.ensure_future(self._run())
 
-    def submit(self, frame: bytes, want_result: bool, timeout: float = 0.0) -> LinkTask:
-        task = LinkTask(self, want_result, self._on_settled, frame)
+    def submit(self, frame: bytes, want_result: bool, timeout: float = 0.0,
+               waiter: Waiter | None = None) -> LinkTask:  # fmt: skip
+        task = LinkTask(self, self._on_settled, frame, waiter)
         if not self.up or self._writer is None:
             task.refuse("link is down")
             return task
@@ -494,8 +509,9 @@ class UnaryLink:
             await self._channel.wait_for_state_change(state)
             state = self._channel.get_state(try_to_connect=True)
 
-    def submit(self, frame: bytes, want_result: bool, timeout: float = 0.0) -> LinkTask:
-        task = LinkTask(self, want_result, self._on_settled, frame)
+    def submit(self, frame: bytes, want_result: bool, timeout: float = 0.0,
+               waiter: Waiter | None = None) -> LinkTask:  # fmt: skip
+        task = LinkTask(self, self._on_settled, frame, waiter)
         self.tasks_sent += 1
         limits = [t for t in (timeout, self.settings.run_timeout) if t > 0]
         runner = asyncio.ensure_future(self._send(task, frame, min(limits) if limits else None))

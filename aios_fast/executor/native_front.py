@@ -4,15 +4,19 @@ Python side: the listener, and what each call does once its request is read.
 
 The compiled layer reads a chunk of bytes, runs nghttp2 over it, cuts the gRPC messages
 out and calls ``NativeServer.dispatch`` once with every request that chunk completed.
-Per request, this module checks the token, starts the executor's task (``run``: the
-same ``Executor._run`` the grpcio front's handlers await) and answers through the
-call's ``respond`` / ``send`` / ``finish``. The semantics are the grpcio front's
+Per request, this module checks the token and starts the executor's task (a unary
+call: ``Executor.run_task``, the same ``executor.task_run`` state machine the grpcio
+front's handlers await, here with no asyncio task or future: the link's reply answers
+the call from inside its callback) and answers through the call's ``respond`` / ``send``
+/ ``finish``. The semantics are the grpcio front's
 (``executor.core``): statuses and messages, ``grpc-timeout`` deadlines (the call ends
 with DEADLINE_EXCEEDED and its task is cancelled at the instance), a client's RST_STREAM
 cancels its task, ``infer_stream`` answers each task as it finishes (a failed task's
 answer is an error packet) with at most ``stream_window`` tasks running per stream.
 Draining: GOAWAY (shutdown notice) to every connection, then the final GOAWAY once the
-calls are done.
+calls are done. Keepalive as grpc servers do it: a client silent for ``keepalive``
+seconds is pinged, and cut (its calls cancelled) if it does not answer in
+``keepalive_timeout``.
 """
 
 from __future__ import annotations
@@ -103,13 +107,19 @@ class _Stream:
 
 
 class NativeServer:
-    """The listener (one per executor process; SO_REUSEPORT for workers). ``run(frame,
-    want_result, timeout)`` is the executor's task; ``reject`` the exception type it
-    raises to refuse one (with ``code``, a grpc.StatusCode, and ``message``)."""
+    """The listener (one per executor process; SO_REUSEPORT for workers).
+    ``run_task(frame, want_result, timeout, on_done, call)`` starts the executor's task
+    (``Executor.run_task``), ``run(frame, want_result, timeout)`` awaits one; ``reject``
+    is the exception type of a refusal (``code``, a grpc.StatusCode, and ``message``)."""
 
-    def __init__(self, run, reject: type[Exception], auth: Auth, tls: TLS, max_message: int,
-                 stream_window: int) -> None:  # fmt: skip
+    def __init__(self, run_task, run, reject: type[Exception], auth: Auth, tls: TLS,
+                 max_message: int, stream_window: int, keepalive: float = 7200.0,
+                 keepalive_timeout: float = 20.0) -> None:  # fmt: skip
         self._front = load_front()
+        self.keepalive = keepalive  # seconds a client may be silent before a PING (0: never)
+        self.keepalive_timeout = keepalive_timeout  # seconds it has to answer it
+        self._pinger: asyncio.Task | None = None
+        self._run_task = run_task
         self._run = run
         self._reject = reject
         self.auth = auth
@@ -139,11 +149,26 @@ class NativeServer:
 
     async def start(self) -> None:
         await self._server.start_serving()
+        if self.keepalive > 0:
+            self._pinger = self.loop.create_task(self._keepalive())
+
+    async def _keepalive(self) -> None:
+        """Every connection's keepalive (``Connection.keepalive``), checked a few times
+        per period: silent clients are pinged; those that do not answer are cut."""
+        idle, timeout = self.keepalive, max(self.keepalive_timeout, 0.001)
+        step = min(max(min(idle, timeout) / 4, 0.01), 5.0)
+        while True:
+            await asyncio.sleep(step)
+            now = self.loop.time()
+            for conn in list(self.connections):
+                conn.keepalive(now, idle, timeout)
 
     async def stop(self, grace: float | None = None) -> None:
         """GOAWAY to every connection; calls still open after ``grace`` seconds are cut."""
         if self._server is None:
             return
+        if self._pinger is not None:
+            self._pinger.cancel()
         self._server.close()
         for conn in list(self.connections):
             conn.shutdown_notice()
@@ -184,34 +209,27 @@ class NativeServer:
             return False
         return True
 
-    def _unary(self, call, frame: bytes, want_result: bool) -> asyncio.Task:
-        """The call's task: the executor's ``_run`` itself (no wrapper coroutine); its
-        end answers the call (``_answer``)."""
+    def _unary(self, call, frame: bytes, want_result: bool):
+        """The call's run (``executor.task_run``): no asyncio task; the link's callback
+        answers the call (``_answered``) as soon as the instance's reply is read."""
         timeout = call.timeout
-        task = self.loop.create_task(
-            self._run(frame, want_result, timeout if timeout >= 0 else None)
-        )
-        if timeout >= 0:
-            timer = self.loop.call_later(timeout, self._expire, call)
-            task.add_done_callback(lambda _, t=timer: t.cancel())
-        task.add_done_callback(call.task_done)
-        return task
+        run = self._run_task(frame, want_result, None if timeout < 0 else timeout,
+                             self._answered, call)  # fmt: skip
+        if timeout >= 0 and not run.over:
+            run.timer = self.loop.call_later(timeout, self._expire, call)
+        return run
 
-    def answer(self, call, task: asyncio.Task) -> None:
-        """A unary call's task ended: its answer, or its status. (A cancelled task's
-        call was answered already: deadline, or the client reset the stream.)"""
-        if task.cancelled():
-            return
-        exc = task.exception()
+    @staticmethod
+    def _answered(run, answer: bytes | None, reject) -> None:
+        """A unary call's run ended: its answer, or its status. (A cancelled run's call
+        was answered already: deadline, or the client reset the stream.)"""
+        call = run.call
         if call.finished:
             return
-        if exc is None:
-            call.respond(task.result())
-        elif isinstance(exc, self._reject):
-            call.finish(exc.code.value[0], exc.message)
+        if reject is None:
+            call.respond(answer)
         else:
-            log.error("a call failed", exc_info=exc)
-            call.finish(INTERNAL, "internal error")
+            call.finish(reject.code.value[0], reject.message)
 
     @staticmethod
     def _expire(call) -> None:

@@ -133,6 +133,7 @@ cdef extern from "nghttp2/nghttp2.h":
     int nghttp2_submit_goaway(nghttp2_session*, uint8_t, int32_t, uint32_t, const uint8_t*,
                               size_t)
     int nghttp2_submit_shutdown_notice(nghttp2_session*)
+    int nghttp2_submit_ping(nghttp2_session*, uint8_t, const uint8_t*)
     const char* nghttp2_strerror(int)
 
 
@@ -221,11 +222,6 @@ cdef class Call:
     def queued(self):
         """Answer bytes not yet sent to the client (its flow control window is full)."""
         return self.queued
-
-    def task_done(self, task):
-        """Done callback of a unary call's task: the server's ``answer`` says what to send."""
-        if self.server is not None:
-            self.server.answer(self, task)
 
     def respond(self, bytes message):
         """A unary call's answer: one message, then status OK."""
@@ -361,6 +357,8 @@ cdef class Connection:
     cdef bint flush_scheduled, write_paused, reading_paused, closing
     cdef int holds
     cdef object _flush_cb
+    cdef double last_recv  # loop time of the last bytes read (keepalive)
+    cdef double ping_sent  # loop time of the keepalive PING not yet answered (0: none)
 
     def __cinit__(self, server):
         cdef nghttp2_option* opt
@@ -389,6 +387,7 @@ cdef class Connection:
     def connection_made(self, transport):
         cdef nghttp2_settings_entry iv[3]
         self.transport = transport
+        self.last_recv = self.loop.time()
         self.server.connections.add(self)
         iv[0].settings_id = NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS
         iv[0].value = STREAM_WINDOW
@@ -410,6 +409,7 @@ cdef class Connection:
     def data_received(self, bytes data):
         if self.session == NULL or self.closing:
             return
+        self.last_recv = self.loop.time()
         cdef ssize_t rv = nghttp2_session_mem_recv(
             self.session, <const uint8_t*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
         if rv < 0:
@@ -467,6 +467,28 @@ cdef class Connection:
     def abort(self):
         if self.transport is not None:
             self.transport.abort()
+
+    def keepalive(self, double now, double idle, double timeout):
+        """Server keepalive (as grpc's keepalive_time / keepalive_timeout): a client
+        silent for ``idle`` seconds gets a PING; if it still says nothing ``timeout``
+        seconds later (any bytes count: the PING's ACK, or more), the connection is cut
+        and its calls are cancelled. Returns True if it was cut."""
+        if self.session == NULL or self.transport is None or self.closing:
+            return False
+        if self.ping_sent:
+            if self.last_recv >= self.ping_sent:
+                self.ping_sent = 0.0
+            elif now - self.ping_sent >= timeout:
+                log.info("a client did not answer a keepalive PING in %gs: connection closed",
+                         timeout)
+                self.closing = True
+                self.transport.abort()
+                return True
+        if not self.ping_sent and now - self.last_recv >= idle:
+            nghttp2_submit_ping(self.session, NGHTTP2_FLAG_NONE, NULL)
+            self.ping_sent = now
+            self._flush()
+        return False
 
     @property
     def open_calls(self):
