@@ -202,6 +202,24 @@ def test_client_cancellation_reaches_the_executor(slow):
     _wait_stat(executor, "cancelled", before + 1)
 
 
+def test_a_stream_past_its_deadline_ends_and_its_tasks_are_cancelled(slow):
+    port, executor = slow
+    before = _stats(executor)["cancelled"]
+
+    async def run():
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stream = ch.stream_stream("/InferenceProxy/infer_stream")
+            call = stream(iter([frame("dl", i) for i in range(5)]), timeout=0.5)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                _ = [m async for m in call]
+            return err.value.code()
+
+    t0 = time.monotonic()
+    assert asyncio.run(run()) == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert time.monotonic() - t0 < 1.8  # not the block's 2 s
+    _wait_stat(executor, "cancelled", before + 5)
+
+
 def test_every_received_task_ends_counted_once(front):
     """The executor's books (``stats``) match what callers saw, outcome by outcome:
     completed, failed (the block raised), invalid, cancelled (deadline, client cancel),

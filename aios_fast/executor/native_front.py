@@ -70,15 +70,17 @@ def unavailable() -> str | None:
 
 
 class _Stream:
-    """One ``infer_stream`` call's tasks (kept as ``call.task``: ``cancel`` ends them)."""
+    """One ``infer_stream`` call's tasks (kept as ``call.task``: ``cancel`` ends them):
+    the runs in flight, and messages read while ``stream_window`` of them ran."""
 
-    __slots__ = ("backlog", "call", "deadline", "ended", "pending", "timer")
+    __slots__ = ("backlog", "call", "deadline", "ended", "pending", "pumping", "timer")
 
     def __init__(self, call, loop) -> None:
         self.call = call
-        self.pending: set[asyncio.Task] = set()
+        self.pending: set = set()  # its TaskRuns not yet answered
         self.backlog: deque[bytes] = deque()  # read while the window was full
         self.ended = False
+        self.pumping = False
         self.timer = None
         self.deadline = None
         if call.timeout >= 0:
@@ -96,8 +98,9 @@ class _Stream:
         if self.timer is not None:
             self.timer.cancel()
         self.backlog.clear()
-        for task in list(self.pending):
-            task.cancel()
+        for run in list(self.pending):
+            run.cancel()
+        self.pending.clear()
 
     def done_if_over(self) -> None:
         if self.ended and not self.pending and not self.backlog:
@@ -249,37 +252,49 @@ class NativeServer:
             state.ended = True
             state.done_if_over()
             return
-        if len(state.pending) >= self.stream_window:
-            # back-pressure: this stream's HTTP/2 window stays shut until tasks finish;
-            # what the client had in flight waits here
-            call.hold()
-            state.backlog.append(frame)
-            return
-        state.pending.add(self.loop.create_task(self._one(state, frame)))
+        state.backlog.append(frame)
+        self._pump(state)
 
-    async def _one(self, state: _Stream, frame: bytes) -> None:
+    def _pump(self, state: _Stream) -> None:
+        """Start the stream's backlog while its window allows; past it, hold the stream
+        (back-pressure: its HTTP/2 window stays shut until tasks finish). A loop, not
+        recursion: runs that end at once (a bad message) come back here."""
+        if state.pumping:
+            return
+        state.pumping = True
         call = state.call
         try:
-            try:
-                answer = await self._run(frame, True, state.remaining(self.loop))
-            except self._reject as exc:
-                try:
-                    packet = codec.decode_message(frame)
-                except PacketDecodeError:
-                    packet = None
-                answer = codec.encode_message(error_packet(exc.code.name, exc.message, packet))
-            call.send(answer)
-        except asyncio.CancelledError:
-            pass
-        except Exception:
-            log.exception("a stream's task failed")
-            call.finish(INTERNAL, "internal error")
-            state.cancel()
-        finally:
-            state.pending.discard(asyncio.current_task())
-            if state.backlog and not call.finished:
-                state.pending.add(self.loop.create_task(self._one(state, state.backlog.popleft())))
-            if not state.backlog and len(state.pending) < self.stream_window:
+            while state.backlog and len(state.pending) < self.stream_window:
+                if call.finished:
+                    state.backlog.clear()
+                    return
+                frame = state.backlog.popleft()
+                run = self._run_task(frame, True, state.remaining(self.loop),
+                                     self._stream_answered, state)  # fmt: skip
+                if not run.over:
+                    state.pending.add(run)
+            if state.backlog:
+                call.hold()
+            else:
                 call.release()
-            if not call.finished:
-                state.done_if_over()
+        finally:
+            state.pumping = False
+        if not call.finished:
+            state.done_if_over()
+
+    def _stream_answered(self, run, answer: bytes | None, reject) -> None:
+        """One stream task's end: its output, or an error packet (``wire.error_packet``):
+        a failed task fails alone. Then the next ones in its backlog start."""
+        state = run.call
+        state.pending.discard(run)
+        call = state.call
+        if call.finished:
+            return
+        if reject is not None:
+            try:
+                packet = codec.decode_message(run.frame)
+            except PacketDecodeError:
+                packet = None
+            answer = codec.encode_message(error_packet(reject.code.name, reject.message, packet))
+        call.send(answer)
+        self._pump(state)

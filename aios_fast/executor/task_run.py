@@ -24,6 +24,7 @@ cancelled (``infer`` tasks: accepted, then their end is counted by ``_settled``)
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from time import perf_counter
 from typing import Any
@@ -37,6 +38,7 @@ from .links import LinkTask, TaskFailed, TaskLost, TaskNotAccepted, TaskReturned
 
 __all__ = ["Reject", "TaskRun"]
 
+log = logging.getLogger("aios_fast.executor")
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 _EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -229,5 +231,8 @@ class TaskRun:
 
     def _end(self, answer: bytes | None, reject: Reject | None) -> None:
         self._finish()
-        self.on_done(self, answer, reject)
+        try:
+            self.on_done(self, answer, reject)
+        except Exception:  # a front's bug must not break the link whose reply this is
+            log.exception("answering a task failed")
         self.call = None  # nor run <-> call: both are freed by reference counting
