@@ -235,9 +235,14 @@ def test_autoscaler_scales_up_under_load_and_down_when_idle(bare_executor, monke
             await until(lambda: count() == 1, timeout=30, what="scaled down to 1")
             await asyncio.sleep(1.0)  # idle: stays at min_instances
             assert count() == 1 and len(actuator.procs) == 1
-            status, body = await amgmt(scaler.port, "status")
-            assert status == 200 and body["data"]["upscaled"] == 3
-            assert body["data"]["downscaled"] == 2
+
+            async def downscaled():  # counted once its process has stopped (a drain)
+                status, body = await amgmt(scaler.port, "status")
+                assert status == 200
+                return body["data"]["downscaled"] >= 2 and body["data"]
+
+            data = await until(downscaled, what="both downscales counted")
+            assert data["upscaled"] == 3 and data["downscaled"] == 2
 
             assert max(seen_counts) == 3 and min(seen_counts) == 1
 
