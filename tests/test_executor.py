@@ -348,3 +348,56 @@ def test_user_policy_sees_executor_metrics():
     i0 = block["instances"]["i0"]["metrics"]  # the instance's own readings (GET /stats)
     assert i0["hardware"]["host"]["cpu_count"] >= 1 and i0["waiting"] == 0
     assert block["instances"]["i1"]["metrics"] is None
+
+
+@pytest.mark.parametrize("front", ["native", "grpcio"])
+def test_a_bug_while_placing_a_task_fails_that_call_alone(front, monkeypatch):
+    """If placing a task raises (here: the balancer's pick, made to fail for one
+    session), that call ends INTERNAL and is counted; nothing hangs, the executor's
+    inflight goes back to 0 and the next calls are served."""
+    from aios_fast.block import EchoBlock
+    from aios_fast.executor import Executor, ExecutorConfig, InstanceSpec
+    from aios_fast.executor.native_front import unavailable
+    from aios_fast.instance import InstanceServer
+
+    if front == "native" and (why := unavailable()):
+        pytest.skip(f"native front not available: {why}")
+
+    async def run():
+        instance = InstanceServer(EchoBlock())
+        await instance.start()
+        spec = InstanceSpec("i0", f"127.0.0.1:{instance.port}")
+        config = ExecutorConfig(port=0, front=front, instances=[spec])
+        executor = Executor(config)
+        await executor.start()
+        await executor.wait_ready()
+
+        class Buggy:  # the executor's balancer, with a pick that fails for one session
+            def __init__(self, inner):
+                self.inner = inner
+
+            def __getattr__(self, name):
+                return getattr(self.inner, name)
+
+            def pick(self, packet):
+                if packet.session_id == "boom":
+                    raise RuntimeError("a bug in pick")
+                return self.inner.pick(packet)
+
+        monkeypatch.setattr(executor, "balancer", Buggy(executor.balancer))
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{executor.port}") as ch:
+                rpc = ch.unary_unary("/InferenceProxy/infer_result")
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await rpc(frame("boom"), timeout=5)
+                outs = await asyncio.gather(*[rpc(frame("ok", i), timeout=5) for i in range(5)])
+            return err.value, outs, dict(executor.stats), executor.inflight
+        finally:
+            await executor.stop(2)
+            await instance.stop(1)
+
+    err, outs, stats, inflight = asyncio.run(run())
+    assert err.code() == grpc.StatusCode.INTERNAL and "a bug in pick" in err.details()
+    assert [codec.decode_message(o).seq_no for o in outs] == list(range(5))
+    assert stats["received"] == 6 and stats["rejected"] == 1 and stats["completed"] == 5
+    assert inflight == 0

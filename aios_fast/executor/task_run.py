@@ -134,6 +134,17 @@ class TaskRun:
     # ------------------------------------------------------------------ placing
 
     def _send(self) -> None:
+        """Place the task (an attempt). It runs inside the front's dispatch or a link's
+        callback: a bug here (a policy's pick returning an unknown instance, say) must
+        end this run with INTERNAL, not escape into them with the run left hanging."""
+        try:
+            self._place()
+        except Exception as exc:
+            if not self.over:
+                log.exception("placing a task failed")
+                self._unplaced(grpc.StatusCode.INTERNAL, f"internal error: {exc!r}")
+
+    def _place(self) -> None:
         ex = self.ex
         try:
             instance_id = ex.balancer.pick(self.packet)
