@@ -659,3 +659,29 @@ def test_block_up_front_setting_is_checked(tmp_path):
                          timeout=60, env=dict(os.environ, PYTHONPATH=str(_root())))  # fmt: skip
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "initSettings.front must be one of auto, native, grpcio, not 'fast'" in out.stderr
+
+
+def test_a_silent_client_is_cut_on_both_fronts(front):
+    """--keepalive / --keepalive-timeout mean the same on both fronts: a client that sends
+    its preface and then nothing (it never answers a PING), with no call open, is cut
+    after about keepalive + timeout. (grpc core pings only connections with calls, and
+    only twice without data, unless told otherwise.)"""
+    instance = start_instance("tests.blocks:SleepBlock", {"delay": 0.01})
+    executor, port = start(front, {"i0": instance.info["port"]},
+                           "--keepalive", "0.3", "--keepalive-timeout", "0.4")  # fmt: skip
+    try:
+        silent = RawClient(port)
+        silent.sock.settimeout(0.2)
+        end, cut = time.monotonic() + 8, False
+        while not cut and time.monotonic() < end:
+            try:
+                cut = silent.sock.recv(65536) == b""  # raw: no PING is ever answered
+            except TimeoutError:
+                pass
+            except ConnectionError:
+                cut = True
+        silent.close()
+        assert cut, "a client that never answered the keepalive PINGs was kept for 8 s"
+    finally:
+        executor.stop()
+        instance.stop()

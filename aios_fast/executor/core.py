@@ -654,7 +654,11 @@ def _keepalive_options(cfg: ExecutorConfig) -> list[tuple[str, int]]:
     if cfg.keepalive <= 0:
         return [("grpc.keepalive_time_ms", 2**31 - 1)]  # grpc's "never"
     return [("grpc.keepalive_time_ms", max(int(cfg.keepalive * 1000), 1)),
-            ("grpc.keepalive_timeout_ms", max(int(cfg.keepalive_timeout * 1000), 1))]  # fmt: skip
+            ("grpc.keepalive_timeout_ms", max(int(cfg.keepalive_timeout * 1000), 1)),
+            # as the native front: idle connections too, and with no data sent meanwhile
+            ("grpc.http2.ping_timeout_ms", max(int(cfg.keepalive_timeout * 1000), 1)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0)]  # fmt: skip
 
 
 def _settle_gc() -> None:
