@@ -448,6 +448,62 @@ def test_silent_clients_are_pinged_and_cut_and_their_calls_cancelled():
         instance.stop()
 
 
+def test_many_client_cancellations_do_not_cut_the_connection(served):
+    """2,000 calls each reset by the client (RST_STREAM CANCEL, as a grpc client sends
+    for a cancel or a missed deadline) on one connection: it stays up and serves (the
+    native front raises libnghttp2's rapid-reset limit, 1000 then 33 a second, which
+    cut such clients every ~1000 cancellations)."""
+    port, _ = served
+    client = RawClient(port)
+    headers = [(":method", "POST"), (":scheme", "http"),
+               (":path", "/InferenceProxy/infer_result"), (":authority", f"127.0.0.1:{port}"),
+               ("content-type", "application/grpc"), ("te", "trailers")]  # fmt: skip
+    message = frame(data="cancelled")
+    body = b"\x00" + len(message).to_bytes(4, "big") + message
+    try:
+        for _ in range(2000):
+            sid = client.h2.get_next_available_stream_id()
+            client.h2.send_headers(sid, headers)
+            client.h2.send_data(sid, body, end_stream=True)
+            client.h2.reset_stream(sid, 8)  # CANCEL
+        client.flush()
+        sid = client.h2.get_next_available_stream_id()
+        client.h2.send_headers(sid, headers)
+        client.h2.send_data(sid, b"\x00" + len(frame()).to_bytes(4, "big") + frame(),
+                            end_stream=True)  # fmt: skip
+        client.flush()
+        events = client.events(lambda e: isinstance(e, h2.events.StreamEnded)
+                               and e.stream_id == sid, timeout=30)  # fmt: skip
+        assert not any(isinstance(e, h2.events.ConnectionTerminated) for e in events)
+        trailers = [e for e in events if isinstance(e, h2.events.TrailersReceived)
+                    and e.stream_id == sid]  # fmt: skip
+        assert trailers and dict(trailers[-1].headers)[b"grpc-status"] == b"0"
+    finally:
+        client.close()
+
+
+def test_a_stream_is_slowed_down_not_refused_at_the_instance_limit(front):
+    """A lone infer_stream sending more than --instance-inflight tasks at once: its
+    window is never more than an instance takes, so every task runs, none is answered
+    RESOURCE_EXHAUSTED."""
+    instance = start_instance("tests.blocks:ControlBlock")
+    executor, port = start(front, {"i0": instance.info["port"]}, "--instance-inflight", "20")
+    try:
+
+        async def run():
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                stream = ch.stream_stream("/InferenceProxy/infer_stream")
+                frames = [frame("w", i, '{"sleep": 0.1}') for i in range(80)]
+                return [codec.decode_message(m) async for m in stream(iter(frames), timeout=30)]
+
+        outs = asyncio.run(run())
+        assert not [o.data for o in outs if o.data.startswith('{"aios_error"')][:3]
+        assert sorted(o.seq_no for o in outs) == list(range(80))
+    finally:
+        executor.stop()
+        instance.stop()
+
+
 def test_grpc_framing_errors(served, front):
     """A compressed message without an encoding, a truncated message, two messages on a
     unary call: each ends its call with an error status (grpc-status), not a hang."""
@@ -627,6 +683,21 @@ def test_native_front_unavailable_is_a_one_line_error():
     )  # fmt: skip
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "--front native" in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize(
+    "args", [("--keepalive", "-1"), ("--keepalive", "1e10"), ("--keepalive", "inf"),
+             ("--keepalive", "nan"), ("--keepalive-timeout", "0"),
+             ("--keepalive-timeout", "nan")],
+)  # fmt: skip
+def test_bad_keepalive_settings_are_a_one_line_error(args):
+    out = subprocess.run(
+        [sys.executable, "-m", "aios_fast.executor", "--port", "0", "--workers", "1",
+         "--mgmt-port", "-1", "--metrics-port", "-1", *args],
+        capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(_root())),
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "--keepalive" in out.stderr, out.stderr
 
 
 @pytest.mark.parametrize("pure", [False, True])

@@ -171,8 +171,9 @@ def main(argv=None) -> int:
         if opts.block_doc:
             block_data = _read_document(opts.block_doc)
             policy = dict((block_data.get("policies") or {}).get("loadBalancer") or {})
-        if opts.keepalive < 0 or opts.keepalive_timeout <= 0:
-            raise ValueError("--keepalive must be >= 0 and --keepalive-timeout > 0")
+        if not (0 <= opts.keepalive < 1e9 and 0 < opts.keepalive_timeout < 1e9):
+            raise ValueError("--keepalive must be 0 (never) or seconds, and "
+                             "--keepalive-timeout seconds > 0 (both under 1e9)")  # fmt: skip
         if opts.discover.startswith("k8s://"):
             parse_discover_url(opts.discover)  # a bad one is a user mistake: exit 2
         config = ExecutorConfig(

@@ -505,7 +505,7 @@ class Executor:
         results: asyncio.Queue = asyncio.Queue()
         pending: set[asyncio.Task] = set()
         # back-pressure: a caller that does not read its answers stops being read
-        window = asyncio.Semaphore(STREAM_WINDOW)
+        window = asyncio.Semaphore(self._stream_window())
 
         async def one(frame: bytes) -> None:
             try:
@@ -539,6 +539,12 @@ class Executor:
                 t.cancel()
 
     # ------------------------------------------------------------------ lifecycle
+
+    def _stream_window(self) -> int:
+        """Tasks one infer_stream may have running: never more than one instance takes
+        (--instance-inflight), so a lone stream is slowed down rather than answered
+        RESOURCE_EXHAUSTED for what it sent past that."""
+        return max(1, min(STREAM_WINDOW, self.config.instance_inflight))
 
     def _server_options(self) -> list[tuple[str, int]]:
         cfg = self.config
@@ -577,7 +583,7 @@ class Executor:
             cfg.front = "grpcio" if native_unavailable() else "native"
         if cfg.front == "native":  # executor.native_front: same calls, C HTTP/2
             server = NativeServer(self.run_task, self._run, Reject, cfg.auth, cfg.tls,
-                                  cfg.max_message, STREAM_WINDOW, cfg.keepalive,
+                                  cfg.max_message, self._stream_window(), cfg.keepalive,
                                   cfg.keepalive_timeout)  # fmt: skip
             self.port = await server.bind(cfg.host, cfg.port, cfg.reuse_port)
         else:
@@ -651,12 +657,15 @@ class Executor:
 
 def _keepalive_options(cfg: ExecutorConfig) -> list[tuple[str, int]]:
     """The grpcio front's server keepalive: the same as the native front's."""
+    never = 2**31 - 1  # grpc's largest (and "never") milliseconds
     if cfg.keepalive <= 0:
-        return [("grpc.keepalive_time_ms", 2**31 - 1)]  # grpc's "never"
-    return [("grpc.keepalive_time_ms", max(int(cfg.keepalive * 1000), 1)),
-            ("grpc.keepalive_timeout_ms", max(int(cfg.keepalive_timeout * 1000), 1)),
+        return [("grpc.keepalive_time_ms", never)]
+    idle = min(max(int(cfg.keepalive * 1000), 1), never)
+    timeout = min(max(int(cfg.keepalive_timeout * 1000), 1), never)
+    return [("grpc.keepalive_time_ms", idle),
+            ("grpc.keepalive_timeout_ms", timeout),
             # as the native front: idle connections too, and with no data sent meanwhile
-            ("grpc.http2.ping_timeout_ms", max(int(cfg.keepalive_timeout * 1000), 1)),
+            ("grpc.http2.ping_timeout_ms", timeout),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.max_pings_without_data", 0)]  # fmt: skip
 

@@ -31,6 +31,7 @@ import grpc
 from .. import codec
 from ..auth import Auth, AuthError
 from ..errors import AiosFastError, PacketDecodeError
+from ..logs import RateLimitedLog
 from ..service.grpc_auth import refusal
 from ..tls import TLS
 from ..wire import error_packet
@@ -122,6 +123,7 @@ class NativeServer:
         self.keepalive = keepalive  # seconds a client may be silent before a PING (0: never)
         self.keepalive_timeout = keepalive_timeout  # seconds it has to answer it
         self._pinger: asyncio.Task | None = None
+        self._log = RateLimitedLog(log, 10.0)
         self._run_task = run_task
         self._run = run
         self._reject = reject
@@ -159,12 +161,14 @@ class NativeServer:
         """Every connection's keepalive (``Connection.keepalive``), checked a few times
         per period: silent clients are pinged; those that do not answer are cut."""
         idle, timeout = self.keepalive, max(self.keepalive_timeout, 0.001)
-        step = min(max(min(idle, timeout) / 4, 0.01), 5.0)
+        step = min(max(min(idle, timeout) / 4, 0.05), 5.0)
         while True:
             await asyncio.sleep(step)
             now = self.loop.time()
-            for conn in list(self.connections):
-                conn.keepalive(now, idle, timeout)
+            cut = sum(bool(conn.keepalive(now, idle, timeout)) for conn in list(self.connections))
+            if cut:  # one line per interval, however many (anyone may open connections)
+                self._log.warning("keepalive", f"{cut} client connection(s) did not answer a "
+                                               f"PING in {timeout:g}s: cut")  # fmt: skip
 
     async def stop(self, grace: float | None = None) -> None:
         """GOAWAY to every connection; calls still open after ``grace`` seconds are cut."""
@@ -196,12 +200,17 @@ class NativeServer:
         for call, frame in events:
             if call.finished:
                 continue
-            if call.method == STREAM:
-                self._stream_event(call, frame)
-                continue
-            if check and not self._allowed(call):
-                continue
-            call.task = self._unary(call, frame, call.method == RESULT)
+            try:
+                if call.method == STREAM:
+                    self._stream_event(call, frame)
+                    continue
+                if check and not self._allowed(call):
+                    continue
+                call.task = self._unary(call, frame, call.method == RESULT)
+            except Exception:  # a bug: this call fails alone; the chunk's others go on
+                log.exception("starting a call failed")
+                if not call.finished:
+                    call.finish(INTERNAL, "internal error")
 
     def _allowed(self, call) -> bool:
         try:

@@ -128,6 +128,7 @@ class TaskRun:
         self.ex.stats["cancelled"] += 1
         task = self.link_task
         self._finish()
+        self.call = None  # no answer will go there
         if task is not None:
             task.cancel()
 

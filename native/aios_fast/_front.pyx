@@ -137,6 +137,24 @@ cdef extern from "nghttp2/nghttp2.h":
     const char* nghttp2_strerror(int)
 
 
+cdef extern from *:
+    """
+    #include <stdint.h>
+    /* CVE-2023-44487 (rapid reset): libnghttp2 1.57 (and distributions' backports)
+       rate-limit the RST_STREAMs a client sends, 1000 then 33 a second by default,
+       and end the connection with GOAWAY past that. Declared weak: a libnghttp2
+       without the function (and without the limit) leaves it NULL. */
+    extern void nghttp2_option_set_stream_reset_rate_limit(
+        nghttp2_option *option, uint64_t burst, uint64_t rate) __attribute__((weak));
+    static int aiosf_set_reset_limit(nghttp2_option *opt, uint64_t burst, uint64_t rate) {
+        if (nghttp2_option_set_stream_reset_rate_limit == NULL) return 0;
+        nghttp2_option_set_stream_reset_rate_limit(opt, burst, rate);
+        return 1;
+    }
+    """
+    int aiosf_set_reset_limit(nghttp2_option*, unsigned long long, unsigned long long)
+
+
 # gRPC status codes used here
 DEF OK = 0
 DEF INTERNAL = 13
@@ -152,6 +170,12 @@ _UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 _SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if c != 0x25)
 
 STREAM_WINDOW = 4096  # concurrent streams a connection may open (SETTINGS)
+# Client RST_STREAMs a connection may send (a burst, then a rate a second) before it is
+# cut: a client whose deadlines and cancellations race answers resets legitimately, at
+# the rate it calls (nghttp2's default, 1000 then 33 a second, cut such clients every
+# ~1000 cancellations); a rapid-reset flood is still bounded.
+RESET_BURST = 10_000
+RESET_RATE = 5_000
 WINDOW = 4 * 1024 * 1024  # each stream's receive window (bytes); the connection's: 4x
 QUEUED_HIGH = 16 * 1024 * 1024  # unsent answer bytes on a stream that hold its window
 
@@ -337,6 +361,7 @@ cdef class Call:
                     log.exception("cancelling a call's task failed")
         self.out = []
         self.conn = None
+        self.task = None  # (a stream's state points back at its call: no cycle left)
 
 
 cdef nghttp2_session_callbacks* _callbacks = NULL
@@ -371,6 +396,7 @@ cdef class Connection:
         nghttp2_option_new(&opt)
         nghttp2_option_set_max_settings(opt, 64)
         nghttp2_option_set_no_auto_window_update(opt, 1)  # Call.hold: per-stream windows
+        aiosf_set_reset_limit(opt, RESET_BURST, RESET_RATE)
         rv = nghttp2_session_server_new2(&self.session, _callbacks, <void*>self, opt)
         nghttp2_option_del(opt)
         if rv != 0:
@@ -479,8 +505,6 @@ cdef class Connection:
             if self.last_recv >= self.ping_sent:
                 self.ping_sent = 0.0
             elif now - self.ping_sent >= timeout:
-                log.info("a client did not answer a keepalive PING in %gs: connection closed",
-                         timeout)
                 self.closing = True
                 self.transport.abort()
                 return True
