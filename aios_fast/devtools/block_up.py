@@ -58,7 +58,7 @@ from ..tls import TLS
 from ..wire import MAX_MESSAGE
 from .loadgen import drive, format_summary
 
-__all__ = ["BlockDoc", "LocalBlock", "load_block_doc", "up", "use_free_ports"]
+__all__ = ["BlockDoc", "LocalBlock", "load_block_doc", "traffic_plan", "up", "use_free_ports"]
 
 log = logging.getLogger("aios_fast.block")
 
@@ -452,6 +452,112 @@ def _print_info(info: dict) -> None:
     sys.stdout.flush()
 
 
+def traffic_plan(spec: str, parameters: dict) -> tuple[list | None, float]:
+    """What ``--traffic`` sends to the block class ``spec`` ("module:Class"): its
+    ``traffic_samples(parameters)`` checked (None: it has none), and the share of
+    checked answers that must match (``traffic_min_agreement``). AiosFastError, one
+    line, when the hook fails or returns something else than documented."""
+    module, _, name = spec.partition(":")
+    where = f"block class {spec!r}"
+    try:
+        cls = getattr(importlib.import_module(module), name, None) if name else None
+    except ImportError as exc:
+        raise AiosFastError(f"{where}: {exc}") from None
+    if cls is None:
+        raise AiosFastError(f"{where}: {module} has no {name or 'class named after a colon'}")
+    hook = getattr(cls, "traffic_samples", None)
+    floor = getattr(cls, "traffic_min_agreement", 1.0)
+    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor <= 1:
+        raise AiosFastError(f"{where}: traffic_min_agreement must be a number in 0..1, "
+                            f"not {floor!r}")  # fmt: skip
+    if hook is None:
+        return None, float(floor)
+    try:
+        samples = hook(dict(parameters))
+    except AiosFastError as exc:
+        raise AiosFastError(f"{where}: traffic_samples(): {exc}") from None
+    except Exception as exc:
+        raise AiosFastError(f"{where}: traffic_samples() raised "
+                            f"{type(exc).__name__}: {exc}") from None  # fmt: skip
+    if samples is None:
+        return None, float(floor)
+    return _checked_samples(samples, where), float(floor)
+
+
+def _checked_samples(samples, where: str) -> list[tuple[str, dict | None]]:
+    shape = "a non-empty list of (data, expected) pairs: data a string, expected None or a dict"
+    if not isinstance(samples, (list, tuple)) or not samples:
+        raise AiosFastError(f"{where}: traffic_samples() must return {shape}, "
+                            f"not {_brief(samples)}")  # fmt: skip
+    checked = []
+    for n, sample in enumerate(samples):
+        if not isinstance(sample, (list, tuple)) or len(sample) != 2:
+            raise AiosFastError(f"{where}: traffic_samples() must return {shape}; item {n} "
+                                f"is {_brief(sample)}")  # fmt: skip
+        data, expected = sample
+        if not isinstance(data, str):
+            raise AiosFastError(f"{where}: traffic_samples() item {n}: data must be a string, "
+                                f"not {type(data).__name__}")  # fmt: skip
+        if expected is not None:
+            if not isinstance(expected, dict) or not all(isinstance(k, str) for k in expected):
+                raise AiosFastError(f"{where}: traffic_samples() item {n}: expected must be "
+                                    f"None or a dict of output fields, not "
+                                    f"{_brief(expected)}")  # fmt: skip
+            try:  # what a JSON answer can carry (and what the clients can be handed)
+                expected = json.loads(json.dumps(expected, allow_nan=False))
+            except (TypeError, ValueError) as exc:
+                raise AiosFastError(f"{where}: traffic_samples() item {n}: expected is not "
+                                    f"JSON data ({exc})") from None  # fmt: skip
+        checked.append((data, expected))
+    return checked
+
+
+def _brief(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+async def _traffic(info: dict, block: LocalBlock, plan: tuple[list | None, float],
+                   traffic: int, expect: str) -> int:  # fmt: skip
+    """Send ``traffic`` checked tasks through the running block; its exit status."""
+    samples, floor = plan
+    if expect == "echo":
+        samples = None  # the generator's own payload, echoed
+    echo = expect == "echo" or (
+        expect == "auto" and samples is None and block.doc.initSettings.block == ECHO
+    )
+    if expect == "status" and samples is not None:  # sent, answers not compared
+        samples = [(data, None) for data, _ in samples]
+    if samples is not None and any(e is not None for _, e in samples):
+        what = (f"tasks (the block's {len(samples):,} samples; at least {floor:.0%} of the "
+                "answers must be as expected)")  # fmt: skip
+    elif samples is not None:
+        what = f"tasks (the block's {len(samples):,} samples; statuses checked)"
+    else:
+        what = "tasks (outputs checked as echoes)" if echo else "tasks (statuses checked)"
+    print(f"sending {traffic:,} {what} through {info['grpc']} ...", flush=True)
+    summary = await asyncio.get_running_loop().run_in_executor(
+        None,
+        lambda: drive(
+            info["grpc"],
+            tasks=traffic,
+            concurrency=64,
+            check=echo,
+            token=block.auth.any_token("infer") or "",
+            tls=block.tls,
+            samples=samples,
+        ),
+    )
+    print(format_summary(summary), flush=True)
+    ok = not summary["errors"] and not summary["wrong"] and not summary["client_crashes"]
+    ok = ok and summary["completed"] == traffic
+    if summary["checked"] and summary["agreement"] < floor:
+        print(f"agreement {summary['agreement']:.3f} is below the block's "
+              f"traffic_min_agreement {floor:g}", flush=True)  # fmt: skip
+        ok = False
+    return 0 if ok else 1
+
+
 async def up(
     path: str,
     *,
@@ -477,9 +583,10 @@ async def up(
         use_free_ports(doc)
     elif ports != "default":
         raise AiosFastError(f"--ports must be 'default' or 'auto', not {ports!r}")
+    # the block's sample tasks, checked before anything starts (a bad hook: one line)
+    plan = traffic_plan(doc.initSettings.block, doc.parameters) if traffic else (None, 1.0)
     block = LocalBlock(doc, document, auth_file=auth_file, tls=tls)
     stop = runtime.signal_event()
-    loop = asyncio.get_running_loop()
     status = 0
     try:
         info = await block.start()
@@ -488,24 +595,7 @@ async def up(
         else:
             _print_info(info)
         if traffic:
-            # every answer's status is checked; outputs only where the answer is known
-            echo = expect == "echo" or (expect == "auto" and doc.initSettings.block == ECHO)
-            what = "tasks (outputs checked as echoes)" if echo else "tasks (statuses checked)"
-            print(f"sending {traffic:,} {what} through {info['grpc']} ...", flush=True)
-            summary = await loop.run_in_executor(
-                None,
-                lambda: drive(
-                    info["grpc"],
-                    tasks=traffic,
-                    concurrency=64,
-                    check=echo,
-                    token=block.auth.any_token("infer") or "",
-                    tls=block.tls,
-                ),
-            )
-            print(format_summary(summary), flush=True)
-            ok = not summary["errors"] and not summary["wrong"] and not summary["client_crashes"]
-            status = 0 if ok and summary["completed"] == traffic else 1
+            status = await _traffic(info, block, plan, traffic, expect)
         if not once:
             print("serving; Ctrl-C stops the block", flush=True)
             if await _until_stopped_or_dead(stop, block.executor_proc):
