@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from aios_fast.devtools.block_up import traffic_plan
+from aios_fast.devtools.traffic import traffic_plan
 from aios_fast.errors import AiosFastError
 
 from .procs import ROOT

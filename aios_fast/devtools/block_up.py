@@ -57,8 +57,9 @@ from ..sidecars.healthcheck import HealthChecker
 from ..tls import TLS
 from ..wire import MAX_MESSAGE
 from .loadgen import drive, format_summary
+from .traffic import traffic_plan
 
-__all__ = ["BlockDoc", "LocalBlock", "load_block_doc", "traffic_plan", "up", "use_free_ports"]
+__all__ = ["BlockDoc", "LocalBlock", "load_block_doc", "up", "use_free_ports"]
 
 log = logging.getLogger("aios_fast.block")
 
@@ -452,71 +453,6 @@ def _print_info(info: dict) -> None:
     sys.stdout.flush()
 
 
-def traffic_plan(spec: str, parameters: dict) -> tuple[list | None, float]:
-    """What ``--traffic`` sends to the block class ``spec`` ("module:Class"): its
-    ``traffic_samples(parameters)`` checked (None: it has none), and the share of
-    checked answers that must match (``traffic_min_agreement``). AiosFastError, one
-    line, when the hook fails or returns something else than documented."""
-    module, _, name = spec.partition(":")
-    where = f"block class {spec!r}"
-    try:
-        cls = getattr(importlib.import_module(module), name, None) if name else None
-    except ImportError as exc:
-        raise AiosFastError(f"{where}: {exc}") from None
-    if cls is None:
-        raise AiosFastError(f"{where}: {module} has no {name or 'class named after a colon'}")
-    hook = getattr(cls, "traffic_samples", None)
-    floor = getattr(cls, "traffic_min_agreement", 1.0)
-    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor <= 1:
-        raise AiosFastError(f"{where}: traffic_min_agreement must be a number in 0..1, "
-                            f"not {floor!r}")  # fmt: skip
-    if hook is None:
-        return None, float(floor)
-    try:
-        samples = hook(dict(parameters))
-    except AiosFastError as exc:
-        raise AiosFastError(f"{where}: traffic_samples(): {exc}") from None
-    except Exception as exc:
-        raise AiosFastError(f"{where}: traffic_samples() raised "
-                            f"{type(exc).__name__}: {exc}") from None  # fmt: skip
-    if samples is None:
-        return None, float(floor)
-    return _checked_samples(samples, where), float(floor)
-
-
-def _checked_samples(samples, where: str) -> list[tuple[str, dict | None]]:
-    shape = "a non-empty list of (data, expected) pairs: data a string, expected None or a dict"
-    if not isinstance(samples, (list, tuple)) or not samples:
-        raise AiosFastError(f"{where}: traffic_samples() must return {shape}, "
-                            f"not {_brief(samples)}")  # fmt: skip
-    checked = []
-    for n, sample in enumerate(samples):
-        if not isinstance(sample, (list, tuple)) or len(sample) != 2:
-            raise AiosFastError(f"{where}: traffic_samples() must return {shape}; item {n} "
-                                f"is {_brief(sample)}")  # fmt: skip
-        data, expected = sample
-        if not isinstance(data, str):
-            raise AiosFastError(f"{where}: traffic_samples() item {n}: data must be a string, "
-                                f"not {type(data).__name__}")  # fmt: skip
-        if expected is not None:
-            if not isinstance(expected, dict) or not all(isinstance(k, str) for k in expected):
-                raise AiosFastError(f"{where}: traffic_samples() item {n}: expected must be "
-                                    f"None or a dict of output fields, not "
-                                    f"{_brief(expected)}")  # fmt: skip
-            try:  # what a JSON answer can carry (and what the clients can be handed)
-                expected = json.loads(json.dumps(expected, allow_nan=False))
-            except (TypeError, ValueError) as exc:
-                raise AiosFastError(f"{where}: traffic_samples() item {n}: expected is not "
-                                    f"JSON data ({exc})") from None  # fmt: skip
-        checked.append((data, expected))
-    return checked
-
-
-def _brief(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 async def _traffic(info: dict, block: LocalBlock, plan: tuple[list | None, float],
                    traffic: int, expect: str) -> int:  # fmt: skip
     """Send ``traffic`` checked tasks through the running block; its exit status."""
@@ -529,8 +465,8 @@ async def _traffic(info: dict, block: LocalBlock, plan: tuple[list | None, float
     if expect == "status" and samples is not None:  # sent, answers not compared
         samples = [(data, None) for data, _ in samples]
     if samples is not None and any(e is not None for _, e in samples):
-        what = (f"tasks (the block's {len(samples):,} samples; at least {floor:.0%} of the "
-                "answers must be as expected)")  # fmt: skip
+        share = "every answer" if floor >= 1 else f"at least {floor:.0%} of the answers"
+        what = f"tasks (the block's {len(samples):,} samples; {share} must be as expected)"
     elif samples is not None:
         what = f"tasks (the block's {len(samples):,} samples; statuses checked)"
     else:
