@@ -324,7 +324,6 @@ def _summary(rows: dict[str, dict]) -> str:
     return f"batching speedup {speedup:.2f}x p99 ratio {p99:.2f}x idle p50 ratio {idle:.2f}x"
 
 
-
 def render(results: list[tuple], opts) -> str:
     lines = [
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
