@@ -219,6 +219,7 @@ def test_the_example_document_runs_with_block_up(model, tmp_path):
             time.sleep(0.05)
         assert stats["batching"]["items"] == 101
         assert stats["batching"]["settings"]["maxBatchSize"] == 64
+        assert stats["batching"]["settings"]["maxConcurrentBatches"] == 2
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
