@@ -24,6 +24,13 @@ maxConcurrentBatches) come from the block document's ``initSettings.batching`` o
 block's ``parameters.batching`` (``aios_fast.instance.batcher``). With only on_data,
 tasks run one at a time as before.
 
+``aios-fast block up --traffic N`` sends N tasks through the running block. A block may
+say what they carry: the classmethod ``traffic_samples(parameters)`` returns a list of
+``(data, expected)`` pairs (data: the task's data string; expected: None, or a dict of
+fields the JSON output must carry with those values), sent in turn, and the class
+attribute ``traffic_min_agreement`` (default 1.0) is the share of checked answers that
+must match. Without it the tasks carry the load generator's own JSON.
+
 Large inputs come by reference: ``await self.frames.get(packet.frame_ptr)`` resolves a
 frame_ptr through the instance's Frame DB (``aios_fast.framedb``).
 """
@@ -43,6 +50,9 @@ class Block:
     """Base class: every hook has a working default."""
 
     frames: FrameDB  # set by the instance runtime before the first task
+    # ``block up --traffic``: the share of answers that must match their expected fields
+    # (a model's accuracy: below 1.0; a deterministic block: 1.0, every one)
+    traffic_min_agreement: float = 1.0
 
     def __init__(self, init_data: dict | None = None, parameters: dict | None = None) -> None:
         self.init_data = dict(init_data or {})
@@ -61,6 +71,17 @@ class Block:
         Sync (run in a thread unless ``inline``) or async. Blocks without it get no
         batches."""
         raise NotImplementedError("this block does not implement on_batch()")
+
+    @classmethod
+    def traffic_samples(cls, parameters: dict) -> list[tuple[str, dict | None]] | None:
+        """Optional: sample tasks for ``aios-fast block up --traffic`` (run in the
+        ``block up`` process, given the document's ``parameters``, before the block
+        starts): a non-empty list of ``(data, expected)`` pairs, data the task's data
+        string, expected None (the status alone is checked) or a dict of fields the
+        answer's JSON object must carry with these values. Tasks cycle through the
+        list; ``traffic_min_agreement`` of the answers with an expectation must match.
+        None (the default): the load generator's own payload."""
+        return None
 
     def health(self) -> bool | dict:
         """True (or a dict, reported as JSON) when healthy; False or raising is unhealthy."""

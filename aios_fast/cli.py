@@ -302,7 +302,8 @@ def _parser() -> argparse.ArgumentParser:
     bup.add_argument("--once", action="store_true", help="stop after --traffic")
     bup.add_argument("--expect", choices=("auto", "echo", "status"), default="auto",
                      help="what --traffic checks: echo (outputs repeat the inputs), status "
-                     "(every call answered OK), auto (echo for the echo block)")  # fmt: skip
+                     "(every call answered OK), auto (the answers the block's "
+                     "traffic_samples expect, else echo for the echo block)")  # fmt: skip
     bup.add_argument("--json", action="store_true", help="print the endpoints as one JSON line")
     bup.add_argument("--auth-file", help="tokens for every service of the block, one 'role "
                      "token' a line (or set AIOS_FAST_TOKEN)")  # fmt: skip

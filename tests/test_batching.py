@@ -249,6 +249,45 @@ def test_preferred_sizes_shape_the_batches():
     assert outs == [str(i) for i in range(6)]
 
 
+class OverlapBlock(RecordingBlock):
+    """Records how many on_batch calls run at once."""
+
+    def __init__(self, init_data=None, parameters=None):
+        super().__init__(init_data, parameters)
+        self.now = self.most = 0
+
+    async def on_batch(self, entries):
+        self.now += 1
+        self.most = max(self.most, self.now)
+        try:
+            return await super().on_batch(entries)
+        finally:
+            self.now -= 1
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_concurrent_batches_run_up_to_the_limit_and_a_lone_task_still_runs_alone(workers):
+    """maxConcurrentBatches workers take turns forming batches (one waits for tasks at
+    a time): at most that many batches run at once, every task is answered once and in
+    its place, and at an idle instance a lone task is a batch of one."""
+    block = OverlapBlock(parameters={"delay": 0.1})
+    server = _server(block, mode="adaptive", maxBatchSize=4, maxConcurrentBatches=workers)
+
+    async def main():
+        outs = await _gather(server, [f"t{i}" for i in range(20)])
+        await asyncio.sleep(0.05)
+        lone = await _run(server, "lone")
+        await server.batcher.close()
+        return outs, lone
+
+    outs, lone = asyncio.run(main())
+    assert outs == [f"T{i}" for i in range(20)] and lone == "LONE"
+    assert block.most == workers
+    assert sorted(d for b in block.batches for d in b) == sorted([*(f"t{i}" for i in range(20)),
+                                                                  "lone"])  # fmt: skip
+    assert all(len(b) <= 4 for b in block.batches) and block.batches[-1] == ["lone"]
+
+
 def test_sync_on_batch_with_preprocess_runs_in_a_thread():
     async def main():
         server = _server(SyncBatchBlock())
@@ -505,8 +544,8 @@ def test_the_guides_batching_example_works_as_written():
     import re
 
     pytest.importorskip("numpy", reason="the guide's example uses numpy")
-    (source,) = re.findall(r"```py\n(.*?)```", (ROOT / "docs" / "writing-a-block.md").read_text(),
-                           re.S)  # fmt: skip
+    guide = (ROOT / "docs" / "writing-a-block.md").read_text()
+    (source,) = [b for b in re.findall(r"```py\n(.*?)```", guide, re.S) if "class SumBlock" in b]
     namespace: dict = {}
     exec(compile(source, "writing-a-block.md", "exec"), namespace)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -218,6 +219,29 @@ def test_the_example_document_runs_with_block_up(model, tmp_path):
             time.sleep(0.05)
         assert stats["batching"]["items"] == 101
         assert stats["batching"]["settings"]["maxBatchSize"] == 64
+        assert stats["batching"]["settings"]["maxConcurrentBatches"] == 2
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
+
+
+def test_block_up_traffic_sends_held_out_images_and_checks_the_agreement(model, tmp_path):
+    """The newcomer's check of the real-model example: ``block up --traffic N --once``
+    sends the block's held-out images (traffic_samples) and passes on its accuracy."""
+    path, _ = model
+    document = json.loads(DOC.read_text())
+    document["parameters"]["model_path"] = str(path)
+    doc_path = tmp_path / "digits.json"
+    doc_path.write_text(json.dumps(document))
+    out = subprocess.run([sys.executable, "-m", "aios_fast", "block", "up", str(doc_path),
+                          "--ports", "auto", "--traffic", "200", "--once"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "the block's 450 samples" in out.stdout  # the held-out quarter of 1,797 images
+    found = re.search(r"agreement\s+([\d.]+) \((\d+) of (\d+) answers", out.stdout)
+    assert found and int(found[3]) == 200 and float(found[1]) >= 0.9, out.stdout[-2000:]
+    assert re.search(r"errors\s+0\n", out.stdout)
+    samples = onnx_digits.held_out_samples()
+    x, y = held_out()
+    assert [json.loads(d)["pixels"] for d, _ in samples[:3]] == x[:3].astype(int).tolist()
+    assert [e["class"] for _, e in samples] == y.tolist()

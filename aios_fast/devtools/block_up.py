@@ -57,6 +57,7 @@ from ..sidecars.healthcheck import HealthChecker
 from ..tls import TLS
 from ..wire import MAX_MESSAGE
 from .loadgen import drive, format_summary
+from .traffic import traffic_plan
 
 __all__ = ["BlockDoc", "LocalBlock", "load_block_doc", "up", "use_free_ports"]
 
@@ -452,6 +453,47 @@ def _print_info(info: dict) -> None:
     sys.stdout.flush()
 
 
+async def _traffic(info: dict, block: LocalBlock, plan: tuple[list | None, float],
+                   traffic: int, expect: str) -> int:  # fmt: skip
+    """Send ``traffic`` checked tasks through the running block; its exit status."""
+    samples, floor = plan
+    if expect == "echo":
+        samples = None  # the generator's own payload, echoed
+    echo = expect == "echo" or (
+        expect == "auto" and samples is None and block.doc.initSettings.block == ECHO
+    )
+    if expect == "status" and samples is not None:  # sent, answers not compared
+        samples = [(data, None) for data, _ in samples]
+    if samples is not None and any(e is not None for _, e in samples):
+        share = "every answer" if floor >= 1 else f"at least {floor:.0%} of the answers"
+        what = f"tasks (the block's {len(samples):,} samples; {share} must be as expected)"
+    elif samples is not None:
+        what = f"tasks (the block's {len(samples):,} samples; statuses checked)"
+    else:
+        what = "tasks (outputs checked as echoes)" if echo else "tasks (statuses checked)"
+    print(f"sending {traffic:,} {what} through {info['grpc']} ...", flush=True)
+    summary = await asyncio.get_running_loop().run_in_executor(
+        None,
+        lambda: drive(
+            info["grpc"],
+            tasks=traffic,
+            concurrency=64,
+            check=echo,
+            token=block.auth.any_token("infer") or "",
+            tls=block.tls,
+            samples=samples,
+        ),
+    )
+    print(format_summary(summary), flush=True)
+    ok = not summary["errors"] and not summary["wrong"] and not summary["client_crashes"]
+    ok = ok and summary["completed"] == traffic
+    if summary["checked"] and summary["agreement"] < floor:
+        print(f"agreement {summary['agreement']:.3f} is below the block's "
+              f"traffic_min_agreement {floor:g}", flush=True)  # fmt: skip
+        ok = False
+    return 0 if ok else 1
+
+
 async def up(
     path: str,
     *,
@@ -477,9 +519,10 @@ async def up(
         use_free_ports(doc)
     elif ports != "default":
         raise AiosFastError(f"--ports must be 'default' or 'auto', not {ports!r}")
+    # the block's sample tasks, checked before anything starts (a bad hook: one line)
+    plan = traffic_plan(doc.initSettings.block, doc.parameters) if traffic else (None, 1.0)
     block = LocalBlock(doc, document, auth_file=auth_file, tls=tls)
     stop = runtime.signal_event()
-    loop = asyncio.get_running_loop()
     status = 0
     try:
         info = await block.start()
@@ -488,24 +531,7 @@ async def up(
         else:
             _print_info(info)
         if traffic:
-            # every answer's status is checked; outputs only where the answer is known
-            echo = expect == "echo" or (expect == "auto" and doc.initSettings.block == ECHO)
-            what = "tasks (outputs checked as echoes)" if echo else "tasks (statuses checked)"
-            print(f"sending {traffic:,} {what} through {info['grpc']} ...", flush=True)
-            summary = await loop.run_in_executor(
-                None,
-                lambda: drive(
-                    info["grpc"],
-                    tasks=traffic,
-                    concurrency=64,
-                    check=echo,
-                    token=block.auth.any_token("infer") or "",
-                    tls=block.tls,
-                ),
-            )
-            print(format_summary(summary), flush=True)
-            ok = not summary["errors"] and not summary["wrong"] and not summary["client_crashes"]
-            status = 0 if ok and summary["completed"] == traffic else 1
+            status = await _traffic(info, block, plan, traffic, expect)
         if not once:
             print("serving; Ctrl-C stops the block", flush=True)
             if await _until_stopped_or_dead(stop, block.executor_proc):

@@ -6,10 +6,17 @@ time in all, until ``tasks`` were sent or ``duration`` seconds passed. The paren
 a live progress line and returns a summary: completed, errors by status code, wrong
 answers (with ``check``: the echo block's output must carry the task's session, seq_no
 and data), throughput and latency percentiles.
+
+Tasks carry the generator's own JSON (``{"task": i, "pad": ...}``, ``size`` pad bytes),
+or, with ``samples`` (a list of ``(data, expected)`` pairs, e.g. a block's
+``traffic_samples``), task i carries ``samples[i % len]``'s data; where expected is a
+dict, the answer must be a JSON object with those fields and values: the summary counts
+the answers checked and matched (``agreement``).
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import sys
@@ -36,7 +43,8 @@ def _child(index: int, opts: dict, counters, queue, stop) -> None:
     async def run() -> dict:
         errors: dict[str, int] = {}
         latencies: list[float] = []
-        wrong = 0
+        wrong = checked = matched = 0
+        samples = opts["samples"]
         payload = "x" * opts["size"]
         share = opts["concurrency"] // opts["procs"] + (index < opts["concurrency"] % opts["procs"])
         deadline = time.monotonic() + opts["duration"] if opts["duration"] else None
@@ -49,7 +57,7 @@ def _child(index: int, opts: dict, counters, queue, stop) -> None:
             started = time.monotonic()  # the clock all processes share (CLOCK_MONOTONIC)
 
             async def worker() -> None:
-                nonlocal next_task, wrong
+                nonlocal next_task, wrong, checked, matched
                 while True:
                     i = next_task
                     if opts["tasks"] and i >= opts["tasks"]:
@@ -59,7 +67,11 @@ def _child(index: int, opts: dict, counters, queue, stop) -> None:
                     if stop.is_set():  # interrupted: finish what is in flight, report
                         return
                     next_task += opts["procs"]
-                    data = f'{{"task": {i}, "pad": "{payload}"}}'
+                    expected = None
+                    if samples:
+                        data, expected = samples[i % len(samples)]
+                    else:
+                        data = f'{{"task": {i}, "pad": "{payload}"}}'
                     frame = codec.encode_message(
                         codec.Packet(
                             session_id=f"session-{i % 64}", seq_no=i, data=data, ts=time.time()
@@ -74,7 +86,10 @@ def _child(index: int, opts: dict, counters, queue, stop) -> None:
                         counters[2 * index + 1] += 1
                         continue
                     latencies.append(time.perf_counter() - t0)
-                    if opts["check"]:
+                    if expected is not None and opts["method"] == "infer_result":
+                        checked += 1
+                        matched += _matches(codec.decode_message(reply).data, expected)
+                    elif opts["check"]:
                         if opts["method"] == "infer":
                             ok = reply == ACCEPTED
                         else:
@@ -89,12 +104,24 @@ def _child(index: int, opts: dict, counters, queue, stop) -> None:
 
             await asyncio.gather(*(worker() for _ in range(max(1, share))))
         return {"latencies": latencies, "errors": errors, "wrong": wrong,
+                "checked": checked, "matched": matched,
                 "started": started, "ended": time.monotonic()}  # fmt: skip
 
     try:
         queue.put(runtime.run(run()))
     except BaseException as exc:  # reported, never a silent hang of the parent
         queue.put({"crash": f"{type(exc).__name__}: {exc}"})
+
+
+def _matches(data: str, expected: dict) -> bool:
+    """Whether an answer's data is a JSON object carrying ``expected``'s fields."""
+    try:
+        answer = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(answer, dict) and all(
+        k in answer and answer[k] == v for k, v in expected.items()
+    )
 
 
 def drive(
@@ -111,9 +138,12 @@ def drive(
     progress: bool = True,
     token: str | None = None,
     tls: TLS | None = None,
+    samples: list[tuple[str, dict | None]] | None = None,
 ) -> dict:
     """Send load to ``target`` (host:port); the summary dict (see ``format_summary``).
-    ``token``: sent as ``authorization: Bearer`` (default: AIOS_FAST_TOKEN, if set)."""
+    ``token``: sent as ``authorization: Bearer`` (default: AIOS_FAST_TOKEN, if set).
+    ``samples``: the tasks' data and expected fields (plain data: the clients are
+    separate processes); answers are checked against them (infer_result only)."""
     if not tasks and not duration:
         raise ValueError("give tasks or duration")
     if method not in ("infer", "infer_result"):
@@ -134,6 +164,7 @@ def drive(
         "token": token if token is not None else os.environ.get(ENV_TOKEN) or None,
         "tls": ((tls.cert, tls.key, tls.ca) if tls else ("", "", "")),
         "timeout": timeout,
+        "samples": [(data, expected) for data, expected in samples] if samples else None,
     }
     stop = ctx.Event()
     children = [
@@ -182,6 +213,9 @@ def drive(
         for name, n in r.get("errors", {}).items():
             errors[name] = errors.get(name, 0) + n
 
+    checked = sum(r.get("checked", 0) for r in results)
+    matched = sum(r.get("matched", 0) for r in results)
+
     def pct(q: float) -> float | None:
         if not latencies:
             return None
@@ -193,6 +227,9 @@ def drive(
         "completed": len(latencies),
         "errors": errors,
         "wrong": sum(r.get("wrong", 0) for r in results),
+        "checked": checked,
+        "matched": matched,
+        "agreement": round(matched / checked, 4) if checked else None,
         "client_crashes": crashes,
         "seconds": round(elapsed, 3),
         "tasks_per_s": round(len(latencies) / elapsed, 1) if elapsed else 0.0,
@@ -213,6 +250,11 @@ def format_summary(summary: dict) -> str:
         ("completed", f"{summary['completed']:,}"),
         ("errors", ", ".join(f"{k} {v:,}" for k, v in summary["errors"].items()) or "0"),
         ("wrong answers", f"{summary['wrong']:,}"),
+    ]
+    if summary.get("checked"):
+        rows.append(("agreement", f"{summary['agreement']:.3f} ({summary['matched']:,} of "
+                                  f"{summary['checked']:,} answers as expected)"))  # fmt: skip
+    rows += [
         ("seconds", f"{summary['seconds']}"),
         ("tasks/s", f"{summary['tasks_per_s']:,.0f}"),
         (

@@ -126,6 +126,7 @@ class Batcher:
         self._queue: deque[_Item] = deque()
         self._waiting: dict[asyncio.Task, int] = {}  # owners of queued items
         self._wake: asyncio.Event | None = None
+        self._forming: asyncio.Lock | None = None  # one worker at a time forms a batch
         self._need = 1  # queued items that wake a waiting worker early
         self._workers: list[asyncio.Task] = []
         self.running = 0  # batches in on_batch now
@@ -179,6 +180,7 @@ class Batcher:
 
     def _start(self) -> None:
         self._wake = asyncio.Event()
+        self._forming = asyncio.Lock()
         self._workers = [asyncio.ensure_future(self._work())
                          for _ in range(self.settings.max_batches)]  # fmt: skip
 
@@ -265,7 +267,11 @@ class Batcher:
 
     async def _work(self) -> None:
         while True:
-            batch = await self._next_batch()
+            # One worker waits for tasks and forms the next batch, the others queue for
+            # the turn: a lone task wakes one worker, not all of them (each wake-up is a
+            # turn of the event loop in its way), and the wait's settings are its alone.
+            async with self._forming:
+                batch = await self._next_batch()
             self.running += 1
             self.batches += 1
             self.items += len(batch)
