@@ -504,6 +504,57 @@ def test_a_stream_is_slowed_down_not_refused_at_the_instance_limit(front):
         instance.stop()
 
 
+def test_a_stream_whose_client_does_not_read_stops_being_run():
+    """A client that sends 150 tasks answering 1 MB each on one stream and reads
+    nothing: the executor runs only what its first window and answer queue allow (not
+    all 150: ~150 MB held), then goes on once the client reads."""
+    if why := unavailable():
+        pytest.skip(f"native front not available: {why}")
+    instance = start_instance("tests.blocks:ControlBlock", None, "--max-message", str(LIMIT))
+    executor, port = start("native", {"i0": instance.info["port"]})
+    client = RawClient(port)
+    try:
+        before = _stats(executor)["accepted"]
+        sid = client.h2.get_next_available_stream_id()
+        client.h2.send_headers(sid, [(":method", "POST"), (":scheme", "http"),
+                                     (":path", "/InferenceProxy/infer_stream"),
+                                     (":authority", f"127.0.0.1:{port}"),
+                                     ("content-type", "application/grpc"),
+                                     ("te", "trailers")])  # fmt: skip
+        message = frame(data='{"out_bytes": 1000000}')
+        body = b"\x00" + len(message).to_bytes(4, "big") + message
+        client.h2.increment_flow_control_window(64 * MiB)  # the connection's: stream's stay
+        for _ in range(150):
+            client.h2.send_data(sid, body)
+        client.h2.end_stream(sid)
+        client.flush()  # and now it reads nothing
+        stalled, last, end = 0, -1, time.monotonic() + 15
+        while time.monotonic() < end:  # until the count stops moving for a second
+            time.sleep(1.0)
+            stalled = _stats(executor)["accepted"] - before
+            if stalled == last:
+                break
+            last = stalled
+        assert 0 < stalled <= 110, stalled
+        # it reads: once it has taken what waited for it, the stream goes on
+        got, next_look, end = 0, 0, time.monotonic() + 60
+        while True:
+            if got >= next_look:  # the books, every 4 MB read
+                if _stats(executor)["accepted"] - before > stalled:
+                    break
+                next_look = got + 4 * MiB
+            assert time.monotonic() < end, f"the stream did not go on ({got:,} bytes read)"
+            for event in client.h2.receive_data(client.sock.recv(1 << 20)):
+                if isinstance(event, h2.events.DataReceived):
+                    got += event.flow_controlled_length
+                    client.h2.acknowledge_received_data(event.flow_controlled_length, sid)
+            client.flush()
+    finally:
+        client.close()
+        executor.stop()
+        instance.stop()
+
+
 def test_grpc_framing_errors(served, front):
     """A compressed message without an encoding, a truncated message, two messages on a
     unary call: each ends its call with an error status (grpc-status), not a hang."""

@@ -43,6 +43,13 @@ DEADLINE = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
 INTERNAL = grpc.StatusCode.INTERNAL.value[0]
 STREAM = 2  # _front.INFER_STREAM
 RESULT = 1  # _front.INFER_RESULT
+# A stream's window starts at FIRST_WINDOW tasks in flight and grows by one for each
+# answer its client takes promptly, up to the server's stream_window: a client that does
+# not read its answers holds at most ~FIRST_WINDOW answers plus QUEUED_HIGH bytes here.
+FIRST_WINDOW = 64
+PROMPT_BYTES = 1 << 20  # answer bytes still unsent under which an answer counts as taken
+# A stream starts no new task while more than the compiled layer's QUEUED_HIGH answer
+# bytes wait for its client; it calls ``writable`` once the client has taken half.
 
 
 def load_front():
@@ -74,10 +81,12 @@ class _Stream:
     """One ``infer_stream`` call's tasks (kept as ``call.task``: ``cancel`` ends them):
     the runs in flight, and messages read while ``stream_window`` of them ran."""
 
-    __slots__ = ("backlog", "call", "deadline", "ended", "pending", "pumping", "timer")
+    __slots__ = ("backlog", "call", "deadline", "ended", "pending", "pumping", "timer",
+                 "window")  # fmt: skip
 
-    def __init__(self, call, loop) -> None:
+    def __init__(self, call, loop, window: int) -> None:
         self.call = call
+        self.window = window  # runs it may have in flight now (grows, see _pump)
         self.pending: set = set()  # its TaskRuns not yet answered
         self.backlog: deque[bytes] = deque()  # read while the window was full
         self.ended = False
@@ -120,6 +129,7 @@ class NativeServer:
                  max_message: int, stream_window: int, keepalive: float = 7200.0,
                  keepalive_timeout: float = 20.0) -> None:  # fmt: skip
         self._front = load_front()
+        self._queued_high = self._front.QUEUED_HIGH
         self.keepalive = keepalive  # seconds a client may be silent before a PING (0: never)
         self.keepalive_timeout = keepalive_timeout  # seconds it has to answer it
         self._pinger: asyncio.Task | None = None
@@ -256,7 +266,7 @@ class NativeServer:
         if state is None:
             if self.auth.enabled and not self._allowed(call):
                 return
-            state = call.task = _Stream(call, self.loop)
+            state = call.task = _Stream(call, self.loop, min(FIRST_WINDOW, self.stream_window))
         if frame is None:
             state.ended = True
             state.done_if_over()
@@ -265,15 +275,17 @@ class NativeServer:
         self._pump(state)
 
     def _pump(self, state: _Stream) -> None:
-        """Start the stream's backlog while its window allows; past it, hold the stream
-        (back-pressure: its HTTP/2 window stays shut until tasks finish). A loop, not
-        recursion: runs that end at once (a bad message) come back here."""
+        """Start the stream's backlog while its window allows and its client takes its
+        answers (at most QUEUED_HIGH bytes unsent); past that, hold the stream (back-
+        pressure: its HTTP/2 window stays shut until tasks finish, or ``writable``).
+        A loop, not recursion: runs that end at once (a bad message) come back here."""
         if state.pumping:
             return
         state.pumping = True
         call = state.call
         try:
-            while state.backlog and len(state.pending) < self.stream_window:
+            while (state.backlog and len(state.pending) < state.window
+                   and call.queued <= self._queued_high):  # fmt: skip
                 if call.finished:
                     state.backlog.clear()
                     return
@@ -306,4 +318,13 @@ class NativeServer:
                 packet = None
             answer = codec.encode_message(error_packet(reject.code.name, reject.message, packet))
         call.send(answer)
+        if call.queued < PROMPT_BYTES and state.window < self.stream_window:
+            state.window += 1
         self._pump(state)
+
+    def writable(self, call) -> None:
+        """The compiled layer: the client took enough of this call's queued answers
+        (a stream that stopped starting tasks for them may go on)."""
+        state = call.task
+        if isinstance(state, _Stream) and not call.finished:
+            self._pump(state)

@@ -346,6 +346,10 @@ cdef class Call:
         if self.queue_held and self.queued < QUEUED_HIGH // 2:
             self.queue_held = False
             self._unhold()
+            if self.server is not None and self.conn is not None:
+                # the server may start more of this call's work (not from inside
+                # nghttp2's send: on the next loop turn)
+                self.conn.loop.call_soon(self.server.writable, self)
         return done
 
     cdef _close(self):
