@@ -328,6 +328,18 @@ class RawClient:
         self.sock.close()
 
 
+def grpc_headers(port: int, method: str = "infer_result") -> list[tuple[str, str]]:
+    """A gRPC request's HEADERS, for the raw client."""
+    return [(":method", "POST"), (":scheme", "http"), (":path", f"/InferenceProxy/{method}"),
+            (":authority", f"127.0.0.1:{port}"), ("content-type", "application/grpc"),
+            ("te", "trailers")]  # fmt: skip
+
+
+def grpc_body(message: bytes) -> bytes:
+    """One length-prefixed gRPC message."""
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
 def test_pings_are_answered(served):
     port, _ = served
     client = RawClient(port)
@@ -411,19 +423,9 @@ def test_silent_clients_are_pinged_and_cut_and_their_calls_cancelled():
         talker = RawClient(port)  # reads, and h2 answers every PING it reads
         silent = RawClient(port)
         sid = silent.h2.get_next_available_stream_id()
-        silent.h2.send_headers(
-            sid,
-            [
-                (":method", "POST"),
-                (":scheme", "http"),
-                (":path", "/InferenceProxy/infer_result"),
-                (":authority", f"127.0.0.1:{port}"),
-                ("content-type", "application/grpc"),
-                ("te", "trailers"),
-            ],
-        )
+        silent.h2.send_headers(sid, grpc_headers(port))
         message = frame(data="slow")
-        silent.h2.send_data(sid, b"\x00" + len(message).to_bytes(4, "big") + message,
+        silent.h2.send_data(sid, grpc_body(message),
                             end_stream=True)  # fmt: skip
         silent.flush()  # from here on it sends nothing, whatever it is sent
         _wait_stat(executor, "accepted", 2)  # the start-up probe's, and its
@@ -455,11 +457,9 @@ def test_many_client_cancellations_do_not_cut_the_connection(served):
     cut such clients every ~1000 cancellations)."""
     port, _ = served
     client = RawClient(port)
-    headers = [(":method", "POST"), (":scheme", "http"),
-               (":path", "/InferenceProxy/infer_result"), (":authority", f"127.0.0.1:{port}"),
-               ("content-type", "application/grpc"), ("te", "trailers")]  # fmt: skip
+    headers = grpc_headers(port)
     message = frame(data="cancelled")
-    body = b"\x00" + len(message).to_bytes(4, "big") + message
+    body = grpc_body(message)
     try:
         for _ in range(2000):
             sid = client.h2.get_next_available_stream_id()
@@ -469,7 +469,7 @@ def test_many_client_cancellations_do_not_cut_the_connection(served):
         client.flush()
         sid = client.h2.get_next_available_stream_id()
         client.h2.send_headers(sid, headers)
-        client.h2.send_data(sid, b"\x00" + len(frame()).to_bytes(4, "big") + frame(),
+        client.h2.send_data(sid, grpc_body(frame()),
                             end_stream=True)  # fmt: skip
         client.flush()
         events = client.events(lambda e: isinstance(e, h2.events.StreamEnded)
@@ -516,13 +516,9 @@ def test_a_stream_whose_client_does_not_read_stops_being_run():
     try:
         before = _stats(executor)["accepted"]
         sid = client.h2.get_next_available_stream_id()
-        client.h2.send_headers(sid, [(":method", "POST"), (":scheme", "http"),
-                                     (":path", "/InferenceProxy/infer_stream"),
-                                     (":authority", f"127.0.0.1:{port}"),
-                                     ("content-type", "application/grpc"),
-                                     ("te", "trailers")])  # fmt: skip
+        client.h2.send_headers(sid, grpc_headers(port, "infer_stream"))
         message = frame(data='{"out_bytes": 1000000}')
-        body = b"\x00" + len(message).to_bytes(4, "big") + message
+        body = grpc_body(message)
         client.h2.increment_flow_control_window(64 * MiB)  # the connection's: stream's stay
         for _ in range(150):
             client.h2.send_data(sid, body)
@@ -565,17 +561,13 @@ def test_grpc_framing_errors(served, front):
     bodies = {
         "compressed": b"\x01" + len(good).to_bytes(4, "big") + good,
         "truncated": b"\x00" + (len(good) + 10).to_bytes(4, "big") + good,
-        "two messages": (b"\x00" + len(good).to_bytes(4, "big") + good) * 2,
+        "two messages": grpc_body(good) * 2,
     }
     for what, body in bodies.items():
         client = RawClient(port)
         try:
             sid = client.h2.get_next_available_stream_id()
-            client.h2.send_headers(sid, [(":method", "POST"), (":scheme", "http"),
-                                         (":path", "/InferenceProxy/infer_result"),
-                                         (":authority", f"127.0.0.1:{port}"),
-                                         ("content-type", "application/grpc"),
-                                         ("te", "trailers")])  # fmt: skip
+            client.h2.send_headers(sid, grpc_headers(port))
             client.h2.send_data(sid, body, end_stream=True)
             client.flush()
             events = client.events(lambda e: isinstance(e, (h2.events.StreamEnded,
@@ -594,7 +586,7 @@ def test_h2load(served, tmp_path):
     port, _ = served
     body = tmp_path / "req"
     message = frame(data="h2load")
-    body.write_bytes(b"\x00" + len(message).to_bytes(4, "big") + message)
+    body.write_bytes(grpc_body(message))
     out = subprocess.run(
         ["h2load", "-n", "400", "-c", "2", "-m", "16", "-d", str(body),
          "-H", "content-type: application/grpc", "-H", "te: trailers",

@@ -169,12 +169,18 @@ def test_cuda_is_chosen_only_when_present_and_visible(monkeypatch):
         onnx_digits.choose_providers(ort, ["CUDAExecutionProvider"])
 
 
-def test_the_example_document_runs_with_block_up(model, tmp_path):
+def _document(model, tmp_path):
+    """The example's block document, with the test's model file."""
     path, _ = model
     document = json.loads(DOC.read_text())
     document["parameters"]["model_path"] = str(path)
     doc_path = tmp_path / "digits.json"
     doc_path.write_text(json.dumps(document))
+    return doc_path
+
+
+def test_the_example_document_runs_with_block_up(model, tmp_path):
+    doc_path = _document(model, tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", "aios_fast", "block", "up", str(doc_path),
                              "--ports", "auto", "--json"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
@@ -228,11 +234,7 @@ def test_the_example_document_runs_with_block_up(model, tmp_path):
 def test_block_up_traffic_sends_held_out_images_and_checks_the_agreement(model, tmp_path):
     """The newcomer's check of the real-model example: ``block up --traffic N --once``
     sends the block's held-out images (traffic_samples) and passes on its accuracy."""
-    path, _ = model
-    document = json.loads(DOC.read_text())
-    document["parameters"]["model_path"] = str(path)
-    doc_path = tmp_path / "digits.json"
-    doc_path.write_text(json.dumps(document))
+    doc_path = _document(model, tmp_path)
     out = subprocess.run([sys.executable, "-m", "aios_fast", "block", "up", str(doc_path),
                           "--ports", "auto", "--traffic", "200", "--once"], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)  # fmt: skip
