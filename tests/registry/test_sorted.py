@@ -17,7 +17,7 @@ from registry_server.options import apply_options, check_options
 from registry_server.store import DECODED_CACHE_MB, MAX_SORT_INDEXES, EmbeddedStore
 
 from .test_query_differential import cluster, filters, paths
-from .test_store import equalities
+from .test_store import equalities, rewrite_some
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 
@@ -64,17 +64,7 @@ def test_sort_index_walk_equals_full_sort(tmp_path_factory, documents, equality,
                 assert _sorted_query(store, flt, options) == expected, (flt, options)
 
         check()  # builds the indexes
-        for doc_id in data.draw(st.lists(st.sampled_from(sorted(docs)), max_size=4)):
-            if doc_id not in docs:
-                continue
-            if data.draw(st.booleans()):
-                store.delete("clusters", doc_id)
-                del docs[doc_id]
-            else:
-                new = dict(data.draw(cluster(0)), id=doc_id)
-                store.replace("clusters", doc_id, copy.deepcopy(new))
-                docs[doc_id] = new
-            check()
+        rewrite_some(data, store, docs, check)
         for name in ("late", "b-late"):  # at the end of the insertion order: ties last
             new = dict(data.draw(cluster(0)), id=name)
             store.insert("clusters", name, copy.deepcopy(new))

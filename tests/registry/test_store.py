@@ -41,6 +41,22 @@ equalities = st.one_of(
 )  # fmt: skip
 
 
+def rewrite_some(data, store, docs: dict, check) -> None:
+    """Up to 4 drawn documents deleted or replaced, in the store and in ``docs`` (the
+    model) alike, with ``check()`` after each write."""
+    for doc_id in data.draw(st.lists(st.sampled_from(sorted(docs)), max_size=4)):
+        if doc_id not in docs:
+            continue
+        if data.draw(st.booleans()):
+            store.delete("clusters", doc_id)
+            del docs[doc_id]
+        else:
+            new = dict(data.draw(cluster(0)), id=doc_id)
+            store.replace("clusters", doc_id, copy.deepcopy(new))
+            docs[doc_id] = new
+        check()
+
+
 @SETTINGS
 @given(st.lists(cluster(0), min_size=1, max_size=15), equalities, filters(), st.data())
 def test_indexed_find_equals_full_scan(tmp_path_factory, documents, equality, extra, data):
@@ -64,18 +80,7 @@ def test_indexed_find_equals_full_scan(tmp_path_factory, documents, equality, ex
             assert [d["id"] for d in store.find("clusters", flt)] == expected, flt
 
         check()  # builds the index
-        # Writes after the index exists must keep it right.
-        for doc_id in data.draw(st.lists(st.sampled_from(sorted(docs)), max_size=4)):
-            if doc_id not in docs:
-                continue
-            if data.draw(st.booleans()):
-                store.delete("clusters", doc_id)
-                del docs[doc_id]
-            else:
-                new = dict(data.draw(cluster(0)), id=doc_id)
-                store.replace("clusters", doc_id, copy.deepcopy(new))
-                docs[doc_id] = new
-            check()
+        rewrite_some(data, store, docs, check)  # the index must follow the writes
         new = dict(data.draw(cluster(0)), id="late")
         store.insert("clusters", "late", copy.deepcopy(new))
         docs["late"] = new
