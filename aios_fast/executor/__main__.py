@@ -14,7 +14,7 @@ from ..tls import TLS, add_tls_arguments
 from ..wire import MAX_MESSAGE
 from .config import FRONTS, ExecutorConfig, parse_instance
 from .kube_discovery import parse_discover_url
-from .native_front import unavailable
+from .native_front import resolve_front
 from .workers import describe_start_error, run_workers
 
 
@@ -208,10 +208,7 @@ def main(argv=None) -> int:
             mgmt_port=None if opts.mgmt_port < 0 else opts.mgmt_port,
             metrics_port=None if opts.metrics_port < 0 else opts.metrics_port,
         )
-        if config.front == "auto":
-            config.front = "grpcio" if unavailable() else "native"
-        elif config.front == "native" and (why := unavailable()):
-            raise AiosFastError(why)
+        config.front = resolve_front(config.front)  # as the workers' parent prints it
     except (AiosFastError, ValueError) as exc:  # a bad --instance, token file, ...
         print(f"executor: cannot start: {exc}", file=sys.stderr, flush=True)
         return 2

@@ -40,9 +40,8 @@ from typing import Any
 import aiohttp
 import grpc
 
-from .. import codec, lb
+from .. import lb
 from ..auth import AuthError, bearer, check_bind
-from ..errors import PacketDecodeError
 from ..logs import RateLimitedLog
 from ..service import runtime
 from ..service.grpc_auth import refusal, token_of
@@ -51,7 +50,6 @@ from ..service.periodic import Periodic
 from ..service.snapshot import MetricsSnapshot
 from ..wire import (
     SERVICE,
-    error_packet,
     max_output,
 )
 from .config import ExecutorConfig, InstanceSpec
@@ -69,10 +67,9 @@ from .links import (
     TaskTimedOut,
     UnaryLink,
 )
-from .native_front import NativeServer
-from .native_front import unavailable as native_unavailable
+from .native_front import NativeServer, resolve_front
 from .services import ExecutorServices
-from .task_run import OnDone, Reject, TaskRun
+from .task_run import OnDone, Reject, TaskRun, error_answer
 
 __all__ = ["Executor", "Instance"]
 
@@ -511,11 +508,7 @@ class Executor:
             try:
                 answer = await self._run(frame, True, context.time_remaining())
             except Reject as exc:
-                try:
-                    packet = codec.decode_message(frame)
-                except PacketDecodeError:
-                    packet = None
-                answer = codec.encode_message(error_packet(exc.code.name, exc.message, packet))
+                answer = error_answer(frame, exc)
             await results.put(answer)
 
         async def read() -> None:
@@ -579,11 +572,10 @@ class Executor:
         cfg = self.config
         check_bind(cfg.host, cfg.auth, cfg.insecure, "executor")
         check_bind(cfg.http_host or cfg.host, cfg.auth, cfg.insecure, "executor management")
-        if cfg.front == "auto":  # the native front where it is built
-            cfg.front = "grpcio" if native_unavailable() else "native"
+        cfg.front = resolve_front(cfg.front)  # "auto": the native front where it is built
         if cfg.front == "native":  # executor.native_front: same calls, C HTTP/2
-            server = NativeServer(self.run_task, self._run, Reject, cfg.auth, cfg.tls,
-                                  cfg.max_message, self._stream_window(), cfg.keepalive,
+            server = NativeServer(self.run_task, cfg.auth, cfg.tls, cfg.max_message,
+                                  self._stream_window(), cfg.keepalive,
                                   cfg.keepalive_timeout)  # fmt: skip
             self.port = await server.bind(cfg.host, cfg.port, cfg.reuse_port)
         else:

@@ -28,15 +28,14 @@ from collections import deque
 
 import grpc
 
-from .. import codec
 from ..auth import Auth, AuthError
-from ..errors import AiosFastError, PacketDecodeError
+from ..errors import AiosFastError
 from ..logs import RateLimitedLog
 from ..service.grpc_auth import refusal
 from ..tls import TLS
-from ..wire import error_packet
+from .task_run import error_answer
 
-__all__ = ["NativeServer", "load_front", "unavailable"]
+__all__ = ["NativeServer", "load_front", "resolve_front", "unavailable"]
 
 log = logging.getLogger("aios_fast.executor")
 DEADLINE = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
@@ -44,12 +43,12 @@ INTERNAL = grpc.StatusCode.INTERNAL.value[0]
 STREAM = 2  # _front.INFER_STREAM
 RESULT = 1  # _front.INFER_RESULT
 # A stream's window starts at FIRST_WINDOW tasks in flight and grows by one for each
-# answer its client takes promptly, up to the server's stream_window: a client that does
-# not read its answers holds at most ~FIRST_WINDOW answers plus QUEUED_HIGH bytes here.
+# answer its client takes promptly, up to the server's stream_window; no new task starts
+# while more than the compiled layer's QUEUED_HIGH answer bytes wait for the client (it
+# calls ``writable`` once the client has taken half). A client that does not read its
+# answers holds at most ~FIRST_WINDOW answers plus QUEUED_HIGH bytes here.
 FIRST_WINDOW = 64
 PROMPT_BYTES = 1 << 20  # answer bytes still unsent under which an answer counts as taken
-# A stream starts no new task while more than the compiled layer's QUEUED_HIGH answer
-# bytes wait for its client; it calls ``writable`` once the client has taken half.
 
 
 def load_front():
@@ -66,6 +65,16 @@ def load_front():
             f"--front native: aios_fast._front is not built ({exc}); install libnghttp2-dev "
             "(Debian) and rebuild (`pip install -e .`), or use --front grpcio"
         ) from None
+
+
+def resolve_front(front: str) -> str:
+    """``--front`` as it will serve: "auto" is native where it is built, grpcio
+    elsewhere; "native" where it is not built is AiosFastError (one line)."""
+    if front == "auto":
+        return "grpcio" if unavailable() else "native"
+    if front == "native" and (why := unavailable()):
+        raise AiosFastError(why)
+    return front
 
 
 def unavailable() -> str | None:
@@ -122,12 +131,10 @@ class _Stream:
 class NativeServer:
     """The listener (one per executor process; SO_REUSEPORT for workers).
     ``run_task(frame, want_result, timeout, on_done, call)`` starts the executor's task
-    (``Executor.run_task``), ``run(frame, want_result, timeout)`` awaits one; ``reject``
-    is the exception type of a refusal (``code``, a grpc.StatusCode, and ``message``)."""
+    (``Executor.run_task``)."""
 
-    def __init__(self, run_task, run, reject: type[Exception], auth: Auth, tls: TLS,
-                 max_message: int, stream_window: int, keepalive: float = 7200.0,
-                 keepalive_timeout: float = 20.0) -> None:  # fmt: skip
+    def __init__(self, run_task, auth: Auth, tls: TLS, max_message: int, stream_window: int,
+                 keepalive: float = 7200.0, keepalive_timeout: float = 20.0) -> None:  # fmt: skip
         self._front = load_front()
         self._queued_high = self._front.QUEUED_HIGH
         self.keepalive = keepalive  # seconds a client may be silent before a PING (0: never)
@@ -135,8 +142,6 @@ class NativeServer:
         self._pinger: asyncio.Task | None = None
         self._log = RateLimitedLog(log, 10.0)
         self._run_task = run_task
-        self._run = run
-        self._reject = reject
         self.auth = auth
         self.tls = tls
         self.max_message = max_message
@@ -311,13 +316,7 @@ class NativeServer:
         call = state.call
         if call.finished:
             return
-        if reject is not None:
-            try:
-                packet = codec.decode_message(run.frame)
-            except PacketDecodeError:
-                packet = None
-            answer = codec.encode_message(error_packet(reject.code.name, reject.message, packet))
-        call.send(answer)
+        call.send(answer if reject is None else error_answer(run.frame, reject))
         if call.queued < PROMPT_BYTES and state.window < self.stream_window:
             state.window += 1
         self._pump(state)

@@ -33,10 +33,10 @@ import grpc
 
 from .. import codec
 from ..errors import NoInstanceError, PacketDecodeError
-from ..wire import ACCEPTED
+from ..wire import ACCEPTED, error_packet
 from .links import LinkTask, TaskFailed, TaskLost, TaskNotAccepted, TaskReturned, TaskTooLarge
 
-__all__ = ["Reject", "TaskRun"]
+__all__ = ["Reject", "TaskRun", "error_answer"]
 
 log = logging.getLogger("aios_fast.executor")
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
@@ -54,6 +54,17 @@ class Reject(Exception):
 
 
 OnDone = Callable[["TaskRun", "bytes | None", "Reject | None"], None]
+
+
+def error_answer(frame: bytes, reject: Reject) -> bytes:
+    """An ``infer_stream`` answer for a task that failed: an error packet
+    (``wire.error_packet``) naming the task when its packet can be read, so one bad task
+    fails alone."""
+    try:
+        packet = codec.decode_message(frame)
+    except PacketDecodeError:
+        packet = None
+    return codec.encode_message(error_packet(reject.code.name, reject.message, packet))
 
 
 class TaskRun:
