@@ -41,6 +41,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from typing import Any
 
 import msgspec
 
@@ -48,7 +49,7 @@ from ..auth import ENV_TOKEN, ROLES, Auth, TokenHandoff, new_token
 from ..errors import AiosFastError
 from ..instance.batcher import BatchSettings
 from ..service import runtime
-from ..settings import ECHO, BlockDocument, Ports, document_json, read_document
+from ..settings import ECHO, BlockDocument, Ports, document_json, load_document, read_document
 from ..sidecars.actuator import GpuPool, LocalActuator
 from ..sidecars.autoscale import AutoScaler
 from ..sidecars.base import ExecutorClient
@@ -126,7 +127,8 @@ async def start_sidecars(
     """A block's health checker and auto-scaler, configured from its document and
     serving on ``host`` (block up, and ``block up --actuator kubernetes``)."""
     settings, policies = doc.initSettings, doc.policies
-    common = {"block_data": document, "cluster_data": doc.cluster, "auth": auth, "tls": tls}
+    common: dict[str, Any] = {"block_data": document, "cluster_data": doc.cluster,
+                              "auth": auth, "tls": tls}  # fmt: skip
     hs = settings.healthChecker
     checker = HealthChecker(
         executor_url,
@@ -143,7 +145,7 @@ async def start_sidecars(
         executor_url,
         actuator,
         min_instances=doc.minInstances,
-        max_instances=doc.maxInstances,
+        max_instances=doc.maxInstances or max(doc.minInstances, 1),
         interval=ss.interval,
         drain_timeout=ss.drainTimeout,
         policy=policies.get("autoscaler"),
@@ -180,7 +182,7 @@ class LocalBlock:
             self.auth = Auth({token: ROLES})
             self.handoff = TokenHandoff(token)
         self.tls = tls or TLS()
-        auth_args = ("--auth-file", auth_file) if auth_file else ()
+        auth_args: tuple[str, ...] = ("--auth-file", auth_file) if auth_file else ()
         auth_args += _tls_args(self.tls)
         self.executor_proc: subprocess.Popen | None = None
         self.info: dict = {}
@@ -227,6 +229,7 @@ class LocalBlock:
         env = runtime.child_env({**os.environ, **self.env})  # it dies with block up
         self.executor_proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env,
                                               start_new_session=True)  # fmt: skip
+        assert self.executor_proc.stdout is not None  # stdout=PIPE
         line = self.executor_proc.stdout.readline()
         if not line:
             code = self.executor_proc.wait()
@@ -271,7 +274,7 @@ class LocalBlock:
                 }
                 for s in specs
             },
-            "executor_pid": self.executor_proc.pid,
+            "executor_pid": self._executor().pid,
             "front": info.get("front"),
         }
         if self.handoff is not None:
@@ -293,12 +296,18 @@ class LocalBlock:
             os.unlink(self._doc_file)
             self._doc_file = None
 
+    def _executor(self) -> subprocess.Popen:
+        if self.executor_proc is None:
+            raise AiosFastError("the block's executor is not started")
+        return self.executor_proc
+
     def _wait_executor(self) -> None:
+        proc = self._executor()
         try:
-            self.executor_proc.wait(60)
+            proc.wait(60)
         except subprocess.TimeoutExpired:
-            self.executor_proc.kill()
-            self.executor_proc.wait()
+            proc.kill()
+            proc.wait()
 
 
 async def _until_available(client: ExecutorClient, ids: list[str],
@@ -407,12 +416,11 @@ async def up(
     tls: TLS | None = None,
 ) -> int:
     doc, document = load_block_doc(path)
-    if block_class:
-        doc.initSettings.block = block_class
-    if workers:
-        doc.initSettings.workers = workers
-    if front:
-        doc.initSettings.front = front
+    overrides: dict[str, Any] = {"block": block_class, "workers": workers, "front": front}
+    if any(overrides.values()):  # checked by the contract as the document's own settings
+        raw = msgspec.to_builtins(doc)
+        raw["initSettings"].update({k: v for k, v in overrides.items() if v})
+        doc = load_document(raw)
     if ports == "auto":  # every port free-picked (tests, several blocks on one machine)
         use_free_ports(doc)
     elif ports != "default":
@@ -432,11 +440,10 @@ async def up(
             status = await _traffic(info, block, plan, traffic, expect)
         if not once:
             print("serving; Ctrl-C stops the block", flush=True)
-            if await _until_stopped_or_dead(stop, block.executor_proc):
-                log.error(
-                    "the executor exited (status %s); stopping the block",
-                    block.executor_proc.returncode,
-                )
+            executor = block._executor()
+            if await _until_stopped_or_dead(stop, executor):
+                log.error("the executor exited (status %s); stopping the block",
+                          executor.returncode)  # fmt: skip
                 status = 1
     finally:
         print("stopping: sidecars, executor (draining), instances ...", flush=True)

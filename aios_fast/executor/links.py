@@ -19,9 +19,9 @@ import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from time import perf_counter
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 
@@ -486,7 +486,7 @@ class UnaryLink:
         self._on_state = on_state
         self._on_settled = on_settled
         self._channel: grpc.aio.Channel | None = None
-        self._call = None
+        self._call: Any = None
         self._pending: dict[LinkTask, asyncio.Task] = {}
         self._watch: asyncio.Task | None = None
         self.tasks_sent = self.completed = self.failed = self.lost = 0
@@ -502,7 +502,9 @@ class UnaryLink:
         self._watch = asyncio.ensure_future(self._watch_state())
 
     async def _watch_state(self) -> None:
-        state = self._channel.get_state(try_to_connect=True)
+        channel = self._channel
+        assert channel is not None  # started
+        state = channel.get_state(try_to_connect=True)
         while True:
             # READY is up; IDLE (an idle timeout) keeps whatever it was; the rest is down.
             up = state is grpc.ChannelConnectivity.READY or (
@@ -511,8 +513,8 @@ class UnaryLink:
             if up != self.up:
                 self.up = up
                 self._on_state(self.instance_id, up)
-            await self._channel.wait_for_state_change(state)
-            state = self._channel.get_state(try_to_connect=True)
+            await channel.wait_for_state_change(state)
+            state = channel.get_state(try_to_connect=True)
 
     def submit(self, frame: bytes, want_result: bool, timeout: float = 0.0,
                waiter: Waiter | None = None) -> LinkTask:  # fmt: skip
@@ -521,8 +523,11 @@ class UnaryLink:
         limits = [t for t in (timeout, self.settings.run_timeout) if t > 0]
         runner = asyncio.ensure_future(self._send(task, frame, min(limits) if limits else None))
         self._pending[task] = runner
-        runner.add_done_callback(lambda _, t=task: self._pending.pop(t, None))
+        runner.add_done_callback(partial(self._forget, task))
         return task
+
+    def _forget(self, task: LinkTask, _runner: asyncio.Future) -> None:
+        self._pending.pop(task, None)
 
     def cancel(self, task: LinkTask) -> None:
         runner = self._pending.pop(task, None)

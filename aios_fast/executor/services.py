@@ -346,7 +346,7 @@ class ExecutorServices:
     async def start(self, host: str, mgmt_port: int | None, metrics_port: int | None) -> None:
         """Serve management on mgmt_port and metrics on metrics_port (None: not served;
         the same port for both serves both routes on one server)."""
-        routes = {}
+        routes: dict[int, list[str]] = {}
         if mgmt_port is not None:
             routes.setdefault(mgmt_port, []).append("mgmt")
         if metrics_port is not None:
