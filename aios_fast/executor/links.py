@@ -278,8 +278,7 @@ class InstanceLink:
         self._closing = False
         self._log = RateLimitedLog(log, 30.0)
         # Counters (cheap: integer additions on the loop).
-        self.tasks_sent = self.messages_sent = self.replies = self.messages_received = 0
-        self.completed = self.failed = self.lost = self.timed_out = self.cancelled = 0
+        self.tasks_sent = self.completed = self.failed = self.lost = 0  # /stats per instance
 
     @property
     def inflight(self) -> int:
@@ -311,7 +310,6 @@ class InstanceLink:
         if self._pending.pop(task.id, None) is None:
             return
         self._acked.discard(task.id)
-        self.cancelled += 1
         if self._writer is not None:
             self._writer.put((task.id, CANCEL, b"", 0.0), ITEM_OVERHEAD)
         task.drop(TaskCancelled(f"{self.instance_id}: the caller gave up"))
@@ -334,7 +332,6 @@ class InstanceLink:
 
     async def _requests(self, writer: BatchWriter):
         while (batch := await writer.next_batch()) is not None:
-            self.messages_sent += 1
             yield encode_tasks(batch)
 
     def _reply(self, task_id: int, kind: int, payload: bytes) -> None:
@@ -368,7 +365,6 @@ class InstanceLink:
             task.finish(payload, None)
         elif kind == TIMED_OUT:
             self.failed += 1
-            self.timed_out += 1
             task.finish(
                 None, TaskTimedOut(f"{self.instance_id}: {payload.decode(errors='replace')}")
             )
@@ -415,8 +411,6 @@ class InstanceLink:
                 async for message in call:
                     self.last_heard = perf_counter()
                     replies = decode_replies(message)
-                    self.messages_received += 1
-                    self.replies += len(replies)
                     for task_id, kind, payload in replies:
                         self._reply(task_id, kind, payload)
                 reason = "the instance ended the link"

@@ -43,10 +43,6 @@ BUILTIN_ACTIONS = ("list_instances", "add_instance", "remove_instance", "drain_i
                    "set_policy_parameters", "switch_policy", "stats")  # fmt: skip
 
 
-class _Instance(msgspec.Struct):
-    id: str
-
-
 class _AddInstance(msgspec.Struct):
     id: str
     target: str
@@ -264,7 +260,7 @@ class ExecutorServices:
         yield counter(
             "aios_executor_tasks",
             "Tasks by event: received, accepted, completed, failed, retried, rejected, "
-            "lost, invalid, timed_out, cancelled.",
+            "lost, invalid, timed_out, cancelled (after acceptance), withdrawn (before).",
             ("event",),
             ex.stats.items(),
         )
