@@ -17,6 +17,7 @@ import functools
 import json
 import logging
 import math
+import re
 import sys
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -178,15 +179,48 @@ def _finite_float(text: str) -> float:
     return value
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _check_unicode(value: Any) -> None:
+    """QueryError for a lone surrogate (an unpaired \\ud800-\\udfff escape) in any
+    string or key: it is not Unicode text, and could be neither stored nor compared."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is str:
+            strings: Any = (item,)
+        elif type(item) is dict:
+            strings = item.keys()
+            stack.extend(item.values())
+        elif type(item) is list:
+            stack.extend(item)
+            continue
+        else:
+            continue
+        for text in strings:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                shown = text.encode("utf-8", "backslashreplace").decode()[:60]
+                raise QueryError(
+                    f"the request holds a lone surrogate ({shown!r}): strings must be valid Unicode"
+                ) from None
+
+
 def parse_json(raw: bytes) -> Any:
     """Strict JSON: NaN, Infinity and numbers that overflow to infinity are refused (a
-    response carrying them would not be JSON), as is anything malformed."""
+    response carrying them would not be JSON), as are lone surrogates and anything
+    malformed."""
     try:
-        return json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
+        value = json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float)
     except (ValueError, UnicodeDecodeError) as exc:
         if isinstance(exc, QueryError):
             raise
         raise QueryError(f"malformed JSON: {exc}") from None
+    if _SURROGATE_ESCAPE.search(raw):  # only then can a string hold a surrogate
+        _check_unicode(value)
+    return value
 
 
 async def _body(request: web.Request) -> Any:

@@ -8,9 +8,13 @@ document: a Python dict costs ~7 times its JSON, so 100,000 seed-shaped clusters
 after SQLite has committed it to disk, so acknowledged writes survive kill -9; memory
 is updated after the commit.
 
-One process owns a store file: it holds an exclusive lock (``flock``) on
-``<file>.lock`` while open, so a second server on the same file stops at once with
-StoreLocked instead of running beside the first and seeing only its own writes.
+One process owns a store file: it holds an exclusive lock (``flock``) on the database
+file itself while open (the resolved file, so a symlink or a hard link to it meets the
+same lock), and a second server on the same file stops at once with StoreLocked instead
+of running beside the first and seeing only its own writes. A file that is not a
+registry database, is damaged, or holds documents whose JSON is broken is refused with
+StoreUnusable (one line, with a count); a refused start removes the files it created.
+A write the disk cannot take raises StoreFull (507) and changes nothing.
 
 All methods are synchronous and thread-safe: the HTTP layer runs queries and writes in
 a small thread pool (so an index build or a long scan never holds its event loop) and
@@ -27,19 +31,29 @@ and stops at the limit, unless an index leaves few candidates (``find_sorted``).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import gc
 import json
 import os
 import sqlite3
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from itertools import islice
 from pathlib import Path
 
 import msgspec
 
-from .errors import Conflict, NotFound, Stale, StoreLocked
+from .errors import (
+    Conflict,
+    NotFound,
+    RegistryError,
+    Stale,
+    StoreFailed,
+    StoreFull,
+    StoreLocked,
+    StoreUnusable,
+)
 from .filters import Filter, compile_filter, regex_budget
 from .filters.indexes import Indexes
 from .filters.sorted import SortIndex, SortSpec, sort_spec
@@ -68,17 +82,55 @@ def _decode(raw: bytes) -> dict:
         return json.loads(raw)
 
 
-def _lock_exclusively(lock_path: str) -> int:
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+def _lock_exclusively(path: str) -> int:
+    """An exclusive flock on the database file itself (created if missing), whatever
+    name reached it: a symlink, a hard link or another relative path to the same file
+    meets the same lock. (flock and SQLite's own fcntl locks are independent.)"""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         raise StoreLocked(
-            f"the store {lock_path[: -len('.lock')]} is in use by another registry server "
-            f"(lock {lock_path}); stop it or use another --db"
+            f"the store {path} is in use by another registry server; stop it or use another --db"
         ) from None
     return fd
+
+
+def _write_error(exc: Exception) -> RegistryError:
+    """A failed SQLite write -> the API's error: 507 when the disk (or the store's size
+    limit) is full, 503 otherwise; the write was not made either way."""
+    full = getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL" or (
+        isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+    )
+    if full:
+        return StoreFull(
+            "the registry's disk is full: the write was not made (free space and retry)"
+        )
+    return StoreFailed(f"the registry could not write to its store: {exc}")
+
+
+@contextmanager
+def _writing(db: sqlite3.Connection):
+    """One write: SQLite errors become the API's (``_write_error``); an open transaction
+    is rolled back."""
+    try:
+        yield
+    except (sqlite3.OperationalError, sqlite3.DatabaseError, OSError) as exc:
+        if isinstance(exc, sqlite3.IntegrityError):
+            raise
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise _write_error(exc) from None
+
+
+def _python_object(raw: bytes) -> bool:
+    """Whether JSON that SQLite calls invalid is an object Python wrote (NaN, Infinity:
+    only Python callers can store them)."""
+    try:
+        return type(json.loads(raw)) is dict
+    except (ValueError, RecursionError):
+        return False
 
 
 def _first(pair: tuple) -> int:
@@ -160,12 +212,25 @@ class EmbeddedStore:
         self, path: str | Path, collections: list[str], cache_mb: float = DECODED_CACHE_MB
     ) -> None:
         self.path = str(path)
-        self._lock_fd = _lock_exclusively(self.path + ".lock")
+        real = os.path.realpath(self.path)
+        created = [p for p in (real, real + "-wal", real + "-shm") if not os.path.exists(p)]
+        self._lock_fd: int | None = _lock_exclusively(real)
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        except BaseException:
-            os.close(self._lock_fd)
+            self._open(real, collections, cache_mb)
+        except BaseException as exc:
+            self.close()
+            for made in created:  # a refused start leaves nothing behind
+                with suppress(FileNotFoundError):
+                    os.unlink(made)
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise StoreUnusable(f"the store {self.path} is not a registry database or is "
+                                    f"damaged ({exc})") from None  # fmt: skip
             raise
+
+    def _open(self, real: str, collections: list[str], cache_mb: float) -> None:
+        self._db: sqlite3.Connection = sqlite3.connect(
+            real, isolation_level=None, check_same_thread=False
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._lock = threading.RLock()
@@ -179,23 +244,40 @@ class EmbeddedStore:
         self._cache: dict[str, dict[str, tuple[bytes, dict]]] = {n: {} for n in collections}
         self._cache_limit = cache_mb * 1e6
         self._json_bytes = 0  # of every document in the store
+        broken: list[tuple[str, str]] = []
         for name in collections:
             self._db.execute(
                 f'CREATE TABLE IF NOT EXISTS "{name}" (id TEXT PRIMARY KEY, doc TEXT NOT NULL)'
             )
             docs: dict[str, bytes] = {}
             seq: dict[str, int] = {}
-            rows = self._db.execute(f'SELECT id, CAST(doc AS BLOB) FROM "{name}" ORDER BY rowid')
-            for doc_id, raw in rows:  # kept encoded: decoded when a query reads them
+            rows = self._db.execute(
+                "SELECT id, CAST(doc AS BLOB), "
+                "CASE WHEN json_valid(doc) THEN json_type(doc) = 'object' END "
+                f'FROM "{name}" ORDER BY rowid'
+            )
+            for doc_id, raw, valid in rows:  # kept encoded: decoded when a query reads them
+                if not valid and not _python_object(raw):
+                    broken.append((name, doc_id))
+                    continue
                 docs[doc_id] = raw
                 self._json_bytes += len(raw)
                 seq[doc_id] = self._next
                 self._next += 1
             self._docs[name] = docs
             self._seq[name] = seq
+        if broken:
+            shown = ", ".join(f"{name} {doc_id!r}" for name, doc_id in broken[:5])
+            raise StoreUnusable(
+                f"the store {self.path} holds {len(broken)} document(s) whose JSON is broken "
+                f"({shown}{', ...' if len(broken) > 5 else ''}); repair or delete them, "
+                f'e.g. sqlite3 {self.path} "DELETE FROM <registry> WHERE NOT json_valid(doc)"'
+            )
 
     def close(self) -> None:
-        self._db.close()
+        db = getattr(self, "_db", None)
+        if db is not None:
+            db.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the lock
             self._lock_fd = None
@@ -205,9 +287,10 @@ class EmbeddedStore:
         with self._lock:
             texts = [(i, json.dumps(d)) for i, d in docs.items()]
             try:
-                self._db.execute("BEGIN")
-                self._db.executemany(f'INSERT INTO "{name}" (id, doc) VALUES (?, ?)', texts)
-                self._db.execute("COMMIT")
+                with _writing(self._db):
+                    self._db.execute("BEGIN")
+                    self._db.executemany(f'INSERT INTO "{name}" (id, doc) VALUES (?, ?)', texts)
+                    self._db.execute("COMMIT")
             except sqlite3.IntegrityError:
                 self._db.execute("ROLLBACK")
                 raise Conflict(f"{name}: a document id already exists") from None
@@ -218,8 +301,9 @@ class EmbeddedStore:
         with self._lock:
             text = json.dumps(doc)
             try:
-                self._db.execute(f'INSERT INTO "{name}" (id, doc) VALUES (?, ?)',
-                                 (doc_id, text))  # fmt: skip
+                with _writing(self._db):
+                    self._db.execute(f'INSERT INTO "{name}" (id, doc) VALUES (?, ?)',
+                                     (doc_id, text))  # fmt: skip
             except sqlite3.IntegrityError:
                 raise Conflict(f"{name}: {doc_id!r} already exists") from None
             self._added(name, doc_id, text.encode(), doc)
@@ -278,7 +362,8 @@ class EmbeddedStore:
             if doc_id not in self._docs[name]:
                 raise NotFound(f"{name}: no document {doc_id!r}")
             text = json.dumps(doc)
-            self._db.execute(f'UPDATE "{name}" SET doc = ? WHERE id = ?', (text, doc_id))
+            with _writing(self._db):
+                self._db.execute(f'UPDATE "{name}" SET doc = ? WHERE id = ?', (text, doc_id))
             raw = text.encode()
             old = self._docs[name][doc_id]
             self._unindex(name, doc_id, old)
@@ -311,7 +396,8 @@ class EmbeddedStore:
         with self._lock:
             if doc_id not in self._docs[name]:
                 raise NotFound(f"{name}: no document {doc_id!r}")
-            self._db.execute(f'DELETE FROM "{name}" WHERE id = ?', (doc_id,))
+            with _writing(self._db):
+                self._db.execute(f'DELETE FROM "{name}" WHERE id = ?', (doc_id,))
             old = self._docs[name].pop(doc_id)
             self._unindex(name, doc_id, old)
             self._resized(-len(old))

@@ -26,6 +26,10 @@ _MISSING = object()
 _OPERATORS = {"$set", "$unset", "$inc", "$mul", "$min", "$max", "$rename", "$push",
               "$addToSet", "$pull", "$pop"}  # fmt: skip
 _PUSH_MODIFIERS = {"$each", "$position", "$sort", "$slice"}
+MAX_INT_DIGITS = 4_300
+"""Integers an update may produce have at most this many digits (Python's own limit for
+turning an integer into text, so the result could not be stored or answered)."""
+_INT_LIMIT = 10**MAX_INT_DIGITS
 
 
 def normalize_update(update: Any) -> dict:
@@ -46,6 +50,8 @@ def normalize_update(update: Any) -> dict:
         for path in fields:
             if not isinstance(path, str) or not path or path.startswith("$"):
                 raise UpdateError(f"{op}: bad path {path!r}")
+            if "\x00" in path or (op == "$rename" and "\x00" in str(fields[path])):
+                raise UpdateError(f"{op}: field names cannot contain NUL ({path!r})")
             targets = [path, fields[path]] if op == "$rename" else [path]
             for target in targets:
                 if not isinstance(target, str) or not target:
@@ -231,6 +237,8 @@ def _apply(doc: dict, op: str, path: str, arg: Any) -> None:
             result = current + arg if op == "$inc" else current * arg
             if isinstance(result, float) and not math.isfinite(result):
                 raise UpdateError(f"{op} {path}: the result is not a finite number")
+            if type(result) is int and not -_INT_LIMIT < result < _INT_LIMIT:
+                raise UpdateError(f"{op} {path}: the result has more than {MAX_INT_DIGITS} digits")
             _put(parent, key, result, path)
     elif op in ("$min", "$max"):
         if current is _MISSING:
