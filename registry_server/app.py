@@ -26,9 +26,9 @@ from typing import Any
 from aiohttp import web
 
 from .errors import Conflict, NotFound, QueryError, RegistryError, SchemaError, Stale
-from .filters import compile_filter
+from .filters import compile_filter, regex_budget
 from .openapi import build_spec
-from .options import apply_options, check_options
+from .options import MAX_LIMIT, apply_options, check_options
 from .schemas import REGISTRIES, Registry, validate
 from .security import Security
 from .store import EmbeddedStore
@@ -77,28 +77,30 @@ class _AsyncStore:
     async def replace_if(self, name, doc_id, doc, rev, update=None):
         return await self._write(self._store.replace_if, name, doc_id, doc, rev, update)
 
-    async def find(self, name, filter_):
-        return await self._run(self._store.find, name, filter_)
+    async def find(self, name, filter_, first=MAX_LIMIT):
+        return await self._run(self._store.find, name, filter_, first)
 
     async def query(self, name, filter_, options):
-        """find, then sort/skip/limit/projection, in the pool (with a limit, the scan
-        stops at skip + limit hits: in insertion order, or along a sort index)."""
+        """find, then sort/skip/limit/projection, in the pool. ``options`` are checked,
+        with a limit of 1 to MAX_LIMIT (``capped``): the scan stops at skip + limit
+        hits, in insertion order, along a sort index, or in a top-k pass."""
 
         def run():
-            first = None
-            if options.get("limit"):
-                first = min((options.get("skip") or 0) + options["limit"], sys.maxsize)
-            if options.get("sort"):  # sorted anyway: ties by insertion position
-                if first is None:
-                    pairs = self._store.find_unordered(name, filter_)
-                    return apply_options(pairs, options, positioned=True)
-                skip = options.get("skip") or 0
+            skip, limit = options.get("skip") or 0, options["limit"]
+            first = min(skip + limit, sys.maxsize)
+            if options.get("sort"):  # ties by insertion position
                 pairs, skipped = self._store.find_sorted(name, filter_, options["sort"],
-                                                         first, skip)  # fmt: skip
+                                                         first, min(skip, first))  # fmt: skip
                 return apply_options(pairs, {**options, "skip": skip - skipped}, positioned=True)
             return apply_options(self._store.find(name, filter_, first), options)
 
         return await self._run(run)
+
+    async def indexes(self, name):
+        return self._store.indexes(name)
+
+    async def declare_index(self, name, spec):
+        return await self._run(self._store.declare_index, name, spec)
 
     async def count(self, name):
         return self._store.count(name)
@@ -109,7 +111,11 @@ _POOL = web.AppKey("pool", ThreadPoolExecutor)
 DEFAULT_PAGE = 100
 """GET on a registry's list answers this many documents when no limit is given, with a
 ``next`` link (and a Link header) to the following page."""
-_ENCODE_INLINE = 200  # answers with more documents are encoded in the pool
+_ENCODE_INLINE = 200  # answers with more documents are encoded in the pool ...
+_CHUNK = 500  # ... and streamed, this many documents a write
+QUERY_THREADS = 4
+"""Threads that run queries: a slow query (a regex within its budget, a top-k pass over
+every document) leaves the others to the rest."""
 _SPEC = web.AppKey("openapi", dict)
 _LOCKS = web.AppKey("document_locks", weakref.WeakValueDictionary)
 MAX_BODY = 1 << 20
@@ -125,24 +131,34 @@ def ok(data: Any, status: int = 200, **extra: Any) -> web.Response:
     return web.json_response(body, status=status, dumps=_dumps)
 
 
-async def ok_docs(request: web.Request, docs: list, **extra: Any) -> web.Response:
-    """ok() for a list of documents; a long one is encoded in the thread pool."""
+async def ok_docs(
+    request: web.Request, docs: list, **extra: Any
+) -> web.Response | web.StreamResponse:
+    """ok() for a list of documents; a long one is encoded in the thread pool and
+    streamed _CHUNK documents at a time (the answer is never held whole, encoded)."""
     if len(docs) <= _ENCODE_INLINE:
         return ok(docs, **extra)
     head = _dumps({"success": True, **extra})[:-1]  # without its closing brace
 
-    def encode() -> bytes:  # one document at a time: the GIL is let go between them
-        parts = [head.encode(), b', "data": [']
-        for i, doc in enumerate(docs):
+    def encode(start: int) -> bytes:  # one document at a time: the GIL is let go between
+        parts = [head.encode() + b', "data": ['] if start == 0 else []
+        for i in range(start, min(start + _CHUNK, len(docs))):
             if i:
                 parts.append(b", ")
-            parts.append(_dumps(doc).encode())
-        parts.append(b"]}")
+            parts.append(_dumps(docs[i]).encode())
+        if start + _CHUNK >= len(docs):
+            parts.append(b"]}")
         return b"".join(parts)
 
     loop = asyncio.get_running_loop()
-    body = await loop.run_in_executor(request.app[_POOL], encode)
-    return web.Response(body=body, content_type="application/json")
+    first = await loop.run_in_executor(request.app[_POOL], encode, 0)  # errors before headers
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    await response.prepare(request)
+    await response.write(first)
+    for start in range(_CHUNK, len(docs), _CHUNK):
+        await response.write(await loop.run_in_executor(request.app[_POOL], encode, start))
+    await response.write_eof()
+    return response
 
 
 def fail(status: int, message: str) -> web.Response:
@@ -241,6 +257,12 @@ def _split_query(body: Any) -> tuple[dict, dict]:
     return query, options
 
 
+def _budgeted_update(doc: dict, update: dict) -> dict:
+    """apply_update with the request's regex budget ($pull conditions may hold $regex)."""
+    with regex_budget():
+        return apply_update(doc, update)
+
+
 class RegistryRoutes:
     """CRUD + query routes for one registry."""
 
@@ -278,6 +300,8 @@ class RegistryRoutes:
                     raise QueryError(f"{key} must be an integer") from None
         options.setdefault("limit", DEFAULT_PAGE)
         options = check_options(options)
+        if options["limit"] == 0:  # MongoDB's "no limit": never the whole registry here
+            raise QueryError(f"limit must be 1 to {MAX_LIMIT} (a page; follow next for more)")
         docs = await self.store(request).query(self.registry.name, compile_filter({}), options)
         skip, limit = options.get("skip") or 0, options["limit"]
         following = None
@@ -300,10 +324,12 @@ class RegistryRoutes:
         lock = locks.get((name, doc_id))
         if lock is None:
             lock = locks[(name, doc_id)] = asyncio.Lock()
+        loop = asyncio.get_running_loop()
         async with lock:
             for _ in range(_UPDATE_TRIES):
                 current, rev = await store.get_for_update(name, doc_id)
-                plain = apply_update(current, update)
+                plain = await loop.run_in_executor(request.app[_POOL], _budgeted_update,
+                                                   current, update)  # fmt: skip
                 updated = dict(plain)
                 if name == "vdags":
                     updated.pop("vdagURI", None)  # recomputed from name and version
@@ -323,11 +349,26 @@ class RegistryRoutes:
         await self.store(request).delete(self.registry.name, doc_id)
         return ok({self.registry.id_field: doc_id})
 
-    async def query(self, request: web.Request) -> web.Response:
+    async def query(self, request: web.Request) -> web.Response | web.StreamResponse:
+        """At most MAX_LIMIT documents (a limit of 0 or none means that many); when the
+        answer is full, ``next`` holds the options of the following page (skip and
+        limit), else null."""
         query, options = _split_query(await _body(request))
         filter_ = compile_filter(query)  # once per request; a bad filter is a 400 here
+        skip, limit = options.get("skip") or 0, options.get("limit") or MAX_LIMIT
+        options = {**options, "limit": limit}
         docs = await self.store(request).query(self.registry.name, filter_, options)
-        return await ok_docs(request, docs)
+        following = {"skip": skip + limit, "limit": limit} if len(docs) == limit else None
+        return await ok_docs(request, docs, next=following)
+
+    async def indexes(self, request: web.Request) -> web.Response:
+        return ok(await self.store(request).indexes(self.registry.name))
+
+    async def declare_index(self, request: web.Request) -> web.Response:
+        """An admin declares an index (``{"field": "a.b"}`` or ``{"sort": {...}}``): kept
+        in the store, built now, never counted against what queries may cause."""
+        spec = await _body(request)
+        return ok(await self.store(request).declare_index(self.registry.name, spec), 201)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -339,7 +380,8 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(request.app[_SPEC])
 
 
-async def controllers_by_vdag(request: web.Request) -> web.Response:
+async def controllers_by_vdag(request: web.Request) -> web.Response | web.StreamResponse:
+    """The vDAG's controllers (at most MAX_LIMIT)."""
     docs = await request.app[_STORE].find(
         "vdag_controllers", compile_filter({"vdag_uri": request.match_info["uri"]})
     )
@@ -351,7 +393,7 @@ def make_app(store, security: Security | None = None) -> web.Application:
     (tokens, JSON bodies, Host names, read-only) before anything else."""
     middlewares = [errors] if security is None else [security.middleware, errors]
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY)
-    pool = app[_POOL] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry")
+    pool = app[_POOL] = ThreadPoolExecutor(QUERY_THREADS, thread_name_prefix="registry")
     app[_STORE] = _AsyncStore(store, pool) if isinstance(store, EmbeddedStore) else store
 
     async def stop_pool(app):
@@ -370,6 +412,8 @@ def make_app(store, security: Security | None = None) -> web.Application:
         r.add_post(prefix, routes.create)
         r.add_get(prefix, routes.list)
         r.add_post(f"{prefix}/query", routes.query)
+        r.add_get(f"/indexes{prefix}", routes.indexes)
+        r.add_post(f"/indexes{prefix}", routes.declare_index)
         r.add_get(prefix + "/{id}", routes.get)
         r.add_put(prefix + "/{id}", routes.update)
         r.add_delete(prefix + "/{id}", routes.delete)
@@ -377,6 +421,8 @@ def make_app(store, security: Security | None = None) -> web.Application:
     r.add_post("/vdag", vdags.create)
     r.add_get("/vdags", vdags.list)
     r.add_post("/vdags", vdags.query)
+    r.add_get("/indexes/vdags", vdags.indexes)
+    r.add_post("/indexes/vdags", vdags.declare_index)
     r.add_get("/vdag/{id}", vdags.get)
     r.add_put("/vdag/{id}", vdags.update)
     r.add_delete("/vdag/{id}", vdags.delete)
@@ -384,6 +430,8 @@ def make_app(store, security: Security | None = None) -> web.Application:
     r.add_post("/vdag-controller", controllers.create)
     r.add_get("/vdag-controllers", controllers.list)
     r.add_post("/vdag-controllers", controllers.query)
+    r.add_get("/indexes/vdag-controllers", controllers.indexes)
+    r.add_post("/indexes/vdag-controllers", controllers.declare_index)
     r.add_get("/vdag-controllers/by-vdag-uri/{uri}", controllers_by_vdag)
     r.add_get("/vdag-controller/{id}", controllers.get)
     r.add_put("/vdag-controller/{id}", controllers.update)

@@ -9,9 +9,12 @@ from typing import Any
 from .errors import QueryError
 from .filters.values import sort_key, walker
 
-__all__ = ["apply_options", "check_options"]
+__all__ = ["MAX_LIMIT", "apply_options", "check_options"]
 
-_MAX_LIMIT = 10_000
+MAX_LIMIT = 10_000
+MAX_SKIP = 2**63 - 1
+"""The most documents one answer holds, on every list and query route (a query without a
+limit, or with MongoDB's limit 0, gets this many at most, and a ``next`` page)."""
 
 
 def check_options(options: Any) -> dict:
@@ -27,8 +30,10 @@ def check_options(options: Any) -> dict:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                   or value < 0):  # fmt: skip
             raise QueryError(f"{key} must be a non-negative integer")
-    if (options.get("limit") or 0) > _MAX_LIMIT:
-        raise QueryError(f"limit must be at most {_MAX_LIMIT}")
+    if (options.get("skip") or 0) > MAX_SKIP:
+        raise QueryError(f"skip must be at most {MAX_SKIP} (a 64-bit integer, as MongoDB's)")
+    if (options.get("limit") or 0) > MAX_LIMIT:
+        raise QueryError(f"limit must be at most {MAX_LIMIT}")
     sort = options.get("sort")
     if sort is not None:
         if not isinstance(sort, dict) or not all(v in (1, -1) for v in sort.values()):

@@ -34,6 +34,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import gc
+import heapq
 import json
 import os
 import sqlite3
@@ -41,12 +42,14 @@ import threading
 from contextlib import contextmanager, suppress
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
 from .errors import (
     Conflict,
     NotFound,
+    QueryError,
     RegistryError,
     Stale,
     StoreFailed,
@@ -58,18 +61,27 @@ from .filters import Filter, compile_filter, regex_budget
 from .filters.indexes import Indexes
 from .filters.sorted import SortIndex, SortSpec, sort_spec
 
-__all__ = ["DECODED_CACHE_MB", "MAX_SORT_INDEXES", "EmbeddedStore"]
+__all__ = [
+    "DECODED_CACHE_MB",
+    "MAX_AUTO_INDEXES",
+    "MAX_AUTO_SORT_INDEXES",
+    "EmbeddedStore",
+    "index_keys",
+]
 
 DECODED_CACHE_MB = 16.0
 """Decoded documents are kept (as well as their JSON) while the store's JSON is at most
 this many MB: a small registry answers from Python objects (~7x its JSON: ~110 MB at
 most by default), a large one decodes what each query reads."""
 
-MAX_SORT_INDEXES = 8
-"""Sort indexes kept per collection (each ~30 MB at 100,000 documents); the least
-recently used goes when a query needs one more."""
-_WALK_LOCKED = 256  # documents a sorted query decodes under the lock (~2 ms), at most
-_SKIP_LOCKED = 20_000  # ... and entries it skips there (~2 ms)
+MAX_AUTO_INDEXES = 8
+"""Equality and range indexes queries may cause per collection (each a few MB at 100,000
+documents); past them a query uses the indexes there are. Declared indexes
+(``declare_index``, an admin's) do not count."""
+MAX_AUTO_SORT_INDEXES = 4
+"""Sort indexes queries may cause per collection (each ~30 MB at 100,000 documents),
+kept (never evicted: no thrash); a sorted query with a limit and no sort index takes a
+top-k pass instead. Declared sort indexes do not count."""
 _fast_decode = msgspec.json.decode  # 2-3x json.loads; same values (big ints exact)
 
 
@@ -192,21 +204,6 @@ def _decoder(cache: dict | None):
     return load
 
 
-class _Decoded:
-    """A collection's encoded documents seen as {id: document}, decoded one at a time
-    (what an index build reads)."""
-
-    __slots__ = ("load", "raw")
-
-    def __init__(self, raw: dict[str, bytes], load) -> None:
-        self.raw, self.load = raw, load
-
-    def items(self):
-        load = self.load
-        for doc_id, raw in self.raw.items():
-            yield doc_id, load(doc_id, raw)
-
-
 class EmbeddedStore:
     def __init__(
         self, path: str | Path, collections: list[str], cache_mb: float = DECODED_CACHE_MB
@@ -244,6 +241,16 @@ class EmbeddedStore:
         self._cache: dict[str, dict[str, tuple[bytes, dict]]] = {n: {} for n in collections}
         self._cache_limit = cache_mb * 1e6
         self._json_bytes = 0  # of every document in the store
+        self._logs: dict[str, list[set[str]]] = {n: [] for n in collections}  # builds'
+        self._building: dict[str, set] = {n: set() for n in collections}  # index keys
+        self._declared: dict[str, set] = {n: set() for n in collections}
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS _registry_indexes (registry TEXT NOT NULL, "
+            "key TEXT NOT NULL, PRIMARY KEY (registry, key))"
+        )
+        for registry, key in self._db.execute("SELECT registry, key FROM _registry_indexes"):
+            if registry in self._declared:
+                self._declared[registry].update(index_keys(json.loads(key)))
         broken: list[tuple[str, str]] = []
         for name in collections:
             self._db.execute(
@@ -348,6 +355,12 @@ class EmbeddedStore:
     def _bump(self, name: str, doc_id: str) -> None:
         self._next_rev += 1
         self._revs[name][doc_id] = self._next_rev
+        self._changed(name, doc_id)
+
+    def _changed(self, name: str, doc_id: str) -> None:
+        """Tell the index builds under way (``_build``) that a document changed."""
+        for log in self._logs[name]:
+            log.add(doc_id)
 
     def get(self, name: str, doc_id: str) -> dict:
         """The document (a fresh copy, decoded now: callers may modify it; the
@@ -403,6 +416,7 @@ class EmbeddedStore:
             self._resized(-len(old))
             del self._seq[name][doc_id]
             self._revs[name].pop(doc_id, None)
+            self._changed(name, doc_id)
 
     def find(self, name: str, filter_: Filter | dict, first: int | None = None) -> list[dict]:
         """Matching documents, in insertion order (only the ``first`` n when given).
@@ -416,10 +430,10 @@ class EmbeddedStore:
         """(insertion position, document) of every match, in no particular order unless
         ``ordered`` (a caller that sorts anyway breaks ties by the position)."""
         filter_ = compile_filter(filter_)
-        with self._lock:  # an index built now must not miss a concurrent write
-            self._prepare(name, filter_)
+        self._ensure(name, filter_)
+        with self._lock:
             load = self._loader(name)
-            plan = self._indexes[name].plan(filter_, _Decoded(self._docs[name], load))
+            plan = self._indexes[name].plan(filter_)
             work = self._candidates(name, filter_, plan, first, ordered)
         return _matches(work, first, load)
 
@@ -428,76 +442,155 @@ class EmbeddedStore:
     ) -> tuple[list[tuple[int, dict]], int]:
         """(pairs, skipped) for a query sorted by ``sort`` (a checked sort option) that
         wants the first ``k`` matches of that order, the first ``skip`` of them left
-        out (skip <= k). When the query walks the sort index, ``pairs`` are the (insertion
-        position, document) of matches skip+1 to k in order, and ``skipped`` is skip;
-        when an equality or range index leaves few candidates (at most a 64th of the
-        collection), ``pairs`` are every match, in no order, and ``skipped`` is 0.
-        Either way ``apply_options(pairs, options with skip - skipped,
-        positioned=True)`` gives the answer.
+        out (skip <= k). When an equality or range index leaves few candidates (at most
+        a 64th of the collection), ``pairs`` are every match, in no order, and
+        ``skipped`` is 0; otherwise ``pairs`` are the (insertion position, document) of
+        matches skip+1 to k in order, and ``skipped`` is skip. Either way
+        ``apply_options(pairs, options with skip - skipped, positioned=True)`` gives the
+        answer.
 
-        The walk tests documents in the sort's order until k match, skipping those the
-        narrowest index clause rules out, and keeps only the documents past ``skip``.
-        It starts under the lock (no copies: most walks end within a few hundred
-        entries); one that goes on past _WALK_LOCKED documents decoded copies what it
-        still needs and goes on without the lock."""
+        With a sort index the query walks it (tests documents in the sort's order until
+        k match, skipping those the narrowest index clause rules out); without one it
+        takes a top-k pass over the candidates (k entries kept, never every match).
+        Nothing is matched under the store's lock: it is held only to copy what the
+        query reads (a regex or a long walk never holds writers)."""
         filter_ = compile_filter(filter_)
+        spec = sort_spec(sort)
+        self._ensure(name, filter_, spec)
         docs = self._docs[name]
-        with regex_budget():  # one budget for both parts of a walk
+        sure = unsure = None
+        entries: list = []
+        with regex_budget():  # one budget for the whole query
             with self._lock:
                 load = self._loader(name)
-                walk = _Walk(filter_.match, k, skip, load)
-                index = self._prepare(name, filter_, sort_spec(sort))
-                decoded = _Decoded(docs, load)
-                narrow = self._indexes[name].narrowest(filter_, decoded, len(docs) // 8)
-                if narrow is not None and narrow[0] <= max(k, len(docs) // 64):
-                    plan = self._indexes[name].plan(filter_, decoded)
-                    work = self._candidates(name, filter_, plan, None, False)
+                index = self._sorts[name].get(spec)
+                indexes = self._indexes[name]
+                narrow = indexes.narrowest(filter_, len(docs) // 8)
+                few = narrow is not None and narrow[0] <= max(k, len(docs) // 64)
+                work: list = []
+                if few or index is None:
+                    work = self._candidates(name, filter_, indexes.plan(filter_), None, False)
                 else:
-                    work = None
-                    sure, unsure = (None, None) if narrow is None else narrow[1:]
-                    entries = index.entries
-                    at = walk.run(entries, sure, unsure, _WALK_LOCKED)
-                    if at is not None:  # not done: copies, to go on without the lock
-                        entries = entries[at:]
-                        if sure is not None:
-                            sure, unsure = set(sure), set(unsure)
-            if work is None and at is not None:
-                walk.run(entries, sure, unsure, None)
-        if work is not None:
-            return _matches(work, None, load), 0
+                    entries = index.entries[:]  # a copy: writes change the list
+                    if narrow is not None and narrow[1] is not None:
+                        sure, unsure = set(narrow[1]), set(narrow[2])
+            if few:
+                return _matches(work, None, load), 0
+            if index is None:
+                return _top_k(work, SortIndex(spec), k, skip, load), skip
+            walk = _Walk(filter_.match, k, skip, load)
+            walk.run(entries, sure, unsure)
         return walk.hits, skip
 
-    def _prepare(self, name: str, filter_: Filter, spec: SortSpec | None = None):
+    def _ensure(self, name: str, filter_: Filter, spec: SortSpec | None = None) -> None:
         """Build the indexes the filter's clauses (and the sort, when given) can use and
-        the collection lacks, all in one pass over the documents (each decoded once);
-        returns the sort's index. Under the lock. The least recently used sort index
-        goes when there would be more than MAX_SORT_INDEXES."""
-        new = self._indexes[name].missing(filter_)
-        sorts = self._sorts[name]
-        index = None if spec is None else sorts.pop(spec, None)
-        build_sort = spec is not None and index is None
-        if build_sort:
-            index = SortIndex(spec)
-        if new or build_sort:
-            seq, load = self._seq[name], self._loader(name)
-            with _collector_paused(len(self._docs[name])):
-                for doc_id, raw in self._docs[name].items():
+        the collection lacks, within what a query may cause (declared ones always; others
+        up to MAX_AUTO_INDEXES and MAX_AUTO_SORT_INDEXES), all in one pass. An index
+        another query is building is left to it (this one goes on without)."""
+        with self._lock:
+            declared, building = self._declared[name], self._building[name]
+            autos = [k for k in (*self._indexes[name].all, *building) if k not in declared]
+            auto = sum(1 for k in autos if not _is_sort(k))
+            new = []
+            for index in self._indexes[name].missing(filter_):
+                key = (type(index).__name__, index.path)
+                if key in building or (key not in declared and auto >= MAX_AUTO_INDEXES):
+                    continue
+                auto += key not in declared
+                new.append(index)
+            sort = None
+            if spec is not None and spec not in self._sorts[name] and spec not in building:
+                sorts = sum(1 for s in (*self._sorts[name], *autos) if s not in declared
+                            and _is_sort(s))  # fmt: skip
+                if spec in declared or sorts < MAX_AUTO_SORT_INDEXES:
+                    sort = SortIndex(spec)
+            if not (new or sort):
+                return
+            keys = [(type(i).__name__, i.path) for i in new] + ([spec] if sort else [])
+            building.update(keys)
+        try:
+            self._build(name, new, sort)
+        finally:
+            with self._lock:
+                building.difference_update(keys)
+
+    def _build(self, name: str, new: list, sort: SortIndex | None) -> None:
+        """Build indexes without holding writers: from a snapshot of the collection
+        taken under the lock, outside it; then, under the lock again, the documents
+        written meanwhile (logged by ``_changed``) are taken out as they were and put
+        back as they are, and the indexes adopted."""
+        with self._lock:
+            snapshot, seqs = dict(self._docs[name]), dict(self._seq[name])
+            log: set[str] = set()
+            self._logs[name].append(log)
+            load = self._loader(name)
+        done = False
+        try:
+            with _collector_paused(len(snapshot)):
+                for doc_id, raw in snapshot.items():
                     doc = load(doc_id, raw)
                     for built in new:
                         built.collect(doc_id, doc)
-                    if build_sort:
-                        index.collect(seq[doc_id], doc_id, raw, doc)
+                    if sort is not None:
+                        sort.collect(seqs[doc_id], doc_id, raw, doc)
                 for built in new:
                     built.finish()
-                if build_sort:
-                    index.finish()
-            self._indexes[name].adopt(new)
-        if spec is not None:
-            if build_sort:
-                if len(sorts) >= MAX_SORT_INDEXES:
-                    del sorts[next(iter(sorts))]
-            sorts[spec] = index  # the most recently used last
-        return index
+                if sort is not None:
+                    sort.finish()
+            done = True
+        finally:
+            with self._lock:
+                self._logs[name].remove(log)
+                if done:
+                    self._catch_up(name, new, sort, log, snapshot, seqs)
+
+    def _catch_up(self, name, new, sort, log, snapshot, seqs) -> None:
+        """Under the lock: bring freshly built indexes to the present, then adopt them."""
+        docs, seq = self._docs[name], self._seq[name]
+        for doc_id in log:
+            old = snapshot.get(doc_id)
+            if old is not None:
+                doc = _decode(old)
+                for built in new:
+                    built.remove(doc_id, doc)
+                if sort is not None:
+                    sort.remove(seqs[doc_id], doc)
+            raw = docs.get(doc_id)
+            if raw is not None:
+                doc = _decode(raw)
+                for built in new:
+                    built.add(doc_id, doc)
+                if sort is not None:
+                    sort.add(seq[doc_id], doc_id, raw, doc)
+        self._indexes[name].adopt(new)
+        if sort is not None:
+            self._sorts[name][sort.spec] = sort
+
+    def declare_index(self, name: str, spec: Any) -> list[str]:
+        """An admin's index: ``{"field": "a.b"}`` (equality and range) or ``{"sort":
+        {"a": 1, "b": -1}}``; kept in the store (built again after a restart, on first
+        use), never counted against what queries may cause. Built now, without holding
+        writers. Returns the collection's declared indexes."""
+        keys = index_keys(spec)
+        text = json.dumps(spec)  # as given: a sort's field order matters
+        with self._lock:
+            with _writing(self._db):
+                self._db.execute("INSERT OR IGNORE INTO _registry_indexes VALUES (?, ?)",
+                                 (name, text))  # fmt: skip
+            self._declared[name].update(keys)
+        if "sort" in spec:
+            self._ensure(name, compile_filter({}), keys[0])
+        else:
+            self._ensure(name, compile_filter({spec["field"]: 0}))
+            self._ensure(name, compile_filter({spec["field"]: {"$gte": 0}}))
+        return self.indexes(name)["declared"]
+
+    def indexes(self, name: str) -> dict:
+        """The collection's indexes: declared (by an admin) and built (either way)."""
+        with self._lock:
+            built = [_key_text(k) for k in (*self._indexes[name].all, *self._sorts[name])]
+            declared = sorted({_key_text(k) for k in self._declared[name]})
+        return {"declared": declared, "built": sorted(built)}
 
     def _candidates(self, name, filter_: Filter, plan, first, ordered) -> list[tuple]:
         """(position, id, encoded document, test) of the documents to test (test None: a
@@ -543,26 +636,93 @@ class _Walk:
         self.found = 0
         self.hits: list[tuple[int, dict]] = []
 
-    def run(self, entries: list, sure, unsure, budget: int | None) -> int | None:
-        """Test the entries in order; those whose id is in neither ``sure`` nor
-        ``unsure`` (when given) are skipped undecoded. Returns None when done (k
-        matches, or no entries left), or the position to go on from once ``budget``
-        entries were decoded (or _SKIP_LOCKED more skipped than decoded)."""
-        decoded = 0
+    def run(self, entries: list, sure, unsure) -> None:
+        """Test the entries in order until k match; those whose id is in neither
+        ``sure`` nor ``unsure`` (when given) are skipped undecoded."""
         match, hits, load = self.match, self.hits, self.load
-        for at, (_, n, doc_id, raw) in enumerate(entries):
+        for _, n, doc_id, raw in entries:
             if sure is not None and doc_id not in sure and doc_id not in unsure:
-                if budget is not None and at - decoded > _SKIP_LOCKED:
-                    return at
                 continue
-            if budget is not None and decoded >= budget:
-                return at
-            decoded += 1
             doc = load(doc_id, raw)
             if match(doc):
                 self.found += 1
                 if self.found > self.skip:
                     hits.append((n, doc))
                 if self.found >= self.k:
-                    return None
-        return None
+                    return
+
+
+class _Desc:
+    """A sort key in a descending field of a mixed-direction sort (compares reversed)."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key) -> None:
+        self.key = key
+
+    def __lt__(self, other: _Desc) -> bool:
+        return other.key < self.key
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Desc) and self.key == other.key
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _top_k(work: list[tuple], index: SortIndex, k: int, skip: int, load) -> list:
+    """(position, document) of matches skip+1 to k in the sort's order (ties by
+    position), from the work items (``_candidates``): every candidate decoded and tested
+    in turn, only the best k kept (their keys and encoded form: memory in k, not in the
+    matches), the answer's documents decoded at the end."""
+    fields = [desc for _, _, desc in index._fields]
+    uniform = all(fields) or not any(fields)
+    descending = all(fields)
+
+    def keyed():
+        for n, doc_id, raw, test in work:
+            doc = load(doc_id, raw)
+            if test is None or test(doc):
+                keys = index.keys(doc)
+                if not uniform:
+                    keys = tuple(_Desc(x) if d else x for x, d in zip(keys, fields, strict=True))
+                yield (keys, -n if descending else n, doc_id, raw)
+
+    pick = heapq.nlargest if descending else heapq.nsmallest
+    best = pick(k, keyed(), key=_first2)
+    return [(abs(n), load(doc_id, raw)) for _, n, doc_id, raw in best[skip:]]
+
+
+def _first2(entry: tuple) -> tuple:
+    return entry[0], entry[1]
+
+
+def _is_sort(key: tuple) -> bool:
+    """Whether an index key is a sort index's (a SortSpec) rather than ("kind", path)."""
+    return not isinstance(key[0], str)
+
+
+def index_keys(spec: Any) -> list:
+    """The index keys an index declaration names (QueryError if malformed)."""
+    if isinstance(spec, dict) and set(spec) == {"field"}:
+        field = spec["field"]
+        if not isinstance(field, str) or not field or "" in field.split(".") or "$" in field:
+            raise QueryError("an index's field must be a dotted field name")
+        path = tuple(field.split("."))
+        return [("EqualityIndex", path), ("RangeIndex", path)]
+    if isinstance(spec, dict) and set(spec) == {"sort"}:
+        sort = spec["sort"]
+        if not isinstance(sort, dict) or not sort or not all(
+            isinstance(f, str) and f and "" not in f.split(".") and d in (1, -1)
+            and not isinstance(d, bool) for f, d in sort.items()
+        ):  # fmt: skip
+            raise QueryError("an index's sort must be an object of field: 1 or -1")
+        return [sort_spec(sort)]
+    raise QueryError('an index is {"field": "a.b"} or {"sort": {"a": 1, "b": -1}}')
+
+
+def _key_text(key: tuple) -> str:
+    """An index key as the API shows it: "field a.b (equality)", "sort a:1,b:-1"."""
+    if _is_sort(key):
+        return "sort " + ",".join(f"{f}:{-1 if d else 1}" for f, d in key)
+    kind = "equality" if key[0] == "EqualityIndex" else "range"
+    return f"field {'.'.join(key[1])} ({kind})"
