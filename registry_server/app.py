@@ -78,7 +78,7 @@ class _AsyncStore:
         return await self._write(self._store.replace_if, name, doc_id, doc, rev, update)
 
     async def find(self, name, filter_, first=MAX_LIMIT):
-        return await self._run(self._store.find, name, filter_, first)
+        return await self._run(self._store.find_encoded, name, filter_, first)
 
     async def query(self, name, filter_, options):
         """find, then sort/skip/limit/projection, in the pool. ``options`` are checked,
@@ -92,8 +92,13 @@ class _AsyncStore:
                 pairs, skipped = self._store.find_sorted(name, filter_, options["sort"],
                                                          first, min(skip, first))  # fmt: skip
                 return apply_options(pairs, {**options, "skip": skip - skipped}, positioned=True)
+            if not options.get("projection"):  # the stored JSON, never decoded to answer
+                return self._store.find_encoded(name, filter_, first)[skip:]
             return apply_options(self._store.find(name, filter_, first), options)
 
+        pairs = self._store.find_quick(name, filter_)  # a few candidates: here, at once
+        if pairs is not None:
+            return apply_options(pairs, options, positioned=True)
         return await self._run(run)
 
     async def indexes(self, name):
@@ -131,25 +136,36 @@ def ok(data: Any, status: int = 200, **extra: Any) -> web.Response:
     return web.json_response(body, status=status, dumps=_dumps)
 
 
+def _encoded(doc: Any) -> bytes:
+    """A document's JSON for an answer: a stored one as it is (unless a Python caller
+    stored NaN or Infinity: then encoding refuses it, as for any answer)."""
+    if type(doc) is bytes:
+        if b"NaN" not in doc and b"Infinity" not in doc:
+            return doc
+        doc = json.loads(doc)
+    return _dumps(doc).encode()
+
+
 async def ok_docs(
     request: web.Request, docs: list, **extra: Any
 ) -> web.Response | web.StreamResponse:
-    """ok() for a list of documents; a long one is encoded in the thread pool and
-    streamed _CHUNK documents at a time (the answer is never held whole, encoded)."""
-    if len(docs) <= _ENCODE_INLINE:
-        return ok(docs, **extra)
-    head = _dumps({"success": True, **extra})[:-1]  # without its closing brace
+    """ok() for a list of documents (decoded, or their stored JSON as bytes); a long
+    one is encoded in the thread pool and streamed _CHUNK documents at a time (the
+    answer is never held whole, encoded)."""
+    head = _dumps({"success": True, **extra})[:-1].encode()  # without its closing brace
 
     def encode(start: int) -> bytes:  # one document at a time: the GIL is let go between
-        parts = [head.encode() + b', "data": ['] if start == 0 else []
+        parts = [head + b', "data": ['] if start == 0 else []
         for i in range(start, min(start + _CHUNK, len(docs))):
             if i:
                 parts.append(b", ")
-            parts.append(_dumps(docs[i]).encode())
+            parts.append(_encoded(docs[i]))
         if start + _CHUNK >= len(docs):
             parts.append(b"]}")
         return b"".join(parts)
 
+    if len(docs) <= _ENCODE_INLINE:
+        return web.Response(body=encode(0), content_type="application/json")
     loop = asyncio.get_running_loop()
     first = await loop.run_in_executor(request.app[_POOL], encode, 0)  # errors before headers
     response = web.StreamResponse(headers={"Content-Type": "application/json"})

@@ -78,6 +78,8 @@ MAX_AUTO_INDEXES = 8
 """Equality and range indexes queries may cause per collection (each a few MB at 100,000
 documents); past them a query uses the indexes there are. Declared indexes
 (``declare_index``, an admin's) do not count."""
+QUICK_CANDIDATES = 32
+"""An indexed query left with at most this many candidates runs on the event loop."""
 MAX_AUTO_SORT_INDEXES = 4
 """Sort indexes queries may cause per collection (each ~30 MB at 100,000 documents),
 kept (never evicted: no thrash); a sorted query with a limit and no sort index takes a
@@ -424,6 +426,39 @@ class EmbeddedStore:
         outside a request)."""
         return [doc for _, doc in self.find_unordered(name, filter_, first, ordered=True)]
 
+    def find_quick(self, name: str, filter_: Filter) -> list[tuple[int, dict]] | None:
+        """(position, document) of every match, in order, when the filter's indexes
+        leave at most QUICK_CANDIDATES candidates and it holds no $regex; None (at once)
+        otherwise, or when the lock is taken. Cheap enough to run on the event loop: an
+        indexed lookup never waits for a query thread behind slow queries."""
+        if filter_.regex or not filter_.index_clauses:
+            return None
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            indexes = self._indexes[name]
+            narrow = indexes.narrowest(filter_, QUICK_CANDIDATES)
+            if narrow is None or narrow[0] > QUICK_CANDIDATES:
+                return None
+            load = self._loader(name)
+            work = self._candidates(name, filter_, indexes.plan(filter_), None, True)
+        finally:
+            self._lock.release()
+        return _matches(work, None, load)
+
+    def find_encoded(self, name: str, filter_: Filter | dict, first: int | None) -> list[bytes]:
+        """``find``'s documents as their stored JSON (what an answer without projection
+        or sort sends): each decoded only to be tested, then dropped, so a long answer
+        holds no decoded document (memory in its JSON; no garbage-collector passes over
+        millions of young objects)."""
+        filter_ = compile_filter(filter_)
+        self._ensure(name, filter_)
+        with self._lock:
+            load = self._loader(name)
+            plan = self._indexes[name].plan(filter_)
+            work = self._candidates(name, filter_, plan, first, True)
+        return [raw for _, raw in _matches(work, first, load, encoded=True)]
+
     def find_unordered(
         self, name: str, filter_: Filter | dict, first: int | None = None, ordered: bool = False
     ) -> list[tuple[int, dict]]:
@@ -614,16 +649,20 @@ class EmbeddedStore:
         return len(self._docs[name])
 
 
-def _matches(work: list[tuple], first: int | None, load) -> list[tuple[int, dict]]:
-    """(position, document) of the work items whose test passes (the first n only)."""
-    hits = []
+def _matches(work: list[tuple], first: int | None, load, encoded: bool = False) -> list:
+    """(position, document) of the work items whose test passes (the first n only);
+    (position, its JSON) when ``encoded`` (a document with no test is not decoded)."""
+    hits: list = []
     with regex_budget():  # all of this query's $regex searches share one budget
         for n, doc_id, raw, test in work:
-            doc = load(doc_id, raw)
-            if test is None or test(doc):
-                hits.append((n, doc))
-                if first is not None and len(hits) >= first:
-                    break
+            if test is None and encoded:
+                hits.append((n, raw))
+            else:
+                doc = load(doc_id, raw)
+                if test is None or test(doc):
+                    hits.append((n, raw if encoded else doc))
+            if first is not None and len(hits) >= first:
+                break
     return hits
 
 
