@@ -78,6 +78,7 @@ MAX_AUTO_INDEXES = 8
 """Equality and range indexes queries may cause per collection (each a few MB at 100,000
 documents); past them a query uses the indexes there are. Declared indexes
 (``declare_index``, an admin's) do not count."""
+_COPY_OVER = 2_048  # candidates past which a query copies the documents' map to build
 QUICK_CANDIDATES = 32
 """An indexed query left with at most this many candidates runs on the event loop."""
 MAX_AUTO_SORT_INDEXES = 4
@@ -427,24 +428,30 @@ class EmbeddedStore:
         return [doc for _, doc in self.find_unordered(name, filter_, first, ordered=True)]
 
     def find_quick(self, name: str, filter_: Filter) -> list[tuple[int, dict]] | None:
-        """(position, document) of every match, in order, when the filter's indexes
-        leave at most QUICK_CANDIDATES candidates and it holds no $regex; None (at once)
-        otherwise, or when the lock is taken. Cheap enough to run on the event loop: an
-        indexed lookup never waits for a query thread behind slow queries."""
+        """(position, document) of every match, in order, when the filter's built
+        indexes leave at most QUICK_CANDIDATES candidates and it holds no $regex; None
+        (at once) otherwise. Cheap enough for the event loop, and takes no lock: an
+        indexed lookup never waits behind slow queries. The index's sets are copied in
+        one C call each (atomic under the GIL), every candidate is tested with the whole
+        filter on its current JSON, and a write is in the indexes before it is
+        acknowledged, so what a client was told is written is found."""
         if filter_.regex or not filter_.index_clauses:
             return None
-        if not self._lock.acquire(blocking=False):
-            return None
         try:
-            indexes = self._indexes[name]
-            narrow = indexes.narrowest(filter_, QUICK_CANDIDATES)
-            if narrow is None or narrow[0] > QUICK_CANDIDATES:
+            narrow = self._indexes[name].narrowest(filter_, QUICK_CANDIDATES)
+            if narrow is None or narrow[0] > QUICK_CANDIDATES or narrow[1] is None:
                 return None
-            load = self._loader(name)
-            work = self._candidates(name, filter_, indexes.plan(filter_), None, True)
-        finally:
-            self._lock.release()
-        return _matches(work, None, load)
+            ids = set(narrow[1]) | set(narrow[2])
+        except RuntimeError:  # an index changed under the look-up: the usual path
+            return None
+        docs, seq, match = self._docs[name], self._seq[name], filter_.match
+        work = []
+        for doc_id in ids:
+            raw, n = docs.get(doc_id), seq.get(doc_id)
+            if raw is not None and n is not None:
+                work.append((n, doc_id, raw, match))
+        work.sort(key=_first)
+        return _matches(work, None, self._loader(name))
 
     def find_encoded(self, name: str, filter_: Filter | dict, first: int | None) -> list[bytes]:
         """``find``'s documents as their stored JSON (what an answer without projection
@@ -456,8 +463,8 @@ class EmbeddedStore:
         with self._lock:
             load = self._loader(name)
             plan = self._indexes[name].plan(filter_)
-            work = self._candidates(name, filter_, plan, first, True)
-        return [raw for _, raw in _matches(work, first, load, encoded=True)]
+            build = self._candidates(name, filter_, plan, first, True)
+        return [raw for _, raw in _matches(build(), first, load, encoded=True)]
 
     def find_unordered(
         self, name: str, filter_: Filter | dict, first: int | None = None, ordered: bool = False
@@ -469,8 +476,8 @@ class EmbeddedStore:
         with self._lock:
             load = self._loader(name)
             plan = self._indexes[name].plan(filter_)
-            work = self._candidates(name, filter_, plan, first, ordered)
-        return _matches(work, first, load)
+            build = self._candidates(name, filter_, plan, first, ordered)
+        return _matches(build(), first, load)
 
     def find_sorted(
         self, name: str, filter_: Filter | dict, sort: dict, k: int, skip: int = 0
@@ -502,17 +509,17 @@ class EmbeddedStore:
                 indexes = self._indexes[name]
                 narrow = indexes.narrowest(filter_, len(docs) // 8)
                 few = narrow is not None and narrow[0] <= max(k, len(docs) // 64)
-                work: list = []
+                build = list
                 if few or index is None:
-                    work = self._candidates(name, filter_, indexes.plan(filter_), None, False)
+                    build = self._candidates(name, filter_, indexes.plan(filter_), None, False)
                 else:
                     entries = index.entries[:]  # a copy: writes change the list
                     if narrow is not None and narrow[1] is not None:
                         sure, unsure = set(narrow[1]), set(narrow[2])
             if few:
-                return _matches(work, None, load), 0
+                return _matches(build(), None, load), 0
             if index is None:
-                return _top_k(work, SortIndex(spec), k, skip, load), skip
+                return _top_k(build(), SortIndex(spec), k, skip, load), skip
             walk = _Walk(filter_.match, k, skip, load)
             walk.run(entries, sure, unsure)
         return walk.hits, skip
@@ -627,23 +634,35 @@ class EmbeddedStore:
             declared = sorted({_key_text(k) for k in self._declared[name]})
         return {"declared": declared, "built": sorted(built)}
 
-    def _candidates(self, name, filter_: Filter, plan, first, ordered) -> list[tuple]:
-        """(position, id, encoded document, test) of the documents to test (test None: a
-        match already), in insertion order when ``ordered`` or ``first`` is given.
-        Under the lock: what a query matches after letting it go."""
+    def _candidates(self, name, filter_: Filter, plan, first, ordered):
+        """build() -> (position, id, encoded document, test) of the documents to test
+        (test None: a match already), in insertion order when ``ordered`` or ``first`` is
+        given. Called under the lock, which it holds only to copy what the query reads
+        (C-level copies: a few ms at 100,000 documents); build() runs after the lock is
+        let go."""
         docs, seq = self._docs[name], self._seq[name]
         if plan is None:
             if not filter_.spec and first is not None:  # a page of everything
-                return [(seq[i], i, docs[i], None) for i in islice(docs, first)]
-            match = filter_.match
-            return [(seq[i], i, raw, match) for i, raw in docs.items()]
+                page = [(seq[i], i, docs[i], None) for i in islice(docs, first)]
+                return lambda: page
+            items, seqs, match = list(docs.items()), seq.copy(), filter_.match
+            return lambda: [(seqs[i], i, raw, match) for i, raw in items]  # insertion order
         sure, unsure, answered = plan
         rest, match = filter_.residual(answered), filter_.match
-        work = [(seq[i], i, docs[i], rest) for i in sure]
-        work += [(seq[i], i, docs[i], match) for i in unsure]
-        if ordered or first is not None:
-            work.sort(key=_first)
-        return work
+        if len(sure) + len(unsure) > _COPY_OVER:
+            docs, seq = docs.copy(), seq.copy()
+
+        def build() -> list[tuple]:
+            work = [(seq[i], i, docs[i], rest) for i in sure]
+            work += [(seq[i], i, docs[i], match) for i in unsure]
+            if ordered or first is not None:
+                work.sort(key=_first)
+            return work
+
+        if docs is self._docs[name]:  # few: built now, under the lock
+            work = build()
+            return lambda: work
+        return build
 
     def count(self, name: str) -> int:
         return len(self._docs[name])
