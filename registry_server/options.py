@@ -39,9 +39,11 @@ def check_options(options: Any) -> dict:
         if not isinstance(sort, dict) or not all(v in (1, -1) for v in sort.values()):
             raise QueryError("sort must be an object of field: 1 or -1")
     projection = options.get("projection")
-    if projection is not None:
-        if not isinstance(projection, dict) or not projection:
-            raise QueryError("projection must be a non-empty object of field: 0 or 1")
+    if projection == {}:  # MongoDB: no projection, every field
+        options = {k: v for k, v in options.items() if k != "projection"}
+    elif projection is not None:
+        if not isinstance(projection, dict):
+            raise QueryError("projection must be an object of field: 0 or 1")
         values = list(projection.values())
         if not all(v in (0, 1) for v in values) or len({bool(v) for v in values}) != 1:
             raise QueryError("projection must be all inclusions (1) or all exclusions (0)")

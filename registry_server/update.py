@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from typing import Any
 
 from .errors import UpdateError
@@ -52,6 +53,12 @@ def normalize_update(update: Any) -> dict:
                 raise UpdateError(f"{op}: bad path {path!r}")
             if "\x00" in path or (op == "$rename" and "\x00" in str(fields[path])):
                 raise UpdateError(f"{op}: field names cannot contain NUL ({path!r})")
+            for named in (path, fields[path]) if op == "$rename" else (path,):
+                if isinstance(named, str) and any(p.startswith("$") for p in named.split(".")):
+                    raise UpdateError(
+                        f"{op} {named!r}: positional operators ($, $[], $[<id>]) are not "
+                        "supported; name the array position (a.0.b)"
+                    )
             targets = [path, fields[path]] if op == "$rename" else [path]
             for target in targets:
                 if not isinstance(target, str) or not target:
@@ -179,14 +186,63 @@ def _push(current: list, items: list, modifiers: dict) -> None:
         current[:] = current[:slice_n] if slice_n >= 0 else current[slice_n:]
 
 
+def _path_order(path: str) -> tuple:
+    """MongoDB 5+'s order for applying an update's paths (so new fields are added in it):
+    field names lexicographically, numbers in them by value ("a.9" before "a.10")."""
+    return tuple(
+        tuple((0, int(run), "") if run.isascii() and run.isdigit() else (1, 0, run)
+              for run in _RUNS.findall(part)) or ((1, 0, ""),)
+        for part in path.split(".")
+    )  # fmt: skip
+
+
+_RUNS = re.compile(r"\d+|\D+", re.ASCII)
+
+
 def apply_update(doc: dict, update: Any) -> dict:
-    """A new document with the update applied."""
+    """A new document with the update applied: every operator's paths in MongoDB 5+'s
+    order (``_path_order``), whatever the request's order."""
     update = normalize_update(update)
     out = copy.deepcopy(doc)
-    for op, fields in update.items():
-        for path, arg in fields.items():
-            _apply(out, op, path, copy.deepcopy(arg))
+    steps = [(op, path, arg) for op, fields in update.items() for path, arg in fields.items()]
+    steps.sort(key=lambda step: _path_order(step[1]))
+    for op, path, arg in steps:
+        _apply(out, op, path, copy.deepcopy(arg))
     return out
+
+
+def _not_viable(op: str, path: str, part: str, node: Any) -> UpdateError:
+    return UpdateError(
+        f"{op} {path}: cannot use the part {part!r} to traverse the element ({kind(node)}): "
+        "PathNotViable"
+    )
+
+
+def _rename(doc: dict, path: str, target: str) -> None:
+    """$rename, as MongoDB: a missing source is a no-op; a source or a target through a
+    value that is not an object (a scalar, an array) is PathNotViable."""
+    node: Any = doc
+    parts = path.split(".")
+    for part in parts[:-1]:
+        if type(node) is not dict:
+            raise _not_viable("$rename", path, part, node)
+        if part not in node:
+            return
+        node = node[part]
+    if type(node) is not dict:
+        raise _not_viable("$rename", path, parts[-1], node)
+    if parts[-1] not in node:
+        return
+    value = node.pop(parts[-1])
+    node = doc
+    parts = target.split(".")
+    for part in parts[:-1]:
+        if type(node) is not dict:
+            raise _not_viable("$rename", target, part, node)
+        node = node.setdefault(part, {})
+    if type(node) is not dict:
+        raise _not_viable("$rename", target, parts[-1], node)
+    node[parts[-1]] = value
 
 
 def _apply(doc: dict, op: str, path: str, arg: Any) -> None:
@@ -198,15 +254,7 @@ def _apply(doc: dict, op: str, path: str, arg: Any) -> None:
             parent[array_index(key)] = None
         return
     if op == "$rename":
-        parent, key = _parent(doc, path, create=False)
-        value = _get(parent, key) if parent is not None else _MISSING
-        if value is _MISSING:
-            return
-        if not isinstance(parent, dict):
-            raise UpdateError(f"$rename {path}: source must be an object field")
-        del parent[key]
-        target_parent, target_key = _parent(doc, arg, create=True)
-        _put(target_parent, target_key, value, arg)
+        _rename(doc, path, arg)
         return
     if op == "$pop":
         if arg not in (1, -1) or isinstance(arg, bool):

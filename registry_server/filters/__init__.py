@@ -93,7 +93,7 @@ class Filter:
         documents the index planner found sure for the answered clauses. Built on first
         use from the clauses already validated and compiled here."""
         if answered not in self._residual:
-            rest = {k: v for k, v in self.spec.items() if k not in answered}
+            rest = {k: v for k, v in self.spec.items() if k not in answered and k != "$comment"}
             if not rest:
                 self._residual[answered] = None
             else:
