@@ -11,6 +11,7 @@ import signal
 import socket
 import ssl
 import sys
+from typing import Any
 
 from aiohttp import web
 
@@ -84,6 +85,7 @@ def main(argv=None, prog: str = "python -m registry_server") -> int:
         print(f"registry: {exc}", file=sys.stderr)
         return 2
     security.bind(opts.host)
+    store: Any
     if opts.mongo_url:
         from .mongo_store import MongoStore
 
@@ -130,7 +132,7 @@ def main(argv=None, prog: str = "python -m registry_server") -> int:
     port = sock.getsockname()[1]
     print(f"registry on {scheme}://{opts.host}:{port} (store {where})", flush=True)
     web.run_app(app, sock=sock, print=None, access_log=None, ssl_context=ssl_context)
-    if not opts.mongo_url:
+    if isinstance(store, EmbeddedStore):  # MongoStore closes in the app's cleanup
         store.close()
     return 0
 

@@ -111,7 +111,7 @@ class _AsyncStore:
         return self._store.count(name)
 
 
-_STORE = web.AppKey("store", object)
+_STORE: web.AppKey[Any] = web.AppKey("store")
 _POOL = web.AppKey("pool", ThreadPoolExecutor)
 DEFAULT_PAGE = 100
 """GET on a registry's list answers this many documents when no limit is given, with a
@@ -306,7 +306,7 @@ class RegistryRoutes:
     async def get(self, request: web.Request) -> web.Response:
         return ok(await self.store(request).get(self.registry.name, request.match_info["id"]))
 
-    async def list(self, request: web.Request) -> web.Response:
+    async def list(self, request: web.Request) -> web.StreamResponse:
         options = {}
         for key in ("skip", "limit"):
             if key in request.query:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import heapq
+from collections.abc import Callable
 from typing import Any
 
 from .errors import QueryError
@@ -76,8 +77,13 @@ def _top(docs: list, sort: dict, k: int, positioned: bool = False) -> list[dict]
         parts = tuple(field.split("."))
         walk = walker(parts)
         desc = direction == -1
-        few.sort(key=lambda d, p=parts, w=walk, r=desc: sort_key(d, p, w, r), reverse=desc)
+        few.sort(key=_sorter(parts, walk, desc), reverse=desc)
     return few[:k]
+
+
+def _sorter(parts: tuple[str, ...], walk, descending: bool) -> Callable[[Any], tuple]:
+    """The sort key function of one field of a sort."""
+    return lambda doc: sort_key(doc, parts, walk, descending)
 
 
 def projection_tree(projection: dict) -> dict:
@@ -146,8 +152,7 @@ def apply_options(docs: list, options: dict, positioned: bool = False) -> list[d
                 parts = tuple(field.split("."))
                 walk = walker(parts)
                 desc = direction == -1
-                docs.sort(key=lambda d, p=parts, w=walk, r=desc: sort_key(d, p, w, r),
-                          reverse=desc)  # fmt: skip
+                docs.sort(key=_sorter(parts, walk, desc), reverse=desc)
     docs = docs[skip : skip + limit] if limit else docs[skip:]
     projection = options.get("projection")
     if projection:

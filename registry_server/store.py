@@ -39,8 +39,9 @@ import json
 import os
 import sqlite3
 import threading
+from collections.abc import Iterable
 from contextlib import contextmanager, suppress
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any
 
@@ -638,29 +639,30 @@ class EmbeddedStore:
         """build() -> (position, id, encoded document, test) of the documents to test
         (test None: a match already), in insertion order when ``ordered`` or ``first`` is
         given. Called under the lock, which it holds only to copy what the query reads
-        (C-level copies: a few ms at 100,000 documents); build() runs after the lock is
-        let go."""
+        (C-level copies of lists and maps, no tuple per document: a few ms at 100,000
+        documents); build() runs after the lock is let go and yields the items one at a
+        time where it can (no list of 100,000 tuples for the collector to walk)."""
         docs, seq = self._docs[name], self._seq[name]
         if plan is None:
             if not filter_.spec and first is not None:  # a page of everything
                 page = [(seq[i], i, docs[i], None) for i in islice(docs, first)]
                 return lambda: page
-            items, seqs, match = list(docs.items()), seq.copy(), filter_.match
-            return lambda: [(seqs[i], i, raw, match) for i, raw in items]  # insertion order
+            ids, raws, seqs, match = list(docs), list(docs.values()), seq.copy(), filter_.match
+            return lambda: ((seqs[i], i, raw, match) for i, raw in zip(ids, raws, strict=True))
         sure, unsure, answered = plan
         rest, match = filter_.residual(answered), filter_.match
         if len(sure) + len(unsure) > _COPY_OVER:
             docs, seq = docs.copy(), seq.copy()
 
-        def build() -> list[tuple]:
-            work = [(seq[i], i, docs[i], rest) for i in sure]
-            work += [(seq[i], i, docs[i], match) for i in unsure]
+        def build():
+            work = ((seq[i], i, docs[i], rest) for i in sure)
+            more = ((seq[i], i, docs[i], match) for i in unsure)
             if ordered or first is not None:
-                work.sort(key=_first)
-            return work
+                return sorted(chain(work, more), key=_first)
+            return chain(work, more)
 
         if docs is self._docs[name]:  # few: built now, under the lock
-            work = build()
+            work = list(build())
             return lambda: work
         return build
 
@@ -668,7 +670,7 @@ class EmbeddedStore:
         return len(self._docs[name])
 
 
-def _matches(work: list[tuple], first: int | None, load, encoded: bool = False) -> list:
+def _matches(work: Iterable[tuple], first: int | None, load, encoded: bool = False) -> list:
     """(position, document) of the work items whose test passes (the first n only);
     (position, its JSON) when ``encoded`` (a document with no test is not decoded)."""
     hits: list = []
@@ -727,7 +729,7 @@ class _Desc:
     __hash__ = None  # type: ignore[assignment]
 
 
-def _top_k(work: list[tuple], index: SortIndex, k: int, skip: int, load) -> list:
+def _top_k(work: Iterable[tuple], index: SortIndex, k: int, skip: int, load) -> list:
     """(position, document) of matches skip+1 to k in the sort's order (ties by
     position), from the work items (``_candidates``): every candidate decoded and tested
     in turn, only the best k kept (their keys and encoded form: memory in k, not in the

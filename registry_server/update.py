@@ -13,6 +13,7 @@ a non-object, one path changed by two operators) raise UpdateError.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import re
 from typing import Any
@@ -181,7 +182,7 @@ def _push(current: list, items: list, modifiers: dict) -> None:
         current.extend(items)
     if sort is not None:
         for parts, descending in reversed(sort):
-            current.sort(key=lambda v, p=parts: _field_key(v, p), reverse=descending)
+            current.sort(key=functools.partial(_field_key, parts=parts), reverse=descending)
     if slice_n is not None:
         current[:] = current[:slice_n] if slice_n >= 0 else current[slice_n:]
 

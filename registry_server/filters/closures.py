@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from time import monotonic
 from typing import Any
 
-import regex
+import regex  # type: ignore[import-untyped]  # no stubs published
 
 from ..errors import QueryError
 from .values import (

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left, bisect_right, insort
 from heapq import merge
+from typing import Any
 
 from .values import path_values, walker
 
@@ -143,7 +144,7 @@ class RangeIndex:
                 del entries[at]
 
     def _bounds(self, op: str, arg) -> tuple[list, int, int]:
-        entries = self.sorted[_kind(arg)]
+        entries = self.sorted[_kind(arg) or "n"]  # arg: a number or a string (_range_ops)
         if op == "$gt":
             return entries, _after(entries, arg), len(entries)
         if op == "$gte":
@@ -237,13 +238,13 @@ def _range_ops(cond) -> dict | None:
     return None
 
 
-IndexClause = tuple[str, tuple[str, ...], str, object]
+IndexClause = tuple[str, tuple[str, ...], str, Any]
 """(key, path, "eq" or "range", the values (eq) or the operators (range)) of a clause."""
 
 
 def index_clauses(spec: dict) -> tuple[IndexClause, ...]:
     """The top-level clauses of a (validated) filter that an index can answer exactly."""
-    out = []
+    out: list[IndexClause] = []
     for key, cond in spec.items():
         if key.startswith("$"):
             continue
@@ -298,13 +299,13 @@ class Indexes:
         for _, path, how, arg in filter_.index_clauses:
             if how == "eq":
                 eq = self.all.get(("EqualityIndex", path))
-                if eq is None:
+                if not isinstance(eq, EqualityIndex):
                     continue
                 found = eq.lookup(arg)
                 option: tuple = (len(found[0]) + len(found[1]), found, None)
             else:
                 index = self.all.get(("RangeIndex", path))
-                if index is None:
+                if not isinstance(index, RangeIndex):
                     continue
                 option = (index.estimate(arg), None, (index, arg))
             if best is None or option[0] < best[0]:

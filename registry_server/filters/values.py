@@ -127,6 +127,7 @@ class Found(list):
     array element without the field counts as null, as in MongoDB)."""
 
     __slots__ = ("missing",)
+    missing: bool
 
 
 def array_index(key: str) -> int:
@@ -152,29 +153,29 @@ def path_values(doc: Any, parts: tuple[str, ...], walk=None) -> list:
     return [value]
 
 
-def walker(parts: tuple[str, ...]) -> Callable[[Any, list], None]:
+def walker(parts: tuple[str, ...]) -> Callable[[Any, Found], None]:
     """A function that appends every value at ``parts`` under a value to ``out`` (arrays
     expanded), built once per path as a chain of small closures: no per-call tuples."""
 
-    def terminal(value: Any, out: list) -> None:
+    def terminal(value: Any, out: Found) -> None:
         out.append(value)
 
-    step = terminal
+    step: Callable[[Any, Found], None] = terminal
     for i, key in enumerate(reversed(parts)):
         step = _path_step(key, step, i == 0)
     return step
 
 
 def _path_step(
-    key: str, next_step: Callable[[Any, list], None], last: bool
-) -> Callable[[Any, list], None]:
+    key: str, next_step: Callable[[Any, Found], None], last: bool
+) -> Callable[[Any, Found], None]:
     """One part of a path, as MongoDB walks it: an object's field (missing: the path is
     missing); an array's position, or its object elements one by one (elements that
     are not objects hold nothing there: neither a value nor a missing field); a scalar
     on the way: the path is missing (``{"a.b": null}`` matches ``{"a": 5}``)."""
     index = array_index(key)
 
-    def step(value: Any, out: list) -> None:
+    def step(value: Any, out: Found) -> None:
         t = type(value)
         if t is dict:
             if key in value:
