@@ -193,6 +193,22 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
+LOADS = (
+    'The loads, one client process each, looping: item 6, `{"id": {"$regex": '
+    '".*.{0,99}.{0,99}.{0,99}\\\\.\\\\d"}}` and the same on '
+    "`nodes.nodeData.gpus.gpus.modelName` (every document searched; before issue 23's "
+    "fix: untimed, 10.9 s a query with an indexed query waiting behind it; now a 400 "
+    "once the request's 1 s budget is spent); item 7, `GET /clusters?limit=0` (now a "
+    "400), a query with `limit: 0` and a query matching everything with no limit (each "
+    "now 10,000 documents, streamed from their stored JSON; before: 239 MB answers, "
+    "2 GB RSS); item 10, 10 sort specs with limit 10 cycled, and 10 new index paths "
+    "(`nodes.nodeData.0.gpus.count`, `.00.`, ...; now at most 4 sort and 8 other indexes "
+    "caused by queries, the rest top-k passes and scans that hold no writer). The probe "
+    'is a single client in the bench process; its indexed query is `{"id": ...}` on a '
+    "random document."
+)
+
+
 def render(rows: list[dict], facts: dict, opts) -> str:
     lines = [
         f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared with other work "
@@ -217,6 +233,8 @@ def render(rows: list[dict], facts: dict, opts) -> str:
         "",
         f"What the hostile clients got (load:status x count): {counts}. Server RSS after "
         f"the runs: {facts['rss_mb']:.0f} MB.",
+        "",
+        LOADS,
     ]
     return "\n".join(lines) + "\n"
 
