@@ -485,18 +485,18 @@ class EmbeddedStore:
     ) -> tuple[list[tuple[int, dict]], int]:
         """(pairs, skipped) for a query sorted by ``sort`` (a checked sort option) that
         wants the first ``k`` matches of that order, the first ``skip`` of them left
-        out (skip <= k). When an equality or range index leaves few candidates (at most
-        a 64th of the collection), ``pairs`` are every match, in no order, and
-        ``skipped`` is 0; otherwise ``pairs`` are the (insertion position, document) of
-        matches skip+1 to k in order, and ``skipped`` is skip. Either way
-        ``apply_options(pairs, options with skip - skipped, positioned=True)`` gives the
-        answer.
+        out (skip <= k): ``pairs`` are the (insertion position, document) of matches
+        skip+1 to k in order, and ``skipped`` is skip, so ``apply_options(pairs, options
+        with skip - skipped, positioned=True)`` gives the answer.
 
         With a sort index the query walks it (tests documents in the sort's order until
-        k match, skipping those the narrowest index clause rules out); without one it
-        takes a top-k pass over the candidates (k entries kept, never every match).
-        Nothing is matched under the store's lock: it is held only to copy what the
-        query reads (a regex or a long walk never holds writers)."""
+        k match, skipping those the narrowest index clause rules out), unless an equality
+        or range index leaves few candidates (at most a 64th of the collection, or k);
+        otherwise it takes a top-k pass over the candidates: only the best k kept, as
+        keys and stored JSON (memory in k, never a decoded document per match), the
+        answer's documents decoded at the end. Nothing is matched under the store's lock:
+        it is held only to copy what the query reads (a regex or a long walk never holds
+        writers)."""
         filter_ = compile_filter(filter_)
         spec = sort_spec(sort)
         self._ensure(name, filter_, spec)
@@ -517,9 +517,7 @@ class EmbeddedStore:
                     entries = index.entries[:]  # a copy: writes change the list
                     if narrow is not None and narrow[1] is not None:
                         sure, unsure = set(narrow[1]), set(narrow[2])
-            if few:
-                return _matches(build(), None, load), 0
-            if index is None:
+            if few or index is None:
                 return _top_k(build(), SortIndex(spec), k, skip, load), skip
             walk = _Walk(filter_.match, k, skip, load)
             walk.run(entries, sure, unsure)

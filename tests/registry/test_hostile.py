@@ -327,3 +327,29 @@ def test_index_builds_hold_no_writer_and_miss_no_write(store):
     everything = store.find("clusters", {}, None)
     expected = apply_options(everything, {"sort": {"n": -1, "id": 1}})
     assert [d for _, d in pairs] == expected and len(expected) == 300
+
+
+def test_a_sorted_query_holds_no_decoded_document_per_match(tmp_path):
+    """Sorted, skipping past most matches, with an index that leaves them all as
+    candidates: the query keeps k keys and stored JSON, never every match decoded (the
+    answer's 10 documents are decoded at the end)."""
+    import tracemalloc
+
+    store = EmbeddedStore(tmp_path / "r.sqlite3", ["clusters"], cache_mb=0)
+    try:
+        pad = {f"k{j}": [j, {"x": "y" * 20}] for j in range(60)}  # ~2 KB of JSON, ~25 decoded
+        docs = {f"c{i:05d}": {"id": f"c{i:05d}", "s": "live", "n": i % 97, **pad}
+                for i in range(4_000)}  # fmt: skip
+        store.insert_many("clusters", docs)
+        flt = compile_filter({"s": "live"})
+        store.find("clusters", flt, 1)  # the equality index, built before measuring
+        tracemalloc.start()
+        pairs, skipped = store.find_sorted("clusters", flt, {"n": 1, "id": 1}, 4_000, 3_990)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        expected = apply_options(list(docs.values()), {"sort": {"n": 1, "id": 1}})[3_990:]
+        assert [d for _, d in pairs] == expected and skipped == 3_990
+        held_if_decoded = 4_000 * 20_000  # every match decoded: ~80 MB
+        assert peak < held_if_decoded / 8, peak
+    finally:
+        store.close()
