@@ -107,6 +107,9 @@ class _AsyncStore:
     async def declare_index(self, name, spec):
         return await self._run(self._store.declare_index, name, spec)
 
+    async def drop_index(self, name, spec):
+        return await self._write(self._store.drop_index, name, spec)
+
     async def count(self, name):
         return self._store.count(name)
 
@@ -386,6 +389,11 @@ class RegistryRoutes:
         spec = await _body(request)
         return ok(await self.store(request).declare_index(self.registry.name, spec), 201)
 
+    async def drop_index(self, request: web.Request) -> web.Response:
+        """An admin drops an index it declared (the same body as its declaration)."""
+        spec = await _body(request)
+        return ok(await self.store(request).drop_index(self.registry.name, spec))
+
 
 async def health(request: web.Request) -> web.Response:
     store = request.app[_STORE]
@@ -430,6 +438,7 @@ def make_app(store, security: Security | None = None) -> web.Application:
         r.add_post(f"{prefix}/query", routes.query)
         r.add_get(f"/indexes{prefix}", routes.indexes)
         r.add_post(f"/indexes{prefix}", routes.declare_index)
+        r.add_delete(f"/indexes{prefix}", routes.drop_index)
         r.add_get(prefix + "/{id}", routes.get)
         r.add_put(prefix + "/{id}", routes.update)
         r.add_delete(prefix + "/{id}", routes.delete)
@@ -439,6 +448,7 @@ def make_app(store, security: Security | None = None) -> web.Application:
     r.add_post("/vdags", vdags.query)
     r.add_get("/indexes/vdags", vdags.indexes)
     r.add_post("/indexes/vdags", vdags.declare_index)
+    r.add_delete("/indexes/vdags", vdags.drop_index)
     r.add_get("/vdag/{id}", vdags.get)
     r.add_put("/vdag/{id}", vdags.update)
     r.add_delete("/vdag/{id}", vdags.delete)
@@ -448,6 +458,7 @@ def make_app(store, security: Security | None = None) -> web.Application:
     r.add_post("/vdag-controllers", controllers.query)
     r.add_get("/indexes/vdag-controllers", controllers.indexes)
     r.add_post("/indexes/vdag-controllers", controllers.declare_index)
+    r.add_delete("/indexes/vdag-controllers", controllers.drop_index)
     r.add_get("/vdag-controllers/by-vdag-uri/{uri}", controllers_by_vdag)
     r.add_get("/vdag-controller/{id}", controllers.get)
     r.add_put("/vdag-controller/{id}", controllers.update)

@@ -22,6 +22,7 @@ from .errors import Conflict, NotFound, Stale
 from .filters import Filter, compile_filter
 from .options import apply_options
 from .schemas import REGISTRIES
+from .store import index_keys
 
 __all__ = ["REV", "MongoStore"]
 
@@ -141,11 +142,18 @@ class MongoStore:
 
     async def declare_index(self, name: str, spec: Any) -> list[str]:
         """An admin's index, created in MongoDB ({"field": ...} or {"sort": {...}})."""
-        from .store import index_keys
-
         index_keys(spec)  # the same checks as the embedded store's
         keys = [(spec["field"], 1)] if "field" in spec else list(spec["sort"].items())
         await self._coll(name).create_index(keys)
+        return (await self.indexes(name))["declared"]
+
+    async def drop_index(self, name: str, spec: Any) -> list[str]:
+        index_keys(spec)
+        keys = [(spec["field"], 1)] if "field" in spec else list(spec["sort"].items())
+        try:
+            await self._coll(name).drop_index(keys)
+        except Exception as exc:  # pymongo's OperationFailure: no such index
+            raise NotFound(f"{name}: no declared index {spec}") from exc
         return (await self.indexes(name))["declared"]
 
     async def count(self, name: str) -> int:

@@ -93,6 +93,7 @@ def build_spec() -> dict:
         paths[f"/indexes/{name}"] = {
             "get": {"responses": _responses("200")},
             "post": {"requestBody": _body(index), "responses": _responses("201", "400")},
+            "delete": {"requestBody": _body(index), "responses": _responses("200", "400", "404")},
         }
     return {
         "openapi": "3.1.0",

@@ -626,6 +626,24 @@ class EmbeddedStore:
             self._ensure(name, compile_filter({spec["field"]: {"$gte": 0}}))
         return self.indexes(name)["declared"]
 
+    def drop_index(self, name: str, spec: Any) -> list[str]:
+        """Forget an admin's index (as declared) and drop what it built; NotFound if it
+        was not declared. Returns the collection's declared indexes."""
+        keys = index_keys(spec)
+        with self._lock:
+            with _writing(self._db):
+                gone = self._db.execute(
+                    "DELETE FROM _registry_indexes WHERE registry = ? AND key = ?",
+                    (name, json.dumps(spec)),
+                ).rowcount
+            if not gone:
+                raise NotFound(f"{name}: no declared index {json.dumps(spec)}")
+            for key in keys:
+                self._declared[name].discard(key)
+                self._indexes[name].all.pop(key, None)
+                self._sorts[name].pop(key, None)
+        return self.indexes(name)["declared"]
+
     def indexes(self, name: str) -> dict:
         """The collection's indexes: declared (by an admin) and built (either way)."""
         with self._lock:

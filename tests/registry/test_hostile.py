@@ -289,8 +289,44 @@ def test_an_admin_declares_indexes(tmp_path):
         pairs, _ = again.find_sorted("clusters", compile_filter({}), {"n": -1, "id": 1}, 2)
         assert [d["id"] for _, d in pairs] == ["c00009", "c00019"]
         assert "sort n:-1,id:1" in again.indexes("clusters")["built"]
+
+        async def drop(client):
+            body = {"sort": {"n": -1, "id": 1}}
+            first = await client.delete("/indexes/clusters", json=body)
+            second = await client.delete("/indexes/clusters", json=body)
+            return first.status, (await first.json())["data"], second.status
+
+        assert run(again, drop) == (200, declared[:2], 404)
+        assert "sort n:-1,id:1" not in again.indexes("clusters")["built"]
     finally:
         again.close()
+
+
+def test_declaring_an_index_needs_the_admin_role(store, monkeypatch):
+    from registry_server.security import Security
+
+    monkeypatch.delenv("AIOS_FAST_TOKEN", raising=False)
+    tokens = {"read": "r" * 32, "admin": "a" * 32}
+
+    async def go(client):
+        codes = []
+        for token in ("r" * 32, "a" * 32):
+            headers = {"Authorization": f"Bearer {token}"}
+            post = await client.post("/indexes/clusters", json={"field": "n"}, headers=headers)
+            get = await client.get("/indexes/clusters", headers=headers)
+            codes.append((post.status, get.status))
+        return codes
+
+    path = store.path + ".tokens"
+    with open(path, "w") as f:
+        f.write("".join(f"{role} {token}\n" for role, token in tokens.items()))
+    security = Security.from_env(path)
+
+    async def main():
+        async with TestClient(TestServer(make_app(store, security))) as client:
+            return await go(client)
+
+    assert asyncio.run(main()) == [(403, 200), (201, 403)]  # roles are apart (README)
 
 
 def test_index_builds_hold_no_writer_and_miss_no_write(store):
