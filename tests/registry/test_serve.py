@@ -62,8 +62,13 @@ def test_a_second_server_through_another_name_is_refused(tmp_path, how):
 
 def test_the_lock_is_released_when_the_server_stops(tmp_path):
     db = tmp_path / "r.sqlite3"
-    Server(db).stop()
+    first = Server(db)
+    assert first.call("POST", "/clusters", fresh(CLUSTER))[0] == 201
+    first.stop()
+    assert first.p.returncode == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["r.sqlite3"]  # no -wal, -shm, .lock
     second = Server(db)  # starts: the first one's lock went with it
+    assert second.call("GET", f"/clusters/{CLUSTER['id']}")[0] == 200
     second.stop()
 
 
