@@ -389,3 +389,21 @@ def test_a_sorted_query_holds_no_decoded_document_per_match(tmp_path):
         assert peak < held_if_decoded / 8, peak
     finally:
         store.close()
+
+
+def test_a_pull_condition_regex_is_within_the_budget(store):
+    """An update's $pull condition holding a catastrophic $regex: a 400 within the
+    budget (it runs in a query thread, not on the event loop), the document unchanged."""
+    doc = {**fresh(CLUSTER), "tags": ["a" * 40 + "b", "keep"]}
+    store.insert("clusters", doc["id"], doc)
+
+    async def go(client):
+        path = f"/clusters/{doc['id']}"
+        resp = await client.put(path, json={"$pull": {"tags": {"$regex": "(a|aa)+$"}}})
+        body = await resp.json()
+        health = (await client.get("/health")).status
+        return resp.status, body["message"], health, (await (await client.get(path)).json())
+
+    status, message, health, after = run(store, go)
+    assert status == 400 and "time budget" in message and health == 200
+    assert after["data"]["tags"] == doc["tags"]
