@@ -152,6 +152,7 @@ def run(opts) -> tuple[list[dict], dict]:
     manager = ctx.Manager()
     counts = manager.dict()
     facts: dict = {}
+    loads_seen: list[float] = []
     try:
         _probe(port, 1, opts.docs)  # the id index, built before measuring
         for r in range(opts.rounds):
@@ -165,6 +166,7 @@ def run(opts) -> tuple[list[dict], dict]:
                 for c in clients:
                     c.start()
                 time.sleep(1.0 if loads else 0)  # the loads under way
+                loads_seen.append(os.getloadavg()[0])
                 health, indexed = _probe(port, opts.phase, opts.docs)
                 stop.set()
                 for c in clients:
@@ -173,6 +175,7 @@ def run(opts) -> tuple[list[dict], dict]:
                                        _pct(indexed, 0.5), _pct(indexed, 0.99)))  # fmt: skip
         facts["counts"] = dict(counts)
         facts["rss_mb"] = _rss_mb(server.p.pid)
+        facts["load"] = (min(loads_seen), statistics.median(loads_seen), max(loads_seen))
     finally:
         server.stop()
         manager.shutdown()
@@ -232,7 +235,10 @@ def render(rows: list[dict], facts: dict, opts) -> str:
     lines += [
         "",
         f"What the hostile clients got (load:status x count): {counts}. Server RSS after "
-        f"the runs: {facts['rss_mb']:.0f} MB.",
+        f"the runs: {facts['rss_mb']:.0f} MB. The machine's 1-minute load average at the "
+        "phases' starts (min / median / max; the bench itself adds about 2-5): "
+        + " / ".join(f"{x:.1f}" for x in facts["load"])
+        + ".",
         "",
         LOADS,
     ]
