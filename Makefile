@@ -72,6 +72,7 @@ bench: setup                ## benchmarks; updates bench/RESULTS.md
 	$(PY) -m bench.batching --write
 	$(PY) -m bench.registry_filter --write
 	$(PY) -m bench.registry_http --write
+	$(PY) -m bench.registry_hostile --write
 	$(PY) -m pytest bench -q --benchmark-enable --benchmark-max-time=0.5
 
 lint: setup                 ## ruff and the generated-protobuf currency check
