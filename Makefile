@@ -39,9 +39,9 @@ test: setup                 ## README's test command: the suite compiled, then w
 test-fast: setup            ## the unit layer only: in process, no sockets, no slow property runs
 	$(PY) -m pytest -q -m "not integration and not slow"
 
-# Test modules run in parallel (pytest-xdist), a module per worker (--dist loadfile: a
-# module's processes and fixtures stay together); most of a process test's time is
-# waiting for processes, not CPU, so 4 workers pay off on 2 cores.
+# Test modules run in parallel (pytest-xdist), a module per worker (--dist loadfile: its
+# module-scoped fixtures, processes and a trained model, are made once); most of a
+# process test's time is waiting for processes, not CPU, so 4 workers pay off on 2 cores.
 JOBS ?= 4
 XDIST = $(if $(filter-out 0 1,$(JOBS)),-n $(JOBS) --dist loadfile)
 

@@ -594,7 +594,9 @@ def test_block_scales_1_3_1_under_load_through_the_cli_sidecars(tmp_path):
                 await loop.run_in_executor(None, sidecars.stop)
             assert load.errors == []  # no task failed through 1 -> 3 -> 1
             actuator = status["actuator"]
-            assert actuator["scale_ups"] == ups and actuator["scale_downs"] == 2
+            # an upscale asked for while the Deployment already has the replicas changes
+            # nothing: at most one scale-up per upscale the policy answered
+            assert 1 <= actuator["scale_ups"] <= ups and actuator["scale_downs"] == 2
             assert actuator["pods_marked"] == 2 and actuator["api_failures"] == 0
             dep = await block.api.client.get(Deployment, "b1-instances")
             assert dep.spec.replicas == 1
