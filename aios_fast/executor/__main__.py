@@ -125,6 +125,34 @@ def main(argv=None) -> int:
         help="bytes of the largest message a caller may send",
     )
     parser.add_argument(
+        "--connection-budget",
+        type=int,
+        default=64 << 20,
+        help="bytes one client connection may make the native front hold (requests "
+        "buffered + answers not yet sent); over it the connection is not read and its "
+        "new calls get RESOURCE_EXHAUSTED",
+    )
+    parser.add_argument(
+        "--front-budget",
+        type=int,
+        default=1 << 30,
+        help="the same, for all connections of one executor process",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=0,
+        help="open client connections per process (native front; more are refused "
+        "with GOAWAY); 0: the open-file limit less 256",
+    )
+    parser.add_argument(
+        "--handshake-timeout",
+        type=float,
+        default=120.0,
+        help="seconds a client connection has to send the HTTP/2 preface and SETTINGS "
+        "(native front; grpc servers' default; 0: no limit)",
+    )
+    parser.add_argument(
         "--task-timeout",
         type=float,
         default=0.0,
@@ -174,6 +202,12 @@ def main(argv=None) -> int:
         if not (0 <= opts.keepalive < 1e9 and 0 < opts.keepalive_timeout < 1e9):
             raise ValueError("--keepalive must be 0 (never) or seconds, and "
                              "--keepalive-timeout seconds > 0 (both under 1e9)")  # fmt: skip
+        if not (opts.max_message <= opts.connection_budget <= opts.front_budget):
+            raise ValueError("--connection-budget must be at least --max-message (one "
+                             "message must fit) and at most --front-budget")  # fmt: skip
+        if opts.max_connections < 0 or not 0 <= opts.handshake_timeout < 1e9:
+            raise ValueError("--max-connections must be >= 0 (0: auto) and "
+                             "--handshake-timeout seconds >= 0 (0: no limit)")  # fmt: skip
         if opts.discover.startswith("k8s://"):
             parse_discover_url(opts.discover)  # a bad one is a user mistake: exit 2
         config = ExecutorConfig(
@@ -198,6 +232,10 @@ def main(argv=None) -> int:
             keepalive=opts.keepalive,
             keepalive_timeout=opts.keepalive_timeout,
             max_message=opts.max_message,
+            connection_budget=opts.connection_budget,
+            front_budget=opts.front_budget,
+            max_connections=opts.max_connections,
+            handshake_timeout=opts.handshake_timeout,
             task_timeout=opts.task_timeout,
             eject_after=opts.eject_after,
             eject_seconds=opts.eject_seconds,

@@ -44,6 +44,15 @@ class ExecutorConfig:
     keepalive: float = 7200.0  # seconds (0: never)
     keepalive_timeout: float = 20.0
     max_message: int = MAX_MESSAGE  # bytes of the largest message a caller may send
+    # The native front's limits on what clients may make it hold (issue 23): request
+    # bytes buffered plus answer bytes not yet sent, per client connection and for the
+    # whole process (over either: that connection is not read, its new calls get
+    # RESOURCE_EXHAUSTED); open client connections (0: the open-file limit less 256);
+    # seconds a connection has to send the HTTP/2 preface and SETTINGS (0: no limit).
+    connection_budget: int = 64 << 20
+    front_budget: int = 1 << 30
+    max_connections: int = 0
+    handshake_timeout: float = 120.0
     task_timeout: float = 0.0  # seconds an instance may run one task (0: no limit)
     # Outlier ejection (as Envoy's): eject_after failures in a row (tasks lost or timed
     # out) take an instance out for eject_seconds x its ejections (at most 300 s), never

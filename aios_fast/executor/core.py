@@ -35,7 +35,7 @@ import gc
 import logging
 from dataclasses import dataclass
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import grpc
@@ -67,7 +67,10 @@ from .links import (
     TaskTimedOut,
     UnaryLink,
 )
-from .native_front import NativeServer, resolve_front
+from .native_front import resolve_front
+
+if TYPE_CHECKING:
+    from .native_server import NativeServer
 from .services import ExecutorServices
 from .task_run import OnDone, Reject, TaskRun, error_answer
 
@@ -146,7 +149,8 @@ class Executor:
                                 log, "task timeout sweep")  # fmt: skip
         self._log = RateLimitedLog(log, 5.0)
         self.max_output = max_output(config.max_message)  # bytes an answer may carry
-        self._trimmed_at = 0  # tasks received when memory was last released
+        # (tasks received, client connections closed) when memory was last released
+        self._trimmed_at: tuple[int, int] = (0, 0)
         self._trim = Periodic(self._release_memory, 2.0, log, "memory release")
 
     # ------------------------------------------------------------------ instance set
@@ -211,6 +215,11 @@ class Executor:
         """The instances the balancer may pick now (up, healthy, not draining)."""
         return list(self.balancer.available())
 
+    def front_stats(self) -> dict:
+        """The native front's books (connections, bytes held, refusals); {} for grpcio."""
+        stats = getattr(self._server, "front_stats", None)
+        return stats() if stats is not None else {}
+
     def describe(self, instance_id: str) -> dict:
         """One instance as the management API shows it."""
         record = self._known(instance_id)
@@ -274,9 +283,10 @@ class Executor:
 
     async def _release_memory(self) -> None:
         """After a burst, once idle: return the freed memory (runtime.release_memory)."""
-        received = self.stats["received"]
-        if self.inflight == 0 and received != self._trimmed_at:
-            self._trimmed_at = received
+        # (a client that left may have held memory too: answers it never read)
+        mark = (self.stats["received"], getattr(self._server, "connections_closed", 0))
+        if self.inflight == 0 and mark != self._trimmed_at:
+            self._trimmed_at = mark
             runtime.release_memory()
 
     async def _expire_tasks(self) -> None:
@@ -573,10 +583,15 @@ class Executor:
         check_bind(cfg.host, cfg.auth, cfg.insecure, "executor")
         check_bind(cfg.http_host or cfg.host, cfg.auth, cfg.insecure, "executor management")
         cfg.front = resolve_front(cfg.front)  # "auto": the native front where it is built
-        if cfg.front == "native":  # executor.native_front: same calls, C HTTP/2
+        if cfg.front == "native":  # executor.native_server: same calls, C HTTP/2
+            from .native_server import NativeServer, connection_limit  # (needs the extension)
+
             server = NativeServer(self.run_task, cfg.auth, cfg.tls, cfg.max_message,
-                                  self._stream_window(), cfg.keepalive,
-                                  cfg.keepalive_timeout)  # fmt: skip
+                                  self._stream_window(), cfg.keepalive, cfg.keepalive_timeout,
+                                  connection_budget=cfg.connection_budget,
+                                  budget=cfg.front_budget,
+                                  max_connections=connection_limit(cfg.max_connections),
+                                  handshake_timeout=cfg.handshake_timeout)  # fmt: skip
             self.port = await server.bind(cfg.host, cfg.port, cfg.reuse_port)
         else:
             server = self._grpc_server()
