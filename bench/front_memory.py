@@ -92,7 +92,6 @@ def unauthenticated(port: int, streams: int, size: int, seconds: float = 30.0):
         conn.send_headers(sid, headers(port, "infer_result"))
         left[sid] = b"\x00" + (size + 1).to_bytes(4, "big") + bytes(size)
     sent = answered = 0
-    sock.settimeout(0.05)
     end = time.monotonic() + seconds
     while left and time.monotonic() < end:
         for sid in list(left):
@@ -112,7 +111,9 @@ def unauthenticated(port: int, streams: int, size: int, seconds: float = 30.0):
                 left[sid] = data
             else:
                 left.pop(sid)
+        sock.settimeout(30)
         sock.sendall(conn.data_to_send())
+        sock.settimeout(0.05)
         try:
             chunk = sock.recv(1 << 20)
         except TimeoutError:
@@ -123,6 +124,7 @@ def unauthenticated(port: int, streams: int, size: int, seconds: float = 30.0):
             if isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
                 answered += isinstance(event, h2.events.StreamEnded)
                 left.pop(event.stream_id, None)
+        sock.settimeout(30)
         sock.sendall(conn.data_to_send())
     return sock, sent, answered
 
@@ -158,23 +160,25 @@ def run(opts) -> dict:
     instance = start_instance("tests.blocks:ControlBlock", None, "--auth-file", str(tokens))
     res: dict = {}
     try:
-        # 1. unauthenticated
-        executor, port = start_executor({"i0": instance.info}, "--front", "native",
-                                        "--max-message", str(2 * opts.size), "--auth-file",
-                                        str(tokens), token=TOKEN)  # fmt: skip
-        try:
-            time.sleep(2.5)  # the start-up probe's memory released
-            pid = executor.p.pid
-            before = rss_mb(pid)
-            progress(f"front memory: {opts.streams} unauthenticated calls x {opts.size:,} B ...")
-            sock, sent, answered = unauthenticated(port, opts.streams, opts.size)
-            time.sleep(1.0)
-            front = stats(executor).get("front", {})  # (not in executors before issue 23)
-            res["unauth"] = {"before": before, "held": rss_mb(pid), "sent": sent,
-                             "answered": answered, "front": front}  # fmt: skip
-            sock.close()
-        finally:
-            executor.stop()
+        # 1. unauthenticated, on both fronts
+        for name in ("native", "grpcio"):
+            executor, port = start_executor({"i0": instance.info}, "--front", name,
+                                            "--max-message", str(2 * opts.size), "--auth-file",
+                                            str(tokens), token=TOKEN)  # fmt: skip
+            try:
+                time.sleep(2.5)  # the start-up probe's memory released
+                pid = executor.p.pid
+                before = rss_mb(pid)
+                progress(f"front memory: {name}: {opts.streams} unauthenticated calls x "
+                         f"{opts.size:,} B ...")  # fmt: skip
+                sock, sent, answered = unauthenticated(port, opts.streams, opts.size)
+                time.sleep(1.0)
+                front = stats(executor).get("front", {})  # (not in executors before issue 23)
+                res[f"unauth-{name}"] = {"before": before, "held": rss_mb(pid), "sent": sent,
+                                         "answered": answered, "front": front}  # fmt: skip
+                sock.close()
+            finally:
+                executor.stop()
         # 2. and 4. a client that does not read its answers, then leaves
         executor, port = start_executor({"i0": instance.info}, "--front", "native",
                                         "--auth-file", str(tokens), token=TOKEN)  # fmt: skip
@@ -205,21 +209,27 @@ def run(opts) -> dict:
 
 
 def render(res: dict, opts) -> str:
-    u, n = res["unauth"], res["nonreading"]
-    uf, nf = u["front"], n["front"]
+    n = res["nonreading"]
+    nf = n["front"]
+    rows = []
+    for name in ("native", "grpcio"):
+        u = res[f"unauth-{name}"]
+        books = u["front"].get("buffered_bytes", "n/a")
+        rows.append(
+            f"| {name}: unauthenticated, {opts.streams} calls x {opts.size / MiB:g} MiB, never "
+            f"ended ({u['sent'] / MiB:,.0f} MiB sent, {u['answered']} answered) | "
+            f"{u['before']:.0f} MB | {u['held']:.0f} MB | {u['held'] - u['before']:+.0f} MB | "
+            f"< +64 MB | buffered {books if name == 'native' else 'n/a'} B |")  # fmt: skip
     return "\n".join([
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}. Executor: native front, 1 worker, defaults "
+        f"{platform.python_version()}. Executor: 1 worker, defaults "
         "(--connection-budget 64 MiB, --front-budget 1 GiB); one ControlBlock instance; "
         "RSS of the executor process (VmRSS).",
         "",
         "| client | RSS idle | RSS while it holds on | + | goal | front's books |",
         "|---|---|---|---|---|---|",
-        f"| unauthenticated: {opts.streams} calls x {opts.size / MiB:g} MiB, never ended "
-        f"({u['sent'] / MiB:,.0f} MiB sent, {u['answered']} answered) | {u['before']:.0f} MB "
-        f"| {u['held']:.0f} MB | {u['held'] - u['before']:+.0f} MB | < +64 MB | "
-        f"buffered {uf.get('buffered_bytes', 'n/a')} B |",
-        f"| never reads: {opts.readers} streams x {opts.tasks} tasks x "
+        *rows,
+        f"| native: never reads: {opts.readers} streams x {opts.tasks} tasks x "
         f"{opts.answer / 1024:g} KiB answers ({n['accepted']} run) | {n['before']:.0f} MB | "
         f"{n['held']:.0f} MB | {n['held'] - n['before']:+.0f} MB | < +200 MB | unsent "
         f"{nf.get('unsent_bytes', 0) / MiB:.1f} MiB, refused {nf.get('refused_streams', 'n/a')} "
