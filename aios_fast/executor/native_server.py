@@ -160,9 +160,9 @@ class NativeServer(Server):
         self.budget = budget
         self.max_connections = max_connections
         self.handshake_timeout = handshake_timeout
-        # a token is required: every call is checked at its headers (admit), before
-        # any of its body is read
-        self.check_headers = auth.enabled
+        # a token is (or, once the token file is re-read on SIGHUP, may be) required:
+        # every call is checked at its headers (admit), before any of its body is read
+        self.check_headers = "infer" not in auth.open_roles and (auth.enabled or bool(auth.path))
         self.loop = None
         self._loop: asyncio.AbstractEventLoop  # (= loop, set by bind)
         self._server: asyncio.Server | None = None
@@ -195,7 +195,7 @@ class NativeServer(Server):
         cut or refused (however many: anyone may open connections)."""
         loop = self._loop
         idle, timeout = self.keepalive, max(self.keepalive_timeout, 0.001)
-        periods = [p for p in (idle, timeout, self.handshake_timeout) if p > 0]
+        periods = [p for p in (idle, timeout if idle > 0 else 0, self.handshake_timeout) if p > 0]
         step = min(max(min(periods, default=5.0) / 4, 0.05), 5.0)
         refused = self.refused_connections
         while True:
