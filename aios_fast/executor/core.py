@@ -481,6 +481,7 @@ class Executor:
             return await asyncio.wait_for(self._run(frame, want_result, remaining), budget)
         except Reject as exc:
             await context.abort(exc.code, exc.message)
+            raise  # (abort raises AbortError first: not reached)
         except asyncio.TimeoutError:
             if not context.done():
                 try:
