@@ -46,6 +46,16 @@ class ExecutorConfig:
     keepalive_timeout: float = _E.keepaliveTimeout
     max_message: int = _S.maxMessageBytes  # bytes of the largest message a caller may send
     task_timeout: float = _S.taskTimeout  # seconds an instance may run one task (0: no limit)
+    # The native front's limits on what clients may make it hold (issue 23): request
+    # bytes buffered plus answer bytes not yet sent, per client connection and for the
+    # whole process (over either: that connection is not read, its new calls get
+    # RESOURCE_EXHAUSTED); open client connections (0: the open-file limit less 256);
+    # seconds a connection has to send the HTTP/2 preface and SETTINGS (0: no limit).
+    # (Flags only for now: not yet in the settings contract.)
+    connection_budget: int = 64 << 20
+    front_budget: int = 1 << 30
+    max_connections: int = 0
+    handshake_timeout: float = 120.0
     # Outlier ejection (as Envoy's): eject_after failures in a row (tasks lost or timed
     # out) take an instance out for eject_seconds x its ejections (at most 300 s), never
     # more than eject_max_percent of the instances (at least one). 0: off.

@@ -41,7 +41,7 @@ import gc
 import logging
 from collections.abc import Mapping
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -57,11 +57,14 @@ from .grpcio_front import FrontDispatch, GrpcioFront, ServerOptions
 from .hostset import HostSet, Instance
 from .kube_discovery import KubeDiscovery
 from .links import Link, LinkSettings, LinkTask
-from .native_front import NativeServer, resolve_front
+from .native_front import resolve_front
 from .outliers import OutlierDetector
 from .router import TASK_EVENTS, Router
 from .services import ExecutorServices
 from .task_run import OnDone, TaskRun
+
+if TYPE_CHECKING:
+    from .native_server import NativeServer
 
 __all__ = ["TASK_EVENTS", "Executor", "Instance"]
 
@@ -104,7 +107,8 @@ class Executor:
         self.services: ExecutorServices | None = None  # management and metrics, when served
         self._expiry = Periodic(self._expire_tasks, min(1.0, max(config.task_timeout / 4, 0.05)),
                                 log, "task timeout sweep")  # fmt: skip
-        self._trimmed_at = 0  # tasks received when memory was last released
+        # (tasks received, client connections closed) when memory was last released
+        self._trimmed_at: tuple[int, int] = (0, 0)
         self._trim = Periodic(self._release_memory, 2.0, log, "memory release")
 
     # ------------------------------------------------------------------ views
@@ -182,15 +186,21 @@ class Executor:
         """The instances the balancer may pick now (up, healthy, not draining)."""
         return self.hosts.available()
 
+    def front_stats(self) -> dict:
+        """The native front's books (connections, bytes held, refusals); {} for grpcio."""
+        stats = getattr(self._server, "front_stats", None)
+        return stats() if stats is not None else {}
+
     def describe(self, instance_id: str) -> dict:
         """One instance as the management API shows it."""
         return self.hosts.describe(instance_id)
 
     async def _release_memory(self) -> None:
         """Once idle: return the freed memory (runtime.release_memory), once per burst."""
-        received = self.router.stats["received"]
-        if self.router.inflight == 0 and received != self._trimmed_at:
-            self._trimmed_at = received
+        # (a client that left may have held memory too: answers it never read)
+        mark = (self.router.stats["received"], getattr(self._server, "connections_closed", 0))
+        if self.router.inflight == 0 and mark != self._trimmed_at:
+            self._trimmed_at = mark
             runtime.release_memory()
 
     async def _expire_tasks(self) -> None:
@@ -306,11 +316,16 @@ class Executor:
         check_bind(cfg.http_host or cfg.host, cfg.auth, cfg.insecure, "executor management")
         cfg.front = resolve_front(cfg.front)  # "auto": the native front where it is built
         server: GrpcioFront | NativeServer
-        if cfg.front == "native":  # executor.native_front: same calls, C HTTP/2
+        if cfg.front == "native":  # executor.native_server: same calls, C HTTP/2
+            from .native_server import NativeServer, connection_limit  # (needs the extension)
+
             d = self.dispatch
             server = NativeServer(d.router.run_task, d.auth, cfg.tls, cfg.max_message,
-                                  d.stream_window, cfg.keepalive,
-                                  cfg.keepalive_timeout)  # fmt: skip
+                                  d.stream_window, cfg.keepalive, cfg.keepalive_timeout,
+                                  connection_budget=cfg.connection_budget,
+                                  budget=cfg.front_budget,
+                                  max_connections=connection_limit(cfg.max_connections),
+                                  handshake_timeout=cfg.handshake_timeout)  # fmt: skip
             self.port = await server.bind(cfg.host, cfg.port, cfg.reuse_port)
         else:
             options = ServerOptions(cfg.max_inflight, cfg.max_message, cfg.reuse_port,
