@@ -14,9 +14,10 @@ from ..framedb import FrameDB
 from ..service import runtime
 from ..tls import TLS, add_tls_arguments
 from ..wire import MAX_MESSAGE
+from .loading import load_block
 from .registration import Registration
 from .routing import OutputRouter
-from .server import InstanceServer, load_block
+from .server import InstanceServer
 
 
 async def _serve(opts) -> None:

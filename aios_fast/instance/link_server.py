@@ -40,6 +40,7 @@ from ..wire import (
     encode_replies,
     max_output,
 )
+from .outcomes import Outcomes
 
 __all__ = ["LinkServer", "describe"]
 
@@ -67,9 +68,9 @@ class _Stream:
 
 class LinkServer:
     """Serves executors' streams for one instance. ``run_task(frame, deadline)`` runs one
-    task; ``counters.completed`` / ``.failed`` / ``.cancelled`` count the outcomes."""
+    task; ``outcomes`` counts the outcomes (and logs the block's errors)."""
 
-    def __init__(self, run_task: RunTask, counters, max_message: int,
+    def __init__(self, run_task: RunTask, counters: Outcomes, max_message: int,
                  queued: Callable[[asyncio.Task], bool] = lambda task: False) -> None:  # fmt: skip
         self.run_task = run_task
         self.counters = counters
@@ -139,13 +140,13 @@ class LinkServer:
             except TaskExpired as exc:
                 stream.reply(task_id, EXPIRED, str(exc).encode())
             except TaskTimedOut as exc:
-                counters.failed += 1
+                counters.fail(exc)
                 stream.reply(task_id, TIMED_OUT, str(exc).encode())
             except OutputTooLarge as exc:
-                counters.failed += 1
+                counters.fail(exc)
                 stream.reply(task_id, TOO_LARGE, str(exc).encode())
             except Exception as exc:  # reported to the executor, never dropped
-                counters.failed += 1
+                counters.fail(exc)
                 stream.reply(task_id, ERROR, describe(exc).encode())
             finally:
                 stream.running.pop(task_id, None)
