@@ -132,3 +132,23 @@ class PacketEchoBlock(Block):
 
     def on_data(self, entry):
         return entry
+
+
+class BrokenInitBlock(Block):
+    """Its ``__init__`` raises, as a model that cannot find its weights does."""
+
+    def __init__(self, init_data=None, parameters=None):
+        super().__init__(init_data, parameters)
+        self._load_weights()
+
+    def _load_weights(self):
+        raise RuntimeError("weights.bin not found")
+
+
+class KeyErrorBlock(Block):
+    """``on_data`` raises KeyError: 'x' on every task."""
+
+    inline = True
+
+    def on_data(self, entry):
+        return {}["x"]

@@ -14,7 +14,7 @@ from ..framedb import FrameDB
 from ..service import runtime
 from ..tls import TLS, add_tls_arguments
 from ..wire import MAX_MESSAGE
-from .loading import load_block
+from .loading import BlockLoadError, load_block
 from .registration import Registration
 from .routing import OutputRouter
 from .server import InstanceServer
@@ -52,7 +52,8 @@ async def _serve(opts) -> None:
 
 
 def main(argv=None) -> int:
-    runtime.adopt_parent_death()  # started by block up / an actuator: die with it
+    managed = runtime.PARENT_ENV in os.environ  # started by block up / an actuator ...
+    runtime.adopt_parent_death()  # ... die with it
     parser = argparse.ArgumentParser(
         description="Serve one Block instance.",
         prog="python -m aios_fast.instance",
@@ -98,6 +99,12 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         runtime.run(_serve(opts))
+    except BlockLoadError as exc:  # the user's traceback (their frames), then which block
+        if managed:  # its actuator tells it (once for all the instances that fail alike)
+            runtime.announce({"error": str(exc)})
+        else:
+            print(exc, file=sys.stderr, flush=True)
+        return 2
     except (AiosFastError, OSError) as exc:  # other errors: the traceback says more
         print(f"instance: cannot start: {exc}", file=sys.stderr, flush=True)
         return 2

@@ -30,9 +30,18 @@ import threading
 from ..errors import AiosFastError
 from ..service import runtime
 
-__all__ = ["GpuPool", "LocalActuator"]
+__all__ = ["BlockLoadFailed", "GpuPool", "LocalActuator"]
 
 log = logging.getLogger("aios_fast.actuator")
+
+
+class BlockLoadFailed(AiosFastError):
+    """An instance could not load its block; ``error`` is what the block raised (the
+    user's traceback, their frames only)."""
+
+    def __init__(self, instance_id: str, error: str) -> None:
+        super().__init__(f"instance {instance_id} failed to load its block (error above)")
+        self.error = error
 
 
 class GpuPool:
@@ -158,6 +167,9 @@ class LocalActuator:
                 f"(exit status {code}; its error is above)"
             )
         info = json.loads(line)
+        if "error" in info:  # the block failed to load: its own error, told once by start()
+            proc.wait()
+            raise BlockLoadFailed(instance_id, info["error"])
         # Whatever the block prints later goes on to our stderr (a full pipe would block it).
         threading.Thread(target=_forward, args=(proc.stdout,), daemon=True).start()
         self.procs[instance_id] = proc
@@ -187,8 +199,15 @@ class LocalActuator:
             return_exceptions=True,
         )
         started = []
+        told: set[str] = set()  # the same load error, from several instances: once
         for iid, result in zip(placed, results, strict=True):
-            if isinstance(result, BaseException):
+            if isinstance(result, BlockLoadFailed):
+                if result.error not in told:
+                    told.add(result.error)
+                    sys.stderr.write(result.error.rstrip("\n") + "\n")
+                log.error("%s", result)
+                self._release(iid)
+            elif isinstance(result, BaseException):
                 log.error("%s", result)
                 self._release(iid)
             else:
