@@ -17,6 +17,7 @@ import json
 import os
 import sys
 
+from . import __version__
 from .auth import ENV_TOKEN, bearer, local_token
 from .errors import AiosFastError, json_object
 from .executor.config import FRONTS
@@ -26,7 +27,17 @@ from .wire import ACCEPTED, SERVICE
 
 __all__ = ["main"]
 
-DEFAULTS = argparse.ArgumentDefaultsHelpFormatter
+
+class DEFAULTS(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default unless its help already says it or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default in (None, "", [], False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
 TOKEN_HELP = (
     "bearer token to send (default: AIOS_FAST_TOKEN, else the token a running "
     "`block up` of yours handed out for the address)"
@@ -168,6 +179,26 @@ def _count(minimum: int):
     return parse
 
 
+def _float(minimum: float, inclusive: bool):
+    """An argparse type: a number of seconds > minimum (>= with ``inclusive``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value != value or value < minimum or (value == minimum and not inclusive):
+            raise argparse.ArgumentTypeError(f"must be {'>=' if inclusive else '>'} "
+                                             f"{minimum:g}, not {text}")  # fmt: skip
+        return value
+
+    return parse
+
+
+_seconds = _float(0.0, inclusive=False)
+_seconds0 = _float(0.0, inclusive=True)
+
+
 def _read_data(text: str) -> str:
     if text.startswith("@"):
         with open(text[1:]) as f:
@@ -236,6 +267,8 @@ def _mgmt(opts) -> int:
     import urllib.error
     import urllib.request
 
+    if not opts.url.startswith(("http://", "https://")):
+        raise AiosFastError(f"{opts.url!r} is not a management URL (e.g. http://127.0.0.1:18001)")
     url = opts.url if opts.url.endswith("/mgmt") else opts.url.rstrip("/") + "/mgmt"
     body = json.dumps({"mgmt_action": opts.action, "mgmt_data": json_object(opts.data, "DATA")})
     auth = dict(_auth_metadata(opts, url, "Authorization"))
@@ -263,10 +296,11 @@ def _registry(opts, rest: list[str]) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aios-fast",
-        description=__doc__.splitlines()[0],
+        description=__doc__.splitlines()[0].replace("``", ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n".join(__doc__.splitlines()[2:]),
     )
+    parser.add_argument("--version", action="version", version=f"aios-fast {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     block = sub.add_parser("block", help="run a block", formatter_class=DEFAULTS).add_subparsers(
@@ -287,14 +321,14 @@ def _parser() -> argparse.ArgumentParser:
         choices=("default", "auto"),
         help="default: the seeds' ports (50051, 18000, 18001, 10000, 19001); auto: free ones",
     )
-    bup.add_argument("--workers", type=int, help="executor processes (initSettings.workers)")
+    bup.add_argument("--workers", type=_count(1), help="executor processes (initSettings.workers)")
     bup.add_argument("--front", choices=FRONTS,
                      help="the executor's gRPC server (initSettings.front; default auto: "
                      "native where it is built)")  # fmt: skip
     bup.add_argument("--block", help="module:Class of the block (initSettings.block)")
     bup.add_argument(
         "--traffic",
-        type=int,
+        type=_count(0),
         default=0,
         metavar="N",
         help="once up, send N checked tasks and print the figures",
@@ -341,16 +375,16 @@ def _parser() -> argparse.ArgumentParser:
         "block from --block-doc and measure it)",
     )
     bench.add_argument("--block-doc", default=EXAMPLE_BLOCK)
-    bench.add_argument("--workers", type=int, help="executor processes of the local block")
+    bench.add_argument("--workers", type=_count(1), help="executor processes of the local block")
     bench.add_argument("--tasks", type=_count(0), default=0, help="0: use --duration")
-    bench.add_argument("--duration", type=float, default=0.0, help="seconds (instead of tasks)")
+    bench.add_argument("--duration", type=_seconds0, default=0.0, help="seconds (instead of tasks)")
     bench.add_argument("--concurrency", type=_count(1), default=64)
     bench.add_argument("--procs", type=_count(1), help="client processes (default: cores / 2)")
     bench.add_argument("--method", default="infer_result", choices=("infer", "infer_result"))
-    bench.add_argument("--size", type=int, default=16, help="bytes of padding in data")
+    bench.add_argument("--size", type=_count(0), default=16, help="bytes of padding in data")
     bench.add_argument("--check", action="store_true",
                        help="check outputs repeat their inputs (the echo block)")  # fmt: skip
-    bench.add_argument("--timeout", type=float, default=30.0)
+    bench.add_argument("--timeout", type=_seconds, default=30.0)
     bench.add_argument("--json", action="store_true", help="also print the summary as JSON")
     bench.add_argument("--token", help=TOKEN_HELP)
     add_tls_arguments(bench, client_only=True)
@@ -368,7 +402,7 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--output-ptr", default="", help="the seeds' output_ptr JSON")
     send.add_argument("--file", action="append", default=[], help="attach a file (FileInfo)")
     send.add_argument("--count", type=_count(1), default=1)
-    send.add_argument("--timeout", type=float, default=30.0)
+    send.add_argument("--timeout", type=_seconds, default=30.0)
     send.add_argument("--token", help=TOKEN_HELP)
     add_tls_arguments(send, client_only=True)
     send.set_defaults(run=_send)
@@ -379,7 +413,7 @@ def _parser() -> argparse.ArgumentParser:
     mgmt.add_argument("url", help="e.g. http://127.0.0.1:18001")
     mgmt.add_argument("action")
     mgmt.add_argument("data", nargs="?", default="{}", help="mgmt_data JSON")
-    mgmt.add_argument("--timeout", type=float, default=60.0)
+    mgmt.add_argument("--timeout", type=_seconds, default=60.0)
     mgmt.add_argument("--token", help=TOKEN_HELP)
     add_tls_arguments(mgmt, client_only=True)
     mgmt.set_defaults(run=_mgmt)
