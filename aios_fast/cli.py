@@ -23,7 +23,7 @@ from .errors import AiosFastError, json_object
 from .executor.config import FRONTS
 from .service import runtime
 from .tls import TLS, add_tls_arguments
-from .wire import ACCEPTED, SERVICE
+from .wire import ACCEPTED, RAISE_LIMIT, SERVICE
 
 __all__ = ["main"]
 
@@ -216,7 +216,10 @@ def _send(opts) -> int:
         with open(spec, "rb") as f:
             files.append(codec.FileInfo(json.dumps({"name": os.path.basename(spec)}), f.read()))
     status = 0
-    with TLS.from_options(opts).channel(opts.target) as channel:
+    limit = opts.max_message or -1  # gRPC: -1 is no limit
+    options = [("grpc.max_receive_message_length", limit),
+               ("grpc.max_send_message_length", limit)]  # fmt: skip
+    with TLS.from_options(opts).channel(opts.target, options) as channel:
         rpc = channel.unary_unary(f"/{SERVICE}/{opts.method}")
         for k in range(opts.count):
             if opts.frame_ptr:
@@ -233,15 +236,11 @@ def _send(opts) -> int:
                 reply = rpc(codec.encode_message(packet), timeout=opts.timeout,
                             metadata=_auth_metadata(opts, opts.target))  # fmt: skip
             except grpc.RpcError as exc:
-                print(
-                    json.dumps(
-                        {
-                            "seq_no": packet.seq_no,
-                            "error": exc.code().name,
-                            "details": exc.details(),
-                        }
-                    )
-                )
+                details = exc.details() or ""
+                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    details = _too_large_hint(details)
+                print(json.dumps({"seq_no": packet.seq_no, "error": exc.code().name,
+                                  "details": details}))  # fmt: skip
                 status = 1
                 continue
             if opts.method == "infer":
@@ -261,6 +260,15 @@ def _send(opts) -> int:
                     )
                 )
     return status
+
+
+def _too_large_hint(details: str) -> str:
+    """A message over a limit names the setting to raise: gRPC's own words say neither."""
+    if "larger than max" not in details:
+        return details  # the data plane's own answers name it already
+    if details.startswith("CLIENT:"):  # this command's own limit
+        return f"{details} (raise --max-message)"
+    return f"{details} ({RAISE_LIMIT})"
 
 
 def _mgmt(opts) -> int:
@@ -402,6 +410,9 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--output-ptr", default="", help="the seeds' output_ptr JSON")
     send.add_argument("--file", action="append", default=[], help="attach a file (FileInfo)")
     send.add_argument("--count", type=_count(1), default=1)
+    send.add_argument("--max-message", type=_count(0), default=0, metavar="BYTES",
+                      help="the largest message it sends or receives (default: 0, no limit; "
+                      "initSettings.maxMessageBytes bounds what a block serves)")  # fmt: skip
     send.add_argument("--timeout", type=_seconds, default=30.0)
     send.add_argument("--token", help=TOKEN_HELP)
     add_tls_arguments(send, client_only=True)

@@ -9,6 +9,7 @@ from typing import Any
 
 from .. import codec
 from ..errors import OutputTooLarge
+from ..wire import RAISE_LIMIT
 
 __all__ = ["encode_output", "make_output"]
 
@@ -39,5 +40,5 @@ def encode_output(out: codec.Packet, limit: int | None) -> bytes:
     data = codec.encode_packet(out)
     if limit is not None and len(data) > limit:
         raise OutputTooLarge(f"output of {len(data):,} bytes is over the {limit:,}-byte limit "
-                             "(raise the block's initSettings.maxMessageBytes)")  # fmt: skip
+                             f"({RAISE_LIMIT})")  # fmt: skip
     return data
