@@ -66,6 +66,13 @@ def test_block_up_serves_and_is_operable(block):
     for key in ("health_checker_mgmt", "autoscaler_mgmt"):
         out = aios("mgmt", info[key], "status")
         assert out.returncode == 0 and json.loads(out.stdout)["success"] is True, out.stderr
+    # every URL it announced works with no flags: the instances' management and gRPC too
+    for instance in info["instances"].values():
+        mgmt_url = instance["health"].removesuffix("/health")
+        out = aios("mgmt", mgmt_url, "update_parameters", "{}")
+        assert out.returncode == 0 and json.loads(out.stdout)["success"] is True, out.stderr
+        out = aios("send", "--target", instance["grpc"], "--data", '"direct"')
+        assert out.returncode == 0 and json.loads(out.stdout)["data"] == '"direct"', out
     deadline = time.monotonic() + 10  # the infer task's result arrives after its answer
     while 'aios_executor_tasks_total{event="completed"} 4.0' not in get_text(info["metrics"]):
         assert time.monotonic() < deadline  # 3 results + 1 infer

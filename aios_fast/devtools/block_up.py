@@ -294,6 +294,7 @@ class LocalBlock:
         self.checker: HealthChecker | None = None
         self.scaler: AutoScaler | None = None
         self._doc_file: str | None = None
+        self._endpoints: set[str] = set()  # what the token is handed out for
 
     def _start_executor(self) -> dict:
         settings = self.doc.initSettings
@@ -378,8 +379,17 @@ class LocalBlock:
         }
         if self.handoff is not None:
             keys = ("grpc", "executor_mgmt", "metrics", "health_checker_mgmt", "autoscaler_mgmt")
-            self.info["token_file"] = str(self.handoff.write(self.info[k] for k in keys))
+            self._endpoints = {self.info[k] for k in keys}
+            self.info["token_file"] = str(self._hand_out(specs))
+            self.actuator.on_started = self._hand_out  # instances the auto-scaler adds too
         return self.info
+
+    def _hand_out(self, specs: list[dict]):
+        """(Re)write the token file: every endpoint announced, the instances' included
+        (their gRPC and management ports), so this user's CLI needs no flags."""
+        assert self.handoff is not None
+        self._endpoints.update(a for s in specs for a in (s["target"], s["health"]))
+        return self.handoff.write(self._endpoints)
 
     async def stop(self) -> None:
         if self.handoff is not None:

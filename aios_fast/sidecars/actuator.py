@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 
 from ..errors import AiosFastError
 from ..service import runtime
@@ -140,6 +141,9 @@ class LocalActuator:
         self.gpus = gpus
         self.procs: dict[str, subprocess.Popen] = {}
         self._numbers = itertools.count()
+        # told the specs of the instances each start() started (block up hands its
+        # token out for their ports)
+        self.on_started: Callable[[list[dict]], object] | None = None
 
     def capacity(self) -> int | None:
         """How many more instances can start (None: no limit here)."""
@@ -212,6 +216,8 @@ class LocalActuator:
                 self._release(iid)
             else:
                 started.append(result)
+        if started and self.on_started is not None:
+            self.on_started(started)
         return started
 
     def _release(self, instance_id: str) -> None:
