@@ -46,6 +46,9 @@ EXAMPLE_BLOCK = os.path.join(os.path.dirname(__file__), "examples", "echo-block.
 
 
 def _block_up(opts) -> int:
+    # Its stdout is its own (the --json line first): whatever the block's module or a
+    # policy prints, in this process too, goes to stderr from here on.
+    runtime.reserve_stdout()
     from .devtools.block_up import up
 
     if opts.actuator == "kubernetes":  # the sidecars alone, scaling a Deployment

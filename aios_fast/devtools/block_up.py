@@ -50,6 +50,7 @@ from ..errors import AiosFastError
 from ..executor.config import FRONTS
 from ..instance.batcher import BatchSettings
 from ..service import runtime
+from ..service.runtime import say
 from ..sidecars.actuator import GpuPool, LocalActuator
 from ..sidecars.autoscale import AutoScaler
 from ..sidecars.base import ExecutorClient
@@ -443,7 +444,7 @@ async def _until_stopped_or_dead(stop: asyncio.Event, proc: subprocess.Popen) ->
 
 
 def _print_info(info: dict) -> None:
-    print(f"block {info['block']} is up:")
+    say(f"block {info['block']} is up:")
     rows = [
         ("gRPC inference", f"{info['grpc']} ({info['front']} front)"),
         ("executor management", info["executor_mgmt"]),
@@ -459,8 +460,7 @@ def _print_info(info: dict) -> None:
         rows.append(("internal token", f"{info['token_file']} (management needs it)"))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
-        print(f"  {key.ljust(width)}  {value}")
-    sys.stdout.flush()
+        say(f"  {key.ljust(width)}  {value}")
 
 
 async def _traffic(info: dict, block: LocalBlock, plan: tuple[list | None, float],
@@ -481,7 +481,7 @@ async def _traffic(info: dict, block: LocalBlock, plan: tuple[list | None, float
         what = f"tasks (the block's {len(samples):,} samples; statuses checked)"
     else:
         what = "tasks (outputs checked as echoes)" if echo else "tasks (statuses checked)"
-    print(f"sending {traffic:,} {what} through {info['grpc']} ...", flush=True)
+    say(f"sending {traffic:,} {what} through {info['grpc']} ...")
     summary = await asyncio.get_running_loop().run_in_executor(
         None,
         lambda: drive(
@@ -494,12 +494,12 @@ async def _traffic(info: dict, block: LocalBlock, plan: tuple[list | None, float
             samples=samples,
         ),
     )
-    print(format_summary(summary), flush=True)
+    say(format_summary(summary))
     ok = not summary["errors"] and not summary["wrong"] and not summary["client_crashes"]
     ok = ok and summary["completed"] == traffic
     if summary["checked"] and summary["agreement"] < floor:
-        print(f"agreement {summary['agreement']:.3f} is below the block's "
-              f"traffic_min_agreement {floor:g}", flush=True)  # fmt: skip
+        say(f"agreement {summary['agreement']:.3f} is below the block's "
+            f"traffic_min_agreement {floor:g}")  # fmt: skip
         ok = False
     return 0 if ok else 1
 
@@ -537,13 +537,13 @@ async def up(
     try:
         info = await block.start()
         if as_json:
-            print(json.dumps(info), flush=True)
+            say(json.dumps(info))
         else:
             _print_info(info)
         if traffic:
             status = await _traffic(info, block, plan, traffic, expect)
         if not once:
-            print("serving; Ctrl-C stops the block", flush=True)
+            say("serving; Ctrl-C stops the block")
             if await _until_stopped_or_dead(stop, block.executor_proc):
                 log.error(
                     "the executor exited (status %s); stopping the block",
@@ -551,7 +551,7 @@ async def up(
                 )
                 status = 1
     finally:
-        print("stopping: sidecars, executor (draining), instances ...", flush=True)
+        say("stopping: sidecars, executor (draining), instances ...")
         await block.stop()
-        print("stopped", flush=True)
+        say("stopped")
     return status
