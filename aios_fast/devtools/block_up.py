@@ -33,6 +33,7 @@ only).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
 import logging
@@ -406,6 +407,25 @@ class LocalBlock:
             os.unlink(self._doc_file)
             self._doc_file = None
 
+    def kill_now(self) -> None:
+        """A second Ctrl-C: SIGKILL every process of the block (the executor with its
+        workers, the instances), remove its files, exit 130 at once."""
+        procs = [self.executor_proc, *self.actuator.procs.values()]
+        for proc in procs:
+            if proc is not None and proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)  # each leads its own session
+                except OSError:
+                    proc.kill()
+        if self.handoff is not None:
+            self.handoff.remove()
+        if self._doc_file:
+            with contextlib.suppress(OSError):
+                os.unlink(self._doc_file)
+        sys.stderr.write("stopped at once (a second Ctrl-C): every process of the block "
+                         "killed\n")  # fmt: skip
+        os._exit(130)
+
     def _wait_executor(self) -> None:
         try:
             self.executor_proc.wait(60)
@@ -532,10 +552,10 @@ async def up(
     # the block's sample tasks, checked before anything starts (a bad hook: one line)
     plan = traffic_plan(doc.initSettings.block, doc.parameters) if traffic else (None, 1.0)
     block = LocalBlock(doc, document, auth_file=auth_file, tls=tls)
-    stop = runtime.signal_event()
+    stop = _stop_signals(block)
     status = 0
     try:
-        info = await block.start()
+        info = await _unless_stopped(block.start(), stop)
         if as_json:
             say(json.dumps(info))
         else:
@@ -550,8 +570,45 @@ async def up(
                     block.executor_proc.returncode,
                 )
                 status = 1
+    except _Interrupted:
+        status = 130
     finally:
-        say("stopping: sidecars, executor (draining), instances ...")
+        log.info("stopping: the executor finishes the tasks in flight, then the instances "
+                 "theirs (Ctrl-C again stops at once)")  # fmt: skip
         await block.stop()
         say("stopped")
     return status
+
+
+class _Interrupted(Exception):
+    """Ctrl-C (or SIGTERM) while the block was starting."""
+
+
+def _stop_signals(block: LocalBlock) -> asyncio.Event:
+    """An event set by the first SIGINT/SIGTERM; the second stops everything at once."""
+    stop = asyncio.Event()
+
+    def signalled() -> None:
+        if stop.is_set():
+            block.kill_now()
+        stop.set()
+
+    loop = asyncio.get_running_loop()
+    for sig in runtime.STOP_SIGNALS:
+        loop.add_signal_handler(sig, signalled)
+    return stop
+
+
+async def _unless_stopped(start, stop: asyncio.Event):
+    """``start``'s result, or _Interrupted (``start`` cancelled) once ``stop`` is set."""
+    starting = asyncio.ensure_future(start)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((starting, stopped), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if not starting.done():
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        raise _Interrupted
+    return starting.result()

@@ -7,6 +7,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 
 from ..auth import Auth
 from ..errors import AiosFastError, json_object
@@ -15,9 +16,12 @@ from ..service import runtime
 from ..tls import TLS, add_tls_arguments
 from ..wire import MAX_MESSAGE
 from .loading import BlockLoadError, load_block
+from .loading_health import LoadingHealth
 from .registration import Registration
 from .routing import OutputRouter
 from .server import InstanceServer
+
+log = logging.getLogger("aios_fast.instance")
 
 
 async def _serve(opts) -> None:
@@ -27,7 +31,7 @@ async def _serve(opts) -> None:
     batching = json_object(opts.batching, "--batching")
     auth = Auth.from_env(opts.auth_file)
     tls = TLS.from_options(opts)
-    block = load_block(opts.block, init_data, parameters)
+    block = _load(opts, init_data, parameters, tls)
     server = InstanceServer(
         block, host=opts.host, port=opts.port, mgmt_port=opts.mgmt_port,
         max_concurrency=opts.max_concurrency, frames=FrameDB(framedb),
@@ -49,6 +53,23 @@ async def _serve(opts) -> None:
     if registration is not None:
         await registration.stop()  # leave first: no new tasks come while we drain
     await server.stop(opts.drain_timeout)
+
+
+def _load(opts, init_data: dict, parameters: dict, tls: TLS):
+    """The Block, loaded with a line before and after (a model may take minutes); on a
+    fixed management port, /health answers "loading" meanwhile."""
+    loading = LoadingHealth(opts.host, opts.mgmt_port, tls) if opts.mgmt_port else None
+    if loading is not None:
+        loading.start()
+    log.info("loading block %s ...", opts.block)
+    started = time.monotonic()
+    try:
+        block = load_block(opts.block, init_data, parameters)
+    finally:
+        if loading is not None:
+            loading.stop()
+    log.info("block %s loaded in %.1fs", opts.block, time.monotonic() - started)
+    return block
 
 
 def main(argv=None) -> int:
