@@ -2,9 +2,11 @@
 
 aios-fast block up BLOCK.json [--traffic N] [--once]   a whole block on this machine
 aios-fast block manifests BLOCK.json [--image IMG]   the block's Kubernetes YAML
+aios-fast block image BLOCK.json [--base IMG]        a Dockerfile of the block's image
 aios-fast bench [--target HOST:PORT] [--tasks N | --duration S]   load with a live line
 aios-fast send --target HOST:PORT [--data JSON] ...   submit packets, print the outputs
 aios-fast mgmt URL ACTION [DATA]                      POST /mgmt to a block service
+aios-fast probe [URL]                                 GET /health: exit 0 when healthy
 aios-fast registry serve [--port 8080] ...            the registry server
 """
 
@@ -91,9 +93,39 @@ def _block_manifests(opts) -> int:
     from .devtools.block_up import load_block_doc
     from .devtools.manifests import manifests, render
 
+    runtime.reserve_stdout()  # the YAML alone: the block module's prints go to stderr
     doc, document = load_block_doc(opts.document)
-    sys.stdout.write(render(manifests(doc, document, image=opts.image, namespace=opts.namespace)))
+    text = render(manifests(doc, document, image=opts.image, namespace=opts.namespace))
+    runtime.say(text.rstrip("\n"))
     return 0
+
+
+def _block_image(opts) -> int:
+    from .devtools.block_up import load_block_doc
+    from .devtools.image import dockerfile
+
+    runtime.reserve_stdout()  # the Dockerfile alone: the block module's prints go to stderr
+    doc, _ = load_block_doc(opts.document)
+    runtime.say(dockerfile(opts.document, doc.initSettings.block, opts.base).rstrip("\n"))
+    return 0
+
+
+def _probe(opts) -> int:
+    import urllib.error
+    import urllib.request
+
+    url = opts.url or f"http://127.0.0.1:{os.environ.get('AIOS_FAST_HEALTH_PORT', '18001')}/health"
+    try:
+        context = TLS.from_options(opts).client_context()
+        with urllib.request.urlopen(url, timeout=opts.timeout, context=context) as resp:
+            print(f"{url}: {resp.status} {resp.read().decode(errors='replace')}")
+            return 0
+    except urllib.error.HTTPError as exc:
+        print(f"{url}: {exc.code} {exc.read().decode(errors='replace')}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        print(f"{url}: no answer ({getattr(exc, 'reason', exc)})", file=sys.stderr)
+        return 1
 
 
 def _bench(opts) -> int:
@@ -377,6 +409,16 @@ def _parser() -> argparse.ArgumentParser:
     bman.add_argument("--namespace", default="default")
     bman.set_defaults(run=_block_manifests)
 
+    bimg = block.add_parser(
+        "image",
+        help="print a Dockerfile for an image of the block (its module and document, "
+        "FROM aios-fast's image); build it in the document's folder",
+        formatter_class=DEFAULTS,
+    )
+    bimg.add_argument("document", help="block document (JSON)")
+    bimg.add_argument("--base", default="aios-fast:latest", help="aios-fast's image to build on")
+    bimg.set_defaults(run=_block_image)
+
     bench = sub.add_parser(
         "bench", help="drive load at a block, live progress, final table", formatter_class=DEFAULTS
     )
@@ -431,6 +473,16 @@ def _parser() -> argparse.ArgumentParser:
     mgmt.add_argument("--token", help=TOKEN_HELP)
     add_tls_arguments(mgmt, client_only=True)
     mgmt.set_defaults(run=_mgmt)
+
+    probe = sub.add_parser(
+        "probe", help="GET a service's /health: exit 0 when healthy (a container HEALTHCHECK)",
+        formatter_class=DEFAULTS,
+    )  # fmt: skip
+    probe.add_argument("url", nargs="?", help="default: http://127.0.0.1:"
+                       "$AIOS_FAST_HEALTH_PORT/health (18001)")  # fmt: skip
+    probe.add_argument("--timeout", type=_seconds, default=4.0)
+    add_tls_arguments(probe, client_only=True)
+    probe.set_defaults(run=_probe)
 
     registry = sub.add_parser("registry", help="the registry server")
     registry.add_argument("verb", choices=("serve",))
