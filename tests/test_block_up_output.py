@@ -28,6 +28,21 @@ def test_a_block_printing_at_import_leaves_the_json_line_first():
     assert "loading weights... done" in out.stderr and "LoudBlock: a task" in out.stderr
 
 
+def test_a_printing_policy_leaves_the_json_line_first(tmp_path):
+    doc = json.loads((ROOT / "aios_fast" / "examples" / "echo-block.json").read_text())
+    doc["policies"]["stabilityChecker"] = {"policyRuleURI": "tests.policies.loud_policy",
+                                           "parameters": {}, "settings": {}}  # fmt: skip
+    (tmp_path / "loud.json").write_text(json.dumps(doc))
+    out = subprocess.run(
+        [sys.executable, "-m", "aios_fast", "block", "up", str(tmp_path / "loud.json"),
+         "--ports", "auto", "--json", "--once", "--traffic", "20"],
+        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.splitlines()[0])["block"] == "echo-block"
+    assert "loud policy" not in out.stdout and "loud policy: created" in out.stderr
+
+
 def test_a_closed_stdout_is_not_an_error():
     """``block up --json | head -1``, then Ctrl-C: a clean stop, no Broken pipe, no
     unclosed connections."""

@@ -186,6 +186,7 @@ def _run(opts) -> int:
         if not isinstance(block, dict):
             raise ValueError(f"block document {opts.block} is not a JSON object")
     policy = (block.get("policies") or {}).get("stabilityChecker")
+    runtime.reserve_stdout()  # a user policy may print: stdout carries the ports alone
 
     async def run() -> None:
         checker = HealthChecker(
