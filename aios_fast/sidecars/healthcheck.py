@@ -73,6 +73,7 @@ class HealthChecker(Sidecar):
         if not row.get("health"):
             return bool(row["up"]), None if row["up"] else "executor link is down"
         url = f"{self.tls.scheme}://{row['health']}/health"
+        assert self._session is not None, "probed before start()"
         try:
             async with self._session.get(url) as resp:
                 await resp.read()
