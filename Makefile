@@ -27,7 +27,7 @@ NO_FRONT = make: WARNING: the native gRPC front is NOT built (libnghttp2's heade
 	missing): the executor serves with grpcio, 10-18x more CPU per task. Install \
 	libnghttp2-dev (apt-get install libnghttp2-dev) and run `make setup` to rebuild it.
 
-.PHONY: setup setup-test compile test test-compiled test-pure bench lint build-check dist dist-check run clean
+.PHONY: setup setup-test compile test test-fast test-compiled test-pure bench lint build-check dist dist-check run clean
 
 setup: $(STAMP)             ## install the package (compiling native/), once
 setup-test: $(TEST_STAMP)   ## ... and the test tools (pyproject's [test] extra), once
@@ -66,6 +66,9 @@ compile: setup              ## rebuild the Cython extensions in place
 test: setup-test            ## README's test command: the suite compiled, then pure-Python
 	$(MAKE) test-compiled
 	$(MAKE) test-pure TWINS_TESTED=1
+
+test-fast: setup-test       ## the unit layer only: in process, no sockets, no slow property runs
+	$(PY) -m pytest -q -m "not integration and not slow"
 
 test-compiled: setup-test
 	$(PY) -m pytest -q

@@ -42,22 +42,20 @@ import signal
 import subprocess
 import sys
 import tempfile
-from typing import Any
 
 import msgspec
 
 from ..auth import ENV_TOKEN, ROLES, Auth, TokenHandoff, new_token
 from ..errors import AiosFastError
-from ..executor.config import FRONTS
 from ..instance.batcher import BatchSettings
 from ..service import runtime
 from ..service.runtime import say
+from ..settings import ECHO, BlockDocument, Ports, document_json, read_document
 from ..sidecars.actuator import GpuPool, LocalActuator
 from ..sidecars.autoscale import AutoScaler
 from ..sidecars.base import ExecutorClient
 from ..sidecars.healthcheck import HealthChecker
 from ..tls import TLS
-from ..wire import MAX_MESSAGE
 from .loadgen import drive, format_summary
 from .traffic import traffic_plan
 
@@ -66,99 +64,23 @@ __all__ = ["BlockDoc", "LocalBlock", "load_block_doc", "up", "use_free_ports"]
 log = logging.getLogger("aios_fast.block")
 
 
-class _Ports(msgspec.Struct, forbid_unknown_fields=True):
-    grpc: int = 50051
-    metrics: int = 18000
-    mgmt: int = 18001
-    autoscaler: int = 10000
-    healthChecker: int = 19001
-
-
-class _HealthSettings(msgspec.Struct):
-    interval: float = 5.0
-    timeout: float = 2.0
-    unhealthyAfter: int = 1
-    healthyAfter: int = 1
-
-
-class _ScalerSettings(msgspec.Struct):
-    interval: float = 10.0
-    drainTimeout: float = 30.0
-
-
-class _Outliers(msgspec.Struct, forbid_unknown_fields=True):
-    consecutiveFailures: int = 5  # 0: never eject
-    baseEjectionSeconds: float = 5.0
-    maxEjectionPercent: int = 50
-
-
-ECHO = "aios_fast.block:EchoBlock"
-
-
-class _InitSettings(msgspec.Struct):
-    block: str = ECHO
-    workers: int = 1
-    front: str = "auto"  # the executor's gRPC server: auto (native when built), native, grpcio
-    taskTimeout: float = 0.0  # seconds an instance may run one task (0: no limit)
-    maxMessageBytes: int = MAX_MESSAGE
-    outlierDetection: _Outliers = msgspec.field(default_factory=_Outliers)
-    ports: _Ports = msgspec.field(default_factory=_Ports)
-    healthChecker: _HealthSettings = msgspec.field(default_factory=_HealthSettings)
-    autoscaler: _ScalerSettings = msgspec.field(default_factory=_ScalerSettings)
-    batching: dict[str, Any] | None = None
-    gpus: list[int | str] | str | None = None
-    gpusPerInstance: int = 1
-    instancesPerGpu: int = 1
-
-
-class BlockDoc(msgspec.Struct):
-    """The fields of a block document ``block up`` uses (others are kept, unread)."""
-
-    id: str
-    policies: dict[str, Any] = {}
-    minInstances: int = 1
-    maxInstances: int | None = None
-    parameters: dict[str, Any] = {}
-    blockInitData: dict[str, Any] = {}
-    initSettings: _InitSettings = msgspec.field(default_factory=_InitSettings)
-    cluster: dict[str, Any] = {}
+BlockDoc = BlockDocument  # the contract's block document (aios_fast.settings)
 
 
 def load_block_doc(path: str) -> tuple[BlockDoc, dict]:
     """The checked document and the raw one (handed to policies as block_data)."""
+    doc, document = read_document(path)
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
-        document = json.loads(raw)
-        doc = msgspec.convert(document, BlockDoc)
-    except OSError as exc:
-        raise AiosFastError(f"cannot read block document: {exc}") from None
-    except ValueError as exc:  # JSON or msgspec validation
-        raise AiosFastError(f"block document {path}: {exc}") from None
-    if doc.maxInstances is None:
-        doc.maxInstances = max(doc.minInstances, 1)
-    if doc.minInstances < 0 or doc.maxInstances < max(doc.minInstances, 1):
-        raise AiosFastError(
-            f"block document {path}: need 0 <= minInstances <= maxInstances, "
-            f"maxInstances >= 1 (got {doc.minInstances}..{doc.maxInstances})"
-        )
-    if doc.initSettings.workers < 1:
-        raise AiosFastError(f"block document {path}: initSettings.workers must be >= 1")
-    if doc.initSettings.front not in FRONTS:
-        raise AiosFastError(f"block document {path}: initSettings.front must be one of "
-                            f"{', '.join(FRONTS)}, not {doc.initSettings.front!r}")  # fmt: skip
-    if doc.initSettings.maxMessageBytes < 1024 or doc.initSettings.taskTimeout < 0:
-        raise AiosFastError(f"block document {path}: initSettings.maxMessageBytes must be "
-                            ">= 1024 and taskTimeout >= 0")  # fmt: skip
-    try:
-        BatchSettings.parse(doc.initSettings.batching, doc.parameters.get("batching"))
+        batching = doc.initSettings.batching
+        BatchSettings.parse(msgspec.to_builtins(batching) if batching else None,
+                            doc.parameters.get("batching"))  # fmt: skip
         _gpu_pool(doc)  # checked here; "auto" reads the GPUs again when the block starts
     except AiosFastError as exc:
         raise AiosFastError(f"block document {path}: {exc}") from None
     module, _, cls = doc.initSettings.block.partition(":")
     try:
-        if not cls or not hasattr(importlib.import_module(module), cls):
-            raise AiosFastError(f"{module} has no {cls or 'class named after a colon'}")
+        if not hasattr(importlib.import_module(module), cls):
+            raise AiosFastError(f"{module} has no {cls}")
     except ImportError as exc:
         raise AiosFastError(f"block class {doc.initSettings.block!r}: {exc}") from None
     except AiosFastError as exc:
@@ -183,7 +105,7 @@ def _gpu_pool(doc: BlockDoc, readings=None) -> GpuPool | None:
 def use_free_ports(doc: BlockDoc) -> None:
     """Every service of the block on a free port (0; the executor's gRPC port, which its
     workers share, is picked before they start)."""
-    doc.initSettings.ports = _Ports(grpc=0, metrics=0, mgmt=0, autoscaler=0, healthChecker=0)
+    doc.initSettings.ports = Ports(grpc=0, metrics=0, mgmt=0, autoscaler=0, healthChecker=0)
 
 
 def _tls_args(tls: TLS) -> tuple[str, ...]:
@@ -198,19 +120,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def executor_settings_args(settings: _InitSettings) -> list[str]:
-    """The executor's command-line options a block document's initSettings set (block up
-    and the Kubernetes manifests run the executor with the same ones)."""
-    outliers = settings.outlierDetection
-    return [
-        "--max-message", str(settings.maxMessageBytes),
-        "--task-timeout", str(settings.taskTimeout),
-        "--eject-after", str(outliers.consecutiveFailures),
-        "--eject-seconds", str(outliers.baseEjectionSeconds),
-        "--eject-max-percent", str(outliers.maxEjectionPercent),
-    ]  # fmt: skip
 
 
 async def start_sidecars(
@@ -280,16 +189,8 @@ class LocalBlock:
         self.actuator = LocalActuator(
             doc.initSettings.block,
             block_id=doc.id,
-            init_data=doc.blockInitData,
-            parameters=doc.parameters,
             host=host,
-            extra_args=(
-                "--max-message",
-                str(doc.initSettings.maxMessageBytes),
-                "--batching",
-                json.dumps(doc.initSettings.batching or {}),
-                *auth_args,
-            ),
+            extra_args=auth_args,
             gpus=_gpu_pool(doc),
             env=self.env,
         )
@@ -298,38 +199,34 @@ class LocalBlock:
         self._doc_file: str | None = None
         self._endpoints: set[str] = set()  # what the token is handed out for
 
-    def _start_executor(self) -> dict:
-        settings = self.doc.initSettings
-        ports = settings.ports
-        grpc_port = ports.grpc or _free_port()
+    def _write_document(self) -> str:
+        """The document every process of the block reads its settings from: the
+        effective one (block up's overrides applied; the gRPC port picked, since the
+        executor's workers must share it)."""
+        if not self.doc.initSettings.ports.grpc:
+            self.doc.initSettings.ports.grpc = _free_port()
         fd, self._doc_file = tempfile.mkstemp(prefix=f"aios-block-{self.doc.id}-", suffix=".json")
         with os.fdopen(fd, "w") as f:
-            json.dump(self.document, f)
-        args = [
+            f.write(document_json(self.doc, self.document))
+        return self._doc_file
+
+    def executor_args(self) -> list[str]:
+        """The executor's command line: its settings come from the document."""
+        return [
             sys.executable,
             "-m",
             "aios_fast.executor",
             "--host",
             self.host,
-            "--port",
-            str(grpc_port),
-            "--workers",
-            str(self.doc.initSettings.workers),
-            "--front",
-            settings.front,
-            "--mgmt-port",
-            str(ports.mgmt),
-            "--metrics-port",
-            str(ports.metrics),
             "--block-doc",
-            self._doc_file,
-            "--block-id",
-            self.doc.id,
-            *executor_settings_args(settings),
+            self._doc_file or self._write_document(),
             *(("--auth-file", self.auth_file) if self.auth_file else ()),
             *(("--open-roles", "infer") if self.handoff else ()),
             *_tls_args(self.tls),
         ]
+
+    def _start_executor(self) -> dict:
+        args = self.executor_args()
         env = runtime.child_env({**os.environ, **self.env})  # it dies with block up
         self.executor_proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env,
                                               start_new_session=True)  # fmt: skip
@@ -347,6 +244,7 @@ class LocalBlock:
         scheme = self.tls.scheme
         executor_url = f"{scheme}://{self.host}:{info['mgmt_port']}"
         client = ExecutorClient(executor_url, token=self.auth.any_token("admin"), tls=self.tls)
+        self.actuator.block_doc = self._doc_file  # the instances read the same settings
         try:
             specs = await self.actuator.start(self.doc.minInstances)
             if len(specs) < self.doc.minInstances:

@@ -28,6 +28,7 @@ import grpc
 from ..errors import AiosFastError
 from ..logs import RateLimitedLog
 from ..service.batch_writer import BatchWriter
+from ..settings import InitSettings
 from ..tls import TLS
 from ..wire import (
     ACCEPTED,
@@ -42,7 +43,6 @@ from ..wire import (
     LIMIT_HEADER,
     LINK_BATCH_BYTES,
     LINK_METHOD,
-    MAX_MESSAGE,
     RAISE_LIMIT,
     REFUSED,
     RESULT,
@@ -60,6 +60,8 @@ __all__ = [
     "Link",
     "LinkSettings",
     "LinkTask",
+    "OnSettled",
+    "OnState",
     "TaskCancelled",
     "TaskFailed",
     "TaskLost",
@@ -119,11 +121,14 @@ _REPLY_CODES = {
 }
 
 
+_DEFAULTS = InitSettings()  # the settings contract's defaults
+
+
 @dataclass
 class LinkSettings:
-    linger: float = 0.002  # seconds a small batch may wait while the link is busy
-    max_message: int = MAX_MESSAGE  # the executor's accept limit: every task fits
-    keepalive: float = 2.0  # seconds between HTTP/2 pings; a ping unanswered as long fails
+    linger: float = _DEFAULTS.executor.linkLinger  # seconds a small batch may wait (busy link)
+    max_message: int = _DEFAULTS.maxMessageBytes  # the executor's accept limit: each task fits
+    keepalive: float = _DEFAULTS.executor.linkKeepalive  # s between pings; unanswered: fails
     run_timeout: float = 0.0  # seconds an acknowledged task may run (0: no limit)
     token_metadata: tuple[tuple[str, str], ...] = ()  # sent with every call (infer token)
     tls: TLS = field(default_factory=TLS)  # links over TLS when it has a CA

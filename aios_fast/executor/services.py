@@ -24,7 +24,8 @@ policy has none, so it is a 400 naming the built-in actions.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import msgspec
 from aiohttp import web
@@ -32,10 +33,10 @@ from aiohttp import web
 from ..errors import AiosFastError
 from ..policy import network_safe
 from ..service.http import MgmtError, convert, mgmt_route, new_app, run_action, start_site
-from ..service.metrics import CONTENT_TYPE, Registry, counter, gauge, histogram
-from .config import InstanceSpec
+from ..service.metrics import CONTENT_TYPE, Histogram, Registry, counter, gauge, histogram
+from .config import ExecutorConfig, InstanceSpec
 
-__all__ = ["BUILTIN_ACTIONS", "ExecutorServices"]
+__all__ = ["BUILTIN_ACTIONS", "ExecutorServices", "Managed"]
 
 BUILTIN_ACTIONS = ("list_instances", "add_instance", "remove_instance", "drain_instance",
                    "set_instance_health", "set_instance_weight", "get_policy",
@@ -85,10 +86,54 @@ class _Policy(msgspec.Struct, rename={"uri": "policyRuleURI"}):
     settings: dict[str, Any] = {}
 
 
+class Managed(Protocol):
+    """What the management API and /metrics read and change of an executor."""
+
+    config: ExecutorConfig
+
+    @property
+    def policy_rule(self) -> Any: ...
+
+    @property
+    def policy_fallbacks(self) -> int: ...
+
+    @property
+    def inflight(self) -> int: ...
+
+    @property
+    def instances(self) -> Mapping[str, Any]: ...
+
+    @property
+    def stats(self) -> dict[str, int]: ...
+
+    @property
+    def latency(self) -> dict[str, Histogram]: ...
+
+    def add_instance(self, spec: InstanceSpec) -> Any: ...
+
+    async def remove_instance(self, instance_id: str, drain_timeout: float = 0.0) -> int: ...
+
+    def set_instance_health(self, instance_id: str, healthy: bool) -> None: ...
+
+    def set_draining(self, instance_id: str, draining: bool) -> None: ...
+
+    def set_weight(self, instance_id: str, weight: float) -> None: ...
+
+    def available(self) -> list[str]: ...
+
+    def describe(self, instance_id: str) -> dict: ...
+
+    def policy(self) -> dict: ...
+
+    def set_policy_parameters(self, parameters: dict[str, Any], replace: bool = False) -> None: ...
+
+    def switch_policy(self, spec: dict) -> None: ...
+
+
 class ExecutorServices:
     """Management and metrics HTTP servers for one executor process."""
 
-    def __init__(self, executor) -> None:
+    def __init__(self, executor: Managed) -> None:
         self.executor = executor
         self.registry = Registry(self.collect)
         self._runners: list[web.AppRunner] = []

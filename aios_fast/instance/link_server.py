@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol
 
 import grpc
 
@@ -40,9 +41,8 @@ from ..wire import (
     encode_replies,
     max_output,
 )
-from .outcomes import Outcomes
 
-__all__ = ["LinkServer", "describe"]
+__all__ = ["Counters", "LinkServer", "describe"]
 
 RunTask = Callable[[bytes, float | None, int | None, float], Awaitable[bytes]]
 
@@ -66,11 +66,22 @@ class _Stream:
         self.writer.put((task_id, kind, payload), len(payload) + ITEM_OVERHEAD)
 
 
+class Counters(Protocol):
+    """Where a link server counts its tasks' outcomes (the instance server's books,
+    ``outcomes.Outcomes``): ``fail`` counts a failure and logs the block's own errors."""
+
+    completed: int
+    failed: int
+    cancelled: int
+
+    def fail(self, exc: BaseException) -> None: ...
+
+
 class LinkServer:
     """Serves executors' streams for one instance. ``run_task(frame, deadline)`` runs one
     task; ``outcomes`` counts the outcomes (and logs the block's errors)."""
 
-    def __init__(self, run_task: RunTask, counters: Outcomes, max_message: int,
+    def __init__(self, run_task: RunTask, counters: Counters, max_message: int,
                  queued: Callable[[asyncio.Task], bool] = lambda task: False) -> None:  # fmt: skip
         self.run_task = run_task
         self.counters = counters
