@@ -106,9 +106,11 @@ def test_manifests_pass_the_kubernetes_openapi_schemas():
     import kubernetes_validate
     import yaml
 
-    res = {"gpus": 2, "cpu": "4", "memory": "16Gi"}
+    res = {"gpus": 2, "cpu": "4", "memory": "16Gi", "requests": {"ephemeral-storage": "1Gi"},
+           "limits": {"cpu": "8"}}  # fmt: skip
     doc, document = load_block_doc(str(EXAMPLE))
     document["initSettings"]["resources"] = res
+    document["initSettings"]["startupTimeout"] = 900  # a startupProbe, validated too
     doc = load_document(document)
     text = render(manifests(doc, document, image="aios-fast:1.0", namespace=NS))
     objects = list(yaml.safe_load_all(text))
@@ -130,6 +132,8 @@ def test_manifests_pass_the_kubernetes_openapi_schemas():
         for container in obj.get("spec", {}).get("template", {}).get("spec", {}).get(
                 "containers", []):  # fmt: skip
             assert container["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+            if "instance" in obj["metadata"]["name"]:
+                assert container["startupProbe"]["failureThreshold"] > 1
     version = kubernetes_validate.latest_version()
     bad = json.loads(json.dumps(objects[-1]))
     bad["spec"]["replicas"] = "one"
