@@ -92,3 +92,27 @@ def test_a_second_ctrl_c_stops_at_once_and_leaves_nothing(tmp_path):
         assert time.monotonic() < deadline, [p for p in pids if _alive(p)]
         time.sleep(0.1)
     assert not os.path.exists(info["token_file"])
+
+
+def test_the_next_start_prunes_what_a_kill_9_left(tmp_path):
+    """A ``kill -9``'d block up leaves its token file and its temporary document; the
+    next block up removes both (named by the dead pid), and nothing of a live one."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    run_dir, tmp_dir = tmp_path / "run", tmp_path / "tmp"
+    run_dir.mkdir(mode=0o700)
+    tmp_dir.mkdir()
+    stale_token = run_dir / f"block-{dead.pid}.json"
+    stale_token.write_text(json.dumps({"pid": dead.pid, "token": "t", "endpoints": []}))
+    stale_doc = tmp_dir / f"aios-block-echo-block-x1y2z3-{dead.pid}.json"
+    stale_doc.write_text("{}")
+    live_doc = tmp_dir / f"aios-block-echo-block-a1b2c3-{os.getpid()}.json"
+    live_doc.write_text("{}")
+    env = dict(ENV, AIOS_FAST_RUNTIME_DIR=str(run_dir), TMPDIR=str(tmp_dir))
+    out = subprocess.run([sys.executable, "-m", "aios_fast", "block", "up", "--ports", "auto",
+                          "--once"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert not stale_token.exists() and not stale_doc.exists()
+    assert live_doc.exists()
+    assert list(run_dir.iterdir()) == []  # its own, removed at its stop

@@ -42,10 +42,11 @@ import signal
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import msgspec
 
-from ..auth import ENV_TOKEN, ROLES, Auth, TokenHandoff, new_token
+from ..auth import ENV_TOKEN, ROLES, Auth, TokenHandoff, new_token, prune_stale
 from ..errors import AiosFastError
 from ..instance.batcher import BatchSettings
 from ..service import runtime
@@ -205,7 +206,11 @@ class LocalBlock:
         executor's workers must share it)."""
         if not self.doc.initSettings.ports.grpc:
             self.doc.initSettings.ports.grpc = _free_port()
-        fd, self._doc_file = tempfile.mkstemp(prefix=f"aios-block-{self.doc.id}-", suffix=".json")
+        # named with our pid, so the next block up removes it after a kill -9
+        folder = Path(tempfile.gettempdir())
+        prune_stale(folder, "aios-block-*.json")
+        prefix, suffix = f"aios-block-{self.doc.id}-", f"-{os.getpid()}.json"
+        fd, self._doc_file = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
         with os.fdopen(fd, "w") as f:
             f.write(document_json(self.doc, self.document))
         return self._doc_file
