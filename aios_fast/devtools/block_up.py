@@ -233,11 +233,13 @@ class LocalBlock:
     def _start_executor(self) -> dict:
         args = self.executor_args()
         env = runtime.child_env({**os.environ, **self.env})  # it dies with block up
-        self.executor_proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env,
-                                              start_new_session=True)  # fmt: skip
-        line = self.executor_proc.stdout.readline()
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env,
+                                start_new_session=True)  # fmt: skip
+        self.executor_proc = proc
+        assert proc.stdout is not None  # a pipe, as asked
+        line = proc.stdout.readline()
         if not line:
-            code = self.executor_proc.wait()
+            code = proc.wait()
             raise AiosFastError(
                 f"the executor failed to start (exit status {code}; its error is above)"
             )
@@ -246,6 +248,8 @@ class LocalBlock:
     async def start(self) -> dict:
         loop = asyncio.get_running_loop()
         info = await loop.run_in_executor(None, self._start_executor)
+        proc = self.executor_proc
+        assert proc is not None  # started, or _start_executor raised
         scheme = self.tls.scheme
         executor_url = f"{scheme}://{self.host}:{info['mgmt_port']}"
         client = ExecutorClient(executor_url, token=self.auth.any_token("admin"), tls=self.tls)
@@ -279,7 +283,7 @@ class LocalBlock:
                 }
                 for s in specs
             },
-            "executor_pid": self.executor_proc.pid,
+            "executor_pid": proc.pid,
             "front": info.get("front"),
         }
         if self.handoff is not None:
@@ -330,11 +334,14 @@ class LocalBlock:
         os._exit(130)
 
     def _wait_executor(self) -> None:
+        proc = self.executor_proc
+        if proc is None:
+            return
         try:
-            self.executor_proc.wait(60)
+            proc.wait(60)
         except subprocess.TimeoutExpired:
-            self.executor_proc.kill()
-            self.executor_proc.wait()
+            proc.kill()
+            proc.wait()
 
 
 async def _until_available(client: ExecutorClient, ids: list[str],
@@ -467,11 +474,11 @@ async def up(
             status = await _traffic(info, block, plan, traffic, expect)
         if not once:
             say("serving; Ctrl-C stops the block")
-            if await _until_stopped_or_dead(stop, block.executor_proc):
-                log.error(
-                    "the executor exited (status %s); stopping the block",
-                    block.executor_proc.returncode,
-                )
+            executor = block.executor_proc
+            assert executor is not None  # started
+            if await _until_stopped_or_dead(stop, executor):
+                log.error("the executor exited (status %s); stopping the block",
+                          executor.returncode)  # fmt: skip
                 status = 1
     except _Interrupted:
         status = 130
