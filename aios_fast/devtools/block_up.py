@@ -43,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -51,7 +52,7 @@ from ..errors import AiosFastError
 from ..instance.batcher import BatchSettings
 from ..service import runtime
 from ..service.runtime import say
-from ..settings import ECHO, BlockDocument, Ports, document_json, read_document
+from ..settings import ECHO, BlockDocument, Ports, document_json, load_document, read_document
 from ..sidecars.actuator import GpuPool, LocalActuator
 from ..sidecars.autoscale import AutoScaler
 from ..sidecars.base import ExecutorClient
@@ -129,7 +130,8 @@ async def start_sidecars(
     """A block's health checker and auto-scaler, configured from its document and
     serving on ``host`` (block up, and ``block up --actuator kubernetes``)."""
     settings, policies = doc.initSettings, doc.policies
-    common = {"block_data": document, "cluster_data": doc.cluster, "auth": auth, "tls": tls}
+    common: dict[str, Any] = {"block_data": document, "cluster_data": doc.cluster,
+                              "auth": auth, "tls": tls}  # fmt: skip
     hs = settings.healthChecker
     checker = HealthChecker(
         executor_url,
@@ -146,7 +148,7 @@ async def start_sidecars(
         executor_url,
         actuator,
         min_instances=doc.minInstances,
-        max_instances=doc.maxInstances,
+        max_instances=doc.maxInstances or max(doc.minInstances, 1),
         interval=ss.interval,
         drain_timeout=ss.drainTimeout,
         policy=policies.get("autoscaler"),
@@ -183,7 +185,7 @@ class LocalBlock:
             self.auth = Auth({token: ROLES})
             self.handoff = TokenHandoff(token)
         self.tls = tls or TLS()
-        auth_args = ("--auth-file", auth_file) if auth_file else ()
+        auth_args: tuple[str, ...] = ("--auth-file", auth_file) if auth_file else ()
         auth_args += _tls_args(self.tls)
         self.executor_proc: subprocess.Popen | None = None
         self.info: dict = {}
@@ -248,8 +250,6 @@ class LocalBlock:
     async def start(self) -> dict:
         loop = asyncio.get_running_loop()
         info = await loop.run_in_executor(None, self._start_executor)
-        proc = self.executor_proc
-        assert proc is not None  # started, or _start_executor raised
         scheme = self.tls.scheme
         executor_url = f"{scheme}://{self.host}:{info['mgmt_port']}"
         client = ExecutorClient(executor_url, token=self.auth.any_token("admin"), tls=self.tls)
@@ -283,7 +283,7 @@ class LocalBlock:
                 }
                 for s in specs
             },
-            "executor_pid": proc.pid,
+            "executor_pid": self._executor().pid,
             "front": info.get("front"),
         }
         if self.handoff is not None:
@@ -333,10 +333,13 @@ class LocalBlock:
                          "killed\n")  # fmt: skip
         os._exit(130)
 
+    def _executor(self) -> subprocess.Popen:
+        if self.executor_proc is None:
+            raise AiosFastError("the block's executor is not started")
+        return self.executor_proc
+
     def _wait_executor(self) -> None:
-        proc = self.executor_proc
-        if proc is None:
-            return
+        proc = self._executor()
         try:
             proc.wait(60)
         except subprocess.TimeoutExpired:
@@ -449,12 +452,11 @@ async def up(
     tls: TLS | None = None,
 ) -> int:
     doc, document = load_block_doc(path)
-    if block_class:
-        doc.initSettings.block = block_class
-    if workers:
-        doc.initSettings.workers = workers
-    if front:
-        doc.initSettings.front = front
+    overrides: dict[str, Any] = {"block": block_class, "workers": workers, "front": front}
+    if any(overrides.values()):  # checked by the contract as the document's own settings
+        raw = msgspec.to_builtins(doc)
+        raw["initSettings"].update({k: v for k, v in overrides.items() if v})
+        doc = load_document(raw)
     if ports == "auto":  # every port free-picked (tests, several blocks on one machine)
         use_free_ports(doc)
     elif ports != "default":
@@ -474,8 +476,7 @@ async def up(
             status = await _traffic(info, block, plan, traffic, expect)
         if not once:
             say("serving; Ctrl-C stops the block")
-            executor = block.executor_proc
-            assert executor is not None  # started
+            executor = block._executor()
             if await _until_stopped_or_dead(stop, executor):
                 log.error("the executor exited (status %s); stopping the block",
                           executor.returncode)  # fmt: skip

@@ -116,11 +116,11 @@ def _http_probe(port: str, **timing) -> dict:
 
 
 def _config_volume(names: BlockNames) -> tuple[list[dict], list[dict]]:
-    volumes = [
+    volumes: list[dict] = [
         {"name": "block", "configMap": {"name": names.config}},
         {"name": "tmp", "emptyDir": {}},
     ]
-    mounts = [
+    mounts: list[dict] = [
         {"name": "block", "mountPath": CONFIG_DIR, "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},
     ]

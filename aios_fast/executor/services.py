@@ -43,10 +43,6 @@ BUILTIN_ACTIONS = ("list_instances", "add_instance", "remove_instance", "drain_i
                    "set_policy_parameters", "switch_policy", "stats")  # fmt: skip
 
 
-class _Instance(msgspec.Struct):
-    id: str
-
-
 class _AddInstance(msgspec.Struct):
     id: str
     target: str
@@ -264,7 +260,7 @@ class ExecutorServices:
         yield counter(
             "aios_executor_tasks",
             "Tasks by event: received, accepted, completed, failed, retried, rejected, "
-            "lost, invalid, timed_out, cancelled.",
+            "lost, invalid, timed_out, cancelled (after acceptance), withdrawn (before).",
             ("event",),
             ex.stats.items(),
         )
@@ -346,7 +342,7 @@ class ExecutorServices:
     async def start(self, host: str, mgmt_port: int | None, metrics_port: int | None) -> None:
         """Serve management on mgmt_port and metrics on metrics_port (None: not served;
         the same port for both serves both routes on one server)."""
-        routes = {}
+        routes: dict[int, list[str]] = {}
         if mgmt_port is not None:
             routes.setdefault(mgmt_port, []).append("mgmt")
         if metrics_port is not None:

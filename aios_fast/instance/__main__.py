@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import time
+from typing import Any
 
 import msgspec
 
@@ -36,7 +37,7 @@ def settings_of(opts: argparse.Namespace) -> dict:
     if opts.block_doc:
         doc, _ = read_document(opts.block_doc)
     s = doc.initSettings
-    chosen = {
+    chosen: dict[str, Any] = {
         "block": s.block,
         "block_id": doc.id,
         "init_data": doc.blockInitData,

@@ -174,7 +174,7 @@ class LocalActuator:
         # stops it in order; it still dies with its parent.
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env,
                                 start_new_session=True)  # fmt: skip
-        assert proc.stdout is not None  # a pipe, as asked
+        assert proc.stdout is not None  # stdout=PIPE
         line = proc.stdout.readline()
         if not line:
             code = proc.wait()

@@ -75,6 +75,7 @@ class HealthChecker(Sidecar):
         url = f"{self.tls.scheme}://{row['health']}/health"
         assert self._session is not None, "probed before start()"
         try:
+            assert self._session is not None  # made by check_once before probing
             async with self._session.get(url) as resp:
                 await resp.read()
                 if resp.status == 200:
