@@ -56,7 +56,7 @@ from .discovery import Discovery
 from .grpcio_front import FrontDispatch, GrpcioFront, ServerOptions
 from .hostset import HostSet, Instance
 from .kube_discovery import KubeDiscovery
-from .links import Link, LinkSettings
+from .links import Link, LinkSettings, LinkTask
 from .native_front import NativeServer, resolve_front
 from .outliers import OutlierDetector
 from .router import TASK_EVENTS, Router
@@ -89,13 +89,14 @@ class Executor:
             ((("authorization", bearer(token)),) if token else ()), config.tls,
         )  # fmt: skip
         self.hosts = HostSet(self._make_balancer(self.policy_spec), self.link_settings,
-                             self._settled, config.instance_inflight)  # fmt: skip
+                             _unwired, config.instance_inflight)  # fmt: skip
         self.outliers = OutlierDetector(self.hosts, config.eject_after, config.eject_seconds,
                                         config.eject_max_percent)  # fmt: skip
         self.router = Router(self.hosts, self.outliers, max_inflight=config.max_inflight,
                              instance_inflight=config.instance_inflight,
                              max_retries=config.max_retries,
                              max_message=config.max_message)  # fmt: skip
+        self.hosts.on_settled = self.router.settled  # no hop through the executor per task
         self.dispatch = FrontDispatch(self.router, config.auth, config.instance_inflight)
         self._server: GrpcioFront | NativeServer | None = None
         self.port = config.port
@@ -292,9 +293,6 @@ class Executor:
 
     # ------------------------------------------------------------------ tasks
 
-    def _settled(self, task, exc: Exception | None) -> None:
-        self.router.settled(task, exc)
-
     def run_task(self, frame: bytes, want_result: bool, timeout: float | None,
                  on_done: OnDone, call=None) -> TaskRun:  # fmt: skip
         """Start one task (``Router.run_task``)."""
@@ -378,6 +376,10 @@ class Executor:
             await self._http.close()
         if self.services is not None:
             await self.services.stop()
+
+
+def _unwired(task: LinkTask, exc: Exception | None) -> None:
+    raise RuntimeError("the host set's links report to the router (wired in Executor)")
 
 
 def _settle_gc() -> None:

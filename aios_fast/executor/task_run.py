@@ -183,7 +183,7 @@ class TaskRun:
         except NoInstanceError:
             self._unplaced(_UNAVAILABLE, "no instance available")
             return
-        link = hosts.link_of(instance_id)
+        link = hosts.links[instance_id]
         limit = self.ex.instance_inflight
         if link.inflight >= limit:
             least = hosts.least_loaded()
