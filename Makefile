@@ -63,26 +63,36 @@ $(DIST_STAMP): $(STAMP)
 compile: setup              ## rebuild the Cython extensions in place
 	$(PY) setup.py -q build_ext --inplace
 
-test: setup-test            ## README's test command: the suite compiled, then pure-Python
+test: setup-test            ## README's test command: the suite compiled, then what differs pure-Python
 	$(MAKE) test-compiled
-	$(MAKE) test-pure TWINS_TESTED=1
+	$(MAKE) test-pure PURE_ONLY_DIFFERENCES=1
 
 test-fast: setup-test       ## the unit layer only: in process, no sockets, no slow property runs
 	$(PY) -m pytest -q -m "not integration and not slow"
 
+# Test modules run in parallel (pytest-xdist), a module per worker (--dist loadfile: a
+# module's processes and fixtures stay together); most of a process test's time is
+# waiting for processes, not CPU, so 4 workers pay off on 2 cores.
+JOBS ?= 4
+XDIST = $(if $(filter-out 0 1,$(JOBS)),-n $(JOBS) --dist loadfile)
+
 test-compiled: setup-test
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(XDIST)
 
 # Suites that never touch the extensions run once, in the compiled pass: the registry never
 # imports aios_fast (tests/registry/test_layout.py checks it); layout and protos read source.
 ONCE = --ignore=tests/registry --ignore=tests/test_layout.py --ignore=tests/test_protos.py
-# These test the twins side by side, by module (never through the selector): the compiled
-# pass already ran their pure-Python half, so after it (make test) they are not repeated.
-TWIN_ONLY = --ignore=tests/test_codec_differential.py --ignore=tests/test_codec_immutable.py \
-	--ignore=tests/test_codec_gc.py --ignore=tests/test_lb_shares.py --ignore=tests/test_lb_bounded.py
+# What differs without the extensions: the codec and the balancers are the pure twins
+# (aios_fast.codec / aios_fast.lb select them) and the executor's front is grpc.aio. The
+# compiled pass already tested both twins side by side and both fronts; make test's pure
+# pass runs the modules whose processes go through the selectors end to end.
+PURE_DIFFERENCES = tests/test_codec.py tests/test_lb.py tests/test_policy.py \
+	tests/test_router.py tests/test_executor.py tests/test_executor_mgmt.py \
+	tests/test_instance.py tests/test_routing.py tests/test_front.py tests/test_batching.py
 
 test-pure: setup-test       ## the suite on the pure-Python twins (AIOS_FAST_NO_EXTENSIONS=1)
-	AIOS_FAST_NO_EXTENSIONS=1 $(PY) -m pytest -q $(ONCE) $(if $(TWINS_TESTED),$(TWIN_ONLY))
+	AIOS_FAST_NO_EXTENSIONS=1 $(PY) -m pytest -q $(XDIST) \
+		$(if $(PURE_ONLY_DIFFERENCES),$(PURE_DIFFERENCES),$(ONCE))
 
 bench: setup-test           ## benchmarks; updates bench/RESULTS.md
 	$(PY) -m bench.codec --write
@@ -93,6 +103,7 @@ bench: setup-test           ## benchmarks; updates bench/RESULTS.md
 	$(PY) -m bench.batching --write
 	$(PY) -m bench.registry_filter --write
 	$(PY) -m bench.registry_http --write
+	$(PY) -m bench.registry_hostile --write
 	$(PY) -m pytest bench -q --benchmark-enable --benchmark-max-time=0.5
 
 lint: setup-test            ## ruff and the generated-protobuf currency check

@@ -587,10 +587,12 @@ def test_block_scales_1_3_1_under_load_through_the_cli_sidecars(tmp_path):
             try:
                 load.set(16)  # ~16 in flight: 4 instances wanted, 3 allowed
                 await until(lambda: load.ok > 50, what="load flowing")
-                for _ in range(2):  # the policy needs two samples for its rate
+                ups = 0  # the policy needs two samples for its rate; on a slow machine
+                for _ in range(2):  # the first may already see the load (1 -> 2 -> 3)
                     await asyncio.sleep(0.5)
                     outcome = await scaler("run_now")
-                assert outcome["operation"] == "upscale", outcome
+                    ups += outcome.get("operation") == "upscale"
+                assert ups >= 1, outcome
                 peak = await until(lambda: block.up(3), what="3 instances")
                 ok_at_peak = load.ok
                 await until(lambda: load.ok > ok_at_peak + 100, what="load on 3")
@@ -617,7 +619,7 @@ def test_block_scales_1_3_1_under_load_through_the_cli_sidecars(tmp_path):
                 await loop.run_in_executor(None, sidecars.stop)
             assert load.errors == []  # no task failed through 1 -> 3 -> 1
             actuator = status["actuator"]
-            assert actuator["scale_ups"] == 1 and actuator["scale_downs"] == 2
+            assert actuator["scale_ups"] == ups and actuator["scale_downs"] == 2
             assert actuator["pods_marked"] == 2 and actuator["api_failures"] == 0
             dep = await block.api.client.get(Deployment, "b1-instances")
             assert dep.spec.replicas == 1
