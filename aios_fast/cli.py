@@ -176,17 +176,18 @@ def _read_data(text: str) -> str:
 
 
 def _send(opts) -> int:
-    import grpc
-
     from . import codec
+    from .client import Client, ClientError
 
     files = []
     for spec in opts.file:
         with open(spec, "rb") as f:
             files.append(codec.FileInfo(json.dumps({"name": os.path.basename(spec)}), f.read()))
     status = 0
-    with TLS.from_options(opts).channel(opts.target) as channel:
-        rpc = channel.unary_unary(f"/{SERVICE}/{opts.method}")
+    method = f"/{SERVICE}/{opts.method}"
+    token = _token(opts, opts.target) or ""
+    with Client(opts.target, token=token, tls=TLS.from_options(opts),
+                timeout=opts.timeout) as client:  # fmt: skip
         for k in range(opts.count):
             if opts.frame_ptr:
                 json_object(opts.frame_ptr, "--frame-ptr")
@@ -199,18 +200,10 @@ def _send(opts) -> int:
                 files=files,
             )
             try:
-                reply = rpc(codec.encode_message(packet), timeout=opts.timeout,
-                            metadata=_auth_metadata(opts, opts.target))  # fmt: skip
-            except grpc.RpcError as exc:
-                print(
-                    json.dumps(
-                        {
-                            "seq_no": packet.seq_no,
-                            "error": exc.code().name,
-                            "details": exc.details(),
-                        }
-                    )
-                )
+                reply = client.call(method, codec.encode_message(packet))
+            except ClientError as exc:
+                print(json.dumps({"seq_no": packet.seq_no, "error": exc.code.name,
+                                  "details": exc.message}))  # fmt: skip
                 status = 1
                 continue
             if opts.method == "infer":
