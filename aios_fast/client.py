@@ -143,7 +143,7 @@ def _error(code: grpc.StatusCode, message: str, session_id: str = "",
 
 
 def _from_rpc(exc: grpc.RpcError) -> ClientError:
-    return _error(exc.code(), exc.details() or "")  # type: ignore[attr-defined]
+    return _error(exc.code(), exc.details() or "")
 
 
 # What the executor (executor.task_run, both fronts) answers with UNAVAILABLE before any

@@ -64,6 +64,7 @@ INTEGRATION = {
     "test_faults", "test_front", "test_front_fuzz", "test_gpu_pinning", "test_hardware",
     "test_instance", "test_kubernetes", "test_onnx_block", "test_protos", "test_routing",
     "test_sidecars", "test_traffic_samples", "test_serve", "test_hostile", "test_bad_input",
+    "test_client", "test_http_front",
 }  # fmt: skip
 
 
