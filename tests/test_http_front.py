@@ -1,0 +1,186 @@
+"""The executor's HTTP/JSON way in (executor.http_front), against real processes: the
+seeds' packet as JSON through the same router as gRPC (results, files, infer's
+acceptance, books), errors as HTTP status + {"error", "code"}, the message limit at the
+byte, a deadline that passes, no instance, tokens, drain, and the OpenAPI document."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from aios_fast import codec
+
+from .procs import get_text, mgmt, start_executor, start_instance
+
+TOKEN = "http-front-token-" + "x" * 20
+
+
+def post(port: int, body, *, block: str = "echo", query: str = "", headers=None,
+         timeout: float = 30.0) -> tuple[int, dict]:  # fmt: skip
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/blocks/{block}/infer{query}",
+                                 data=data, headers={"Content-Type": "application/json",
+                                                     **(headers or {})})  # fmt: skip
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def start(instance, *extra: str):
+    instances = {"i0": instance.info["port"]} if instance else {}
+    executor, _ = start_executor(instances, "--http-port", "0", "--block-id", "echo", *extra)
+    return executor, executor.info["http_port"], executor.info["mgmt_port"]
+
+
+@pytest.fixture(scope="module")
+def echo():
+    instance = start_instance()
+    executor, http_port, mgmt_port = start(instance)
+    yield http_port, mgmt_port
+    executor.stop()
+    instance.stop()
+
+
+def test_a_packet_in_json_comes_back_as_json_with_its_files(echo):
+    port, mgmt_port = echo
+    before = mgmt(mgmt_port, "stats")[1]["data"]["tasks"]
+    files = [{"metadata": "{}", "file_data": base64.b64encode(bytes(range(256))).decode()}]
+    status, out = post(port, {"session_id": "h", "seq_no": 3, "data": '{"a": 1}', "ts": 1.5,
+                              "files": files})  # fmt: skip
+    assert status == 200, out
+    assert (out["session_id"], out["seq_no"], out["data"]) == ("h", 3, '{"a": 1}')
+    assert set(out) == {"session_id", "seq_no", "data", "ts", "frame_ptr", "output_ptr", "files"}
+    status, out = post(port, {"data": {"not": "a string"}})  # sent as its JSON text
+    assert status == 200 and json.loads(out["data"]) == {"not": "a string"}
+    status, out = post(port, {"seq_no": 9}, query="?wait=false")  # the seeds' infer
+    assert (status, out) == (202, {"accepted": True})
+    after = mgmt(mgmt_port, "stats")[1]["data"]["tasks"]  # the router's books count them
+    assert after["received"] - before["received"] == 3
+    assert after["completed"] - before["completed"] >= 2
+
+
+@pytest.mark.parametrize(
+    "body, status, words",
+    [
+        (b"{not json", 400, "not JSON"),
+        ({"seq_no": "one"}, 400, "seq_no"),
+        ({"sesion_id": "typo"}, 400, "sesion_id"),
+        ({"files": [{"file_data": "***"}]}, 400, "base64"),
+        ({"seq_no": -1}, 400, "seq_no"),
+    ],
+)
+def test_bad_requests_are_400_with_one_line_errors(echo, body, status, words):
+    got, out = post(echo[0], body)
+    assert got == status and out["code"] == "INVALID_ARGUMENT"
+    assert words in out["error"] and "\n" not in out["error"]
+
+
+def test_unknown_block_and_bad_timeout(echo):
+    status, out = post(echo[0], {}, block="other")
+    assert status == 404 and out["code"] == "NOT_FOUND"
+    status, out = post(echo[0], {}, headers={"X-Aios-Timeout": "soon"})
+    assert status == 400 and "X-Aios-Timeout" in out["error"]
+
+
+def test_the_message_limit_at_and_just_over():
+    limit = 32 * 1024
+    instance = start_instance()
+    executor, port, _ = start(instance, "--max-message", str(limit))
+    try:
+        pad = limit
+        for _ in range(8):
+            size = len(codec.encode_message(codec.Packet(session_id="b", seq_no=1, data="x" * pad)))
+            if size == limit:
+                break
+            pad -= size - limit
+        assert post(port, {"session_id": "b", "seq_no": 1, "data": "x" * pad},
+                   query="?wait=false")[0] == 202  # fmt: skip
+        status, out = post(port, {"session_id": "b", "seq_no": 1, "data": "x" * (pad + 1)},
+                           query="?wait=false")  # fmt: skip
+        assert status == 413 and out["code"] == "RESOURCE_EXHAUSTED"
+        status, out = post(port, {"data": "x" * (10 * limit)})  # over even the body bound
+        assert status == 413
+    finally:
+        executor.stop()
+        instance.stop()
+
+
+def test_a_deadline_that_passes_is_504_and_no_instance_is_503():
+    instance = start_instance("tests.blocks:SleepBlock", {"delay": 2.0})
+    executor, port, _ = start(instance)
+    try:
+        status, out = post(port, {"data": "x"}, headers={"X-Aios-Timeout": "0.3"})
+        assert status == 504 and out["code"] == "DEADLINE_EXCEEDED"
+        status, out = post(port, {"data": "in time"}, headers={"X-Aios-Timeout": "10"})
+        assert status == 200 and out["data"] == "in time"
+    finally:
+        executor.stop()
+        instance.stop()
+    executor, port, _ = start(None)
+    try:
+        status, out = post(port, {"data": "x"})
+        assert status == 503 and out == {"error": "no instance available", "code": "UNAVAILABLE"}
+    finally:
+        executor.stop()
+
+
+def test_tokens(tmp_path):
+    path = tmp_path / "tokens"
+    path.write_text(f"infer {TOKEN}\nread read-only-token-{'y' * 20}\n")
+    instance = start_instance("aios_fast.block:EchoBlock", None, "--auth-file", str(path))
+    executor, _ = start_executor({"i0": instance.info["port"]}, "--http-port", "0",
+                                 "--block-id", "echo", "--auth-file", str(path),
+                                 token=TOKEN)  # fmt: skip
+    port = executor.info["http_port"]
+    try:
+        assert post(port, {})[0] == 401
+        assert post(port, {}, headers={"Authorization": "Bearer wrong-" + "z" * 20})[0] == 401
+        status, out = post(
+            port, {}, headers={"Authorization": f"Bearer read-only-token-{'y' * 20}"}
+        )
+        assert status == 403 and out["code"] == "PERMISSION_DENIED"
+        status, out = post(port, {"data": "ok"}, headers={"Authorization": f"Bearer {TOKEN}"})
+        assert status == 200 and out["data"] == "ok"
+    finally:
+        executor.stop()
+        instance.stop()
+
+
+def test_drain_refuses_new_calls_and_finishes_the_ones_in_flight():
+    instance = start_instance("tests.blocks:SleepBlock", {"delay": 1.5})
+    executor, port, _ = start(instance, "--drain-timeout", "10")
+    box: dict = {}
+    thread = threading.Thread(target=lambda: box.update(slow=post(port, {"data": "slow"})))
+    try:
+        thread.start()
+        time.sleep(0.5)  # the slow task is in flight
+        executor.signal()  # SIGTERM: drain
+        time.sleep(0.2)
+        status, out = post(port, {"data": "late"})
+        assert status == 503 and out["code"] == "UNAVAILABLE"
+        thread.join(20)
+        assert box["slow"][0] == 200 and box["slow"][1]["data"] == "slow"
+        assert executor.p.wait(20) == 0
+    finally:
+        executor.stop()
+        instance.stop()
+
+
+def test_the_openapi_document_and_its_page(echo):
+    port = echo[0]
+    doc = json.loads(get_text(f"http://127.0.0.1:{port}/v1/openapi.json"))
+    assert doc["openapi"].startswith("3.")
+    op = doc["paths"]["/v1/blocks/{id}/infer"]["post"]
+    assert {"200", "202", "400", "401", "403", "413", "503", "504"} <= set(op["responses"])
+    assert set(doc["components"]["schemas"]["Packet"]["properties"]) == {
+        "session_id", "seq_no", "data", "ts", "frame_ptr", "output_ptr", "files"}  # fmt: skip
+    page = get_text(f"http://127.0.0.1:{port}/v1/docs")
+    assert "openapi.json" in page and "<script>" in page
