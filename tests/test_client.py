@@ -32,7 +32,7 @@ from aios_fast.client import (
 )
 from aios_fast.wire import INFER, INFER_RESULT
 
-from .procs import ROOT, free_port, start_executor, start_instance
+from .procs import ROOT, Proc, free_port, start_executor, start_instance
 
 TOKEN = "client-test-token-" + "x" * 20
 
@@ -319,3 +319,49 @@ def test_the_guides_client_example_runs(echo):
                          text=True, timeout=60)  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     assert "hello" in out.stdout
+
+
+# ------------------------------------------------------------------------------ TLS
+
+
+def test_mutual_tls_for_the_client_and_the_http_front(tmp_path):
+    """An executor and instance serving mutual TLS: the client with a certificate and the
+    CA gets through (retrying, nothing run, until the instance's link is up); one
+    without a certificate does not. The HTTP/JSON front speaks the same TLS."""
+    import json
+    import ssl
+    import urllib.request
+
+    from aios_fast.tls import TLS
+
+    from .tlsutil import make_pki
+
+    pki = make_pki(tmp_path, ("node", "client"))
+    (cert, key), (ca, _) = pki["node"], pki["ca"]
+    tls_args = ("--tls-cert", cert, "--tls-key", key, "--tls-ca", ca)
+    instance = start_instance("aios_fast.block:EchoBlock", None, *tls_args)
+    executor = Proc(["-m", "aios_fast.executor", "--port", str(free_port()), "--workers", "1",
+                     "--mgmt-port", "0", "--metrics-port", "0", "--http-port", "0",
+                     "--block-id", "b", *tls_args, "--instance",
+                     f"i=127.0.0.1:{instance.info['port']}@127.0.0.1:"
+                     f"{instance.info['mgmt_port']}"])  # fmt: skip
+    target = f"127.0.0.1:{executor.info['port']}"
+    try:
+        tls = TLS(*pki["client"], ca)
+        with Client(target, tls=tls, retries=200, backoff=0.05, max_backoff=0.1) as c:
+            assert c.infer_result(data="secret").data == "secret"
+        with Client(target, tls=TLS(ca=ca), retries=0, timeout=5) as c:
+            with pytest.raises(Unavailable):
+                c.infer_result(data="no certificate")
+        req = urllib.request.Request(
+            f"https://127.0.0.1:{executor.info['http_port']}/v1/blocks/b/infer",
+            data=json.dumps({"data": "over https"}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        context = tls.client_context()
+        assert isinstance(context, ssl.SSLContext)
+        with urllib.request.urlopen(req, timeout=10, context=context) as resp:
+            assert json.loads(resp.read())["data"] == "over https"
+    finally:
+        executor.stop()
+        instance.stop()
