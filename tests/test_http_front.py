@@ -184,3 +184,35 @@ def test_the_openapi_document_and_its_page(echo):
         "session_id", "seq_no", "data", "ts", "frame_ptr", "output_ptr", "files"}  # fmt: skip
     page = get_text(f"http://127.0.0.1:{port}/v1/docs")
     assert "openapi.json" in page and "<script>" in page
+
+
+def test_block_up_serves_it_shared_by_its_workers(tmp_path):
+    """``ports.http`` in the document: ``block up --ports auto`` serves it (a free port the
+    executor's two workers share) and says where; the client's token hand-off covers it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from .procs import ROOT
+
+    document = json.loads((ROOT / "aios_fast" / "examples" / "echo-block.json").read_text())
+    document["id"] = "web"
+    document["initSettings"]["workers"] = 2
+    document["initSettings"].setdefault("ports", {})["http"] = 0
+    (tmp_path / "web.json").write_text(json.dumps(document))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), AIOS_FAST_RUNTIME_DIR=str(tmp_path / "run"))
+    env.pop("AIOS_FAST_TOKEN", None)
+    up = subprocess.Popen([sys.executable, "-m", "aios_fast", "block", "up", "web.json",
+                           "--ports", "auto", "--json"], cwd=tmp_path, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        info = json.loads(up.stdout.readline() or "{}")
+        assert info.get("http", "").endswith("/v1/blocks/web/infer"), up.stderr.read()[-2000:]
+        port = int(info["http"].split(":")[2].split("/")[0])
+        for i in range(20):  # both workers answer on the one port
+            status, out = post(port, {"seq_no": i, "data": str(i)}, block="web")
+            assert status == 200 and out["data"] == str(i), out
+    finally:
+        up.send_signal(signal.SIGINT)
+        up.wait(30)
