@@ -216,3 +216,22 @@ def test_block_up_serves_it_shared_by_its_workers(tmp_path):
     finally:
         up.send_signal(signal.SIGINT)
         up.wait(30)
+
+
+def test_the_manifests_publish_the_http_port_only_when_set():
+    from aios_fast.devtools.manifests import manifests
+    from aios_fast.settings import load_document
+
+    from .procs import ROOT
+
+    document = json.loads((ROOT / "aios_fast" / "examples" / "echo-block.json").read_text())
+
+    def executor_service_ports(doc: dict) -> dict:
+        objects = manifests(load_document(doc), doc)
+        (service,) = [o for o in objects if o["kind"] == "Service"
+                      and o["metadata"]["name"].endswith("-executor")]  # fmt: skip
+        return {p["name"]: p["port"] for p in service["spec"]["ports"]}
+
+    assert "http" not in executor_service_ports(document)
+    document["initSettings"]["ports"] = {"http": 8080}
+    assert executor_service_ports(document)["http"] == 8080
