@@ -235,3 +235,19 @@ def test_the_manifests_publish_the_http_port_only_when_set():
     assert "http" not in executor_service_ports(document)
     document["initSettings"]["ports"] = {"http": 8080}
     assert executor_service_ports(document)["http"] == 8080
+
+
+def test_the_guides_curl_example_runs(echo):
+    import re
+    import subprocess
+
+    from .procs import ROOT
+
+    guide = (ROOT / "docs" / "writing-a-block.md").read_text()
+    (command,) = [b for b in re.findall(r"```sh\n(.*?)```", guide, re.S) if "curl" in b]
+    command = command.replace(":18080/", f":{echo[0]}/").replace("/upper/", "/echo/")
+    out = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout)
+    assert (answer["session_id"], answer["seq_no"]) == ("s1", 1)
+    assert json.loads(answer["data"]) == {"text": "hello"}
