@@ -18,6 +18,7 @@ import pytest
 
 from aios_fast import client as aios_client
 from aios_fast import codec
+from aios_fast.block import Block
 from aios_fast.client import (
     AsyncClient,
     Client,
@@ -35,6 +36,15 @@ from aios_fast.wire import INFER, INFER_RESULT
 from .procs import ROOT, Proc, free_port, start_executor, start_instance
 
 TOKEN = "client-test-token-" + "x" * 20
+
+
+class DoublingBlock(Block):
+    """Answers twice its data: an output larger than its task."""
+
+    inline = True
+
+    def on_data(self, entry):
+        return entry.data * 2
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +163,21 @@ def test_client_message_limit_at_and_just_over(echo):
             c.infer(sized_frame(limit + 1))
         assert c.retried == 0
     assert "\n" not in str(info.value)
+
+
+def test_the_client_limit_bounds_answers_too():
+    limit = 64 * 1024
+    instance = start_instance("tests.test_client:DoublingBlock")
+    executor, port = start_executor({"i0": instance.info["port"]})
+    try:
+        with Client(f"127.0.0.1:{port}", max_message=limit, retries=3) as c:
+            assert c.infer_result(data="x" * (limit // 4)).data == "x" * (limit // 2)
+            with pytest.raises(ResourceExhausted):  # a task under the limit, its answer over
+                c.infer_result(data="x" * (limit // 2 + 100))
+            assert c.retried == 0
+    finally:
+        executor.stop()
+        instance.stop()
 
 
 def test_executor_message_limit_at_and_just_over():
