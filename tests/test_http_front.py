@@ -251,3 +251,46 @@ def test_the_guides_curl_example_runs(echo):
     answer = json.loads(out.stdout)
     assert (answer["session_id"], answer["seq_no"]) == ("s1", 1)
     assert json.loads(answer["data"]) == {"text": "hello"}
+
+
+def test_the_executor_full_is_429_and_many_concurrent_calls_all_come_back():
+    import asyncio
+
+    import aiohttp
+
+    instance = start_instance("tests.blocks:SleepBlock", {"delay": 1.0})
+    executor, port, _ = start(instance, "--max-inflight", "1")
+    box: dict = {}
+    thread = threading.Thread(target=lambda: box.update(slow=post(port, {"data": "first"})))
+    try:
+        thread.start()
+        time.sleep(0.5)  # the one task the executor may hold is in flight
+        status, out = post(port, {"data": "second"})
+        assert status == 429 and out["code"] == "RESOURCE_EXHAUSTED"
+        thread.join(20)
+        assert box["slow"][0] == 200
+    finally:
+        executor.stop()
+        instance.stop()
+
+    instance = start_instance()
+    executor, port, _ = start(instance)
+
+    async def burst() -> list:
+        url = f"http://127.0.0.1:{port}/v1/blocks/echo/infer"
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100)) as s:
+
+            async def one(i: int):
+                async with s.post(url, json={"seq_no": i, "data": str(i)}) as r:
+                    return r.status, await r.json()
+
+            return await asyncio.gather(*(one(i) for i in range(500)))
+
+    try:
+        answers = asyncio.run(burst())
+        assert all(status == 200 for status, _ in answers)
+        assert [a["seq_no"] for _, a in answers] == list(range(500))
+        assert all(a["data"] == str(a["seq_no"]) for _, a in answers)
+    finally:
+        executor.stop()
+        instance.stop()
