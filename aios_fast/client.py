@@ -21,7 +21,8 @@ codec: no protobuf objects on the way.
   jitter, within the deadline) only when no instance can have run the task
   (``retry_safe``): no instance available or none accepted it, the executor draining,
   no connection made. A task lost after an instance accepted it is never retried.
-- **Streaming**: ``stream(packets)`` sends many tasks on one ``infer_stream`` and
+- **Streaming**: ``stream(packets)`` sends many tasks on one ``infer_stream`` (no
+  deadline unless its ``timeout`` is given: it bounds the whole stream) and
   yields the answers as they finish (not in order): an output ``Packet``, or, for a
   task that failed alone, its ``ClientError`` (``.session_id``, ``.seq_no`` name it).
 - **Errors**: ``ClientError`` and its subclasses (``Unavailable``, ``DeadlineExceeded``,
@@ -318,8 +319,8 @@ class Client(_Base):
     def stream(self, packets: Iterable[Any], timeout: float | None = None) -> Iterator[Any]:
         """Send ``packets`` (Packets, frames or dicts of fields) on one ``infer_stream``; yield each
         answer as it finishes: its output ``Packet``, or the task's ``ClientError``. A
-        failure of the stream itself raises. Streams are not retried."""
-        timeout = self.timeout if timeout is None else timeout
+        failure of the stream itself raises. Streams are not retried. ``timeout``: seconds
+        for the whole stream (None, the default: no deadline, not the client's)."""
         replies = self._stream((_frame(p) for p in packets), timeout=timeout,
                                metadata=self.metadata)  # fmt: skip
         try:
@@ -384,7 +385,6 @@ class AsyncClient(_Base):
     async def stream(self, packets: Iterable[Any] | AsyncIterable[Any],
                      timeout: float | None = None) -> AsyncIterator[Any]:  # fmt: skip
         """As ``Client.stream``; ``packets`` may be an async iterable."""
-        timeout = self.timeout if timeout is None else timeout
         if isinstance(packets, AsyncIterable):
             source = packets
 

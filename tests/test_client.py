@@ -204,6 +204,9 @@ def test_a_deadline_that_passes_is_deadline_exceeded_and_not_retried():
                 c.infer_result(data="{}")
             assert c.retried == 0
             assert c.infer_result(data="late", timeout=10).data == "late"  # per call
+            with pytest.raises(DeadlineExceeded):  # a stream's timeout bounds it whole
+                list(c.stream([{"data": "s"}], timeout=0.3))
+            assert [a.data for a in c.stream([{"data": "s"}])] == ["s"]  # none by default
 
         async def run():
             async with AsyncClient(f"127.0.0.1:{port}") as c:
