@@ -294,3 +294,29 @@ def test_the_executor_full_is_429_and_many_concurrent_calls_all_come_back():
     finally:
         executor.stop()
         instance.stop()
+
+
+def test_bodies_are_refused_at_their_headers(echo):
+    """Over the body bound: 413 before a byte of the body is sent; no Content-Length
+    (a chunked body): 411. Both one-line JSON errors."""
+    import socket
+
+    def raw(headers: str, body: bytes = b"") -> tuple[int, dict]:
+        with socket.create_connection(("127.0.0.1", echo[0]), timeout=10) as s:
+            s.sendall(f"POST /v1/blocks/echo/infer HTTP/1.1\r\nHost: x\r\n{headers}\r\n"
+                      .encode() + body)  # fmt: skip
+            reply = b""
+            while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                reply += chunk
+        head, _, rest = reply.partition(b"\r\n\r\n")
+        return int(head.split()[1]), json.loads(rest[rest.index(b"{") : rest.rindex(b"}") + 1])
+
+    status, out = raw("Content-Type: application/json\r\nContent-Length: 999999999\r\n")
+    assert status == 413 and out["code"] == "RESOURCE_EXHAUSTED"
+    status, out = raw(
+        "Transfer-Encoding: chunked\r\nConnection: close\r\n", b"2\r\n{}\r\n0\r\n\r\n"
+    )
+    assert status == 411 and "Content-Length" in out["error"]

@@ -14,7 +14,9 @@ limits, drain, retries on other instances); ``?wait=false`` is the seeds' ``infe
 
 - Auth: ``Authorization: Bearer <token>`` with the infer role (when tokens are set).
 - Deadline: ``X-Aios-Timeout: <seconds>``; past it, 504 and the task is cancelled.
-- Limits: the encoded task may be ``max_message`` bytes (413 past it), as on gRPC.
+- Limits: the encoded task may be ``max_message`` bytes (413 past it), as on gRPC; a
+  body is refused at its headers (Content-Length required) when over ``6 x
+  max_message`` or past what all bodies being read may hold at once (``BODY_BUDGET``).
 - Errors: ``{"error": message, "code": grpc status name}`` with the HTTP status of
   ``STATUS`` (UNAVAILABLE 503, DEADLINE_EXCEEDED 504, RESOURCE_EXHAUSTED 429, ...).
 """
@@ -39,9 +41,11 @@ from ..wire import ACCEPTED
 from .grpcio_front import DEADLINE_SLACK, FrontDispatch
 from .task_run import Reject
 
-__all__ = ["OPENAPI_PATH", "STATUS", "TIMEOUT_HEADER", "HttpFront", "openapi"]
+__all__ = ["BODY_BUDGET", "OPENAPI_PATH", "STATUS", "TIMEOUT_HEADER", "HttpFront", "openapi",
+           "packet_json"]  # fmt: skip
 
 TIMEOUT_HEADER = "X-Aios-Timeout"
+BODY_BUDGET = 256 * 1024 * 1024  # bytes all request bodies being read may hold at once
 OPENAPI_PATH = "/v1/openapi.json"
 _C = grpc.StatusCode
 STATUS = {
@@ -141,8 +145,13 @@ class HttpFront:
         self.tls = tls
         self.port: int | None = None
         # base64 and JSON escapes make a body up to ~6x a packet's bytes (data of control
-        # characters); the task's own size is checked once encoded
-        app = web.Application(client_max_size=6 * max_message + 64 * 1024)
+        # characters); the task's own size is checked once encoded. Bodies are refused at
+        # their headers: over max_body (413), or past the bytes all bodies being read may
+        # hold at once (429), before any of it is read.
+        self.max_body = 6 * max_message + 64 * 1024
+        self.body_budget = max(BODY_BUDGET, 2 * self.max_body)
+        self.buffered = 0  # bytes of the bodies being read and decoded now
+        app = web.Application(client_max_size=self.max_body)
         app.router.add_post("/v1/blocks/{block}/infer", self._infer)
         app.router.add_get(OPENAPI_PATH, self._openapi)
         app.router.add_get("/v1/docs", self._docs)
@@ -186,14 +195,24 @@ class HttpFront:
                 timeout = -1.0
             if not (0 < timeout < 1e9) or math.isnan(timeout):
                 return _error(_C.INVALID_ARGUMENT, f"{TIMEOUT_HEADER} must be seconds > 0")
+        length = request.content_length
+        if length is None:
+            return _error(_C.INVALID_ARGUMENT, "a Content-Length header is required", 411)
+        if length > self.max_body:
+            return _error(_C.RESOURCE_EXHAUSTED, f"a body of {length:,} bytes is over the "
+                                                 f"{self.max_body:,}-byte limit", 413)  # fmt: skip
+        if self.buffered + length > self.body_budget:
+            return _error(_C.RESOURCE_EXHAUSTED, "too many request bytes being read; retry later")
+        self.buffered += length
         try:
             body = await request.read()
+            frame = _frame(body)
         except web.HTTPRequestEntityTooLarge:
             return _error(_C.RESOURCE_EXHAUSTED, "request body too large", 413)
-        try:
-            frame = _frame(body)
         except Reject as exc:
             return _error(exc.code, exc.message)
+        finally:
+            self.buffered -= length
         if len(frame) > self.max_message:
             return _error(
                 _C.RESOURCE_EXHAUSTED,
@@ -274,7 +293,7 @@ def openapi(block_id: str) -> dict:
     }
     for status, _ in sorted({(str(s), c) for c, s in STATUS.items()}):
         responses.setdefault(status, err)
-    responses["413"] = err
+    responses["411"] = responses["413"] = err
     return {
         "openapi": "3.0.3",
         "info": {
