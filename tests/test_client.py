@@ -33,7 +33,7 @@ from aios_fast.client import (
 )
 from aios_fast.wire import INFER, INFER_RESULT
 
-from .procs import ROOT, Proc, free_port, start_executor, start_instance
+from .procs import ROOT, Proc, free_port, mgmt, start_executor, start_instance
 
 TOKEN = "client-test-token-" + "x" * 20
 
@@ -65,6 +65,17 @@ def sized_frame(size: int, seq_no: int = 1) -> bytes:
             return frame
         pad -= len(frame) - size
     raise AssertionError(f"no frame of {size} bytes")
+
+
+def wait_stats(mgmt_port: int, ready, timeout: float = 20.0) -> None:
+    """Until the executor's books (``mgmt stats``) satisfy ``ready(tasks, inflight)``."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        data = mgmt(mgmt_port, "stats")[1]["data"]
+        if ready(data["tasks"], data["inflight"]):
+            return
+        time.sleep(0.05)
+    raise TimeoutError("the executor's books never got there")
 
 
 # ------------------------------------------------------------------------------ unit
@@ -291,7 +302,8 @@ def test_a_task_lost_after_acceptance_is_not_retried():
     try:
         thread = threading.Thread(target=call)
         thread.start()
-        time.sleep(1.5)  # the hanging instance took the task
+        # the hanging instance took it (start_executor's probe, an infer, was the first)
+        wait_stats(executor.info["mgmt_port"], lambda tasks, _: tasks["accepted"] >= 2)
         instance.p.kill()
         thread.join(30)
         error = box["error"]

@@ -34,6 +34,17 @@ def post(port: int, body, *, block: str = "echo", query: str = "", headers=None,
         return exc.code, json.loads(exc.read())
 
 
+def wait_stats(mgmt_port: int, ready, timeout: float = 20.0) -> None:
+    """Until the executor's books (``mgmt stats``) satisfy ``ready(tasks, inflight)``."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        data = mgmt(mgmt_port, "stats")[1]["data"]
+        if ready(data["tasks"], data["inflight"]):
+            return
+        time.sleep(0.05)
+    raise TimeoutError("the executor's books never got there")
+
+
 def start(instance, *extra: str):
     instances = {"i0": instance.info["port"]} if instance else {}
     executor, _ = start_executor(instances, "--http-port", "0", "--block-id", "echo", *extra)
@@ -156,12 +167,12 @@ def test_tokens(tmp_path):
 
 def test_drain_refuses_new_calls_and_finishes_the_ones_in_flight():
     instance = start_instance("tests.blocks:SleepBlock", {"delay": 1.5})
-    executor, port, _ = start(instance, "--drain-timeout", "10")
+    executor, port, mgmt_port = start(instance, "--drain-timeout", "10")
     box: dict = {}
     thread = threading.Thread(target=lambda: box.update(slow=post(port, {"data": "slow"})))
     try:
         thread.start()
-        time.sleep(0.5)  # the slow task is in flight
+        wait_stats(mgmt_port, lambda _, inflight: inflight == 1)  # the slow task is running
         executor.signal()  # SIGTERM: drain
         time.sleep(0.2)
         status, out = post(port, {"data": "late"})
@@ -259,12 +270,12 @@ def test_the_executor_full_is_429_and_many_concurrent_calls_all_come_back():
     import aiohttp
 
     instance = start_instance("tests.blocks:SleepBlock", {"delay": 1.0})
-    executor, port, _ = start(instance, "--max-inflight", "1")
+    executor, port, mgmt_port = start(instance, "--max-inflight", "1")
     box: dict = {}
     thread = threading.Thread(target=lambda: box.update(slow=post(port, {"data": "first"})))
     try:
         thread.start()
-        time.sleep(0.5)  # the one task the executor may hold is in flight
+        wait_stats(mgmt_port, lambda _, inflight: inflight == 1)  # the one it may hold
         status, out = post(port, {"data": "second"})
         assert status == 429 and out["code"] == "RESOURCE_EXHAUSTED"
         thread.join(20)
