@@ -331,3 +331,33 @@ def test_bodies_are_refused_at_their_headers(echo):
         "Transfer-Encoding: chunked\r\nConnection: close\r\n", b"2\r\n{}\r\n0\r\n\r\n"
     )
     assert status == 411 and "Content-Length" in out["error"]
+
+
+def test_fuzzed_requests_get_answers_the_openapi_document_describes(echo):
+    """schemathesis sends what the document allows (and mutations of it): every answer is
+    JSON with a status and a body the document lists (a deadline so short it passes is
+    a legitimate 504; nothing else may be a server error)."""
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import (
+        response_schema_conformance,
+        status_code_conformance,
+    )
+
+    from aios_fast.executor.http_front import openapi
+
+    schema = schemathesis.openapi.from_dict(openapi("echo"))
+    operation = schema["/v1/blocks/{id}/infer"]["POST"]
+
+    @given(case=operation.as_strategy())
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+    def run(case):
+        response = case.call(base_url=f"http://127.0.0.1:{echo[0]}")
+        checks = [status_code_conformance, response_schema_conformance]
+        if response.status_code != 504:
+            checks.append(not_a_server_error)
+        case.validate_response(response, checks=checks)
+        assert "error" in response.json() or response.status_code in (200, 202)
+
+    run()
