@@ -126,12 +126,24 @@ def test_the_message_limit_at_and_just_over():
 
 def test_a_deadline_that_passes_is_504_and_no_instance_is_503():
     instance = start_instance("tests.blocks:SleepBlock", {"delay": 2.0})
-    executor, port, _ = start(instance)
+    executor, port, mgmt_port = start(instance)
     try:
         status, out = post(port, {"data": "x"}, headers={"X-Aios-Timeout": "0.3"})
         assert status == 504 and out["code"] == "DEADLINE_EXCEEDED"
         status, out = post(port, {"data": "in time"}, headers={"X-Aios-Timeout": "10"})
         assert status == 200 and out["data"] == "in time"
+        post(port, b"{bad json")  # refused before the router: not in its books
+
+        def balanced(t: dict, inflight: int) -> bool:  # the README's identities, exactly
+            return (
+                inflight == 0
+                and t["received"] == (t["invalid"] + t["rejected"] + t["withdrawn"] + t["accepted"])
+                and t["accepted"] == t["completed"] + t["failed"] + t["lost"] + t["cancelled"]
+            )
+
+        wait_stats(mgmt_port, balanced)
+        tasks = mgmt(mgmt_port, "stats")[1]["data"]["tasks"]
+        assert tasks["cancelled"] + tasks["withdrawn"] == 1  # the late one, at its instance
     finally:
         executor.stop()
         instance.stop()
