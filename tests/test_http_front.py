@@ -373,3 +373,19 @@ def test_fuzzed_requests_get_answers_the_openapi_document_describes(echo):
         assert "error" in response.json() or response.status_code in (200, 202)
 
     run()
+
+
+def test_several_workers_need_a_fixed_http_port():
+    import subprocess
+    import sys
+
+    from .procs import ROOT, free_port
+
+    out = subprocess.run(
+        [sys.executable, "-m", "aios_fast.executor", "--port", str(free_port()), "--workers", "2",
+         "--http-port", "0", "--mgmt-port", "-1", "--metrics-port", "-1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode != 0
+    assert "several workers need a fixed --http-port" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr

@@ -74,6 +74,8 @@ def run_workers(config: ExecutorConfig, workers: int) -> int:
         return 0
     if config.port == 0:
         raise ValueError("several workers need a fixed --port (they share it)")
+    if config.http_port == 0:
+        raise ValueError("several workers need a fixed --http-port (they share it)")
     _check_port_free(config.host, config.port)
     # Workers serve their HTTP on one private port each; the front serves the public ones.
     # (plain HTTP there: private loopback ports, behind the front's TLS and tokens)
