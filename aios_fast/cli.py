@@ -242,20 +242,19 @@ def _read_data(text: str) -> str:
 
 
 def _send(opts) -> int:
-    import grpc
-
     from . import codec
+    from .client import Client, ClientError
 
     files = []
     for spec in opts.file:
         with open(spec, "rb") as f:
             files.append(codec.FileInfo(json.dumps({"name": os.path.basename(spec)}), f.read()))
     status = 0
-    limit = opts.max_message or -1  # gRPC: -1 is no limit
-    options = [("grpc.max_receive_message_length", limit),
-               ("grpc.max_send_message_length", limit)]  # fmt: skip
-    with TLS.from_options(opts).channel(opts.target, options) as channel:
-        rpc = channel.unary_unary(f"/{SERVICE}/{opts.method}")
+    method = f"/{SERVICE}/{opts.method}"
+    token = _token(opts, opts.target) or ""
+    limit = opts.max_message or 2**31 - 1  # no limit unless given (gRPC's largest)
+    with Client(opts.target, token=token, tls=TLS.from_options(opts), timeout=opts.timeout,
+                max_message=limit) as client:  # fmt: skip
         for k in range(opts.count):
             if opts.frame_ptr:
                 json_object(opts.frame_ptr, "--frame-ptr")
@@ -268,13 +267,12 @@ def _send(opts) -> int:
                 files=files,
             )
             try:
-                reply = rpc(codec.encode_message(packet), timeout=opts.timeout,
-                            metadata=_auth_metadata(opts, opts.target))  # fmt: skip
-            except grpc.RpcError as exc:
-                details = exc.details() or ""
-                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                reply = client.call(method, codec.encode_message(packet))
+            except ClientError as exc:
+                details = exc.message
+                if exc.code.name == "RESOURCE_EXHAUSTED":
                     details = _too_large_hint(details)
-                print(json.dumps({"seq_no": packet.seq_no, "error": exc.code().name,
+                print(json.dumps({"seq_no": packet.seq_no, "error": exc.code.name,
                                   "details": details}))  # fmt: skip
                 status = 1
                 continue

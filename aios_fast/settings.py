@@ -83,6 +83,7 @@ class Ports(_Strict):
     mgmt: Port = 18001
     autoscaler: Port = 10000
     healthChecker: Port = 19001
+    http: Port | None = None  # the executor's HTTP/JSON API (executor.http_front); None: not served
 
 
 class HealthChecker(_Strict):

@@ -40,6 +40,7 @@ ROWS = [
     ("ports.metrics", 18010, {"executor": ("metrics_port", 18010)}),
     ("ports.autoscaler", 10010, {"sidecars": ("ports.autoscaler", 10010)}),
     ("ports.healthChecker", 19011, {"sidecars": ("ports.healthChecker", 19011)}),
+    ("ports.http", 18012, {"executor": ("http_port", 18012)}),
     ("healthChecker.interval", 2.5, {"sidecars": ("healthChecker.interval", 2.5)}),
     ("healthChecker.timeout", 0.5, {"sidecars": ("healthChecker.timeout", 0.5)}),
     ("healthChecker.unhealthyAfter", 3, {"sidecars": ("healthChecker.unhealthyAfter", 3)}),

@@ -107,7 +107,9 @@ def _gpu_pool(doc: BlockDoc, readings=None) -> GpuPool | None:
 def use_free_ports(doc: BlockDoc) -> None:
     """Every service of the block on a free port (0; the executor's gRPC port, which its
     workers share, is picked before they start)."""
-    doc.initSettings.ports = Ports(grpc=0, metrics=0, mgmt=0, autoscaler=0, healthChecker=0)
+    http = None if doc.initSettings.ports.http is None else 0  # served only when asked for
+    doc.initSettings.ports = Ports(grpc=0, metrics=0, mgmt=0, autoscaler=0, healthChecker=0,
+                                   http=http)  # fmt: skip
 
 
 def _tls_args(tls: TLS) -> tuple[str, ...]:
@@ -208,6 +210,8 @@ class LocalBlock:
         executor's workers must share it)."""
         if not self.doc.initSettings.ports.grpc:
             self.doc.initSettings.ports.grpc = _free_port()
+        if self.doc.initSettings.ports.http == 0:  # shared by the workers too
+            self.doc.initSettings.ports.http = _free_port()
         # named with our pid, so the next block up removes it after a kill -9
         folder = Path(tempfile.gettempdir())
         prune_stale(folder, "aios-block-*.json")
@@ -286,8 +290,14 @@ class LocalBlock:
             "executor_pid": self._executor().pid,
             "front": info.get("front"),
         }
+        if info.get("http_port") is not None:  # the HTTP/JSON API (executor.http_front)
+            self.info["http"] = (
+                f"{scheme}://{self.host}:{info['http_port']}/v1/blocks/{self.doc.id}/infer"
+            )
         if self.handoff is not None:
-            keys = ("grpc", "executor_mgmt", "metrics", "health_checker_mgmt", "autoscaler_mgmt")
+            keys: tuple[str, ...] = ("grpc", "executor_mgmt", "metrics", "health_checker_mgmt",
+                                     "autoscaler_mgmt")  # fmt: skip
+            keys += ("http",) if "http" in self.info else ()
             self._endpoints = {self.info[k] for k in keys}
             self.info["token_file"] = str(self._hand_out(specs))
             self.actuator.on_started = self._hand_out  # instances the auto-scaler adds too
@@ -385,6 +395,8 @@ def _print_info(info: dict) -> None:
         ("health checker", info["health_checker_mgmt"]),
         ("auto-scaler", info["autoscaler_mgmt"]),
     ]
+    if "http" in info:
+        rows.append(("HTTP/JSON inference", info["http"]))
     rows += [
         (f"instance {iid}", f"{v['grpc']} (health {v['health']})")
         for iid, v in info["instances"].items()

@@ -199,6 +199,8 @@ def manifests(doc: BlockDocument, document: dict, *, image: str = IMAGE,
     volumes, mounts = _config_volume(names)
     ports = settings.ports  # the seeds' defaults: 50051, 18001, 18000, 10000, 19001
     executor_ports = {"grpc": ports.grpc, "mgmt": ports.mgmt, "metrics": ports.metrics}
+    if ports.http is not None:  # the HTTP/JSON API (executor.http_front), when asked for
+        executor_ports["http"] = ports.http
     sidecar_ports = {"autoscaler": ports.autoscaler, "health": ports.healthChecker}
     objects: list[dict] = [
         {

@@ -28,6 +28,8 @@ _OVERRIDES = (
     ("--port", "port", int, "gRPC port"),
     ("--mgmt-port", "mgmt_port", int, "POST /mgmt port (0: any free one, -1: none)"),
     ("--metrics-port", "metrics_port", int, "GET /metrics port (0: any free one, -1: none)"),
+    ("--http-port", "http_port", int,
+     "HTTP/JSON API port, POST /v1/blocks/{id}/infer (0: any free one, -1: none)"),
     ("--block-id", "block_id", str, "the block's id"),
     ("--max-inflight", "max_inflight", int, "tasks in the executor at once"),
     ("--instance-inflight", "instance_inflight", int, "tasks on one instance at once"),
@@ -89,7 +91,7 @@ def config_of(opts: argparse.Namespace) -> tuple[ExecutorConfig, int]:
         fields["front"] = opts.front
     if opts.workers is not None:
         workers = opts.workers
-    for port in ("mgmt_port", "metrics_port"):
+    for port in ("mgmt_port", "metrics_port", "http_port"):
         if fields.get(port) is not None and fields[port] < 0:
             fields[port] = None
     keepalive = fields.get("keepalive", _DEFAULTS.keepalive)

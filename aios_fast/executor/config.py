@@ -71,6 +71,7 @@ class ExecutorConfig:
     mgmt_port: int | None = None  # POST /mgmt (the seeds' 18001)
     metrics_port: int | None = None  # GET /metrics (the seeds' 18000)
     http_host: str = ""  # where those listen ("": host)
+    http_port: int | None = None  # the HTTP/JSON API (executor.http_front), on host
     block_data: dict | None = None  # the block document, handed to user policies
     metrics_interval: float = _E.metricsInterval  # seconds between policy metrics refreshes
     # Security (docs/DESIGN.md, trust model): tokens by role; without any, only
@@ -95,6 +96,7 @@ def settings_fields(doc: BlockDocument) -> dict:
         "port": s.ports.grpc,
         "mgmt_port": s.ports.mgmt,
         "metrics_port": s.ports.metrics,
+        "http_port": s.ports.http,
         "front": s.front,
         "block_id": doc.id,
         "policy": dict(doc.policies.get("loadBalancer") or {}),

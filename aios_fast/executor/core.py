@@ -55,6 +55,7 @@ from .config import ExecutorConfig, InstanceSpec
 from .discovery import Discovery
 from .grpcio_front import FrontDispatch, GrpcioFront, ServerOptions
 from .hostset import HostSet, Instance
+from .http_front import HttpFront
 from .kube_discovery import KubeDiscovery
 from .links import Link, LinkSettings, LinkTask
 from .native_front import resolve_front
@@ -104,6 +105,7 @@ class Executor:
         self._server: GrpcioFront | NativeServer | None = None
         self.port = config.port
         self.discovery: Discovery | KubeDiscovery | None = None
+        self.http: HttpFront | None = None  # the HTTP/JSON API, when served
         self.services: ExecutorServices | None = None  # management and metrics, when served
         self._expiry = Periodic(self._expire_tasks, min(1.0, max(config.task_timeout / 4, 0.05)),
                                 log, "task timeout sweep")  # fmt: skip
@@ -349,6 +351,9 @@ class Executor:
         self._trim.start()
         if cfg.task_timeout > 0:
             self._expiry.start()
+        if cfg.http_port is not None:  # the HTTP/JSON API, through the same dispatch
+            self.http = HttpFront(self.dispatch, cfg.block_id, cfg.max_message, cfg.tls)
+            await self.http.start(cfg.host, cfg.http_port, cfg.reuse_port)
         if cfg.mgmt_port is not None or cfg.metrics_port is not None:
             self.services = ExecutorServices(self)
             await self.services.start(cfg.http_host or cfg.host, cfg.mgmt_port,
@@ -379,6 +384,8 @@ class Executor:
         # infer calls were answered at acceptance: let their tasks finish before the links go
         links = [r.link for r in self.hosts]
         await _until_idle(links, deadline)
+        if self.http is not None:
+            await self.http.stop()
         if self._server is not None:
             await self._server.stop(max(0.5, min(5.0, deadline - loop.time())))
         await self._expiry.stop()

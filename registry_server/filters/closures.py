@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from time import monotonic
 from typing import Any
 
-import regex  # type: ignore[import-untyped]  # no stubs published
+import regex  # no stubs published (pyproject: ignore_missing_imports)
 
 from ..errors import QueryError
 from .values import (
