@@ -106,9 +106,10 @@ bench: setup-test           ## benchmarks; updates bench/RESULTS.md
 	$(PY) -m bench.registry_hostile --write
 	$(PY) -m pytest bench -q --benchmark-enable --benchmark-max-time=0.5
 
-lint: setup-test            ## ruff and the generated-protobuf currency check
+lint: setup-test            ## ruff, mypy (0 errors on aios_fast/ and registry_server/), generated protobuf current
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 	$(PY) scripts/gen_protos.py --check
 
 build-check: setup          ## wheels: compiled one carries the .so files, pure one none

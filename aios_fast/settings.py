@@ -32,8 +32,10 @@ from .errors import AiosFastError
 from .wire import MAX_MESSAGE
 
 __all__ = [
+    "CONNECTION_BUDGET",
     "ECHO",
     "FRONTS",
+    "FRONT_BUDGET",
     "Autoscaler",
     "Batching",
     "BlockDocument",
@@ -53,6 +55,8 @@ __all__ = [
 ]
 
 ECHO = "aios_fast.block:EchoBlock"
+CONNECTION_BUDGET = 64 << 20  # initSettings.executor.connectionBudgetBytes's default
+FRONT_BUDGET = 1 << 30  # ... and frontBudgetBytes's
 # the executor's gRPC server: "native" (C over libnghttp2), "grpcio" (grpc.aio), or
 # "auto": native where it is built (resolved when the executor starts)
 FRONTS = ("auto", "native", "grpcio")
@@ -150,6 +154,13 @@ class ExecutorSettings(_Strict):
     keepaliveTimeout: PositiveSeconds = 20.0  # ... and is cut if it does not answer
     discoverInterval: PositiveSeconds = 1.0  # seconds between discovery reconciles
     metricsInterval: PositiveSeconds = 1.0  # seconds between policy metrics refreshes
+    # Bytes one client connection, and all of them, may make the native front hold
+    # (requests buffered plus answers unsent); over either: not read, new calls refused.
+    # None: CONNECTION_BUDGET (or twice maxMessageBytes if larger), FRONT_BUDGET.
+    connectionBudgetBytes: Annotated[int, Meta(ge=1024)] | None = None
+    frontBudgetBytes: Annotated[int, Meta(ge=1024)] | None = None
+    maxConnections: Count = 0  # open client connections (0: the open-file limit less 256)
+    handshakeTimeout: Seconds = 120.0  # for the HTTP/2 preface and SETTINGS (0: none)
 
 
 class InstanceSettings(_Strict):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..auth import Auth
-from ..settings import FRONTS, BlockDocument, InitSettings
+from ..settings import CONNECTION_BUDGET, FRONT_BUDGET, FRONTS, BlockDocument, InitSettings
 from ..tls import TLS
 
 __all__ = ["FRONTS", "ExecutorConfig", "InstanceSpec", "parse_instance", "settings_fields"]
@@ -51,11 +51,10 @@ class ExecutorConfig:
     # whole process (over either: that connection is not read, its new calls get
     # RESOURCE_EXHAUSTED); open client connections (0: the open-file limit less 256);
     # seconds a connection has to send the HTTP/2 preface and SETTINGS (0: no limit).
-    # (Flags only for now: not yet in the settings contract.)
-    connection_budget: int = 64 << 20
-    front_budget: int = 1 << 30
-    max_connections: int = 0
-    handshake_timeout: float = 120.0
+    connection_budget: int = CONNECTION_BUDGET
+    front_budget: int = FRONT_BUDGET
+    max_connections: int = _E.maxConnections
+    handshake_timeout: float = _E.handshakeTimeout
     # Outlier ejection (as Envoy's): eject_after failures in a row (tasks lost or timed
     # out) take an instance out for eject_seconds x its ejections (at most 300 s), never
     # more than eject_max_percent of the instances (at least one). 0: off.
@@ -92,7 +91,7 @@ def settings_fields(doc: BlockDocument) -> dict:
     the contract to the executor)."""
     s = doc.initSettings
     e, o = s.executor, s.outlierDetection
-    return {
+    fields = {
         "port": s.ports.grpc,
         "mgmt_port": s.ports.mgmt,
         "metrics_port": s.ports.metrics,
@@ -115,7 +114,14 @@ def settings_fields(doc: BlockDocument) -> dict:
         "keepalive_timeout": e.keepaliveTimeout,
         "discover_interval": e.discoverInterval,
         "metrics_interval": e.metricsInterval,
+        "max_connections": e.maxConnections,
+        "handshake_timeout": e.handshakeTimeout,
     }
+    if e.connectionBudgetBytes is not None:  # else derived from max_message (executor.__main__)
+        fields["connection_budget"] = e.connectionBudgetBytes
+    if e.frontBudgetBytes is not None:
+        fields["front_budget"] = e.frontBudgetBytes
+    return fields
 
 
 def parse_instance(text: str) -> InstanceSpec:
