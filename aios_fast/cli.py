@@ -6,6 +6,7 @@ aios-fast bench [--target HOST:PORT] [--tasks N | --duration S]   load with a li
 aios-fast send --target HOST:PORT [--data JSON] ...   submit packets, print the outputs
 aios-fast mgmt URL ACTION [DATA]                      POST /mgmt to a block service
 aios-fast registry serve [--port 8080] ...            the registry server
+aios-fast vdag check VDAG.json [--blocks A.json ...]  validate (and compile) a vDAG
 """
 
 from __future__ import annotations
@@ -254,6 +255,12 @@ def _mgmt(opts) -> int:
         raise AiosFastError(f"no management answer from {url}: {reason}") from None
 
 
+def _vdag_check(opts) -> int:
+    from .devtools.vdag_up import check
+
+    return check(opts.document, opts.blocks, opts.vdags, as_json=opts.json)
+
+
 def _registry(opts, rest: list[str]) -> int:
     from registry_server.__main__ import main as registry_main
 
@@ -383,6 +390,23 @@ def _parser() -> argparse.ArgumentParser:
     mgmt.add_argument("--token", help=TOKEN_HELP)
     add_tls_arguments(mgmt, client_only=True)
     mgmt.set_defaults(run=_mgmt)
+
+    vdag = sub.add_parser("vdag", help="vDAGs: pipelines of blocks").add_subparsers(
+        dest="verb", required=True
+    )
+    vcheck = vdag.add_parser(
+        "check", help="validate a vDAG document (exit 2, one line per problem)",
+        formatter_class=DEFAULTS,
+    )  # fmt: skip
+    vcheck.add_argument("document", help="vDAG document (JSON)")
+    vcheck.add_argument("--blocks", nargs="+", metavar="BLOCK.json",
+                        help="block documents: also check the blocks named and the "
+                        "assignments (compiles the document)")  # fmt: skip
+    vcheck.add_argument("--vdags", nargs="+", default=[], metavar="VDAG.json",
+                        help="sub-vDAG documents its vdag nodes name")  # fmt: skip
+    vcheck.add_argument("--json", action="store_true",
+                        help="print the (compiled) document as JSON")  # fmt: skip
+    vcheck.set_defaults(run=_vdag_check)
 
     registry = sub.add_parser("registry", help="the registry server")
     registry.add_argument("verb", choices=("serve",))
