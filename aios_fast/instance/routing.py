@@ -7,12 +7,19 @@
   metadata ``x-service-name: <block_id>``.
 
 The packet forwarded has its output_ptr cleared, so the next block does not route it
-back. The graph form ({"is_graph": true, ...}) is refused with a clear error (not built).
+back.
+
+The graph form (``{"is_graph": true, ...}``, a vDAG task's ticket, ``aios_fast.vdag.hop``)
+is not routed after the block ran: ``run_vdag`` runs the whole node instead (fan-in
+join, pre-processing policy, the block, post-processing policy, then the next blocks or
+the vDAG controller), through the same gRPC clients.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 
@@ -20,6 +27,7 @@ from .. import codec
 from ..auth import bearer
 from ..errors import AiosFastError
 from ..tls import TLS
+from ..vdag.hop import HopError, NodeRunner, is_ticket
 from ..wire import ACCEPTED, INFER
 
 __all__ = ["OutputRouter", "RoutingError"]
@@ -35,8 +43,59 @@ class OutputRouter:
     def __init__(self, token: str | None = None, tls: TLS | None = None) -> None:
         self.tls = tls or TLS()
         self._metadata = (("authorization", bearer(token)),) if token else ()
-        self._redis: dict[tuple[str, int], object] = {}
+        self._redis: dict[tuple[str, int], Any] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._vdag: NodeRunner | None = None
+
+    # ------------------------------------------------------------------ vDAG nodes
+
+    @staticmethod
+    def is_vdag(packet) -> bool:
+        """Whether the packet is a vDAG task (its output_ptr is a ticket)."""
+        return is_ticket(packet.output_ptr)
+
+    @property
+    def vdag(self) -> NodeRunner:
+        if self._vdag is None:
+            self._vdag = NodeRunner(self._hop)
+        return self._vdag
+
+    async def run_vdag(
+        self,
+        packet,
+        deadline: float | None,
+        run: Callable[[codec.Packet, float | None], Awaitable[bytes]],
+    ) -> bytes:
+        """Run the vDAG node the packet's ticket names; ``run(packet, deadline)`` runs the
+        block (the instance's own run_packet). b"": the output goes on by the ticket."""
+
+        async def run_block(entry, node_deadline: float | None):
+            if deadline is not None:
+                node_deadline = deadline if node_deadline is None else min(deadline, node_deadline)
+            out = await run(entry, node_deadline)
+            return codec.decode_packet(out) if out else None
+
+        await self.vdag.run(packet, run_block)
+        return b""
+
+    async def _hop(self, target: str, block_id: str, payload: bytes,
+                   timeout: float | None) -> None:  # fmt: skip
+        channel = self._channel(target)
+        metadata = ((("x-service-name", block_id),) if block_id else ()) + self._metadata
+        try:
+            reply = await channel.unary_unary(INFER)(
+                codec.encode_message(payload), metadata=metadata, timeout=timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise HopError(exc.code().name, exc.details() or exc.code().name) from None
+        if reply != ACCEPTED:
+            raise HopError("UNAVAILABLE", f"{target} did not accept the task")
+
+    def _channel(self, target: str) -> grpc.aio.Channel:
+        channel = self._channels.get(target)
+        if channel is None:
+            channel = self._channels[target] = self.tls.aio_channel(target)
+        return channel
 
     @staticmethod
     def targets(output_ptr: str) -> list[dict]:
@@ -86,16 +145,15 @@ class OutputRouter:
 
     async def _infer(self, host: str, block_id: str, payload: bytes) -> None:
         target = host if ":" in host else f"{host}:50051"
-        channel = self._channels.get(target)
-        if channel is None:
-            channel = self._channels[target] = self.tls.aio_channel(target)
-        call = channel.unary_unary(INFER)
+        call = self._channel(target).unary_unary(INFER)
         metadata = (("x-service-name", block_id), *self._metadata)
         reply = await call(codec.encode_message(payload), metadata=metadata)
         if reply != ACCEPTED:
             raise RoutingError(f"next block {block_id!r} at {target} did not accept the task")
 
     async def close(self) -> None:
+        if self._vdag is not None:
+            self._vdag.close()
         for client in self._redis.values():
             await client.aclose()
         for channel in self._channels.values():

@@ -213,6 +213,10 @@ class InstanceServer:
         ``limit`` bytes (-1: this instance's own limit) raises OutputTooLarge; with
         ``limit`` None nobody waits for the output: it is routed by its output_ptr and
         b"" is returned."""
+        if packet.output_ptr and self.router.is_vdag(packet):  # a vDAG node (routing.py)
+            return await self.router.run_vdag(
+                packet, deadline, lambda p, d: self.run_packet(p, d, -1, run_timeout)
+            )
         me = asyncio.current_task()
         self.waiting += 1
         self._queued.add(me)

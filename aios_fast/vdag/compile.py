@@ -48,6 +48,7 @@ class PlanNode(msgspec.Struct):
     endpoint: str  # host:port of the block's gRPC inference API
     next: list[str] = []  # the nodes it feeds
     inputs: list[str] = []  # the nodes that feed it (fan-in when more than one)
+    input_names: dict[str, str] = {}  # input node -> its key in a fan-in's joined data
     preprocessing: dict[str, Any] = {}  # policy rules, {} when none
     postprocessing: dict[str, Any] = {}
     model_parameters: dict[str, Any] = {}
@@ -141,6 +142,18 @@ def assign(label: str, rule: Mapping[str, Any], blocks: list[dict]) -> str:
     return ids[0]
 
 
+def _input_names(io_map: list[Any]) -> dict[str, str]:
+    """IOMap entries ``{"nodeLabel": <input node>, "inputName": <key>}``: the keys a
+    fan-in node's joined data uses (default: the input node's label)."""
+    return {
+        m["nodeLabel"]: m["inputName"]
+        for m in io_map
+        if isinstance(m, dict)
+        and isinstance(m.get("nodeLabel"), str)
+        and isinstance(m.get("inputName"), str)
+    }
+
+
 class _Compiler:
     def __init__(self, blocks: list[dict], vdags: Mapping[str, Any],
                  endpoints: Mapping[str, str] | None, max_depth: int) -> None:  # fmt: skip
@@ -217,6 +230,7 @@ class _Compiler:
             entries[node.nodeLabel], exits[node.nodeLabel] = [label], label
         if self.lines:
             return [], ""
+        names = {n.nodeLabel: _input_names(n.IOMap) for n in doc.nodes}
         for src, dsts in edges(doc).items():
             for dst in dsts:
                 for entry in entries[dst]:
@@ -224,6 +238,7 @@ class _Compiler:
                     if entry not in self.nodes[exit_].next:
                         self.nodes[exit_].next.append(entry)
                         self.nodes[entry].inputs.append(exit_)
+                        self.nodes[entry].input_names[exit_] = names[dst].get(src, src)
         ins = [e for edge in doc.graph.input for e in entries[edge.nodeLabel]]
         ins = list(dict.fromkeys(ins))
         return ins, exits[doc.graph.output[0].nodeLabel]

@@ -33,6 +33,7 @@ from typing import Any
 import msgspec
 
 from ..errors import AiosFastError
+from ..policy import network_safe
 
 __all__ = [
     "NODE_TYPES",
@@ -239,6 +240,10 @@ def problems(doc: VDagDoc) -> list[str]:
             rule = getattr(node, name)
             if rule and not isinstance(rule.get("policyRuleURI"), str):
                 out.append(f"node {label!r}: {name} needs a policyRuleURI string")
+            elif rule and network_safe(rule["policyRuleURI"]):
+                out.append(f"node {label!r}: {name} {rule['policyRuleURI']!r} must be "
+                           "builtin:<name> or <name>:<version> under AIOS_POLICY_PATH "
+                           "(instances load no code a task names by path)")  # fmt: skip
     if not doc.nodes:
         out.append("graph: the vDAG has no nodes")
     graph = doc.graph
