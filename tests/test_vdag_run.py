@@ -260,3 +260,96 @@ def test_policy_named_by_path_is_refused_before_running(tmp_path):
         "<name>:<version> under AIOS_POLICY_PATH (instances load no code a task names by path)"
     ]
     assert os.environ["AIOS_POLICY_PATH"] == POLICIES
+
+
+def test_a_slow_node_under_the_callers_deadline_fails_naming_it(net):
+    net.block("a")
+    net.block("slow", sleep=3)
+    net.block("c")
+    raw = vdag("slow", [node(x, x) for x in ("a", "slow", "c")],
+               {"slow": ["a"], "c": ["slow"]}, ["a"], "c")  # fmt: skip
+    ctl = net.controller(raw)  # maxOutputWaitTimeSeconds 30: the caller's 1.5 s rules
+    code, message = failure(ctl, {"x": 0}, timeout=1.5)
+    assert code == "DEADLINE_EXCEEDED"
+    assert message.startswith("node 'slow': TaskTimedOut: the block ran the task over")
+    s = stats(ctl)
+    assert s["failures"] == [{"node": "slow", "code": "DEADLINE_EXCEEDED", "count": 1}]
+
+
+def test_a_stopped_middle_instance_fails_the_task_naming_its_node(net):
+    net.block("a")
+    b = net.block("b")
+    net.block("c")
+    raw = vdag("stop", [node(x, x) for x in "abc"], {"b": ["a"], "c": ["b"]}, ["a"], "c")
+    ctl = net.controller(raw, maxOutputWaitTimeSeconds=1.5)
+    assert call(ctl, {"x": 0})[2]["path"] == ["a", "b", "c"]
+    b.signal(signal.SIGSTOP)
+    try:
+        code, message = failure(ctl, {"x": 0})
+    finally:
+        b.signal(signal.SIGCONT)
+    assert code == "DEADLINE_EXCEEDED"
+    assert (
+        message.startswith("node 'b' (block 'b' at ") and "did not take the task in time" in message
+    )
+    assert call(ctl, {"x": 0})[2]["path"] == ["a", "b", "c"]  # back once it runs again
+
+
+def test_kill_9_of_one_instance_of_a_middle_block_every_task_ends_once(net, tmp_path):
+    net.block("a")
+    i0 = start_instance(STEP, {"name": "b"})
+    i1 = start_instance(STEP, {"name": "b"})
+    net.procs += [i0, i1]
+    executor, port = start_executor({"i0": i0.info, "i1": i1.info})
+    net.procs.append(executor)
+    net.endpoints["b"] = f"127.0.0.1:{port}"
+    net.block("c")
+    raw = vdag("kill", [node(x, x) for x in "abc"], {"b": ["a"], "c": ["b"]}, ["a"], "c")
+    ctl = net.controller(raw, maxOutputWaitTimeSeconds=5)
+    for i in range(5):
+        assert call(ctl, {"x": i}, seq=i)[2]["path"] == ["a", "b", "c"]
+    i0.signal(signal.SIGKILL)
+    i0.p.wait()
+    outcomes = {"ok": 0}
+    for i in range(20):
+        try:
+            assert call(ctl, {"x": i}, seq=100 + i)[2]["path"] == ["a", "b", "c"]
+            outcomes["ok"] += 1
+        except grpc.RpcError as exc:  # a task the dead instance held: failed, named
+            assert "'b'" in exc.details(), exc.details()
+            outcomes[exc.code().name] = outcomes.get(exc.code().name, 0) + 1
+    assert outcomes["ok"] >= 19  # the executor sends the rest to the live instance
+    s = stats(ctl)
+    assert s["received"] == s["accepted"] == 25 and s["inflight"] == 0
+    assert s["accepted"] == s["completed"] + s["failed"] + s["timed_out"] + s["cancelled"]
+
+
+def test_stream_and_metrics(net):
+    net.block("a", add=1)
+    net.block("b", add=2, fail_over=100)
+    raw = vdag("stream", [node("a", "a"), node("b", "b")], {"b": ["a"]}, ["a"], "b")
+    ctl = net.controller(raw)
+
+    def requests():
+        for i in range(10):
+            yield vdag_pb2.vDAGInferencePacket(
+                session_id="st", seq_no=i, data=json.dumps({"x": 1000 if i == 3 else i})
+            ).SerializeToString()
+
+    with grpc.insecure_channel(f"127.0.0.1:{ctl['port']}") as ch:
+        stream = ch.stream_stream("/vDAGInferenceService/infer_stream")
+        answers = [
+            vdag_pb2.vDAGInferencePacket.FromString(r) for r in stream(requests(), timeout=30)
+        ]
+    by_seq = {a.seq_no: json.loads(a.data) for a in answers}
+    assert sorted(by_seq) == list(range(10))
+    assert by_seq[3]["aios_error"]["node"] == "b"
+    assert by_seq[3]["aios_error"]["code"] == "INTERNAL"
+    assert all(by_seq[i]["x"] == i + 3 for i in range(10) if i != 3)
+    from .procs import get_text
+
+    text = get_text(f"http://127.0.0.1:{ctl['http_port']}/metrics")
+    assert 'aios_vdag_tasks_total{event="completed"} 9.0' in text
+    assert 'aios_vdag_failures_total{code="INTERNAL",node="b"} 1.0' in text
+    assert 'aios_vdag_node_seconds_count{node="a"} 10.0' in text
+    assert 'aios_vdag_node_seconds_count{node="b"} 9.0' in text

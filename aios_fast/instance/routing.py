@@ -17,6 +17,7 @@ the vDAG controller), through the same gRPC clients.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -64,15 +65,22 @@ class OutputRouter:
         self,
         packet,
         deadline: float | None,
-        run: Callable[[codec.Packet, float | None], Awaitable[bytes]],
+        run_timeout: float,
+        run: Callable[[codec.Packet, float | None, float], Awaitable[bytes]],
     ) -> bytes:
-        """Run the vDAG node the packet's ticket names; ``run(packet, deadline)`` runs the
-        block (the instance's own run_packet). b"": the output goes on by the ticket."""
+        """Run the vDAG node the packet's ticket names; ``run(packet, deadline,
+        run_timeout)`` runs the block (the instance's own run_packet), for at most the
+        block's task timeout and the time the task has left. b"": the output goes on
+        by the ticket."""
 
         async def run_block(entry, node_deadline: float | None):
             if deadline is not None:
                 node_deadline = deadline if node_deadline is None else min(deadline, node_deadline)
-            out = await run(entry, node_deadline)
+            timeout = run_timeout
+            if node_deadline is not None:
+                left = max(node_deadline - asyncio.get_running_loop().time(), 1e-3)
+                timeout = left if timeout <= 0 else min(timeout, left)
+            out = await run(entry, node_deadline, timeout)
             return codec.decode_packet(out) if out else None
 
         await self.vdag.run(packet, run_block)

@@ -215,7 +215,7 @@ class InstanceServer:
         b"" is returned."""
         if packet.output_ptr and self.router.is_vdag(packet):  # a vDAG node (routing.py)
             return await self.router.run_vdag(
-                packet, deadline, lambda p, d: self.run_packet(p, d, -1, run_timeout)
+                packet, deadline, run_timeout, lambda p, d, t: self.run_packet(p, d, -1, t)
             )
         me = asyncio.current_task()
         self.waiting += 1

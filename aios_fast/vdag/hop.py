@@ -43,7 +43,7 @@ from typing import Any
 import msgspec
 
 from .. import codec
-from ..errors import AiosFastError
+from ..errors import AiosFastError, TaskExpired, TaskTimedOut
 from ..policy import PolicyRule, network_safe
 from .compile import Plan, PlanNode
 
@@ -75,6 +75,7 @@ class Ticket(msgspec.Struct, omit_defaults=True):
     skip: bool = False
     ttl: float = 0.0
     code: str = ""  # a failure report: the gRPC status name (the message is the data)
+    spans: list[tuple[str, float]] = []  # (node, seconds it ran) along the way
 
 
 _encoder = msgspec.json.Encoder()
@@ -111,11 +112,12 @@ RunBlock = Callable[[Any, float | None], Awaitable[Any]]
 
 
 class _Join:
-    __slots__ = ("first", "nbytes", "parts", "timer")
+    __slots__ = ("first", "nbytes", "parts", "spans", "timer")
 
     def __init__(self, first: Ticket) -> None:
         self.first = first
         self.parts: dict[str, tuple[Any, bool]] = {}
+        self.spans: dict[str, float] = dict(first.spans)
         self.nbytes = 0
         self.timer: asyncio.TimerHandle | None = None
 
@@ -210,6 +212,7 @@ class NodeRunner:
             self.skipped += 1
             await self.forward(ticket, plan, node, packet, [], deadline, skipped=True)
             return
+        t0 = loop.time()
         try:
             pre = self.policy(ticket.plan_id, plan, node, "pre")
             if pre is not None:
@@ -227,11 +230,14 @@ class NodeRunner:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            code = "DEADLINE_EXCEEDED" if type(exc).__name__ in ("TaskExpired", "TaskTimedOut") \
+            code = "DEADLINE_EXCEEDED" if isinstance(exc, (TaskExpired, TaskTimedOut)) \
                 else "INTERNAL"  # fmt: skip
             await self.report(ticket, packet, code, f"node {label!r}: {type(exc).__name__}: {exc}")
             return
         self.ran += 1
+        ticket = msgspec.structs.replace(
+            ticket, spans=[*ticket.spans, (node.label, loop.time() - t0)]
+        )
         if out is None:  # the block answered nothing: the task goes on as skipped
             await self.forward(ticket, plan, node, packet, [], deadline, skipped=True)
             return
@@ -277,7 +283,9 @@ class NodeRunner:
         try:
             await self.send(nxt.endpoint, nxt.block_id, payload, timeout)
         except HopError as exc:
-            what = "is unavailable" if exc.code == "UNAVAILABLE" else "refused the task"
+            what = {"UNAVAILABLE": "is unavailable",
+                    "DEADLINE_EXCEEDED": "did not take the task in time"}.get(
+                exc.code, "refused the task")  # fmt: skip
             report = msgspec.structs.replace(ticket, node=nxt.label)
             await self.report(report, out, exc.code, f"node {nxt.label!r} (block "
                               f"{nxt.block_id!r} at {nxt.endpoint}) {what}: {exc}")  # fmt: skip
@@ -332,6 +340,7 @@ class NodeRunner:
                         node.label, ticket.sender)  # fmt: skip
             return None
         join.parts[ticket.sender] = (packet, ticket.skip)
+        join.spans.update(ticket.spans)
         join.nbytes += size
         self.join_bytes += size
         if len(join.parts) < len(node.inputs):
@@ -339,7 +348,7 @@ class NodeRunner:
         self._drop(key)
         self.joined += 1
         present = [(s, p) for s, (p, skipped) in join.parts.items() if not skipped]
-        first = join.first
+        first = msgspec.structs.replace(join.first, spans=list(join.spans.items()))
         if not present:
             return packet, True, first
         data = {}

@@ -185,6 +185,7 @@ class VDagController:
         self.late = 0  # answers for tasks that had already ended
         self.failures: dict[tuple[str, str], int] = {}  # (node, code) -> count
         self.latency = Histogram()
+        self.node_latency: dict[str, Histogram] = {label: Histogram() for label in plan.nodes}
 
     # ------------------------------------------------------------------ one task
 
@@ -218,6 +219,10 @@ class VDagController:
                                f"the vDAG gave no answer within {wait:g}s") from None  # fmt: skip
         finally:
             self.pending.pop(task_id, None)
+        for label, seconds in ticket.spans:
+            hist = self.node_latency.get(label)
+            if hist is not None:
+                hist.observe(seconds)
         if ticket.code:
             code = getattr(grpc.StatusCode, ticket.code, grpc.StatusCode.UNKNOWN)
             raise _Outcome(code, out.data, ticket.node)
@@ -406,6 +411,9 @@ class VDagController:
                     [(len(self.pending),)])  # fmt: skip
         yield histogram("aios_vdag_task_seconds", "End-to-end latency of completed tasks.",
                         (), [(self.latency,)])  # fmt: skip
+        yield histogram("aios_vdag_node_seconds",
+                        "Time a node took (pre-processing, block, post-processing).",
+                        ("node",), [(n, h) for n, h in self.node_latency.items()])  # fmt: skip
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self.registry.exposition(), headers={"Content-Type": CONTENT_TYPE})
