@@ -7,6 +7,7 @@ aios-fast send --target HOST:PORT [--data JSON] ...   submit packets, print the 
 aios-fast mgmt URL ACTION [DATA]                      POST /mgmt to a block service
 aios-fast registry serve [--port 8080] ...            the registry server
 aios-fast vdag check VDAG.json [--blocks A.json ...]  validate (and compile) a vDAG
+aios-fast vdag up VDAG.json --blocks A.json ...       its blocks and controller, locally
 """
 
 from __future__ import annotations
@@ -261,6 +262,16 @@ def _vdag_check(opts) -> int:
     return check(opts.document, opts.blocks, opts.vdags, as_json=opts.json)
 
 
+def _vdag_up(opts) -> int:
+    from .devtools.vdag_up import up
+
+    return runtime.run(
+        up(opts.document, opts.blocks, vdags=opts.vdags, ports=opts.ports,
+           traffic=opts.traffic, once=opts.once, as_json=opts.json,
+           auth_file=opts.auth_file, tls=TLS.from_options(opts))
+    )  # fmt: skip
+
+
 def _registry(opts, rest: list[str]) -> int:
     from registry_server.__main__ import main as registry_main
 
@@ -407,6 +418,24 @@ def _parser() -> argparse.ArgumentParser:
     vcheck.add_argument("--json", action="store_true",
                         help="print the (compiled) document as JSON")  # fmt: skip
     vcheck.set_defaults(run=_vdag_check)
+    vup = vdag.add_parser(
+        "up", help="start a vDAG's blocks and its controller locally", formatter_class=DEFAULTS
+    )
+    vup.add_argument("document", help="vDAG document (JSON)")
+    vup.add_argument("--blocks", nargs="+", required=True, metavar="BLOCK.json",
+                     help="the block documents its nodes name or are assigned among")  # fmt: skip
+    vup.add_argument("--vdags", nargs="+", default=[], metavar="VDAG.json",
+                     help="sub-vDAG documents its vdag nodes name")  # fmt: skip
+    vup.add_argument("--ports", default="default", choices=("default", "auto"),
+                     help="default: each block document's ports and the controller's "
+                     "50061/18061; auto: free ones")  # fmt: skip
+    vup.add_argument("--traffic", type=int, default=0, metavar="N",
+                     help="once up, send N checked tasks through the controller")  # fmt: skip
+    vup.add_argument("--once", action="store_true", help="stop after --traffic")
+    vup.add_argument("--json", action="store_true", help="print the endpoints as one JSON line")
+    vup.add_argument("--auth-file", help="tokens for every process, one 'role token' a line")
+    add_tls_arguments(vup)
+    vup.set_defaults(run=_vdag_up)
 
     registry = sub.add_parser("registry", help="the registry server")
     registry.add_argument("verb", choices=("serve",))
@@ -427,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return opts.run(opts)
     except (AiosFastError, OSError) as exc:  # bad input, a port in use, a missing file
-        print(f"aios-fast: {exc}", file=sys.stderr)
+        for line in getattr(exc, "lines", None) or [str(exc)]:  # a vDAG: one per problem
+            print(f"aios-fast: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
