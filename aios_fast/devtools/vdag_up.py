@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 import grpc
 import msgspec
@@ -237,7 +238,7 @@ async def up(path: str, blocks: list[str], *, vdags: list[str] | None = None,
                                 f"{controller.wait()}; its error is above)")  # fmt: skip
         cinfo = json.loads(line)
         scheme = tls.scheme
-        info = {
+        info: dict[str, Any] = {
             "vdag": doc.uri,
             "controller": f"127.0.0.1:{cinfo['port']}",
             "controller_mgmt": f"{scheme}://127.0.0.1:{cinfo['http_port']}/mgmt",
