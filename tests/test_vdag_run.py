@@ -52,8 +52,8 @@ class Net:
         self.endpoints[block_id] = f"127.0.0.1:{port}"
         return inst
 
-    def controller(self, raw: dict, vdags: dict | None = None, **init) -> dict:
-        raw = dict(raw, controller={"initSettings": init})
+    def controller(self, raw: dict, vdags: dict | None = None, policies=None, **init) -> dict:
+        raw = dict(raw, controller={"initSettings": init, "policies": policies or {}})
         doc = parse(raw)
         blocks = [{"id": b} for b in self.endpoints]
         compile_vdag(doc, blocks, {k: parse(v) for k, v in (vdags or {}).items()},
@@ -353,3 +353,42 @@ def test_stream_and_metrics(net):
     assert 'aios_vdag_failures_total{code="INTERNAL",node="b"} 1.0' in text
     assert 'aios_vdag_node_seconds_count{node="a"} 10.0' in text
     assert 'aios_vdag_node_seconds_count{node="b"} 9.0' in text
+
+
+def test_tokens_guard_the_controller_and_the_hops(net, monkeypatch):
+    monkeypatch.setenv("AIOS_FAST_TOKEN", "s3cret-token-0123456789")  # every process: every role
+    net.block("a", add=1)
+    net.block("b", add=2)
+    raw = vdag("auth", [node("a", "a"), node("b", "b")], {"b": ["a"]}, ["a"], "b")
+    ctl = net.controller(raw)
+    code, _ = failure(ctl, {"x": 0})
+    assert code == "UNAUTHENTICATED"
+    with grpc.insecure_channel(f"127.0.0.1:{ctl['port']}") as ch:
+        request = vdag_pb2.vDAGInferencePacket(session_id="s", data='{"x": 0}')
+        reply = ch.unary_unary("/vDAGInferenceService/infer")(
+            request.SerializeToString(),
+            timeout=20,
+            metadata=(("authorization", "Bearer s3cret-token-0123456789"),),
+        )
+    assert json.loads(vdag_pb2.vDAGInferencePacket.FromString(reply).data)["x"] == 3
+    # a forged answer without the token is refused
+    with grpc.insecure_channel(f"127.0.0.1:{ctl['port']}") as ch:
+        with pytest.raises(grpc.RpcError) as err:
+            ch.unary_unary("/InferenceProxy/infer")(codec.encode_message(codec.Packet()), timeout=5)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    status, _ = http(f"http://127.0.0.1:{ctl['http_port']}/mgmt",
+                     {"mgmt_action": "stats", "mgmt_data": {}})  # fmt: skip
+    assert status == 401
+
+
+def test_a_quota_checker_policy_admits_or_refuses(net):
+    net.block("a")
+    raw = vdag("qpol", [node("a", "a")], {}, ["a"], "a")
+    ctl = net.controller(raw, policies={"quotaChecker": {"policyRuleURI": "quota.vip:v1"}})
+    assert call(ctl, {"x": 0}, session="vip-1")[2]["path"] == ["a"]
+    assert failure(ctl, {"x": 0}, session="joe") == ("RESOURCE_EXHAUSTED", "joe is not a vip")
+    code, message = failure(ctl, {"x": 0}, session="boom")
+    assert code == "INTERNAL"
+    assert message == "the quota checker policy failed: RuntimeError: no quota data"
+    s = stats(ctl)
+    assert (s["received"], s["refused"], s["accepted"], s["completed"]) == (3, 2, 1, 1)

@@ -17,6 +17,7 @@ import msgspec
 
 from ...auth import Auth
 from ...errors import AiosFastError
+from ...policy import PolicyRule
 from ...service import runtime
 from ...tls import TLS, add_tls_arguments
 from ..compile import Plan
@@ -52,13 +53,25 @@ def load_compiled(path: str) -> tuple[dict, Plan, _ControllerSettings]:
     return doc, plan, settings
 
 
+def quota_policy(doc: dict) -> PolicyRule | None:
+    """``controller.policies.quotaChecker`` (or a list entry with that ``name``)."""
+    policies = (doc.get("controller") or {}).get("policies") or {}
+    if isinstance(policies, list):
+        policies = {p.get("name"): p for p in policies if isinstance(p, dict)}
+    rule = policies.get("quotaChecker") if isinstance(policies, dict) else None
+    if not rule:
+        return None
+    return PolicyRule(rule.get("policyRuleURI", ""), parameters=rule.get("parameters") or {},
+                      settings=rule.get("settings") or {})  # fmt: skip
+
+
 async def _serve(opts) -> None:
-    _, plan, settings = load_compiled(opts.document)
+    doc, plan, settings = load_compiled(opts.document)
     controller = VDagController(
         plan, host=opts.host, port=opts.port, http_port=opts.http_port,
         max_wait=settings.maxOutputWaitTimeSeconds, quota=settings.quota,
         auth=Auth.from_env(opts.auth_file), insecure=opts.insecure,
-        tls=TLS.from_options(opts), advertise=opts.advertise,
+        tls=TLS.from_options(opts), advertise=opts.advertise, quota_policy=quota_policy(doc),
     )  # fmt: skip
     await controller.start()
     runtime.reload_on_sighup(controller.auth)

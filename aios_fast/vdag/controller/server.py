@@ -22,7 +22,12 @@ up). Failures are also counted by node and status.
 Quotas (``controller.initSettings.quota``): a token bucket over all tasks (``rate``
 tasks/s, ``burst``) and one per session (``sessionRate``, ``sessionBurst``; at most
 ``maxSessions`` sessions are tracked, least recently used first out); a task over
-either is refused RESOURCE_EXHAUSTED before anything is sent.
+either is refused RESOURCE_EXHAUSTED before anything is sent. Then the quota checker
+policy, if any (``controller.policies.quotaChecker``, an AIOSv1PolicyRule): ``eval``
+gets ``{"session_id", "seq_no", "data", "stats"}`` and answers True / ``{"allowed":
+true}`` to let the task in, False / ``{"allowed": false, "message": ...}`` to refuse
+it (RESOURCE_EXHAUSTED); a policy that raises refuses the task (INTERNAL, counted as
+refused): a quota is never skipped because its code failed.
 
 HTTP (one port): ``GET /metrics`` (Prometheus), ``GET /health``, ``POST /mgmt``:
 ``stats``, ``get_plan``, ``get_quota``, ``set_quota`` ({rate, burst, sessionRate,
@@ -46,6 +51,7 @@ from aiohttp import web
 
 from ... import codec
 from ...auth import Auth, check_bind
+from ...policy import PolicyRule
 from ...protos import vdag_pb2
 from ...service.grpc_auth import TokenInterceptor
 from ...service.http import MgmtError, mgmt_route, new_app, start_site
@@ -155,6 +161,7 @@ class VDagController:
         insecure: bool = False,
         tls: TLS | None = None,
         advertise: str | None = None,
+        quota_policy: PolicyRule | None = None,
     ) -> None:
         self.plan = plan
         self.plan_json = msgspec.json.encode(plan)
@@ -163,6 +170,7 @@ class VDagController:
         self.advertise = advertise or host
         self.max_wait = max_wait
         self.quota = Quota(quota or QuotaSettings())
+        self.quota_policy = quota_policy
         self.auth = auth or Auth()
         self.insecure = insecure
         self.tls = tls or TLS()
@@ -233,6 +241,23 @@ class VDagController:
                            ticket.node)  # fmt: skip
         return out
 
+    def _check_policy(self, request: Any) -> None:
+        assert self.quota_policy is not None
+        try:
+            answer = self.quota_policy.eval({"session_id": request.session_id,
+                                             "seq_no": request.seq_no, "data": request.data,
+                                             "stats": self.stats()})  # fmt: skip
+        except Exception as exc:
+            self.refused += 1
+            why = f"the quota checker policy failed: {type(exc).__name__}: {exc}"
+            raise _Outcome(grpc.StatusCode.INTERNAL, why) from None
+        allowed = answer.get("allowed", True) if isinstance(answer, dict) else answer
+        if allowed is not True:
+            self.refused += 1
+            message = answer.get("message") if isinstance(answer, dict) else None
+            raise _Outcome(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           str(message or "refused by the quota checker policy"))  # fmt: skip
+
     async def _send(self, label: str, payload: bytes, timeout: float) -> None:
         node = self.plan.nodes[label]
         channel = self._channels.get(node.endpoint)
@@ -257,6 +282,8 @@ class VDagController:
         if over is not None:
             self.refused += 1
             raise _Outcome(grpc.StatusCode.RESOURCE_EXHAUSTED, over)
+        if self.quota_policy is not None:
+            self._check_policy(request)
         self.accepted += 1
         t0 = time.perf_counter()
         try:
