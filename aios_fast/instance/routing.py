@@ -29,7 +29,7 @@ from ..auth import bearer
 from ..errors import AiosFastError
 from ..tls import TLS
 from ..vdag.hop import HopError, NodeRunner, is_ticket
-from ..wire import ACCEPTED, INFER
+from ..wire import ACCEPTED, INFER, INFER_STREAM
 
 __all__ = ["OutputRouter", "RoutingError"]
 
@@ -47,6 +47,7 @@ class OutputRouter:
         self._redis: dict[tuple[str, int], Any] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._vdag: NodeRunner | None = None
+        self._replies: dict[str, _ReplyStream] = {}
 
     # ------------------------------------------------------------------ vDAG nodes
 
@@ -88,6 +89,13 @@ class OutputRouter:
 
     async def _hop(self, target: str, block_id: str, payload: bytes,
                    timeout: float | None) -> None:  # fmt: skip
+        if not block_id:  # to the vDAG controller: on one long-lived stream
+            stream = self._replies.get(target)
+            if stream is None or stream.closed:
+                stream = self._replies[target] = _ReplyStream(self._channel(target),
+                                                              self._metadata)  # fmt: skip
+            stream.send(codec.encode_message(payload))
+            return
         channel = self._channel(target)
         metadata = ((("x-service-name", block_id),) if block_id else ()) + self._metadata
         try:
@@ -162,9 +170,52 @@ class OutputRouter:
     async def close(self) -> None:
         if self._vdag is not None:
             self._vdag.close()
+        for stream in self._replies.values():
+            await stream.close()
+        self._replies.clear()
         for client in self._redis.values():
             await client.aclose()
         for channel in self._channels.values():
             await channel.close()
         self._redis.clear()
         self._channels.clear()
+
+
+class _ReplyStream:
+    """Answers to one vDAG controller, sent on one ``InferenceProxy/infer_stream`` (the
+    controller answers nothing on it): a message costs a stream write, not a call. When
+    the stream ends (the controller went away) the next answer opens a new one; what
+    was queued on the ended one is lost and the controller's own timeout ends those
+    tasks (``lost`` counts them here)."""
+
+    def __init__(self, channel: grpc.aio.Channel, metadata: tuple) -> None:
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.closed = False
+        self.lost = 0
+        self.call = channel.stream_stream(INFER_STREAM)(self._requests(), metadata=metadata)
+        self.reader = asyncio.ensure_future(self._read())
+
+    async def _requests(self):
+        while (item := await self.queue.get()) is not None:
+            yield item
+
+    async def _read(self) -> None:
+        try:
+            async for _ in self.call:
+                pass
+        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            pass
+        finally:
+            self.closed = True
+            self.lost += self.queue.qsize()
+
+    def send(self, message: bytes) -> None:
+        self.queue.put_nowait(message)
+
+    async def close(self) -> None:
+        self.queue.put_nowait(None)
+        try:
+            await asyncio.wait_for(asyncio.shield(self.reader), 2.0)
+        except (asyncio.TimeoutError, Exception):
+            self.reader.cancel()
+        self.call.cancel()

@@ -60,6 +60,9 @@ class Plan(msgspec.Struct):
     input: list[str]  # the nodes a task enters at
     output: str  # the node whose output answers the task
     nodes: dict[str, PlanNode]
+    # seconds a fan-in node waits for a task's inputs (0: as long as the task has left);
+    # controller.initSettings.joinTimeoutSeconds
+    join_timeout: float = 0.0
 
     def to_dict(self) -> dict:
         return msgspec.to_builtins(self)
@@ -259,7 +262,13 @@ def compile_vdag(
     if compiler.lines:
         doc.status = "failed"
         raise VDagError(compiler.lines[0], compiler.lines)
-    plan = Plan(vdag_uri=doc.uri, input=entries, output=exit_, nodes=compiler.nodes)
+    join_timeout = (doc.controller.get("initSettings") or {}).get("joinTimeoutSeconds", 0.0)
+    if isinstance(join_timeout, bool) or not isinstance(join_timeout, (int, float)) \
+            or join_timeout < 0:  # fmt: skip
+        doc.status = "failed"
+        raise VDagError("controller.initSettings.joinTimeoutSeconds must be a number >= 0")
+    plan = Plan(vdag_uri=doc.uri, input=entries, output=exit_, nodes=compiler.nodes,
+                join_timeout=float(join_timeout))  # fmt: skip
     top = {label: v for label, v in compiler.assignment.items() if "/" not in label}
     doc.assignment_info = {**top, **compiler.assignment}
     t2: dict[str, list[str]] = {}

@@ -10,7 +10,8 @@ decoded once per instance, not per hop).
 ``NodeRunner.run(packet, run_block)`` is what an instance does with such a packet:
 
 1. a fan-in node (several inputs) joins the task's packets by (task, node) until every
-   input arrived (or a timeout: DEADLINE_EXCEEDED naming the node and what is
+   input arrived (or a timeout, the time the task has left or the plan's
+   ``join_timeout`` if shorter: DEADLINE_EXCEEDED naming the node and what is
    missing; at most ``max_joins`` tasks and ``max_join_bytes`` wait, beyond that the
    task fails RESOURCE_EXHAUSTED) and hands the block one packet whose data is a JSON
    object: input name (IOMap, else the producer's label) -> that producer's output
@@ -204,7 +205,7 @@ class NodeRunner:
             return
         skip = ticket.skip
         if len(node.inputs) > 1:
-            joined = self._join(ticket, packet, node, deadline)
+            joined = self._join(ticket, packet, node, deadline, plan.join_timeout)
             if joined is None:
                 return
             packet, skip, ticket = joined
@@ -308,7 +309,8 @@ class NodeRunner:
 
     # ------------------------------------------------------------------ fan-in
 
-    def _join(self, ticket: Ticket, packet: Any, node: PlanNode, deadline: float | None):
+    def _join(self, ticket: Ticket, packet: Any, node: PlanNode, deadline: float | None,
+              limit: float = 0.0):  # fmt: skip
         """(joined packet, all skipped, first ticket) once every input arrived, else None."""
         key = (ticket.task, node.label)
         join = self._joins.get(key)
@@ -328,6 +330,8 @@ class NodeRunner:
             join = self._joins[key] = _Join(ticket)
             loop = asyncio.get_running_loop()
             wait = self.join_timeout if deadline is None else max(deadline - loop.time(), 0.0)
+            if limit > 0:
+                wait = min(wait, limit)
             join.timer = loop.call_later(wait, self._expire, key, node, wait)
         elif self.join_bytes + size > self.max_join_bytes:
             self._drop(key)

@@ -7,8 +7,9 @@ gRPC (raw bytes; the original's messages, ``protos/vdag.proto``):
 - ``/vDAGInferenceService/infer_stream``: many tasks on one stream, answers as they
   finish (a failed task answers ``{"aios_error": {"code", "message", "node"}}`` in
   ``data`` and the stream goes on);
-- ``/InferenceProxy/infer``: where the blocks hand back results and failure reports
-  (the block API's own call, so an output node's block needs nothing new).
+- ``/InferenceProxy/infer`` and ``/InferenceProxy/infer_stream``: where the blocks
+  hand back results and failure reports (the block API's own calls; the instances keep
+  one stream open to the controller and send on it, the controller answers nothing).
 
 A task goes to the input node(s)' blocks with the plan in its ticket
 (``aios_fast.vdag.hop``) and comes back from the output node's block; the controller
@@ -57,7 +58,7 @@ from ...service.grpc_auth import TokenInterceptor
 from ...service.http import MgmtError, mgmt_route, new_app, start_site
 from ...service.metrics import CONTENT_TYPE, Histogram, Registry, counter, gauge, histogram
 from ...tls import TLS
-from ...wire import ACCEPTED, INFER, SERVICE
+from ...wire import ACCEPTED, INFER, INFER_STREAM, SERVICE
 from ..compile import Plan
 from ..hop import Ticket, decode_ticket, encode_ticket
 
@@ -191,6 +192,7 @@ class VDagController:
         self.received = self.invalid = self.refused = self.accepted = 0
         self.completed = self.failed = self.timed_out = self.cancelled = 0
         self.late = 0  # answers for tasks that had already ended
+        self.invalid_answers = 0  # messages on an answer stream that were not answers
         self.failures: dict[tuple[str, str], int] = {}  # (node, code) -> count
         self.latency = Histogram()
         self.node_latency: dict[str, Histogram] = {label: Histogram() for label in plan.nodes}
@@ -384,16 +386,29 @@ class VDagController:
     async def _result(self, request: bytes, context) -> bytes:
         """A block hands back a task's output (or a failure report)."""
         try:
-            packet = codec.decode_message(request)
-            ticket = decode_ticket(packet.output_ptr)
+            self._deliver(request)
         except Exception as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"not a vDAG answer: {exc}")
+        return ACCEPTED
+
+    async def _results(self, requests, context):
+        """The instances' stream of answers (nothing is sent back)."""
+        async for request in requests:
+            try:
+                self._deliver(request)
+            except Exception:
+                self.invalid_answers += 1
+        return
+        yield  # an async generator: a stream that answers nothing
+
+    def _deliver(self, request: bytes) -> None:
+        packet = codec.decode_message(request)
+        ticket = decode_ticket(packet.output_ptr)
         future = self.pending.get(ticket.task)
         if future is None or future.done():
             self.late += 1
         else:
             future.set_result((ticket, packet))
-        return ACCEPTED
 
     # ------------------------------------------------------------------ HTTP
 
@@ -454,8 +469,10 @@ class VDagController:
         check_bind(self.host, self.auth, self.insecure, "vDAG controller")
         interceptors = []
         if self.auth.enabled:
-            roles = {VDAG_INFER: "infer", VDAG_STREAM: "infer", INFER: "infer"}
-            interceptors.append(TokenInterceptor(self.auth, roles, frozenset({VDAG_STREAM})))
+            roles = {VDAG_INFER: "infer", VDAG_STREAM: "infer", INFER: "infer",
+                     INFER_STREAM: "infer"}  # fmt: skip
+            streaming = frozenset({VDAG_STREAM, INFER_STREAM})
+            interceptors.append(TokenInterceptor(self.auth, roles, streaming))
         server = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", 64 << 20),
@@ -465,7 +482,8 @@ class VDagController:
                 "infer": grpc.unary_unary_rpc_method_handler(self._infer),
                 "infer_stream": grpc.stream_stream_rpc_method_handler(self._infer_stream)}),
             grpc.method_handlers_generic_handler(SERVICE, {
-                "infer": grpc.unary_unary_rpc_method_handler(self._result)}),
+                "infer": grpc.unary_unary_rpc_method_handler(self._result),
+                "infer_stream": grpc.stream_stream_rpc_method_handler(self._results)}),
         ))  # fmt: skip
         self.port = self.tls.bind(server, f"{self.host}:{self.port}")
         await server.start()
