@@ -268,7 +268,7 @@ def _vdag_up(opts) -> int:
     return runtime.run(
         up(opts.document, opts.blocks, vdags=opts.vdags, ports=opts.ports,
            traffic=opts.traffic, once=opts.once, as_json=opts.json,
-           auth_file=opts.auth_file, tls=TLS.from_options(opts))
+           auth_file=opts.auth_file, tls=TLS.from_options(opts), registry=opts.registry)
     )  # fmt: skip
 
 
@@ -434,6 +434,8 @@ def _parser() -> argparse.ArgumentParser:
     vup.add_argument("--once", action="store_true", help="stop after --traffic")
     vup.add_argument("--json", action="store_true", help="print the endpoints as one JSON line")
     vup.add_argument("--auth-file", help="tokens for every process, one 'role token' a line")
+    vup.add_argument("--registry", help="registry URL: the controller stores the compiled "
+                     "vDAG and registers itself there (AIOS_REGISTRY_TOKEN)")  # fmt: skip
     add_tls_arguments(vup)
     vup.set_defaults(run=_vdag_up)
 

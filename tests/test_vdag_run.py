@@ -52,7 +52,8 @@ class Net:
         self.endpoints[block_id] = f"127.0.0.1:{port}"
         return inst
 
-    def controller(self, raw: dict, vdags: dict | None = None, policies=None, **init) -> dict:
+    def controller(self, raw: dict, vdags: dict | None = None, policies=None, extra=(),
+                   **init) -> dict:  # fmt: skip
         raw = dict(raw, controller={"initSettings": init, "policies": policies or {}})
         doc = parse(raw)
         blocks = [{"id": b} for b in self.endpoints]
@@ -62,8 +63,9 @@ class Net:
 
         path = self.tmp / f"{doc.vdagName}.compiled.json"
         path.write_bytes(msgspec.json.encode(doc))
-        proc = Proc(["-m", "aios_fast.vdag.controller", str(path)])
+        proc = Proc(["-m", "aios_fast.vdag.controller", str(path), *extra])
         self.procs.append(proc)
+        self.last = proc
         return proc.info
 
     def stop(self) -> None:
@@ -393,3 +395,32 @@ def test_a_quota_checker_policy_admits_or_refuses(net):
     assert message == "the quota checker policy failed: RuntimeError: no quota data"
     s = stats(ctl)
     assert (s["received"], s["refused"], s["accepted"], s["completed"]) == (3, 2, 1, 1)
+
+
+def test_the_controller_registers_in_the_registry_and_leaves_on_stop(net, tmp_path):
+    from .registry.test_api import Server
+
+    registry = Server(tmp_path / "db")
+    try:
+        net.block("a")
+        raw = vdag("reg", [node("a", "a")], {}, ["a"], "a")
+        url = f"http://127.0.0.1:{registry.port}"
+        ctl = net.controller(raw, extra=("--registry", url, "--cluster-id", "c-1",
+                                         "--controller-id", "reg-ctl"))  # fmt: skip
+        status, body = registry.call("GET", "/vdag-controller/reg-ctl")
+        assert status == 200
+        assert {k: body["data"][k] for k in ("vdag_uri", "public_url", "cluster_id")} == {
+            "vdag_uri": "reg:1-t",
+            "public_url": f"127.0.0.1:{ctl['port']}",
+            "cluster_id": "c-1",
+        }
+        status, body = registry.call("GET", "/vdag/reg:1-t")
+        assert status == 200 and body["data"]["status"] == "assigned"
+        assert body["data"]["assignment_info"] == {"a": "a"}
+        assert body["data"]["compiled_graph_data"]["plan"]["output"] == "a"
+        assert call(ctl, {"x": 1})[2]["path"] == ["a"]
+        assert net.last.stop() == 0
+        assert registry.call("GET", "/vdag-controller/reg-ctl")[0] == 404
+        assert registry.call("GET", "/vdag/reg:1-t")[0] == 200  # the vDAG stays
+    finally:
+        registry.stop()

@@ -17,7 +17,8 @@ controller, checked: every answer must be OK, and when the document's
 ``controller.initParameters.trafficSamples`` names a ``module:function`` returning
 ``[(data, expected), ...]`` (as ``Block.traffic_samples``), the tasks carry those and
 at least ``trafficMinAgreement`` (default 1.0) of the answers must carry the expected
-fields. ``--once`` stops everything after the traffic.
+fields. ``--once`` stops everything after the traffic. ``--registry URL``: the
+controller stores the compiled vDAG there and registers itself (leaving on stop).
 """
 
 from __future__ import annotations
@@ -187,7 +188,7 @@ def _block_docs(paths: list[str]) -> list[tuple[BlockDoc, dict]]:
 async def up(path: str, blocks: list[str], *, vdags: list[str] | None = None,
              ports: str = "default", traffic: int = 0, once: bool = False,
              as_json: bool = False, auth_file: str | None = None,
-             tls: TLS | None = None) -> int:  # fmt: skip
+             tls: TLS | None = None, registry: str | None = None) -> int:  # fmt: skip
     """Start the blocks and the controller of a vDAG here; serve until a signal (or
     until ``--traffic`` ran, with ``once``). Its exit status."""
     if ports not in ("default", "auto"):
@@ -224,6 +225,8 @@ async def up(path: str, blocks: list[str], *, vdags: list[str] | None = None,
                 "--port", str(cports["grpc"]), "--http-port", str(cports["http"])]  # fmt: skip
         if auth_file:
             args += ["--auth-file", auth_file]
+        if registry:
+            args += ["--registry", registry]
         for flag, value in (("--tls-cert", tls.cert), ("--tls-key", tls.key),
                             ("--tls-ca", tls.ca)):  # fmt: skip
             if value:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 import msgspec
@@ -21,6 +22,7 @@ from ...policy import PolicyRule
 from ...service import runtime
 from ...tls import TLS, add_tls_arguments
 from ..compile import Plan
+from .registration import ControllerRegistration
 from .server import QuotaSettings, VDagController
 
 
@@ -74,10 +76,27 @@ async def _serve(opts) -> None:
         tls=TLS.from_options(opts), advertise=opts.advertise, quota_policy=quota_policy(doc),
     )  # fmt: skip
     await controller.start()
+    registration = None
+    if opts.registry:
+        public = f"{opts.advertise or opts.host}:{controller.port}"
+        registration = ControllerRegistration(
+            opts.registry, doc, opts.controller_id or f"{plan.vdag_uri}@{public}", public,
+            opts.cluster_id, os.environ.get("AIOS_REGISTRY_TOKEN"),
+        )  # fmt: skip
+        try:
+            await registration.register()
+        except BaseException:
+            await controller.stop()
+            raise
     runtime.reload_on_sighup(controller.auth)
     runtime.announce({"port": controller.port, "http_port": controller.http_port,
                       "vdag_uri": plan.vdag_uri})  # fmt: skip
     await runtime.until_signalled()
+    if registration is not None:
+        try:
+            await registration.leave()  # first: callers stop finding it
+        except AiosFastError as exc:
+            logging.getLogger("aios_fast.vdag.controller").error("%s", exc)
     await controller.stop()
 
 
@@ -93,6 +112,10 @@ def main(argv=None) -> int:
     parser.add_argument("--http-port", type=int, default=0, help="/metrics, /mgmt, /health")
     parser.add_argument("--advertise", help="host the blocks reach this controller at")
     parser.add_argument("--auth-file", help="tokens, one 'role token' a line")
+    parser.add_argument("--registry", help="registry URL: store the vDAG and register the "
+                        "controller there (token: AIOS_REGISTRY_TOKEN)")  # fmt: skip
+    parser.add_argument("--controller-id", help="default: <vdagURI>@<host:port>")
+    parser.add_argument("--cluster-id", default="", help="the cluster it runs in")
     parser.add_argument("--insecure", action="store_true",
                         help="allow a non-loopback bind without a token")  # fmt: skip
     add_tls_arguments(parser)
