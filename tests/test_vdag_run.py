@@ -424,3 +424,48 @@ def test_the_controller_registers_in_the_registry_and_leaves_on_stop(net, tmp_pa
         assert registry.call("GET", "/vdag/reg:1-t")[0] == 200  # the vDAG stays
     finally:
         registry.stop()
+
+
+def test_health_and_quality_checks(net, tmp_path):
+    net.block("a", add=1)
+    b = net.block("b", add=2)
+    raw = vdag("checks", [node("a", "a"), node("b", "b")], {"b": ["a"]}, ["a"], "b")
+    audit = tmp_path / "audit.jsonl"
+    ctl = net.controller(raw, policies={
+        "healthChecker": {"policyRuleURI": "health.verdict:v1"},
+        "qualityChecker": {"policyRuleURI": "quality.audit:v1",
+                           "parameters": {"sampleRate": 1.0, "path": str(audit)}},
+    }, healthCheckIntervalSeconds=3600, healthCheckTimeoutSeconds=1)  # fmt: skip
+    for i in range(5):
+        call(ctl, {"x": i}, seq=i)
+
+    def mgmt(action, data=None):
+        status, body = http(f"http://127.0.0.1:{ctl['http_port']}/mgmt",
+                            {"mgmt_action": action, "mgmt_data": data or {}})  # fmt: skip
+        assert status == 200, body
+        return body["data"]
+
+    health = mgmt("health", {"run_now": True})
+    assert health["verdict"] == {"down": []}
+    assert {n: d["up"] for n, d in health["nodes"].items()} == {"a": True, "b": True}
+    b.signal(signal.SIGKILL)
+    b.p.wait()
+    health = mgmt("health", {"run_now": True})
+    assert health["verdict"] == {"down": ["b"]} and health["nodes"]["b"]["up"] is False
+    from .procs import get_text
+
+    assert 'aios_vdag_block_up{block="b",node="b"} 0.0' in get_text(
+        f"http://127.0.0.1:{ctl['http_port']}/metrics"
+    )
+    # every completed task was sampled (rate 1.0) and handed to the policy with its input
+    import time
+
+    end = time.monotonic() + 20
+    while mgmt("quality")["checked"] < 5 and time.monotonic() < end:
+        time.sleep(0.05)
+    quality = mgmt("quality")
+    assert (quality["sampled"], quality["checked"], quality["dropped"]) == (5, 5, 0)
+    samples = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert sorted(json.loads(s["input"]["data"])["x"] for s in samples) == [0, 1, 2, 3, 4]
+    assert all(json.loads(s["output"]["data"])["x"] == json.loads(s["input"]["data"])["x"] + 3
+               for s in samples)  # fmt: skip

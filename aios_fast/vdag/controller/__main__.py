@@ -3,8 +3,10 @@ document whose ``compiled_graph_data.plan`` is set, as ``aios-fast vdag check --
 ... --json`` prints it); prints one JSON line with its ports once it serves.
 
 ``controller.initSettings`` of the document: ``maxOutputWaitTimeSeconds`` (default 30:
-the longest a task may take) and ``quota`` ({rate, burst, sessionRate, sessionBurst,
-maxSessions}, see ``server``)."""
+the longest a task may take), ``quota`` ({rate, burst, sessionRate, sessionBurst,
+maxSessions}, see ``server``), ``healthCheckIntervalSeconds`` / ``TimeoutSeconds``
+(``checks``); ``controller.policies``: ``quotaChecker``, ``healthChecker``,
+``qualityChecker``."""
 
 from __future__ import annotations
 
@@ -22,12 +24,15 @@ from ...policy import PolicyRule
 from ...service import runtime
 from ...tls import TLS, add_tls_arguments
 from ..compile import Plan
+from .checks import HealthCheck, QualityCheck
 from .registration import ControllerRegistration
 from .server import QuotaSettings, VDagController
 
 
 class _ControllerSettings(msgspec.Struct):
     maxOutputWaitTimeSeconds: float = 30.0
+    healthCheckIntervalSeconds: float = 10.0
+    healthCheckTimeoutSeconds: float = 2.0
     quota: QuotaSettings = msgspec.field(default_factory=QuotaSettings)
 
 
@@ -45,22 +50,25 @@ def load_compiled(path: str) -> tuple[dict, Plan, _ControllerSettings]:
                             "aios-fast vdag check --blocks ... --json)")  # fmt: skip
     plan = Plan.from_dict(plan_data)
     init = (doc.get("controller") or {}).get("initSettings") or {}
+    keys = (
+        "maxOutputWaitTimeSeconds",
+        "quota",
+        "healthCheckIntervalSeconds",
+        "healthCheckTimeoutSeconds",
+    )
     try:
-        settings = msgspec.convert(
-            {k: init[k] for k in ("maxOutputWaitTimeSeconds", "quota") if k in init},
-            _ControllerSettings,
-        )
+        settings = msgspec.convert({k: init[k] for k in keys if k in init}, _ControllerSettings)
     except msgspec.ValidationError as exc:
         raise AiosFastError(f"{path}: controller.initSettings: {exc}") from None
     return doc, plan, settings
 
 
-def quota_policy(doc: dict) -> PolicyRule | None:
-    """``controller.policies.quotaChecker`` (or a list entry with that ``name``)."""
+def controller_policy(doc: dict, name: str) -> PolicyRule | None:
+    """``controller.policies[name]`` (or a list entry with that ``name``)."""
     policies = (doc.get("controller") or {}).get("policies") or {}
     if isinstance(policies, list):
         policies = {p.get("name"): p for p in policies if isinstance(p, dict)}
-    rule = policies.get("quotaChecker") if isinstance(policies, dict) else None
+    rule = policies.get(name) if isinstance(policies, dict) else None
     if not rule:
         return None
     return PolicyRule(rule.get("policyRuleURI", ""), parameters=rule.get("parameters") or {},
@@ -69,11 +77,21 @@ def quota_policy(doc: dict) -> PolicyRule | None:
 
 async def _serve(opts) -> None:
     doc, plan, settings = load_compiled(opts.document)
+    tls = TLS.from_options(opts)
+    health = HealthCheck(plan, controller_policy(doc, "healthChecker"),
+                         interval=settings.healthCheckIntervalSeconds,
+                         timeout=settings.healthCheckTimeoutSeconds, tls=tls)  # fmt: skip
+    quality_policy = controller_policy(doc, "qualityChecker")
+    try:
+        quality = QualityCheck(quality_policy) if quality_policy is not None else None
+    except ValueError as exc:
+        raise AiosFastError(f"{opts.document}: controller.policies.{exc}") from None
     controller = VDagController(
         plan, host=opts.host, port=opts.port, http_port=opts.http_port,
         max_wait=settings.maxOutputWaitTimeSeconds, quota=settings.quota,
         auth=Auth.from_env(opts.auth_file), insecure=opts.insecure,
-        tls=TLS.from_options(opts), advertise=opts.advertise, quota_policy=quota_policy(doc),
+        tls=tls, advertise=opts.advertise, quota_policy=controller_policy(doc, "quotaChecker"),
+        health=health, quality=quality,
     )  # fmt: skip
     await controller.start()
     registration = None

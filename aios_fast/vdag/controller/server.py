@@ -32,7 +32,9 @@ refused): a quota is never skipped because its code failed.
 
 HTTP (one port): ``GET /metrics`` (Prometheus), ``GET /health``, ``POST /mgmt``:
 ``stats``, ``get_plan``, ``get_quota``, ``set_quota`` ({rate, burst, sessionRate,
-sessionBurst}: 0 turns a bucket off).
+sessionBurst}: 0 turns a bucket off), ``health`` (the blocks' health and the health
+checker policy's verdict; ``{"run_now": true}`` checks first), ``quality`` (the
+quality checker's counts and last answers); see ``checks``.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ from ...tls import TLS
 from ...wire import ACCEPTED, INFER, INFER_STREAM, SERVICE
 from ..compile import Plan
 from ..hop import Ticket, decode_ticket, encode_ticket
+from .checks import HealthCheck, QualityCheck
 
 __all__ = [
     "VDAG_INFER",
@@ -163,6 +166,8 @@ class VDagController:
         tls: TLS | None = None,
         advertise: str | None = None,
         quota_policy: PolicyRule | None = None,
+        health: HealthCheck | None = None,
+        quality: QualityCheck | None = None,
     ) -> None:
         self.plan = plan
         self.plan_json = msgspec.json.encode(plan)
@@ -172,6 +177,8 @@ class VDagController:
         self.max_wait = max_wait
         self.quota = Quota(quota or QuotaSettings())
         self.quota_policy = quota_policy
+        self.health = health
+        self.quality = quality
         self.auth = auth or Auth()
         self.insecure = insecure
         self.tls = tls or TLS()
@@ -307,7 +314,10 @@ class VDagController:
             self.failures[key] = self.failures.get(key, 0) + 1
             raise
         self.completed += 1
-        self.latency.observe(time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        self.latency.observe(seconds)
+        if self.quality is not None:
+            self.quality.offer(request, out, seconds)
         return out
 
     # ------------------------------------------------------------------ gRPC handlers
@@ -436,8 +446,16 @@ class VDagController:
             except msgspec.ValidationError as exc:
                 raise ValueError(str(exc)) from None
             return msgspec.to_builtins(self.quota.settings)
+        if action == "health" and self.health is not None:
+            if data.get("run_now"):
+                return await self.health.run_now()
+            return self.health.status()
+        if action == "quality":
+            if self.quality is None:
+                raise MgmtError("quality: the vDAG has no qualityChecker policy")
+            return self.quality.status()
         raise MgmtError(f"unknown management action {action!r}: the actions are stats, "
-                        "get_plan, get_quota, set_quota")  # fmt: skip
+                        "get_plan, get_quota, set_quota, health, quality")  # fmt: skip
 
     def _collect(self):
         yield counter("aios_vdag_tasks", "vDAG tasks by event.", ("event",), [
@@ -446,6 +464,10 @@ class VDagController:
             ("completed", self.completed), ("failed", self.failed),
             ("timed_out", self.timed_out), ("cancelled", self.cancelled),
             ("late", self.late)])  # fmt: skip
+        if self.health is not None and self.health.data:
+            ups = [(n, d["block_id"], int(d["up"])) for n, d in self.health.data.items()]
+            yield gauge("aios_vdag_block_up", "Whether a node's block answered the last "
+                        "health check.", ("node", "block"), ups)  # fmt: skip
         rows = [(n, c, k) for (n, c), k in self.failures.items()]
         yield counter("aios_vdag_failures", "Failed vDAG tasks by node and status.",
                       ("node", "code"), rows)  # fmt: skip
@@ -496,8 +518,15 @@ class VDagController:
         app.router.add_post("/mgmt", mgmt_route(self._mgmt, "vDAG controller"))
         self._runner, self.http_port = await start_site(app, self.host, self.http_port,
                                                         self.tls.server_context())  # fmt: skip
+        if self.health is not None:
+            self.health.start()
+        if self.quality is not None:
+            self.quality.start()
 
     async def stop(self, grace: float = 10.0) -> None:
+        for check in (self.health, self.quality):
+            if check is not None:
+                await check.stop()
         if self._server is not None:
             await self._server.stop(grace)
         if self._runner is not None:
