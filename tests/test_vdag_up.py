@@ -37,3 +37,25 @@ def test_vdag_up_serves_until_stopped_and_refuses_bad_documents(tmp_path):
     out = aios("vdag", "up", f"{EX}echo-chain.json", "--blocks", *BLOCKS[:2], "--ports", "auto")
     assert out.returncode == 2
     assert out.stderr.strip() == "aios-fast: node 'third': block 'echo-c' not found"
+
+
+def test_the_digits_pipeline_example():
+    """Normalize -> a nested ensemble vDAG: the classifier's post-processing routes
+    unsure images to a second model as well, a fan-in combines the answers; the
+    held-out images' labels check the pipeline's accuracy."""
+    import pytest
+
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("sklearn")
+    blocks = [f"{EX}digits-block-{x}.json" for x in ("normalize", "classifier", "second",
+                                                      "combine")]  # fmt: skip
+    out = aios("vdag", "up", f"{EX}digits.json", "--vdags", f"{EX}digits-ensemble.json",
+               "--blocks", *blocks, "--ports", "auto", "--json", "--traffic", "450", "--once",
+               timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    info, summary = lines[0], lines[1]
+    assert set(info["nodes"]) == {"normalize", "ensemble/classifier", "ensemble/second",
+                                  "ensemble/combine"}  # fmt: skip
+    assert (summary["completed"], summary["errors"], summary["checked"]) == (450, {}, 450)
+    assert summary["agreement"] >= 0.9

@@ -34,6 +34,7 @@ import msgspec
 
 from ..errors import AiosFastError
 from ..policy import network_safe
+from .policies import BUILTINS
 
 __all__ = [
     "NODE_TYPES",
@@ -240,6 +241,10 @@ def problems(doc: VDagDoc) -> list[str]:
             rule = getattr(node, name)
             if rule and not isinstance(rule.get("policyRuleURI"), str):
                 out.append(f"node {label!r}: {name} needs a policyRuleURI string")
+            elif rule and rule["policyRuleURI"].startswith("builtin:") \
+                    and rule["policyRuleURI"] not in BUILTINS:  # fmt: skip
+                out.append(f"node {label!r}: {name} {rule['policyRuleURI']!r} is not a "
+                           f"built-in ({', '.join(BUILTINS)})")  # fmt: skip
             elif rule and network_safe(rule["policyRuleURI"]):
                 out.append(f"node {label!r}: {name} {rule['policyRuleURI']!r} must be "
                            "builtin:<name> or <name>:<version> under AIOS_POLICY_PATH "

@@ -18,7 +18,8 @@ decoded once per instance, not per hop).
    (its JSON value, or its data as a string), files concatenated;
 2. the node's pre-processing policy (``eval(parameters, {"packet": packet}, context)``
    -> a packet, or None for unchanged), the Block, then the post-processing policy
-   (``{"packet", "node", "next"}`` -> a packet, None for unchanged, or ``{"packet":
+   (``{"packet": the output, "input": the packet the block ran on, "node", "next"}``
+   -> a packet, None for unchanged, or ``{"packet":
    ..., "next": [labels]}`` to fire only those outgoing edges: conditional routing);
 3. the output goes to every next node's block at once (``InferenceProxy/infer``, the
    block's own API); an edge that does not fire carries a *skip* packet instead, so a
@@ -47,6 +48,7 @@ from .. import codec
 from ..errors import AiosFastError, TaskExpired, TaskTimedOut
 from ..policy import PolicyRule, network_safe
 from .compile import Plan, PlanNode
+from .policies import BUILTINS
 
 __all__ = [
     "TICKET_PREFIX",
@@ -174,7 +176,12 @@ class NodeRunner:
                 raise AiosFastError(why)
             settings = {**(rule.get("settings") or {}), "vdag": plan.vdag_uri,
                         "node_label": node.label, "block_id": node.block_id}  # fmt: skip
-            policy = PolicyRule(uri, parameters=rule.get("parameters") or {}, settings=settings)
+            cls = BUILTINS.get(uri)
+            if uri.startswith("builtin:") and cls is None:
+                raise AiosFastError(f"unknown built-in vDAG policy {uri!r} (built-ins: "
+                                    f"{', '.join(BUILTINS)})")  # fmt: skip
+            policy = PolicyRule(cls or uri, rule_id=uri, parameters=rule.get("parameters") or {},
+                                settings=settings)  # fmt: skip
         self._policies[key] = policy
         return policy
 
@@ -222,10 +229,14 @@ class NodeRunner:
             fire = list(node.next)
             post = self.policy(ticket.plan_id, plan, node, "post")
             if out is not None and post is not None:
-                answer = post.eval({"packet": out, "node": node.label, "next": list(node.next)})
+                # the policy sees labels as its own vDAG document writes them
+                local = _local_labels(node)
+                answer = post.eval({"packet": out, "input": packet,
+                                    "node": node.label.rpartition("/")[2],
+                                    "next": list(local)})  # fmt: skip
                 if isinstance(answer, dict):
                     if "next" in answer:
-                        fire = _labels(answer["next"], node)
+                        fire = [local[x] for x in _labels(answer["next"], list(local))]
                     answer = answer.get("packet")
                 out = _packet(answer, out, "postprocessing")
         except asyncio.CancelledError:
@@ -414,12 +425,20 @@ def _packet(answer: Any, original: Any, what: str) -> Any:
     raise AiosFastError(f"the {what} policy returned {type(answer).__name__}, not a packet")
 
 
-def _labels(value: Any, node: PlanNode) -> list[str]:
+def _local_labels(node: PlanNode) -> dict[str, str]:
+    """The node's next labels as its own vDAG document writes them (a sub-vDAG's nodes
+    are ``outer/inner`` in the plan) -> the plan's labels."""
+    prefix = node.label.rpartition("/")[0]
+    prefix = prefix + "/" if prefix else ""
+    return {(x[len(prefix) :] if prefix and x.startswith(prefix) else x): x for x in node.next}
+
+
+def _labels(value: Any, known: list[str]) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise AiosFastError(f"the postprocessing policy's next must be a list of labels, "
                             f"not {value!r}")  # fmt: skip
-    unknown = [v for v in value if v not in node.next]
+    unknown = [v for v in value if v not in known]
     if unknown:
         raise AiosFastError(f"the postprocessing policy chose {unknown[0]!r}, not one of "
-                            f"the next nodes {node.next}")  # fmt: skip
+                            f"the next nodes {known}")  # fmt: skip
     return value
