@@ -8,6 +8,7 @@ aios-fast mgmt URL ACTION [DATA]                      POST /mgmt to a block serv
 aios-fast registry serve [--port 8080] ...            the registry server
 aios-fast vdag check VDAG.json [--blocks A.json ...]  validate (and compile) a vDAG
 aios-fast vdag up VDAG.json --blocks A.json ...       its blocks and controller, locally
+aios-fast vdag manifests VDAG.json --blocks A.json ... its Kubernetes YAML
 """
 
 from __future__ import annotations
@@ -272,6 +273,16 @@ def _vdag_up(opts) -> int:
     )  # fmt: skip
 
 
+def _vdag_manifests(opts) -> int:
+    from .devtools.manifests import render
+    from .devtools.vdag_up import manifests
+
+    objects = manifests(opts.document, opts.blocks, opts.vdags, image=opts.image,
+                        namespace=opts.namespace)  # fmt: skip
+    sys.stdout.write(render(objects))
+    return 0
+
+
 def _registry(opts, rest: list[str]) -> int:
     from registry_server.__main__ import main as registry_main
 
@@ -438,6 +449,16 @@ def _parser() -> argparse.ArgumentParser:
                      "vDAG and registers itself there (AIOS_REGISTRY_TOKEN)")  # fmt: skip
     add_tls_arguments(vup)
     vup.set_defaults(run=_vdag_up)
+    vman = vdag.add_parser(
+        "manifests", help="print the Kubernetes YAML of a vDAG's blocks and controller",
+        formatter_class=DEFAULTS,
+    )  # fmt: skip
+    vman.add_argument("document", help="vDAG document (JSON)")
+    vman.add_argument("--blocks", nargs="+", required=True, metavar="BLOCK.json")
+    vman.add_argument("--vdags", nargs="+", default=[], metavar="VDAG.json")
+    vman.add_argument("--image", default="aios-fast:latest", help="container image of every pod")
+    vman.add_argument("--namespace", default="default")
+    vman.set_defaults(run=_vdag_manifests)
 
     registry = sub.add_parser("registry", help="the registry server")
     registry.add_argument("verb", choices=("serve",))

@@ -59,3 +59,26 @@ def test_the_digits_pipeline_example():
                                   "ensemble/combine"}  # fmt: skip
     assert (summary["completed"], summary["errors"], summary["checked"]) == (450, {}, 450)
     assert summary["agreement"] >= 0.9
+
+
+def test_vdag_manifests_render_the_blocks_and_the_controller():
+    import yaml
+
+    out = aios("vdag", "manifests", f"{EX}echo-chain.json", "--blocks", *BLOCKS,
+               "--namespace", "ml", "--image", "reg/aios:1")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    objects = list(yaml.safe_load_all(out.stdout))
+    deployments = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Deployment"}
+    assert {"echo-a-executor", "echo-b-executor", "echo-c-executor",
+            "vdag-echo-chain-controller"} <= set(deployments)  # fmt: skip
+    ctl = deployments["vdag-echo-chain-controller"]["spec"]["template"]["spec"]["containers"][0]
+    assert ctl["image"] == "reg/aios:1"
+    assert ctl["command"][:4] == ["python", "-m", "aios_fast.vdag.controller",
+                                  "/etc/aios-fast/vdag.json"]  # fmt: skip
+    config = next(o for o in objects if o["metadata"]["name"] == "vdag-echo-chain-vdag")
+    plan = json.loads(config["data"]["vdag.json"])["compiled_graph_data"]["plan"]
+    assert plan["nodes"]["second"]["endpoint"] == "echo-b-executor.ml.svc:50051"
+    kubernetes_validate = __import__("pytest").importorskip("kubernetes_validate")
+    version = kubernetes_validate.latest_version()
+    for obj in objects:
+        kubernetes_validate.validate(obj, version, strict=True)

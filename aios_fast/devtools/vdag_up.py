@@ -19,6 +19,14 @@ controller, checked: every answer must be OK, and when the document's
 at least ``trafficMinAgreement`` (default 1.0) of the answers must carry the expected
 fields. ``--once`` stops everything after the traffic. ``--registry URL``: the
 controller stores the compiled vDAG there and registers itself (leaving on stop).
+
+``vdag manifests``: the Kubernetes objects of every block (``block manifests``) and of
+the controller: a ConfigMap with the document compiled against the blocks' executor
+Services (``<block>-executor.<namespace>.svc:<grpc port>``), a Deployment running
+``python -m aios_fast.vdag.controller`` (token from the Secret ``<vdag>-tokens``; the
+blocks' instances present their own block's token to the next block and to the
+controller, so a vDAG's blocks and controller share one token value) and a Service
+(gRPC 50061, HTTP 18061 with Prometheus scrape annotations).
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ from ..vdag import VDagDoc, VDagError, compile_vdag, load, problems
 from .block_up import BlockDoc, LocalBlock, use_free_ports
 from .traffic import _checked_samples
 
-__all__ = ["check", "drive_vdag", "load_blocks", "load_vdags", "up"]
+__all__ = ["check", "drive_vdag", "load_blocks", "load_vdags", "manifests", "up"]
 
 CONTROLLER_PORTS = {"grpc": 50061, "http": 18061}  # --ports default
 
@@ -293,3 +301,77 @@ def _format(summary: dict) -> str:
     for error, count in summary["errors"].items():
         text += f"\n  {count:,} x {error}"
     return text
+
+
+# ---------------------------------------------------------------------- manifests
+
+
+def manifests(
+    path: str,
+    blocks: list[str],
+    vdags: list[str] | None = None,
+    *,
+    image: str = "aios-fast:latest",
+    namespace: str = "default",
+) -> list[dict]:
+    """The vDAG's blocks' and controller's Kubernetes objects, in the order to apply."""
+    from . import manifests as block_manifests
+
+    doc = load(path)
+    lines = problems(doc)
+    if lines:
+        raise VDagError(lines[0], lines)
+    docs = _block_docs(blocks)
+    objects: list[dict] = []
+    endpoints = {}
+    for block_doc, document in docs:
+        objects += block_manifests.manifests(block_doc, document, image=image,
+                                             namespace=namespace)  # fmt: skip
+        names = block_manifests.block_names(block_doc.id)
+        endpoints[block_doc.id] = (f"{names.executor}.{namespace}.svc:"
+                                   f"{block_doc.initSettings.ports.grpc}")  # fmt: skip
+    compile_vdag(doc, [d for _, d in docs], load_vdags(vdags or []), endpoints)
+    base = block_manifests.block_names(f"vdag-{doc.vdagName}").base
+    labels = {"app.kubernetes.io/name": "aios-fast", "app.kubernetes.io/instance": base,
+              "app.kubernetes.io/component": "vdag-controller"}  # fmt: skip
+    meta = {"namespace": namespace, "labels": labels}
+    grpc_port, http_port = CONTROLLER_PORTS["grpc"], CONTROLLER_PORTS["http"]
+    service = f"{base}-controller"
+    container = {
+        "name": "controller",
+        "image": image,
+        "command": ["python", "-m", "aios_fast.vdag.controller", "/etc/aios-fast/vdag.json",
+                    "--host", "0.0.0.0", "--port", str(grpc_port), "--http-port", str(http_port),
+                    "--advertise", f"{service}.{namespace}.svc"],
+        "ports": [{"name": "grpc", "containerPort": grpc_port},
+                  {"name": "http", "containerPort": http_port}],
+        "env": [{"name": "AIOS_FAST_TOKEN",
+                 "valueFrom": {"secretKeyRef": {"name": f"{base}-tokens", "key": "token"}}},
+                {"name": "PYTHONUNBUFFERED", "value": "1"}],
+        "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}},
+        "livenessProbe": {"httpGet": {"path": "/health", "port": "http"},
+                          "periodSeconds": 10, "failureThreshold": 3},
+        "volumeMounts": [{"name": "vdag", "mountPath": "/etc/aios-fast", "readOnly": True}],
+        "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
+                            "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}},
+    }  # fmt: skip
+    objects += [
+        {"apiVersion": "v1", "kind": "ConfigMap",
+         "metadata": {"name": f"{base}-vdag", **meta},
+         "data": {"vdag.json": json.dumps(msgspec.to_builtins(doc), indent=2, sort_keys=True)}},
+        {"apiVersion": "apps/v1", "kind": "Deployment",
+         "metadata": {"name": service, **meta},
+         "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                  "template": {"metadata": {"labels": labels}, "spec": {
+                      "automountServiceAccountToken": False,
+                      "containers": [container],
+                      "volumes": [{"name": "vdag", "configMap": {"name": f"{base}-vdag"}}]}}}},
+        {"apiVersion": "v1", "kind": "Service",
+         "metadata": {"name": service, **meta, "annotations": {
+             "prometheus.io/scrape": "true", "prometheus.io/port": str(http_port),
+             "prometheus.io/path": "/metrics"}},
+         "spec": {"selector": labels, "ports": [
+             {"name": "grpc", "port": grpc_port, "targetPort": "grpc", "protocol": "TCP"},
+             {"name": "http", "port": http_port, "targetPort": "http", "protocol": "TCP"}]}},
+    ]  # fmt: skip
+    return objects
