@@ -469,3 +469,34 @@ def test_health_and_quality_checks(net, tmp_path):
     assert sorted(json.loads(s["input"]["data"])["x"] for s in samples) == [0, 1, 2, 3, 4]
     assert all(json.loads(s["output"]["data"])["x"] == json.loads(s["input"]["data"])["x"] + 3
                for s in samples)  # fmt: skip
+
+
+def test_a_caller_who_cancels_stops_the_tasks_pending_hops(net):
+    import time
+
+    from .procs import get_text
+
+    net.block("a")
+    slow = net.block("slow", sleep=2)
+    c = net.block("c")
+    raw = vdag("cancel", [node(x, x) for x in ("a", "slow", "c")],
+               {"slow": ["a"], "c": ["slow"]}, ["a"], "c")  # fmt: skip
+    ctl = net.controller(raw)
+    with grpc.insecure_channel(f"127.0.0.1:{ctl['port']}") as ch:
+        request = vdag_pb2.vDAGInferencePacket(session_id="s", data='{"x": 0}')
+        pending = ch.unary_unary("/vDAGInferenceService/infer").future(
+            request.SerializeToString(), timeout=30
+        )
+        running = f"http://127.0.0.1:{slow.info['mgmt_port']}/metrics"
+        end = time.monotonic() + 20
+        while "aios_instance_running 1.0" not in get_text(running):  # 'slow' runs it
+            assert time.monotonic() < end, "the task never reached 'slow'"
+            time.sleep(0.02)
+        pending.cancel()  # the caller gives up while 'slow' runs
+    # a second task on the same path: by the time it comes back, whatever 'slow' passed
+    # on for the first one reached 'c' before it
+    assert call(ctl, {"x": 1}, seq=2)[2]["path"] == ["a", "slow", "c"]
+    metrics = get_text(f"http://127.0.0.1:{c.info['mgmt_port']}/metrics")
+    assert 'aios_instance_tasks_total{outcome="completed"} 1.0' in metrics  # the 2nd only
+    s = stats(ctl)
+    assert (s["accepted"], s["cancelled"], s["completed"], s["late"]) == (2, 1, 1, 0)

@@ -28,7 +28,7 @@ from .. import codec
 from ..auth import bearer
 from ..errors import AiosFastError
 from ..tls import TLS
-from ..vdag.hop import HopError, NodeRunner, is_ticket
+from ..vdag.hop import CANCEL_PTR, HopError, NodeRunner, is_ticket
 from ..wire import ACCEPTED, INFER, INFER_STREAM
 
 __all__ = ["OutputRouter", "RoutingError"]
@@ -59,7 +59,7 @@ class OutputRouter:
     @property
     def vdag(self) -> NodeRunner:
         if self._vdag is None:
-            self._vdag = NodeRunner(self._hop)
+            self._vdag = NodeRunner(self._hop, watch=self._watch)
         return self._vdag
 
     async def run_vdag(
@@ -87,14 +87,19 @@ class OutputRouter:
         await self.vdag.run(packet, run_block)
         return b""
 
+    def _watch(self, controller: str) -> None:
+        """Keep a stream open to a task's controller: it carries the answers there and
+        the controller's cancellations back."""
+        stream = self._replies.get(controller)
+        if stream is None or stream.closed:
+            self._replies[controller] = _ReplyStream(self._channel(controller), self._metadata,
+                                                     self.vdag.cancel)  # fmt: skip
+
     async def _hop(self, target: str, block_id: str, payload: bytes,
                    timeout: float | None) -> None:  # fmt: skip
         if not block_id:  # to the vDAG controller: on one long-lived stream
-            stream = self._replies.get(target)
-            if stream is None or stream.closed:
-                stream = self._replies[target] = _ReplyStream(self._channel(target),
-                                                              self._metadata)  # fmt: skip
-            stream.send(codec.encode_message(payload))
+            self._watch(target)
+            self._replies[target].send(codec.encode_message(payload))
             return
         channel = self._channel(target)
         metadata = ((("x-service-name", block_id),) if block_id else ()) + self._metadata
@@ -182,13 +187,16 @@ class OutputRouter:
 
 
 class _ReplyStream:
-    """Answers to one vDAG controller, sent on one ``InferenceProxy/infer_stream`` (the
-    controller answers nothing on it): a message costs a stream write, not a call. When
-    the stream ends (the controller went away) the next answer opens a new one; what
-    was queued on the ended one is lost and the controller's own timeout ends those
-    tasks (``lost`` counts them here)."""
+    """Answers to one vDAG controller, sent on one ``InferenceProxy/infer_stream``: a
+    message costs a stream write, not a call. The controller sends back only the tasks
+    it gave up on (``on_cancel(task)``: their pending hops stop). When the stream ends
+    (the controller went away) the next answer opens a new one; what was queued on the
+    ended one is lost and the controller's own timeout ends those tasks (``lost``
+    counts them here)."""
 
-    def __init__(self, channel: grpc.aio.Channel, metadata: tuple) -> None:
+    def __init__(self, channel: grpc.aio.Channel, metadata: tuple,
+                 on_cancel: Callable[[str], None]) -> None:  # fmt: skip
+        self.on_cancel = on_cancel
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.closed = False
         self.lost = 0
@@ -201,8 +209,10 @@ class _ReplyStream:
 
     async def _read(self) -> None:
         try:
-            async for _ in self.call:
-                pass
+            async for message in self.call:
+                packet = codec.decode_message(message)
+                if packet.output_ptr == CANCEL_PTR:
+                    self.on_cancel(packet.data)
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
             pass
         finally:

@@ -51,6 +51,7 @@ from .compile import Plan, PlanNode
 from .policies import BUILTINS
 
 __all__ = [
+    "CANCEL_PTR",
     "TICKET_PREFIX",
     "HopError",
     "NodeRunner",
@@ -63,6 +64,9 @@ __all__ = [
 log = logging.getLogger("aios_fast.vdag")
 
 TICKET_PREFIX = '{"is_graph":true'
+# a controller's message on an instance's answer stream: the task (in data) it gave up on
+CANCEL_PTR = "vdag-cancel"
+MAX_CANCELLED = 100_000  # cancelled task ids an instance remembers (oldest first out)
 
 
 class Ticket(msgspec.Struct, omit_defaults=True):
@@ -132,8 +136,11 @@ class NodeRunner:
     block's or the controller's ``InferenceProxy/infer``, raising HopError."""
 
     def __init__(self, send: Send, *, join_timeout: float = 30.0, max_joins: int = 10_000,
-                 max_join_bytes: int = 256 << 20, max_plans: int = 64) -> None:  # fmt: skip
+                 max_join_bytes: int = 256 << 20, max_plans: int = 64,
+                 watch: Callable[[str], None] | None = None) -> None:  # fmt: skip
         self.send = send
+        self.watch = watch  # called with each task's controller (keeps a stream to it)
+        self._cancelled: OrderedDict[str, None] = OrderedDict()
         self.join_timeout = join_timeout
         self.max_joins = max_joins
         self.max_join_bytes = max_join_bytes
@@ -145,6 +152,7 @@ class NodeRunner:
         self._tasks: set[asyncio.Task] = set()
         # counters (the instance's /stats)
         self.ran = self.skipped = self.joined = self.failed = self.lost_reports = 0
+        self.dropped = 0  # packets of cancelled tasks not run or not passed on
 
     # ------------------------------------------------------------------ plans, policies
 
@@ -191,6 +199,11 @@ class NodeRunner:
         """Run the node ``packet``'s ticket names, then pass the task on. Never raises
         for the task's own failures: they are reported to its controller."""
         ticket = decode_ticket(packet.output_ptr)
+        if self.watch is not None and ticket.reply:
+            self.watch(ticket.reply)
+        if ticket.task in self._cancelled:
+            self.dropped += 1
+            return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + ticket.ttl if ticket.ttl > 0 else None
         label = ticket.node
@@ -255,11 +268,24 @@ class NodeRunner:
             return
         await self.forward(ticket, plan, node, out, fire, deadline)
 
+    def cancel(self, task: str) -> None:
+        """The controller gave up on ``task``: its packets here are not run nor passed
+        on from now on (a block already running it finishes, its output is dropped)."""
+        self._cancelled[task] = None
+        if len(self._cancelled) > MAX_CANCELLED:
+            self._cancelled.popitem(last=False)
+        for key in [k for k in self._joins if k[0] == task]:
+            self._drop(key)
+            self.dropped += 1
+
     async def forward(self, ticket: Ticket, plan: Plan, node: PlanNode, out: Any,
                       fire: list[str], deadline: float | None,
                       skipped: bool = False) -> None:  # fmt: skip
         """``out`` to every next node (a skip packet on edges not in ``fire``), and to the
         controller from the output node (``skipped``: the task took no path through it)."""
+        if ticket.task in self._cancelled:
+            self.dropped += 1
+            return
         loop = asyncio.get_running_loop()
         ttl = 0.0
         if deadline is not None:

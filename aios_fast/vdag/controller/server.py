@@ -62,7 +62,7 @@ from ...service.metrics import CONTENT_TYPE, Histogram, Registry, counter, gauge
 from ...tls import TLS
 from ...wire import ACCEPTED, INFER, INFER_STREAM, SERVICE
 from ..compile import Plan
-from ..hop import Ticket, decode_ticket, encode_ticket
+from ..hop import CANCEL_PTR, Ticket, decode_ticket, encode_ticket
 from .checks import HealthCheck, QualityCheck
 
 __all__ = [
@@ -188,6 +188,7 @@ class VDagController:
             else ()
         )
         self._ids = itertools.count(1)
+        self._watchers: set[asyncio.Queue] = set()
         self._prefix = f"{os.getpid():x}-{int(time.time() * 1000) & 0xFFFFFF:x}-"
         self.pending: dict[str, asyncio.Future] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -232,8 +233,12 @@ class VDagController:
             try:
                 ticket, out = await asyncio.wait_for(future, wait)
             except asyncio.TimeoutError:
+                self._give_up(task_id)
                 raise _Outcome(grpc.StatusCode.DEADLINE_EXCEEDED,
                                f"the vDAG gave no answer within {wait:g}s") from None  # fmt: skip
+        except asyncio.CancelledError:
+            self._give_up(task_id)  # the caller left: its pending hops stop
+            raise
         finally:
             self.pending.pop(task_id, None)
         for label, seconds in ticket.spans:
@@ -402,14 +407,32 @@ class VDagController:
         return ACCEPTED
 
     async def _results(self, requests, context):
-        """The instances' stream of answers (nothing is sent back)."""
-        async for request in requests:
-            try:
-                self._deliver(request)
-            except Exception:
-                self.invalid_answers += 1
-        return
-        yield  # an async generator: a stream that answers nothing
+        """An instance's stream of answers; what goes back on it: the tasks the
+        controller gave up on (cancelled or timed out), so their pending hops stop."""
+        cancels: asyncio.Queue = asyncio.Queue()
+        self._watchers.add(cancels)
+
+        async def read() -> None:
+            async for request in requests:
+                try:
+                    self._deliver(request)
+                except Exception:
+                    self.invalid_answers += 1
+            cancels.put_nowait(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (task_id := await cancels.get()) is not None:
+                yield codec.encode_message(codec.Packet(data=task_id, output_ptr=CANCEL_PTR))
+        finally:
+            self._watchers.discard(cancels)
+            reader.cancel()
+
+    def _give_up(self, task_id: str) -> None:
+        """Tell every instance watching this controller to stop the task's hops."""
+        for watcher in self._watchers:
+            if watcher.qsize() < 10_000:  # an instance that does not read loses them
+                watcher.put_nowait(task_id)
 
     def _deliver(self, request: bytes) -> None:
         packet = codec.decode_message(request)
