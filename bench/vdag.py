@@ -17,8 +17,10 @@ CPU per task is every server process's CPU (executors, instances, the controller
 /proc, threads included) over the tasks; for (c) the three blocks' per-task CPU is
 summed. Goals (issue 25): the chain's CPU per task at most 1.25x the sum of the blocks'
 alone, its p50 at 1 task in flight below (b)'s, its tasks/s at saturation (64 in
-flight) not below (b)'s. The last line (``--quick`` too): ``vdag chain cpu_ratio X
-p50_ratio Y tput_ratio Z``.
+flight) not below (b)'s. Then the digits pipeline example (``examples/vdag/digits*``,
+ONNX Runtime; skipped without the ``[onnx]`` extra) through ``aios-fast vdag up
+--traffic 450 --once``: its tasks/s and accuracy on the held-out images. The last line
+(``--quick`` too): ``vdag chain cpu_ratio X p50_ratio Y tput_ratio Z``.
 """
 
 from __future__ import annotations
@@ -195,6 +197,31 @@ def run(opts) -> dict:
     return {name: {k: statistics.median(v) for k, v in cols.items()} for name, cols in rows.items()}
 
 
+def digits_pipeline() -> dict | None:
+    """The digits example through vdag up: its --traffic summary (None: no onnx)."""
+    import subprocess
+
+    try:
+        import onnxruntime  # noqa: F401
+        import sklearn  # noqa: F401
+    except ImportError:
+        return None
+    ex = ROOT / "aios_fast" / "examples" / "vdag"
+    blocks = [str(ex / f"digits-block-{x}.json") for x in ("normalize", "classifier",
+                                                            "second", "combine")]  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "aios_fast", "vdag", "up", str(ex / "digits.json"), "--vdags",
+         str(ex / "digits-ensemble.json"), "--blocks", *blocks, "--ports", "auto", "--json",
+         "--traffic", "450", "--once"],
+        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    lines = [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")]
+    if out.returncode != 0 or len(lines) < 2:
+        raise RuntimeError(f"the digits pipeline failed: {out.stderr[-1000:]}")
+    return lines[1]
+
+
 def render(rows: dict, opts) -> str:
     a, b, alone = rows["chain"], rows["client"], rows["alone"]
     cpu_ratio = a["cpu64"] / alone["cpu64"]
@@ -231,10 +258,21 @@ def render(rows: dict, opts) -> str:
         f"- chain tasks/s at 64 in flight / client-chained: {tput_ratio:.2f}x (goal >= 1: "
         f"{goal(tput_ratio >= 1)})",
         "",
+        _digits_line(opts.digits),
+        "",
         f"vdag chain cpu_ratio {cpu_ratio:.2f} p50_ratio {p50_ratio:.2f} "
         f"tput_ratio {tput_ratio:.2f}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _digits_line(summary: dict | None) -> str:
+    if summary is None:
+        return "Digits pipeline: skipped (needs the [onnx] extra)."
+    return (f"Digits pipeline (normalize -> nested ensemble: classifier, second model for "
+            f"unsure images, fan-in combine; 450 held-out images, 32 in flight): "
+            f"{summary['tasks_per_s']:,.0f} tasks/s, p50 {summary['p50_s'] * 1e3:.1f} ms, "
+            f"accuracy {summary['agreement']:.3f}.")  # fmt: skip
 
 
 def main(argv=None) -> int:
@@ -247,6 +285,8 @@ def main(argv=None) -> int:
     if opts.quick:
         opts.rounds, opts.tasks = 1, 1000
     rows = run(opts)
+    progress("vdag bench: the digits pipeline ...")
+    opts.digits = digits_pipeline()
     publish("vDAG chain", "bench.vdag", render(rows, opts), opts.write, argv)
     return 0
 
