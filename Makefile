@@ -14,7 +14,7 @@ PIP = $(PY) -m pip install --disable-pip-version-check --progress-bar off
 # What a (re)install depends on: change one of these and `make setup` installs again.
 SOURCES = pyproject.toml setup.py setup_modules.py $(wildcard native/aios_fast/*.pyx native/aios_fast/*.pxd)
 
-.PHONY: setup compile test test-compiled test-pure bench lint build-check run clean
+.PHONY: setup compile test test-fast test-compiled test-pure bench lint build-check run clean
 
 setup: $(STAMP)             ## install the package (compiling native/) and the test tools, once
 
@@ -35,6 +35,9 @@ compile: setup              ## rebuild the Cython extensions in place
 test: setup                 ## README's test command: the suite compiled, then pure-Python
 	$(MAKE) test-compiled
 	$(MAKE) test-pure TWINS_TESTED=1
+
+test-fast: setup            ## the unit layer only: in process, no sockets, no slow property runs
+	$(PY) -m pytest -q -m "not integration and not slow"
 
 test-compiled:
 	$(PY) -m pytest -q

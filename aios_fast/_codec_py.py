@@ -178,7 +178,7 @@ class FileInfo:
             return NotImplemented
         return self.metadata == other.metadata and self.file_data == other.file_data
 
-    __hash__ = None
+    __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return f"FileInfo(metadata={self.metadata!r}, file_data=<{len(self.file_data)} bytes>)"
@@ -303,7 +303,7 @@ class Packet:
             self.ts == other.ts or (math.isnan(self.ts) and math.isnan(other.ts))
         )
 
-    __hash__ = None
+    __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return (

@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import math
 import os
+from typing import Any
 
 from .errors import LBConfigError, NoInstanceError, UnknownInstanceError
 
@@ -323,14 +324,14 @@ class WeightedRoundRobin(Balancer):
         groups: dict[float, list[int]] = {}
         for a, pos in enumerate(self._active):
             groups.setdefault(self._weight[pos], []).append(a)
-        self._groups = []  # [stride, ring of [deadline, a], head]
+        self._groups: list[list[Any]] = []  # [stride, ring of [deadline, a], head]
         for weight, members in groups.items():
             stride = 1.0 / weight
             ring = sorted([stride * _phase(a), a] for a in members)
             self._groups.append([stride, ring, 0])
 
     def _choose(self, packet) -> int:
-        best = None
+        best: Any = None
         for g, (_, ring, head) in enumerate(self._groups):
             key = (ring[head][0], ring[head][1])
             if best is None or key < best[0]:

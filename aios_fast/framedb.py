@@ -65,7 +65,7 @@ class _Redis:
         self.client = redis.Redis.from_url(url)
 
     async def get(self, key: str) -> bytes | None:
-        return await self.client.get(key)
+        return await self.client.get(key)  # type: ignore[return-value]  # no decode_responses
 
     async def set(self, key: str, value, ttl: float | None) -> None:
         await self.client.set(key, bytes(value), px=int(ttl * 1000) if ttl else None)
@@ -81,9 +81,9 @@ class FrameDB:
         if stores is None:
             stores = json.loads(os.environ.get("AIOS_FRAMEDB", "{}") or "{}")
         self._urls = {DEFAULT_ID: "memory", **stores}
-        self._stores: dict[str, object] = {}
+        self._stores: dict[str, _Memory | _Redis] = {}
 
-    def _store(self, framedb_id: str):
+    def _store(self, framedb_id: str) -> _Memory | _Redis:
         store = self._stores.get(framedb_id)
         if store is None:
             url = self._urls.get(framedb_id)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from ._select import load
 from .errors import LBConfigError, NoInstanceError, PolicyError
@@ -42,7 +43,7 @@ log = logging.getLogger("aios_fast.lb")
 
 def builtin(name: str, instances=(), **parameters):
     """A built-in balancer by name (aliases: p2c, ring_hash, rr)."""
-    cls = BUILTINS.get(ALIASES.get(name, name))
+    cls: Any = BUILTINS.get(ALIASES.get(name, name))
     if cls is None:
         raise LBConfigError(
             f"unknown built-in policy {name!r}; known: {', '.join(sorted(BUILTINS))}"

@@ -37,7 +37,7 @@ __all__ = ["CLASS_NAMES", "PolicyRule", "load_policy_class", "no_metrics"]
 
 CLASS_NAMES = ("AIOSv1PolicyRule", "AIOsv1PolicyRule")
 _VERSION = re.compile(r"^(v?\d[\w.+-]*|latest)$")
-_EMPTY_METRICS = {"block_metrics": {}, "cluster_metrics": {}}
+_EMPTY_METRICS: dict[str, dict] = {"block_metrics": {}, "cluster_metrics": {}}
 
 
 def no_metrics() -> dict:

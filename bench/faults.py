@@ -99,8 +99,14 @@ def unaccounted(executor) -> int:
         if data["inflight"] == 0 and all(r["inflight"] == 0 for r in data["instances"].values()):
             break
         time.sleep(0.05)
-    t = data["tasks"]  # cancelled: result calls whose caller gave up (told so by grpc)
-    return max(0, t["accepted"] - t["completed"] - t["failed"] - t["lost"] - t["cancelled"])
+    t = data["tasks"]  # cancelled: accepted tasks whose caller gave up (told so by grpc)
+    left = {
+        "received": t["received"] - t["invalid"] - t["rejected"] - t["withdrawn"] - t["accepted"],
+        "accepted": t["accepted"] - t["completed"] - t["failed"] - t["lost"] - t["cancelled"],
+    }
+    if left["received"] or left["accepted"] < 0:  # the books themselves are wrong: never clamp
+        raise SystemExit(f"faults: the executor's books do not balance: {left} ({t})")
+    return left["accepted"]
 
 
 def scenario(name: str, seconds: float, make_task, strike_on=None) -> str:

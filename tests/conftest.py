@@ -54,3 +54,34 @@ def twins(name: str) -> list:
 def lbmod(request):
     """The built-in load-balancing module under test."""
     return _twin(request, "_lb")
+
+
+# Test modules that start processes or servers (integration tests: the transport, faults,
+# the CLI); the rest is the unit layer, `make test-fast` (``-m "not integration"``).
+INTEGRATION = {
+    "test_api", "test_limits", "test_mongo_store", "test_security", "test_batching",
+    "test_cli", "test_discovery", "test_docs", "test_executor", "test_executor_mgmt",
+    "test_faults", "test_front", "test_front_fuzz", "test_gpu_pinning", "test_hardware",
+    "test_instance", "test_kubernetes", "test_onnx_block", "test_protos", "test_routing",
+    "test_sidecars", "test_traffic_samples",
+}  # fmt: skip
+
+
+# Unit tests of more than ~5 s each (large property and equivalence runs): in `make test`,
+# left out of `make test-fast` (``-m "not integration and not slow"``).
+SLOW = {
+    "test_pure_twin_shares_within_ten_percent_at_1024_instances",
+    "test_sort_index_walk_equals_full_sort", "test_indexed_find_equals_full_scan",
+    "test_truncations_and_corruptions", "test_collected_packets_keep_their_views_valid",
+    "test_consistent_hash_moves_about_one_nth", "test_generated_filters_agree_with_the_closures",
+    "test_unknown_fields_are_ignored_like_protobuf", "test_cycles_through_packets_are_freed",
+    "test_twins_agree_pick_for_pick_under_load",
+}  # fmt: skip
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        stem = item.path.stem
+        item.add_marker(pytest.mark.integration if stem in INTEGRATION else pytest.mark.unit)
+        if getattr(item, "originalname", item.name) in SLOW:
+            item.add_marker(pytest.mark.slow)

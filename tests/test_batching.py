@@ -103,19 +103,25 @@ def test_settings_defaults_layers_and_checks():
                             {"maxBatchSize": 16, "preferredBatchSizes": [8, 4, 8]})  # fmt: skip
     assert (s.max_size, s.delay, s.preferred) == (16, 0.002, (4, 8))
     bad = [
-        ({"mode": "fast"}, "batching.mode must be one of adaptive, delay, off"),
-        ({"maxBatchSize": 0}, "maxBatchSize must be an integer in 1..4096"),
-        ({"maxBatchSize": 5000}, "maxBatchSize must be an integer in 1..4096"),
-        ({"maxBatchSize": True}, "maxBatchSize must be an integer"),
-        ({"maxBatchSize": "8"}, "maxBatchSize must be an integer"),
-        ({"maxQueueDelayMs": -1}, "maxQueueDelayMs must be a number"),
-        ({"maxQueueDelayMs": float("nan")}, "maxQueueDelayMs must be a number"),
-        ({"maxQueueDelayMs": float("inf")}, "maxQueueDelayMs must be a number"),
-        ({"maxQueueDelayMs": "5"}, "maxQueueDelayMs must be a number"),
-        ({"preferredBatchSizes": 4}, "preferredBatchSizes must be a list"),
-        ({"maxBatchSize": 8, "preferredBatchSizes": [16]}, "preferredBatchSizes[] must be"),
-        ({"maxConcurrentBatches": 0}, "maxConcurrentBatches must be an integer in 1..64"),
-        ({"maxBatchsize": 8}, "unknown setting(s) maxBatchsize"),
+        ({"mode": "fast"}, "batching.mode: invalid enum value 'fast'"),
+        ({"maxBatchSize": 0}, "batching.maxBatchSize: expected int >= 1, not 0"),
+        ({"maxBatchSize": 5000}, "batching.maxBatchSize: expected int <= 4096, not 5000"),
+        ({"maxBatchSize": True}, "batching.maxBatchSize: expected int, got bool"),
+        ({"maxBatchSize": "8"}, "batching.maxBatchSize: expected int, got str"),
+        ({"maxQueueDelayMs": -1}, "batching.maxQueueDelayMs: expected float >= 0.0"),
+        ({"maxQueueDelayMs": float("nan")}, "batching.maxQueueDelayMs: expected float"),
+        ({"maxQueueDelayMs": float("inf")}, "batching.maxQueueDelayMs: expected float"),
+        ({"maxQueueDelayMs": "5"}, "batching.maxQueueDelayMs: expected float, got str"),
+        ({"preferredBatchSizes": 4}, "batching.preferredBatchSizes: expected array, got int"),
+        (
+            {"maxBatchSize": 8, "preferredBatchSizes": [16]},
+            "preferredBatchSizes must each be <= maxBatchSize 8",
+        ),
+        ({"maxConcurrentBatches": 0}, "batching.maxConcurrentBatches: expected int >= 1, not 0"),
+        (
+            {"maxBatchsize": 8},
+            "batching.maxBatchsize: unknown setting (did you mean 'maxBatchSize'?)",
+        ),
         ([1], "batching settings must be a JSON object"),
     ]
     for layer, message in bad:
@@ -130,7 +136,7 @@ def test_instance_with_bad_batching_settings_exits_2_with_one_line():
                  "--batching", '{"maxBatchSize": 0}'], announce=False)  # fmt: skip
     assert proc.p.wait(30) == 2
     err = proc.p.stderr.read()
-    assert "batching.maxBatchSize must be an integer in 1..4096, not 0" in err
+    assert "batching.maxBatchSize: expected int >= 1, not 0" in err
     assert "Traceback" not in err
 
 
@@ -471,7 +477,7 @@ def test_update_parameters_changes_batching_live_and_checks_it():
         server = _server(block, mode="delay", maxQueueDelayMs=50)
         await server._mgmt("update_parameters", {"batching": {"maxBatchSize": 2}})
         outs = await _gather(server, ["a", "b", "c"])
-        with pytest.raises(ValueError, match="maxBatchSize must be an integer"):
+        with pytest.raises(ValueError, match="maxBatchSize: expected int >= 1"):
             await server._mgmt("update_parameters", {"batching": {"maxBatchSize": -1}})
         with pytest.raises(ValueError, match="needs a restart"):
             await server._mgmt("update_parameters", {"batching": {"mode": "off"}})

@@ -102,15 +102,26 @@ def test_block_up_with_traffic_once_exits_with_the_figures():
 
 def test_block_up_refuses_bad_documents(tmp_path):
     cases = {
-        "missing.json": (None, "cannot read block document"),
+        "missing.json": (None, "cannot read the block document"),
         "nojson.json": ("{", "block document"),
-        "noid.json": ({"policies": {}}, "missing required field `id`"),
+        "noid.json": ({"policies": {}}, "missing required field 'id'"),
         "bounds.json": ({"id": "b", "minInstances": 3, "maxInstances": 2}, "minInstances"),
         "class.json": (
             {"id": "b", "initSettings": {"block": "aios_fast.block:Nope"}},
             "has no Nope",
         ),
-        "ports.json": ({"id": "b", "initSettings": {"ports": {"grcp": 1}}}, "grcp"),
+        "ports.json": (
+            {"id": "b", "initSettings": {"ports": {"grcp": 1}}},
+            "initSettings.ports.grcp: unknown setting (did you mean 'grpc'?)",
+        ),
+        "typo.json": (
+            {"id": "b", "initSettings": {"prots": {}}},
+            "initSettings.prots: unknown setting (did you mean 'ports'?)",
+        ),
+        "bound.json": (
+            {"id": "b", "initSettings": {"workers": 0}},
+            "initSettings.workers: expected int >= 1, not 0",
+        ),
     }
     for name, (content, message) in cases.items():
         path = tmp_path / name

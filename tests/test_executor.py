@@ -384,7 +384,7 @@ def test_a_bug_while_placing_a_task_fails_that_call_alone(front, monkeypatch):
                     raise RuntimeError("a bug in pick")
                 return self.inner.pick(packet)
 
-        monkeypatch.setattr(executor, "balancer", Buggy(executor.balancer))
+        executor.hosts.replace_balancer(Buggy(executor.balancer))
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{executor.port}") as ch:
                 rpc = ch.unary_unary("/InferenceProxy/infer_result")

@@ -34,6 +34,7 @@ from aios_fast.executor.kube_discovery import (  # noqa: E402
     slice_instances,
 )
 from aios_fast.kube import KubeCallError, Retrier  # noqa: E402
+from aios_fast.settings import load_document  # noqa: E402
 from aios_fast.sidecars.autoscale import AutoScaler  # noqa: E402
 from aios_fast.sidecars.base import ExecutorClient  # noqa: E402
 from aios_fast.sidecars.kube_actuator import DELETION_COST, KubeActuator  # noqa: E402
@@ -95,6 +96,7 @@ def _objects(namespace: str = NS, image: str = "registry.example/aios-fast:1.0",
     doc, document = load_block_doc(str(EXAMPLE))
     document = json.loads(json.dumps(document))
     document["initSettings"].update(settings)
+    doc = load_document(document)
     return {(o["kind"], o["metadata"]["name"]): o for o in manifests(
         doc, document, image=image, namespace=namespace)}  # fmt: skip
 
@@ -106,6 +108,7 @@ def test_manifests_pass_the_kubernetes_openapi_schemas():
     res = {"gpus": 2, "cpu": "4", "memory": "16Gi"}
     doc, document = load_block_doc(str(EXAMPLE))
     document["initSettings"]["resources"] = res
+    doc = load_document(document)
     text = render(manifests(doc, document, image="aios-fast:1.0", namespace=NS))
     objects = list(yaml.safe_load_all(text))
     kinds = sorted(o["kind"] for o in objects)
@@ -248,6 +251,12 @@ class FakeExecutor:
 
     def set_draining(self, iid: str, draining: bool) -> None:
         self.instances[iid].draining = draining
+
+    def has(self, iid: str) -> bool:
+        return iid in self.instances
+
+    def inflight_of(self, iid: str) -> int:
+        return self.instances[iid].link.inflight
 
 
 def test_slices_give_ready_endpoints_only():

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,9 +48,14 @@ def _resolve(module: str, node: ast.ImportFrom) -> str:
     return ".".join(base + ([node.module] if node.module else []))
 
 
+@functools.lru_cache(maxsize=None)
+def _parse(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(), str(path))
+
+
 def _imports(module: str) -> list[tuple[str, str | None]]:
     """(imported module, name taken from it or None) for every import in ``module``."""
-    tree = ast.parse(MODULES[module].read_text(), str(MODULES[module]))
+    tree = _parse(MODULES[module])
     out = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -156,3 +162,37 @@ def test_the_registry_does_not_import_aios_fast():
         if target == "aios_fast" or target.startswith("aios_fast.")
     ]
     assert offenders == []
+
+
+# Parameters through which one part hands itself (or another) to a collaborator: each
+# must be typed (a class or a Protocol naming what the collaborator uses), never Any or
+# left open, so no collaborator silently receives the whole executor.
+COLLABORATORS = {"executor", "ex", "router", "hosts", "counters", "dispatch", "outliers"}
+
+
+def _collaborator_params() -> list[str]:
+    bad = []
+    for module, path in MODULES.items():
+        tree = _parse(path)
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            args = node.args
+            for arg in args.posonlyargs + args.args + args.kwonlyargs:
+                if arg.arg not in COLLABORATORS:
+                    continue
+                note = arg.annotation
+                if note is None or (isinstance(note, ast.Name) and note.id == "Any"):
+                    bad.append(f"{module}.{node.name}({arg.arg})")
+    return bad
+
+
+def test_collaborators_get_typed_interfaces():
+    assert _collaborator_params() == []
+
+
+def test_the_collaborator_check_can_fail(monkeypatch, tmp_path):
+    path = tmp_path / "probe.py"
+    path.write_text("from typing import Any\n\ndef f(executor: Any, counters): ...\n")
+    monkeypatch.setitem(MODULES, "aios_fast.probe", path)
+    assert _collaborator_params() == ["aios_fast.probe.f(executor)", "aios_fast.probe.f(counters)"]

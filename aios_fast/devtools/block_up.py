@@ -47,15 +47,14 @@ import msgspec
 
 from ..auth import ENV_TOKEN, ROLES, Auth, TokenHandoff, new_token
 from ..errors import AiosFastError
-from ..executor.config import FRONTS
 from ..instance.batcher import BatchSettings
 from ..service import runtime
+from ..settings import ECHO, BlockDocument, Ports, document_json, load_document, read_document
 from ..sidecars.actuator import GpuPool, LocalActuator
 from ..sidecars.autoscale import AutoScaler
 from ..sidecars.base import ExecutorClient
 from ..sidecars.healthcheck import HealthChecker
 from ..tls import TLS
-from ..wire import MAX_MESSAGE
 from .loadgen import drive, format_summary
 from .traffic import traffic_plan
 
@@ -64,99 +63,23 @@ __all__ = ["BlockDoc", "LocalBlock", "load_block_doc", "up", "use_free_ports"]
 log = logging.getLogger("aios_fast.block")
 
 
-class _Ports(msgspec.Struct, forbid_unknown_fields=True):
-    grpc: int = 50051
-    metrics: int = 18000
-    mgmt: int = 18001
-    autoscaler: int = 10000
-    healthChecker: int = 19001
-
-
-class _HealthSettings(msgspec.Struct):
-    interval: float = 5.0
-    timeout: float = 2.0
-    unhealthyAfter: int = 1
-    healthyAfter: int = 1
-
-
-class _ScalerSettings(msgspec.Struct):
-    interval: float = 10.0
-    drainTimeout: float = 30.0
-
-
-class _Outliers(msgspec.Struct, forbid_unknown_fields=True):
-    consecutiveFailures: int = 5  # 0: never eject
-    baseEjectionSeconds: float = 5.0
-    maxEjectionPercent: int = 50
-
-
-ECHO = "aios_fast.block:EchoBlock"
-
-
-class _InitSettings(msgspec.Struct):
-    block: str = ECHO
-    workers: int = 1
-    front: str = "auto"  # the executor's gRPC server: auto (native when built), native, grpcio
-    taskTimeout: float = 0.0  # seconds an instance may run one task (0: no limit)
-    maxMessageBytes: int = MAX_MESSAGE
-    outlierDetection: _Outliers = msgspec.field(default_factory=_Outliers)
-    ports: _Ports = msgspec.field(default_factory=_Ports)
-    healthChecker: _HealthSettings = msgspec.field(default_factory=_HealthSettings)
-    autoscaler: _ScalerSettings = msgspec.field(default_factory=_ScalerSettings)
-    batching: dict[str, Any] | None = None
-    gpus: list[int | str] | str | None = None
-    gpusPerInstance: int = 1
-    instancesPerGpu: int = 1
-
-
-class BlockDoc(msgspec.Struct):
-    """The fields of a block document ``block up`` uses (others are kept, unread)."""
-
-    id: str
-    policies: dict[str, Any] = {}
-    minInstances: int = 1
-    maxInstances: int | None = None
-    parameters: dict[str, Any] = {}
-    blockInitData: dict[str, Any] = {}
-    initSettings: _InitSettings = msgspec.field(default_factory=_InitSettings)
-    cluster: dict[str, Any] = {}
+BlockDoc = BlockDocument  # the contract's block document (aios_fast.settings)
 
 
 def load_block_doc(path: str) -> tuple[BlockDoc, dict]:
     """The checked document and the raw one (handed to policies as block_data)."""
+    doc, document = read_document(path)
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
-        document = json.loads(raw)
-        doc = msgspec.convert(document, BlockDoc)
-    except OSError as exc:
-        raise AiosFastError(f"cannot read block document: {exc}") from None
-    except ValueError as exc:  # JSON or msgspec validation
-        raise AiosFastError(f"block document {path}: {exc}") from None
-    if doc.maxInstances is None:
-        doc.maxInstances = max(doc.minInstances, 1)
-    if doc.minInstances < 0 or doc.maxInstances < max(doc.minInstances, 1):
-        raise AiosFastError(
-            f"block document {path}: need 0 <= minInstances <= maxInstances, "
-            f"maxInstances >= 1 (got {doc.minInstances}..{doc.maxInstances})"
-        )
-    if doc.initSettings.workers < 1:
-        raise AiosFastError(f"block document {path}: initSettings.workers must be >= 1")
-    if doc.initSettings.front not in FRONTS:
-        raise AiosFastError(f"block document {path}: initSettings.front must be one of "
-                            f"{', '.join(FRONTS)}, not {doc.initSettings.front!r}")  # fmt: skip
-    if doc.initSettings.maxMessageBytes < 1024 or doc.initSettings.taskTimeout < 0:
-        raise AiosFastError(f"block document {path}: initSettings.maxMessageBytes must be "
-                            ">= 1024 and taskTimeout >= 0")  # fmt: skip
-    try:
-        BatchSettings.parse(doc.initSettings.batching, doc.parameters.get("batching"))
+        batching = doc.initSettings.batching
+        BatchSettings.parse(msgspec.to_builtins(batching) if batching else None,
+                            doc.parameters.get("batching"))  # fmt: skip
         _gpu_pool(doc)  # checked here; "auto" reads the GPUs again when the block starts
     except AiosFastError as exc:
         raise AiosFastError(f"block document {path}: {exc}") from None
     module, _, cls = doc.initSettings.block.partition(":")
     try:
-        if not cls or not hasattr(importlib.import_module(module), cls):
-            raise AiosFastError(f"{module} has no {cls or 'class named after a colon'}")
+        if not hasattr(importlib.import_module(module), cls):
+            raise AiosFastError(f"{module} has no {cls}")
     except ImportError as exc:
         raise AiosFastError(f"block class {doc.initSettings.block!r}: {exc}") from None
     except AiosFastError as exc:
@@ -181,7 +104,7 @@ def _gpu_pool(doc: BlockDoc, readings=None) -> GpuPool | None:
 def use_free_ports(doc: BlockDoc) -> None:
     """Every service of the block on a free port (0; the executor's gRPC port, which its
     workers share, is picked before they start)."""
-    doc.initSettings.ports = _Ports(grpc=0, metrics=0, mgmt=0, autoscaler=0, healthChecker=0)
+    doc.initSettings.ports = Ports(grpc=0, metrics=0, mgmt=0, autoscaler=0, healthChecker=0)
 
 
 def _tls_args(tls: TLS) -> tuple[str, ...]:
@@ -198,26 +121,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def executor_settings_args(settings: _InitSettings) -> list[str]:
-    """The executor's command-line options a block document's initSettings set (block up
-    and the Kubernetes manifests run the executor with the same ones)."""
-    outliers = settings.outlierDetection
-    return [
-        "--max-message", str(settings.maxMessageBytes),
-        "--task-timeout", str(settings.taskTimeout),
-        "--eject-after", str(outliers.consecutiveFailures),
-        "--eject-seconds", str(outliers.baseEjectionSeconds),
-        "--eject-max-percent", str(outliers.maxEjectionPercent),
-    ]  # fmt: skip
-
-
 async def start_sidecars(
     doc: BlockDoc, document: dict, executor_url: str, actuator, host: str, auth: Auth, tls: TLS
 ) -> tuple[HealthChecker, AutoScaler]:
     """A block's health checker and auto-scaler, configured from its document and
     serving on ``host`` (block up, and ``block up --actuator kubernetes``)."""
     settings, policies = doc.initSettings, doc.policies
-    common = {"block_data": document, "cluster_data": doc.cluster, "auth": auth, "tls": tls}
+    common: dict[str, Any] = {"block_data": document, "cluster_data": doc.cluster,
+                              "auth": auth, "tls": tls}  # fmt: skip
     hs = settings.healthChecker
     checker = HealthChecker(
         executor_url,
@@ -234,7 +145,7 @@ async def start_sidecars(
         executor_url,
         actuator,
         min_instances=doc.minInstances,
-        max_instances=doc.maxInstances,
+        max_instances=doc.maxInstances or max(doc.minInstances, 1),
         interval=ss.interval,
         drain_timeout=ss.drainTimeout,
         policy=policies.get("autoscaler"),
@@ -271,23 +182,15 @@ class LocalBlock:
             self.auth = Auth({token: ROLES})
             self.handoff = TokenHandoff(token)
         self.tls = tls or TLS()
-        auth_args = ("--auth-file", auth_file) if auth_file else ()
+        auth_args: tuple[str, ...] = ("--auth-file", auth_file) if auth_file else ()
         auth_args += _tls_args(self.tls)
         self.executor_proc: subprocess.Popen | None = None
         self.info: dict = {}
         self.actuator = LocalActuator(
             doc.initSettings.block,
             block_id=doc.id,
-            init_data=doc.blockInitData,
-            parameters=doc.parameters,
             host=host,
-            extra_args=(
-                "--max-message",
-                str(doc.initSettings.maxMessageBytes),
-                "--batching",
-                json.dumps(doc.initSettings.batching or {}),
-                *auth_args,
-            ),
+            extra_args=auth_args,
             gpus=_gpu_pool(doc),
             env=self.env,
         )
@@ -295,41 +198,38 @@ class LocalBlock:
         self.scaler: AutoScaler | None = None
         self._doc_file: str | None = None
 
-    def _start_executor(self) -> dict:
-        settings = self.doc.initSettings
-        ports = settings.ports
-        grpc_port = ports.grpc or _free_port()
+    def _write_document(self) -> str:
+        """The document every process of the block reads its settings from: the
+        effective one (block up's overrides applied; the gRPC port picked, since the
+        executor's workers must share it)."""
+        if not self.doc.initSettings.ports.grpc:
+            self.doc.initSettings.ports.grpc = _free_port()
         fd, self._doc_file = tempfile.mkstemp(prefix=f"aios-block-{self.doc.id}-", suffix=".json")
         with os.fdopen(fd, "w") as f:
-            json.dump(self.document, f)
-        args = [
+            f.write(document_json(self.doc, self.document))
+        return self._doc_file
+
+    def executor_args(self) -> list[str]:
+        """The executor's command line: its settings come from the document."""
+        return [
             sys.executable,
             "-m",
             "aios_fast.executor",
             "--host",
             self.host,
-            "--port",
-            str(grpc_port),
-            "--workers",
-            str(self.doc.initSettings.workers),
-            "--front",
-            settings.front,
-            "--mgmt-port",
-            str(ports.mgmt),
-            "--metrics-port",
-            str(ports.metrics),
             "--block-doc",
-            self._doc_file,
-            "--block-id",
-            self.doc.id,
-            *executor_settings_args(settings),
+            self._doc_file or self._write_document(),
             *(("--auth-file", self.auth_file) if self.auth_file else ()),
             *(("--open-roles", "infer") if self.handoff else ()),
             *_tls_args(self.tls),
         ]
+
+    def _start_executor(self) -> dict:
+        args = self.executor_args()
         env = runtime.child_env({**os.environ, **self.env})  # it dies with block up
         self.executor_proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env,
                                               start_new_session=True)  # fmt: skip
+        assert self.executor_proc.stdout is not None  # stdout=PIPE
         line = self.executor_proc.stdout.readline()
         if not line:
             code = self.executor_proc.wait()
@@ -344,6 +244,7 @@ class LocalBlock:
         scheme = self.tls.scheme
         executor_url = f"{scheme}://{self.host}:{info['mgmt_port']}"
         client = ExecutorClient(executor_url, token=self.auth.any_token("admin"), tls=self.tls)
+        self.actuator.block_doc = self._doc_file  # the instances read the same settings
         try:
             specs = await self.actuator.start(self.doc.minInstances)
             if len(specs) < self.doc.minInstances:
@@ -373,7 +274,7 @@ class LocalBlock:
                 }
                 for s in specs
             },
-            "executor_pid": self.executor_proc.pid,
+            "executor_pid": self._executor().pid,
             "front": info.get("front"),
         }
         if self.handoff is not None:
@@ -395,12 +296,18 @@ class LocalBlock:
             os.unlink(self._doc_file)
             self._doc_file = None
 
+    def _executor(self) -> subprocess.Popen:
+        if self.executor_proc is None:
+            raise AiosFastError("the block's executor is not started")
+        return self.executor_proc
+
     def _wait_executor(self) -> None:
+        proc = self._executor()
         try:
-            self.executor_proc.wait(60)
+            proc.wait(60)
         except subprocess.TimeoutExpired:
-            self.executor_proc.kill()
-            self.executor_proc.wait()
+            proc.kill()
+            proc.wait()
 
 
 async def _until_available(client: ExecutorClient, ids: list[str],
@@ -509,12 +416,11 @@ async def up(
     tls: TLS | None = None,
 ) -> int:
     doc, document = load_block_doc(path)
-    if block_class:
-        doc.initSettings.block = block_class
-    if workers:
-        doc.initSettings.workers = workers
-    if front:
-        doc.initSettings.front = front
+    overrides: dict[str, Any] = {"block": block_class, "workers": workers, "front": front}
+    if any(overrides.values()):  # checked by the contract as the document's own settings
+        raw = msgspec.to_builtins(doc)
+        raw["initSettings"].update({k: v for k, v in overrides.items() if v})
+        doc = load_document(raw)
     if ports == "auto":  # every port free-picked (tests, several blocks on one machine)
         use_free_ports(doc)
     elif ports != "default":
@@ -534,11 +440,10 @@ async def up(
             status = await _traffic(info, block, plan, traffic, expect)
         if not once:
             print("serving; Ctrl-C stops the block", flush=True)
-            if await _until_stopped_or_dead(stop, block.executor_proc):
-                log.error(
-                    "the executor exited (status %s); stopping the block",
-                    block.executor_proc.returncode,
-                )
+            executor = block._executor()
+            if await _until_stopped_or_dead(stop, executor):
+                log.error("the executor exited (status %s); stopping the block",
+                          executor.returncode)  # fmt: skip
                 status = 1
     finally:
         print("stopping: sidecars, executor (draining), instances ...", flush=True)

@@ -47,7 +47,7 @@ class KubeSidecars:
             namespace=namespace,
             kubeconfig=kubeconfig,
             min_replicas=doc.minInstances,
-            max_replicas=doc.maxInstances,
+            max_replicas=doc.maxInstances or max(doc.minInstances, 1),
             client=client,
         )
         self.checker: HealthChecker | None = None

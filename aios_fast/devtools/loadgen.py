@@ -21,6 +21,7 @@ import multiprocessing as mp
 import os
 import sys
 import time
+from collections.abc import MutableSequence
 
 from .. import codec
 from ..auth import ENV_TOKEN, bearer
@@ -31,7 +32,7 @@ from ..wire import ACCEPTED, SERVICE
 __all__ = ["drive", "format_summary"]
 
 
-def _child(index: int, opts: dict, counters, queue, stop) -> None:
+def _child(index: int, opts: dict, counters: MutableSequence[int], queue, stop) -> None:
     import asyncio
     import signal
 

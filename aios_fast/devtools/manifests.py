@@ -29,25 +29,15 @@ import json
 import re
 from dataclasses import dataclass
 
-import msgspec
-
 from ..errors import AiosFastError
 from ..kube import INSTANCE_PORTS
-from .block_up import BlockDoc, executor_settings_args
+from ..settings import BlockDocument, effective_document
 
-__all__ = ["BlockNames", "Resources", "block_names", "manifests", "render"]
+__all__ = ["BlockNames", "block_names", "manifests", "render"]
 
 IMAGE = "aios-fast:latest"
 CONFIG_DIR = "/etc/aios-fast"
-_QUANTITY = re.compile(r"[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|Pi|Ei|M|G|T|P|E)?\Z")
 _NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")
-
-
-class Resources(msgspec.Struct, forbid_unknown_fields=True):
-    gpus: int = 0
-    gpuResource: str = "nvidia.com/gpu"
-    cpu: str | None = None
-    memory: str | None = None
 
 
 @dataclass(frozen=True)
@@ -86,22 +76,6 @@ def block_names(block_id: str) -> BlockNames:
     return BlockNames(base)
 
 
-def _resources(document: dict) -> Resources:
-    raw = (document.get("initSettings") or {}).get("resources") or {}
-    try:
-        res = msgspec.convert(raw, Resources)
-    except msgspec.ValidationError as exc:
-        raise AiosFastError(f"initSettings.resources: {exc}") from None
-    for field in ("cpu", "memory"):
-        value = getattr(res, field)
-        if value is not None and not _QUANTITY.match(value):
-            raise AiosFastError(f"initSettings.resources.{field}: {value!r} is not a "
-                                "Kubernetes quantity (e.g. '2', '500m', '4Gi')")  # fmt: skip
-    if res.gpus < 0:
-        raise AiosFastError(f"initSettings.resources.gpus must be >= 0, not {res.gpus}")
-    return res
-
-
 def _labels(names: BlockNames, component: str) -> dict:
     return {
         "app.kubernetes.io/name": "aios-fast",
@@ -136,11 +110,11 @@ def _http_probe(port: str, **timing) -> dict:
 
 
 def _config_volume(names: BlockNames) -> tuple[list[dict], list[dict]]:
-    volumes = [
+    volumes: list[dict] = [
         {"name": "block", "configMap": {"name": names.config}},
         {"name": "tmp", "emptyDir": {}},
     ]
-    mounts = [
+    mounts: list[dict] = [
         {"name": "block", "mountPath": CONFIG_DIR, "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
@@ -204,7 +178,7 @@ def _rbac(names, namespace, account, component, rules) -> list[dict]:
     ]
 
 
-def manifests(doc: BlockDoc, document: dict, *, image: str = IMAGE,
+def manifests(doc: BlockDocument, document: dict, *, image: str = IMAGE,
               namespace: str = "default") -> list[dict]:  # fmt: skip
     """The block's Kubernetes objects (dicts), in the order to apply them."""
     if not _NAMESPACE.match(namespace):
@@ -212,8 +186,9 @@ def manifests(doc: BlockDoc, document: dict, *, image: str = IMAGE,
     if not image or any(c.isspace() for c in image):
         raise AiosFastError(f"--image {image!r} is not an image reference")
     names = block_names(doc.id)
-    res = _resources(document)
     settings = doc.initSettings
+    res = settings.resources
+    effective = effective_document(doc, document)  # what every container reads
     doc_path = f"{CONFIG_DIR}/block.json"
     volumes, mounts = _config_volume(names)
     ports = settings.ports  # the seeds' defaults: 50051, 18001, 18000, 10000, 19001
@@ -224,7 +199,7 @@ def manifests(doc: BlockDoc, document: dict, *, image: str = IMAGE,
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": _meta(names.config, namespace, _labels(names, "config")),
-            "data": {"block.json": json.dumps(document, indent=2, sort_keys=True)},
+            "data": {"block.json": json.dumps(effective, indent=2, sort_keys=True)},
         }
     ]
     # the executor: finds its instances in the instances' EndpointSlices
@@ -247,21 +222,10 @@ def manifests(doc: BlockDoc, document: dict, *, image: str = IMAGE,
             "0.0.0.0",
             "--http-host",
             "0.0.0.0",
-            "--port",
-            str(ports.grpc),
-            "--mgmt-port",
-            str(ports.mgmt),
-            "--metrics-port",
-            str(metrics),
-            "--block-doc",
+            "--block-doc",  # every setting of the block comes from the document
             doc_path,
-            "--block-id",
-            doc.id,
-            "--workers",
-            str(settings.workers),
             "--discover",
             f"k8s://{namespace}/{names.instances}",
-            *executor_settings_args(settings),
         ],
         "env": _token_env(names),
         "ports": [{"name": k, "containerPort": v} for k, v in executor_ports.items()],
@@ -292,20 +256,14 @@ def manifests(doc: BlockDoc, document: dict, *, image: str = IMAGE,
         "image": image,
         "command": ["python", "-m", "aios_fast.instance"],
         "args": [
-            "--block",
-            settings.block,
+            "--block-doc",  # the Block, its data and settings: all from the document
+            doc_path,
             "--host",
             "0.0.0.0",
             "--port",
             str(INSTANCE_PORTS["grpc"]),
             "--mgmt-port",
             str(INSTANCE_PORTS["mgmt"]),
-            "--init-data",
-            json.dumps(doc.blockInitData),
-            "--parameters",
-            json.dumps(doc.parameters),
-            "--max-message",
-            str(settings.maxMessageBytes),
         ],
         "env": _token_env(names),
         "ports": [{"name": k, "containerPort": v} for k, v in INSTANCE_PORTS.items()],
@@ -313,7 +271,7 @@ def manifests(doc: BlockDoc, document: dict, *, image: str = IMAGE,
         "livenessProbe": _http_probe(
             "mgmt", initialDelaySeconds=10, periodSeconds=10, timeoutSeconds=5, failureThreshold=3
         ),
-        "volumeMounts": mounts[1:],
+        "volumeMounts": mounts,
         "securityContext": _security(),
     }
     if requests or limits:
@@ -323,7 +281,7 @@ def manifests(doc: BlockDoc, document: dict, *, image: str = IMAGE,
                                doc.minInstances, {
         "automountServiceAccountToken": False,
         "containers": [instance],
-        "volumes": volumes[1:],
+        "volumes": volumes,
         "terminationGracePeriodSeconds": 40,  # the instance drains its tasks on SIGTERM
     }))  # fmt: skip
     objects.append(_service(names, namespace, names.instances, "instance", INSTANCE_PORTS,

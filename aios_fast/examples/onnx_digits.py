@@ -290,10 +290,10 @@ class DigitsBlock(Block):
         return self.on_batch([entry])[0]
 
     @classmethod
-    def traffic_samples(cls, parameters: dict) -> list[tuple[str, dict]]:
+    def traffic_samples(cls, parameters: dict) -> list[tuple[str, dict | None]]:
         """``block up --traffic``: held-out images (never trained on), each with its
         label as the expected class."""
-        return held_out_samples()
+        return list(held_out_samples())
 
     def health(self) -> dict:
         return {"healthy": True, "provider": self.session.get_providers()[0],

@@ -10,32 +10,103 @@ import sys
 from ..auth import Auth
 from ..errors import AiosFastError, json_object
 from ..service import runtime
+from ..settings import read_document
 from ..tls import TLS, add_tls_arguments
-from ..wire import MAX_MESSAGE
-from .config import FRONTS, ExecutorConfig, parse_instance
+from .config import FRONTS, ExecutorConfig, parse_instance, settings_fields
 from .kube_discovery import parse_discover_url
 from .native_front import resolve_front
 from .workers import describe_start_error, run_workers
-
-
-def _read_document(path: str) -> dict:
-    try:
-        with open(path, "rb") as f:
-            return json_object(f.read().decode("utf-8", "replace"), f"block document {path}")
-    except OSError as exc:
-        raise AiosFastError(f"cannot read the block document: {exc}") from None
 
 
 def _roles(text: str) -> tuple[str, ...]:
     return tuple(role.strip() for role in text.split(",") if role.strip())
 
 
-def main(argv=None) -> int:
-    runtime.adopt_parent_death()  # started by block up / an actuator: die with it
+# Settings a flag may override: (flag, ExecutorConfig field, type, help). Defaults are
+# the settings contract's (aios_fast.settings), through ExecutorConfig's.
+_OVERRIDES = (
+    ("--port", "port", int, "gRPC port"),
+    ("--mgmt-port", "mgmt_port", int, "POST /mgmt port (0: any free one, -1: none)"),
+    ("--metrics-port", "metrics_port", int, "GET /metrics port (0: any free one, -1: none)"),
+    ("--block-id", "block_id", str, "the block's id"),
+    ("--max-inflight", "max_inflight", int, "tasks in the executor at once"),
+    ("--instance-inflight", "instance_inflight", int, "tasks on one instance at once"),
+    ("--max-retries", "max_retries", int, "other instances a refused task is tried on"),
+    ("--drain-timeout", "drain_timeout", float, "on SIGTERM, seconds in-flight tasks may take"),
+    ("--link-linger", "link_linger", float,
+     "seconds a small task batch may wait while a link is busy"),
+    ("--link-keepalive", "link_keepalive", float,
+     "seconds between pings on instance links (0: none); a ping unanswered as long takes "
+     "the link down"),
+    ("--keepalive", "keepalive", float,
+     "seconds a client connection may be silent before the front pings it (0: never)"),
+    ("--keepalive-timeout", "keepalive_timeout", float,
+     "seconds a pinged client has to answer before its connection is cut"),
+    ("--max-message", "max_message", int, "bytes of the largest message a caller may send"),
+    ("--task-timeout", "task_timeout", float,
+     "seconds an instance may run one task (0: no limit)"),
+    ("--eject-after", "eject_after", int,
+     "tasks lost or timed out in a row that eject an instance (0: never)"),
+    ("--eject-seconds", "eject_seconds", float, "first ejection's length; each next one is longer"),
+    ("--eject-max-percent", "eject_max_percent", int,
+     "share of the instances that may be ejected at once"),
+    ("--discover-interval", "discover_interval", float, "seconds between discovery reconciles"),
+)  # fmt: skip
+_DEFAULTS = ExecutorConfig(mgmt_port=18001, metrics_port=18000)
+
+
+def config_of(opts: argparse.Namespace) -> tuple[ExecutorConfig, int]:
+    """The executor's settings: the contract's defaults, the block document's settings,
+    then the flags given; and the worker count."""
+    fields: dict = {}
+    block_data = None
+    workers = os.cpu_count() or 1
+    if opts.block_doc:
+        doc, block_data = read_document(opts.block_doc)
+        fields = settings_fields(doc)
+        workers = doc.initSettings.workers
+    else:
+        parameters = json_object(opts.policy_parameters, "--policy-parameters")
+        fields["policy"] = {"policyRuleURI": opts.policy, "parameters": parameters}
+        fields["mgmt_port"], fields["metrics_port"] = _DEFAULTS.mgmt_port, _DEFAULTS.metrics_port
+    for _, field, _, _ in _OVERRIDES:
+        if getattr(opts, field) is not None:
+            fields[field] = getattr(opts, field)
+    if opts.front is not None:
+        fields["front"] = opts.front
+    if opts.workers is not None:
+        workers = opts.workers
+    for port in ("mgmt_port", "metrics_port"):
+        if fields.get(port) is not None and fields[port] < 0:
+            fields[port] = None
+    keepalive = fields.get("keepalive", _DEFAULTS.keepalive)
+    timeout = fields.get("keepalive_timeout", _DEFAULTS.keepalive_timeout)
+    if not (0 <= keepalive < 1e9 and 0 < timeout < 1e9):
+        raise ValueError("--keepalive must be 0 (never) or seconds, and "
+                         "--keepalive-timeout seconds > 0 (both under 1e9)")  # fmt: skip
+    if opts.discover.startswith("k8s://"):
+        parse_discover_url(opts.discover)  # a bad one is a user mistake: exit 2
+    config = ExecutorConfig(
+        host=opts.host,
+        http_host=opts.http_host,
+        auth=Auth.from_env(opts.auth_file, open_roles=_roles(opts.open_roles)),
+        tls=TLS.from_options(opts),
+        insecure=opts.insecure,
+        allow_policy_paths=opts.allow_policy_paths,
+        allowed_hosts=tuple(opts.allowed_host),
+        instances=[parse_instance(text) for text in opts.instance],
+        block_data=block_data,
+        discover=opts.discover,
+        **fields,
+    )
+    return config, workers
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The process's command line (tests read what block up and the manifests pass)."""
     parser = argparse.ArgumentParser(
         description="Run a block's executor.",
         prog="python -m aios_fast.executor",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--host", default="127.0.0.1", help="gRPC address")
     parser.add_argument(
@@ -70,11 +141,9 @@ def main(argv=None) -> int:
         default=[],
         help="hosts add_instance may name (default: any)",
     )
-    parser.add_argument("--port", type=int, default=50051)
     parser.add_argument(
         "--front",
         choices=FRONTS,
-        default="auto",
         help="gRPC server: native (C over libnghttp2), grpcio (grpc.aio), or auto: native "
         "where it is built, grpcio elsewhere",
     )
@@ -84,136 +153,39 @@ def main(argv=None) -> int:
     parser.add_argument("--policy-parameters", default="{}", help="JSON")
     parser.add_argument(
         "--block-doc",
-        help="block document (JSON file): its policies."
-        "loadBalancer replaces --policy*, and policies get it as block_data",
+        help="block document (JSON file): its initSettings are this executor's settings "
+        "(the flags below override them), its policies.loadBalancer replaces --policy*, "
+        "and policies get it as block_data",
     )
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--max-inflight", type=int, default=10_000)
-    parser.add_argument("--instance-inflight", type=int, default=1_000)
-    parser.add_argument("--max-retries", type=int, default=2)
-    parser.add_argument("--drain-timeout", type=float, default=30.0)
-    parser.add_argument(
-        "--link-linger",
-        type=float,
-        default=0.002,
-        help="seconds a small task batch may wait while a link is busy",
-    )
-    parser.add_argument(
-        "--link-keepalive",
-        type=float,
-        default=2.0,
-        help="seconds between pings on instance links (0: none); a ping "
-        "unanswered as long takes the link down",
-    )
-    parser.add_argument(
-        "--keepalive",
-        type=float,
-        default=7200.0,
-        help="seconds a client connection may be silent before the front pings it "
-        "(0: never; grpc servers' default, 2 hours)",
-    )
-    parser.add_argument(
-        "--keepalive-timeout",
-        type=float,
-        default=20.0,
-        help="seconds a pinged client has to answer before its connection is cut",
-    )
-    parser.add_argument(
-        "--max-message",
-        type=int,
-        default=MAX_MESSAGE,
-        help="bytes of the largest message a caller may send",
-    )
-    parser.add_argument(
-        "--task-timeout",
-        type=float,
-        default=0.0,
-        help="seconds an instance may run one task (0: no limit)",
-    )
-    parser.add_argument(
-        "--eject-after",
-        type=int,
-        default=5,
-        help="tasks lost or timed out in a row that eject an instance (0: never)",
-    )
-    parser.add_argument(
-        "--eject-seconds",
-        type=float,
-        default=5.0,
-        help="first ejection's length; each next one is longer",
-    )
-    parser.add_argument(
-        "--eject-max-percent",
-        type=int,
-        default=50,
-        help="share of the instances that may be ejected at once",
-    )
+    parser.add_argument("--workers", type=int,
+                        help="processes (default: initSettings.workers with --block-doc, "
+                        "else one per CPU)")  # fmt: skip
     parser.add_argument(
         "--discover",
         default="",
         help="redis:// URL of registrations, or k8s://[NAMESPACE/]SERVICE: the ready "
         "endpoints of the instances' Service (EndpointSlices; kubeconfig or in-cluster)",
     )
-    parser.add_argument("--block-id", default="block")
-    parser.add_argument("--discover-interval", type=float, default=1.0)
-    parser.add_argument("--mgmt-port", type=int, default=18001,
-                        help="POST /mgmt port (0: any free one, -1: none)")  # fmt: skip
-    parser.add_argument("--metrics-port", type=int, default=18000,
-                        help="GET /metrics port (0: any free one, -1: none)")  # fmt: skip
+    for flag, field, kind, text in _OVERRIDES:
+        default = getattr(_DEFAULTS, field)
+        parser.add_argument(flag, dest=field, type=kind, help=f"{text} (default: {default})")
     add_tls_arguments(parser)
-    opts = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    runtime.adopt_parent_death()  # started by block up / an actuator: die with it
+    opts = build_parser().parse_args(argv)
     runtime.reserve_stdout()  # user policies may print; stdout carries the ports alone
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
-        parameters = json_object(opts.policy_parameters, "--policy-parameters")
-        policy = {"policyRuleURI": opts.policy, "parameters": parameters}
-        block_data = None
-        if opts.block_doc:
-            block_data = _read_document(opts.block_doc)
-            policy = dict((block_data.get("policies") or {}).get("loadBalancer") or {})
-        if not (0 <= opts.keepalive < 1e9 and 0 < opts.keepalive_timeout < 1e9):
-            raise ValueError("--keepalive must be 0 (never) or seconds, and "
-                             "--keepalive-timeout seconds > 0 (both under 1e9)")  # fmt: skip
-        if opts.discover.startswith("k8s://"):
-            parse_discover_url(opts.discover)  # a bad one is a user mistake: exit 2
-        config = ExecutorConfig(
-            host=opts.host,
-            http_host=opts.http_host,
-            auth=Auth.from_env(opts.auth_file, open_roles=_roles(opts.open_roles)),
-            tls=TLS.from_options(opts),
-            insecure=opts.insecure,
-            allow_policy_paths=opts.allow_policy_paths,
-            allowed_hosts=tuple(opts.allowed_host),
-            port=opts.port,
-            front=opts.front,
-            instances=[parse_instance(text) for text in opts.instance],
-            policy=policy,
-            block_data=block_data,
-            max_inflight=opts.max_inflight,
-            instance_inflight=opts.instance_inflight,
-            max_retries=opts.max_retries,
-            drain_timeout=opts.drain_timeout,
-            link_linger=opts.link_linger,
-            link_keepalive=opts.link_keepalive,
-            keepalive=opts.keepalive,
-            keepalive_timeout=opts.keepalive_timeout,
-            max_message=opts.max_message,
-            task_timeout=opts.task_timeout,
-            eject_after=opts.eject_after,
-            eject_seconds=opts.eject_seconds,
-            eject_max_percent=opts.eject_max_percent,
-            discover=opts.discover,
-            block_id=opts.block_id,
-            discover_interval=opts.discover_interval,
-            mgmt_port=None if opts.mgmt_port < 0 else opts.mgmt_port,
-            metrics_port=None if opts.metrics_port < 0 else opts.metrics_port,
-        )
+        config, workers = config_of(opts)
         config.front = resolve_front(config.front)  # as the workers' parent prints it
     except (AiosFastError, ValueError) as exc:  # a bad --instance, token file, ...
         print(f"executor: cannot start: {exc}", file=sys.stderr, flush=True)
         return 2
     try:
-        return run_workers(config, opts.workers)
+        return run_workers(config, workers)
     except Exception as exc:
         print(f"executor: {describe_start_error(exc)}", file=sys.stderr, flush=True)
         return 2

@@ -5,14 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..auth import Auth
+from ..settings import FRONTS, BlockDocument, InitSettings
 from ..tls import TLS
-from ..wire import MAX_MESSAGE
 
-__all__ = ["FRONTS", "ExecutorConfig", "InstanceSpec", "parse_instance"]
+__all__ = ["FRONTS", "ExecutorConfig", "InstanceSpec", "parse_instance", "settings_fields"]
 
-# --front: "auto" is the native front where it is built (and the extensions are in use),
-# grpc.aio elsewhere
-FRONTS = ("auto", "native", "grpcio")
+# Every default below is the settings contract's (aios_fast.settings): never retyped here.
+_S = InitSettings()
+_E = _S.executor
+_O = _S.outlierDetection
 
 
 @dataclass
@@ -29,39 +30,39 @@ class ExecutorConfig:
     port: int = 50051
     instances: list[InstanceSpec] = field(default_factory=list)
     policy: dict = field(default_factory=dict)  # policies.loadBalancer of the block
-    max_inflight: int = 10_000
-    instance_inflight: int = 1_000
-    max_retries: int = 2
-    drain_timeout: float = 30.0
+    max_inflight: int = _E.maxInflight
+    instance_inflight: int = _E.instanceInflight
+    max_retries: int = _E.maxRetries
+    drain_timeout: float = _E.drainTimeout
     reuse_port: bool = False
     # "native" (executor.native_front), "grpcio" (grpc.aio), or "auto": native where it
     # is built (resolved when the executor starts)
-    front: str = "auto"
-    link_linger: float = 0.002  # seconds a small task batch may wait while a link is busy
-    link_keepalive: float = 2.0  # seconds between HTTP/2 pings on links (unanswered: down)
+    front: str = _S.front
+    link_linger: float = _E.linkLinger  # seconds a small batch may wait while a link is busy
+    link_keepalive: float = _E.linkKeepalive  # seconds between link pings (unanswered: down)
     # the front's clients (as grpc servers' keepalive_time / _timeout): one silent this
     # long gets a PING; unanswered after keepalive_timeout, its connection is cut
-    keepalive: float = 7200.0  # seconds (0: never)
-    keepalive_timeout: float = 20.0
-    max_message: int = MAX_MESSAGE  # bytes of the largest message a caller may send
-    task_timeout: float = 0.0  # seconds an instance may run one task (0: no limit)
+    keepalive: float = _E.keepalive  # seconds (0: never)
+    keepalive_timeout: float = _E.keepaliveTimeout
+    max_message: int = _S.maxMessageBytes  # bytes of the largest message a caller may send
+    task_timeout: float = _S.taskTimeout  # seconds an instance may run one task (0: no limit)
     # Outlier ejection (as Envoy's): eject_after failures in a row (tasks lost or timed
     # out) take an instance out for eject_seconds x its ejections (at most 300 s), never
     # more than eject_max_percent of the instances (at least one). 0: off.
-    eject_after: int = 5
-    eject_seconds: float = 5.0
-    eject_max_percent: int = 50
+    eject_after: int = _O.consecutiveFailures
+    eject_seconds: float = _O.baseEjectionSeconds
+    eject_max_percent: int = _O.maxEjectionPercent
     # redis:// URL of instance registrations (executor.discovery), or k8s://[NS/]SERVICE:
     # the instances' EndpointSlices (executor.kube_discovery)
     discover: str = ""
     block_id: str = "block"
-    discover_interval: float = 1.0
+    discover_interval: float = _E.discoverInterval
     # HTTP services (executor.services): None = not served, 0 = any free port.
     mgmt_port: int | None = None  # POST /mgmt (the seeds' 18001)
     metrics_port: int | None = None  # GET /metrics (the seeds' 18000)
     http_host: str = ""  # where those listen ("": host)
     block_data: dict | None = None  # the block document, handed to user policies
-    metrics_interval: float = 1.0  # seconds between policy metrics refreshes
+    metrics_interval: float = _E.metricsInterval  # seconds between policy metrics refreshes
     # Security (docs/DESIGN.md, trust model): tokens by role; without any, only
     # loopback addresses may be bound unless insecure. Over the management API, policies
     # are only builtin:*, name:version (under AIOS_POLICY_PATH) or the one configured at
@@ -73,6 +74,36 @@ class ExecutorConfig:
     allowed_hosts: tuple[str, ...] = ()
     tls: TLS = field(default_factory=TLS)  # listeners, links and /stats polls
     http_tls: bool = True  # False: management/metrics in plain HTTP (workers' private ports)
+
+
+def settings_fields(doc: BlockDocument) -> dict:
+    """The ExecutorConfig fields a block document's settings set (the one mapping from
+    the contract to the executor)."""
+    s = doc.initSettings
+    e, o = s.executor, s.outlierDetection
+    return {
+        "port": s.ports.grpc,
+        "mgmt_port": s.ports.mgmt,
+        "metrics_port": s.ports.metrics,
+        "front": s.front,
+        "block_id": doc.id,
+        "policy": dict(doc.policies.get("loadBalancer") or {}),
+        "max_message": s.maxMessageBytes,
+        "task_timeout": s.taskTimeout,
+        "eject_after": o.consecutiveFailures,
+        "eject_seconds": o.baseEjectionSeconds,
+        "eject_max_percent": o.maxEjectionPercent,
+        "max_inflight": e.maxInflight,
+        "instance_inflight": e.instanceInflight,
+        "max_retries": e.maxRetries,
+        "drain_timeout": e.drainTimeout,
+        "link_linger": e.linkLinger,
+        "link_keepalive": e.linkKeepalive,
+        "keepalive": e.keepalive,
+        "keepalive_timeout": e.keepaliveTimeout,
+        "discover_interval": e.discoverInterval,
+        "metrics_interval": e.metricsInterval,
+    }
 
 
 def parse_instance(text: str) -> InstanceSpec:

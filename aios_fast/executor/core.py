@@ -22,10 +22,16 @@ its task cancelled there. An instance that loses or times out ``eject_after`` ta
 a row is ejected for a while (outlier ejection). SIGTERM drains: calls that come now
 get UNAVAILABLE, in-flight ones finish (up to ``drain_timeout``).
 
-The executor keeps one ``Instance`` record per instance (spec, link, health verdict,
-draining, weight, latest readings); the balancer mirrors the part it picks by. The
-management API, discovery and the workers' front change the set only through the
-executor's public methods.
+The executor is split by role, as Envoy's upstream is: the host set
+(``executor.hostset``) alone owns the instance records (health, draining, ejection,
+weight) and the balancer that picks among them; the outlier detector
+(``executor.outliers``) observes results and sets the ejected flag; the router
+(``executor.router``, with ``executor.task_run``) places each task, retries it and keeps
+the books; the fronts (``executor.native_front``, ``executor.grpcio_front``) hand calls
+to one ``FrontDispatch``; discovery sources feed one reconcile
+(``executor.reconcile``). This module wires them and owns the lifecycle; the management
+API, discovery and the workers' front change the instance set through its public
+methods.
 """
 
 from __future__ import annotations
@@ -33,86 +39,38 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
 from time import perf_counter
 from typing import Any
 
 import aiohttp
-import grpc
 
 from .. import lb
-from ..auth import AuthError, bearer, check_bind
-from ..logs import RateLimitedLog
+from ..auth import bearer, check_bind
 from ..service import runtime
-from ..service.grpc_auth import refusal, token_of
 from ..service.metrics import Histogram
 from ..service.periodic import Periodic
 from ..service.snapshot import MetricsSnapshot
-from ..wire import (
-    SERVICE,
-    max_output,
-)
 from .config import ExecutorConfig, InstanceSpec
 from .discovery import Discovery
+from .grpcio_front import FrontDispatch, GrpcioFront, ServerOptions
+from .hostset import HostSet, Instance
 from .kube_discovery import KubeDiscovery
-from .links import (
-    InstanceLink,
-    Link,
-    LinkSettings,
-    LinkTask,
-    TaskCancelled,
-    TaskLost,
-    TaskNotAccepted,
-    TaskReturned,
-    TaskTimedOut,
-    UnaryLink,
-)
+from .links import Link, LinkSettings
 from .native_front import NativeServer, resolve_front
+from .outliers import OutlierDetector
+from .router import TASK_EVENTS, Router
 from .services import ExecutorServices
-from .task_run import OnDone, Reject, TaskRun, error_answer
+from .task_run import OnDone, TaskRun
 
-__all__ = ["Executor", "Instance"]
+__all__ = ["TASK_EVENTS", "Executor", "Instance"]
 
 log = logging.getLogger("aios_fast.executor")
-TASK_EVENTS = ("received", "accepted", "completed", "failed", "retried", "rejected", "lost",
-               "invalid", "timed_out", "cancelled")  # fmt: skip
-MAX_EJECTION = 300.0  # seconds, however often an instance was ejected
-DEADLINE_SLACK = 0.05  # seconds past a caller's deadline before the executor gives up
-STREAM_WINDOW = 1024  # tasks of one infer_stream started and not yet read by its caller
 GC_THRESHOLD = 20_000  # allocations between young collections (_settle_gc)
 
 
-@dataclass(eq=False)
-class Instance:
-    """Everything the executor knows of one instance. ``healthy`` is the health
-    checker's verdict (the link's own state is ``link.up``); ``draining`` and ``weight``
-    are what the balancer was told; ``metrics`` the instance's latest ``GET /stats``;
-    the rest is outlier ejection: failures in a row, whether it is ejected now, how
-    often it was (the multiplier of the next ejection) and when it was last let back."""
-
-    spec: InstanceSpec
-    link: Link
-    healthy: bool = True
-    draining: bool = False
-    weight: float = 1.0
-    metrics: dict | None = None
-    failures: int = 0
-    ejected: bool = False
-    ejections: int = 0
-    returned_at: float = 0.0
-
-    @property
-    def available(self) -> bool:
-        """May get new tasks, as far as its state goes (the balancer adds draining)."""
-        return self.link.up and self.healthy and not self.ejected
-
-    @property
-    def id(self) -> str:
-        return self.spec.id
-
-
 class Executor:
-    """One executor process: a grpc.aio server, a balancer and one link per instance."""
+    """One executor process: a front, a router and the host set of its instances."""
 
     def __init__(self, config: ExecutorConfig, *, block_data: dict | None = None) -> None:
         self.config = config
@@ -125,157 +83,112 @@ class Executor:
                                        "instance metrics poll")  # fmt: skip
         self._http: aiohttp.ClientSession | None = None  # the poll's
         self.policy_spec = dict(config.policy)
-        self.balancer = self._make_balancer(self.policy_spec)
-        self.instances: dict[str, Instance] = {}  # read-only outside: change through methods
-        # Seconds: received -> acknowledged by an instance, acknowledged -> result, and
-        # received -> result (tasks that completed).
-        self.latency = {"accept": Histogram(), "run": Histogram(), "total": Histogram()}
-        self.inflight = 0
-        self.stats = dict.fromkeys(TASK_EVENTS, 0)
-        self._server: grpc.aio.Server | NativeServer | None = None
-        self.port = config.port
-        self.discovery: Discovery | KubeDiscovery | None = None
-        self.services: ExecutorServices | None = None  # management and metrics, when served
-        self.draining = False  # stopping: new calls get UNAVAILABLE
         token = config.auth.any_token("infer")
         self.link_settings = LinkSettings(
             config.link_linger, config.max_message, config.link_keepalive, config.task_timeout,
             ((("authorization", bearer(token)),) if token else ()), config.tls,
         )  # fmt: skip
+        self.hosts = HostSet(self._make_balancer(self.policy_spec), self.link_settings,
+                             self._settled, config.instance_inflight)  # fmt: skip
+        self.outliers = OutlierDetector(self.hosts, config.eject_after, config.eject_seconds,
+                                        config.eject_max_percent)  # fmt: skip
+        self.router = Router(self.hosts, self.outliers, max_inflight=config.max_inflight,
+                             instance_inflight=config.instance_inflight,
+                             max_retries=config.max_retries,
+                             max_message=config.max_message)  # fmt: skip
+        self.dispatch = FrontDispatch(self.router, config.auth, config.instance_inflight)
+        self._server: GrpcioFront | NativeServer | None = None
+        self.port = config.port
+        self.discovery: Discovery | KubeDiscovery | None = None
+        self.services: ExecutorServices | None = None  # management and metrics, when served
         self._expiry = Periodic(self._expire_tasks, min(1.0, max(config.task_timeout / 4, 0.05)),
                                 log, "task timeout sweep")  # fmt: skip
-        self._log = RateLimitedLog(log, 5.0)
-        self.max_output = max_output(config.max_message)  # bytes an answer may carry
         self._trimmed_at = 0  # tasks received when memory was last released
         self._trim = Periodic(self._release_memory, 2.0, log, "memory release")
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def instances(self) -> Mapping[str, Instance]:
+        """id -> record (read-only: the host set owns them)."""
+        return self.hosts.records
+
+    @property
+    def balancer(self) -> Any:
+        return self.hosts.balancer
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return self.router.stats
+
+    @property
+    def inflight(self) -> int:
+        return self.router.inflight
+
+    @property
+    def latency(self) -> dict[str, Histogram]:
+        return self.router.latency
+
+    @property
+    def draining(self) -> bool:
+        return self.router.draining
+
+    @property
+    def max_output(self) -> int:
+        return self.router.max_output
 
     # ------------------------------------------------------------------ instance set
 
     def add_instance(self, spec: InstanceSpec) -> Instance:
-        if spec.id in self.instances:
-            raise ValueError(f"instance {spec.id!r} is already known")
-        if spec.protocol not in ("stream", "unary"):
-            raise ValueError(f"instance {spec.id!r}: unknown protocol {spec.protocol!r}")
-        self.balancer.add(spec.id)
-        self.balancer.set_healthy(spec.id, False)  # until its link is up
-        link_cls = InstanceLink if spec.protocol == "stream" else UnaryLink
-        link = link_cls(spec.id, spec.target, self._link_state, self._settled, self.link_settings)
-        record = Instance(spec, link, weight=self.balancer.state(spec.id)["weight"])
-        self.instances[spec.id] = record
-        link.start()
-        return record
+        return self.hosts.add(spec)
 
-    def _known(self, instance_id: str) -> Instance:
-        record = self.instances.get(instance_id)
-        if record is None:
-            raise KeyError(instance_id)
-        return record
+    def has(self, instance_id: str) -> bool:
+        return instance_id in self.hosts
+
+    def inflight_of(self, instance_id: str) -> int:
+        return self.hosts.link_of(instance_id).inflight
 
     async def remove_instance(self, instance_id: str, drain_timeout: float = 0.0) -> int:
         """Forget an instance and close its link. With ``drain_timeout`` > 0 it first gets
         no new tasks while its in-flight ones finish (up to that many seconds). Returns
         the tasks still in flight when the link closed (they fail as lost)."""
-        record = self._known(instance_id)
+        record = self.hosts.known(instance_id)
         if drain_timeout > 0:
-            self.set_draining(instance_id, True)
+            self.hosts.set_draining(instance_id, True)
             deadline = asyncio.get_running_loop().time() + drain_timeout
             await _until_idle([record.link], deadline)
-            if self.instances.get(instance_id) is not record:  # removed meanwhile
+            if self.hosts.get(instance_id) is not record:  # removed meanwhile
                 return 0
-        del self.instances[instance_id]
+        self.hosts.remove(instance_id)
         left = record.link.inflight
-        self.balancer.remove(instance_id)
         await record.link.close()
         return left
 
     def set_instance_health(self, instance_id: str, healthy: bool) -> None:
         """The health checker's verdict: an unhealthy instance gets no tasks (even with
         its link up) until it is marked healthy again."""
-        record = self._known(instance_id)
-        record.healthy = healthy
-        self.balancer.set_healthy(instance_id, record.available)
+        self.hosts.set_health(instance_id, healthy)
 
     def set_draining(self, instance_id: str, draining: bool) -> None:
         """A draining instance gets no new tasks; its in-flight ones finish."""
-        record = self._known(instance_id)
-        self.balancer.set_draining(instance_id, draining)
-        record.draining = draining
+        self.hosts.set_draining(instance_id, draining)
 
     def set_weight(self, instance_id: str, weight: float) -> None:
         """For weighted policies; the balancer refuses a bad weight (ValueError)."""
-        record = self._known(instance_id)
-        self.balancer.set_weight(instance_id, weight)
-        record.weight = weight
+        self.hosts.set_weight(instance_id, weight)
 
     def available(self) -> list[str]:
         """The instances the balancer may pick now (up, healthy, not draining)."""
-        return list(self.balancer.available())
+        return self.hosts.available()
 
     def describe(self, instance_id: str) -> dict:
         """One instance as the management API shows it."""
-        record = self._known(instance_id)
-        link, spec = record.link, record.spec
-        return {
-            "id": instance_id,
-            "target": spec.target,
-            "protocol": spec.protocol,
-            "health": spec.health,
-            "up": link.up,
-            "healthy": record.healthy,
-            "draining": record.draining,
-            "available": self.balancer.state(instance_id)["available"],
-            "weight": record.weight,
-            "ejected": record.ejected,
-            "ejections": record.ejections,
-            "inflight": link.inflight,
-            "tasks_sent": link.tasks_sent,
-            "completed": link.completed,
-            "failed": link.failed,
-            "lost": link.lost,
-        }
-
-    def _link_state(self, instance_id: str, up: bool) -> None:
-        record = self.instances.get(instance_id)
-        if record is not None:
-            self.balancer.set_healthy(instance_id, record.available)
-
-    # ------------------------------------------------------------------ outliers
-
-    def _eject(self, record: Instance) -> None:
-        """Out for eject_seconds x its ejections (Envoy's outlier ejection), unless that
-        would eject more than eject_max_percent of the instances (at least one may go)."""
-        cfg = self.config
-        ejected = sum(r.ejected for r in self.instances.values())
-        n = len(self.instances)
-        allowed = max(1, n * cfg.eject_max_percent // 100) if n > 1 else 0  # never the last
-        if ejected + 1 > allowed:
-            self._log.warning(f"instance {record.id}", f"{record.failures} failures in a row; "
-                              "not ejected: too many instances are ejected already")  # fmt: skip
-            return
-        loop = asyncio.get_running_loop()
-        if record.returned_at:  # a quiet spell since the last one shortens the next
-            quiet = int((loop.time() - record.returned_at) // max(cfg.eject_seconds, 1e-3))
-            record.ejections = max(0, record.ejections - quiet)
-        record.ejections += 1
-        seconds = min(cfg.eject_seconds * record.ejections, MAX_EJECTION)
-        log.warning("instance %s ejected for %.1fs after %d failures in a row (ejection %d)",
-                    record.id, seconds, record.failures, record.ejections)  # fmt: skip
-        record.ejected = True
-        record.failures = 0
-        self.balancer.set_healthy(record.id, False)
-        loop.call_later(seconds, self._unject, record)
-
-    def _unject(self, record: Instance) -> None:
-        record.ejected = False
-        record.returned_at = asyncio.get_running_loop().time()
-        if self.instances.get(record.id) is record:
-            self.balancer.set_healthy(record.id, record.available)
-            log.info("instance %s is back from ejection", record.id)
+        return self.hosts.describe(instance_id)
 
     async def _release_memory(self) -> None:
-        """After a burst, once idle: return the freed memory (runtime.release_memory)."""
-        received = self.stats["received"]
-        if self.inflight == 0 and received != self._trimmed_at:
+        """Once idle: return the freed memory (runtime.release_memory), once per burst."""
+        received = self.router.stats["received"]
+        if self.router.inflight == 0 and received != self._trimmed_at:
             self._trimmed_at = received
             runtime.release_memory()
 
@@ -283,7 +196,7 @@ class Executor:
         """Backstop for instances that cannot time their runs out themselves (a wedged
         event loop): see Link.expire."""
         cutoff = perf_counter() - self.config.task_timeout
-        for record in list(self.instances.values()):
+        for record in self.hosts:
             record.link.expire(cutoff)
 
     # ------------------------------------------------------------------ policy
@@ -296,12 +209,13 @@ class Executor:
     @property
     def policy_rule(self):
         """The user policy (``aios_fast.policy.PolicyRule``) in force, or None (built-in)."""
-        return self.balancer.rule if isinstance(self.balancer, lb.PolicyBalancer) else None
+        balancer = self.hosts.balancer
+        return balancer.rule if isinstance(balancer, lb.PolicyBalancer) else None
 
     @property
     def policy_fallbacks(self) -> int:
         """Picks the user policy failed and the fallback built-in made."""
-        return getattr(self.balancer, "fallbacks", 0)
+        return getattr(self.hosts.balancer, "fallbacks", 0)
 
     def policy(self) -> dict:
         """The loadBalancer policy in force: its spec, the balancer and its errors."""
@@ -313,9 +227,9 @@ class Executor:
             "parameters": rule.parameters if rule is not None else spec.get("parameters") or {},
             # the JSON-able part: policies' settings also carry functions
             "settings": {k: v for k, v in settings.items() if not callable(v)},
-            "balancer": self.balancer.name,
+            "balancer": self.hosts.balancer.name,
             "fallbacks": self.policy_fallbacks,
-            "last_error": getattr(self.balancer, "last_error", None),
+            "last_error": getattr(self.hosts.balancer, "last_error", None),
         }
 
     def set_policy_parameters(self, parameters: dict[str, Any], replace: bool = False) -> None:
@@ -336,30 +250,22 @@ class Executor:
     def switch_policy(self, spec: dict) -> None:
         """Replace the balancer (a new policy, or new built-in parameters); the instance
         set, weights, health, draining and outstanding counts carry over."""
-        new = self._make_balancer(spec)
-        old = self.balancer
-        for iid, record in self.instances.items():
-            new.add(iid, record.weight)
-            new.set_healthy(iid, record.available)
-            new.set_draining(iid, record.draining)
-            for _ in range(old.state(iid)["outstanding"]):
-                new.on_dispatch(iid)
-        self.balancer = new
+        self.hosts.replace_balancer(self._make_balancer(spec))
         self.policy_spec = dict(spec)
 
     def _block_metrics(self) -> dict:
         """Executor state for policies (on the loop, every metrics interval)."""
         return {
-            "executor": dict(self.stats),
-            "inflight": self.inflight,
+            "executor": dict(self.router.stats),
+            "inflight": self.router.inflight,
             "instances": {
-                iid: {"up": r.link.up, "inflight": r.link.inflight, "metrics": r.metrics}
-                for iid, r in self.instances.items()
+                r.id: {"up": r.link.up, "inflight": r.link.inflight, "metrics": r.metrics}
+                for r in self.hosts
             },
         }
 
     async def _poll_instances(self) -> None:
-        targets = {iid: r for iid, r in self.instances.items() if r.spec.health}
+        targets = [r for r in self.hosts if r.spec.health]
         if not targets:
             return
         if self._http is None:
@@ -369,226 +275,56 @@ class Executor:
                 timeout=aiohttp.ClientTimeout(total=1.0), headers=headers,
                 connector=aiohttp.TCPConnector(ssl=self.config.tls.client_context() or True),
             )  # fmt: skip
+        http = self._http
 
         async def one(record: Instance) -> None:
+            metrics = None  # no stale readings
             try:
                 url = f"{self.config.tls.scheme}://{record.spec.health}/stats"
-                async with self._http.get(url) as resp:
+                async with http.get(url) as resp:
                     if resp.status == 200:
-                        record.metrics = await resp.json()
-                        return
+                        metrics = await resp.json()
             except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
                 pass
-            record.metrics = None  # no stale readings
+            self.hosts.set_metrics(record, metrics)
 
-        await asyncio.gather(*(one(record) for record in targets.values()))
+        await asyncio.gather(*(one(record) for record in targets))
 
-    # ------------------------------------------------------------------ dispatch
+    # ------------------------------------------------------------------ tasks
 
-    def _least_loaded(self) -> Link | None:
-        best = None
-        for iid in self.balancer.available():
-            link = self.instances[iid].link
-            if link.inflight < self.config.instance_inflight and (
-                best is None or link.inflight < best.inflight
-            ):
-                best = link
-        return best
-
-    def _settled(self, task: LinkTask, exc: Exception | None) -> None:
-        """Every task's end, reported once by its link."""
-        self.balancer.on_finish(task.instance_id)
-        record = self.instances.get(task.instance_id)
-        if exc is None:
-            now = perf_counter()
-            self.latency["run"].observe(now - task.t_ack)
-            self.latency["total"].observe(now - task.t0)
-            if record is not None:
-                record.failures = 0
-        elif isinstance(exc, (TaskLost, TaskTimedOut)) and record is not None:
-            if isinstance(exc, TaskTimedOut):
-                self.stats["timed_out"] += 1
-            record.failures += 1
-            limit = self.config.eject_after
-            if limit and record.failures >= limit and not record.ejected:
-                self._eject(record)
-        if task.waiter is not None or isinstance(exc, (TaskNotAccepted, TaskCancelled)):
-            return  # a waiting caller's run hears of it (or it was cancelled: counted there)
-        if isinstance(exc, TaskReturned):  # an infer task given back unrun: run it elsewhere
-            self.stats["retried"] += 1
-            self._rerun(task.frame)
-            return
-        # an infer task, whose caller was answered at acceptance
-        if exc is None:
-            self.stats["completed"] += 1
-        elif isinstance(exc, TaskLost):
-            self.stats["lost"] += 1
-            self._log.error(f"tasks accepted by {task.instance_id}", f"lost: {exc}")
-        else:
-            self.stats["failed"] += 1
-            self._log.error(f"tasks on {task.instance_id}", f"failed: {exc}")
-
-    def _rerun(self, frame: bytes) -> None:
-        """An ``infer`` task an instance gave back: its caller has its answer already."""
-        TaskRun(self, frame, False, None, self._rerun_done).resend()
-
-    def _rerun_done(self, run: TaskRun, answer: bytes | None, reject: Reject | None) -> None:
-        if reject is not None:
-            self._log.error("tasks given back", f"could not be run elsewhere: {reject.message}")
+    def _settled(self, task, exc: Exception | None) -> None:
+        self.router.settled(task, exc)
 
     def run_task(self, frame: bytes, want_result: bool, timeout: float | None,
                  on_done: OnDone, call=None) -> TaskRun:  # fmt: skip
-        """Start one task (``executor.task_run``): ``on_done(run, answer, reject)`` is
-        called once, maybe before this returns. ``timeout``: seconds the caller still
-        waits (None: no deadline)."""
-        run = TaskRun(self, frame, want_result, timeout, on_done, call)
-        run.start()
-        return run
-
-    async def _run(self, frame: bytes, want_result: bool, timeout: float | None) -> bytes:
-        """One task, awaited: the bytes to answer with, or Reject."""
-        waiter = asyncio.get_running_loop().create_future()
-        run = self.run_task(frame, want_result, timeout, _resolve, waiter)
-        try:
-            return await waiter
-        except asyncio.CancelledError:
-            run.cancel()
-            raise
-
-    # ------------------------------------------------------------------ gRPC handlers
-
-    async def _authorize(self, context) -> None:
-        """Every InferenceProxy call needs the infer role (when tokens are configured);
-        checked here rather than in an interceptor, whose path costs ~12% per task."""
-        try:
-            self.config.auth.check(token_of(context.invocation_metadata()), "infer")
-        except AuthError as exc:
-            await context.abort(*refusal(exc))
-
-    async def _unary(self, frame: bytes, context, want_result: bool) -> bytes:
-        if self.config.auth.requires("infer"):
-            await self._authorize(context)
-        remaining = context.time_remaining()
-        try:
-            if remaining is None:
-                return await self._run(frame, want_result, None)
-            # grpc itself ends the call at its deadline (cancelling this handler); the
-            # timer here is a backstop, a little later, so the two do not race
-            budget = remaining + DEADLINE_SLACK
-            return await asyncio.wait_for(self._run(frame, want_result, remaining), budget)
-        except Reject as exc:
-            await context.abort(exc.code, exc.message)
-        except asyncio.TimeoutError:
-            if not context.done():
-                try:
-                    await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
-                except grpc.aio.AbortError:
-                    raise
-                except Exception:  # the call ended meanwhile: nothing left to tell
-                    pass
-            return b""  # the call is over: nobody reads this
-
-    async def _infer(self, frame: bytes, context) -> bytes:
-        return await self._unary(frame, context, False)
-
-    async def _infer_result(self, frame: bytes, context) -> bytes:
-        return await self._unary(frame, context, True)
-
-    async def _infer_stream(self, requests, context):
-        """Tasks pipelined on one stream; each answer is its output, or an error packet
-        (``wire.error_packet``) for a task that failed: one bad task fails alone."""
-        if self.config.auth.requires("infer"):
-            await self._authorize(context)
-        results: asyncio.Queue = asyncio.Queue()
-        pending: set[asyncio.Task] = set()
-        # back-pressure: a caller that does not read its answers stops being read
-        window = asyncio.Semaphore(self._stream_window())
-
-        async def one(frame: bytes) -> None:
-            try:
-                answer = await self._run(frame, True, context.time_remaining())
-            except Reject as exc:
-                answer = error_answer(frame, exc)
-            await results.put(answer)
-
-        async def read() -> None:
-            async for frame in requests:
-                await window.acquire()
-                t = asyncio.ensure_future(one(frame))
-                pending.add(t)
-                t.add_done_callback(pending.discard)
-            if pending:
-                await asyncio.gather(*pending)
-            await results.put(None)
-
-        reader = asyncio.ensure_future(read())
-        try:
-            while (item := await results.get()) is not None:
-                yield item
-                window.release()
-        finally:
-            reader.cancel()
-            for t in list(pending):  # the caller left: its tasks are cancelled too
-                t.cancel()
+        """Start one task (``Router.run_task``)."""
+        return self.router.run_task(frame, want_result, timeout, on_done, call)
 
     # ------------------------------------------------------------------ lifecycle
-
-    def _stream_window(self) -> int:
-        """Tasks one infer_stream may have running: never more than one instance takes
-        (--instance-inflight), so a lone stream is slowed down rather than answered
-        RESOURCE_EXHAUSTED for what it sent past that."""
-        return max(1, min(STREAM_WINDOW, self.config.instance_inflight))
-
-    def _server_options(self) -> list[tuple[str, int]]:
-        cfg = self.config
-        # grpc core queues calls not yet handed to Python; past its default limits (1,000
-        # / 3,000) a burst's calls are CANCELLED before any handler sees them. Let the
-        # executor's own max_inflight decide instead (RESOURCE_EXHAUSTED past it).
-        pending = max(2 * cfg.max_inflight, 20_000)
-        return [("grpc.so_reuseport", 1 if cfg.reuse_port else 0),
-                ("grpc.max_receive_message_length", cfg.max_message),
-                ("grpc.max_send_message_length", cfg.max_message),
-                ("grpc.server.max_pending_requests", pending),
-                ("grpc.server.max_pending_requests_hard_limit", pending),
-                *_keepalive_options(cfg)]  # fmt: skip
-
-    def _grpc_server(self) -> grpc.aio.Server:
-        server = grpc.aio.server(options=self._server_options())
-        server.add_generic_rpc_handlers(
-            (
-                grpc.method_handlers_generic_handler(
-                    SERVICE,
-                    {
-                        "infer": grpc.unary_unary_rpc_method_handler(self._infer),
-                        "infer_result": grpc.unary_unary_rpc_method_handler(self._infer_result),
-                        "infer_stream": grpc.stream_stream_rpc_method_handler(self._infer_stream),
-                    },
-                ),
-            )
-        )
-        return server
 
     async def start(self) -> None:
         cfg = self.config
         check_bind(cfg.host, cfg.auth, cfg.insecure, "executor")
         check_bind(cfg.http_host or cfg.host, cfg.auth, cfg.insecure, "executor management")
         cfg.front = resolve_front(cfg.front)  # "auto": the native front where it is built
+        server: GrpcioFront | NativeServer
         if cfg.front == "native":  # executor.native_front: same calls, C HTTP/2
-            server = NativeServer(self.run_task, cfg.auth, cfg.tls, cfg.max_message,
-                                  self._stream_window(), cfg.keepalive,
+            d = self.dispatch
+            server = NativeServer(d.router.run_task, d.auth, cfg.tls, cfg.max_message,
+                                  d.stream_window, cfg.keepalive,
                                   cfg.keepalive_timeout)  # fmt: skip
             self.port = await server.bind(cfg.host, cfg.port, cfg.reuse_port)
         else:
-            server = self._grpc_server()
-            self.port = cfg.tls.bind(server, f"{cfg.host}:{cfg.port}")
-        for spec in self.config.instances:
+            options = ServerOptions(cfg.max_inflight, cfg.max_message, cfg.reuse_port,
+                                    cfg.keepalive, cfg.keepalive_timeout)  # fmt: skip
+            server = GrpcioFront(self.dispatch, options)
+            self.port = server.bind(cfg.tls, cfg.host, cfg.port)
+        for spec in cfg.instances:
             self.add_instance(spec)
-        if self.config.discover.startswith("k8s://"):  # the instances' EndpointSlices
-            self.discovery = KubeDiscovery(self, self.config.discover)
-        elif self.config.discover:
-            self.discovery = Discovery(
-                self, self.config.discover, self.config.block_id, self.config.discover_interval
-            )
+        if cfg.discover.startswith("k8s://"):  # the instances' EndpointSlices
+            self.discovery = KubeDiscovery(self, cfg.discover)
+        elif cfg.discover:
+            self.discovery = Discovery(self, cfg.discover, cfg.block_id, cfg.discover_interval)
         if self.discovery is not None:
             await self.discovery.sync_once()
             self.discovery.start()
@@ -598,25 +334,22 @@ class Executor:
         self.metrics.start()
         self._instance_poll.start()
         self._trim.start()
-        if self.config.task_timeout > 0:
+        if cfg.task_timeout > 0:
             self._expiry.start()
-        if self.config.mgmt_port is not None or self.config.metrics_port is not None:
+        if cfg.mgmt_port is not None or cfg.metrics_port is not None:
             self.services = ExecutorServices(self)
-            await self.services.start(
-                self.config.http_host or self.config.host,
-                self.config.mgmt_port,
-                self.config.metrics_port,
-            )
+            await self.services.start(cfg.http_host or cfg.host, cfg.mgmt_port,
+                                      cfg.metrics_port)  # fmt: skip
 
     async def wait_ready(self, timeout: float = 10.0) -> None:
         """Until every configured instance's link is up (or timeout)."""
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
         while loop.time() < end:
-            if all(r.link.up for r in self.instances.values()):
+            if all(r.link.up for r in self.hosts):
                 return
             await asyncio.sleep(0.02)
-        down = [iid for iid, r in self.instances.items() if not r.link.up]
+        down = [r.id for r in self.hosts if not r.link.up]
         raise TimeoutError(f"instance links not up after {timeout}s: {down}")
 
     async def stop(self, grace: float | None = None) -> None:
@@ -625,13 +358,13 @@ class Executor:
         grace = self.config.drain_timeout if grace is None else grace
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
-        self.draining = True
+        self.router.draining = True
         if self.discovery is not None:
             await self.discovery.stop()
-        while self.inflight and loop.time() < deadline:
+        while self.router.inflight and loop.time() < deadline:
             await asyncio.sleep(0.01)
         # infer calls were answered at acceptance: let their tasks finish before the links go
-        links = [r.link for r in self.instances.values()]
+        links = [r.link for r in self.hosts]
         await _until_idle(links, deadline)
         if self._server is not None:
             await self._server.stop(max(0.5, min(5.0, deadline - loop.time())))
@@ -647,21 +380,6 @@ class Executor:
             await self.services.stop()
 
 
-def _keepalive_options(cfg: ExecutorConfig) -> list[tuple[str, int]]:
-    """The grpcio front's server keepalive: the same as the native front's."""
-    never = 2**31 - 1  # grpc's largest (and "never") milliseconds
-    if cfg.keepalive <= 0:
-        return [("grpc.keepalive_time_ms", never)]
-    idle = min(max(int(cfg.keepalive * 1000), 1), never)
-    timeout = min(max(int(cfg.keepalive_timeout * 1000), 1), never)
-    return [("grpc.keepalive_time_ms", idle),
-            ("grpc.keepalive_timeout_ms", timeout),
-            # as the native front: idle connections too, and with no data sent meanwhile
-            ("grpc.http2.ping_timeout_ms", timeout),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.max_pings_without_data", 0)]  # fmt: skip
-
-
 def _settle_gc() -> None:
     """Once serving: what start-up allocated (modules, grpc, the policy) moves out of the
     collector's sight (gc.freeze), and young collections come every GC_THRESHOLD new
@@ -672,19 +390,8 @@ def _settle_gc() -> None:
     gc.set_threshold(GC_THRESHOLD, 50, 100)
 
 
-async def _until_idle(links: list, deadline: float) -> None:
+async def _until_idle(links: list[Link], deadline: float) -> None:
     """Until none of the links has a task in flight, or the loop's clock passes deadline."""
     loop = asyncio.get_running_loop()
     while any(link.inflight for link in links) and loop.time() < deadline:
         await asyncio.sleep(0.01)
-
-
-def _resolve(run: TaskRun, answer: bytes | None, reject: Reject | None) -> None:
-    """``Executor._run``'s on_done: the awaited future (``run.call``) gets the outcome."""
-    waiter = run.call
-    if waiter.done():
-        return
-    if reject is None:
-        waiter.set_result(answer)
-    else:
-        waiter.set_exception(reject)

@@ -10,13 +10,13 @@ seconds).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 
 from ..service.periodic import Periodic
 from ..wire import instance_key
 from .config import InstanceSpec
+from .reconcile import Instances, Reconciler
 
 __all__ = ["Discovery"]
 
@@ -24,24 +24,25 @@ log = logging.getLogger("aios_fast.discovery")
 
 
 class Discovery:
-    """Mirrors a block's registered instances into an executor."""
+    """Mirrors a block's registered instances into an executor (through the one
+    ``Reconciler`` every discovery source feeds)."""
 
-    def __init__(self, executor, url: str, block_id: str, interval: float = 1.0,
+    def __init__(self, instances: Instances, url: str, block_id: str, interval: float = 1.0,
                  drain_grace: float = 30.0) -> None:  # fmt: skip
         import redis.asyncio as redis
 
-        self.executor = executor
         self.client = redis.Redis.from_url(url)
         self.pattern = instance_key(block_id)
-        self.drain_grace = drain_grace
-        self.known: dict[str, str] = {}  # instance id -> target
-        self._leaving: dict[str, float] = {}
+        self.reconciler = Reconciler(instances, log, "its registration", drain_grace)
         self._scans = Periodic(self.sync_once, interval, log, "discovery scan")
 
-    async def scan(self) -> dict[str, str]:
-        """instance id -> gRPC target of every live registration."""
+    @property
+    def known(self) -> dict[str, InstanceSpec]:
+        return self.reconciler.known
+
+    async def scan(self) -> dict[str, InstanceSpec]:
+        """instance id -> spec of every live registration."""
         found = {}
-        self.health: dict[str, str] = {}
         async for key in self.client.scan_iter(match=self.pattern, count=500):
             raw = await self.client.get(key)
             if raw is None:
@@ -53,35 +54,11 @@ class Discovery:
                 log.error("ignoring malformed registration %s: %r", key, raw)
                 continue
             iid = key.decode().rsplit(":", 1)[1]
-            found[iid] = target
-            self.health[iid] = mgmt
+            found[iid] = InstanceSpec(iid, target, health=mgmt)
         return found
 
     async def sync_once(self) -> None:
-        found = await self.scan()
-        loop = asyncio.get_running_loop()
-        for iid, target in found.items():
-            if iid in self._leaving:  # came back
-                del self._leaving[iid]
-                self.executor.set_draining(iid, False)
-            if self.known.get(iid) != target:
-                if iid in self.known:
-                    await self.executor.remove_instance(iid)
-                self.executor.add_instance(InstanceSpec(iid, target, health=self.health[iid]))
-                self.known[iid] = target
-                log.info("instance %s joined at %s", iid, target)
-        for iid in list(self.known):
-            if iid not in found and iid not in self._leaving:
-                self._leaving[iid] = loop.time() + self.drain_grace
-                self.executor.set_draining(iid, True)
-                log.info("instance %s left; draining", iid)
-        for iid, deadline in list(self._leaving.items()):
-            record = self.executor.instances.get(iid)
-            if record is None or record.link.inflight == 0 or loop.time() >= deadline:
-                del self._leaving[iid]
-                self.known.pop(iid, None)
-                if record is not None:
-                    await self.executor.remove_instance(iid)
+        await self.reconciler.apply(await self.scan())
 
     def start(self) -> None:
         self._scans.start()
@@ -89,3 +66,8 @@ class Discovery:
     async def stop(self) -> None:
         await self._scans.stop()
         await self.client.aclose()
+
+    def status(self) -> dict:
+        r = self.reconciler
+        return {"kind": "redis", "instances": sorted(r.known), "leaving": sorted(r.leaving),
+                "added": r.added, "removed": r.removed}  # fmt: skip

@@ -92,6 +92,7 @@ class WorkerFront:
 
     async def _get_all(self, path: str) -> list[str]:
         async def one(url: str) -> str:
+            assert self._session is not None  # started
             async with self._session.get(url + path) as resp:
                 return await resp.text()
 
@@ -99,6 +100,7 @@ class WorkerFront:
 
     async def _post_all(self, body: bytes) -> list[tuple[int, dict]]:
         async def one(url: str) -> tuple[int, dict]:
+            assert self._session is not None  # started
             try:
                 async with self._session.post(
                     url + "/mgmt", data=body, headers={"Content-Type": "application/json"}

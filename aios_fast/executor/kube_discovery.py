@@ -32,6 +32,7 @@ from ..errors import AiosFastError
 from ..kube import Retrier, describe_error, error_status, new_client
 from ..service.periodic import Periodic
 from .config import InstanceSpec
+from .reconcile import Instances, Reconciler
 
 __all__ = ["SERVICE_LABEL", "KubeDiscovery", "parse_discover_url"]
 
@@ -76,22 +77,18 @@ def slice_instances(obj) -> dict[str, InstanceSpec]:
 class KubeDiscovery:
     """Mirrors the ready endpoints of the instances' Service into an executor."""
 
-    def __init__(self, executor, url: str, *, kubeconfig: str | None = None,
+    def __init__(self, instances: Instances, url: str, *, kubeconfig: str | None = None,
                  drain_grace: float = 30.0, watch_timeout: int = 290,
                  backoff_cap: float = 10.0, client=None) -> None:  # fmt: skip
         self.namespace, self.service = parse_discover_url(url)
-        self.executor = executor
         self.client = client if client is not None else new_client(kubeconfig, self.namespace)
         self.labels = {SERVICE_LABEL: self.service}
-        self.drain_grace = drain_grace
+        self.reconciler = Reconciler(instances, log, "its Service", drain_grace)
         self.watch_timeout = watch_timeout
         self.backoff_cap = backoff_cap
         self.slices: dict[str, dict[str, InstanceSpec]] = {}  # slice name -> its instances
-        self.known: dict[str, InstanceSpec] = {}  # in the executor through us
-        self._leaving: dict[str, float] = {}  # id -> deadline
         self.resource_version: str | None = None
         self.lists = self.events = self.expiries = self.watch_errors = 0
-        self.added = self.removed = 0
         self.last_error: str | None = None
         self._retrier = Retrier(attempts=3)
         self._task: asyncio.Task | None = None
@@ -134,45 +131,14 @@ class KubeDiscovery:
         wanted: dict[str, InstanceSpec] = {}
         for found in self.slices.values():
             wanted.update(found)
-        for iid, spec in wanted.items():
-            if iid in self._leaving:  # back before it was removed
-                del self._leaving[iid]
-                if iid in self.executor.instances:
-                    self.executor.set_draining(iid, False)
-            known = self.known.get(iid)
-            if known is not None and (known.target, known.health) == (spec.target, spec.health):
-                continue
-            if known is not None and iid in self.executor.instances:  # moved: a new address
-                await self.executor.remove_instance(iid)
-            try:
-                self.executor.add_instance(spec)
-            except ValueError as exc:  # added by the management API meanwhile
-                log.warning("endpoint %s: %s", iid, exc)
-            self.known[iid] = spec
-            self.added += 1
-            log.info("instance %s joined at %s", iid, spec.target)
-        loop = asyncio.get_running_loop()
-        for iid in list(self.known):
-            if iid not in wanted and iid not in self._leaving:
-                self._leaving[iid] = loop.time() + self.drain_grace
-                if iid in self.executor.instances:
-                    self.executor.set_draining(iid, True)
-                log.info("instance %s left its Service; draining", iid)
-        await self._sweep()
+        await self.reconciler.apply(wanted)
 
     async def _sweep(self) -> None:
-        """Remove the leaving instances that finished their tasks (or ran out of time)."""
-        now = asyncio.get_running_loop().time()
-        for iid, deadline in list(self._leaving.items()):
-            record = self.executor.instances.get(iid)
-            if record is None or record.link.inflight == 0 or now >= deadline:
-                del self._leaving[iid]
-                self.known.pop(iid, None)
-                if record is not None:
-                    await self.executor.remove_instance(iid)
-                    self.removed += 1
+        await self.reconciler.sweep()
 
-    # ------------------------------------------------------------------ watch
+    @property
+    def known(self) -> dict[str, InstanceSpec]:
+        return self.reconciler.known
 
     async def _watch(self) -> None:
         from lightkube.resources.discovery_v1 import EndpointSlice
@@ -235,14 +201,14 @@ class KubeDiscovery:
             "kind": "kubernetes",
             "service": self.service,
             "namespace": self.namespace,
-            "instances": sorted(self.known),
-            "leaving": sorted(self._leaving),
+            "instances": sorted(self.reconciler.known),
+            "leaving": sorted(self.reconciler.leaving),
             "lists": self.lists,
             "events": self.events,
             "watch_expiries": self.expiries,
             "watch_errors": self.watch_errors,
-            "added": self.added,
-            "removed": self.removed,
+            "added": self.reconciler.added,
+            "removed": self.reconciler.removed,
             "last_error": self.last_error,
             **self._retrier.status(),
         }

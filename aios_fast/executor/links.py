@@ -19,15 +19,16 @@ import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from time import perf_counter
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 
 from ..errors import AiosFastError
 from ..logs import RateLimitedLog
 from ..service.batch_writer import BatchWriter
+from ..settings import InitSettings
 from ..tls import TLS
 from ..wire import (
     ACCEPTED,
@@ -42,7 +43,6 @@ from ..wire import (
     LIMIT_HEADER,
     LINK_BATCH_BYTES,
     LINK_METHOD,
-    MAX_MESSAGE,
     REFUSED,
     RESULT,
     TASK,
@@ -59,6 +59,8 @@ __all__ = [
     "Link",
     "LinkSettings",
     "LinkTask",
+    "OnSettled",
+    "OnState",
     "TaskCancelled",
     "TaskFailed",
     "TaskLost",
@@ -118,11 +120,14 @@ _REPLY_CODES = {
 }
 
 
+_DEFAULTS = InitSettings()  # the settings contract's defaults
+
+
 @dataclass
 class LinkSettings:
-    linger: float = 0.002  # seconds a small batch may wait while the link is busy
-    max_message: int = MAX_MESSAGE  # the executor's accept limit: every task fits
-    keepalive: float = 2.0  # seconds between HTTP/2 pings; a ping unanswered as long fails
+    linger: float = _DEFAULTS.executor.linkLinger  # seconds a small batch may wait (busy link)
+    max_message: int = _DEFAULTS.maxMessageBytes  # the executor's accept limit: each task fits
+    keepalive: float = _DEFAULTS.executor.linkKeepalive  # s between pings; unanswered: fails
     run_timeout: float = 0.0  # seconds an acknowledged task may run (0: no limit)
     token_metadata: tuple[tuple[str, str], ...] = ()  # sent with every call (infer token)
     tls: TLS = field(default_factory=TLS)  # links over TLS when it has a CA
@@ -273,8 +278,7 @@ class InstanceLink:
         self._closing = False
         self._log = RateLimitedLog(log, 30.0)
         # Counters (cheap: integer additions on the loop).
-        self.tasks_sent = self.messages_sent = self.replies = self.messages_received = 0
-        self.completed = self.failed = self.lost = self.timed_out = self.cancelled = 0
+        self.tasks_sent = self.completed = self.failed = self.lost = 0  # /stats per instance
 
     @property
     def inflight(self) -> int:
@@ -306,7 +310,6 @@ class InstanceLink:
         if self._pending.pop(task.id, None) is None:
             return
         self._acked.discard(task.id)
-        self.cancelled += 1
         if self._writer is not None:
             self._writer.put((task.id, CANCEL, b"", 0.0), ITEM_OVERHEAD)
         task.drop(TaskCancelled(f"{self.instance_id}: the caller gave up"))
@@ -329,7 +332,6 @@ class InstanceLink:
 
     async def _requests(self, writer: BatchWriter):
         while (batch := await writer.next_batch()) is not None:
-            self.messages_sent += 1
             yield encode_tasks(batch)
 
     def _reply(self, task_id: int, kind: int, payload: bytes) -> None:
@@ -363,7 +365,6 @@ class InstanceLink:
             task.finish(payload, None)
         elif kind == TIMED_OUT:
             self.failed += 1
-            self.timed_out += 1
             task.finish(
                 None, TaskTimedOut(f"{self.instance_id}: {payload.decode(errors='replace')}")
             )
@@ -410,8 +411,6 @@ class InstanceLink:
                 async for message in call:
                     self.last_heard = perf_counter()
                     replies = decode_replies(message)
-                    self.messages_received += 1
-                    self.replies += len(replies)
                     for task_id, kind, payload in replies:
                         self._reply(task_id, kind, payload)
                 reason = "the instance ended the link"
@@ -481,7 +480,7 @@ class UnaryLink:
         self._on_state = on_state
         self._on_settled = on_settled
         self._channel: grpc.aio.Channel | None = None
-        self._call = None
+        self._call: Any = None
         self._pending: dict[LinkTask, asyncio.Task] = {}
         self._watch: asyncio.Task | None = None
         self.tasks_sent = self.completed = self.failed = self.lost = 0
@@ -497,7 +496,9 @@ class UnaryLink:
         self._watch = asyncio.ensure_future(self._watch_state())
 
     async def _watch_state(self) -> None:
-        state = self._channel.get_state(try_to_connect=True)
+        channel = self._channel
+        assert channel is not None  # started
+        state = channel.get_state(try_to_connect=True)
         while True:
             # READY is up; IDLE (an idle timeout) keeps whatever it was; the rest is down.
             up = state is grpc.ChannelConnectivity.READY or (
@@ -506,8 +507,8 @@ class UnaryLink:
             if up != self.up:
                 self.up = up
                 self._on_state(self.instance_id, up)
-            await self._channel.wait_for_state_change(state)
-            state = self._channel.get_state(try_to_connect=True)
+            await channel.wait_for_state_change(state)
+            state = channel.get_state(try_to_connect=True)
 
     def submit(self, frame: bytes, want_result: bool, timeout: float = 0.0,
                waiter: Waiter | None = None) -> LinkTask:  # fmt: skip
@@ -516,8 +517,11 @@ class UnaryLink:
         limits = [t for t in (timeout, self.settings.run_timeout) if t > 0]
         runner = asyncio.ensure_future(self._send(task, frame, min(limits) if limits else None))
         self._pending[task] = runner
-        runner.add_done_callback(lambda _, t=task: self._pending.pop(t, None))
+        runner.add_done_callback(partial(self._forget, task))
         return task
+
+    def _forget(self, task: LinkTask, _runner: asyncio.Future) -> None:
+        self._pending.pop(task, None)
 
     def cancel(self, task: LinkTask) -> None:
         runner = self._pending.pop(task, None)

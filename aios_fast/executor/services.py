@@ -24,7 +24,8 @@ policy has none, so it is a 400 naming the built-in actions.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import msgspec
 from aiohttp import web
@@ -32,18 +33,14 @@ from aiohttp import web
 from ..errors import AiosFastError
 from ..policy import network_safe
 from ..service.http import MgmtError, convert, mgmt_route, new_app, run_action, start_site
-from ..service.metrics import CONTENT_TYPE, Registry, counter, gauge, histogram
-from .config import InstanceSpec
+from ..service.metrics import CONTENT_TYPE, Histogram, Registry, counter, gauge, histogram
+from .config import ExecutorConfig, InstanceSpec
 
-__all__ = ["BUILTIN_ACTIONS", "ExecutorServices"]
+__all__ = ["BUILTIN_ACTIONS", "ExecutorServices", "Managed"]
 
 BUILTIN_ACTIONS = ("list_instances", "add_instance", "remove_instance", "drain_instance",
                    "set_instance_health", "set_instance_weight", "get_policy",
                    "set_policy_parameters", "switch_policy", "stats")  # fmt: skip
-
-
-class _Instance(msgspec.Struct):
-    id: str
 
 
 class _AddInstance(msgspec.Struct):
@@ -85,10 +82,54 @@ class _Policy(msgspec.Struct, rename={"uri": "policyRuleURI"}):
     settings: dict[str, Any] = {}
 
 
+class Managed(Protocol):
+    """What the management API and /metrics read and change of an executor."""
+
+    config: ExecutorConfig
+
+    @property
+    def policy_rule(self) -> Any: ...
+
+    @property
+    def policy_fallbacks(self) -> int: ...
+
+    @property
+    def inflight(self) -> int: ...
+
+    @property
+    def instances(self) -> Mapping[str, Any]: ...
+
+    @property
+    def stats(self) -> dict[str, int]: ...
+
+    @property
+    def latency(self) -> dict[str, Histogram]: ...
+
+    def add_instance(self, spec: InstanceSpec) -> Any: ...
+
+    async def remove_instance(self, instance_id: str, drain_timeout: float = 0.0) -> int: ...
+
+    def set_instance_health(self, instance_id: str, healthy: bool) -> None: ...
+
+    def set_draining(self, instance_id: str, draining: bool) -> None: ...
+
+    def set_weight(self, instance_id: str, weight: float) -> None: ...
+
+    def available(self) -> list[str]: ...
+
+    def describe(self, instance_id: str) -> dict: ...
+
+    def policy(self) -> dict: ...
+
+    def set_policy_parameters(self, parameters: dict[str, Any], replace: bool = False) -> None: ...
+
+    def switch_policy(self, spec: dict) -> None: ...
+
+
 class ExecutorServices:
     """Management and metrics HTTP servers for one executor process."""
 
-    def __init__(self, executor) -> None:
+    def __init__(self, executor: Managed) -> None:
         self.executor = executor
         self.registry = Registry(self.collect)
         self._runners: list[web.AppRunner] = []
@@ -219,7 +260,7 @@ class ExecutorServices:
         yield counter(
             "aios_executor_tasks",
             "Tasks by event: received, accepted, completed, failed, retried, rejected, "
-            "lost, invalid, timed_out, cancelled.",
+            "lost, invalid, timed_out, cancelled (after acceptance), withdrawn (before).",
             ("event",),
             ex.stats.items(),
         )
@@ -301,7 +342,7 @@ class ExecutorServices:
     async def start(self, host: str, mgmt_port: int | None, metrics_port: int | None) -> None:
         """Serve management on mgmt_port and metrics on metrics_port (None: not served;
         the same port for both serves both routes on one server)."""
-        routes = {}
+        routes: dict[int, list[str]] = {}
         if mgmt_port is not None:
             routes.setdefault(mgmt_port, []).append("mgmt")
         if metrics_port is not None:

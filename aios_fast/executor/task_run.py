@@ -7,19 +7,21 @@ the ``LinkTask``'s waiter), and the run ends exactly once with ``on_done(run, an
 reject)``: the bytes to answer with, or the ``Reject`` (a gRPC status and message) the
 caller gets. The native front passes its own ``on_done`` (the answer goes out on the
 HTTP/2 stream from inside the link's callback); the grpcio front and ``infer_stream``
-await a future through ``Executor._run``. Either way the rules are these:
+await a future through ``Router.run``. Either way the rules are these:
 
 - ``infer`` is answered at acceptance (``ACCEPTED``); the rest of its life is the
-  executor's (``Executor._settled``: counted, logged if lost);
+  router's (``Router.settled``: counted, logged if lost);
 - a task no instance acknowledged is sent again to another pick, ``max_retries`` times;
   an instance that gives an acknowledged task back unrun (it is leaving) has it sent
   elsewhere, with a fresh set of retries;
 - ``cancel()`` (the caller reset the stream, its deadline passed, its handler was
   cancelled) cancels the task at the instance; nothing is answered after it.
 
-Every received task ends counted once in ``Executor.stats``: rejected (no instance took
-it, or it was refused before one was picked), invalid, completed, failed, lost or
-cancelled (``infer`` tasks: accepted, then their end is counted by ``_settled``).
+Every received task ends counted once in ``Router.stats`` (``executor.router`` states
+the identities): invalid, rejected (no instance took it, or it was refused before one
+was picked), withdrawn (its caller gave up before an instance acknowledged it), or
+accepted and then completed, failed, lost or cancelled (``infer`` tasks: their end is
+counted by ``Router.settled``).
 """
 
 from __future__ import annotations
@@ -27,16 +29,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from time import perf_counter
-from typing import Any
+from typing import Protocol
 
 import grpc
 
 from .. import codec
 from ..errors import NoInstanceError, PacketDecodeError
+from ..service.metrics import Histogram
 from ..wire import ACCEPTED, error_packet
+from .hostset import HostSet
 from .links import LinkTask, TaskFailed, TaskLost, TaskNotAccepted, TaskReturned, TaskTooLarge
 
-__all__ = ["Reject", "TaskRun", "error_answer"]
+__all__ = ["OnDone", "Reject", "RunContext", "TaskRun", "error_answer"]
 
 log = logging.getLogger("aios_fast.executor")
 _UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
@@ -56,6 +60,21 @@ class Reject(Exception):
 OnDone = Callable[["TaskRun", "bytes | None", "Reject | None"], None]
 
 
+class RunContext(Protocol):
+    """What a run reads and counts: the router's (``executor.router.Router``) limits,
+    books and host set."""
+
+    hosts: HostSet
+    stats: dict[str, int]
+    latency: dict[str, Histogram]
+    inflight: int
+    draining: bool
+    max_inflight: int
+    instance_inflight: int
+    max_retries: int
+    max_output: int
+
+
 def error_answer(frame: bytes, reject: Reject) -> bytes:
     """An ``infer_stream`` answer for a task that failed: an error packet
     (``wire.error_packet``) naming the task when its packet can be read, so one bad task
@@ -68,16 +87,16 @@ def error_answer(frame: bytes, reject: Reject) -> bytes:
 
 
 class TaskRun:
-    """One task (see the module) of ``ex``, the ``executor.core.Executor`` (not imported
-    here: core imports this). ``call`` and ``timer`` are the front's: what it answers
-    on, and a deadline timer it wants cancelled when the run ends."""
+    """One task (see the module) of ``router``. ``call`` and ``timer`` are the front's:
+    what it answers on, and a deadline timer it wants cancelled when the run ends."""
 
-    __slots__ = ("attempts", "budget", "call", "counted", "ex", "frame", "link_task",
-                 "on_done", "over", "packet", "returned", "t0", "timer", "want_result")  # fmt: skip
+    __slots__ = ("acked", "attempts", "budget", "call", "counted", "ex", "frame",
+                 "link_task", "on_done", "over", "packet", "returned", "t0", "timer",
+                 "want_result")  # fmt: skip
 
-    def __init__(self, ex: Any, frame: bytes, want_result: bool, timeout: float | None,
-                 on_done: OnDone, call=None) -> None:  # fmt: skip
-        self.ex = ex
+    def __init__(self, router: RunContext, frame: bytes, want_result: bool,
+                 timeout: float | None, on_done: OnDone, call=None) -> None:  # fmt: skip
+        self.ex = router
         self.frame = frame
         self.want_result = want_result
         # infer's caller is answered at acceptance: its deadline does not bound the run
@@ -90,6 +109,7 @@ class TaskRun:
         self.t0 = 0.0
         self.attempts = 0
         self.returned = False  # given back by an instance once: not taken again = lost
+        self.acked = False  # an instance acknowledged it: counted accepted
         self.counted = False  # holds one of the executor's inflight places
         self.over = False
 
@@ -111,9 +131,9 @@ class TaskRun:
             stats["invalid"] += 1
             self._end(None, Reject(_INVALID, str(exc)))
             return
-        if ex.inflight >= ex.config.max_inflight:
+        if ex.inflight >= ex.max_inflight:
             stats["rejected"] += 1
-            self._end(None, Reject(_EXHAUSTED, f"executor has {ex.config.max_inflight} "
+            self._end(None, Reject(_EXHAUSTED, f"executor has {ex.max_inflight} "
                                                "tasks in flight; retry later"))  # fmt: skip
             return
         ex.inflight += 1
@@ -124,7 +144,7 @@ class TaskRun:
         """An ``infer`` task an instance gave back unrun: its caller was answered at
         acceptance; it is placed again (not counted again as received)."""
         self.t0 = perf_counter()
-        self.returned = True
+        self.returned = self.acked = True
         try:
             self.packet = codec.decode_message(self.frame)
         except PacketDecodeError as exc:  # it was read once: cannot happen
@@ -136,7 +156,7 @@ class TaskRun:
         """The caller is gone: the task is cancelled at its instance; no answer."""
         if self.over:
             return
-        self.ex.stats["cancelled"] += 1
+        self.ex.stats["cancelled" if self.acked else "withdrawn"] += 1
         task = self.link_task
         self._finish()
         self.call = None  # no answer will go there
@@ -157,20 +177,21 @@ class TaskRun:
                 self._unplaced(grpc.StatusCode.INTERNAL, f"internal error: {exc!r}")
 
     def _place(self) -> None:
-        ex = self.ex
+        hosts = self.ex.hosts
         try:
-            instance_id = ex.balancer.pick(self.packet)
+            instance_id = hosts.pick(self.packet)
         except NoInstanceError:
             self._unplaced(_UNAVAILABLE, "no instance available")
             return
-        link = ex.instances[instance_id].link
-        limit = ex.config.instance_inflight
+        link = hosts.link_of(instance_id)
+        limit = self.ex.instance_inflight
         if link.inflight >= limit:
-            link = ex._least_loaded()
-            if link is None:
+            least = hosts.least_loaded()
+            if least is None:
                 self._unplaced(_EXHAUSTED, f"every instance has {limit} tasks in flight")
                 return
-        ex.balancer.on_dispatch(link.instance_id)
+            link = least
+        hosts.on_dispatch(link.instance_id)
         left = 0.0
         if self.budget:
             left = max(self.budget - (perf_counter() - self.t0), 1e-6)
@@ -193,7 +214,8 @@ class TaskRun:
             return
         ex = self.ex
         ex.latency["accept"].observe(task.t_ack - self.t0)
-        if not self.returned:
+        if not self.acked:
+            self.acked = True
             ex.stats["accepted"] += 1
         if not self.want_result:
             task.waiter = None  # its end is the executor's (_settled), not the caller's
@@ -205,7 +227,7 @@ class TaskRun:
         if isinstance(exc, TaskTooLarge):
             self._unplaced(_EXHAUSTED, str(exc))
             return
-        if self.attempts >= self.ex.config.max_retries:
+        if self.attempts >= self.ex.max_retries:
             self._unplaced(_UNAVAILABLE, f"no instance accepted the task: {exc}")
             return
         self.attempts += 1
@@ -216,7 +238,7 @@ class TaskRun:
         if self.over:
             return
         stats = self.ex.stats
-        if exc is None:
+        if exc is None and out is not None:
             limit = self.ex.max_output
             if len(out) > limit:  # an instance whose limit is larger than ours
                 stats["failed"] += 1
@@ -227,7 +249,7 @@ class TaskRun:
             self._end(codec.encode_message(out), None)
         elif isinstance(exc, TaskReturned):  # given back unrun: placed again, fresh retries
             stats["retried"] += 1
-            self.returned = True
+            self.returned = True  # acked already (it was accepted before it came back)
             self.attempts = 0
             self._send()
         elif isinstance(exc, TaskLost):

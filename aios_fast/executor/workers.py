@@ -147,8 +147,9 @@ async def _parent(config: ExecutorConfig, children: list[int], pipes: list[int])
     waits = [loop.run_in_executor(None, os.waitpid, pid, 0) for pid in children]
     infos = await asyncio.gather(*(loop.run_in_executor(None, read_announce, fd) for fd in pipes))
     front = None
-    if all(infos):
-        front = WorkerFront([info["mgmt_port"] for info in infos], config.auth, config.tls)
+    announced = [info for info in infos if info]
+    if len(announced) == len(infos):
+        front = WorkerFront([info["mgmt_port"] for info in announced], config.auth, config.tls)
         try:
             await front.start(config.http_host or config.host, config.mgmt_port,
                               config.metrics_port)  # fmt: skip
@@ -157,8 +158,8 @@ async def _parent(config: ExecutorConfig, children: list[int], pipes: list[int])
             forward(signal.SIGTERM)
         else:
             runtime.announce({
-                "port": infos[0]["port"], "pid": os.getpid(), "mgmt_port": front.mgmt_port,
-                "metrics_port": front.metrics_port, "workers": [i["pid"] for i in infos],
+                "port": announced[0]["port"], "pid": os.getpid(), "mgmt_port": front.mgmt_port,
+                "metrics_port": front.metrics_port, "workers": [i["pid"] for i in announced],
                 "front": config.front,
             })  # fmt: skip
     else:

@@ -8,30 +8,60 @@ import logging
 import os
 import sys
 
+import msgspec
+
 from ..auth import Auth
 from ..errors import AiosFastError, json_object
 from ..framedb import FrameDB
 from ..service import runtime
+from ..settings import ECHO, BlockDocument, InitSettings, read_document
 from ..tls import TLS, add_tls_arguments
-from ..wire import MAX_MESSAGE
 from .registration import Registration
 from .routing import OutputRouter
 from .server import InstanceServer, load_block
 
+_S = InitSettings()  # the contract's defaults
+_I = _S.instance
+
+
+def settings_of(opts: argparse.Namespace) -> dict:
+    """The instance's settings: the contract's defaults, the block document's
+    (``--block-doc``), then the flags given."""
+    doc = BlockDocument(id="block")
+    if opts.block_doc:
+        doc, _ = read_document(opts.block_doc)
+    s = doc.initSettings
+    chosen = {
+        "block": s.block,
+        "block_id": doc.id,
+        "init_data": doc.blockInitData,
+        "parameters": doc.parameters,
+        "batching": msgspec.to_builtins(s.batching) if s.batching is not None else None,
+        "max_message": s.maxMessageBytes,
+        "max_concurrency": s.instance.maxConcurrency,
+        "drain_timeout": s.instance.drainTimeout,
+    }
+    for key, value in vars(opts).items():
+        if key in chosen and value is not None:
+            chosen[key] = value
+    for key, flag in (("init_data", "--init-data"), ("parameters", "--parameters"),
+                      ("batching", "--batching")):  # fmt: skip
+        if isinstance(chosen[key], str):
+            chosen[key] = json_object(chosen[key], flag)
+    return chosen
+
 
 async def _serve(opts) -> None:
-    init_data = json_object(opts.init_data, "--init-data")
-    parameters = json_object(opts.parameters, "--parameters")
+    chosen = settings_of(opts)
     framedb = json_object(opts.framedb, "--framedb")
-    batching = json_object(opts.batching, "--batching")
     auth = Auth.from_env(opts.auth_file)
     tls = TLS.from_options(opts)
-    block = load_block(opts.block, init_data, parameters)
+    block = load_block(chosen["block"], chosen["init_data"], chosen["parameters"])
     server = InstanceServer(
         block, host=opts.host, port=opts.port, mgmt_port=opts.mgmt_port,
-        max_concurrency=opts.max_concurrency, frames=FrameDB(framedb),
-        max_message=opts.max_message, auth=auth, insecure=opts.insecure, tls=tls,
-        router=OutputRouter(auth.any_token("infer"), tls), batching=batching,
+        max_concurrency=chosen["max_concurrency"], frames=FrameDB(framedb),
+        max_message=chosen["max_message"], auth=auth, insecure=opts.insecure, tls=tls,
+        router=OutputRouter(auth.any_token("infer"), tls), batching=chosen["batching"],
     )  # fmt: skip
     await server.start()
     runtime.reload_on_sighup(auth)
@@ -39,7 +69,7 @@ async def _serve(opts) -> None:
     if opts.register:
         advertise = opts.advertise or opts.host
         registration = Registration(
-            opts.register, opts.block_id, opts.instance_id or f"{advertise}-{server.port}",
+            opts.register, chosen["block_id"], opts.instance_id or f"{advertise}-{server.port}",
             f"{advertise}:{server.port}", f"{advertise}:{server.mgmt_port}", opts.ttl,
         )  # fmt: skip
         await registration.start()
@@ -47,39 +77,44 @@ async def _serve(opts) -> None:
     await runtime.until_signalled()
     if registration is not None:
         await registration.stop()  # leave first: no new tasks come while we drain
-    await server.stop(opts.drain_timeout)
+    await server.stop(chosen["drain_timeout"])
 
 
-def main(argv=None) -> int:
-    runtime.adopt_parent_death()  # started by block up / an actuator: die with it
+def build_parser() -> argparse.ArgumentParser:
+    """The process's command line (tests read what block up and the manifests pass)."""
     parser = argparse.ArgumentParser(
         description="Serve one Block instance.",
         prog="python -m aios_fast.instance",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--block", default="aios_fast.block:EchoBlock", help="module:Class")
+    parser.add_argument(
+        "--block-doc",
+        help="block document (JSON file): its Block, blockInitData, parameters and "
+        "initSettings are this instance's (the flags below override them)",
+    )
+    parser.add_argument("--block", help=f"module:Class (default: {ECHO})")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="gRPC port (0: any free one)")
     parser.add_argument("--mgmt-port", type=int, default=0, help="HTTP management port")
-    parser.add_argument("--max-concurrency", type=int, default=256)
-    parser.add_argument("--init-data", default="{}", help="JSON blockInitData")
-    parser.add_argument("--parameters", default="{}", help="JSON block parameters")
+    parser.add_argument("--max-concurrency", type=int,
+                        help=f"tasks run at once (default: {_I.maxConcurrency})")  # fmt: skip
+    parser.add_argument("--init-data", help="JSON blockInitData (default: {})")
+    parser.add_argument("--parameters", help="JSON block parameters (default: {})")
     parser.add_argument("--framedb", default=os.environ.get("AIOS_FRAMEDB", "{}"),
                         help='JSON {framedb_id: "redis://host:port/db" | "memory"}')  # fmt: skip
-    parser.add_argument("--batching", default="{}",
+    parser.add_argument("--batching",
                         help="JSON batching settings for a block with on_batch (mode, "
                         "maxBatchSize, maxQueueDelayMs, preferredBatchSizes, "
                         "maxConcurrentBatches); the block's parameters.batching wins")  # fmt: skip
     parser.add_argument("--register", help="redis:// URL to register in (heartbeat + TTL)")
-    parser.add_argument("--block-id", default="block")
+    parser.add_argument("--block-id", help="the block's id (default: block)")
     parser.add_argument("--instance-id", help="default: <advertise host>-<port>")
     parser.add_argument("--advertise", help="host executors reach this instance at")
     parser.add_argument("--ttl", type=float, default=3.0, help="registration TTL, seconds")
     parser.add_argument(
         "--max-message",
         type=int,
-        default=MAX_MESSAGE,
-        help="bytes of the largest task (and output) it takes; as the executor's",
+        help="bytes of the largest task (and output) it takes; as the executor's "
+        f"(default: {_S.maxMessageBytes})",
     )
     parser.add_argument("--auth-file", help="tokens, one 'role token' a line; re-read on "
                         "SIGHUP (AIOS_FAST_TOKEN: one token, every role)")  # fmt: skip
@@ -88,11 +123,16 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--drain-timeout",
         type=float,
-        default=30.0,
-        help="on SIGTERM, seconds the tasks it took may take to finish",
+        help="on SIGTERM, seconds the tasks it took may take to finish "
+        f"(default: {_I.drainTimeout})",
     )
     add_tls_arguments(parser)
-    opts = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    runtime.adopt_parent_death()  # started by block up / an actuator: die with it
+    opts = build_parser().parse_args(argv)
     runtime.reserve_stdout()  # before the block (and what it imports) can print
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:

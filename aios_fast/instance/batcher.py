@@ -38,12 +38,11 @@ from typing import Any
 
 from ..errors import AiosFastError, TaskExpired
 from ..service.metrics import Histogram
+from ..settings import Batching, decode_part
 
 __all__ = ["SIZE_BUCKETS", "BatchSettings", "Batcher"]
 
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
-MODES = ("adaptive", "delay", "off")
-_KEYS = ("mode", "maxBatchSize", "maxQueueDelayMs", "preferredBatchSizes", "maxConcurrentBatches")
 
 
 class BatchSettings:
@@ -61,45 +60,24 @@ class BatchSettings:
 
     @classmethod
     def parse(cls, *layers: dict | None) -> BatchSettings:
-        """Settings from dicts of the document's keys, later layers winning key by key."""
+        """Settings from dicts of the document's keys, later layers winning key by key,
+        checked by the settings contract (``aios_fast.settings.Batching``)."""
         merged: dict = {}
         for layer in layers:
             if layer is None:
                 continue
             if not isinstance(layer, dict):
                 raise AiosFastError(f"batching settings must be a JSON object, not {layer!r}")
-            unknown = sorted(set(layer) - set(_KEYS))
-            if unknown:
-                raise AiosFastError(f"batching: unknown setting(s) {', '.join(unknown)} "
-                                    f"(known: {', '.join(_KEYS)})")  # fmt: skip
             merged.update(layer)
-        mode = merged.get("mode", "adaptive")
-        if mode not in MODES:
-            raise AiosFastError(f"batching.mode must be one of {', '.join(MODES)}, not {mode!r}")
-        size = _int(merged.get("maxBatchSize", 32), "maxBatchSize", 1, 4096)
-        batches = _int(merged.get("maxConcurrentBatches", 1), "maxConcurrentBatches", 1, 64)
-        delay = merged.get("maxQueueDelayMs", 5.0)
-        number = isinstance(delay, (int, float)) and not isinstance(delay, bool)
-        if not number or not 0 <= delay <= 60_000:
-            raise AiosFastError(f"batching.maxQueueDelayMs must be a number of milliseconds "
-                                f"in 0..60000, not {delay!r}")  # fmt: skip
-        preferred = merged.get("preferredBatchSizes") or []
-        if not isinstance(preferred, list):
-            raise AiosFastError(f"batching.preferredBatchSizes must be a list, not {preferred!r}")
-        sizes = tuple(sorted({_int(p, "preferredBatchSizes[]", 1, size) for p in preferred}))
-        return cls(mode, size, float(delay) / 1000.0, sizes, batches)
+        b = decode_part(merged, Batching, "batching")
+        return cls(b.mode, b.maxBatchSize, float(b.maxQueueDelayMs) / 1000.0,
+                   tuple(sorted(set(b.preferredBatchSizes))), b.maxConcurrentBatches)  # fmt: skip
 
     def as_dict(self) -> dict:
         return {"mode": self.mode, "maxBatchSize": self.max_size,
                 "maxQueueDelayMs": self.delay * 1000.0,
                 "preferredBatchSizes": list(self.preferred),
                 "maxConcurrentBatches": self.max_batches}  # fmt: skip
-
-
-def _int(value: Any, name: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise AiosFastError(f"batching.{name} must be an integer in {low}..{high}, not {value!r}")
-    return value
 
 
 class _Item:

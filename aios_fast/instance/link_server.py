@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol
 
 import grpc
 
@@ -41,7 +42,7 @@ from ..wire import (
     max_output,
 )
 
-__all__ = ["LinkServer", "describe"]
+__all__ = ["Counters", "LinkServer", "describe"]
 
 RunTask = Callable[[bytes, float | None, int | None, float], Awaitable[bytes]]
 
@@ -65,11 +66,19 @@ class _Stream:
         self.writer.put((task_id, kind, payload), len(payload) + ITEM_OVERHEAD)
 
 
+class Counters(Protocol):
+    """Where a link server counts its tasks' outcomes (the instance server's books)."""
+
+    completed: int
+    failed: int
+    cancelled: int
+
+
 class LinkServer:
     """Serves executors' streams for one instance. ``run_task(frame, deadline)`` runs one
     task; ``counters.completed`` / ``.failed`` / ``.cancelled`` count the outcomes."""
 
-    def __init__(self, run_task: RunTask, counters, max_message: int,
+    def __init__(self, run_task: RunTask, counters: Counters, max_message: int,
                  queued: Callable[[asyncio.Task], bool] = lambda task: False) -> None:  # fmt: skip
         self.run_task = run_task
         self.counters = counters

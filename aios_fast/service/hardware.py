@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from .metrics import gauge
@@ -50,14 +51,14 @@ def gpu_readings() -> list[dict]:
         readings = []
         for index in range(nvml.nvmlDeviceGetCount()):
             handle = nvml.nvmlDeviceGetHandleByIndex(index)
-            util = _field(lambda h=handle: nvml.nvmlDeviceGetUtilizationRates(h), nvml)
-            mem = _field(lambda h=handle: nvml.nvmlDeviceGetMemoryInfo(h), nvml)
-            power = _field(lambda h=handle: nvml.nvmlDeviceGetPowerUsage(h), nvml)
+            util = _field(partial(nvml.nvmlDeviceGetUtilizationRates, handle), nvml)
+            mem = _field(partial(nvml.nvmlDeviceGetMemoryInfo, handle), nvml)
+            power = _field(partial(nvml.nvmlDeviceGetPowerUsage, handle), nvml)
             readings.append(
                 {
                     "index": index,
-                    "name": _text(_field(lambda h=handle: nvml.nvmlDeviceGetName(h), nvml)),
-                    "uuid": _text(_field(lambda h=handle: nvml.nvmlDeviceGetUUID(h), nvml)),
+                    "name": _text(_field(partial(nvml.nvmlDeviceGetName, handle), nvml)),
+                    "uuid": _text(_field(partial(nvml.nvmlDeviceGetUUID, handle), nvml)),
                     "utilization_gpu": util.gpu if util is not None else None,
                     "utilization_memory": util.memory if util is not None else None,
                     "memory_total": mem.total if mem is not None else None,
@@ -65,9 +66,7 @@ def gpu_readings() -> list[dict]:
                     "memory_free": mem.free if mem is not None else None,
                     "power_watts": power / 1000.0 if power is not None else None,
                     "temperature_c": _field(
-                        lambda h=handle: nvml.nvmlDeviceGetTemperature(
-                            h, nvml.NVML_TEMPERATURE_GPU
-                        ),
+                        partial(nvml.nvmlDeviceGetTemperature, handle, nvml.NVML_TEMPERATURE_GPU),
                         nvml,
                     ),
                 }

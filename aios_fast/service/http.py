@@ -138,7 +138,8 @@ async def start_site(app: web.Application, host: str, port: int,
     except OSError:
         await runner.cleanup()
         raise
-    return runner, site._server.sockets[0].getsockname()[1]
+    server: Any = site._server  # the started site's (asyncio's or uvloop's Server)
+    return runner, server.sockets[0].getsockname()[1]
 
 
 def _role(request: web.Request, open_metrics: bool) -> str | None:

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from .hardware import read_hardware
 from .periodic import Periodic
@@ -33,7 +34,7 @@ class MetricsSnapshot:
     ) -> None:
         self._collect = collect or dict
         self._cluster = cluster_metrics or dict
-        self._snapshot = {"block_metrics": {}, "cluster_metrics": {}}
+        self._snapshot: dict[str, Any] = {"block_metrics": {}, "cluster_metrics": {}}
         # A failing collector keeps the last snapshot.
         self._refreshes = Periodic(self._refresh_async, interval, log, "metrics refresh")
         self.refreshes = 0

@@ -119,8 +119,11 @@ class LocalActuator:
         stop_timeout: float = 30.0,
         env: dict[str, str] | None = None,
         gpus: GpuPool | None = None,
+        block_doc: str | None = None,
     ) -> None:
         self.block = block
+        # a block document file: the instances take their settings from it (block up)
+        self.block_doc = block_doc
         self.block_id = block_id
         self.init_data = init_data or {}
         self.parameters = parameters or {}
@@ -136,13 +139,21 @@ class LocalActuator:
         """How many more instances can start (None: no limit here)."""
         return None if self.gpus is None else self.gpus.capacity()
 
-    def _spawn(self, instance_id: str, devices: str | None = None) -> dict:
-        args = [
-            sys.executable, "-m", "aios_fast.instance", "--block", self.block,
-            "--host", self.host, "--port", "0", "--mgmt-port", "0",
-            "--init-data", json.dumps(self.init_data),
-            "--parameters", json.dumps(self.parameters), *self.extra_args,
+    def instance_args(self) -> list[str]:
+        """An instance's command line."""
+        if self.block_doc:  # the Block, its data and settings: all from the document
+            block_args: tuple[str, ...] = ("--block-doc", self.block_doc)
+        else:
+            block_args = ("--block", self.block, "--block-id", self.block_id,
+                          "--init-data", json.dumps(self.init_data),
+                          "--parameters", json.dumps(self.parameters))  # fmt: skip
+        return [
+            sys.executable, "-m", "aios_fast.instance", *block_args,
+            "--host", self.host, "--port", "0", "--mgmt-port", "0", *self.extra_args,
         ]  # fmt: skip
+
+    def _spawn(self, instance_id: str, devices: str | None = None) -> dict:
+        args = self.instance_args()
         env = runtime.child_env(dict(os.environ, PYTHONUNBUFFERED="1", **self.env))
         if devices is not None:
             env["CUDA_VISIBLE_DEVICES"] = devices
@@ -150,6 +161,7 @@ class LocalActuator:
         # stops it in order; it still dies with its parent.
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env,
                                 start_new_session=True)  # fmt: skip
+        assert proc.stdout is not None  # stdout=PIPE
         line = proc.stdout.readline()
         if not line:
             code = proc.wait()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -120,7 +121,7 @@ class Sidecar:
         self._periodic = Periodic(self.run_round, interval, self.log, f"{self.name} round")
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
-        self.actions = {
+        self.actions: dict[str, Callable[[dict], Any]] = {
             "status": self.status,
             "run_now": self.run_now,
             "set_interval": self.set_interval,
@@ -134,12 +135,13 @@ class Sidecar:
         uri = (spec.get("policyRuleURI") or self.DEFAULT_POLICY).strip()
         policy: type | str = uri
         if uri.startswith("builtin:"):
-            policy = self.BUILTINS.get(uri[len("builtin:") :])
-            if policy is None:
+            builtin = self.BUILTINS.get(uri[len("builtin:") :])
+            if builtin is None:
                 raise AiosFastError(
                     f"{self.name}: unknown built-in policy {uri!r}; known: "
                     f"{', '.join('builtin:' + n for n in self.BUILTINS)}"
                 )
+            policy = builtin
         return PolicyRule(
             policy,
             uri,

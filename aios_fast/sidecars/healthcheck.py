@@ -74,6 +74,7 @@ class HealthChecker(Sidecar):
             return bool(row["up"]), None if row["up"] else "executor link is down"
         url = f"{self.tls.scheme}://{row['health']}/health"
         try:
+            assert self._session is not None  # made by check_once before probing
             async with self._session.get(url) as resp:
                 await resp.read()
                 if resp.status == 200:

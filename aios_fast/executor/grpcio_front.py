@@ -1,0 +1,186 @@
+"""The executor's grpc.aio front (``--front grpcio``): the seeds' ``InferenceProxy`` on
+generic handlers over raw bytes, for where the native front is not built.
+
+Its semantics are the native front's (``executor.native_front``), through the same
+``FrontDispatch``: the infer role checked per call, deadlines (grpc's own, plus a
+backstop ``DEADLINE_SLACK`` later), ``infer_stream`` answering each task as it finishes
+(a failed task's answer is an error packet) with at most ``stream_window`` tasks of a
+stream running, a caller that leaves having its tasks cancelled at their instances.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+
+from ..auth import Auth, AuthError
+from ..service.grpc_auth import refusal, token_of
+from ..tls import TLS
+from ..wire import SERVICE
+from .router import Router
+from .task_run import Reject, error_answer
+
+__all__ = ["DEADLINE_SLACK", "STREAM_WINDOW", "FrontDispatch", "GrpcioFront"]
+
+DEADLINE_SLACK = 0.05  # seconds past a caller's deadline before the executor gives up
+STREAM_WINDOW = 1024  # tasks of one infer_stream started and not yet read by its caller
+
+
+@dataclass
+class FrontDispatch:
+    """What every front hands its calls to: the router, the token check and the
+    per-stream window (both fronts, one source)."""
+
+    router: Router
+    auth: Auth
+    instance_inflight: int
+
+    @property
+    def stream_window(self) -> int:
+        """Tasks one infer_stream may have running: never more than one instance takes
+        (instance_inflight), so a lone stream is slowed down rather than answered
+        RESOURCE_EXHAUSTED for what it sent past that."""
+        return max(1, min(STREAM_WINDOW, self.instance_inflight))
+
+
+@dataclass
+class ServerOptions:
+    """grpc.aio server settings (from ExecutorConfig)."""
+
+    max_inflight: int
+    max_message: int
+    reuse_port: bool
+    keepalive: float
+    keepalive_timeout: float
+
+
+class GrpcioFront:
+    def __init__(self, dispatch: FrontDispatch, options: ServerOptions) -> None:
+        self.dispatch = dispatch
+        self.options = options
+        self.server = grpc.aio.server(options=self._server_options())
+        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {
+            "infer": grpc.unary_unary_rpc_method_handler(self._infer),
+            "infer_result": grpc.unary_unary_rpc_method_handler(self._infer_result),
+            "infer_stream": grpc.stream_stream_rpc_method_handler(self._infer_stream),
+        }),))  # fmt: skip
+
+    def bind(self, tls: TLS, host: str, port: int) -> int:
+        return tls.bind(self.server, f"{host}:{port}")
+
+    async def start(self) -> None:
+        await self.server.start()
+
+    async def stop(self, grace: float) -> None:
+        await self.server.stop(grace)
+
+    # ------------------------------------------------------------------ handlers
+
+    async def _authorize(self, context) -> None:
+        """Every InferenceProxy call needs the infer role (when tokens are configured);
+        checked here rather than in an interceptor, whose path costs ~12% per task."""
+        try:
+            self.dispatch.auth.check(token_of(context.invocation_metadata()), "infer")
+        except AuthError as exc:
+            await context.abort(*refusal(exc))
+
+    async def _unary(self, frame: bytes, context, want_result: bool) -> bytes:
+        if self.dispatch.auth.requires("infer"):
+            await self._authorize(context)
+        run = self.dispatch.router.run
+        remaining = context.time_remaining()
+        try:
+            if remaining is None:
+                return await run(frame, want_result, None)
+            # grpc itself ends the call at its deadline (cancelling this handler); the
+            # timer here is a backstop, a little later, so the two do not race
+            budget = remaining + DEADLINE_SLACK
+            return await asyncio.wait_for(run(frame, want_result, remaining), budget)
+        except Reject as exc:
+            await context.abort(exc.code, exc.message)
+        except asyncio.TimeoutError:
+            if not context.done():
+                try:
+                    await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+                except grpc.aio.AbortError:
+                    raise
+                except Exception:  # the call ended meanwhile: nothing left to tell
+                    pass
+        return b""  # the call is over: nobody reads this
+
+    async def _infer(self, frame: bytes, context) -> bytes:
+        return await self._unary(frame, context, False)
+
+    async def _infer_result(self, frame: bytes, context) -> bytes:
+        return await self._unary(frame, context, True)
+
+    async def _infer_stream(self, requests, context) -> AsyncIterator[bytes]:
+        """Tasks pipelined on one stream; each answer is its output, or an error packet
+        (``wire.error_packet``) for a task that failed: one bad task fails alone."""
+        if self.dispatch.auth.requires("infer"):
+            await self._authorize(context)
+        run = self.dispatch.router.run
+        results: asyncio.Queue = asyncio.Queue()
+        pending: set[asyncio.Task] = set()
+        # back-pressure: a caller that does not read its answers stops being read
+        window = asyncio.Semaphore(self.dispatch.stream_window)
+
+        async def one(frame: bytes) -> None:
+            try:
+                answer = await run(frame, True, context.time_remaining())
+            except Reject as exc:
+                answer = error_answer(frame, exc)
+            await results.put(answer)
+
+        async def read() -> None:
+            async for frame in requests:
+                await window.acquire()
+                t = asyncio.ensure_future(one(frame))
+                pending.add(t)
+                t.add_done_callback(pending.discard)
+            if pending:
+                await asyncio.gather(*pending)
+            await results.put(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (item := await results.get()) is not None:
+                yield item
+                window.release()
+        finally:
+            reader.cancel()
+            for t in list(pending):  # the caller left: its tasks are cancelled too
+                t.cancel()
+
+    # ------------------------------------------------------------------ options
+
+    def _server_options(self) -> list[tuple[str, int]]:
+        opts = self.options
+        # grpc core queues calls not yet handed to Python; past its default limits (1,000
+        # / 3,000) a burst's calls are CANCELLED before any handler sees them. Let the
+        # executor's own max_inflight decide instead (RESOURCE_EXHAUSTED past it).
+        pending = max(2 * opts.max_inflight, 20_000)
+        return [("grpc.so_reuseport", 1 if opts.reuse_port else 0),
+                ("grpc.max_receive_message_length", opts.max_message),
+                ("grpc.max_send_message_length", opts.max_message),
+                ("grpc.server.max_pending_requests", pending),
+                ("grpc.server.max_pending_requests_hard_limit", pending),
+                *keepalive_options(opts.keepalive, opts.keepalive_timeout)]  # fmt: skip
+
+
+def keepalive_options(keepalive: float, keepalive_timeout: float) -> list[tuple[str, int]]:
+    """The grpcio front's server keepalive: the same as the native front's."""
+    never = 2**31 - 1  # grpc's largest (and "never") milliseconds
+    if keepalive <= 0:
+        return [("grpc.keepalive_time_ms", never)]
+    idle = min(max(int(keepalive * 1000), 1), never)
+    timeout = min(max(int(keepalive_timeout * 1000), 1), never)
+    return [("grpc.keepalive_time_ms", idle),
+            ("grpc.keepalive_timeout_ms", timeout),
+            # as the native front: idle connections too, and with no data sent meanwhile
+            ("grpc.http2.ping_timeout_ms", timeout),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0)]  # fmt: skip
