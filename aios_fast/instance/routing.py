@@ -127,7 +127,8 @@ class OutputRouter:
         if not isinstance(ptr, dict):
             raise RoutingError("output_ptr must be a JSON object")
         if ptr.get("is_graph"):
-            raise RoutingError("graph output_ptr ({'is_graph': true}) is not supported yet")
+            raise RoutingError("a graph output_ptr ({'is_graph': true}) that is not a vDAG "
+                               "controller's ticket is not supported")  # fmt: skip
         outputs = ptr.get("outputs")
         if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
             raise RoutingError("output_ptr needs an 'outputs' list of objects")
