@@ -63,7 +63,7 @@ INTEGRATION = {
     "test_cli", "test_discovery", "test_docs", "test_executor", "test_executor_mgmt",
     "test_faults", "test_front", "test_front_fuzz", "test_gpu_pinning", "test_hardware",
     "test_instance", "test_kubernetes", "test_onnx_block", "test_protos", "test_routing",
-    "test_sidecars", "test_traffic_samples",
+    "test_sidecars", "test_traffic_samples", "test_vdag_docs", "test_vdag_run", "test_vdag_up",
 }  # fmt: skip
 
 

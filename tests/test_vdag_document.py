@@ -6,9 +6,6 @@ The filter expectations are written from the seeds' filter specification (operat
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
@@ -21,8 +18,6 @@ from aios_fast.vdag import (
     problems,
 )
 from aios_fast.vdag.filters import FilterError
-
-from .procs import ROOT
 
 
 def node(label, block=None, **extra):
@@ -316,50 +311,3 @@ def test_sub_vdag_problems_cycles_and_depth_are_named():
         compile_vdag(top, BLOCKS, levels, max_depth=3)
     assert len(compile_vdag(parse(levels["l0:1.0-stable"]), BLOCKS, levels,
                             max_depth=20).nodes) == 2  # fmt: skip
-
-
-# ---------------------------------------------------------------- the command
-
-
-def aios(*args):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "aios_fast", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
-
-
-def test_vdag_check_command(tmp_path):
-    good = tmp_path / "vdag.json"
-    good.write_text(json.dumps(chain()))
-    blocks = []
-    for b in BLOCKS:
-        path = tmp_path / f"{b['id']}.json"
-        path.write_text(json.dumps(b))
-        blocks.append(str(path))
-    out = aios("vdag", "check", str(good))
-    assert out.returncode == 0 and "ok: 3 nodes (blocks not checked" in out.stdout
-    out = aios("vdag", "check", str(good), "--blocks", *blocks)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == f"{good}: ok: 3 nodes on blocks b1, b2, b3"
-    out = aios("vdag", "check", str(good), "--blocks", *blocks, "--json")
-    assert json.loads(out.stdout)["status"] == "assigned"
-
-    raw = chain()
-    raw["nodes"].append(node("lonely", "b1"))
-    raw["graph"]["connections"][0]["inputs"].append({"nodeLabel": "ghost"})
-    bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps(raw))
-    out = aios("vdag", "check", str(bad))
-    assert out.returncode == 2 and out.stdout == ""
-    assert out.stderr.splitlines() == [
-        f"{bad}: node 'ghost': named in the inputs of 'b' but not defined in nodes",
-        f"{bad}: node 'lonely': not reachable from the graph's input",
-    ]
-    raw = chain()
-    raw["nodes"][0]["manualBlockId"] = "gone"
-    bad.write_text(json.dumps(raw))
-    out = aios("vdag", "check", str(bad), "--blocks", *blocks)
-    assert (out.returncode, out.stderr) == (2, f"{bad}: node 'a': block 'gone' not found\n")
-    bad.write_text("{not json")
-    out = aios("vdag", "check", str(bad))
-    assert out.returncode == 2 and len(out.stderr.splitlines()) == 1
-    assert "not JSON" in out.stderr

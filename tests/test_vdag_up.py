@@ -7,6 +7,8 @@ import json
 
 from .procs import Proc, http
 from .test_cli import aios
+from .test_vdag_document import BLOCKS as DOC_BLOCKS
+from .test_vdag_document import chain, node
 
 EX = "aios_fast/examples/vdag/"
 BLOCKS = [f"{EX}echo-{x}.json" for x in "abc"]
@@ -82,3 +84,41 @@ def test_vdag_manifests_render_the_blocks_and_the_controller():
     version = kubernetes_validate.latest_version()
     for obj in objects:
         kubernetes_validate.validate(obj, version, strict=True)
+
+
+def test_vdag_check_command(tmp_path):
+    good = tmp_path / "vdag.json"
+    good.write_text(json.dumps(chain()))
+    blocks = []
+    for b in DOC_BLOCKS:
+        path = tmp_path / f"{b['id']}.json"
+        path.write_text(json.dumps(b))
+        blocks.append(str(path))
+    out = aios("vdag", "check", str(good))
+    assert out.returncode == 0 and "ok: 3 nodes (blocks not checked" in out.stdout
+    out = aios("vdag", "check", str(good), "--blocks", *blocks)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"{good}: ok: 3 nodes on blocks b1, b2, b3"
+    out = aios("vdag", "check", str(good), "--blocks", *blocks, "--json")
+    assert json.loads(out.stdout)["status"] == "assigned"
+
+    raw = chain()
+    raw["nodes"].append(node("lonely", "b1"))
+    raw["graph"]["connections"][0]["inputs"].append({"nodeLabel": "ghost"})
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(raw))
+    out = aios("vdag", "check", str(bad))
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.splitlines() == [
+        f"{bad}: node 'ghost': named in the inputs of 'b' but not defined in nodes",
+        f"{bad}: node 'lonely': not reachable from the graph's input",
+    ]
+    raw = chain()
+    raw["nodes"][0]["manualBlockId"] = "gone"
+    bad.write_text(json.dumps(raw))
+    out = aios("vdag", "check", str(bad), "--blocks", *blocks)
+    assert (out.returncode, out.stderr) == (2, f"{bad}: node 'a': block 'gone' not found\n")
+    bad.write_text("{not json")
+    out = aios("vdag", "check", str(bad))
+    assert out.returncode == 2 and len(out.stderr.splitlines()) == 1
+    assert "not JSON" in out.stderr
