@@ -46,6 +46,7 @@ __all__ = [
     "is_loopback",
     "local_token",
     "new_token",
+    "prune_stale",
     "runtime_dir",
 ]
 
@@ -259,11 +260,14 @@ class TokenHandoff:
         if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
             raise AiosFastError(f"{folder} must belong to you and be private (chmod 700) to "
                                 "hold tokens")  # fmt: skip
+        prune_stale(folder, "block-*.json")
         path = folder / f"block-{os.getpid()}.json"
-        path.unlink(missing_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fresh = path.with_suffix(".tmp")  # written whole, then renamed: readers see one
+        fresh.unlink(missing_ok=True)
+        fd = os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump({"pid": os.getpid(), "token": self.token, "endpoints": endpoints}, f)
+        os.replace(fresh, path)
         self.path = path
         return path
 
@@ -271,6 +275,18 @@ class TokenHandoff:
         if self.path is not None:
             self.path.unlink(missing_ok=True)
             self.path = None
+
+
+def prune_stale(folder: Path, pattern: str) -> None:
+    """Remove this user's files in ``folder`` named ``pattern`` whose block is gone (the
+    pid in their name is not running: a ``kill -9`` left them)."""
+    for path in folder.glob(pattern):
+        pid = path.stem.rsplit("-", 1)[-1]
+        try:
+            if pid.isdigit() and path.stat().st_uid == os.getuid() and not _alive(int(pid)):
+                path.unlink()
+        except OSError:
+            continue
 
 
 def local_token(target: str) -> str | None:

@@ -2,9 +2,11 @@
 
 aios-fast block up BLOCK.json [--traffic N] [--once]   a whole block on this machine
 aios-fast block manifests BLOCK.json [--image IMG]   the block's Kubernetes YAML
+aios-fast block image BLOCK.json [--base IMG]        a Dockerfile of the block's image
 aios-fast bench [--target HOST:PORT] [--tasks N | --duration S]   load with a live line
 aios-fast send --target HOST:PORT [--data JSON] ...   submit packets, print the outputs
 aios-fast mgmt URL ACTION [DATA]                      POST /mgmt to a block service
+aios-fast probe [URL]                                 GET /health: exit 0 when healthy
 aios-fast registry serve [--port 8080] ...            the registry server
 aios-fast vdag check VDAG.json [--blocks A.json ...]  validate (and compile) a vDAG
 aios-fast vdag up VDAG.json --blocks A.json ...       its blocks and controller, locally
@@ -20,16 +22,27 @@ import json
 import os
 import sys
 
+from . import __version__
 from .auth import ENV_TOKEN, bearer, local_token
 from .errors import AiosFastError, json_object
 from .executor.config import FRONTS
 from .service import runtime
 from .tls import TLS, add_tls_arguments
-from .wire import ACCEPTED, SERVICE
+from .wire import ACCEPTED, RAISE_LIMIT, SERVICE
 
 __all__ = ["main"]
 
-DEFAULTS = argparse.ArgumentDefaultsHelpFormatter
+
+class DEFAULTS(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default unless its help already says it or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default in (None, "", [], False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
 TOKEN_HELP = (
     "bearer token to send (default: AIOS_FAST_TOKEN, else the token a running "
     "`block up` of yours handed out for the address)"
@@ -38,6 +51,9 @@ EXAMPLE_BLOCK = os.path.join(os.path.dirname(__file__), "examples", "echo-block.
 
 
 def _block_up(opts) -> int:
+    # Its stdout is its own (the --json line first): whatever the block's module or a
+    # policy prints, in this process too, goes to stderr from here on.
+    runtime.reserve_stdout()
     from .devtools.block_up import up
 
     if opts.actuator == "kubernetes":  # the sidecars alone, scaling a Deployment
@@ -80,9 +96,39 @@ def _block_manifests(opts) -> int:
     from .devtools.block_up import load_block_doc
     from .devtools.manifests import manifests, render
 
+    runtime.reserve_stdout()  # the YAML alone: the block module's prints go to stderr
     doc, document = load_block_doc(opts.document)
-    sys.stdout.write(render(manifests(doc, document, image=opts.image, namespace=opts.namespace)))
+    text = render(manifests(doc, document, image=opts.image, namespace=opts.namespace))
+    runtime.say(text.rstrip("\n"))
     return 0
+
+
+def _block_image(opts) -> int:
+    from .devtools.block_up import load_block_doc
+    from .devtools.image import dockerfile
+
+    runtime.reserve_stdout()  # the Dockerfile alone: the block module's prints go to stderr
+    doc, _ = load_block_doc(opts.document)
+    runtime.say(dockerfile(opts.document, doc.initSettings.block, opts.base).rstrip("\n"))
+    return 0
+
+
+def _probe(opts) -> int:
+    import urllib.error
+    import urllib.request
+
+    url = opts.url or f"http://127.0.0.1:{os.environ.get('AIOS_FAST_HEALTH_PORT', '18001')}/health"
+    try:
+        context = TLS.from_options(opts).client_context()
+        with urllib.request.urlopen(url, timeout=opts.timeout, context=context) as resp:
+            print(f"{url}: {resp.status} {resp.read().decode(errors='replace')}")
+            return 0
+    except urllib.error.HTTPError as exc:
+        print(f"{url}: {exc.code} {exc.read().decode(errors='replace')}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        print(f"{url}: no answer ({getattr(exc, 'reason', exc)})", file=sys.stderr)
+        return 1
 
 
 def _bench(opts) -> int:
@@ -171,6 +217,26 @@ def _count(minimum: int):
     return parse
 
 
+def _float(minimum: float, inclusive: bool):
+    """An argparse type: a number of seconds > minimum (>= with ``inclusive``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value != value or value < minimum or (value == minimum and not inclusive):
+            raise argparse.ArgumentTypeError(f"must be {'>=' if inclusive else '>'} "
+                                             f"{minimum:g}, not {text}")  # fmt: skip
+        return value
+
+    return parse
+
+
+_seconds = _float(0.0, inclusive=False)
+_seconds0 = _float(0.0, inclusive=True)
+
+
 def _read_data(text: str) -> str:
     if text.startswith("@"):
         with open(text[1:]) as f:
@@ -179,17 +245,19 @@ def _read_data(text: str) -> str:
 
 
 def _send(opts) -> int:
-    import grpc
-
     from . import codec
+    from .client import Client, ClientError
 
     files = []
     for spec in opts.file:
         with open(spec, "rb") as f:
             files.append(codec.FileInfo(json.dumps({"name": os.path.basename(spec)}), f.read()))
     status = 0
-    with TLS.from_options(opts).channel(opts.target) as channel:
-        rpc = channel.unary_unary(f"/{SERVICE}/{opts.method}")
+    method = f"/{SERVICE}/{opts.method}"
+    token = _token(opts, opts.target) or ""
+    limit = opts.max_message or 2**31 - 1  # no limit unless given (gRPC's largest)
+    with Client(opts.target, token=token, tls=TLS.from_options(opts), timeout=opts.timeout,
+                max_message=limit) as client:  # fmt: skip
         for k in range(opts.count):
             if opts.frame_ptr:
                 json_object(opts.frame_ptr, "--frame-ptr")
@@ -202,18 +270,13 @@ def _send(opts) -> int:
                 files=files,
             )
             try:
-                reply = rpc(codec.encode_message(packet), timeout=opts.timeout,
-                            metadata=_auth_metadata(opts, opts.target))  # fmt: skip
-            except grpc.RpcError as exc:
-                print(
-                    json.dumps(
-                        {
-                            "seq_no": packet.seq_no,
-                            "error": exc.code().name,
-                            "details": exc.details(),
-                        }
-                    )
-                )
+                reply = client.call(method, codec.encode_message(packet))
+            except ClientError as exc:
+                details = exc.message
+                if exc.code.name == "RESOURCE_EXHAUSTED":
+                    details = _too_large_hint(details)
+                print(json.dumps({"seq_no": packet.seq_no, "error": exc.code.name,
+                                  "details": details}))  # fmt: skip
                 status = 1
                 continue
             if opts.method == "infer":
@@ -235,10 +298,21 @@ def _send(opts) -> int:
     return status
 
 
+def _too_large_hint(details: str) -> str:
+    """A message over a limit names the setting to raise: gRPC's own words say neither."""
+    if "larger than max" not in details:
+        return details  # the data plane's own answers name it already
+    if details.startswith("CLIENT:"):  # this command's own limit
+        return f"{details} (raise --max-message)"
+    return f"{details} ({RAISE_LIMIT})"
+
+
 def _mgmt(opts) -> int:
     import urllib.error
     import urllib.request
 
+    if not opts.url.startswith(("http://", "https://")):
+        raise AiosFastError(f"{opts.url!r} is not a management URL (e.g. http://127.0.0.1:18001)")
     url = opts.url if opts.url.endswith("/mgmt") else opts.url.rstrip("/") + "/mgmt"
     body = json.dumps({"mgmt_action": opts.action, "mgmt_data": json_object(opts.data, "DATA")})
     auth = dict(_auth_metadata(opts, url, "Authorization"))
@@ -292,10 +366,11 @@ def _registry(opts, rest: list[str]) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aios-fast",
-        description=__doc__.splitlines()[0],
+        description=__doc__.splitlines()[0].replace("``", ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n".join(__doc__.splitlines()[2:]),
     )
+    parser.add_argument("--version", action="version", version=f"aios-fast {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     block = sub.add_parser("block", help="run a block", formatter_class=DEFAULTS).add_subparsers(
@@ -316,14 +391,14 @@ def _parser() -> argparse.ArgumentParser:
         choices=("default", "auto"),
         help="default: the seeds' ports (50051, 18000, 18001, 10000, 19001); auto: free ones",
     )
-    bup.add_argument("--workers", type=int, help="executor processes (initSettings.workers)")
+    bup.add_argument("--workers", type=_count(1), help="executor processes (initSettings.workers)")
     bup.add_argument("--front", choices=FRONTS,
                      help="the executor's gRPC server (initSettings.front; default auto: "
                      "native where it is built)")  # fmt: skip
     bup.add_argument("--block", help="module:Class of the block (initSettings.block)")
     bup.add_argument(
         "--traffic",
-        type=int,
+        type=_count(0),
         default=0,
         metavar="N",
         help="once up, send N checked tasks and print the figures",
@@ -361,6 +436,16 @@ def _parser() -> argparse.ArgumentParser:
     bman.add_argument("--namespace", default="default")
     bman.set_defaults(run=_block_manifests)
 
+    bimg = block.add_parser(
+        "image",
+        help="print a Dockerfile for an image of the block (its module and document, "
+        "FROM aios-fast's image); build it in the document's folder",
+        formatter_class=DEFAULTS,
+    )
+    bimg.add_argument("document", help="block document (JSON)")
+    bimg.add_argument("--base", default="aios-fast:latest", help="aios-fast's image to build on")
+    bimg.set_defaults(run=_block_image)
+
     bench = sub.add_parser(
         "bench", help="drive load at a block, live progress, final table", formatter_class=DEFAULTS
     )
@@ -370,16 +455,16 @@ def _parser() -> argparse.ArgumentParser:
         "block from --block-doc and measure it)",
     )
     bench.add_argument("--block-doc", default=EXAMPLE_BLOCK)
-    bench.add_argument("--workers", type=int, help="executor processes of the local block")
+    bench.add_argument("--workers", type=_count(1), help="executor processes of the local block")
     bench.add_argument("--tasks", type=_count(0), default=0, help="0: use --duration")
-    bench.add_argument("--duration", type=float, default=0.0, help="seconds (instead of tasks)")
+    bench.add_argument("--duration", type=_seconds0, default=0.0, help="seconds (instead of tasks)")
     bench.add_argument("--concurrency", type=_count(1), default=64)
     bench.add_argument("--procs", type=_count(1), help="client processes (default: cores / 2)")
     bench.add_argument("--method", default="infer_result", choices=("infer", "infer_result"))
-    bench.add_argument("--size", type=int, default=16, help="bytes of padding in data")
+    bench.add_argument("--size", type=_count(0), default=16, help="bytes of padding in data")
     bench.add_argument("--check", action="store_true",
                        help="check outputs repeat their inputs (the echo block)")  # fmt: skip
-    bench.add_argument("--timeout", type=float, default=30.0)
+    bench.add_argument("--timeout", type=_seconds, default=30.0)
     bench.add_argument("--json", action="store_true", help="also print the summary as JSON")
     bench.add_argument("--token", help=TOKEN_HELP)
     add_tls_arguments(bench, client_only=True)
@@ -397,7 +482,10 @@ def _parser() -> argparse.ArgumentParser:
     send.add_argument("--output-ptr", default="", help="the seeds' output_ptr JSON")
     send.add_argument("--file", action="append", default=[], help="attach a file (FileInfo)")
     send.add_argument("--count", type=_count(1), default=1)
-    send.add_argument("--timeout", type=float, default=30.0)
+    send.add_argument("--max-message", type=_count(0), default=0, metavar="BYTES",
+                      help="the largest message it sends or receives (default: 0, no limit; "
+                      "initSettings.maxMessageBytes bounds what a block serves)")  # fmt: skip
+    send.add_argument("--timeout", type=_seconds, default=30.0)
     send.add_argument("--token", help=TOKEN_HELP)
     add_tls_arguments(send, client_only=True)
     send.set_defaults(run=_send)
@@ -408,7 +496,7 @@ def _parser() -> argparse.ArgumentParser:
     mgmt.add_argument("url", help="e.g. http://127.0.0.1:18001")
     mgmt.add_argument("action")
     mgmt.add_argument("data", nargs="?", default="{}", help="mgmt_data JSON")
-    mgmt.add_argument("--timeout", type=float, default=60.0)
+    mgmt.add_argument("--timeout", type=_seconds, default=60.0)
     mgmt.add_argument("--token", help=TOKEN_HELP)
     add_tls_arguments(mgmt, client_only=True)
     mgmt.set_defaults(run=_mgmt)
@@ -459,6 +547,15 @@ def _parser() -> argparse.ArgumentParser:
     vman.add_argument("--image", default="aios-fast:latest", help="container image of every pod")
     vman.add_argument("--namespace", default="default")
     vman.set_defaults(run=_vdag_manifests)
+    probe = sub.add_parser(
+        "probe", help="GET a service's /health: exit 0 when healthy (a container HEALTHCHECK)",
+        formatter_class=DEFAULTS,
+    )  # fmt: skip
+    probe.add_argument("url", nargs="?", help="default: http://127.0.0.1:"
+                       "$AIOS_FAST_HEALTH_PORT/health (18001)")  # fmt: skip
+    probe.add_argument("--timeout", type=_seconds, default=4.0)
+    add_tls_arguments(probe, client_only=True)
+    probe.set_defaults(run=_probe)
 
     registry = sub.add_parser("registry", help="the registry server")
     registry.add_argument("verb", choices=("serve",))

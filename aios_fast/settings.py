@@ -83,6 +83,7 @@ class Ports(_Strict):
     mgmt: Port = 18001
     autoscaler: Port = 10000
     healthChecker: Port = 19001
+    http: Port | None = None  # the executor's HTTP/JSON API (executor.http_front); None: not served
 
 
 class HealthChecker(_Strict):
@@ -124,12 +125,16 @@ class Batching(_Strict):
 
 
 class Resources(_Strict):
-    """Kubernetes requests and limits of an instance pod."""
+    """Kubernetes requests and limits of an instance pod: the shorthands (``gpus``
+    requested and limited, ``cpu`` requested, ``memory`` requested and limited), then
+    any resource by name in ``requests`` and ``limits``, which win over them."""
 
     gpus: Count = 0  # per instance; requested and limited as gpuResource
     gpuResource: str = "nvidia.com/gpu"
     cpu: Quantity | None = None
     memory: Quantity | None = None
+    requests: dict[str, Quantity] = {}  # e.g. {"cpu": "2", "ephemeral-storage": "1Gi"}
+    limits: dict[str, Quantity] = {}  # e.g. {"cpu": "4", "memory": "16Gi"}
 
 
 class ExecutorSettings(_Strict):
@@ -162,6 +167,9 @@ class InitSettings(_Strict):
     front: Front = "auto"
     taskTimeout: Seconds = 0.0  # seconds an instance may run one task (0: no limit)
     maxMessageBytes: Annotated[int, Meta(ge=1024, le=2**31 - 1)] = MAX_MESSAGE
+    # seconds an instance may take to load its Block (imports, __init__: a big model)
+    # before Kubernetes restarts it (the instances' startupProbe)
+    startupTimeout: PositiveSeconds = 300.0
     outlierDetection: OutlierDetection = msgspec.field(default_factory=OutlierDetection)
     ports: Ports = msgspec.field(default_factory=Ports)
     healthChecker: HealthChecker = msgspec.field(default_factory=HealthChecker)

@@ -72,6 +72,7 @@ __all__ = [
     "LINK_RPC",
     "LINK_SERVICE",
     "MAX_MESSAGE",
+    "RAISE_LIMIT",
     "REFUSED",
     "RESULT",
     "SERVICE",
@@ -98,6 +99,8 @@ INFER_RESULT = f"/{SERVICE}/infer_result"
 INFER_STREAM = f"/{SERVICE}/infer_stream"
 ACCEPTED = b"\x08\x01"  # InferenceResponse(message=True), serialized
 MAX_MESSAGE = 4 * 1024 * 1024  # gRPC's default receive limit
+# What a message over the limit tells its caller to raise: said by clients and servers.
+RAISE_LIMIT = "raise the block's initSettings.maxMessageBytes"
 _WRAP = 16  # InferenceMessage around a packet: tag + length varint (<= 6 bytes), with room
 
 

@@ -6,14 +6,17 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
 import signal
+import socket
 import ssl
 import sys
+from typing import Any
 
 from aiohttp import web
 
 from .app import make_app
-from .errors import StoreLocked
+from .errors import StoreLocked, StoreUnusable
 from .schemas import REGISTRIES
 from .security import ENV_TOKEN, Security, is_loopback
 from .store import DECODED_CACHE_MB, EmbeddedStore
@@ -27,6 +30,21 @@ def _ssl_context(cert: str, key: str):
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     return context
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before the store is opened: a busy port or a bad
+    address is one line (OSError) and leaves nothing behind."""
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--port must be 0-65535, not {port}")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host.strip("[]"), port), family=family)
+    except OSError as exc:
+        reason = (os.strerror(exc.errno) if exc.errno else str(exc)).lower()
+        raise OSError(f"cannot listen on {host}:{port}: {reason}") from None
+    except (OverflowError, UnicodeError) as exc:
+        raise ValueError(f"cannot listen on {host}:{port}: {exc}") from None
 
 
 def main(argv=None, prog: str = "python -m registry_server") -> int:
@@ -62,10 +80,12 @@ def main(argv=None, prog: str = "python -m registry_server") -> int:
             raise ValueError(f"refusing to listen on {opts.host} without authentication: set "
                              f"{ENV_TOKEN} or --auth-file, or pass --insecure")  # fmt: skip
         ssl_context = _ssl_context(opts.tls_cert, opts.tls_key)
+        sock = _listen(opts.host, opts.port)
     except (ValueError, OSError) as exc:
         print(f"registry: {exc}", file=sys.stderr)
         return 2
     security.bind(opts.host)
+    store: Any
     if opts.mongo_url:
         from .mongo_store import MongoStore
 
@@ -74,9 +94,11 @@ def main(argv=None, prog: str = "python -m registry_server") -> int:
     else:
         try:
             store = EmbeddedStore(opts.db, list(REGISTRIES), opts.decoded_cache_mb)
-        except StoreLocked as exc:
-            print(f"registry: {exc}", file=sys.stderr)
-            return 1
+        except (StoreLocked, StoreUnusable, OSError) as exc:
+            sock.close()
+            reason = exc if not isinstance(exc, OSError) else f"cannot open {opts.db}: {exc}"
+            print(f"registry: {reason}", file=sys.stderr)
+            return 2
         where = opts.db
     app = make_app(store, security)
 
@@ -107,10 +129,10 @@ def main(argv=None, prog: str = "python -m registry_server") -> int:
         app.on_startup.append(start)
         app.on_cleanup.append(close)
     scheme = "https" if ssl_context else "http"
-    print(f"registry on {scheme}://{opts.host}:{opts.port} (store {where})", flush=True)
-    web.run_app(app, host=opts.host, port=opts.port, print=None, access_log=None,
-                ssl_context=ssl_context)  # fmt: skip
-    if not opts.mongo_url:
+    port = sock.getsockname()[1]
+    print(f"registry on {scheme}://{opts.host}:{port} (store {where})", flush=True)
+    web.run_app(app, sock=sock, print=None, access_log=None, ssl_context=ssl_context)
+    if isinstance(store, EmbeddedStore):  # MongoStore closes in the app's cleanup
         store.close()
     return 0
 

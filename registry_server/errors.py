@@ -44,6 +44,23 @@ class StoreLocked(RegistryError):
     """Another process has the embedded store open (the server refuses to start)."""
 
 
+class StoreUnusable(RegistryError):
+    """The embedded store's file is not a registry database, is damaged, or holds
+    documents whose JSON is broken (the server refuses to start, with one line)."""
+
+
+class StoreFull(RegistryError):
+    """The disk (or the store's size limit) is full: the write was not made (HTTP 507)."""
+
+    status = 507
+
+
+class StoreFailed(RegistryError):
+    """The store could not make a write for another reason (HTTP 503)."""
+
+    status = 503
+
+
 class Stale(Conflict):
     """The document changed between its read and a conditional write (the caller reads
     again and retries; HTTP 409 if it gives up)."""

@@ -22,6 +22,7 @@ from .errors import Conflict, NotFound, Stale
 from .filters import Filter, compile_filter
 from .options import apply_options
 from .schemas import REGISTRIES
+from .store import index_keys
 
 __all__ = ["REV", "MongoStore"]
 
@@ -119,15 +120,41 @@ class MongoStore:
         if result.deleted_count == 0:
             raise NotFound(f"{name}: no document {doc_id!r}")
 
-    async def find(self, name: str, filter_: Filter | dict) -> list[dict]:
+    async def find(self, name: str, filter_: Filter | dict, first: int | None = None) -> list[dict]:
         # A plain dict is compiled here: we refuse what we refuse before MongoDB sees it.
         spec = compile_filter(filter_).spec
         cursor = self._coll(name).find(spec, _hidden())
+        if first:
+            cursor = cursor.limit(first)
         return [doc async for doc in cursor]
 
     async def query(self, name: str, filter_: Filter | dict, options: dict) -> list[dict]:
-        """find, then sort/skip/limit/projection as the embedded store applies them."""
-        return apply_options(await self.find(name, filter_), options)
+        """find, then sort/skip/limit/projection as the embedded store applies them
+        (unsorted: MongoDB stops at skip + limit)."""
+        first = None
+        if not options.get("sort") and options.get("limit"):
+            first = (options.get("skip") or 0) + options["limit"]
+        return apply_options(await self.find(name, filter_, first), options)
+
+    async def indexes(self, name: str) -> dict:
+        found = [info async for info in await self._coll(name).list_indexes()]
+        return {"declared": sorted(str(info.get("key")) for info in found), "built": []}
+
+    async def declare_index(self, name: str, spec: Any) -> list[str]:
+        """An admin's index, created in MongoDB ({"field": ...} or {"sort": {...}})."""
+        index_keys(spec)  # the same checks as the embedded store's
+        keys = [(spec["field"], 1)] if "field" in spec else list(spec["sort"].items())
+        await self._coll(name).create_index(keys)
+        return (await self.indexes(name))["declared"]
+
+    async def drop_index(self, name: str, spec: Any) -> list[str]:
+        index_keys(spec)
+        keys = [(spec["field"], 1)] if "field" in spec else list(spec["sort"].items())
+        try:
+            await self._coll(name).drop_index(keys)
+        except Exception as exc:  # pymongo's OperationFailure: no such index
+            raise NotFound(f"{name}: no declared index {spec}") from exc
+        return (await self.indexes(name))["declared"]
 
     async def count(self, name: str) -> int:
         return await self._coll(name).count_documents({})

@@ -62,7 +62,7 @@ def _registry_paths(item_prefix: str, create_path: str, list_path: str | None,
             "parameters": [
                 {"name": "skip", "in": "query", "schema": {"type": "integer", "minimum": 0}},
                 {"name": "limit", "in": "query",
-                 "schema": {"type": "integer", "minimum": 0, "maximum": 10000}},
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 10000}},
             ],
             "responses": _responses("200", "400"),
         }  # fmt: skip
@@ -88,6 +88,13 @@ def build_spec() -> dict:
         "parameters": _id("uri"),
         "get": {"responses": _responses("200")},
     }
+    index = {"type": "object", "description": '{"field": "a.b"} or {"sort": {"a": 1}}'}
+    for name in ("clusters", "blocks", "vdags", "vdag-controllers"):
+        paths[f"/indexes/{name}"] = {
+            "get": {"responses": _responses("200")},
+            "post": {"requestBody": _body(index), "responses": _responses("201", "400")},
+            "delete": {"requestBody": _body(index), "responses": _responses("200", "400", "404")},
+        }
     return {
         "openapi": "3.1.0",
         "info": {"title": "AIOSv1 registries (aios-fast)", "version": "0.1.0"},

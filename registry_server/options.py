@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import copy
 import heapq
+from collections.abc import Callable
 from typing import Any
 
 from .errors import QueryError
 from .filters.values import sort_key, walker
 
-__all__ = ["apply_options", "check_options"]
+__all__ = ["MAX_LIMIT", "apply_options", "check_options"]
 
-_MAX_LIMIT = 10_000
+MAX_LIMIT = 10_000
+MAX_SKIP = 2**63 - 1
+"""The most documents one answer holds, on every list and query route (a query without a
+limit, or with MongoDB's limit 0, gets this many at most, and a ``next`` page)."""
 
 
 def check_options(options: Any) -> dict:
@@ -27,16 +31,20 @@ def check_options(options: Any) -> dict:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                   or value < 0):  # fmt: skip
             raise QueryError(f"{key} must be a non-negative integer")
-    if (options.get("limit") or 0) > _MAX_LIMIT:
-        raise QueryError(f"limit must be at most {_MAX_LIMIT}")
+    if (options.get("skip") or 0) > MAX_SKIP:
+        raise QueryError(f"skip must be at most {MAX_SKIP} (a 64-bit integer, as MongoDB's)")
+    if (options.get("limit") or 0) > MAX_LIMIT:
+        raise QueryError(f"limit must be at most {MAX_LIMIT}")
     sort = options.get("sort")
     if sort is not None:
         if not isinstance(sort, dict) or not all(v in (1, -1) for v in sort.values()):
             raise QueryError("sort must be an object of field: 1 or -1")
     projection = options.get("projection")
-    if projection is not None:
-        if not isinstance(projection, dict) or not projection:
-            raise QueryError("projection must be a non-empty object of field: 0 or 1")
+    if projection == {}:  # MongoDB: no projection, every field
+        options = {k: v for k, v in options.items() if k != "projection"}
+    elif projection is not None:
+        if not isinstance(projection, dict):
+            raise QueryError("projection must be an object of field: 0 or 1")
         values = list(projection.values())
         if not all(v in (0, 1) for v in values) or len({bool(v) for v in values}) != 1:
             raise QueryError("projection must be all inclusions (1) or all exclusions (0)")
@@ -69,8 +77,13 @@ def _top(docs: list, sort: dict, k: int, positioned: bool = False) -> list[dict]
         parts = tuple(field.split("."))
         walk = walker(parts)
         desc = direction == -1
-        few.sort(key=lambda d, p=parts, w=walk, r=desc: sort_key(d, p, w, r), reverse=desc)
+        few.sort(key=_sorter(parts, walk, desc), reverse=desc)
     return few[:k]
+
+
+def _sorter(parts: tuple[str, ...], walk, descending: bool) -> Callable[[Any], tuple]:
+    """The sort key function of one field of a sort."""
+    return lambda doc: sort_key(doc, parts, walk, descending)
 
 
 def projection_tree(projection: dict) -> dict:
@@ -139,8 +152,7 @@ def apply_options(docs: list, options: dict, positioned: bool = False) -> list[d
                 parts = tuple(field.split("."))
                 walk = walker(parts)
                 desc = direction == -1
-                docs.sort(key=lambda d, p=parts, w=walk, r=desc: sort_key(d, p, w, r),
-                          reverse=desc)  # fmt: skip
+                docs.sort(key=_sorter(parts, walk, desc), reverse=desc)
     docs = docs[skip : skip + limit] if limit else docs[skip:]
     projection = options.get("projection")
     if projection:

@@ -175,6 +175,22 @@ def vdag_uri(doc: dict) -> str:
     return f"{doc['vdagName']}:{version['version']}-{version['releaseTag']}"
 
 
+def _check_names(doc: dict) -> None:
+    """SchemaError for a field name holding NUL (MongoDB forbids them: BSON names are
+    NUL-terminated), anywhere in the document."""
+    stack: list = [doc]
+    while stack:
+        item = stack.pop()
+        if type(item) is dict:
+            for key, value in item.items():
+                if "\x00" in key:
+                    raise SchemaError(f"field names cannot contain NUL ({key!r})")
+                if type(value) in (dict, list):
+                    stack.append(value)
+        elif type(item) is list:
+            stack.extend(v for v in item if type(v) in (dict, list))
+
+
 def validate(registry: Registry, doc: Any) -> dict:
     """Check doc against the registry's schema; returns it (vDAGs get their vdagURI)."""
     if not isinstance(doc, dict):
@@ -188,6 +204,7 @@ def validate(registry: Registry, doc: Any) -> dict:
         if doc.get("vdagURI") not in (None, uri):
             raise SchemaError(f"vdagURI must be name:version-releaseTag ({uri!r})")
         doc["vdagURI"] = uri
+    _check_names(doc)
     if not isinstance(doc.get(registry.id_field), str) or not doc[registry.id_field]:
         raise SchemaError(f"{registry.id_field} must be a non-empty string")
     if len(doc[registry.id_field].encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:

@@ -107,9 +107,10 @@ class Security:
         self.allowed_hosts |= {host.lower().strip("[]"), "localhost", "127.0.0.1", "::1"}
 
     def _roles(self, header: str | None) -> frozenset[str] | None:
-        if not header or not header.startswith("Bearer "):
+        scheme, _, credentials = (header or "").strip().partition(" ")
+        if scheme.lower() != "bearer":  # the scheme is case-insensitive (RFC 9110 11.1)
             return None
-        given = header[7:].strip().encode()
+        given = credentials.strip().encode("utf-8", "surrogateescape")
         found = None
         for token, roles in self._tokens:
             if hmac.compare_digest(token, given):

@@ -13,7 +13,9 @@ a non-object, one path changed by two operators) raise UpdateError.
 from __future__ import annotations
 
 import copy
+import functools
 import math
+import re
 from typing import Any
 
 from .errors import UpdateError
@@ -26,6 +28,10 @@ _MISSING = object()
 _OPERATORS = {"$set", "$unset", "$inc", "$mul", "$min", "$max", "$rename", "$push",
               "$addToSet", "$pull", "$pop"}  # fmt: skip
 _PUSH_MODIFIERS = {"$each", "$position", "$sort", "$slice"}
+MAX_INT_DIGITS = 4_300
+"""Integers an update may produce have at most this many digits (Python's own limit for
+turning an integer into text, so the result could not be stored or answered)."""
+_INT_LIMIT = 10**MAX_INT_DIGITS
 
 
 def normalize_update(update: Any) -> dict:
@@ -46,6 +52,14 @@ def normalize_update(update: Any) -> dict:
         for path in fields:
             if not isinstance(path, str) or not path or path.startswith("$"):
                 raise UpdateError(f"{op}: bad path {path!r}")
+            if "\x00" in path or (op == "$rename" and "\x00" in str(fields[path])):
+                raise UpdateError(f"{op}: field names cannot contain NUL ({path!r})")
+            for named in (path, fields[path]) if op == "$rename" else (path,):
+                if isinstance(named, str) and any(p.startswith("$") for p in named.split(".")):
+                    raise UpdateError(
+                        f"{op} {named!r}: positional operators ($, $[], $[<id>]) are not "
+                        "supported; name the array position (a.0.b)"
+                    )
             targets = [path, fields[path]] if op == "$rename" else [path]
             for target in targets:
                 if not isinstance(target, str) or not target:
@@ -168,19 +182,68 @@ def _push(current: list, items: list, modifiers: dict) -> None:
         current.extend(items)
     if sort is not None:
         for parts, descending in reversed(sort):
-            current.sort(key=lambda v, p=parts: _field_key(v, p), reverse=descending)
+            current.sort(key=functools.partial(_field_key, parts=parts), reverse=descending)
     if slice_n is not None:
         current[:] = current[:slice_n] if slice_n >= 0 else current[slice_n:]
 
 
+def _path_order(path: str) -> tuple:
+    """MongoDB 5+'s order for applying an update's paths (so new fields are added in it):
+    field names lexicographically, numbers in them by value ("a.9" before "a.10")."""
+    return tuple(
+        tuple((0, int(run), "") if run.isascii() and run.isdigit() else (1, 0, run)
+              for run in _RUNS.findall(part)) or ((1, 0, ""),)
+        for part in path.split(".")
+    )  # fmt: skip
+
+
+_RUNS = re.compile(r"\d+|\D+", re.ASCII)
+
+
 def apply_update(doc: dict, update: Any) -> dict:
-    """A new document with the update applied."""
+    """A new document with the update applied: every operator's paths in MongoDB 5+'s
+    order (``_path_order``), whatever the request's order."""
     update = normalize_update(update)
     out = copy.deepcopy(doc)
-    for op, fields in update.items():
-        for path, arg in fields.items():
-            _apply(out, op, path, copy.deepcopy(arg))
+    steps = [(op, path, arg) for op, fields in update.items() for path, arg in fields.items()]
+    steps.sort(key=lambda step: _path_order(step[1]))
+    for op, path, arg in steps:
+        _apply(out, op, path, copy.deepcopy(arg))
     return out
+
+
+def _not_viable(op: str, path: str, part: str, node: Any) -> UpdateError:
+    return UpdateError(
+        f"{op} {path}: cannot use the part {part!r} to traverse the element ({kind(node)}): "
+        "PathNotViable"
+    )
+
+
+def _rename(doc: dict, path: str, target: str) -> None:
+    """$rename, as MongoDB: a missing source is a no-op; a source or a target through a
+    value that is not an object (a scalar, an array) is PathNotViable."""
+    node: Any = doc
+    parts = path.split(".")
+    for part in parts[:-1]:
+        if type(node) is not dict:
+            raise _not_viable("$rename", path, part, node)
+        if part not in node:
+            return
+        node = node[part]
+    if type(node) is not dict:
+        raise _not_viable("$rename", path, parts[-1], node)
+    if parts[-1] not in node:
+        return
+    value = node.pop(parts[-1])
+    node = doc
+    parts = target.split(".")
+    for part in parts[:-1]:
+        if type(node) is not dict:
+            raise _not_viable("$rename", target, part, node)
+        node = node.setdefault(part, {})
+    if type(node) is not dict:
+        raise _not_viable("$rename", target, parts[-1], node)
+    node[parts[-1]] = value
 
 
 def _apply(doc: dict, op: str, path: str, arg: Any) -> None:
@@ -192,15 +255,7 @@ def _apply(doc: dict, op: str, path: str, arg: Any) -> None:
             parent[array_index(key)] = None
         return
     if op == "$rename":
-        parent, key = _parent(doc, path, create=False)
-        value = _get(parent, key) if parent is not None else _MISSING
-        if value is _MISSING:
-            return
-        if not isinstance(parent, dict):
-            raise UpdateError(f"$rename {path}: source must be an object field")
-        del parent[key]
-        target_parent, target_key = _parent(doc, arg, create=True)
-        _put(target_parent, target_key, value, arg)
+        _rename(doc, path, arg)
         return
     if op == "$pop":
         if arg not in (1, -1) or isinstance(arg, bool):
@@ -231,6 +286,8 @@ def _apply(doc: dict, op: str, path: str, arg: Any) -> None:
             result = current + arg if op == "$inc" else current * arg
             if isinstance(result, float) and not math.isfinite(result):
                 raise UpdateError(f"{op} {path}: the result is not a finite number")
+            if type(result) is int and not -_INT_LIMIT < result < _INT_LIMIT:
+                raise UpdateError(f"{op} {path}: the result has more than {MAX_INT_DIGITS} digits")
             _put(parent, key, result, path)
     elif op in ("$min", "$max"):
         if current is _MISSING:

@@ -132,3 +132,38 @@ class PacketEchoBlock(Block):
 
     def on_data(self, entry):
         return entry
+
+
+class BrokenInitBlock(Block):
+    """Its ``__init__`` raises, as a model that cannot find its weights does."""
+
+    def __init__(self, init_data=None, parameters=None):
+        super().__init__(init_data, parameters)
+        self._load_weights()
+
+    def _load_weights(self):
+        raise RuntimeError("weights.bin not found")
+
+
+class KeyErrorBlock(Block):
+    """``on_data`` raises KeyError: 'x' on every task."""
+
+    inline = True
+
+    def on_data(self, entry):
+        return {}["x"]
+
+
+class SlowInitBlock(Block):
+    """Loads for ``initData['seconds']`` (a big model), waiting on ``initData['gate']``
+    (a file) to appear when given: the test decides when loading ends."""
+
+    def __init__(self, init_data=None, parameters=None):
+        import os
+        import time
+
+        super().__init__(init_data, parameters)
+        gate = self.init_data.get("gate")
+        end = time.monotonic() + float(self.init_data.get("seconds", 60))
+        while time.monotonic() < end and not (gate and os.path.exists(gate)):
+            time.sleep(0.05)

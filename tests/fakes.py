@@ -133,6 +133,7 @@ class Upstream:
         settings = LinkSettings(max_message=max_message)
         self.hosts = HostSet(balancer, settings, self._settled, instance_inflight,
                              links=lambda spec: FakeLink)  # fmt: skip
+        # as the executor wires it: the links report straight to the router
         self.outliers = OutlierDetector(self.hosts, eject_after, eject_seconds,
                                         eject_max_percent)  # fmt: skip
         self.router = Router(self.hosts, self.outliers, max_inflight=max_inflight,

@@ -12,6 +12,8 @@ import time
 
 import pytest
 
+import aios_fast
+
 from .procs import ROOT, Proc, free_port, get_text, mgmt
 
 
@@ -64,6 +66,13 @@ def test_block_up_serves_and_is_operable(block):
     for key in ("health_checker_mgmt", "autoscaler_mgmt"):
         out = aios("mgmt", info[key], "status")
         assert out.returncode == 0 and json.loads(out.stdout)["success"] is True, out.stderr
+    # every URL it announced works with no flags: the instances' management and gRPC too
+    for instance in info["instances"].values():
+        mgmt_url = instance["health"].removesuffix("/health")
+        out = aios("mgmt", mgmt_url, "update_parameters", "{}")
+        assert out.returncode == 0 and json.loads(out.stdout)["success"] is True, out.stderr
+        out = aios("send", "--target", instance["grpc"], "--data", '"direct"')
+        assert out.returncode == 0 and json.loads(out.stdout)["data"] == '"direct"', out
     deadline = time.monotonic() + 10  # the infer task's result arrives after its answer
     while 'aios_executor_tasks_total{event="completed"} 4.0' not in get_text(info["metrics"]):
         assert time.monotonic() < deadline  # 3 results + 1 infer
@@ -292,6 +301,13 @@ def test_help_shows_the_defaults():
     for args in (["send", "--help"], ["block", "up", "--help"], ["bench", "--help"]):
         out = aios(*args)
         assert out.returncode == 0 and "(default: " in out.stdout, (args, out.stdout[-500:])
+        text = " ".join(out.stdout.split())  # argparse wraps lines
+        assert "(default: None)" not in text and "(default: )" not in text, text
+        assert "for the address) (default" not in text, text  # --token's default, twice
+    out = aios("--help")
+    assert out.returncode == 0 and "``" not in out.stdout  # no RST markup
+    out = aios("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"aios-fast {aios_fast.__version__}"
     for module in ("aios_fast.executor", "aios_fast.instance", "aios_fast.sidecars.healthcheck"):
         out = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT,
                              capture_output=True, text=True, timeout=60)  # fmt: skip
@@ -392,6 +408,12 @@ def test_user_errors_are_one_line(tmp_path):
             "No such file",
         ),
         (["-m", "aios_fast.sidecars.healthcheck", "--port", str(taken)], "cannot start"),
+        (["-m", "aios_fast", "mgmt", "notaurl", "list_instances"], "is not a management URL"),
+        (["-m", "aios_fast", "block", "up", "--traffic", "-5"], "must be >= 0, not -5"),
+        (["-m", "aios_fast", "block", "up", "--workers", "0"], "must be >= 1, not 0"),
+        (["-m", "aios_fast", "send", "--timeout", "0"], "must be > 0, not 0"),
+        (["-m", "aios_fast", "bench", "--duration", "-1"], "must be >= 0, not -1"),
+        (["-m", "aios_fast", "bench", "--size", "-1"], "must be >= 0, not -1"),
     ]
     try:
         for args, expected in cases:

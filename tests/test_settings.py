@@ -40,6 +40,7 @@ ROWS = [
     ("ports.metrics", 18010, {"executor": ("metrics_port", 18010)}),
     ("ports.autoscaler", 10010, {"sidecars": ("ports.autoscaler", 10010)}),
     ("ports.healthChecker", 19011, {"sidecars": ("ports.healthChecker", 19011)}),
+    ("ports.http", 18012, {"executor": ("http_port", 18012)}),
     ("healthChecker.interval", 2.5, {"sidecars": ("healthChecker.interval", 2.5)}),
     ("healthChecker.timeout", 0.5, {"sidecars": ("healthChecker.timeout", 0.5)}),
     ("healthChecker.unhealthyAfter", 3, {"sidecars": ("healthChecker.unhealthyAfter", 3)}),
@@ -65,9 +66,10 @@ ROWS = [
 ]  # fmt: skip
 # Settings no process reads from the document: block up's actuator places instances on
 # GPUs with them (tests/test_gpu_pinning.py), the manifests turn resources into the pod's
-# requests (test_manifests_resources below).
+# requests and limits and startupTimeout into its startupProbe (test_manifests_* below).
 NOT_PROCESS_SETTINGS = {"gpus", "gpusPerInstance", "instancesPerGpu", "resources.gpus",
-                        "resources.gpuResource", "resources.cpu", "resources.memory"}  # fmt: skip
+                        "resources.gpuResource", "resources.cpu", "resources.memory",
+                        "resources.requests", "resources.limits", "startupTimeout"}  # fmt: skip
 # The document's own fields the instance reads (the Block's data), besides initSettings.
 DOCUMENT_ROWS = [
     ("blockInitData", {"weights": "w.onnx"}, ("init_data", {"weights": "w.onnx"})),
@@ -221,6 +223,34 @@ def test_manifests_resources_from_the_contract():
         "requests": {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "2"},
         "limits": {"memory": "16Gi", "nvidia.com/gpu": "2"},
     }
+    # requests and limits by name, over the shorthands
+    doc = load_document(_document("resources", {
+        "cpu": "4", "memory": "16Gi", "requests": {"cpu": "2", "ephemeral-storage": "1Gi"},
+        "limits": {"cpu": "8", "memory": "20Gi"}}))  # fmt: skip
+    assert _instance_container(doc)["resources"] == {
+        "requests": {"cpu": "2", "memory": "16Gi", "ephemeral-storage": "1Gi"},
+        "limits": {"cpu": "8", "memory": "20Gi"},
+    }
+
+
+def _instance_container(doc) -> dict:
+    objects = manifests(doc, msgspec.to_builtins(doc), namespace="ns")
+    [inst] = [o for o in objects if o["kind"] == "Deployment"
+              and o["metadata"]["name"] == f"{doc.id}-instances"]  # fmt: skip
+    [container] = inst["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def test_manifests_startup_probe_from_the_startup_timeout():
+    """A model that loads for minutes is not restarted in a loop: the startupProbe
+    waits startupTimeout for /health (503 "loading" meanwhile), liveness only after."""
+    container = _instance_container(load_document(_document("startupTimeout", 600)))
+    startup = container["startupProbe"]
+    assert startup["httpGet"] == {"path": "/health", "port": "mgmt"}
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
+    assert "initialDelaySeconds" not in container["livenessProbe"]
+    default = _instance_container(load_document(_document("workers", 1)))["startupProbe"]
+    assert default["periodSeconds"] * default["failureThreshold"] >= 300
 
 
 BAD = [
@@ -240,6 +270,7 @@ BAD = [
      "initSettings.outlierDetection.maxEjectionPercent: expected int <= 100, not 101"),
     ({"resources": {"memory": "lots"}},
      "initSettings.resources.memory: expected a Kubernetes quantity"),
+    ({"startupTimeout": 0}, "initSettings.startupTimeout: expected float > 0.0, not 0"),
     ({"block": "nocolon"}, "initSettings: block must be 'module:Class', not 'nocolon'"),
     ({"batching": {"maxBatchSize": 4097}},
      "initSettings.batching.maxBatchSize: expected int <= 4096, not 4097"),

@@ -33,6 +33,7 @@ only).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
 import logging
@@ -41,14 +42,16 @@ import signal
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from ..auth import ENV_TOKEN, ROLES, Auth, TokenHandoff, new_token
+from ..auth import ENV_TOKEN, ROLES, Auth, TokenHandoff, new_token, prune_stale
 from ..errors import AiosFastError
 from ..instance.batcher import BatchSettings
 from ..service import runtime
+from ..service.runtime import say
 from ..settings import ECHO, BlockDocument, Ports, document_json, load_document, read_document
 from ..sidecars.actuator import GpuPool, LocalActuator
 from ..sidecars.autoscale import AutoScaler
@@ -104,7 +107,9 @@ def _gpu_pool(doc: BlockDoc, readings=None) -> GpuPool | None:
 def use_free_ports(doc: BlockDoc) -> None:
     """Every service of the block on a free port (0; the executor's gRPC port, which its
     workers share, is picked before they start)."""
-    doc.initSettings.ports = Ports(grpc=0, metrics=0, mgmt=0, autoscaler=0, healthChecker=0)
+    http = None if doc.initSettings.ports.http is None else 0  # served only when asked for
+    doc.initSettings.ports = Ports(grpc=0, metrics=0, mgmt=0, autoscaler=0, healthChecker=0,
+                                   http=http)  # fmt: skip
 
 
 def _tls_args(tls: TLS) -> tuple[str, ...]:
@@ -197,6 +202,7 @@ class LocalBlock:
         self.checker: HealthChecker | None = None
         self.scaler: AutoScaler | None = None
         self._doc_file: str | None = None
+        self._endpoints: set[str] = set()  # what the token is handed out for
 
     def _write_document(self) -> str:
         """The document every process of the block reads its settings from: the
@@ -204,7 +210,13 @@ class LocalBlock:
         executor's workers must share it)."""
         if not self.doc.initSettings.ports.grpc:
             self.doc.initSettings.ports.grpc = _free_port()
-        fd, self._doc_file = tempfile.mkstemp(prefix=f"aios-block-{self.doc.id}-", suffix=".json")
+        if self.doc.initSettings.ports.http == 0:  # shared by the workers too
+            self.doc.initSettings.ports.http = _free_port()
+        # named with our pid, so the next block up removes it after a kill -9
+        folder = Path(tempfile.gettempdir())
+        prune_stale(folder, "aios-block-*.json")
+        prefix, suffix = f"aios-block-{self.doc.id}-", f"-{os.getpid()}.json"
+        fd, self._doc_file = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
         with os.fdopen(fd, "w") as f:
             f.write(document_json(self.doc, self.document))
         return self._doc_file
@@ -227,12 +239,13 @@ class LocalBlock:
     def _start_executor(self) -> dict:
         args = self.executor_args()
         env = runtime.child_env({**os.environ, **self.env})  # it dies with block up
-        self.executor_proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env,
-                                              start_new_session=True)  # fmt: skip
-        assert self.executor_proc.stdout is not None  # stdout=PIPE
-        line = self.executor_proc.stdout.readline()
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env,
+                                start_new_session=True)  # fmt: skip
+        self.executor_proc = proc
+        assert proc.stdout is not None  # a pipe, as asked
+        line = proc.stdout.readline()
         if not line:
-            code = self.executor_proc.wait()
+            code = proc.wait()
             raise AiosFastError(
                 f"the executor failed to start (exit status {code}; its error is above)"
             )
@@ -277,10 +290,25 @@ class LocalBlock:
             "executor_pid": self._executor().pid,
             "front": info.get("front"),
         }
+        if info.get("http_port") is not None:  # the HTTP/JSON API (executor.http_front)
+            self.info["http"] = (
+                f"{scheme}://{self.host}:{info['http_port']}/v1/blocks/{self.doc.id}/infer"
+            )
         if self.handoff is not None:
-            keys = ("grpc", "executor_mgmt", "metrics", "health_checker_mgmt", "autoscaler_mgmt")
-            self.info["token_file"] = str(self.handoff.write(self.info[k] for k in keys))
+            keys: tuple[str, ...] = ("grpc", "executor_mgmt", "metrics", "health_checker_mgmt",
+                                     "autoscaler_mgmt")  # fmt: skip
+            keys += ("http",) if "http" in self.info else ()
+            self._endpoints = {self.info[k] for k in keys}
+            self.info["token_file"] = str(self._hand_out(specs))
+            self.actuator.on_started = self._hand_out  # instances the auto-scaler adds too
         return self.info
+
+    def _hand_out(self, specs: list[dict]):
+        """(Re)write the token file: every endpoint announced, the instances' included
+        (their gRPC and management ports), so this user's CLI needs no flags."""
+        assert self.handoff is not None
+        self._endpoints.update(a for s in specs for a in (s["target"], s["health"]))
+        return self.handoff.write(self._endpoints)
 
     async def stop(self) -> None:
         if self.handoff is not None:
@@ -295,6 +323,25 @@ class LocalBlock:
         if self._doc_file:
             os.unlink(self._doc_file)
             self._doc_file = None
+
+    def kill_now(self) -> None:
+        """A second Ctrl-C: SIGKILL every process of the block (the executor with its
+        workers, the instances), remove its files, exit 130 at once."""
+        procs = [self.executor_proc, *self.actuator.procs.values()]
+        for proc in procs:
+            if proc is not None and proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)  # each leads its own session
+                except OSError:
+                    proc.kill()
+        if self.handoff is not None:
+            self.handoff.remove()
+        if self._doc_file:
+            with contextlib.suppress(OSError):
+                os.unlink(self._doc_file)
+        sys.stderr.write("stopped at once (a second Ctrl-C): every process of the block "
+                         "killed\n")  # fmt: skip
+        os._exit(130)
 
     def _executor(self) -> subprocess.Popen:
         if self.executor_proc is None:
@@ -340,7 +387,7 @@ async def _until_stopped_or_dead(stop: asyncio.Event, proc: subprocess.Popen) ->
 
 
 def _print_info(info: dict) -> None:
-    print(f"block {info['block']} is up:")
+    say(f"block {info['block']} is up:")
     rows = [
         ("gRPC inference", f"{info['grpc']} ({info['front']} front)"),
         ("executor management", info["executor_mgmt"]),
@@ -348,6 +395,8 @@ def _print_info(info: dict) -> None:
         ("health checker", info["health_checker_mgmt"]),
         ("auto-scaler", info["autoscaler_mgmt"]),
     ]
+    if "http" in info:
+        rows.append(("HTTP/JSON inference", info["http"]))
     rows += [
         (f"instance {iid}", f"{v['grpc']} (health {v['health']})")
         for iid, v in info["instances"].items()
@@ -356,8 +405,7 @@ def _print_info(info: dict) -> None:
         rows.append(("internal token", f"{info['token_file']} (management needs it)"))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
-        print(f"  {key.ljust(width)}  {value}")
-    sys.stdout.flush()
+        say(f"  {key.ljust(width)}  {value}")
 
 
 async def _traffic(info: dict, block: LocalBlock, plan: tuple[list | None, float],
@@ -378,7 +426,7 @@ async def _traffic(info: dict, block: LocalBlock, plan: tuple[list | None, float
         what = f"tasks (the block's {len(samples):,} samples; statuses checked)"
     else:
         what = "tasks (outputs checked as echoes)" if echo else "tasks (statuses checked)"
-    print(f"sending {traffic:,} {what} through {info['grpc']} ...", flush=True)
+    say(f"sending {traffic:,} {what} through {info['grpc']} ...")
     summary = await asyncio.get_running_loop().run_in_executor(
         None,
         lambda: drive(
@@ -391,12 +439,12 @@ async def _traffic(info: dict, block: LocalBlock, plan: tuple[list | None, float
             samples=samples,
         ),
     )
-    print(format_summary(summary), flush=True)
+    say(format_summary(summary))
     ok = not summary["errors"] and not summary["wrong"] and not summary["client_crashes"]
     ok = ok and summary["completed"] == traffic
     if summary["checked"] and summary["agreement"] < floor:
-        print(f"agreement {summary['agreement']:.3f} is below the block's "
-              f"traffic_min_agreement {floor:g}", flush=True)  # fmt: skip
+        say(f"agreement {summary['agreement']:.3f} is below the block's "
+            f"traffic_min_agreement {floor:g}")  # fmt: skip
         ok = False
     return 0 if ok else 1
 
@@ -428,25 +476,62 @@ async def up(
     # the block's sample tasks, checked before anything starts (a bad hook: one line)
     plan = traffic_plan(doc.initSettings.block, doc.parameters) if traffic else (None, 1.0)
     block = LocalBlock(doc, document, auth_file=auth_file, tls=tls)
-    stop = runtime.signal_event()
+    stop = _stop_signals(block)
     status = 0
     try:
-        info = await block.start()
+        info = await _unless_stopped(block.start(), stop)
         if as_json:
-            print(json.dumps(info), flush=True)
+            say(json.dumps(info))
         else:
             _print_info(info)
         if traffic:
             status = await _traffic(info, block, plan, traffic, expect)
         if not once:
-            print("serving; Ctrl-C stops the block", flush=True)
+            say("serving; Ctrl-C stops the block")
             executor = block._executor()
             if await _until_stopped_or_dead(stop, executor):
                 log.error("the executor exited (status %s); stopping the block",
                           executor.returncode)  # fmt: skip
                 status = 1
+    except _Interrupted:
+        status = 130
     finally:
-        print("stopping: sidecars, executor (draining), instances ...", flush=True)
+        log.info("stopping: the executor finishes the tasks in flight, then the instances "
+                 "theirs (Ctrl-C again stops at once)")  # fmt: skip
         await block.stop()
-        print("stopped", flush=True)
+        say("stopped")
     return status
+
+
+class _Interrupted(Exception):
+    """Ctrl-C (or SIGTERM) while the block was starting."""
+
+
+def _stop_signals(block: LocalBlock) -> asyncio.Event:
+    """An event set by the first SIGINT/SIGTERM; the second stops everything at once."""
+    stop = asyncio.Event()
+
+    def signalled() -> None:
+        if stop.is_set():
+            block.kill_now()
+        stop.set()
+
+    loop = asyncio.get_running_loop()
+    for sig in runtime.STOP_SIGNALS:
+        loop.add_signal_handler(sig, signalled)
+    return stop
+
+
+async def _unless_stopped(start, stop: asyncio.Event):
+    """``start``'s result, or _Interrupted (``start`` cancelled) once ``stop`` is set."""
+    starting = asyncio.ensure_future(start)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((starting, stopped), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if not starting.done():
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        raise _Interrupted
+    return starting.result()

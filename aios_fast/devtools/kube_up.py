@@ -13,10 +13,10 @@ cluster comes from ``--kubeconfig``, else the pod's service account, else $KUBEC
 from __future__ import annotations
 
 import json
-import sys
 
 from ..auth import Auth
 from ..service import runtime
+from ..service.runtime import say
 from ..sidecars.autoscale import AutoScaler
 from ..sidecars.healthcheck import HealthChecker
 from ..sidecars.kube_actuator import KubeActuator
@@ -94,13 +94,12 @@ async def up_kubernetes(path: str, *, ports: str = "default", executor_url: str 
     try:
         info = await sidecars.start()
         if as_json:
-            print(json.dumps(info), flush=True)
+            say(json.dumps(info))
         else:
-            print(f"block {doc.id}: sidecars up against Kubernetes")
+            say(f"block {doc.id}: sidecars up against Kubernetes")
             for key, value in info.items():
-                print(f"  {key.ljust(20)} {value}")
-            print("serving; Ctrl-C stops the sidecars (the pods stay)", flush=True)
-        sys.stdout.flush()
+                say(f"  {key.ljust(20)} {value}")
+            say("serving; Ctrl-C stops the sidecars (the pods stay)")
         await stop.wait()
     finally:
         await sidecars.stop()

@@ -24,7 +24,7 @@ import time
 from collections.abc import MutableSequence
 
 from .. import codec
-from ..auth import ENV_TOKEN, bearer
+from ..auth import ENV_TOKEN
 from ..service import runtime
 from ..tls import TLS
 from ..wire import ACCEPTED, SERVICE
@@ -36,7 +36,7 @@ def _child(index: int, opts: dict, counters: MutableSequence[int], queue, stop) 
     import asyncio
     import signal
 
-    import grpc
+    from ..client import AsyncClient, ClientError
 
     # Ctrl-C reaches every process of the terminal's group: the parent decides (stop).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -51,10 +51,10 @@ def _child(index: int, opts: dict, counters: MutableSequence[int], queue, stop) 
         deadline = time.monotonic() + opts["duration"] if opts["duration"] else None
         next_task = index
         tls = TLS(*opts["tls"])
-        async with tls.aio_channel(opts["target"]) as channel:
-            rpc = channel.unary_unary(f"/{SERVICE}/{opts['method']}")
-            token = opts["token"]
-            metadata = (("authorization", bearer(token)),) if token else None
+        client = AsyncClient(opts["target"], token=opts["token"] or "", tls=tls, retries=0,
+                             timeout=opts["timeout"])  # fmt: skip
+        async with client:
+            call, method = client.call, f"/{SERVICE}/{opts['method']}"
             started = time.monotonic()  # the clock all processes share (CLOCK_MONOTONIC)
 
             async def worker() -> None:
@@ -80,9 +80,9 @@ def _child(index: int, opts: dict, counters: MutableSequence[int], queue, stop) 
                     )
                     t0 = time.perf_counter()
                     try:
-                        reply = await rpc(frame, timeout=opts["timeout"], metadata=metadata)
-                    except grpc.aio.AioRpcError as exc:
-                        name = exc.code().name
+                        reply = await call(method, frame)
+                    except ClientError as exc:
+                        name = exc.code.name
                         errors[name] = errors.get(name, 0) + 1
                         counters[2 * index + 1] += 1
                         continue

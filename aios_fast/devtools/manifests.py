@@ -7,9 +7,10 @@ For a block document (the one ``block up`` reads) it writes, as YAML documents:
   its instances are the ready endpoints of the instances' Service) and a Service (gRPC
   50051, management 18001, metrics 18000, with Prometheus scrape annotations);
 - the instances: a Deployment ``<name>-instances`` (``minInstances`` replicas; GPU, CPU
-  and memory requests from ``initSettings.resources``; readiness and liveness probes on
-  the instance's ``GET /health``) and a headless Service whose EndpointSlices the
-  executor watches;
+  and memory requests and limits from ``initSettings.resources``; a startup probe that
+  waits ``initSettings.startupTimeout`` for the Block to load, then readiness and
+  liveness probes, all on the instance's ``GET /health``) and a headless Service whose
+  EndpointSlices the executor watches;
 - the sidecars: a Deployment ``<name>-sidecars`` running ``aios-fast block up
   --actuator kubernetes`` (health checker 19001, auto-scaler 10000);
 - a ServiceAccount per role with the least RBAC it needs: the executor lists and
@@ -20,12 +21,14 @@ Every container takes its token from the Secret ``<name>-tokens`` (key ``token``
 created by the operator, never written here) as ``AIOS_FAST_TOKEN``: a service refuses a
 non-loopback address without one. ``initSettings.resources`` (all optional):
 ``gpus`` (per instance; requested and limited as ``gpuResource``, default
-``nvidia.com/gpu``), ``cpu``, ``memory`` (Kubernetes quantities, e.g. "2", "4Gi").
+``nvidia.com/gpu``), ``cpu``, ``memory`` (Kubernetes quantities, e.g. "2", "4Gi"), and
+``requests`` / ``limits`` (any resource by name: they win over the shorthands).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 
@@ -37,6 +40,7 @@ __all__ = ["BlockNames", "block_names", "manifests", "render"]
 
 IMAGE = "aios-fast:latest"
 CONFIG_DIR = "/etc/aios-fast"
+STARTUP_PERIOD = 5  # seconds between the startup probes of a loading instance
 _NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")
 
 
@@ -97,11 +101,13 @@ def _token_env(names: BlockNames) -> list[dict]:
 
 
 def _security() -> dict:
+    """What a "restricted" Pod Security namespace demands of every container, and more."""
     return {
         "runAsNonRoot": True,
         "allowPrivilegeEscalation": False,
         "readOnlyRootFilesystem": True,
         "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
     }
 
 
@@ -193,6 +199,8 @@ def manifests(doc: BlockDocument, document: dict, *, image: str = IMAGE,
     volumes, mounts = _config_volume(names)
     ports = settings.ports  # the seeds' defaults: 50051, 18001, 18000, 10000, 19001
     executor_ports = {"grpc": ports.grpc, "mgmt": ports.mgmt, "metrics": ports.metrics}
+    if ports.http is not None:  # the HTTP/JSON API (executor.http_front), when asked for
+        executor_ports["http"] = ports.http
     sidecar_ports = {"autoscaler": ports.autoscaler, "health": ports.healthChecker}
     objects: list[dict] = [
         {
@@ -251,6 +259,8 @@ def manifests(doc: BlockDocument, document: dict, *, image: str = IMAGE,
         requests["memory"] = limits["memory"] = res.memory
     if res.gpus:
         requests[res.gpuResource] = limits[res.gpuResource] = str(res.gpus)
+    requests.update(res.requests)
+    limits.update(res.limits)
     instance = {
         "name": "instance",
         "image": image,
@@ -267,9 +277,17 @@ def manifests(doc: BlockDocument, document: dict, *, image: str = IMAGE,
         ],
         "env": _token_env(names),
         "ports": [{"name": k, "containerPort": v} for k, v in INSTANCE_PORTS.items()],
+        # /health answers 503 "loading" while the Block loads: the startupProbe waits up
+        # to startupTimeout for it, and only then do liveness and readiness count
+        "startupProbe": _http_probe(
+            "mgmt",
+            periodSeconds=STARTUP_PERIOD,
+            timeoutSeconds=5,
+            failureThreshold=max(1, math.ceil(settings.startupTimeout / STARTUP_PERIOD)),
+        ),
         "readinessProbe": _http_probe("mgmt", periodSeconds=2, failureThreshold=2),
         "livenessProbe": _http_probe(
-            "mgmt", initialDelaySeconds=10, periodSeconds=10, timeoutSeconds=5, failureThreshold=3
+            "mgmt", periodSeconds=10, timeoutSeconds=5, failureThreshold=3
         ),
         "volumeMounts": mounts,
         "securityContext": _security(),

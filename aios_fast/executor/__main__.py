@@ -28,6 +28,8 @@ _OVERRIDES = (
     ("--port", "port", int, "gRPC port"),
     ("--mgmt-port", "mgmt_port", int, "POST /mgmt port (0: any free one, -1: none)"),
     ("--metrics-port", "metrics_port", int, "GET /metrics port (0: any free one, -1: none)"),
+    ("--http-port", "http_port", int,
+     "HTTP/JSON API port, POST /v1/blocks/{id}/infer (0: any free one, -1: none)"),
     ("--block-id", "block_id", str, "the block's id"),
     ("--max-inflight", "max_inflight", int, "tasks in the executor at once"),
     ("--instance-inflight", "instance_inflight", int, "tasks on one instance at once"),
@@ -43,6 +45,19 @@ _OVERRIDES = (
     ("--keepalive-timeout", "keepalive_timeout", float,
      "seconds a pinged client has to answer before its connection is cut"),
     ("--max-message", "max_message", int, "bytes of the largest message a caller may send"),
+    # the native front's limits (issue 23; flags only, not yet in the settings contract)
+    ("--connection-budget", "connection_budget", int,
+     "bytes one client connection may make the native front hold (requests buffered + "
+     "answers not yet sent); over it the connection is not read and its new calls get "
+     "RESOURCE_EXHAUSTED (default 64 MiB)"),
+    ("--front-budget", "front_budget", int,
+     "the same, for all connections of one executor process (default 1 GiB)"),
+    ("--max-connections", "max_connections", int,
+     "open client connections per process (native front; more get GOAWAY); 0, the "
+     "default: the open-file limit less 256"),
+    ("--handshake-timeout", "handshake_timeout", float,
+     "seconds a client connection has to send the HTTP/2 preface and SETTINGS (native "
+     "front; default 120, grpc servers'; 0: no limit)"),
     ("--task-timeout", "task_timeout", float,
      "seconds an instance may run one task (0: no limit)"),
     ("--eject-after", "eject_after", int,
@@ -76,7 +91,7 @@ def config_of(opts: argparse.Namespace) -> tuple[ExecutorConfig, int]:
         fields["front"] = opts.front
     if opts.workers is not None:
         workers = opts.workers
-    for port in ("mgmt_port", "metrics_port"):
+    for port in ("mgmt_port", "metrics_port", "http_port"):
         if fields.get(port) is not None and fields[port] < 0:
             fields[port] = None
     keepalive = fields.get("keepalive", _DEFAULTS.keepalive)
@@ -84,6 +99,19 @@ def config_of(opts: argparse.Namespace) -> tuple[ExecutorConfig, int]:
     if not (0 <= keepalive < 1e9 and 0 < timeout < 1e9):
         raise ValueError("--keepalive must be 0 (never) or seconds, and "
                          "--keepalive-timeout seconds > 0 (both under 1e9)")  # fmt: skip
+    # the budgets' defaults grow with a large --max-message (one message must fit, twice)
+    message = fields.get("max_message", _DEFAULTS.max_message)
+    fields.setdefault("connection_budget", max(_DEFAULTS.connection_budget, 2 * message))
+    fields.setdefault("front_budget", max(_DEFAULTS.front_budget, fields["connection_budget"]))
+    limit = {key: fields.get(key, getattr(_DEFAULTS, key)) for key in (
+        "max_message", "connection_budget", "front_budget", "max_connections",
+        "handshake_timeout")}  # fmt: skip
+    if not limit["max_message"] <= limit["connection_budget"] <= limit["front_budget"]:
+        raise ValueError("--connection-budget must be at least --max-message (one "
+                         "message must fit) and at most --front-budget")  # fmt: skip
+    if limit["max_connections"] < 0 or not 0 <= limit["handshake_timeout"] < 1e9:
+        raise ValueError("--max-connections must be >= 0 (0: auto) and "
+                         "--handshake-timeout seconds >= 0 (0: no limit)")  # fmt: skip
     if opts.discover.startswith("k8s://"):
         parse_discover_url(opts.discover)  # a bad one is a user mistake: exit 2
     config = ExecutorConfig(

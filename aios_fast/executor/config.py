@@ -46,6 +46,16 @@ class ExecutorConfig:
     keepalive_timeout: float = _E.keepaliveTimeout
     max_message: int = _S.maxMessageBytes  # bytes of the largest message a caller may send
     task_timeout: float = _S.taskTimeout  # seconds an instance may run one task (0: no limit)
+    # The native front's limits on what clients may make it hold (issue 23): request
+    # bytes buffered plus answer bytes not yet sent, per client connection and for the
+    # whole process (over either: that connection is not read, its new calls get
+    # RESOURCE_EXHAUSTED); open client connections (0: the open-file limit less 256);
+    # seconds a connection has to send the HTTP/2 preface and SETTINGS (0: no limit).
+    # (Flags only for now: not yet in the settings contract.)
+    connection_budget: int = 64 << 20
+    front_budget: int = 1 << 30
+    max_connections: int = 0
+    handshake_timeout: float = 120.0
     # Outlier ejection (as Envoy's): eject_after failures in a row (tasks lost or timed
     # out) take an instance out for eject_seconds x its ejections (at most 300 s), never
     # more than eject_max_percent of the instances (at least one). 0: off.
@@ -61,6 +71,7 @@ class ExecutorConfig:
     mgmt_port: int | None = None  # POST /mgmt (the seeds' 18001)
     metrics_port: int | None = None  # GET /metrics (the seeds' 18000)
     http_host: str = ""  # where those listen ("": host)
+    http_port: int | None = None  # the HTTP/JSON API (executor.http_front), on host
     block_data: dict | None = None  # the block document, handed to user policies
     metrics_interval: float = _E.metricsInterval  # seconds between policy metrics refreshes
     # Security (docs/DESIGN.md, trust model): tokens by role; without any, only
@@ -85,6 +96,7 @@ def settings_fields(doc: BlockDocument) -> dict:
         "port": s.ports.grpc,
         "mgmt_port": s.ports.mgmt,
         "metrics_port": s.ports.metrics,
+        "http_port": s.ports.http,
         "front": s.front,
         "block_id": doc.id,
         "policy": dict(doc.policies.get("loadBalancer") or {}),

@@ -41,7 +41,7 @@ import gc
 import logging
 from collections.abc import Mapping
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -55,13 +55,17 @@ from .config import ExecutorConfig, InstanceSpec
 from .discovery import Discovery
 from .grpcio_front import FrontDispatch, GrpcioFront, ServerOptions
 from .hostset import HostSet, Instance
+from .http_front import HttpFront
 from .kube_discovery import KubeDiscovery
-from .links import Link, LinkSettings
-from .native_front import NativeServer, resolve_front
+from .links import Link, LinkSettings, LinkTask
+from .native_front import resolve_front
 from .outliers import OutlierDetector
 from .router import TASK_EVENTS, Router
 from .services import ExecutorServices
 from .task_run import OnDone, TaskRun
+
+if TYPE_CHECKING:
+    from .native_server import NativeServer
 
 __all__ = ["TASK_EVENTS", "Executor", "Instance"]
 
@@ -89,21 +93,24 @@ class Executor:
             ((("authorization", bearer(token)),) if token else ()), config.tls,
         )  # fmt: skip
         self.hosts = HostSet(self._make_balancer(self.policy_spec), self.link_settings,
-                             self._settled, config.instance_inflight)  # fmt: skip
+                             _unwired, config.instance_inflight)  # fmt: skip
         self.outliers = OutlierDetector(self.hosts, config.eject_after, config.eject_seconds,
                                         config.eject_max_percent)  # fmt: skip
         self.router = Router(self.hosts, self.outliers, max_inflight=config.max_inflight,
                              instance_inflight=config.instance_inflight,
                              max_retries=config.max_retries,
                              max_message=config.max_message)  # fmt: skip
+        self.hosts.on_settled = self.router.settled  # no hop through the executor per task
         self.dispatch = FrontDispatch(self.router, config.auth, config.instance_inflight)
         self._server: GrpcioFront | NativeServer | None = None
         self.port = config.port
         self.discovery: Discovery | KubeDiscovery | None = None
+        self.http: HttpFront | None = None  # the HTTP/JSON API, when served
         self.services: ExecutorServices | None = None  # management and metrics, when served
         self._expiry = Periodic(self._expire_tasks, min(1.0, max(config.task_timeout / 4, 0.05)),
                                 log, "task timeout sweep")  # fmt: skip
-        self._trimmed_at = 0  # tasks received when memory was last released
+        # (tasks received, client connections closed) when memory was last released
+        self._trimmed_at: tuple[int, int] = (0, 0)
         self._trim = Periodic(self._release_memory, 2.0, log, "memory release")
 
     # ------------------------------------------------------------------ views
@@ -181,15 +188,21 @@ class Executor:
         """The instances the balancer may pick now (up, healthy, not draining)."""
         return self.hosts.available()
 
+    def front_stats(self) -> dict:
+        """The native front's books (connections, bytes held, refusals); {} for grpcio."""
+        stats = getattr(self._server, "front_stats", None)
+        return stats() if stats is not None else {}
+
     def describe(self, instance_id: str) -> dict:
         """One instance as the management API shows it."""
         return self.hosts.describe(instance_id)
 
     async def _release_memory(self) -> None:
         """Once idle: return the freed memory (runtime.release_memory), once per burst."""
-        received = self.router.stats["received"]
-        if self.router.inflight == 0 and received != self._trimmed_at:
-            self._trimmed_at = received
+        # (a client that left may have held memory too: answers it never read)
+        mark = (self.router.stats["received"], getattr(self._server, "connections_closed", 0))
+        if self.router.inflight == 0 and mark != self._trimmed_at:
+            self._trimmed_at = mark
             runtime.release_memory()
 
     async def _expire_tasks(self) -> None:
@@ -292,9 +305,6 @@ class Executor:
 
     # ------------------------------------------------------------------ tasks
 
-    def _settled(self, task, exc: Exception | None) -> None:
-        self.router.settled(task, exc)
-
     def run_task(self, frame: bytes, want_result: bool, timeout: float | None,
                  on_done: OnDone, call=None) -> TaskRun:  # fmt: skip
         """Start one task (``Router.run_task``)."""
@@ -308,11 +318,16 @@ class Executor:
         check_bind(cfg.http_host or cfg.host, cfg.auth, cfg.insecure, "executor management")
         cfg.front = resolve_front(cfg.front)  # "auto": the native front where it is built
         server: GrpcioFront | NativeServer
-        if cfg.front == "native":  # executor.native_front: same calls, C HTTP/2
+        if cfg.front == "native":  # executor.native_server: same calls, C HTTP/2
+            from .native_server import NativeServer, connection_limit  # (needs the extension)
+
             d = self.dispatch
             server = NativeServer(d.router.run_task, d.auth, cfg.tls, cfg.max_message,
-                                  d.stream_window, cfg.keepalive,
-                                  cfg.keepalive_timeout)  # fmt: skip
+                                  d.stream_window, cfg.keepalive, cfg.keepalive_timeout,
+                                  connection_budget=cfg.connection_budget,
+                                  budget=cfg.front_budget,
+                                  max_connections=connection_limit(cfg.max_connections),
+                                  handshake_timeout=cfg.handshake_timeout)  # fmt: skip
             self.port = await server.bind(cfg.host, cfg.port, cfg.reuse_port)
         else:
             options = ServerOptions(cfg.max_inflight, cfg.max_message, cfg.reuse_port,
@@ -336,6 +351,9 @@ class Executor:
         self._trim.start()
         if cfg.task_timeout > 0:
             self._expiry.start()
+        if cfg.http_port is not None:  # the HTTP/JSON API, through the same dispatch
+            self.http = HttpFront(self.dispatch, cfg.block_id, cfg.max_message, cfg.tls)
+            await self.http.start(cfg.host, cfg.http_port, cfg.reuse_port)
         if cfg.mgmt_port is not None or cfg.metrics_port is not None:
             self.services = ExecutorServices(self)
             await self.services.start(cfg.http_host or cfg.host, cfg.mgmt_port,
@@ -366,6 +384,8 @@ class Executor:
         # infer calls were answered at acceptance: let their tasks finish before the links go
         links = [r.link for r in self.hosts]
         await _until_idle(links, deadline)
+        if self.http is not None:
+            await self.http.stop()
         if self._server is not None:
             await self._server.stop(max(0.5, min(5.0, deadline - loop.time())))
         await self._expiry.stop()
@@ -378,6 +398,10 @@ class Executor:
             await self._http.close()
         if self.services is not None:
             await self.services.stop()
+
+
+def _unwired(task: LinkTask, exc: Exception | None) -> None:
+    raise RuntimeError("the host set's links report to the router (wired in Executor)")
 
 
 def _settle_gc() -> None:

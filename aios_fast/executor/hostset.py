@@ -64,12 +64,13 @@ class HostSet:
                  instance_inflight: int, links: Callable[[InstanceSpec], LinkFactory]
                  = default_links) -> None:  # fmt: skip
         self._records: dict[str, Instance] = {}
+        self.links: dict[str, Link] = {}  # id -> link: the router's per-task lookup
         self.balancer = balancer
         self.pick = balancer.pick  # the router's per-task call, bound once
         self.on_dispatch = balancer.on_dispatch
         self.on_finish = balancer.on_finish
         self.link_settings = settings
-        self._on_settled = on_settled
+        self.on_settled = on_settled  # every link's task ends go there (the router)
         self._links = links
         self.instance_inflight = instance_inflight
 
@@ -99,7 +100,7 @@ class HostSet:
         return record
 
     def link_of(self, instance_id: str) -> Link:
-        return self._records[instance_id].link
+        return self.links[instance_id]
 
     def available(self) -> list[str]:
         """The instances the balancer may pick now (up, healthy, not draining, not
@@ -152,16 +153,18 @@ class HostSet:
         self.balancer.add(spec.id)
         self.balancer.set_healthy(spec.id, False)  # until its link is up
         factory = self._links(spec)
-        link = factory(spec.id, spec.target, self.link_state, self._on_settled,
+        link = factory(spec.id, spec.target, self.link_state, self.on_settled,
                        self.link_settings)  # fmt: skip
         record = Instance(spec, link, weight=self.balancer.state(spec.id)["weight"])
         self._records[spec.id] = record
+        self.links[spec.id] = link
         link.start()
         return record
 
     def remove(self, instance_id: str) -> Instance:
         """Forget an instance (its link is the caller's to close)."""
         record = self._records.pop(instance_id)
+        del self.links[instance_id]
         self.balancer.remove(instance_id)
         return record
 

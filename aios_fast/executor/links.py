@@ -43,6 +43,7 @@ from ..wire import (
     LIMIT_HEADER,
     LINK_BATCH_BYTES,
     LINK_METHOD,
+    RAISE_LIMIT,
     REFUSED,
     RESULT,
     TASK,
@@ -298,7 +299,8 @@ class InstanceLink:
             return task
         if len(frame) > self.peer_limit:
             task.refuse(f"the task's {len(frame):,} bytes are over this instance's "
-                        f"{self.peer_limit:,}-byte limit", TaskTooLarge)  # fmt: skip
+                        f"{self.peer_limit:,}-byte limit ({RAISE_LIMIT})",
+                        TaskTooLarge)  # fmt: skip
             return task
         self._pending[task.id] = task
         self.tasks_sent += 1

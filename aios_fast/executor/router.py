@@ -88,7 +88,8 @@ class Router:
             now = perf_counter()
             self.latency["run"].observe(now - task.t_ack)
             self.latency["total"].observe(now - task.t0)
-            self.outliers.succeeded(record)
+            if record is not None and record.failures:
+                self.outliers.succeeded(record)
         elif isinstance(exc, (TaskLost, TaskTimedOut)):
             if isinstance(exc, TaskTimedOut):
                 self.stats["timed_out"] += 1

@@ -119,6 +119,8 @@ class Managed(Protocol):
 
     def describe(self, instance_id: str) -> dict: ...
 
+    def front_stats(self) -> dict: ...
+
     def policy(self) -> dict: ...
 
     def set_policy_parameters(self, parameters: dict[str, Any], replace: bool = False) -> None: ...
@@ -250,6 +252,7 @@ class ExecutorServices:
             "latency": {stage: _summary(h) for stage, h in ex.latency.items()},
             "policy_fallbacks": ex.policy_fallbacks,
             "instances": {iid: ex.describe(iid) for iid in ex.instances},
+            "front": ex.front_stats(),
         }
 
     # ------------------------------------------------------------------ metrics
@@ -318,6 +321,33 @@ class ExecutorServices:
             ("instance",),
             [(iid, int(iid in available)) for iid in links],
         )
+        front = ex.front_stats()  # the native front's memory budgets and refusals
+        if front:
+            yield gauge(
+                "aios_executor_front_bytes",
+                "Bytes client calls hold in the native front: buffered requests, unsent answers.",
+                ("kind",),
+                [("buffered", front["buffered_bytes"]), ("unsent", front["unsent_bytes"])],
+            )
+            yield gauge(
+                "aios_executor_front_connections",
+                "Client connections open, and those stalled (over a budget: not read).",
+                ("state",),
+                [("open", front["connections"]), ("stalled", front["stalled_connections"])],
+            )
+            yield counter(
+                "aios_executor_front_refused",
+                "Refused by the native front: calls over a budget (streams), header lists "
+                "over the limit (headers), connections past the limit (connections), "
+                "handshakes not finished in time (handshakes).",
+                ("what",),
+                [
+                    ("streams", front["refused_streams"]),
+                    ("headers", front["oversized_headers"]),
+                    ("connections", front["refused_connections"]),
+                    ("handshakes", front["handshake_timeouts"]),
+                ],
+            )
         yield counter(
             "aios_executor_policy_fallbacks",
             "Picks the user policy failed and the fallback policy made.",

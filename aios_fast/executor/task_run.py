@@ -36,7 +36,7 @@ import grpc
 from .. import codec
 from ..errors import NoInstanceError, PacketDecodeError
 from ..service.metrics import Histogram
-from ..wire import ACCEPTED, error_packet
+from ..wire import ACCEPTED, RAISE_LIMIT, error_packet
 from .hostset import HostSet
 from .links import LinkTask, TaskFailed, TaskLost, TaskNotAccepted, TaskReturned, TaskTooLarge
 
@@ -183,7 +183,7 @@ class TaskRun:
         except NoInstanceError:
             self._unplaced(_UNAVAILABLE, "no instance available")
             return
-        link = hosts.link_of(instance_id)
+        link = hosts.links[instance_id]
         limit = self.ex.instance_inflight
         if link.inflight >= limit:
             least = hosts.least_loaded()
@@ -242,8 +242,8 @@ class TaskRun:
             limit = self.ex.max_output
             if len(out) > limit:  # an instance whose limit is larger than ours
                 stats["failed"] += 1
-                self._end(None, Reject(_EXHAUSTED, f"output of {len(out):,} bytes is over "
-                                                   f"the {limit:,}-byte limit"))  # fmt: skip
+                over = f"output of {len(out):,} bytes is over the {limit:,}-byte limit"
+                self._end(None, Reject(_EXHAUSTED, f"{over} ({RAISE_LIMIT})"))
                 return
             stats["completed"] += 1
             self._end(codec.encode_message(out), None)

@@ -50,6 +50,7 @@ def _worker(config: ExecutorConfig, announce: Callable[[dict], None]) -> None:
             "pid": os.getpid(),
             "mgmt_port": services.mgmt_port if services else None,
             "metrics_port": services.metrics_port if services else None,
+            "http_port": executor.http.port if executor.http else None,
             "front": config.front,
         })  # fmt: skip
 
@@ -73,6 +74,8 @@ def run_workers(config: ExecutorConfig, workers: int) -> int:
         return 0
     if config.port == 0:
         raise ValueError("several workers need a fixed --port (they share it)")
+    if config.http_port == 0:
+        raise ValueError("several workers need a fixed --http-port (they share it)")
     _check_port_free(config.host, config.port)
     # Workers serve their HTTP on one private port each; the front serves the public ones.
     # (plain HTTP there: private loopback ports, behind the front's TLS and tokens)
@@ -160,6 +163,7 @@ async def _parent(config: ExecutorConfig, children: list[int], pipes: list[int])
             runtime.announce({
                 "port": announced[0]["port"], "pid": os.getpid(), "mgmt_port": front.mgmt_port,
                 "metrics_port": front.metrics_port, "workers": [i["pid"] for i in announced],
+                "http_port": announced[0]["http_port"],
                 "front": config.front,
             })  # fmt: skip
     else:

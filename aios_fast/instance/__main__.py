@@ -7,6 +7,8 @@ import argparse
 import logging
 import os
 import sys
+import time
+from typing import Any
 
 import msgspec
 
@@ -16,9 +18,13 @@ from ..framedb import FrameDB
 from ..service import runtime
 from ..settings import ECHO, BlockDocument, InitSettings, read_document
 from ..tls import TLS, add_tls_arguments
+from .loading import BlockLoadError, load_block
+from .loading_health import LoadingHealth
 from .registration import Registration
 from .routing import OutputRouter
-from .server import InstanceServer, load_block
+from .server import InstanceServer
+
+log = logging.getLogger("aios_fast.instance")
 
 _S = InitSettings()  # the contract's defaults
 _I = _S.instance
@@ -31,7 +37,7 @@ def settings_of(opts: argparse.Namespace) -> dict:
     if opts.block_doc:
         doc, _ = read_document(opts.block_doc)
     s = doc.initSettings
-    chosen = {
+    chosen: dict[str, Any] = {
         "block": s.block,
         "block_id": doc.id,
         "init_data": doc.blockInitData,
@@ -56,7 +62,7 @@ async def _serve(opts) -> None:
     framedb = json_object(opts.framedb, "--framedb")
     auth = Auth.from_env(opts.auth_file)
     tls = TLS.from_options(opts)
-    block = load_block(chosen["block"], chosen["init_data"], chosen["parameters"])
+    block = _load(opts, chosen, tls)
     server = InstanceServer(
         block, host=opts.host, port=opts.port, mgmt_port=opts.mgmt_port,
         max_concurrency=chosen["max_concurrency"], frames=FrameDB(framedb),
@@ -78,6 +84,24 @@ async def _serve(opts) -> None:
     if registration is not None:
         await registration.stop()  # leave first: no new tasks come while we drain
     await server.stop(chosen["drain_timeout"])
+
+
+def _load(opts, chosen: dict, tls: TLS):
+    """The Block, loaded with a line before and after (a model may take minutes); on a
+    fixed management port, /health answers "loading" meanwhile."""
+    spec = chosen["block"]
+    loading = LoadingHealth(opts.host, opts.mgmt_port, tls) if opts.mgmt_port else None
+    if loading is not None:
+        loading.start()
+    log.info("loading block %s ...", spec)
+    started = time.monotonic()
+    try:
+        block = load_block(spec, chosen["init_data"], chosen["parameters"])
+    finally:
+        if loading is not None:
+            loading.stop()
+    log.info("block %s loaded in %.1fs", spec, time.monotonic() - started)
+    return block
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,12 +155,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    runtime.adopt_parent_death()  # started by block up / an actuator: die with it
+    managed = runtime.PARENT_ENV in os.environ  # started by block up / an actuator ...
+    runtime.adopt_parent_death()  # ... die with it
     opts = build_parser().parse_args(argv)
     runtime.reserve_stdout()  # before the block (and what it imports) can print
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         runtime.run(_serve(opts))
+    except BlockLoadError as exc:  # the user's traceback (their frames), then which block
+        if managed:  # its actuator tells it (once for all the instances that fail alike)
+            runtime.announce({"error": str(exc)})
+        else:
+            print(exc, file=sys.stderr, flush=True)
+        return 2
     except (AiosFastError, OSError) as exc:  # other errors: the traceback says more
         print(f"instance: cannot start: {exc}", file=sys.stderr, flush=True)
         return 2

@@ -103,8 +103,9 @@ class Batcher:
         self.settings = settings
         self._queue: deque[_Item] = deque()
         self._waiting: dict[asyncio.Task, int] = {}  # owners of queued items
-        self._wake: asyncio.Event | None = None
-        self._forming: asyncio.Lock | None = None  # one worker at a time forms a batch
+        # (bound to the loop at first use: Python >= 3.10; _start makes them anew)
+        self._wake = asyncio.Event()
+        self._forming = asyncio.Lock()  # one worker at a time forms a batch
         self._need = 1  # queued items that wake a waiting worker early
         self._workers: list[asyncio.Task] = []
         self.running = 0  # batches in on_batch now
@@ -125,6 +126,7 @@ class Batcher:
         if not self._workers:
             self._start()
         owner = owner or asyncio.current_task()
+        assert owner is not None  # submitted from a task
         item = _Item(entry, deadline, owner, loop.create_future(), loop.time(), self.running > 0)
         self._queue.append(item)
         self._waiting[owner] = self._waiting.get(owner, 0) + 1

@@ -67,16 +67,19 @@ class _Stream:
 
 
 class Counters(Protocol):
-    """Where a link server counts its tasks' outcomes (the instance server's books)."""
+    """Where a link server counts its tasks' outcomes (the instance server's books,
+    ``outcomes.Outcomes``): ``fail`` counts a failure and logs the block's own errors."""
 
     completed: int
     failed: int
     cancelled: int
 
+    def fail(self, exc: BaseException) -> None: ...
+
 
 class LinkServer:
     """Serves executors' streams for one instance. ``run_task(frame, deadline)`` runs one
-    task; ``counters.completed`` / ``.failed`` / ``.cancelled`` count the outcomes."""
+    task; ``outcomes`` counts the outcomes (and logs the block's errors)."""
 
     def __init__(self, run_task: RunTask, counters: Counters, max_message: int,
                  queued: Callable[[asyncio.Task], bool] = lambda task: False) -> None:  # fmt: skip
@@ -148,13 +151,13 @@ class LinkServer:
             except TaskExpired as exc:
                 stream.reply(task_id, EXPIRED, str(exc).encode())
             except TaskTimedOut as exc:
-                counters.failed += 1
+                counters.fail(exc)
                 stream.reply(task_id, TIMED_OUT, str(exc).encode())
             except OutputTooLarge as exc:
-                counters.failed += 1
+                counters.fail(exc)
                 stream.reply(task_id, TOO_LARGE, str(exc).encode())
             except Exception as exc:  # reported to the executor, never dropped
-                counters.failed += 1
+                counters.fail(exc)
                 stream.reply(task_id, ERROR, describe(exc).encode())
             finally:
                 stream.running.pop(task_id, None)

@@ -20,6 +20,11 @@ block document's ``initSettings.batching``, overridden key by key by the block's
 ``parameters.batching``; ``update_parameters`` may change them live). ``/stats`` then
 has a ``batching`` object and ``/metrics`` the batch size and queue delay histograms.
 
+Its parts, each in its own module: ``loading`` (the user's Block from ``module:Class``),
+``output`` (on_data's result -> the output packet), ``gate`` (the concurrency gate),
+``drain`` (stopping), ``outcomes`` (task counts, the block's error log), ``link_server``
+(executor links), ``batcher`` (on_batch).
+
 Run: ``python -m aios_fast.instance --block aios_fast.block:EchoBlock --port 0``; it
 prints one JSON line with the ports it listens on.
 """
@@ -27,12 +32,9 @@ prints one JSON line with the ports it listens on.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import inspect
-import json
 import logging
 import os
-import time
 from time import perf_counter
 
 import grpc
@@ -64,50 +66,17 @@ from ..wire import (
     max_output,
 )
 from .batcher import Batcher, BatchSettings
+from .drain import Drain
+from .gate import ConcurrencyGate
 from .link_server import LinkServer, describe
+from .loading import overrides
+from .outcomes import NOT_THE_BLOCKS, Outcomes
+from .output import encode_output, make_output
 from .routing import OutputRouter
 
-__all__ = ["InstanceServer", "load_block", "make_output"]
+__all__ = ["InstanceServer"]
 
 log = logging.getLogger("aios_fast.instance")
-
-
-def load_block(spec: str, init_data: dict | None = None, parameters: dict | None = None) -> Block:
-    """``module:Class`` -> an instance of that Block subclass."""
-    module_name, _, class_name = spec.partition(":")
-    if not class_name:
-        raise AiosFastError(f"block spec {spec!r} must be 'module:Class'")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):  # the block's module itself
-            raise AiosFastError(f"block spec {spec!r}: no module named {exc.name!r}") from None
-        raise  # something the block imports: its own traceback says more
-    cls = getattr(module, class_name, None)
-    if cls is None:
-        raise AiosFastError(f"block spec {spec!r}: {module_name} has no {class_name}")
-    return cls(init_data, parameters)
-
-
-def make_output(result, packet) -> codec.Packet | None:
-    """The output packet for on_data's result (see aios_fast.block)."""
-    if result is None:
-        return None
-    if isinstance(result, codec.Packet):
-        return result
-    if isinstance(result, (bytes, bytearray, memoryview)):
-        data = bytes(result).decode("utf-8")
-    elif isinstance(result, str):
-        data = result
-    else:
-        data = json.dumps(result)
-    return codec.Packet(
-        session_id=packet.session_id,
-        seq_no=packet.seq_no,
-        data=data,
-        ts=time.time(),
-        output_ptr=packet.output_ptr,
-    )
 
 
 class InstanceServer:
@@ -141,26 +110,21 @@ class InstanceServer:
         self.insecure = insecure
         self.tls = tls or TLS()
         self.max_output = max_output(max_message)
-        self.leaving = False  # draining: takes no new task
-        self._sem = asyncio.Semaphore(max_concurrency)
+        self.gate = ConcurrencyGate(max_concurrency)
+        self.outcomes = Outcomes(log)
+        self.drain = Drain(self.busy, log)
         self._server: grpc.aio.Server | None = None
         self._runner: web.AppRunner | None = None
-        self.completed = 0
-        self.failed = 0
-        self.expired = self.cancelled = self.timed_out = 0
         self._background_tasks: set[asyncio.Task] = set()
         self._calls = 0  # infer_result calls in progress
-        self._queued: set[asyncio.Task] = set()  # tasks waiting for a concurrency slot
         self._released_at = 0  # tasks ended when memory was last given back
         self._trim = Periodic(self._release_memory, 2.0, log, "memory release")
-        self.waiting = 0  # tasks queued for a concurrency slot
-        self.running = 0  # tasks in on_preprocess / on_data
         self.on_data_seconds = Histogram()
         self.snapshot = MetricsSnapshot(self._block_metrics)  # hardware, read off the loop
         self.registry = Registry(self._collect, process=True)
-        self._links = LinkServer(self.run_task, self, self.max_message, self.queued)
+        self._links = LinkServer(self.run_task, self.outcomes, self.max_message, self.queued)
         # The default on_preprocess returns the packet: skip its thread hop.
-        self._preprocess = _overrides(block, "on_preprocess")
+        self._preprocess = overrides(block, "on_preprocess")
         self._batching_base = batching
         self._gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
         self.batcher = self._make_batcher(
@@ -169,13 +133,13 @@ class InstanceServer:
 
     def _make_batcher(self, settings: BatchSettings) -> Batcher | None:
         """A batcher when the block implements on_batch and batching is not off."""
-        if not _overrides(self.block, "on_batch"):
+        if not overrides(self.block, "on_batch"):
             if self._batching_base or self.block.parameters.get("batching"):
                 log.warning("batching settings ignored: %s has no on_batch()",
                             type(self.block).__name__)  # fmt: skip
             return None
         if settings.mode == "off":
-            if _overrides(self.block, "on_data"):
+            if overrides(self.block, "on_data"):
                 return None
             settings = BatchSettings("adaptive", max_size=1)  # on_batch is all it has
         return Batcher(self._run_batch, settings)
@@ -218,21 +182,7 @@ class InstanceServer:
                 packet, deadline, run_timeout, lambda p, d, t: self.run_packet(p, d, -1, t)
             )
         me = asyncio.current_task()
-        self.waiting += 1
-        self._queued.add(me)
-        try:
-            if deadline is None:
-                await self._sem.acquire()
-            else:
-                left = deadline - asyncio.get_running_loop().time()
-                try:
-                    await asyncio.wait_for(self._sem.acquire(), max(left, 0.0))
-                except asyncio.TimeoutError:
-                    self.expired += 1
-                    raise TaskExpired("its deadline passed while it waited to run") from None
-        finally:
-            self.waiting -= 1
-            self._queued.discard(me)
+        await self.gate.acquire(deadline, me)
         if run_timeout > 0:
             run = asyncio.ensure_future(self._hooks(packet, deadline, me))
             try:
@@ -242,7 +192,7 @@ class InstanceServer:
                 raise
             if not done:
                 run.cancel()
-                self.timed_out += 1
+                self.outcomes.timed_out += 1
                 raise TaskTimedOut(f"the block ran the task over {run_timeout:g}s")
             result = run.result()
         else:
@@ -250,11 +200,7 @@ class InstanceServer:
         out = make_output(result, packet)
         if out is None:
             return b""
-        data = codec.encode_packet(out)
-        limit = self.max_output if limit == -1 else limit
-        if limit is not None and len(data) > limit:
-            raise OutputTooLarge(f"output of {len(data):,} bytes is over the "
-                                 f"{limit:,}-byte limit")  # fmt: skip
+        data = encode_output(out, self.max_output if limit == -1 else limit)
         if out.output_ptr:
             await self.router.route(out)
         return data if limit is not None else b""
@@ -263,7 +209,7 @@ class InstanceServer:
                      owner: asyncio.Task | None = None):  # fmt: skip
         """on_preprocess then on_data (or its item of an on_batch), in the concurrency
         slot the caller acquired."""
-        self.running += 1
+        self.gate.enter()
         t0 = perf_counter()
         try:
             entry = packet
@@ -274,18 +220,17 @@ class InstanceServer:
             return await self._call(self.block.on_data, entry)
         finally:
             self.on_data_seconds.observe(perf_counter() - t0)
-            self.running -= 1
-            self._sem.release()
+            self.gate.release()
 
     def queued(self, task: asyncio.Task) -> bool:
         """Whether ``task`` has not started: it waits for a concurrency slot or for a
         batch to take it."""
-        return task in self._queued or (self.batcher is not None and self.batcher.holds(task))
+        return self.gate.holds(task) or (self.batcher is not None and self.batcher.holds(task))
 
     # ------------------------------------------------------------------ gRPC handlers
 
     async def _infer(self, request: bytes, context) -> bytes:
-        if self.leaving:
+        if self.drain.leaving:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the instance is stopping")
         try:
             packet = codec.decode_message(request)
@@ -299,13 +244,14 @@ class InstanceServer:
     async def _background(self, packet: codec.Packet) -> None:
         try:
             await self.run_packet(packet)
-            self.completed += 1
-        except Exception as exc:
-            self.failed += 1
-            log.error("task failed after it was accepted: %s", describe(exc))
+            self.outcomes.completed += 1
+        except Exception as exc:  # nobody waits for its answer: logged
+            self.outcomes.fail(exc)
+            if isinstance(exc, NOT_THE_BLOCKS):  # the block's own errors: logged by fail()
+                log.error("task failed after it was accepted: %s", describe(exc))
 
     async def _infer_result(self, request: bytes, context) -> bytes:
-        if self.leaving:
+        if self.drain.leaving:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the instance is stopping")
         remaining = context.time_remaining()
         deadline = None if remaining is None else asyncio.get_running_loop().time() + remaining
@@ -317,14 +263,14 @@ class InstanceServer:
         except TaskExpired as exc:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
         except OutputTooLarge as exc:
-            self.failed += 1
+            self.outcomes.fail(exc)
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except Exception as exc:
-            self.failed += 1
+            self.outcomes.fail(exc)
             await context.abort(grpc.StatusCode.INTERNAL, describe(exc))
         finally:
             self._calls -= 1
-        self.completed += 1
+        self.outcomes.completed += 1
         return codec.encode_message(out)
 
     # ------------------------------------------------------------------ management
@@ -345,7 +291,7 @@ class InstanceServer:
             if "batching" in data:
                 batching = self._new_batching(data["batching"])
             result = await self._call(self.block.on_update, data)
-            if batching is not None:
+            if batching is not None and self.batcher is not None:
                 self.batcher.settings = batching
             return result
         return await self._call(self.block.management, action, data)
@@ -366,13 +312,14 @@ class InstanceServer:
 
     @property
     def _expired(self) -> int:
-        return self.expired + (self.batcher.expired if self.batcher is not None else 0)
+        return self.gate.expired + (self.batcher.expired if self.batcher is not None else 0)
 
     def _block_metrics(self) -> dict:
-        metrics = {"completed": self.completed, "failed": self.failed,
-                   "expired": self._expired, "cancelled": self.cancelled,
-                   "timed_out": self.timed_out,
-                   "waiting": self.waiting, "running": self.running}  # fmt: skip
+        done = self.outcomes
+        metrics: dict[str, object] = {"completed": done.completed, "failed": done.failed,
+                   "expired": self._expired, "cancelled": done.cancelled,
+                   "timed_out": done.timed_out,
+                   "waiting": self.gate.waiting, "running": self.gate.running}  # fmt: skip
         if self.batcher is not None:
             metrics["batching"] = self.batcher.stats()
         if self._gpus is not None:  # pinned (CUDA_VISIBLE_DEVICES): the GPUs it may use
@@ -380,13 +327,14 @@ class InstanceServer:
         return metrics
 
     def _collect(self):
+        done = self.outcomes
         yield counter("aios_instance_tasks", "Tasks by outcome.", ("outcome",),
-                      [("completed", self.completed), ("failed", self.failed),
-                       ("expired", self._expired), ("cancelled", self.cancelled)])  # fmt: skip
+                      [("completed", done.completed), ("failed", done.failed),
+                       ("expired", self._expired), ("cancelled", done.cancelled)])  # fmt: skip
         yield gauge("aios_instance_queue_length", "Tasks waiting for a concurrency slot.", (),
-                    [(self.waiting,)])  # fmt: skip
+                    [(self.gate.waiting,)])  # fmt: skip
         yield gauge("aios_instance_running", "Tasks in on_preprocess/on_data now.", (),
-                    [(self.running,)])  # fmt: skip
+                    [(self.gate.running,)])  # fmt: skip
         yield histogram("aios_instance_on_data_seconds",
                         "Time in on_preprocess + on_data per task.", (),
                         [(self.on_data_seconds,)])  # fmt: skip
@@ -452,7 +400,7 @@ class InstanceServer:
 
     async def _release_memory(self) -> None:
         """Once idle after tasks ran, give freed memory back (runtime.release_memory)."""
-        ended = self.completed + self.failed
+        ended = self.outcomes.completed + self.outcomes.failed
         if ended != self._released_at and not self.busy():
             self._released_at = ended
             runtime.release_memory()
@@ -465,15 +413,10 @@ class InstanceServer:
         """Drain: tell executors the instance is leaving and take nothing new (links
         answer REFUSED, direct calls UNAVAILABLE: both retried elsewhere), finish what
         was taken (up to ``grace`` seconds), end the links, then stop serving."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + grace
-        self.leaving = True
+        self.drain.begin()
         self._links.leave()
-        while self.busy() and loop.time() < deadline:
-            await asyncio.sleep(0.01)
-        if self.busy():
-            log.error("stopping with %d tasks unfinished after %.0fs", self.busy(), grace)
-        await self._links.close(max(0.0, deadline - loop.time()))
+        left = await self.drain.wait(grace)
+        await self._links.close(left)
         if self.batcher is not None:
             await self.batcher.close()
         if self._server is not None:
@@ -484,11 +427,7 @@ class InstanceServer:
         await self.snapshot.stop()
         await self.router.close()
         await self.block.frames.close()
-
-
-def _overrides(block: Block, name: str) -> bool:
-    """Whether the block's class replaces Block's ``name`` hook."""
-    return getattr(type(block), name, None) is not getattr(Block, name, None)
+        self.outcomes.errors.flush()
 
 
 def _batch_families(batcher: Batcher):

@@ -27,6 +27,7 @@ __all__ = [
     "reload_on_sighup",
     "reserve_stdout",
     "run",
+    "say",
     "signal_event",
     "until_signalled",
 ]
@@ -98,6 +99,26 @@ def reserve_stdout() -> None:
 def announce(info: dict) -> None:
     """One JSON line on the process's real stdout: where it listens, once it serves."""
     os.write(1 if _announce_fd is None else _announce_fd, (json.dumps(info) + "\n").encode())
+
+
+_stdout_gone = False
+
+
+def say(text: str = "") -> None:
+    """A line of this process's own output on its real stdout (reserved or not). A reader
+    that went away (``block up --json | head -1``) is not an error: the rest is dropped."""
+    global _stdout_gone
+    if _stdout_gone:
+        return
+    if _announce_fd is None:
+        sys.stdout.flush()
+    data = (text + "\n").encode()
+    fd = 1 if _announce_fd is None else _announce_fd
+    try:
+        while data:
+            data = data[os.write(fd, data) :]
+    except (BrokenPipeError, ValueError):
+        _stdout_gone = True
 
 
 _PR_SET_PDEATHSIG = 1

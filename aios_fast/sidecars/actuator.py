@@ -26,13 +26,23 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 
 from ..errors import AiosFastError
 from ..service import runtime
 
-__all__ = ["GpuPool", "LocalActuator"]
+__all__ = ["BlockLoadFailed", "GpuPool", "LocalActuator"]
 
 log = logging.getLogger("aios_fast.actuator")
+
+
+class BlockLoadFailed(AiosFastError):
+    """An instance could not load its block; ``error`` is what the block raised (the
+    user's traceback, their frames only)."""
+
+    def __init__(self, instance_id: str, error: str) -> None:
+        super().__init__(f"instance {instance_id} failed to load its block (error above)")
+        self.error = error
 
 
 class GpuPool:
@@ -134,6 +144,9 @@ class LocalActuator:
         self.gpus = gpus
         self.procs: dict[str, subprocess.Popen] = {}
         self._numbers = itertools.count()
+        # told the specs of the instances each start() started (block up hands its
+        # token out for their ports)
+        self.on_started: Callable[[list[dict]], object] | None = None
 
     def capacity(self) -> int | None:
         """How many more instances can start (None: no limit here)."""
@@ -170,6 +183,9 @@ class LocalActuator:
                 f"(exit status {code}; its error is above)"
             )
         info = json.loads(line)
+        if "error" in info:  # the block failed to load: its own error, told once by start()
+            proc.wait()
+            raise BlockLoadFailed(instance_id, info["error"])
         # Whatever the block prints later goes on to our stderr (a full pipe would block it).
         threading.Thread(target=_forward, args=(proc.stdout,), daemon=True).start()
         self.procs[instance_id] = proc
@@ -199,12 +215,21 @@ class LocalActuator:
             return_exceptions=True,
         )
         started = []
+        told: set[str] = set()  # the same load error, from several instances: once
         for iid, result in zip(placed, results, strict=True):
-            if isinstance(result, BaseException):
+            if isinstance(result, BlockLoadFailed):
+                if result.error not in told:
+                    told.add(result.error)
+                    sys.stderr.write(result.error.rstrip("\n") + "\n")
+                log.error("%s", result)
+                self._release(iid)
+            elif isinstance(result, BaseException):
                 log.error("%s", result)
                 self._release(iid)
             else:
                 started.append(result)
+        if started and self.on_started is not None:
+            self.on_started(started)
         return started
 
     def _release(self, instance_id: str) -> None:

@@ -73,6 +73,7 @@ class HealthChecker(Sidecar):
         if not row.get("health"):
             return bool(row["up"]), None if row["up"] else "executor link is down"
         url = f"{self.tls.scheme}://{row['health']}/health"
+        assert self._session is not None, "probed before start()"
         try:
             assert self._session is not None  # made by check_once before probing
             async with self._session.get(url) as resp:
@@ -187,6 +188,7 @@ def _run(opts) -> int:
         if not isinstance(block, dict):
             raise ValueError(f"block document {opts.block} is not a JSON object")
     policy = (block.get("policies") or {}).get("stabilityChecker")
+    runtime.reserve_stdout()  # a user policy may print: stdout carries the ports alone
 
     async def run() -> None:
         checker = HealthChecker(

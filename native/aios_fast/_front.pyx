@@ -21,6 +21,9 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from libc.stdint cimport int32_t, uint8_t, uint32_t
 from libc.string cimport memcmp, memcpy
 
+cdef extern from "Python.h":
+    const Py_ssize_t PY_SSIZE_T_MAX
+
 import logging
 from urllib.parse import quote
 
@@ -30,8 +33,6 @@ cdef extern from "<sys/types.h>":
     ctypedef long ssize_t
 
 cdef extern from "nghttp2/nghttp2.h":
-    ctypedef struct nghttp2_session:
-        pass
     ctypedef struct nghttp2_session_callbacks:
         pass
     ctypedef struct nghttp2_option:
@@ -78,6 +79,9 @@ cdef extern from "nghttp2/nghttp2.h":
     enum:
         NGHTTP2_DATA
         NGHTTP2_HEADERS
+        NGHTTP2_SETTINGS
+        NGHTTP2_FLAG_ACK
+        NGHTTP2_ENHANCE_YOUR_CALM
         NGHTTP2_FLAG_NONE
         NGHTTP2_FLAG_END_STREAM
         NGHTTP2_DATA_FLAG_EOF
@@ -161,10 +165,15 @@ DEF INTERNAL = 13
 DEF UNIMPLEMENTED = 12
 DEF RESOURCE_EXHAUSTED = 8
 
-# methods (Call.method)
-INFER, INFER_RESULT, INFER_STREAM = 0, 1, 2
-_PATHS = {b"/InferenceProxy/infer": 0, b"/InferenceProxy/infer_result": 1,
-          b"/InferenceProxy/infer_stream": 2}
+cdef enum:
+    C_QUEUED_HIGH = 16 * 1024 * 1024
+    C_MAX_HEADER_LIST = 16384
+
+# methods (Call.method): the Method enum's values, for Python
+INFER, INFER_RESULT, INFER_STREAM = METHOD_INFER, METHOD_INFER_RESULT, METHOD_INFER_STREAM
+_PATHS = {b"/InferenceProxy/infer": METHOD_INFER,
+          b"/InferenceProxy/infer_result": METHOD_INFER_RESULT,
+          b"/InferenceProxy/infer_stream": METHOD_INFER_STREAM}
 _UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 # grpc-message: percent-encode everything outside printable ASCII, and '%' itself
 _SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if c != 0x25)
@@ -177,7 +186,10 @@ STREAM_WINDOW = 4096  # concurrent streams a connection may open (SETTINGS)
 RESET_BURST = 10_000
 RESET_RATE = 5_000
 WINDOW = 4 * 1024 * 1024  # each stream's receive window (bytes); the connection's: 4x
-QUEUED_HIGH = 16 * 1024 * 1024  # unsent answer bytes on a stream that hold its window
+QUEUED_HIGH = C_QUEUED_HIGH  # unsent answer bytes on a stream that hold its window
+# SETTINGS_MAX_HEADER_LIST_SIZE, advertised and enforced: a request whose header list
+# (RFC 7541: name + value + 32 bytes a field) is larger gets RESOURCE_EXHAUSTED
+MAX_HEADER_LIST = C_MAX_HEADER_LIST
 
 
 def parse_timeout(value):
@@ -204,6 +216,32 @@ cdef inline nghttp2_nv _nv(bytes name, bytes value):
     return nv
 
 
+# ---------------------------------------------------------------------- budgets
+# Request bytes a call holds (an incomplete message, a unary call's message until its
+# end of input) and answer bytes not yet sent are counted per connection and process-wide
+# (Server.buffered / .unsent). Over Server.connection_budget or Server.budget, a
+# connection is "stalled": its HTTP/2 connection window is not given back (the client
+# stops sending), its new calls are refused (RESOURCE_EXHAUSTED), its streams start no
+# more tasks (Call.blocked); once under again, all of that resumes.
+
+cdef inline void _account(Call call, Py_ssize_t buffered, Py_ssize_t unsent) noexcept:
+    cdef Connection conn = call.conn
+    call.buffered += buffered
+    if conn is not None:
+        conn.buffered += buffered
+        conn.unsent += unsent
+        conn.server.buffered += buffered
+        conn.server.unsent += unsent
+
+
+cdef inline bint _conn_over(Connection conn) noexcept:
+    return conn.buffered + conn.unsent > conn.server.connection_budget
+
+
+cdef inline bint _process_over(Server server) noexcept:
+    return server.buffered + server.unsent > server.budget
+
+
 cdef class Call:
     """One gRPC call (an HTTP/2 stream). Python reads ``method``, ``timeout`` (seconds,
     or -1: none), ``token`` (the ``authorization`` header, or None); keeps what it
@@ -211,31 +249,9 @@ cdef class Call:
     connection drops before the call is finished); answers with ``respond`` (a unary
     call's one message, then OK), ``send`` (one more message) and ``finish`` (status)."""
 
-    cdef readonly int method
-    cdef readonly double timeout
-    cdef readonly object token
-    cdef public object task
-    cdef readonly bint closed  # the stream is gone (reset, finished, connection lost)
-    cdef readonly bint finished  # the status is set: nothing more may be sent
-    cdef Connection conn
-    cdef object server
-    cdef int32_t sid
-    cdef bint bad_method, bad_type, bad_encoding, got_path, discard, answered, remote_done
-    cdef bint task_held, queue_held
-    cdef int holds  # reasons not to open this stream's receive window (0: open it)
-    cdef Py_ssize_t unconsumed  # bytes received while held, not yet given back
-    cdef object inbuf  # bytearray: an incomplete message's bytes
-    cdef Py_ssize_t need  # its size with the prefix, once known
-    cdef object frame  # a unary call's message
-    cdef int messages
-    cdef list out  # bytes chunks not yet handed to nghttp2
-    cdef Py_ssize_t out_head, out_off, queued
-    cdef int status
-    cdef bytes status_message
-
     def __cinit__(self):
         self.timeout = -1.0
-        self.method = -1
+        self.method = METHOD_UNKNOWN
         self.out = []
 
     @property
@@ -247,45 +263,69 @@ cdef class Call:
         """Answer bytes not yet sent to the client (its flow control window is full)."""
         return self.queued
 
+    @property
+    def finished(self):
+        """The status is set (or the stream is gone): nothing more may be sent."""
+        return self.state >= CALL_FINISHED
+
+    @property
+    def closed(self):
+        """The stream is gone (reset, finished and sent, connection lost)."""
+        return self.state == CALL_CLOSED
+
+    @property
+    def blocked(self):
+        """No more of this call's work should start now: its unsent answers are over
+        QUEUED_HIGH, or its connection or the process is over its buffer budget. If the
+        server holds the call (``hold``), ``server.writable(call)`` comes when it ends."""
+        cdef Connection conn = self.conn
+        if self.queued > C_QUEUED_HIGH:
+            return True
+        if conn is not None and (_conn_over(conn) or _process_over(conn.server)):
+            conn._stall()
+            return True
+        return False
+
     def respond(self, bytes message):
         """A unary call's answer: one message, then status OK."""
-        if self.finished:
+        cdef CallState was = self.state
+        if was >= CALL_FINISHED:
             return
         self._queue(message)
         self.status = OK
-        self.finished = True
-        self._kick()
+        self.state = CALL_FINISHED
+        self._kick(was)
 
     def send(self, bytes message):
         """One more message on a streaming call."""
-        if self.finished:
+        cdef CallState was = self.state
+        if was >= CALL_FINISHED:
             return
         self._queue(message)
-        self._kick()
+        self.state = CALL_ANSWERING
+        self._kick(was)
 
     def finish(self, int code, str message=""):
         """End the call with a status (after any messages sent)."""
-        if self.finished:
+        cdef CallState was = self.state
+        if was >= CALL_FINISHED:
             return
-        self.finished = True
+        self.state = CALL_FINISHED
         self.status = code
         self.status_message = grpc_message(message) if message else b""
-        self._kick()
+        self._kick(was)
 
     def hold(self):
         """Back-pressure: stop opening this stream's HTTP/2 receive window (its client
         soon stops sending) until ``release``."""
-        if not self.task_held:
-            self.task_held = True
-            self.holds += 1
+        self.holds |= HOLD_TASK
 
     def release(self):
-        if self.task_held:
-            self.task_held = False
-            self._unhold()
+        if self.holds & HOLD_TASK:
+            self._unhold(HOLD_TASK)
 
-    cdef _unhold(self):
-        self.holds -= 1
+    cdef _unhold(self, int reason):
+        self.holds &= ~reason
         if self.holds == 0 and self.unconsumed and self.conn is not None:
             if self.conn.session != NULL:
                 nghttp2_session_consume_stream(self.conn.session, self.sid, self.unconsumed)
@@ -305,18 +345,18 @@ cdef class Call:
         if n:
             self.out.append(message)
         self.queued += n + 5
-        if self.queued > QUEUED_HIGH and not self.queue_held:
-            self.queue_held = True
-            self.holds += 1
+        _account(self, 0, n + 5)
+        if self.queued > C_QUEUED_HIGH:
+            self.holds |= HOLD_QUEUE
 
-    cdef _kick(self):
-        """Tell nghttp2 there is something to send, and flush soon."""
-        if self.closed or self.conn is None or self.conn.session == NULL:
-            return
+    cdef _kick(self, CallState was):
+        """Tell nghttp2 there is something to send (``was``: the state before), and
+        flush soon."""
         cdef Connection conn = self.conn
-        if not self.answered:
-            self.answered = True
-            if self.finished and not self.out:  # trailers only: one HEADERS frame
+        if conn is None or conn.session == NULL:
+            return
+        if was == CALL_OPEN:
+            if self.state == CALL_FINISHED and not self.out:  # trailers only: one HEADERS
                 conn._trailers_only(self, 200)
             else:
                 conn._submit_response(self)
@@ -324,7 +364,7 @@ cdef class Call:
             nghttp2_session_resume_data(conn.session, self.sid)
         conn._schedule_flush()
 
-    cdef Py_ssize_t _fill(self, uint8_t* buf, size_t length):
+    cdef Py_ssize_t _fill(self, uint8_t* buf, size_t length) except -1:
         cdef Py_ssize_t done = 0, n, size
         cdef bytes chunk
         while done < <Py_ssize_t>length and self.out_head < len(self.out):
@@ -343,9 +383,9 @@ cdef class Call:
             self.out.clear()
             self.out_head = 0
         self.queued -= done
-        if self.queue_held and self.queued < QUEUED_HIGH // 2:
-            self.queue_held = False
-            self._unhold()
+        _account(self, 0, -done)
+        if self.holds & HOLD_QUEUE and self.queued < C_QUEUED_HIGH // 2:
+            self._unhold(HOLD_QUEUE)
             if self.server is not None and self.conn is not None:
                 # the server may start more of this call's work (not from inside
                 # nghttp2's send: on the next loop turn)
@@ -353,16 +393,22 @@ cdef class Call:
         return done
 
     cdef _close(self):
-        """The stream is gone: nothing more is sent; Python's task is told."""
-        self.closed = True
+        """The stream is gone: nothing more is sent; what it held is let go; Python's
+        task is told."""
+        cdef CallState was = self.state
+        if was == CALL_CLOSED:
+            return
         task = self.task
-        if not self.finished:
-            self.finished = True
-            if task is not None:
-                try:
-                    task.cancel()
-                except Exception:
-                    log.exception("cancelling a call's task failed")
+        _account(self, -self.buffered, -self.queued)
+        self.state = CALL_CLOSED
+        self.input = IN_REFUSED
+        self.queued = 0
+        self.inbuf = self.frame = None
+        if was < CALL_FINISHED and task is not None:
+            try:
+                task.cancel()
+            except Exception:
+                log.exception("cancelling a call's task failed")
         self.out = []
         self.conn = None
         self.task = None  # (a stream's state points back at its call: no cycle left)
@@ -371,25 +417,61 @@ cdef class Call:
 cdef nghttp2_session_callbacks* _callbacks = NULL
 
 
+cdef class Server:
+    """The base class of the Python server (``NativeServer``). The compiled layer reads
+    its settings as C fields and calls back ``dispatch(conn, events)`` once per chunk of
+    bytes read (events: (Call, message bytes, or None: a stream's end of input)),
+    ``admit(call)`` at a call's headers when ``check_headers`` is set (False: the server
+    answered it; its body is never buffered), and ``writable(call)`` when a held call may
+    start more work (its client took its answers; a budget is no longer exceeded)."""
+
+    def __cinit__(self, *args, **kwargs):
+        self.connections = set()
+        self.max_message = 4 * 1024 * 1024
+        self.connection_budget = PY_SSIZE_T_MAX
+        self.budget = PY_SSIZE_T_MAX
+        self.max_connections = PY_SSIZE_T_MAX
+        self.handshake_timeout = 0.0
+
+    cpdef dispatch(self, Connection conn, list events):
+        raise NotImplementedError
+
+    cpdef bint admit(self, Call call) except -1:
+        return True
+
+    cpdef writable(self, Call call):
+        pass
+
+    def front_stats(self):
+        """The compiled layer's books: connections, bytes held, refusals."""
+        return {
+            "connections": len(self.connections),
+            "buffered_bytes": self.buffered,
+            "unsent_bytes": self.unsent,
+            "stalled_connections": self.stalled,
+            "stalls": self.stalls,
+            "refused_streams": self.refused_streams,
+            "refused_connections": self.refused_connections,
+            "handshake_timeouts": self.handshake_timeouts,
+            "oversized_headers": self.oversized_headers,
+            "connections_closed": self.connections_closed,
+        }
+
+    cdef _relieve_all(self):
+        """The process-wide budget is no longer exceeded: every connection it stalled
+        that is under its own budget is read again."""
+        if not self.process_over or _process_over(self):
+            return
+        self.process_over = False
+        for conn in list(self.connections):
+            if (<Connection>conn).stalled:
+                (<Connection>conn)._relieve()
+
+
 cdef class Connection:
-    """One client connection (an asyncio Protocol). ``server`` provides ``dispatch(conn,
-    events)`` (events: a list of (Call, message bytes or None: a stream's end of input)),
-    ``max_message``, ``loop`` and ``connections`` (a set this connection joins)."""
+    """One client connection (an asyncio Protocol), serving ``server`` (a ``Server``)."""
 
-    cdef nghttp2_session* session
-    cdef object server
-    cdef public object transport
-    cdef object loop
-    cdef dict calls
-    cdef list events
-    cdef Py_ssize_t max_message
-    cdef bint flush_scheduled, write_paused, reading_paused, closing
-    cdef int holds
-    cdef object _flush_cb
-    cdef double last_recv  # loop time of the last bytes read (keepalive)
-    cdef double ping_sent  # loop time of the keepalive PING not yet answered (0: none)
-
-    def __cinit__(self, server):
+    def __cinit__(self, Server server):
         cdef nghttp2_option* opt
         self.server = server
         self.loop = server.loop
@@ -417,15 +499,18 @@ cdef class Connection:
     def connection_made(self, transport):
         cdef nghttp2_settings_entry iv[3]
         self.transport = transport
-        self.last_recv = self.loop.time()
-        self.server.connections.add(self)
+        self.last_recv = self.opened = self.loop.time()
         iv[0].settings_id = NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS
         iv[0].value = STREAM_WINDOW
         iv[1].settings_id = NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE
         iv[1].value = WINDOW
         iv[2].settings_id = NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE
-        iv[2].value = 16384
+        iv[2].value = C_MAX_HEADER_LIST
         nghttp2_submit_settings(self.session, NGHTTP2_FLAG_NONE, iv, 3)
+        if len(self.server.connections) >= self.server.max_connections:
+            self._refuse()
+            return
+        self.server.connections.add(self)
         nghttp2_session_set_local_window_size(self.session, NGHTTP2_FLAG_NONE, 0, 4 * WINDOW)
         sock = transport.get_extra_info("socket")
         if sock is not None:
@@ -434,6 +519,16 @@ cdef class Connection:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
+        self._flush()
+
+    cdef _refuse(self):
+        """Past max_connections: GOAWAY (ENHANCE_YOUR_CALM, "too many connections"), then
+        close. The server logs the count (NativeServer's sweep)."""
+        cdef bytes why = b"too many connections"
+        self.server.refused_connections += 1
+        nghttp2_submit_goaway(self.session, NGHTTP2_FLAG_NONE, 0, NGHTTP2_ENHANCE_YOUR_CALM,
+                              <const uint8_t*>PyBytes_AS_STRING(why), PyBytes_GET_SIZE(why))
+        self.closing = True
         self._flush()
 
     def data_received(self, bytes data):
@@ -459,14 +554,22 @@ cdef class Connection:
         return False  # close the transport
 
     def connection_lost(self, exc):
-        self.server.connections.discard(self)
+        cdef Server server = self.server
+        if self in server.connections:
+            server.connections.discard(self)
+            server.connections_closed += 1
         calls, self.calls = self.calls, {}
         for call in calls.values():
             (<Call>call)._close()
+        self.tag = None
+        if self.stalled:
+            self.stalled = False
+            server.stalled -= 1
         self.transport = None
         if self.session != NULL:
             nghttp2_session_del(self.session)
             self.session = NULL
+        server._relieve_all()
 
     def pause_writing(self):
         self.write_paused = True
@@ -498,29 +601,50 @@ cdef class Connection:
         if self.transport is not None:
             self.transport.abort()
 
-    def keepalive(self, double now, double idle, double timeout):
-        """Server keepalive (as grpc's keepalive_time / keepalive_timeout): a client
-        silent for ``idle`` seconds gets a PING; if it still says nothing ``timeout``
-        seconds later (any bytes count: the PING's ACK, or more), the connection is cut
-        and its calls are cancelled. Returns True if it was cut."""
+    def sweep(self, double now, double idle, double timeout):
+        """Timeouts, checked a few times a second by the server. Handshake: a client
+        that has not sent the HTTP/2 preface and its SETTINGS ``server.handshake_timeout``
+        seconds after connecting (silent, or dribbling bytes) is cut. Keepalive (as
+        grpc's keepalive_time / keepalive_timeout; ``idle`` 0: off): a client silent for
+        ``idle`` seconds gets a PING; if it still says nothing ``timeout`` seconds later
+        (any bytes count: the PING's ACK, or more), the connection is cut and its calls
+        are cancelled. Returns 0, or why it was cut: 1 keepalive, 2 handshake."""
         if self.session == NULL or self.transport is None or self.closing:
-            return False
+            return 0
+        if (not self.handshaken and self.server.handshake_timeout > 0
+                and now - self.opened >= self.server.handshake_timeout):
+            self.server.handshake_timeouts += 1
+            self.closing = True
+            self.transport.abort()
+            return 2
+        if idle <= 0:
+            return 0
         if self.ping_sent:
             if self.last_recv >= self.ping_sent:
                 self.ping_sent = 0.0
             elif now - self.ping_sent >= timeout:
                 self.closing = True
                 self.transport.abort()
-                return True
+                return 1
         if not self.ping_sent and now - self.last_recv >= idle:
             nghttp2_submit_ping(self.session, NGHTTP2_FLAG_NONE, NULL)
             self.ping_sent = now
             self._flush()
-        return False
+        return 0
 
     @property
     def open_calls(self):
         return len(self.calls)
+
+    @property
+    def buffered(self):
+        """Request bytes this connection's calls hold."""
+        return self.buffered
+
+    @property
+    def unsent(self):
+        """Answer bytes this connection's calls hold, not yet sent."""
+        return self.unsent
 
     cdef _hold(self, int delta):
         self.holds += delta
@@ -532,6 +656,31 @@ cdef class Connection:
         elif self.holds <= 0 and self.reading_paused:
             self.reading_paused = False
             self.transport.resume_reading()
+
+    cdef _stall(self):
+        """Over a budget: stop giving the connection window back (``_relieve`` ends it)."""
+        if not self.stalled:
+            self.stalled = True
+            self.server.stalled += 1
+            self.server.stalls += 1
+        if _process_over(self.server):
+            self.server.process_over = True
+
+    cdef _relieve(self):
+        """If no budget is exceeded any more: the window held back is given back, and
+        the held calls may start more work."""
+        cdef Server server = self.server
+        if not self.stalled or _conn_over(self) or _process_over(server):
+            return
+        self.stalled = False
+        server.stalled -= 1
+        if self.unconsumed and self.session != NULL:
+            nghttp2_session_consume_connection(self.session, self.unconsumed)
+            self._schedule_flush()
+        self.unconsumed = 0
+        for call in self.calls.values():
+            if (<Call>call).holds & HOLD_TASK:
+                self.loop.call_soon(server.writable, call)
 
     cdef _schedule_flush(self):
         if not self.flush_scheduled:
@@ -564,6 +713,11 @@ cdef class Connection:
                             and not nghttp2_session_want_write(self.session)):
             self.closing = True
             self.transport.close()
+        else:
+            if self.stalled:
+                self._relieve()
+            if self.server.process_over:
+                self.server._relieve_all()
 
     cdef _submit_response(self, Call call):
         cdef nghttp2_nv nva[2]
@@ -588,11 +742,15 @@ cdef class Connection:
         nghttp2_submit_response(self.session, call.sid, nva, n, NULL)
 
     cdef _reject(self, Call call, int code, str message):
-        """A call this layer answers itself (before or instead of Python)."""
-        call.discard = True
-        if call.finished:
+        """A call this layer answers itself (before or instead of Python): what it
+        holds is let go, and its further bytes are dropped."""
+        cdef CallState was = call.state
+        call.input = IN_REFUSED
+        _account(call, -call.buffered, 0)
+        call.inbuf = call.frame = None
+        if was >= CALL_FINISHED:
             return
-        call.finished = True
+        call.state = CALL_FINISHED
         call.status = code
         call.status_message = grpc_message(message)
         if call.task is not None:  # Python was running it: it is over
@@ -600,8 +758,8 @@ cdef class Connection:
                 call.task.cancel()
             except Exception:
                 log.exception("cancelling a call's task failed")
-        if not call.answered:
-            call.answered = True
+        if was == CALL_OPEN:
+            _account(call, 0, -call.queued)
             call.out = []
             call.queued = 0
             self._trailers_only(call, 200)
@@ -611,19 +769,35 @@ cdef class Connection:
     # ------------------------------------------------------------------ requests
 
     cdef _headers_done(self, Call call, bint end):
-        if call.bad_method:
-            call.answered = call.finished = call.discard = True
-            self._plain_status(call, b"405")
-            return
-        if call.bad_type:
-            call.answered = call.finished = call.discard = True
-            self._plain_status(call, b"415")
-            return
-        if call.method < 0:
+        cdef Server server = self.server
+        call.input = IN_BODY
+        if call.faults:
+            if call.faults & HDR_TOO_LARGE:
+                server.oversized_headers += 1
+                self._reject(call, RESOURCE_EXHAUSTED,
+                             f"header list of {call.header_bytes} bytes is over the "
+                             f"limit of {C_MAX_HEADER_LIST} (SETTINGS_MAX_HEADER_LIST_SIZE)")
+                return
+            if call.faults & (HDR_METHOD | HDR_TYPE):
+                call.state = CALL_FINISHED
+                call.input = IN_REFUSED
+                self._plain_status(call, b"405" if call.faults & HDR_METHOD else b"415")
+                return
+        if call.method == METHOD_UNKNOWN:
             self._reject(call, UNIMPLEMENTED, "unknown method")
             return
-        if call.bad_encoding:
+        if call.faults & HDR_ENCODING:
             self._reject(call, UNIMPLEMENTED, "compression is not supported (grpc-encoding)")
+            return
+        if _conn_over(self) or _process_over(server):
+            self._stall()
+            server.refused_streams += 1
+            self._reject(call, RESOURCE_EXHAUSTED, "the executor's buffers for this "
+                         "connection are full (its answers are not being read)"
+                         if _conn_over(self) else "the executor's buffers are full")
+            return
+        if server.check_headers and not server.admit(call):
+            call.input = IN_REFUSED  # (admit answered it): nothing of it is buffered
             return
         if end:
             self._end_of_input(call)
@@ -634,30 +808,33 @@ cdef class Connection:
         nghttp2_submit_response(self.session, call.sid, nva, 1, NULL)
 
     cdef _end_of_input(self, Call call):
-        call.remote_done = True
-        if call.discard:
+        cdef InputState was = call.input
+        if was == IN_REFUSED or was == IN_DONE:
             return
+        call.input = IN_DONE
         if call.inbuf is not None and len(call.inbuf):
             self._reject(call, INTERNAL, "the request ended inside a message")
-        elif call.method == INFER_STREAM:
+        elif call.method == METHOD_INFER_STREAM:
             self.events.append((call, None))
         elif call.messages != 1:
             self._reject(call, INTERNAL, "a unary call takes exactly one request message, "
                                          f"not {call.messages}")
         else:
             self.events.append((call, call.frame))
+            _account(call, -call.buffered, 0)
             call.frame = None
 
     cdef _message(self, Call call, bytes frame):
         call.messages += 1
-        if call.method == INFER_STREAM:
+        if call.method == METHOD_INFER_STREAM:
             self.events.append((call, frame))
         elif call.messages == 1:
             call.frame = frame
+            _account(call, PyBytes_GET_SIZE(frame), 0)
         else:
             self._reject(call, INTERNAL, "a unary call takes exactly one request message")
 
-    cdef bint _prefix_ok(self, Call call, int flag, Py_ssize_t size):
+    cdef bint _prefix_ok(self, Call call, int flag, Py_ssize_t size) except -1:
         if flag != 0:
             if flag == 1:
                 self._reject(call, UNIMPLEMENTED, "compressed messages are not supported")
@@ -673,16 +850,17 @@ cdef class Connection:
     cdef int _data(self, Call call, const uint8_t* data, size_t length) except -1:
         """A chunk of a stream's DATA: split it into gRPC messages. Whole messages in
         the chunk are sliced out of it; a message split across chunks is gathered in
-        ``inbuf`` (its size known from its prefix)."""
+        ``inbuf`` (its size known from its prefix; counted in the budgets)."""
         cdef Py_ssize_t pos = 0, size, take, total = length
         cdef const uint8_t* p
         cdef bytearray buf
-        while pos < total and not call.discard:
+        while pos < total and call.input == IN_BODY:
             if call.inbuf is not None:
                 buf = call.inbuf
                 if len(buf) < 5:
                     take = min(5 - len(buf), total - pos)
                     buf += PyBytes_FromStringAndSize(<const char*>data + pos, take)
+                    _account(call, take, 0)
                     pos += take
                     if len(buf) < 5:
                         return 0
@@ -693,21 +871,25 @@ cdef class Connection:
                 take = min(call.need - len(buf), total - pos)
                 if take > 0:
                     buf += PyBytes_FromStringAndSize(<const char*>data + pos, take)
+                    _account(call, take, 0)
                     pos += take
                 if len(buf) < call.need:
                     return 0
                 call.inbuf = None
+                _account(call, -len(buf), 0)
                 self._message(call, bytes(memoryview(buf)[5:]))
                 continue
             p = data + pos
             if total - pos < 5:
                 call.inbuf = bytearray(PyBytes_FromStringAndSize(<const char*>p, total - pos))
+                _account(call, total - pos, 0)
                 return 0
             size = (<Py_ssize_t>p[1] << 24) | (p[2] << 16) | (p[3] << 8) | p[4]
             if not self._prefix_ok(call, p[0], size):
                 return 0
             if total - pos < 5 + size:
                 call.inbuf = bytearray(PyBytes_FromStringAndSize(<const char*>p, total - pos))
+                _account(call, total - pos, 0)
                 call.need = 5 + size
                 return 0
             self._message(call, PyBytes_FromStringAndSize(<const char*>p + 5, size))
@@ -724,7 +906,12 @@ cdef int _on_begin_headers(nghttp2_session* session, const nghttp2_frame* frame,
                            void* user_data) noexcept:
     cdef Connection conn = <Connection>user_data
     cdef Call call
-    if frame.hd.type != NGHTTP2_HEADERS or frame.headers.cat != NGHTTP2_HCAT_REQUEST:
+    if frame.hd.type != NGHTTP2_HEADERS:
+        return 0
+    if frame.headers.cat != NGHTTP2_HCAT_REQUEST:  # a client's trailers: a block of its own
+        call = _call_of(session, frame.hd.stream_id)
+        if call is not None:
+            call.header_bytes = 0
         return 0
     try:
         call = Call()
@@ -747,21 +934,36 @@ cdef int _on_header(nghttp2_session* session, const nghttp2_frame* frame,
                     const uint8_t* name, size_t namelen, const uint8_t* value,
                     size_t valuelen, uint8_t flags, void* user_data) noexcept:
     cdef Call call
-    if frame.hd.type != NGHTTP2_HEADERS or frame.headers.cat != NGHTTP2_HCAT_REQUEST:
-        return 0  # a client's trailers: nothing the executor reads
+    if frame.hd.type != NGHTTP2_HEADERS:
+        return 0
     call = _call_of(session, frame.hd.stream_id)
     if call is None:
         return 0
+    # the header list's size as SETTINGS_MAX_HEADER_LIST_SIZE counts it (RFC 9113 6.5.2)
+    call.header_bytes += namelen + valuelen + 32
+    if call.header_bytes > C_MAX_HEADER_LIST:
+        if frame.headers.cat != NGHTTP2_HCAT_REQUEST:
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE  # trailers: the stream is reset
+        call.faults |= HDR_TOO_LARGE  # answered at the block's end; nothing more is kept
+        return 0
+    if frame.headers.cat != NGHTTP2_HCAT_REQUEST:
+        return 0  # a client's trailers: nothing the executor reads
     try:
         if namelen and name[0] == b":"[0]:
             if _is(name, namelen, b":path"):
                 call.method = _PATHS.get(PyBytes_FromStringAndSize(<const char*>value,
                                                                    valuelen), -1)
             elif _is(name, namelen, b":method"):
-                call.bad_method = not (valuelen == 4 and memcmp(value, b"POST", 4) == 0)
+                if not (valuelen == 4 and memcmp(value, b"POST", 4) == 0):
+                    call.faults |= HDR_METHOD
+                else:
+                    call.faults &= ~HDR_METHOD
         elif _is(name, namelen, b"content-type"):
-            call.bad_type = not (valuelen >= 16 and memcmp(value, b"application/grpc", 16) == 0
-                                 and (valuelen == 16 or value[16] in (b"+"[0], b";"[0])))
+            if not (valuelen >= 16 and memcmp(value, b"application/grpc", 16) == 0
+                    and (valuelen == 16 or value[16] in (b"+"[0], b";"[0]))):
+                call.faults |= HDR_TYPE
+            else:
+                call.faults &= ~HDR_TYPE
         elif _is(name, namelen, b"grpc-timeout"):
             t = parse_timeout(PyBytes_FromStringAndSize(<const char*>value,
                                                         valuelen).decode("latin-1"))
@@ -771,7 +973,10 @@ cdef int _on_header(nghttp2_session* session, const nghttp2_frame* frame,
             call.token = PyBytes_FromStringAndSize(<const char*>value,
                                                    valuelen).decode("latin-1")
         elif _is(name, namelen, b"grpc-encoding"):
-            call.bad_encoding = not (valuelen == 8 and memcmp(value, b"identity", 8) == 0)
+            if not (valuelen == 8 and memcmp(value, b"identity", 8) == 0):
+                call.faults |= HDR_ENCODING
+            else:
+                call.faults &= ~HDR_ENCODING
     except Exception:
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE  # resets this stream only
     return 0
@@ -779,18 +984,26 @@ cdef int _on_header(nghttp2_session* session, const nghttp2_frame* frame,
 
 cdef int _on_data_chunk(nghttp2_session* session, uint8_t flags, int32_t sid,
                         const uint8_t* data, size_t length, void* user_data) noexcept:
+    cdef Connection conn = <Connection>user_data
     cdef Call call = _call_of(session, sid)
-    # Windows: the connection's is given back at once (other streams go on); a stream's
-    # unless it is held (then when it is released).
-    nghttp2_session_consume_connection(session, length)
-    if call is None or call.holds == 0:
+    if call is None or call.input != IN_BODY:  # dropped unread: both windows given back
+        nghttp2_session_consume_connection(session, length)
+        nghttp2_session_consume_stream(session, sid, length)
+        return 0
+    # Windows: the connection's is given back at once (other streams go on) unless the
+    # connection is over a budget (then when it is under again: Connection._relieve); a
+    # stream's unless it is held (then when it is released).
+    if conn.stalled or _conn_over(conn) or _process_over(conn.server):
+        conn._stall()
+        conn.unconsumed += length
+    else:
+        nghttp2_session_consume_connection(session, length)
+    if call.holds == 0:
         nghttp2_session_consume_stream(session, sid, length)
     else:
         call.unconsumed += length
-    if call is None:
-        return 0
     try:
-        (<Connection>user_data)._data(call, data, length)
+        conn._data(call, data, length)
     except Exception:
         log.exception("reading a gRPC message failed")
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
@@ -802,6 +1015,9 @@ cdef int _on_frame_recv(nghttp2_session* session, const nghttp2_frame* frame,
     cdef Connection conn = <Connection>user_data
     cdef Call call
     cdef bint end = frame.hd.flags & NGHTTP2_FLAG_END_STREAM
+    if frame.hd.type == NGHTTP2_SETTINGS:
+        conn.handshaken = True  # the client's preface and first SETTINGS are in
+        return 0
     if frame.hd.type != NGHTTP2_HEADERS and frame.hd.type != NGHTTP2_DATA:
         return 0
     call = _call_of(session, frame.hd.stream_id)
@@ -810,7 +1026,7 @@ cdef int _on_frame_recv(nghttp2_session* session, const nghttp2_frame* frame,
     try:
         if frame.hd.type == NGHTTP2_HEADERS and frame.headers.cat == NGHTTP2_HCAT_REQUEST:
             conn._headers_done(call, end)
-        elif end and not call.remote_done:
+        elif end:
             conn._end_of_input(call)
     except Exception:
         log.exception("handling a frame failed")
@@ -854,7 +1070,7 @@ cdef ssize_t _read_cb(nghttp2_session* session, int32_t sid, uint8_t* buf, size_
     try:
         n = call._fill(buf, length)
         if call.out_head == 0 and not call.out:
-            if call.finished:
+            if call.state >= CALL_FINISHED:
                 data_flags[0] |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM
                 code = str(call.status).encode()
                 nva[0] = _nv(b"grpc-status", code)

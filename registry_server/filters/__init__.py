@@ -58,7 +58,7 @@ def check_size(spec: Any) -> None:
 class Filter:
     """A validated, compiled filter. Build it with ``compile_filter``."""
 
-    __slots__ = ("_clauses", "_residual", "closures", "index_clauses", "match", "spec")
+    __slots__ = ("_clauses", "_residual", "closures", "index_clauses", "match", "regex", "spec")
 
     spec: dict
     """The filter as the client sent it (validated): what MongoDB is sent."""
@@ -68,6 +68,9 @@ class Filter:
     """The closure form: the reference semantics."""
     index_clauses: tuple[IndexClause, ...]
     """The clauses an index can answer (``indexes.index_clauses``)."""
+    regex: bool
+    """Whether the filter holds a $regex (or a bare pattern under $not): its searches
+    may take up to the request's budget."""
 
     def __init__(self, spec: dict) -> None:
         check_size(spec)
@@ -76,6 +79,7 @@ class Filter:
         self.closures = closures.all_of(list(self._clauses.values()))
         self.match = codegen.generate(spec, self.closures)
         self.index_clauses = index_clauses(spec)
+        self.regex = _has_regex(spec)
         self._residual: dict[frozenset[str], Callable[[Any], bool] | None] = {}
 
     def __call__(self, doc: Any) -> bool:
@@ -89,13 +93,26 @@ class Filter:
         documents the index planner found sure for the answered clauses. Built on first
         use from the clauses already validated and compiled here."""
         if answered not in self._residual:
-            rest = {k: v for k, v in self.spec.items() if k not in answered}
+            rest = {k: v for k, v in self.spec.items() if k not in answered and k != "$comment"}
             if not rest:
                 self._residual[answered] = None
             else:
                 fallback = closures.all_of([self._clauses[k] for k in rest])
                 self._residual[answered] = codegen.generate(rest, fallback)
         return self._residual[answered]
+
+
+def _has_regex(spec: Any) -> bool:
+    stack = [spec]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            if "$regex" in value or isinstance(value.get("$not"), str):
+                return True
+            stack += value.values()
+        elif isinstance(value, list):
+            stack += value
+    return False
 
 
 def compile_filter(spec: Any) -> Filter:

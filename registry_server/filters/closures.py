@@ -22,13 +22,14 @@ are refused: they execute code.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from time import monotonic
 from typing import Any
 
-import regex
+import regex  # no stubs published (pyproject: ignore_missing_imports)
 
 from ..errors import QueryError
 from .values import (
@@ -109,13 +110,13 @@ _budget = threading.local()  # .left: the open budget's seconds left, per thread
 
 
 @contextmanager
-def regex_budget(seconds: float = REGEX_BUDGET_S) -> Iterator[None]:
+def regex_budget(seconds: float | None = None) -> Iterator[None]:
     """Every $regex search inside shares ``seconds`` (and each gets REGEX_SEARCH_S at
     most); past them a search raises QueryError (a 400) instead of holding the event
     loop (patterns such as (a|aa)+$ take time doubling with each character). Outside
     any budget, each search gets REGEX_SEARCH_S."""
     outer = getattr(_budget, "left", None)
-    _budget.left = [seconds]
+    _budget.left = [REGEX_BUDGET_S if seconds is None else seconds]
     try:
         yield
     finally:
@@ -128,26 +129,6 @@ def _budget_spent(pattern: str) -> QueryError:
         f"{REGEX_BUDGET_S:g} s a request): simplify it (nested repetition such as (a|aa)+ "
         "backtracks exponentially)"
     )
-
-
-_SHORT = 1024
-_ESCAPE = regex.compile(r"\\.", regex.S)
-_CLASS = regex.compile(r"\[\^?\]?[^\]]*\]")
-_RISKY = regex.compile(r"\)\s*[*+?{]|\(\?[<=!P]|\(\?\(")
-_UNBOUNDED = regex.compile(r"[*+]|\{\d*,\}")
-
-
-def _cannot_blow_up(pattern: str) -> bool:
-    """True for patterns whose search time is bounded by a small power of the string's
-    length: no backreference, no quantified group, no lookaround or conditional, at
-    most one unbounded quantifier. Anything else (or anything this rough reading cannot
-    judge) searches with the timer."""
-    if regex.search(r"\\[1-9g]|\(\?P=", pattern):
-        return False
-    plain = _CLASS.sub("C", _ESCAPE.sub("E", pattern))
-    if "[" in plain or _RISKY.search(plain):
-        return False
-    return len(_UNBOUNDED.findall(plain)) <= 1
 
 
 def compile_regex(pattern: Any, options: Any = "") -> Callable[[str], Any]:
@@ -165,20 +146,23 @@ def compile_regex(pattern: Any, options: Any = "") -> Callable[[str], Any]:
         search = regex.compile(pattern, flags).search
     except (regex.error, OverflowError, RecursionError) as exc:
         raise QueryError(f"bad $regex {pattern!r}: {exc}") from None
-    simple = _cannot_blow_up(pattern)
 
     def budgeted(value: str):
-        if simple and len(value) <= _SHORT:  # bounded work: skip the timer (10x faster)
-            return search(value)
+        # Every search is timed (no pattern is trusted to be cheap: one unbounded
+        # quantifier followed by bounded ones took 100 us a string) and lets the GIL go
+        # while it runs (concurrent: strings are immutable), so other requests' threads
+        # and the event loop go on meanwhile.
         left = getattr(_budget, "left", None)
         if left is None:
             try:
-                return search(value, timeout=REGEX_SEARCH_S)
+                return search(value, timeout=REGEX_SEARCH_S, concurrent=True)
             except TimeoutError:
                 raise _budget_spent(pattern) from None
+        if left[0] <= 0:
+            raise _budget_spent(pattern)
         start = monotonic()
         try:
-            return search(value, timeout=max(min(left[0], REGEX_SEARCH_S), 1e-6))
+            return search(value, timeout=min(left[0], REGEX_SEARCH_S), concurrent=True)
         except TimeoutError:
             raise _budget_spent(pattern) from None
         finally:
@@ -187,8 +171,11 @@ def compile_regex(pattern: Any, options: Any = "") -> Callable[[str], Any]:
     return budgeted
 
 
-def field_conditions(spec: dict) -> Callable[[list], bool]:
-    """An operator object ({"$gt": 1, "$lt": 5}) -> test over a path's values."""
+def field_conditions(spec: dict, expand: bool = True) -> Callable[[list], bool]:
+    """An operator object ({"$gt": 1, "$lt": 5}) -> test over a path's values.
+    ``expand``: equality, comparisons, $in, $regex and $type also try each element of
+    an array value (a path's rule); not for $elemMatch's value form, which tests each
+    element as it is (an element that is an array is not looked inside)."""
     tests: list[Callable[[list], bool]] = []
     if "$options" in spec and "$regex" not in spec:
         raise QueryError("$options without $regex")
@@ -197,8 +184,47 @@ def field_conditions(spec: dict) -> Callable[[list], bool]:
             raise QueryError(f"{op} is not allowed: it executes code")
         if op == "$options":
             continue
-        tests.append(_operator(op, arg, spec))
+        tests.append(_operator(op, arg, spec, expand))
     return all_of(tests)
+
+
+def _each_value(pred: Callable[[Any], bool]) -> Callable[[list], bool]:
+    """A test over values: pred holds for one of them (arrays not looked inside)."""
+    return lambda values: any(pred(v) for v in values)
+
+
+def _plain_eq(arg: Any) -> Callable[[Any], bool]:
+    """Equality of one value, as it is (no array elements tried)."""
+    if arg is None:
+        return lambda v: v is None
+    return lambda v: values_equal(v, arg)
+
+
+def _mod(arg: Any) -> Callable[[Any], bool]:
+    """$mod: [divisor, remainder]: numbers (doubles truncated toward zero, as MongoDB
+    does for the field's value and both operands) whose remainder, with the dividend's
+    sign (C's %), is the remainder."""
+    if not isinstance(arg, list) or len(arg) != 2:
+        raise QueryError("$mod needs an array of 2 numbers: [divisor, remainder]")
+    for x in arg:
+        if type(x) not in NUMBER_TYPES or (type(x) is float and not math.isfinite(x)):
+            raise QueryError("$mod needs an array of 2 numbers: [divisor, remainder]")
+    divisor, remainder = int(arg[0]), int(arg[1])
+    if divisor == 0:
+        raise QueryError("$mod: the divisor cannot be 0")
+
+    def test(v: Any) -> bool:
+        t = type(v)
+        if t is float:
+            if not math.isfinite(v):
+                return False
+            v = int(v)
+        elif t is not int:
+            return False
+        r = abs(v) % abs(divisor)
+        return (r if v >= 0 else -r) == remainder
+
+    return test
 
 
 def _any_test(tests: list) -> Callable:
@@ -253,9 +279,9 @@ def _scalar_eq(arg: Any) -> Callable[[list], bool]:
 def eq_test(arg: Any) -> Callable[[list], bool]:
     if type(arg) in (str, int, float):
         return _scalar_eq(arg)
-    if arg is None:
+    if arg is None:  # null, or a missing field (not an array with nothing there)
         any_none = _any_value(lambda v: v is None)
-        return lambda values: not values or getattr(values, "missing", False) or any_none(values)
+        return lambda values: getattr(values, "missing", False) or any_none(values)
     return _any_value(lambda v: values_equal(v, arg))
 
 
@@ -285,20 +311,27 @@ def _in_test(arg: list) -> Callable[[list], bool]:
     return _any_test(tests) if tests else lambda values: False
 
 
-def _operator(op: str, arg: Any, spec: dict) -> Callable[[list], bool]:
-    if op == "$eq":
-        return eq_test(arg)
-    if op == "$ne":
-        eq = eq_test(arg)
-        return lambda values: not eq(values)
+def _operator(op: str, arg: Any, spec: dict, expand: bool = True) -> Callable[[list], bool]:
+    some = _any_value if expand else _each_value
+    if op in ("$eq", "$ne"):
+        eq = eq_test(arg) if expand else _each_value(_plain_eq(arg))
+        return eq if op == "$eq" else lambda values: not eq(values)
     if op in ("$gt", "$gte", "$lt", "$lte"):
         if arg is None:  # null equals only null (and missing): $gte/$lte null are $eq null
-            return eq_test(None) if op in ("$gte", "$lte") else lambda values: False
-        return _any_value(_compare(op, arg))
+            if op in ("$gte", "$lte"):
+                return eq_test(None) if expand else _each_value(_plain_eq(None))
+            return lambda values: False
+        return some(_compare(op, arg))
+    if op == "$mod":
+        return some(_mod(arg))
     if op in ("$in", "$nin"):
         if not isinstance(arg, list):
             raise QueryError(f"{op} needs an array")
-        any_of = _in_test(arg)
+        if not expand:
+            members = [_plain_eq(a) for a in arg]
+            any_of = _each_value(lambda v: any(m(v) for m in members))
+        else:
+            any_of = _in_test(arg)
         if op == "$in":
             return any_of
         return lambda values: not any_of(values)
@@ -312,21 +345,18 @@ def _operator(op: str, arg: Any, spec: dict) -> Callable[[list], bool]:
             if name not in TYPE_ALIASES:
                 raise QueryError(f"unknown $type {name!r}")
             kinds.add(TYPE_ALIASES[name])
-        return _any_value(lambda v: kind(v) in kinds)
+        return some(lambda v: kind(v) in kinds)
     if op == "$size":
         if isinstance(arg, bool) or not isinstance(arg, int) or arg < 0:
             raise QueryError("$size needs a non-negative integer")
         return lambda values: any(isinstance(v, list) and len(v) == arg for v in values)
     if op == "$all":
-        if not isinstance(arg, list):
-            raise QueryError("$all needs an array")
-        tests = [eq_test(a) for a in arg]
-        return lambda values: bool(arg) and all(t(values) for t in tests)
+        return _all(arg, expand)
     if op == "$elemMatch":
         if not isinstance(arg, dict):
             raise QueryError("$elemMatch needs an object")
-        if arg and all(k.startswith("$") for k in arg):
-            cond = field_conditions(arg)
+        if is_value_form(arg):
+            cond = field_conditions(arg, expand=False)
             return lambda values: any(
                 isinstance(v, list) and any(cond([e]) for e in v) for v in values
             )
@@ -334,7 +364,7 @@ def _operator(op: str, arg: Any, spec: dict) -> Callable[[list], bool]:
 
         def elem_match(values: list) -> bool:
             for v in values:
-                if type(v) is list:
+                if isinstance(v, list):
                     for e in v:
                         if type(e) is dict and sub(e):
                             return True
@@ -343,16 +373,48 @@ def _operator(op: str, arg: Any, spec: dict) -> Callable[[list], bool]:
         return elem_match
     if op == "$regex":
         search = compile_regex(arg, spec.get("$options", ""))
-        return _any_value(lambda v: type(v) is str and search(v) is not None)
+        return some(lambda v: type(v) is str and search(v) is not None)
     if op == "$not":
         if isinstance(arg, dict) and arg and all(k.startswith("$") for k in arg):
-            inner = field_conditions(arg)
+            inner = field_conditions(arg, expand)
         elif isinstance(arg, str):  # a bare pattern
-            inner = _operator("$regex", arg, {})
+            inner = _operator("$regex", arg, {}, expand)
         else:
             raise QueryError("$not needs an operator object or a regex")
         return lambda values: not inner(values)
     raise QueryError(f"unknown operator {op}")
+
+
+_LOGICAL = ("$and", "$or", "$nor")
+
+
+def is_value_form(arg: dict) -> bool:
+    """Whether an $elemMatch object is its value form ({"$gt": 5}: conditions on each
+    element) rather than a filter on each element (fields, or $and/$or/$nor of them)."""
+    return bool(arg) and all(k.startswith("$") and k not in _LOGICAL for k in arg)
+
+
+def _all(arg: Any, expand: bool) -> Callable[[list], bool]:
+    """$all: every member equal to the value or one of its elements (an $and of
+    equalities); or, when the members are {"$elemMatch": ...}, every one matching an
+    element. Other operator objects are refused (MongoDB: "no $ expressions in $all"),
+    and so is a mix of both forms."""
+    if not isinstance(arg, list):
+        raise QueryError("$all needs an array")
+    forms = {
+        "elemMatch" if isinstance(a, dict) and list(a) == ["$elemMatch"] else
+        "operator" if isinstance(a, dict) and any(str(k).startswith("$") for k in a) else
+        "value" for a in arg
+    }  # fmt: skip
+    if "operator" in forms:
+        raise QueryError("$all: no $ expressions in its members (only $elemMatch)")
+    if forms == {"elemMatch", "value"}:
+        raise QueryError("$all: its members are all $elemMatch objects or none")
+    if forms == {"elemMatch"}:
+        tests = [_operator("$elemMatch", a["$elemMatch"], a, expand) for a in arg]
+    else:
+        tests = [eq_test(a) if expand else _each_value(_plain_eq(a)) for a in arg]
+    return lambda values: bool(tests) and all(t(values) for t in tests)
 
 
 def _logical(op: str, arg: Any) -> Matcher:
@@ -402,8 +464,12 @@ def compile_clauses(filter_: Any) -> dict[str, Matcher]:
             raise QueryError("filter keys must be non-empty strings")
         if key in REFUSED:
             raise QueryError(f"{key} is not allowed: it executes code")
-        if key in ("$and", "$or", "$nor"):
+        if key in _LOGICAL:
             clauses[key] = _logical(key, cond)
+            continue
+        if key == "$comment":  # a note for the logs: matches everything
+            if not isinstance(cond, str):
+                raise QueryError("$comment needs a string")
             continue
         if key.startswith("$"):
             raise QueryError(f"unknown top-level operator {key}")

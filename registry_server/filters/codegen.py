@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from .closures import clause_matcher, compile_regex, eq_test, field_conditions
+from .closures import clause_matcher, compile_regex, eq_test, field_conditions, is_value_form
 from .values import MISSING, TYPE_ALIASES, array_index, kind
 
 __all__ = ["generate"]
@@ -115,8 +115,8 @@ class _Source:
 
     def elem_match(self, arg: dict) -> _Pred:
         helper = self.name("_e")
-        if arg and all(k.startswith("$") for k in arg):
-            c = self.const(field_conditions(arg))
+        if is_value_form(arg):  # each element as it is (arrays not looked inside)
+            c = self.const(field_conditions(arg, expand=False))
             self.lines += [
                 f"def {helper}(lst):",
                 "    for e in lst:",
@@ -255,6 +255,8 @@ class _Source:
         try:
             if len(parts) > _MAX_DEPTH:  # Python limits nested blocks
                 raise _Unsupported
+            if array_index(parts[-1]) >= 0:  # a position last: values.Pinned's rule
+                raise _Unsupported
             tests = [self.operator(op, arg, cond if is_ops else {}) for op, arg in ops]
         except _Unsupported:  # the closure form of the clause
             test = field_conditions(cond) if is_ops else eq_test(cond)
@@ -268,6 +270,8 @@ class _Source:
         """Lines that run ``fail`` unless ``doc`` (a dict) matches the filter."""
         out: list[str] = []
         for key, cond in filter_.items():
+            if key == "$comment":
+                continue
             if key in ("$and", "$or", "$nor"):
                 calls = [f"{self.matcher(sub)}(doc)" for sub in cond]
                 if key == "$and":

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left, bisect_right, insort
 from heapq import merge
+from typing import Any
 
 from .values import path_values, walker
 
@@ -143,7 +144,7 @@ class RangeIndex:
                 del entries[at]
 
     def _bounds(self, op: str, arg) -> tuple[list, int, int]:
-        entries = self.sorted[_kind(arg)]
+        entries = self.sorted[_kind(arg) or "n"]  # arg: a number or a string (_range_ops)
         if op == "$gt":
             return entries, _after(entries, arg), len(entries)
         if op == "$gte":
@@ -237,13 +238,13 @@ def _range_ops(cond) -> dict | None:
     return None
 
 
-IndexClause = tuple[str, tuple[str, ...], str, object]
+IndexClause = tuple[str, tuple[str, ...], str, Any]
 """(key, path, "eq" or "range", the values (eq) or the operators (range)) of a clause."""
 
 
 def index_clauses(spec: dict) -> tuple[IndexClause, ...]:
     """The top-level clauses of a (validated) filter that an index can answer exactly."""
-    out = []
+    out: list[IndexClause] = []
     for key, cond in spec.items():
         if key.startswith("$"):
             continue
@@ -287,20 +288,25 @@ class Indexes:
         for index in built:
             self.all[(type(index).__name__, index.path)] = index
 
-    def narrowest(self, filter_, docs: dict[str, dict], wide: int):
+    def narrowest(self, filter_, wide: int):
         """(size, sure, unsure) for the index clause that leaves the fewest candidates:
         at most ``size`` documents can match the filter, and every one that may is in
         ``sure`` or ``unsure`` (for an equality clause the index's own sets: read them
         under the store's lock only). ``sure`` is None for a range clause of more than
         ``wide`` entries (its set would cost more than it saves). None when no clause
-        can use an index."""
-        best = None  # (size, the equality sets or None, (range index, operators))
+        can use an index (or none has been built)."""
+        best: tuple | None = None  # (size, the equality sets or None, (index, operators))
         for _, path, how, arg in filter_.index_clauses:
             if how == "eq":
-                found = self._get(EqualityIndex, path, docs).lookup(arg)
-                option = (len(found[0]) + len(found[1]), found, None)
+                eq = self.all.get(("EqualityIndex", path))
+                if not isinstance(eq, EqualityIndex):
+                    continue
+                found = eq.lookup(arg)
+                option: tuple = (len(found[0]) + len(found[1]), found, None)
             else:
-                index = self._get(RangeIndex, path, docs)
+                index = self.all.get(("RangeIndex", path))
+                if not isinstance(index, RangeIndex):
+                    continue
                 option = (index.estimate(arg), None, (index, arg))
             if best is None or option[0] < best[0]:
                 best = option
@@ -313,15 +319,7 @@ class Indexes:
             return size, None, None
         return size, ranged[0].candidates(ranged[1]), set()
 
-    def _get(self, kind: type, path: tuple[str, ...], docs: dict[str, dict]):
-        index = self.all.get((kind.__name__, path))
-        if index is None:
-            index = kind(path)
-            index.build(docs)
-            self.all[(kind.__name__, path)] = index
-        return index
-
-    def plan(self, filter_, docs: dict[str, dict]):
+    def plan(self, filter_):
         """(sure, unsure, the keys of the clauses answered) for a compiled ``Filter``
         (its ``index_clauses``), or None when no clause can use an index (see the module
         docstring). Clauses are taken most selective first; one that would keep more
@@ -329,12 +327,13 @@ class Indexes:
         its ids would cost more than testing the few candidates)."""
         options = []  # (estimated size, key, lookup)
         for key, path, how, arg in filter_.index_clauses:
-            if how == "eq":
-                index = self._get(EqualityIndex, path, docs)
+            index = self.all.get(("EqualityIndex" if how == "eq" else "RangeIndex", path))
+            if index is None:  # not built (past what queries may cause): the matcher
+                continue
+            if isinstance(index, EqualityIndex):
                 found = index.lookup(arg)
                 options.append((len(found[0]) + len(found[1]), key, lambda f=found: f))
             else:
-                index = self._get(RangeIndex, path, docs)
                 options.append(
                     (index.estimate(arg), key, lambda i=index, a=arg: (i.lookup(a), set()))
                 )

@@ -18,6 +18,7 @@ __all__ = [
     "TYPE_ALIASES",
     "UNDEFINED_KEY",
     "Found",
+    "Pinned",
     "array_index",
     "bson_key",
     "kind",
@@ -103,7 +104,7 @@ def bson_key(value: Any) -> tuple:
             key = bson_key(v)
             pairs.append((key[0], k, key))
         return (4, tuple(pairs))
-    if t is list:
+    if t is list or t is Pinned:
         return (5, tuple(bson_key(v) for v in value))
     return (20, repr(value))  # not JSON (only from Python callers)
 
@@ -113,11 +114,20 @@ UNDEFINED_KEY = (0,)
 NULL_KEY = (1,)
 
 
+class Pinned(list):
+    """An array reached by a position at the end of a path (``u.1`` on ``{"u": ["x",
+    ["y"]]}``): a value of its own, whose elements conditions do not try one by one
+    (MongoDB does not traverse an array reached through an array offset)."""
+
+    __slots__ = ()
+
+
 class Found(list):
     """The values at a path; ``missing``: some object on the way lacked the next key (an
     array element without the field counts as null, as in MongoDB)."""
 
     __slots__ = ("missing",)
+    missing: bool
 
 
 def array_index(key: str) -> int:
@@ -143,36 +153,47 @@ def path_values(doc: Any, parts: tuple[str, ...], walk=None) -> list:
     return [value]
 
 
-def walker(parts: tuple[str, ...]) -> Callable[[Any, list], None]:
+def walker(parts: tuple[str, ...]) -> Callable[[Any, Found], None]:
     """A function that appends every value at ``parts`` under a value to ``out`` (arrays
     expanded), built once per path as a chain of small closures: no per-call tuples."""
 
-    def terminal(value: Any, out: list) -> None:
+    def terminal(value: Any, out: Found) -> None:
         out.append(value)
 
-    step = terminal
-    for key in reversed(parts):
-        step = _path_step(key, step)
+    step: Callable[[Any, Found], None] = terminal
+    for i, key in enumerate(reversed(parts)):
+        step = _path_step(key, step, i == 0)
     return step
 
 
-def _path_step(key: str, next_step: Callable[[Any, list], None]) -> Callable[[Any, list], None]:
+def _path_step(
+    key: str, next_step: Callable[[Any, Found], None], last: bool
+) -> Callable[[Any, Found], None]:
+    """One part of a path, as MongoDB walks it: an object's field (missing: the path is
+    missing); an array's position, or its object elements one by one (elements that
+    are not objects hold nothing there: neither a value nor a missing field); a scalar
+    on the way: the path is missing (``{"a.b": null}`` matches ``{"a": 5}``)."""
     index = array_index(key)
 
-    def step(value: Any, out: list) -> None:
+    def step(value: Any, out: Found) -> None:
         t = type(value)
         if t is dict:
             if key in value:
                 next_step(value[key], out)
             else:
                 out.missing = True
-        elif t is list:
-            if 0 <= index < len(value):
-                next_step(value[index], out)  # a position in the array
+        elif t is list or t is Pinned:
+            if 0 <= index < len(value):  # a position in the array
+                element = value[index]
+                if last and type(element) is list:
+                    element = Pinned(element)
+                next_step(element, out)
                 return
             for element in value:
                 if type(element) is dict:
                     step(element, out)
+        else:
+            out.missing = True
 
     return step
 

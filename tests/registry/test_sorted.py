@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from registry_server import store as store_module
 from registry_server.filters import compile_filter
 from registry_server.options import apply_options, check_options
-from registry_server.store import DECODED_CACHE_MB, MAX_SORT_INDEXES, EmbeddedStore
+from registry_server.store import DECODED_CACHE_MB, MAX_AUTO_SORT_INDEXES, EmbeddedStore
 
 from .test_query_differential import cluster, filters, paths
 from .test_store import equalities, rewrite_some
@@ -53,14 +53,13 @@ def test_sort_index_walk_equals_full_sort(tmp_path_factory, documents, equality,
         combine = data.draw(st.booleans()) and not set(equality) & set(extra)
         flt = {**equality, **extra} if combine else data.draw(st.sampled_from([equality, extra]))
         options = check_options({"sort": sort, "limit": limit, "skip": skip})
-        # a tiny budget under the lock: the walk goes on, from copies, without it
-        budget = data.draw(st.sampled_from([256, 1, 0]))
+        # no sort index (past what queries may cause): the top-k pass
+        cap = data.draw(st.sampled_from([MAX_AUTO_SORT_INDEXES, 0]))
 
         def check():
             expected = apply_options([copy.deepcopy(d) for d in docs.values()
                                       if compile_filter(flt)(d)], options)  # fmt: skip
-            with mock.patch.object(store_module, "_WALK_LOCKED", budget), \
-                 mock.patch.object(store_module, "_SKIP_LOCKED", budget):  # fmt: skip
+            with mock.patch.object(store_module, "MAX_AUTO_SORT_INDEXES", cap):
                 assert _sorted_query(store, flt, options) == expected, (flt, options)
 
         check()  # builds the indexes
@@ -118,16 +117,21 @@ def test_walks_through_mixed_kinds_ties_and_many_documents(tmp_path):
 
 
 def test_sort_indexes_are_bounded(tmp_path):
+    """Queries cause at most MAX_AUTO_SORT_INDEXES sort indexes, kept (no thrash); other
+    sorts take the top-k pass and answer the same."""
     store = EmbeddedStore(tmp_path / "db.sqlite3", ["clusters"])
     try:
         docs = {f"d{i}": {"id": f"d{i}", **{f"f{j}": (i * (j + 3)) % 7 for j in range(12)}}
                 for i in range(50)}  # fmt: skip
         store.insert_many("clusters", copy.deepcopy(docs))
         for j in [*range(12), 0, 11]:
-            options = check_options({"sort": {f"f{j}": -1}, "limit": 5})
-            expected = apply_options(list(docs.values()), options)
-            assert _sorted_query(store, {}, options) == expected
-            assert len(store._sorts["clusters"]) <= MAX_SORT_INDEXES
+            for sort in ({f"f{j}": -1}, {f"f{j}": 1, "id": -1}):
+                options = check_options({"sort": sort, "limit": 5, "skip": j % 3})
+                expected = apply_options(list(docs.values()), options)
+                assert _sorted_query(store, {}, options) == expected
+                assert len(store._sorts["clusters"]) <= MAX_AUTO_SORT_INDEXES
+        first = sorted(store._sorts["clusters"])
+        assert len(first) == MAX_AUTO_SORT_INDEXES
     finally:
         store.close()
 
@@ -231,8 +235,7 @@ def test_index_builds_make_no_reference_cycles(tmp_path):
         gc.collect()
         gc.disable()
         try:
-            with store._lock:
-                store._prepare("clusters", flt, spec)
+            store._ensure("clusters", flt, spec)
             assert gc.collect() == 0
         finally:
             gc.enable()
