@@ -8,6 +8,9 @@ aios-fast send --target HOST:PORT [--data JSON] ...   submit packets, print the 
 aios-fast mgmt URL ACTION [DATA]                      POST /mgmt to a block service
 aios-fast probe [URL]                                 GET /health: exit 0 when healthy
 aios-fast registry serve [--port 8080] ...            the registry server
+aios-fast vdag check VDAG.json [--blocks A.json ...]  validate (and compile) a vDAG
+aios-fast vdag up VDAG.json --blocks A.json ...       its blocks and controller, locally
+aios-fast vdag manifests VDAG.json --blocks A.json ... its Kubernetes YAML
 """
 
 from __future__ import annotations
@@ -328,6 +331,32 @@ def _mgmt(opts) -> int:
         raise AiosFastError(f"no management answer from {url}: {reason}") from None
 
 
+def _vdag_check(opts) -> int:
+    from .devtools.vdag_up import check
+
+    return check(opts.document, opts.blocks, opts.vdags, as_json=opts.json)
+
+
+def _vdag_up(opts) -> int:
+    from .devtools.vdag_up import up
+
+    return runtime.run(
+        up(opts.document, opts.blocks, vdags=opts.vdags, ports=opts.ports,
+           traffic=opts.traffic, once=opts.once, as_json=opts.json,
+           auth_file=opts.auth_file, tls=TLS.from_options(opts), registry=opts.registry)
+    )  # fmt: skip
+
+
+def _vdag_manifests(opts) -> int:
+    from .devtools.manifests import render
+    from .devtools.vdag_up import manifests
+
+    objects = manifests(opts.document, opts.blocks, opts.vdags, image=opts.image,
+                        namespace=opts.namespace)  # fmt: skip
+    sys.stdout.write(render(objects))
+    return 0
+
+
 def _registry(opts, rest: list[str]) -> int:
     from registry_server.__main__ import main as registry_main
 
@@ -472,6 +501,52 @@ def _parser() -> argparse.ArgumentParser:
     add_tls_arguments(mgmt, client_only=True)
     mgmt.set_defaults(run=_mgmt)
 
+    vdag = sub.add_parser("vdag", help="vDAGs: pipelines of blocks").add_subparsers(
+        dest="verb", required=True
+    )
+    vcheck = vdag.add_parser(
+        "check", help="validate a vDAG document (exit 2, one line per problem)",
+        formatter_class=DEFAULTS,
+    )  # fmt: skip
+    vcheck.add_argument("document", help="vDAG document (JSON)")
+    vcheck.add_argument("--blocks", nargs="+", metavar="BLOCK.json",
+                        help="block documents: also check the blocks named and the "
+                        "assignments (compiles the document)")  # fmt: skip
+    vcheck.add_argument("--vdags", nargs="+", default=[], metavar="VDAG.json",
+                        help="sub-vDAG documents its vdag nodes name")  # fmt: skip
+    vcheck.add_argument("--json", action="store_true",
+                        help="print the (compiled) document as JSON")  # fmt: skip
+    vcheck.set_defaults(run=_vdag_check)
+    vup = vdag.add_parser(
+        "up", help="start a vDAG's blocks and its controller locally", formatter_class=DEFAULTS
+    )
+    vup.add_argument("document", help="vDAG document (JSON)")
+    vup.add_argument("--blocks", nargs="+", required=True, metavar="BLOCK.json",
+                     help="the block documents its nodes name or are assigned among")  # fmt: skip
+    vup.add_argument("--vdags", nargs="+", default=[], metavar="VDAG.json",
+                     help="sub-vDAG documents its vdag nodes name")  # fmt: skip
+    vup.add_argument("--ports", default="default", choices=("default", "auto"),
+                     help="default: each block document's ports and the controller's "
+                     "50061/18061; auto: free ones")  # fmt: skip
+    vup.add_argument("--traffic", type=int, default=0, metavar="N",
+                     help="once up, send N checked tasks through the controller")  # fmt: skip
+    vup.add_argument("--once", action="store_true", help="stop after --traffic")
+    vup.add_argument("--json", action="store_true", help="print the endpoints as one JSON line")
+    vup.add_argument("--auth-file", help="tokens for every process, one 'role token' a line")
+    vup.add_argument("--registry", help="registry URL: the controller stores the compiled "
+                     "vDAG and registers itself there (AIOS_REGISTRY_TOKEN)")  # fmt: skip
+    add_tls_arguments(vup)
+    vup.set_defaults(run=_vdag_up)
+    vman = vdag.add_parser(
+        "manifests", help="print the Kubernetes YAML of a vDAG's blocks and controller",
+        formatter_class=DEFAULTS,
+    )  # fmt: skip
+    vman.add_argument("document", help="vDAG document (JSON)")
+    vman.add_argument("--blocks", nargs="+", required=True, metavar="BLOCK.json")
+    vman.add_argument("--vdags", nargs="+", default=[], metavar="VDAG.json")
+    vman.add_argument("--image", default="aios-fast:latest", help="container image of every pod")
+    vman.add_argument("--namespace", default="default")
+    vman.set_defaults(run=_vdag_manifests)
     probe = sub.add_parser(
         "probe", help="GET a service's /health: exit 0 when healthy (a container HEALTHCHECK)",
         formatter_class=DEFAULTS,
@@ -501,7 +576,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return opts.run(opts)
     except (AiosFastError, OSError) as exc:  # bad input, a port in use, a missing file
-        print(f"aios-fast: {exc}", file=sys.stderr)
+        for line in getattr(exc, "lines", None) or [str(exc)]:  # a vDAG: one per problem
+            print(f"aios-fast: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

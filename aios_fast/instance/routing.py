@@ -7,12 +7,20 @@
   metadata ``x-service-name: <block_id>``.
 
 The packet forwarded has its output_ptr cleared, so the next block does not route it
-back. The graph form ({"is_graph": true, ...}) is refused with a clear error (not built).
+back.
+
+The graph form (``{"is_graph": true, ...}``, a vDAG task's ticket, ``aios_fast.vdag.hop``)
+is not routed after the block ran: ``run_vdag`` runs the whole node instead (fan-in
+join, pre-processing policy, the block, post-processing policy, then the next blocks or
+the vDAG controller), through the same gRPC clients.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 
@@ -20,7 +28,8 @@ from .. import codec
 from ..auth import bearer
 from ..errors import AiosFastError
 from ..tls import TLS
-from ..wire import ACCEPTED, INFER
+from ..vdag.hop import CANCEL_PTR, HopError, NodeRunner, is_ticket
+from ..wire import ACCEPTED, INFER, INFER_STREAM
 
 __all__ = ["OutputRouter", "RoutingError"]
 
@@ -35,8 +44,79 @@ class OutputRouter:
     def __init__(self, token: str | None = None, tls: TLS | None = None) -> None:
         self.tls = tls or TLS()
         self._metadata = (("authorization", bearer(token)),) if token else ()
-        self._redis: dict[tuple[str, int], object] = {}
+        self._redis: dict[tuple[str, int], Any] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._vdag: NodeRunner | None = None
+        self._replies: dict[str, _ReplyStream] = {}
+
+    # ------------------------------------------------------------------ vDAG nodes
+
+    @staticmethod
+    def is_vdag(packet) -> bool:
+        """Whether the packet is a vDAG task (its output_ptr is a ticket)."""
+        return is_ticket(packet.output_ptr)
+
+    @property
+    def vdag(self) -> NodeRunner:
+        if self._vdag is None:
+            self._vdag = NodeRunner(self._hop, watch=self._watch)
+        return self._vdag
+
+    async def run_vdag(
+        self,
+        packet,
+        deadline: float | None,
+        run_timeout: float,
+        run: Callable[[codec.Packet, float | None, float], Awaitable[bytes]],
+    ) -> bytes:
+        """Run the vDAG node the packet's ticket names; ``run(packet, deadline,
+        run_timeout)`` runs the block (the instance's own run_packet), for at most the
+        block's task timeout and the time the task has left. b"": the output goes on
+        by the ticket."""
+
+        async def run_block(entry, node_deadline: float | None):
+            if deadline is not None:
+                node_deadline = deadline if node_deadline is None else min(deadline, node_deadline)
+            timeout = run_timeout
+            if node_deadline is not None:
+                left = max(node_deadline - asyncio.get_running_loop().time(), 1e-3)
+                timeout = left if timeout <= 0 else min(timeout, left)
+            out = await run(entry, node_deadline, timeout)
+            return codec.decode_packet(out) if out else None
+
+        await self.vdag.run(packet, run_block)
+        return b""
+
+    def _watch(self, controller: str) -> None:
+        """Keep a stream open to a task's controller: it carries the answers there and
+        the controller's cancellations back."""
+        stream = self._replies.get(controller)
+        if stream is None or stream.closed:
+            self._replies[controller] = _ReplyStream(self._channel(controller), self._metadata,
+                                                     self.vdag.cancel)  # fmt: skip
+
+    async def _hop(self, target: str, block_id: str, payload: bytes,
+                   timeout: float | None) -> None:  # fmt: skip
+        if not block_id:  # to the vDAG controller: on one long-lived stream
+            self._watch(target)
+            self._replies[target].send(codec.encode_message(payload))
+            return
+        channel = self._channel(target)
+        metadata = ((("x-service-name", block_id),) if block_id else ()) + self._metadata
+        try:
+            reply = await channel.unary_unary(INFER)(
+                codec.encode_message(payload), metadata=metadata, timeout=timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise HopError(exc.code().name, exc.details() or exc.code().name) from None
+        if reply != ACCEPTED:
+            raise HopError("UNAVAILABLE", f"{target} did not accept the task")
+
+    def _channel(self, target: str) -> grpc.aio.Channel:
+        channel = self._channels.get(target)
+        if channel is None:
+            channel = self._channels[target] = self.tls.aio_channel(target)
+        return channel
 
     @staticmethod
     def targets(output_ptr: str) -> list[dict]:
@@ -47,7 +127,8 @@ class OutputRouter:
         if not isinstance(ptr, dict):
             raise RoutingError("output_ptr must be a JSON object")
         if ptr.get("is_graph"):
-            raise RoutingError("graph output_ptr ({'is_graph': true}) is not supported yet")
+            raise RoutingError("a graph output_ptr ({'is_graph': true}) that is not a vDAG "
+                               "controller's ticket is not supported")  # fmt: skip
         outputs = ptr.get("outputs")
         if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
             raise RoutingError("output_ptr needs an 'outputs' list of objects")
@@ -86,19 +167,66 @@ class OutputRouter:
 
     async def _infer(self, host: str, block_id: str, payload: bytes) -> None:
         target = host if ":" in host else f"{host}:50051"
-        channel = self._channels.get(target)
-        if channel is None:
-            channel = self._channels[target] = self.tls.aio_channel(target)
-        call = channel.unary_unary(INFER)
+        call = self._channel(target).unary_unary(INFER)
         metadata = (("x-service-name", block_id), *self._metadata)
         reply = await call(codec.encode_message(payload), metadata=metadata)
         if reply != ACCEPTED:
             raise RoutingError(f"next block {block_id!r} at {target} did not accept the task")
 
     async def close(self) -> None:
+        if self._vdag is not None:
+            self._vdag.close()
+        for stream in self._replies.values():
+            await stream.close()
+        self._replies.clear()
         for client in self._redis.values():
             await client.aclose()
         for channel in self._channels.values():
             await channel.close()
         self._redis.clear()
         self._channels.clear()
+
+
+class _ReplyStream:
+    """Answers to one vDAG controller, sent on one ``InferenceProxy/infer_stream``: a
+    message costs a stream write, not a call. The controller sends back only the tasks
+    it gave up on (``on_cancel(task)``: their pending hops stop). When the stream ends
+    (the controller went away) the next answer opens a new one; what was queued on the
+    ended one is lost and the controller's own timeout ends those tasks (``lost``
+    counts them here)."""
+
+    def __init__(self, channel: grpc.aio.Channel, metadata: tuple,
+                 on_cancel: Callable[[str], None]) -> None:  # fmt: skip
+        self.on_cancel = on_cancel
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.closed = False
+        self.lost = 0
+        self.call = channel.stream_stream(INFER_STREAM)(self._requests(), metadata=metadata)
+        self.reader = asyncio.ensure_future(self._read())
+
+    async def _requests(self):
+        while (item := await self.queue.get()) is not None:
+            yield item
+
+    async def _read(self) -> None:
+        try:
+            async for message in self.call:
+                packet = codec.decode_message(message)
+                if packet.output_ptr == CANCEL_PTR:
+                    self.on_cancel(packet.data)
+        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            pass
+        finally:
+            self.closed = True
+            self.lost += self.queue.qsize()
+
+    def send(self, message: bytes) -> None:
+        self.queue.put_nowait(message)
+
+    async def close(self) -> None:
+        self.queue.put_nowait(None)
+        try:
+            await asyncio.wait_for(asyncio.shield(self.reader), 2.0)
+        except (asyncio.TimeoutError, Exception):
+            self.reader.cancel()
+        self.call.cancel()

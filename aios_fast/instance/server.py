@@ -177,6 +177,10 @@ class InstanceServer:
         ``limit`` bytes (-1: this instance's own limit) raises OutputTooLarge; with
         ``limit`` None nobody waits for the output: it is routed by its output_ptr and
         b"" is returned."""
+        if packet.output_ptr and self.router.is_vdag(packet):  # a vDAG node (routing.py)
+            return await self.router.run_vdag(
+                packet, deadline, run_timeout, lambda p, d, t: self.run_packet(p, d, -1, t)
+            )
         me = asyncio.current_task()
         await self.gate.acquire(deadline, me)
         if run_timeout > 0:
