@@ -253,12 +253,17 @@ class _Base:
         timeout = self.timeout if timeout is None else timeout
         return None if timeout is None else time.monotonic() + timeout
 
-    def _pause(self, attempt: int, deadline: float | None) -> float | None:
-        """Seconds to wait before retry ``attempt`` (1-based), or None: no time left."""
+    def _retry_pause(self, error: ClientError, attempt: int, deadline: float | None) -> float:
+        """Seconds to wait before retry ``attempt`` (1-based) of a call that failed with
+        ``error`` (both clients' one retry rule); raises ``error`` when it is not retried:
+        retries used up, a task an instance may have run, or no time left for the pause."""
+        if attempt > self.retries or not retry_safe(error.code, error.message):
+            raise error
         pause = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
         pause *= 0.5 + random.random() / 2
         if deadline is not None and time.monotonic() + pause >= deadline:
-            return None
+            raise error
+        self.retried += 1
         return pause
 
     @staticmethod
@@ -297,13 +302,7 @@ class Client(_Base):
             except grpc.RpcError as exc:
                 error = _from_rpc(exc)
             attempt += 1
-            if attempt > self.retries or not retry_safe(error.code, error.message):
-                raise error
-            pause = self._pause(attempt, deadline)
-            if pause is None:
-                raise error
-            self.retried += 1
-            time.sleep(pause)
+            time.sleep(self._retry_pause(error, attempt, deadline))
 
     def infer_result(self, packet=None, *, timeout: float | None = None, **packet_fields) -> Any:
         """Run a task, return its output ``Packet``. ``packet``: a ``codec.Packet`` or an
@@ -363,13 +362,7 @@ class AsyncClient(_Base):
             except grpc.aio.AioRpcError as exc:
                 error = _from_rpc(exc)
             attempt += 1
-            if attempt > self.retries or not retry_safe(error.code, error.message):
-                raise error
-            pause = self._pause(attempt, deadline)
-            if pause is None:
-                raise error
-            self.retried += 1
-            await asyncio.sleep(pause)
+            await asyncio.sleep(self._retry_pause(error, attempt, deadline))
 
     async def infer_result(self, packet=None, *, timeout: float | None = None,
                            **packet_fields) -> Any:  # fmt: skip

@@ -143,3 +143,14 @@ def mgmt(port: int, action: str, data: dict | None = None,
     """POST /mgmt {"mgmt_action", "mgmt_data"} on 127.0.0.1:port."""
     body = {"mgmt_action": action, "mgmt_data": data or {}}
     return http(f"http://127.0.0.1:{port}/mgmt", body, token=token)
+
+
+def wait_stats(mgmt_port: int, ready, timeout: float = 20.0) -> None:
+    """Until the executor's books (``mgmt stats``) satisfy ``ready(tasks, inflight)``."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        data = mgmt(mgmt_port, "stats")[1]["data"]
+        if ready(data["tasks"], data["inflight"]):
+            return
+        time.sleep(0.05)
+    raise TimeoutError("the executor's books never got there")

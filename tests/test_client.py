@@ -33,7 +33,7 @@ from aios_fast.client import (
 )
 from aios_fast.wire import INFER, INFER_RESULT
 
-from .procs import ROOT, Proc, free_port, mgmt, start_executor, start_instance
+from .procs import ROOT, Proc, free_port, start_executor, start_instance, wait_stats
 
 TOKEN = "client-test-token-" + "x" * 20
 
@@ -65,17 +65,6 @@ def sized_frame(size: int, seq_no: int = 1) -> bytes:
             return frame
         pad -= len(frame) - size
     raise AssertionError(f"no frame of {size} bytes")
-
-
-def wait_stats(mgmt_port: int, ready, timeout: float = 20.0) -> None:
-    """Until the executor's books (``mgmt stats``) satisfy ``ready(tasks, inflight)``."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        data = mgmt(mgmt_port, "stats")[1]["data"]
-        if ready(data["tasks"], data["inflight"]):
-            return
-        time.sleep(0.05)
-    raise TimeoutError("the executor's books never got there")
 
 
 # ------------------------------------------------------------------------------ unit

@@ -16,7 +16,7 @@ import pytest
 
 from aios_fast import codec
 
-from .procs import get_text, mgmt, start_executor, start_instance
+from .procs import get_text, mgmt, start_executor, start_instance, wait_stats
 
 TOKEN = "http-front-token-" + "x" * 20
 
@@ -32,17 +32,6 @@ def post(port: int, body, *, block: str = "echo", query: str = "", headers=None,
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
-
-
-def wait_stats(mgmt_port: int, ready, timeout: float = 20.0) -> None:
-    """Until the executor's books (``mgmt stats``) satisfy ``ready(tasks, inflight)``."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        data = mgmt(mgmt_port, "stats")[1]["data"]
-        if ready(data["tasks"], data["inflight"]):
-            return
-        time.sleep(0.05)
-    raise TimeoutError("the executor's books never got there")
 
 
 def start(instance, *extra: str):

@@ -10,7 +10,7 @@ import sys
 from ..auth import Auth
 from ..errors import AiosFastError, json_object
 from ..service import runtime
-from ..settings import read_document
+from ..settings import InitSettings, read_document
 from ..tls import TLS, add_tls_arguments
 from .config import FRONTS, ExecutorConfig, parse_instance, settings_fields
 from .kube_discovery import parse_discover_url
@@ -67,7 +67,8 @@ _OVERRIDES = (
      "share of the instances that may be ejected at once"),
     ("--discover-interval", "discover_interval", float, "seconds between discovery reconciles"),
 )  # fmt: skip
-_DEFAULTS = ExecutorConfig(mgmt_port=18001, metrics_port=18000)
+_PORTS = InitSettings().ports  # the contract's (the seeds' 18001, 18000)
+_DEFAULTS = ExecutorConfig(mgmt_port=_PORTS.mgmt, metrics_port=_PORTS.metrics)
 
 
 def config_of(opts: argparse.Namespace) -> tuple[ExecutorConfig, int]:

@@ -27,7 +27,7 @@ class InstanceSpec:
 @dataclass
 class ExecutorConfig:
     host: str = "127.0.0.1"
-    port: int = 50051
+    port: int = _S.ports.grpc
     instances: list[InstanceSpec] = field(default_factory=list)
     policy: dict = field(default_factory=dict)  # policies.loadBalancer of the block
     max_inflight: int = _E.maxInflight
