@@ -206,12 +206,16 @@ class LocalBlock:
 
     def _write_document(self) -> str:
         """The document every process of the block reads its settings from: the
-        effective one (block up's overrides applied; the gRPC port picked, since the
-        executor's workers must share it)."""
-        if not self.doc.initSettings.ports.grpc:
-            self.doc.initSettings.ports.grpc = _free_port()
-        if self.doc.initSettings.ports.http == 0:  # shared by the workers too
-            self.doc.initSettings.ports.http = _free_port()
+        effective one (block up's overrides applied). A port left to be free-picked (0)
+        is picked here only when several executor workers must share it; one worker binds
+        port 0 itself, so no other process can take the number between a pick and the
+        bind (which, with tests running side by side, happened)."""
+        ports = self.doc.initSettings.ports
+        if self.doc.initSettings.workers > 1:
+            if not ports.grpc:
+                ports.grpc = _free_port()
+            if ports.http == 0:
+                ports.http = _free_port()
         # named with our pid, so the next block up removes it after a kill -9
         folder = Path(tempfile.gettempdir())
         prune_stale(folder, "aios-block-*.json")
