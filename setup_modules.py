@@ -6,6 +6,7 @@ Read by setup.py and scripts/check_wheels.py; add a module here and in native/ t
 MODULES = {
     "aios_fast._codec": "native/aios_fast/_codec.pyx",
     "aios_fast._lb": "native/aios_fast/_lb.pyx",
+    "aios_fast._link": "native/aios_fast/_link.pyx",
 }
 
 # Built only where their C library's headers are found (else skipped, with a note):

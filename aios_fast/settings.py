@@ -61,6 +61,7 @@ FRONT_BUDGET = 1 << 30  # ... and frontBudgetBytes's
 # "auto": native where it is built (resolved when the executor starts)
 FRONTS = ("auto", "native", "grpcio")
 Front = Literal["auto", "native", "grpcio"]
+LinkTransport = Literal["auto", "native", "tcp", "grpc"]
 
 Port = Annotated[int, Meta(ge=0, le=65535)]
 Seconds = Annotated[float, Meta(ge=0, le=1e9)]
@@ -150,6 +151,10 @@ class ExecutorSettings(_Strict):
     drainTimeout: Seconds = 30.0  # on SIGTERM, seconds in-flight tasks may take
     linkLinger: Annotated[float, Meta(ge=0, le=1)] = 0.002  # a small batch may wait, s
     linkKeepalive: Seconds = 2.0  # pings on instance links (0: none); unanswered: down
+    # instance links: "native" (our framing over a Unix socket, or TCP for an instance
+    # on another host), "tcp" (native, TCP only), "grpc" (a grpc.aio stream), "auto":
+    # native where aios_fast._link is compiled
+    link: LinkTransport = "auto"
     keepalive: Seconds = 7200.0  # a silent caller gets a PING after this (0: never)
     keepaliveTimeout: PositiveSeconds = 20.0  # ... and is cut if it does not answer
     discoverInterval: PositiveSeconds = 1.0  # seconds between discovery reconciles

@@ -44,6 +44,29 @@ message limit in the stream's metadata (``LIMIT_HEADER``; the executor's also bo
 the outputs the instance sends back), so a task or output one side could not take is
 refused alone instead of breaking the stream.
 
+Native link (``aios_fast.service.framed``; the executor's ``executor.link`` setting:
+``auto``/``native`` use it where the instance offers it, ``grpc`` keeps the stream
+above): the same batches, carried in frames of our own over a Unix socket (an instance
+on the same host) or TCP (with TLS when the block has it). A frame is a 5-byte header,
+the body's length (uint32 little-endian) and its kind, then the body::
+
+    HELLO    executor -> instance, first: msgpack {"v": 1, "max_message": int,
+             "run_timeout": float, "token": "Bearer ..." or ""}
+    WELCOME  instance -> executor: msgpack {"max_message": int, "nonce": str}
+    REFUSE   instance -> executor: why (UTF-8), then it closes (bad token, leaving)
+    BATCH    a msgpack batch of tasks or replies, as on the stream
+    PING / PONG  empty: the executor pings a link that said nothing for its
+             keepalive; an instance answers from its event loop, so a wedged loop or
+             a stopped process (SIGSTOP) goes unanswered and the link is cut
+
+The executor learns where an instance's native link listens from the unary call
+``ENDPOINTS_METHOD`` on its gRPC port (token checked as the link's): msgpack
+``{"unix": path or "", "tcp": port or 0, "nonce": str}``. It uses the Unix socket when
+the path exists on its host and the WELCOME's nonce proves it is that instance, else
+TCP; an instance that does not implement the call keeps the gRPC stream. A frame over
+the receiver's limit (64 KiB before WELCOME, ``link_limit(max_message)`` after) ends
+the connection.
+
 Instance registration (Redis): the key ``instance_key(block, instance)`` holds
 ``{"target": "host:port", "mgmt": "host:port"}`` with a TTL.
 """
@@ -57,10 +80,14 @@ from . import codec
 __all__ = [
     "ACCEPTED",
     "ACK",
+    "BATCH",
     "CANCEL",
+    "ENDPOINTS_METHOD",
+    "ENDPOINTS_RPC",
     "ERROR",
     "EXPIRED",
     "FIRE",
+    "HELLO",
     "INFER",
     "INFER_RESULT",
     "INFER_STREAM",
@@ -72,7 +99,10 @@ __all__ = [
     "LINK_RPC",
     "LINK_SERVICE",
     "MAX_MESSAGE",
+    "PING",
+    "PONG",
     "RAISE_LIMIT",
+    "REFUSE",
     "REFUSED",
     "RESULT",
     "SERVICE",
@@ -80,6 +110,7 @@ __all__ = [
     "TIMED_OUT",
     "TIMEOUT_HEADER",
     "TOO_LARGE",
+    "WELCOME",
     "decode_replies",
     "decode_tasks",
     "encode_replies",
@@ -140,6 +171,9 @@ TASK, CANCEL, FIRE = 0, 1, 2
 LIMIT_HEADER = "x-aios-max-message"  # link metadata: the sender's --max-message
 TIMEOUT_HEADER = "x-aios-task-timeout"  # link metadata: the executor's --task-timeout
 ACK, RESULT, ERROR, EXPIRED, TOO_LARGE, REFUSED, LEAVING, TIMED_OUT = 0, 1, 2, 3, 4, 5, 6, 7
+ENDPOINTS_RPC = "Endpoints"
+ENDPOINTS_METHOD = f"/{LINK_SERVICE}/{ENDPOINTS_RPC}"
+HELLO, WELCOME, REFUSE, BATCH, PING, PONG = 1, 2, 3, 4, 5, 6  # native link frame kinds
 LINK_BATCH_BYTES = 1024 * 1024  # a batch fills up to this, unless one item is larger
 ITEM_OVERHEAD = 32  # msgpack bytes around one item's payload, at most (ids, kinds, floats)
 _LINK_SLACK = 64 * 1024

@@ -36,6 +36,7 @@ class FakeLink:
         self.on_settled = on_settled
         self.settings = settings
         self.up = False
+        self.transport = "fake"
         self.tasks_sent = self.completed = self.failed = self.lost = 0
         self.open: dict[int, LinkTask] = {}  # submitted, not settled
         self.timeouts: list[float] = []  # the budget each task came with

@@ -19,6 +19,10 @@ from aios_fast import codec
 
 ROOT = Path(__file__).resolve().parent.parent
 # AIOS_FAST_TEST_FRONT=native runs every executor the tests start with --front native
+# AIOS_FAST_TEST_LINK=grpc|native|tcp: the executors' instance links (default: auto)
+LINK_ARGS = (
+    ("--link", os.environ["AIOS_FAST_TEST_LINK"]) if os.environ.get("AIOS_FAST_TEST_LINK") else ()
+)
 FRONT_ARGS = ("--front", os.environ["AIOS_FAST_TEST_FRONT"]) if os.environ.get(
     "AIOS_FAST_TEST_FRONT") else ()  # fmt: skip
 
@@ -70,7 +74,7 @@ def start_executor(instances: dict[str, int | dict], *extra: str, port: int | No
     for attempt in range(3):  # a picked port may be taken before the executor binds it
         chosen = port or free_port()
         args = ["-m", "aios_fast.executor", "--port", str(chosen), "--workers", str(workers),
-                "--mgmt-port", "0", "--metrics-port", "0", *FRONT_ARGS]  # fmt: skip
+                "--mgmt-port", "0", "--metrics-port", "0", *FRONT_ARGS, *LINK_ARGS]  # fmt: skip
         for iid, where in instances.items():  # a gRPC port, or an instance's info
             if isinstance(where, dict):
                 where = f"{where['port']}@127.0.0.1:{where['mgmt_port']}"

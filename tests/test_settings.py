@@ -56,6 +56,7 @@ ROWS = [
     ("executor.drainTimeout", 11.0, {"executor": ("drain_timeout", 11.0)}),
     ("executor.linkLinger", 0.004, {"executor": ("link_linger", 0.004)}),
     ("executor.linkKeepalive", 3.0, {"executor": ("link_keepalive", 3.0)}),
+    ("executor.link", "tcp", {"executor": ("link", "tcp")}),
     ("executor.keepalive", 60.0, {"executor": ("keepalive", 60.0)}),
     ("executor.keepaliveTimeout", 5.0, {"executor": ("keepalive_timeout", 5.0)}),
     ("executor.discoverInterval", 0.5, {"executor": ("discover_interval", 0.5)}),

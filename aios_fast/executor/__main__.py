@@ -40,6 +40,9 @@ _OVERRIDES = (
     ("--link-keepalive", "link_keepalive", float,
      "seconds between pings on instance links (0: none); a ping unanswered as long takes "
      "the link down"),
+    ("--link", "link", str,
+     "instance links: native (our framing; a Unix socket on this host, else TCP), tcp "
+     "(native, TCP only), grpc (a grpc.aio stream), or auto (native where compiled)"),
     ("--keepalive", "keepalive", float,
      "seconds a client connection may be silent before the front pings it (0: never)"),
     ("--keepalive-timeout", "keepalive_timeout", float,

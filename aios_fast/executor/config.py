@@ -40,6 +40,7 @@ class ExecutorConfig:
     front: str = _S.front
     link_linger: float = _E.linkLinger  # seconds a small batch may wait while a link is busy
     link_keepalive: float = _E.linkKeepalive  # seconds between link pings (unanswered: down)
+    link: str = _E.link  # instance links: "native", "grpc", "auto" (resolved at start)
     # the front's clients (as grpc servers' keepalive_time / _timeout): one silent this
     # long gets a PING; unanswered after keepalive_timeout, its connection is cut
     keepalive: float = _E.keepalive  # seconds (0: never)
@@ -110,6 +111,7 @@ def settings_fields(doc: BlockDocument) -> dict:
         "drain_timeout": e.drainTimeout,
         "link_linger": e.linkLinger,
         "link_keepalive": e.linkKeepalive,
+        "link": e.link,
         "keepalive": e.keepalive,
         "keepalive_timeout": e.keepaliveTimeout,
         "discover_interval": e.discoverInterval,

@@ -59,6 +59,7 @@ from .http_front import HttpFront
 from .kube_discovery import KubeDiscovery
 from .links import Link, LinkSettings, LinkTask
 from .native_front import resolve_front
+from .native_link import resolve_link
 from .outliers import OutlierDetector
 from .router import TASK_EVENTS, Router
 from .services import ExecutorServices
@@ -91,6 +92,7 @@ class Executor:
         self.link_settings = LinkSettings(
             config.link_linger, config.max_message, config.link_keepalive, config.task_timeout,
             ((("authorization", bearer(token)),) if token else ()), config.tls,
+            resolve_link(config.link),
         )  # fmt: skip
         self.hosts = HostSet(self._make_balancer(self.policy_spec), self.link_settings,
                              _unwired, config.instance_inflight)  # fmt: skip

@@ -17,6 +17,7 @@ from typing import Any
 
 from .config import InstanceSpec
 from .links import InstanceLink, Link, LinkSettings, OnSettled, OnState, UnaryLink
+from .native_link import NativeLink
 
 __all__ = ["HostSet", "Instance", "LinkFactory", "default_links"]
 
@@ -54,7 +55,15 @@ class Instance:
 
 
 def default_links(spec: InstanceSpec) -> LinkFactory:
-    return InstanceLink if spec.protocol == "stream" else UnaryLink
+    return stream_link if spec.protocol == "stream" else UnaryLink
+
+
+def stream_link(instance_id: str, target: str, on_state: OnState, on_settled: OnSettled,
+                settings: LinkSettings) -> Link:  # fmt: skip
+    """The stream link the settings' transport names (native falls back to gRPC itself
+    for an instance that offers no native link)."""
+    kind = InstanceLink if settings.transport == "grpc" else NativeLink
+    return kind(instance_id, target, on_state, on_settled, settings)
 
 
 class HostSet:
@@ -128,6 +137,7 @@ class HostSet:
             "id": instance_id,
             "target": spec.target,
             "protocol": spec.protocol,
+            "transport": link.transport,
             "health": spec.health,
             "up": link.up,
             "healthy": record.healthy,

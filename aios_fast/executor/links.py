@@ -132,6 +132,7 @@ class LinkSettings:
     run_timeout: float = 0.0  # seconds an acknowledged task may run (0: no limit)
     token_metadata: tuple[tuple[str, str], ...] = ()  # sent with every call (infer token)
     tls: TLS = field(default_factory=TLS)  # links over TLS when it has a CA
+    transport: str = "grpc"  # stream links: "native"/"tcp" (executor.native_link), "grpc"
 
     @cached_property  # sent with every unary-link call: built once
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -235,6 +236,7 @@ class Link(Protocol):
     instance_id: str
     target: str
     up: bool
+    transport: str  # "grpc", "unix", "tcp" (native), "unary"
     tasks_sent: int
     completed: int
     failed: int
@@ -264,6 +266,7 @@ class InstanceLink:
         self.instance_id = instance_id
         self.target = target
         self.up = False
+        self.transport = "grpc"
         self.leaving = False  # the instance said it drains: no new tasks
         self.settings = settings or LinkSettings()
         self.peer_limit = self.settings.max_message  # the instance's, once it says
@@ -323,13 +326,13 @@ class InstanceLink:
         its event loop is wedged (HTTP/2 pings are answered by grpc's own threads, so
         keepalive cannot tell). The stream is ended: tasks it acknowledged are lost,
         the others go elsewhere. Returns how many tasks were waiting."""
-        if self._call is None or not self._pending or self.last_heard >= cutoff:
+        if self._writer is None or not self._pending or self.last_heard >= cutoff:
             return 0
         if min(task.t0 for task in self._pending.values()) >= cutoff:
             return 0
         self._stalled = (f"it said nothing for {self.settings.run_timeout:g}s with "
                          f"{len(self._pending)} tasks waiting")  # fmt: skip
-        self._call.cancel()
+        self._abort_session()
         return len(self._pending)
 
     async def _requests(self, writer: BatchWriter):
@@ -391,45 +394,62 @@ class InstanceLink:
             self.up = up
             self._on_state(self.instance_id, up)
 
+    def _connected(self, writer, peer_limit: int) -> None:
+        """A session is open: tasks go to ``writer`` (``put(item, size)``, ``close()``)."""
+        self.peer_limit = peer_limit
+        self._writer = writer
+        self.leaving = False
+        self._set_up(True)
+
+    def _abort_session(self) -> None:
+        """End the session now (expire(): the instance is wedged)."""
+        if self._call is not None:
+            self._call.cancel()
+
+    async def _session(self) -> str:
+        """One gRPC stream to the instance, until it ends: returns why it ended (an
+        exception: it failed). Calls ``_connected`` once the instance answered."""
+        settings = self.settings
+        channel = settings.tls.aio_channel(self.target, settings.channel_options())
+        writer = BatchWriter(linger=settings.linger, busy=self._busy,
+                             max_bytes=LINK_BATCH_BYTES)  # fmt: skip
+        try:
+            call = channel.stream_stream(LINK_METHOD)(
+                self._requests(writer), metadata=settings.metadata
+            )
+            self._call = call
+            await call.wait_for_connection()
+            self._connected(writer, _peer_limit(await call.initial_metadata(), settings))
+            async for message in call:
+                self.last_heard = perf_counter()
+                for task_id, kind, payload in decode_replies(message):
+                    self._reply(task_id, kind, payload)
+            return "the instance ended the link"
+        finally:
+            writer.close()
+            await channel.close()
+
     async def _run(self) -> None:
         backoff = 0.05
-        settings = self.settings
         while not self._closing:
-            channel = settings.tls.aio_channel(self.target, settings.channel_options())
-            writer = BatchWriter(linger=settings.linger, busy=self._busy,
-                                 max_bytes=LINK_BATCH_BYTES)  # fmt: skip
             reason = "the link closed"
+            self._stalled = ""
             try:
-                call = channel.stream_stream(LINK_METHOD)(
-                    self._requests(writer), metadata=settings.metadata
-                )
-                self._call, self._stalled = call, ""
-                await call.wait_for_connection()
-                self.peer_limit = _peer_limit(await call.initial_metadata(), settings)
-                self._writer = writer
-                self.leaving = False
-                self._set_up(True)
-                backoff = 0.05
-                async for message in call:
-                    self.last_heard = perf_counter()
-                    replies = decode_replies(message)
-                    for task_id, kind, payload in replies:
-                        self._reply(task_id, kind, payload)
-                reason = "the instance ended the link"
+                reason = await self._session()
             except asyncio.CancelledError:
                 if not self._stalled:
                     reason = "the link was closed by the executor"
                     raise
-                reason = self._stalled  # expire() ended the stream: reconnect
+                reason = self._stalled  # expire() ended the session: reconnect
             except Exception as exc:
                 reason = f"the link failed ({type(exc).__name__}: {_short(exc)})"
             finally:
+                if self._writer is not None:
+                    backoff = 0.05  # it was up: reconnect soon
                 self._writer = None
                 self._call = None
-                writer.close()
                 self._set_up(False)
-                self._fail_all(reason)
-                await channel.close()
+                self._fail_all(self._stalled or reason)
             if not self._closing:
                 if self.leaving:
                     reason = "it left (drained); reconnecting while it is away"
@@ -478,6 +498,7 @@ class UnaryLink:
         self.instance_id = instance_id
         self.target = target
         self.up = False
+        self.transport = "unary"
         self.settings = settings or LinkSettings()
         self._on_state = on_state
         self._on_settled = on_settled

@@ -42,7 +42,7 @@ from ..wire import (
     max_output,
 )
 
-__all__ = ["Counters", "LinkServer", "describe"]
+__all__ = ["Counters", "LinkServer", "Writer", "describe", "drop_answered_acks"]
 
 RunTask = Callable[[bytes, float | None, int | None, float], Awaitable[bytes]]
 
@@ -52,13 +52,25 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+class Writer(Protocol):
+    """Where a stream's replies go: ``put`` one, ``close`` once all are put (the gRPC
+    stream's BatchWriter, or a native connection)."""
+
+    def put(self, item, size: int = 0) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class _Stream:
-    """One executor's stream: its reply writer and its running tasks by id."""
+    """One executor's stream: its reply writer, its running tasks by id, and what the
+    executor said in its handshake (output limit, task timeout)."""
 
-    __slots__ = ("returned", "running", "writer")
+    __slots__ = ("limit", "returned", "run_timeout", "running", "writer")
 
-    def __init__(self) -> None:
-        self.writer = BatchWriter(max_bytes=LINK_BATCH_BYTES)
+    def __init__(self, writer: Writer, limit: int, run_timeout: float) -> None:
+        self.writer = writer
+        self.limit = limit  # outputs the executor can take, as it says
+        self.run_timeout = run_timeout  # the block's task timeout, as the executor says
         self.running: dict[int, asyncio.Task] = {}
         self.returned: set[int] = set()  # given back unrun (the instance is leaving)
 
@@ -117,86 +129,110 @@ class LinkServer:
                 t.cancel()
             stream.writer.close()
 
+    def open(self, writer: Writer, peer_limit: int | None, run_timeout: float) -> _Stream:
+        """A new executor stream (either transport): ``peer_limit`` is the executor's
+        --max-message, ``run_timeout`` the block's task timeout, as it said them."""
+        limit = self.max_output
+        if peer_limit is not None:
+            limit = min(limit, max_output(peer_limit))
+        stream = _Stream(writer, limit, max(run_timeout, 0.0))
+        self._streams.add(stream)
+        if self.leaving:
+            stream.reply(0, LEAVING)
+        return stream
+
+    def on_tasks(self, stream: _Stream, items) -> None:
+        """A batch the executor sent: acknowledge and start each task (or cancel one)."""
+        loop = asyncio.get_running_loop()
+        for task_id, kind, frame, timeout in items:
+            if kind == CANCEL:
+                t = stream.running.get(task_id)
+                if t is not None:
+                    t.cancel()
+            elif self.leaving:
+                stream.reply(task_id, REFUSED)
+            else:
+                stream.reply(task_id, ACK)
+                deadline = loop.time() + timeout if timeout > 0 else None
+                stream.running[task_id] = asyncio.ensure_future(
+                    self._work(stream, task_id, frame, deadline, kind == FIRE)
+                )
+
+    async def _work(self, stream: _Stream, task_id: int, frame: bytes,
+                    deadline: float | None, fire: bool) -> None:  # fmt: skip
+        counters = self.counters
+        try:
+            output = await self.run_task(frame, deadline, None if fire else stream.limit,
+                                         stream.run_timeout)  # fmt: skip
+            stream.reply(task_id, RESULT, output)
+            counters.completed += 1
+        except asyncio.CancelledError:
+            if task_id in stream.returned:
+                stream.reply(task_id, REFUSED)  # never started: run it elsewhere
+            else:
+                counters.cancelled += 1  # its caller gave up: nobody waits for a reply
+        except TaskExpired as exc:
+            stream.reply(task_id, EXPIRED, str(exc).encode())
+        except TaskTimedOut as exc:
+            counters.fail(exc)
+            stream.reply(task_id, TIMED_OUT, str(exc).encode())
+        except OutputTooLarge as exc:
+            counters.fail(exc)
+            stream.reply(task_id, TOO_LARGE, str(exc).encode())
+        except Exception as exc:  # reported to the executor, never dropped
+            counters.fail(exc)
+            stream.reply(task_id, ERROR, describe(exc).encode())
+        finally:
+            stream.running.pop(task_id, None)
+
+    def broken(self, stream: _Stream) -> None:
+        """The stream broke: nobody waits for its tasks (its executor has already
+        counted them lost or run them elsewhere)."""
+        self._streams.discard(stream)
+        for task in stream.running.values():
+            task.cancel()
+
+    async def finish(self, stream: _Stream) -> None:
+        """The executor closed its side: answer what is running, then end the stream."""
+        if stream.running:
+            await asyncio.gather(*stream.running.values(), return_exceptions=True)
+        stream.writer.close()
+
     async def serve(self, requests: AsyncIterator[bytes], context) -> AsyncIterator[bytes]:
-        """One executor's stream: ``requests`` are task batches, the yielded messages
-        reply batches (the gRPC stream-stream handler)."""
+        """One executor's gRPC stream: ``requests`` are task batches, the yielded
+        messages reply batches (the gRPC stream-stream handler)."""
         if self.leaving:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the instance is stopping")
         await context.send_initial_metadata(self._limit_md)
-        stream = _Stream()
-        self._streams.add(stream)
-        counters = self.counters
-        loop = asyncio.get_running_loop()
-        limit = self.max_output  # outputs the executor can take, as it says
-        run_timeout = 0.0  # the block's task timeout, as the executor says
+        peer_limit, run_timeout = None, 0.0
         for key, value in context.invocation_metadata() or ():
             if key == LIMIT_HEADER and value.isdigit():
-                limit = min(limit, max_output(int(value)))
+                peer_limit = int(value)
             elif key == TIMEOUT_HEADER:
                 try:
-                    run_timeout = max(float(value), 0.0)
+                    run_timeout = float(value)
                 except ValueError:
                     pass
-
-        async def work(task_id: int, frame: bytes, deadline: float | None, fire: bool) -> None:
-            try:
-                output = await self.run_task(frame, deadline, None if fire else limit, run_timeout)
-                stream.reply(task_id, RESULT, output)
-                counters.completed += 1
-            except asyncio.CancelledError:
-                if task_id in stream.returned:
-                    stream.reply(task_id, REFUSED)  # never started: run it elsewhere
-                else:
-                    counters.cancelled += 1  # its caller gave up: nobody waits for a reply
-            except TaskExpired as exc:
-                stream.reply(task_id, EXPIRED, str(exc).encode())
-            except TaskTimedOut as exc:
-                counters.fail(exc)
-                stream.reply(task_id, TIMED_OUT, str(exc).encode())
-            except OutputTooLarge as exc:
-                counters.fail(exc)
-                stream.reply(task_id, TOO_LARGE, str(exc).encode())
-            except Exception as exc:  # reported to the executor, never dropped
-                counters.fail(exc)
-                stream.reply(task_id, ERROR, describe(exc).encode())
-            finally:
-                stream.running.pop(task_id, None)
+        writer = BatchWriter(max_bytes=LINK_BATCH_BYTES)
+        stream = self.open(writer, peer_limit, run_timeout)
 
         async def read() -> None:
             try:
                 async for message in requests:
-                    for task_id, kind, frame, timeout in decode_tasks(message):
-                        if kind == CANCEL:
-                            t = stream.running.get(task_id)
-                            if t is not None:
-                                t.cancel()
-                        elif self.leaving:
-                            stream.reply(task_id, REFUSED)
-                        else:
-                            stream.reply(task_id, ACK)
-                            deadline = loop.time() + timeout if timeout > 0 else None
-                            stream.running[task_id] = asyncio.ensure_future(
-                                work(task_id, frame, deadline, kind == FIRE)
-                            )
+                    self.on_tasks(stream, decode_tasks(message))
             finally:
-                if stream.running:  # the executor closed its side: answer what is running
-                    await asyncio.gather(*stream.running.values(), return_exceptions=True)
-                stream.writer.close()
+                await self.finish(stream)
 
-        if self.leaving:
-            stream.reply(0, LEAVING)
         reader = asyncio.ensure_future(read())
         try:
-            while (batch := await stream.writer.next_batch()) is not None:
-                yield encode_replies(_drop_answered_acks(batch))
+            while (batch := await writer.next_batch()) is not None:
+                yield encode_replies(drop_answered_acks(batch))
         finally:
             reader.cancel()
-            self._streams.discard(stream)
-            for task in stream.running.values():  # the stream broke: nobody waits for them
-                task.cancel()
+            self.broken(stream)
 
 
-def _drop_answered_acks(batch: list) -> list:
+def drop_answered_acks(batch: list) -> list:
     """A result implies acceptance: drop ACKs whose task's result is in the same batch."""
     done = {item[0] for item in batch if item[1] != ACK}
     if not done:

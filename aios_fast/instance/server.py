@@ -38,6 +38,7 @@ import os
 from time import perf_counter
 
 import grpc
+import msgspec
 from aiohttp import web
 
 from .. import codec
@@ -55,6 +56,8 @@ from ..service.snapshot import MetricsSnapshot
 from ..tls import TLS
 from ..wire import (
     ACCEPTED,
+    ENDPOINTS_METHOD,
+    ENDPOINTS_RPC,
     INFER,
     INFER_RESULT,
     LINK_METHOD,
@@ -70,6 +73,7 @@ from .drain import Drain
 from .gate import ConcurrencyGate
 from .link_server import LinkServer, describe
 from .loading import overrides
+from .native_link import NativeLinkListener
 from .outcomes import NOT_THE_BLOCKS, Outcomes
 from .output import encode_output, make_output
 from .routing import OutputRouter
@@ -123,6 +127,7 @@ class InstanceServer:
         self.snapshot = MetricsSnapshot(self._block_metrics)  # hardware, read off the loop
         self.registry = Registry(self._collect, process=True)
         self._links = LinkServer(self.run_task, self.outcomes, self.max_message, self.queued)
+        self._native = NativeLinkListener(self._links, self.auth, self.tls, host, max_message)
         # The default on_preprocess returns the packet: skip its thread hop.
         self._preprocess = overrides(block, "on_preprocess")
         self._batching_base = batching
@@ -369,7 +374,8 @@ class InstanceServer:
         check_bind(self.host, self.auth, self.insecure, "instance")
         interceptors = []
         if self.auth.enabled:
-            roles = {INFER: "infer", INFER_RESULT: "infer", LINK_METHOD: "infer"}
+            roles = {INFER: "infer", INFER_RESULT: "infer", LINK_METHOD: "infer",
+                     ENDPOINTS_METHOD: "infer"}  # fmt: skip
             interceptors.append(TokenInterceptor(self.auth, roles, frozenset({LINK_METHOD})))
         server = grpc.aio.server(options=self._server_options(), interceptors=interceptors)
         handlers = {
@@ -381,11 +387,15 @@ class InstanceServer:
                 grpc.method_handlers_generic_handler(SERVICE, handlers),
                 grpc.method_handlers_generic_handler(
                     LINK_SERVICE,
-                    {LINK_RPC: grpc.stream_stream_rpc_method_handler(self._links.serve)},
+                    {
+                        LINK_RPC: grpc.stream_stream_rpc_method_handler(self._links.serve),
+                        ENDPOINTS_RPC: grpc.unary_unary_rpc_method_handler(self._endpoints),
+                    },
                 ),
             )
         )
         self.port = self.tls.bind(server, f"{self.host}:{self.port}")
+        await self._native.start()
         await server.start()
         self._server = server
         app = new_app(self.auth, self.host)
@@ -397,6 +407,10 @@ class InstanceServer:
                                                         self.tls.server_context())  # fmt: skip
         self.snapshot.start()
         self._trim.start()
+
+    async def _endpoints(self, request: bytes, context) -> bytes:
+        """Where this instance's native link listens (``aios_fast.wire``)."""
+        return msgspec.msgpack.encode(self._native.endpoints())
 
     async def _release_memory(self) -> None:
         """Once idle after tasks ran, give freed memory back (runtime.release_memory)."""
@@ -417,6 +431,7 @@ class InstanceServer:
         self._links.leave()
         left = await self.drain.wait(grace)
         await self._links.close(left)
+        await self._native.close()
         if self.batcher is not None:
             await self.batcher.close()
         if self._server is not None:
