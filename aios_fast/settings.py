@@ -173,6 +173,9 @@ class InstanceSettings(_Strict):
 
     maxConcurrency: PositiveCount = 256  # tasks one instance runs at once
     drainTimeout: Seconds = 30.0  # on SIGTERM, seconds the tasks it took may take
+    # a sync hook measured at most this long per call runs on the event loop, not in a
+    # thread (instance.inline; 0: always a thread unless the Block says inline = True)
+    inlineBudget: Annotated[float, Meta(ge=0, le=0.1)] = 0.0001
 
 
 class InitSettings(_Strict):

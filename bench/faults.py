@@ -1,6 +1,6 @@
 """Fault benchmark: what callers see when things go wrong under load.
 
-    python -m bench.faults [--duration 4] [--write]
+    python -m bench.faults [--duration 4] [--link native|tcp|grpc] [--write]
 
 Each fault runs against fresh processes on this machine: an executor (task timeout 2 s,
 keepalive 0.5 s) and two instances of the test ControlBlock, with 64 tasks kept in flight
@@ -109,12 +109,15 @@ def unaccounted(executor) -> int:
     return left["accepted"]
 
 
+LINK = ["native"]  # the executor's --link (main sets it)
+
+
 def scenario(name: str, seconds: float, make_task, strike_on=None) -> str:
     progress(f"faults: {name} ...")
     instances = [start_instance(CONTROL), start_instance(CONTROL)]
     executor, port = start_executor(
         {f"i{k}": p.info["port"] for k, p in enumerate(instances)},
-        "--task-timeout", "2", "--link-keepalive", "0.5",
+        "--task-timeout", "2", "--link-keepalive", "0.5", "--link", LINK[0],
     )  # fmt: skip
     tally = Tally()
     try:
@@ -139,7 +142,8 @@ def scenario(name: str, seconds: float, make_task, strike_on=None) -> str:
 def burst(n: int = 10_000) -> str:
     progress(f"faults: a burst of {n:,} calls ...")
     instances = [start_instance(), start_instance()]
-    executor, port = start_executor({f"i{k}": p.info["port"] for k, p in enumerate(instances)})
+    executor, port = start_executor({f"i{k}": p.info["port"] for k, p in enumerate(instances)},
+                                    "--link", LINK[0])  # fmt: skip
     tally = Tally()
     try:
 
@@ -206,7 +210,7 @@ def run(opts) -> str:
         burst(),
     ]
     lines = [
-        "Each fault against fresh processes: an executor (--task-timeout 2, "
+        f"Each fault against fresh processes: an executor (--link {LINK[0]}, --task-timeout 2, "
         "--link-keepalive 0.5) and two ControlBlock instances, 64 tasks in flight (3 in 4 "
         f"infer_result, 1 in 4 infer) for {d:g} s, the fault one second in. 'unrelated': "
         "failures of tasks the fault did not aim at (for an instance fault, failures of "
@@ -224,7 +228,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=4.0)
     parser.add_argument("--write", action="store_true")
+    parser.add_argument("--link", default="native", choices=("native", "tcp", "grpc"),
+                        help="the executor's instance links (default: native)")  # fmt: skip
     opts = parser.parse_args(argv)
+    LINK[0] = opts.link
     publish("Faults", "bench.faults", run(opts), opts.write, argv)
     return 0
 

@@ -4,6 +4,7 @@ the instance (a C HTTP/2 proxy: the native limit), one echo instance behind all 
 
     python -m bench.front [--duration 5] [--rounds 3] [--connections 4] [--streams 32]
                           [--quick] [--write]
+    python -m bench.front --links ...   (the executor-instance links: bench.front_links)
 
 Load: h2load (infer_result with the small benchmark packet), closed loop, the same
 connections x streams for every target. CPU: utime + stime of the target's processes
@@ -213,9 +214,20 @@ def main(argv=None) -> int:
     parser.add_argument("--streams", type=int, default=32)
     parser.add_argument("--quick", action="store_true", help="one 2 s round")
     parser.add_argument("--write", action="store_true")
+    parser.add_argument(
+        "--links",
+        action="store_true",
+        help="compare the executor-instance links instead (bench.front_links)",
+    )
+    parser.add_argument("--rate", type=float, default=740.0,
+                        help="--links: the equal offered load, tasks/s")  # fmt: skip
     opts = parser.parse_args(argv)
     if opts.quick:
         opts.duration, opts.rounds = 2, 1
+    if opts.links:
+        from . import front_links
+
+        return front_links.main(opts, argv)
     res = run(opts)
     publish("Executor front", "bench.front", render(res, opts), opts.write, argv)
     if opts.quick:

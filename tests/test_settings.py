@@ -67,6 +67,7 @@ ROWS = [
     ("executor.handshakeTimeout", 30.0, {"executor": ("handshake_timeout", 30.0)}),
     ("instance.maxConcurrency", 17, {"instance": ("max_concurrency", 17)}),
     ("instance.drainTimeout", 9.0, {"instance": ("drain_timeout", 9.0)}),
+    ("instance.inlineBudget", 0.0005, {"instance": ("inline_budget", 0.0005)}),
     ("block", "tests.blocks:SleepBlock", {"instance": ("block", "tests.blocks:SleepBlock")}),
 ]  # fmt: skip
 # Settings no process reads from the document: block up's actuator places instances on

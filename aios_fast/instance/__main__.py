@@ -46,6 +46,7 @@ def settings_of(opts: argparse.Namespace) -> dict:
         "max_message": s.maxMessageBytes,
         "max_concurrency": s.instance.maxConcurrency,
         "drain_timeout": s.instance.drainTimeout,
+        "inline_budget": s.instance.inlineBudget,
     }
     for key, value in vars(opts).items():
         if key in chosen and value is not None:
@@ -68,6 +69,7 @@ async def _serve(opts) -> None:
         max_concurrency=chosen["max_concurrency"], frames=FrameDB(framedb),
         max_message=chosen["max_message"], auth=auth, insecure=opts.insecure, tls=tls,
         router=OutputRouter(auth.any_token("infer"), tls), batching=chosen["batching"],
+        inline_budget=chosen["inline_budget"],
     )  # fmt: skip
     await server.start()
     runtime.reload_on_sighup(auth)
@@ -149,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="on SIGTERM, seconds the tasks it took may take to finish "
         f"(default: {_I.drainTimeout})",
+    )
+    parser.add_argument(
+        "--inline-budget",
+        type=float,
+        help="seconds: a sync hook measured at most this long runs on the event loop "
+        f"(0: never unless the Block says inline = True; default: {_I.inlineBudget})",
     )
     add_tls_arguments(parser)
     return parser

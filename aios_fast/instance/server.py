@@ -53,6 +53,7 @@ from ..service.http import mgmt_route, new_app, start_site
 from ..service.metrics import CONTENT_TYPE, Histogram, Registry, counter, gauge, histogram
 from ..service.periodic import Periodic
 from ..service.snapshot import MetricsSnapshot
+from ..settings import InitSettings
 from ..tls import TLS
 from ..wire import (
     ACCEPTED,
@@ -71,6 +72,7 @@ from ..wire import (
 from .batcher import Batcher, BatchSettings
 from .drain import Drain
 from .gate import ConcurrencyGate
+from .inline import InlineChooser
 from .link_server import LinkServer, describe
 from .loading import overrides
 from .native_link import NativeLinkListener
@@ -101,6 +103,7 @@ class InstanceServer:
         insecure: bool = False,
         tls: TLS | None = None,
         batching: dict | None = None,
+        inline_budget: float = InitSettings().instance.inlineBudget,
     ) -> None:
         self.block = block
         if frames is not None:
@@ -130,6 +133,8 @@ class InstanceServer:
         self._native = NativeLinkListener(self._links, self.auth, self.tls, host, max_message)
         # The default on_preprocess returns the packet: skip its thread hop.
         self._preprocess = overrides(block, "on_preprocess")
+        self.inline_budget = inline_budget
+        self._inline: dict[str, InlineChooser] = {}  # sync task hooks: on the loop or not
         self._batching_base = batching
         self._gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
         self.batcher = self._make_batcher(
@@ -150,7 +155,7 @@ class InstanceServer:
         return Batcher(self._run_batch, settings)
 
     async def _run_batch(self, entries: list) -> list:
-        return await self._call(self.block.on_batch, entries)
+        return await self._call_task("on_batch", self.block.on_batch, entries)
 
     # ------------------------------------------------------------------ running a task
 
@@ -165,6 +170,28 @@ class InstanceServer:
         except asyncio.CancelledError:
             # A thread cannot be stopped: it keeps its concurrency slot until it ends.
             await asyncio.wait([work])
+            raise
+
+    async def _call_task(self, hook: str, fn, *args):
+        """A task's hook: async, or sync inline (declared or measured cheap,
+        ``instance.inline``), or sync in a thread (timed, for that choice)."""
+        chooser = self._inline.get(hook)
+        if chooser is None:
+            if inspect.iscoroutinefunction(fn):
+                return await fn(*args)
+            declared = getattr(type(self.block), "inline", None)
+            chooser = self._inline[hook] = InlineChooser(self.inline_budget, declared)
+        t0 = perf_counter()
+        if chooser.inline:
+            try:
+                return fn(*args)
+            finally:
+                chooser.observe(perf_counter() - t0)
+        work = asyncio.get_running_loop().run_in_executor(None, _timed, chooser, fn, args)
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            await asyncio.wait([work])  # a thread cannot be stopped: it keeps its slot
             raise
 
     async def run_task(self, frame: bytes, deadline: float | None = None,
@@ -219,10 +246,10 @@ class InstanceServer:
         try:
             entry = packet
             if self._preprocess:
-                entry = await self._call(self.block.on_preprocess, packet)
+                entry = await self._call_task("on_preprocess", self.block.on_preprocess, packet)
             if self.batcher is not None:
                 return await self.batcher.submit(entry, deadline, owner)
-            return await self._call(self.block.on_data, entry)
+            return await self._call_task("on_data", self.block.on_data, entry)
         finally:
             self.on_data_seconds.observe(perf_counter() - t0)
             self.gate.release()
@@ -443,6 +470,14 @@ class InstanceServer:
         await self.router.close()
         await self.block.frames.close()
         self.outcomes.errors.flush()
+
+
+def _timed(chooser: InlineChooser, fn, args):
+    t0 = perf_counter()
+    try:
+        return fn(*args)
+    finally:
+        chooser.observe(perf_counter() - t0)
 
 
 def _batch_families(batcher: Batcher):
