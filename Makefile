@@ -83,12 +83,15 @@ test-compiled: setup-test
 # imports aios_fast (tests/registry/test_layout.py checks it); layout and protos read source.
 ONCE = --ignore=tests/registry --ignore=tests/test_layout.py --ignore=tests/test_protos.py
 # What differs without the extensions: the codec and the balancers are the pure twins
-# (aios_fast.codec / aios_fast.lb select them) and the executor's front is grpc.aio. The
-# compiled pass already tested both twins side by side and both fronts; make test's pure
-# pass runs the modules whose processes go through the selectors end to end.
+# (aios_fast.codec / aios_fast.lb select them), the executor's front is grpc.aio and its
+# instance links the grpc.aio stream (executor.link auto). The compiled pass already
+# tested both twins side by side, both fronts and the native link; make test's pure pass
+# runs the modules whose processes go through the selectors end to end, and the link's
+# fault tests over the gRPC link.
 PURE_DIFFERENCES = tests/test_codec.py tests/test_lb.py tests/test_policy.py \
 	tests/test_router.py tests/test_executor.py tests/test_executor_mgmt.py \
-	tests/test_instance.py tests/test_routing.py tests/test_front.py tests/test_batching.py
+	tests/test_instance.py tests/test_routing.py tests/test_front.py tests/test_batching.py \
+	tests/test_faults.py tests/test_link.py
 
 test-pure: setup-test       ## the suite on the pure-Python twins (AIOS_FAST_NO_EXTENSIONS=1)
 	AIOS_FAST_NO_EXTENSIONS=1 $(PY) -m pytest -q $(XDIST) \

@@ -34,8 +34,9 @@ log = logging.getLogger("aios_fast.kube")
 T = TypeVar("T")
 
 # The instances' container ports (the instances' Service names them so the EndpointSlices
-# carry both): gRPC (the executor's links) and management HTTP (GET /health, /stats).
-INSTANCE_PORTS = {"grpc": 50061, "mgmt": 18061}
+# carry them): gRPC (the executor's links), management HTTP (GET /health, /stats) and the
+# native link's TCP port (the executors ask the gRPC port for it: aios_fast.wire).
+INSTANCE_PORTS = {"grpc": 50061, "mgmt": 18061, "link": 50062}
 RETRY_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
 
 

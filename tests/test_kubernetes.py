@@ -173,7 +173,9 @@ def test_manifests_ports_probes_tokens_gpus_and_least_rbac():
     assert inst["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
     headless = o["Service", names.instances]["spec"]
     assert headless["clusterIP"] == "None"
-    assert {p["name"] for p in headless["ports"]} == {"grpc", "mgmt"}
+    assert {p["name"] for p in headless["ports"]} == {"grpc", "mgmt", "link"}
+    link_port = container["args"][container["args"].index("--link-port") + 1]
+    assert {"name": "link", "containerPort": int(link_port)} in container["ports"]
     # least RBAC: the executor reads EndpointSlices; the sidecars scale one Deployment
     assert o["Role", names.executor]["rules"] == [{
         "apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],

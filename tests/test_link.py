@@ -298,3 +298,44 @@ def test_acks_come_before_results_on_a_slow_task():
     kinds = asyncio.run(run())
     assert [k for _, k in kinds] == [ACK, RESULT]
     assert kinds[1][0] - kinds[0][0] > 0.2  # the ACK did not wait for the run
+
+
+def test_an_executor_that_does_not_read_is_not_read_either():
+    """Back-pressure: while the replies pile up unread, the instance takes no new tasks
+    (it stops reading the connection); once they are read, every task is answered."""
+    from aios_fast import _link_py as lk
+    from aios_fast.instance import InstanceServer
+
+    n, size = 200, 200 * 1024
+
+    async def run():
+        server = InstanceServer(EchoBlock(), max_message=1 << 20)
+        await server.start()
+        r, w = await asyncio.open_unix_connection(server._native.endpoints()["unix"], limit=1 << 22)
+        w.write(lk.frame(HELLO, msgspec.msgpack.encode({"v": 1, "max_message": 1 << 20})))
+        await _read_frames(r, lk, until=WELCOME)
+
+        async def send():
+            for i in range(n):
+                w.write(_task_frame(lk, i + 1, "x" * size))
+                await w.drain()
+
+        sender = asyncio.ensure_future(send())
+        await asyncio.sleep(1.0)
+        stalled = server.outcomes.completed
+        frames, results = lk.FrameReader(1 << 30), 0
+        while results < n:
+            data = await asyncio.wait_for(r.read(1 << 20), 10)
+            assert data, "the instance closed the connection"
+            for kind, body in frames.feed(data):
+                if kind == BATCH:
+                    results += sum(item[1] == RESULT for item in decode_replies(body))
+        await sender
+        w.close()
+        done = server.outcomes.completed
+        await server.stop(1)
+        return stalled, done, results
+
+    stalled, done, results = asyncio.run(run())
+    assert stalled < n // 4  # not all 40 MB read and answered into an unread buffer
+    assert done == results == n

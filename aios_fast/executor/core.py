@@ -113,6 +113,7 @@ class Executor:
                                 log, "task timeout sweep")  # fmt: skip
         # (tasks received, client connections closed) when memory was last released
         self._trimmed_at: tuple[int, int] = (0, 0)
+        self._seen_at: tuple[int, int] = (0, 0)  # ... and at the last check
         self._trim = Periodic(self._release_memory, 2.0, log, "memory release")
 
     # ------------------------------------------------------------------ views
@@ -200,10 +201,13 @@ class Executor:
         return self.hosts.describe(instance_id)
 
     async def _release_memory(self) -> None:
-        """Once idle: return the freed memory (runtime.release_memory), once per burst."""
+        """Once quiet (nothing received for a whole period): return the freed memory
+        (runtime.release_memory), once per burst. Not at every idle instant: under a
+        light steady load the full collection cost ~30 us a task (measured, 740/s)."""
         # (a client that left may have held memory too: answers it never read)
         mark = (self.router.stats["received"], getattr(self._server, "connections_closed", 0))
-        if self.router.inflight == 0 and mark != self._trimmed_at:
+        quiet, self._seen_at = mark == self._seen_at, mark
+        if quiet and self.router.inflight == 0 and mark != self._trimmed_at:
             self._trimmed_at = mark
             runtime.release_memory()
 

@@ -69,7 +69,7 @@ async def _serve(opts) -> None:
         max_concurrency=chosen["max_concurrency"], frames=FrameDB(framedb),
         max_message=chosen["max_message"], auth=auth, insecure=opts.insecure, tls=tls,
         router=OutputRouter(auth.any_token("infer"), tls), batching=chosen["batching"],
-        inline_budget=chosen["inline_budget"],
+        inline_budget=chosen["inline_budget"], link_port=opts.link_port,
     )  # fmt: skip
     await server.start()
     runtime.reload_on_sighup(auth)
@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="gRPC port (0: any free one)")
     parser.add_argument("--mgmt-port", type=int, default=0, help="HTTP management port")
+    parser.add_argument("--link-port", type=int, default=0,
+                        help="the native link's TCP port (0: any free one; executors ask "
+                        "the gRPC port where it is)")  # fmt: skip
     parser.add_argument("--max-concurrency", type=int,
                         help=f"tasks run at once (default: {_I.maxConcurrency})")  # fmt: skip
     parser.add_argument("--init-data", help="JSON blockInitData (default: {})")

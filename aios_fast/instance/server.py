@@ -104,6 +104,7 @@ class InstanceServer:
         tls: TLS | None = None,
         batching: dict | None = None,
         inline_budget: float = InitSettings().instance.inlineBudget,
+        link_port: int = 0,
     ) -> None:
         self.block = block
         if frames is not None:
@@ -125,12 +126,14 @@ class InstanceServer:
         self._background_tasks: set[asyncio.Task] = set()
         self._calls = 0  # infer_result calls in progress
         self._released_at = 0  # tasks ended when memory was last given back
+        self._seen_at = 0  # ... and at the last check
         self._trim = Periodic(self._release_memory, 2.0, log, "memory release")
         self.on_data_seconds = Histogram()
         self.snapshot = MetricsSnapshot(self._block_metrics)  # hardware, read off the loop
         self.registry = Registry(self._collect, process=True)
         self._links = LinkServer(self.run_task, self.outcomes, self.max_message, self.queued)
-        self._native = NativeLinkListener(self._links, self.auth, self.tls, host, max_message)
+        self._native = NativeLinkListener(self._links, self.auth, self.tls, host, max_message,
+                                          port=link_port)  # fmt: skip
         # The default on_preprocess returns the packet: skip its thread hop.
         self._preprocess = overrides(block, "on_preprocess")
         self.inline_budget = inline_budget
@@ -440,9 +443,11 @@ class InstanceServer:
         return msgspec.msgpack.encode(self._native.endpoints())
 
     async def _release_memory(self) -> None:
-        """Once idle after tasks ran, give freed memory back (runtime.release_memory)."""
+        """Once quiet after tasks ran (none ended for a whole period), give freed memory
+        back (runtime.release_memory); not at every idle instant of a light load."""
         ended = self.outcomes.completed + self.outcomes.failed
-        if ended != self._released_at and not self.busy():
+        quiet, self._seen_at = ended == self._seen_at, ended
+        if quiet and ended != self._released_at and not self.busy():
             self._released_at = ended
             runtime.release_memory()
 
