@@ -11,6 +11,7 @@ import asyncio
 import os
 import random
 import stat
+from pathlib import Path
 
 import grpc
 import msgspec
@@ -203,12 +204,18 @@ def test_the_listener_refuses_what_a_hostile_client_sends(monkeypatch):
         results["over_limit"] = await session(hello("Bearer secret"), lk.header(BATCH, over),
                                               until=-1)  # fmt: skip
         results["nonce"] = ep["nonce"]
+        stale = Path(path).with_name("link-1-999999999.sock")  # a kill -9'd instance's
+        stale.touch()
+        other = InstanceServer(EchoBlock())
+        await other.start()
+        results["pruned"] = not stale.exists()
+        await other.stop(1)
         await server.stop(1)
         results["removed"] = not os.path.exists(path)
         return results
 
     r = asyncio.run(run())
-    assert r["mode"] == 0o600 and r["removed"]
+    assert r["mode"] == 0o600 and r["removed"] and r["pruned"]
     assert r["silent"] == [None]  # cut after the handshake timeout, nothing said
     assert r["batch_first"] == [(REFUSE, b"HELLO must come first"), None]
     assert r["over_64k"] == [None]  # cut at the header, never buffered

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import msgspec
 
-from ..auth import Auth, AuthError, runtime_dir
+from ..auth import Auth, AuthError, prune_stale, runtime_dir
 from ..service.framed import FramedProtocol, FrameWriter
 from ..tls import TLS
 from ..wire import BATCH, HELLO, PING, PONG, REFUSE, WELCOME, decode_tasks, link_limit
@@ -156,17 +156,26 @@ class NativeLinkListener:
                                           ssl=self.tls.server_context())  # fmt: skip
         self.port = server.sockets[0].getsockname()[1]
         self._servers.append(server)
-        path = _socket_path(self.port)
-        if self._unix and len(str(path)) <= _MAX_UNIX_PATH:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()  # a stale one of a killed instance that had this name
-            old = os.umask(0o177)  # the socket is created 0600
+        if self._unix:
             try:
-                unix = await loop.create_unix_server(lambda: _Conn(self), str(path))
-            finally:
-                os.umask(old)
-            self.path = str(path)
-            self._servers.append(unix)
+                await self._listen_unix(loop)
+            except OSError as exc:  # a read-only home, say: executors here use TCP
+                log.warning("native link: no Unix socket (%s); TCP only", exc)
+
+    async def _listen_unix(self, loop: asyncio.AbstractEventLoop) -> None:
+        path = _socket_path(self.port)
+        if len(str(path)) > _MAX_UNIX_PATH:
+            log.info("native link: %s is too long for a Unix socket; TCP only", path)
+            return
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # a stale one of a killed instance that had this name
+        old = os.umask(0o177)  # the socket is created 0600
+        try:
+            server = await loop.create_unix_server(lambda: _Conn(self), str(path))
+        finally:
+            os.umask(old)
+        self.path = str(path)
+        self._servers.append(server)
 
     async def close(self) -> None:
         """Stop listening (the streams end through the LinkServer) and remove the socket."""
@@ -187,4 +196,5 @@ _MAX_UNIX_PATH = 100  # sun_path holds 108 bytes: a longer folder gets TCP only
 def _socket_path(port: int) -> Path:
     folder = runtime_dir()
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return folder / f"link-{os.getpid()}-{port}.sock"
+    prune_stale(folder, "link-*.sock")  # sockets of instances killed with -9
+    return folder / f"link-{port}-{os.getpid()}.sock"
