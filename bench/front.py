@@ -221,6 +221,7 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--rate", type=float, default=740.0,
                         help="--links: the equal offered load, tasks/s")  # fmt: skip
+    parser.add_argument("--base", help="--links: also measure this revision's grpc.aio link")
     opts = parser.parse_args(argv)
     if opts.quick:
         opts.duration, opts.rounds = 2, 1

@@ -34,10 +34,13 @@ def free_port() -> int:
 
 
 class Proc:
-    def __init__(self, args: list[str], announce: bool = True) -> None:
-        env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    """``python <args>`` in this checkout (``root``: another one, e.g. a benchmark's
+    base revision), reading the JSON line it announces itself with."""
+
+    def __init__(self, args: list[str], announce: bool = True, root: Path = ROOT) -> None:
+        env = dict(os.environ, PYTHONPATH=str(root), PYTHONUNBUFFERED="1")
         self.p = subprocess.Popen(
-            [sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+            [sys.executable, *args], cwd=root, env=env, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         self.info = json.loads(self._line()) if announce else {}
