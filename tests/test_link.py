@@ -200,6 +200,8 @@ def test_the_listener_refuses_what_a_hostile_client_sends(monkeypatch):
         results["welcome"] = await session(hello("Bearer secret"), until=WELCOME)
         results["served"] = await session(hello("Bearer secret"), _task_frame(lk, 9, "hi"),
                                           lk.frame(PING), until=BATCH)  # fmt: skip
+        results["garbage"] = await session(hello("Bearer secret"), lk.frame(BATCH, b"\x93\xc1"),
+                                           until=-1)  # fmt: skip
         over = link_limit(1 << 20) + 1
         results["over_limit"] = await session(hello("Bearer secret"), lk.header(BATCH, over),
                                               until=-1)  # fmt: skip
@@ -231,6 +233,7 @@ def test_the_listener_refuses_what_a_hostile_client_sends(monkeypatch):
     assert [(task_id, kind) for task_id, kind, _ in replies] == [(9, RESULT)]  # ACK dropped
     assert packet_codec.decode_packet(replies[0][2]).data == "hi"
     assert (PONG, b"") in r["served"]  # answered at once, not after the batch
+    assert r["garbage"][0][0] == WELCOME and r["garbage"][-1] is None  # cut, nothing run
     assert r["over_limit"][-1] is None and all(k != BATCH for k, _ in r["over_limit"][1:-1])
 
 

@@ -84,7 +84,12 @@ class _Client(FramedProtocol):
         reply = link._reply
         for kind, body in frames:
             if kind == BATCH:
-                for task_id, reply_kind, payload in decode_replies(body):
+                try:
+                    replies = decode_replies(body)
+                except msgspec.DecodeError as exc:  # the link's state is unknown: cut it
+                    self.fail(f"a malformed reply batch ({exc})")
+                    return
+                for task_id, reply_kind, payload in replies:
                     reply(task_id, reply_kind, payload)
             elif kind == PING:
                 self.send(PONG)

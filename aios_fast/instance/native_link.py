@@ -72,7 +72,13 @@ class _Conn(FramedProtocol):
         links = self.listener.links
         for kind, body in frames:
             if kind == BATCH and self.stream is not None:
-                links.on_tasks(self.stream, decode_tasks(body))
+                try:
+                    tasks = decode_tasks(body)
+                except msgspec.DecodeError as exc:  # not an executor of ours: cut
+                    log.warning("native link: a malformed task batch (%s); closing it", exc)
+                    self.fail(f"malformed batch: {exc}")
+                    return
+                links.on_tasks(self.stream, tasks)
             elif kind == PING:
                 self.send(PONG)
             elif kind == HELLO and self.stream is None:
