@@ -95,10 +95,14 @@ def start_nghttpx(instance_port: int):
     return proc, port
 
 
-def measure(port: int, pids: list[int], body: Path, opts, rps: float = 0) -> dict:
-    h2load(port, body, 1, opts.connections, opts.streams)  # warm-up
+def measure(port: int, pids: list[int], body: Path, opts, rps: float = 0,
+            shape: tuple[int, int] | None = None) -> dict:  # fmt: skip
+    """One h2load run after a 1 s warm-up: CPU per task of ``pids``, tasks/s, p50, p99
+    (``shape``: connections x streams, else the options')."""
+    conns, streams = shape or (opts.connections, opts.streams)
+    h2load(port, body, 1, conns, streams, rps)  # warm-up
     cpu0, t0 = cpu_seconds(pids), time.perf_counter()
-    done, lat = h2load(port, body, opts.duration, opts.connections, opts.streams, rps)
+    done, lat = h2load(port, body, opts.duration, conns, streams, rps)
     cpu, wall = cpu_seconds(pids) - cpu0, time.perf_counter() - t0
     return {
         "cpu_us": cpu / max(done, 1) * 1e6,

@@ -23,33 +23,18 @@ import os
 import platform
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 from . import payloads
 from ._timing import progress, publish
 from .executor import check, grpc_body
-from .front import cpu_seconds, h2load
+from .front import measure
 from .front import start_executor as _start_executor  # (tests.procs, path set up there)
 from .front import start_instance as _start_instance
 
 KINDS = (("grpcaio", "grpc"), ("tcp", "tcp"), ("uds", "native"))
 LOADS = ("1inflight", "rate", "saturation")
 EXPECT = {"grpcaio": "grpc", "tcp": "tcp", "uds": "unix"}
-
-
-def _measure(port: int, pids: list[int], body: Path, seconds: float, conns: int,
-             streams: int, rps: float = 0) -> dict:  # fmt: skip
-    h2load(port, body, 1, conns, streams, rps)  # warm-up
-    cpu0, t0 = cpu_seconds(pids), time.perf_counter()
-    done, lat = h2load(port, body, seconds, conns, streams, rps)
-    cpu, wall = cpu_seconds(pids) - cpu0, time.perf_counter() - t0
-    return {
-        "cpu_us": cpu / max(done, 1) * 1e6,
-        "tasks_s": done / wall,
-        "p50_ms": lat[len(lat) // 2] / 1000 if lat else float("nan"),
-        "p99_ms": lat[int(len(lat) * 0.99)] / 1000 if lat else float("nan"),
-    }
 
 
 def _transport(mgmt_port: int) -> str:
@@ -103,8 +88,8 @@ def run(opts) -> dict[str, dict[str, dict]]:
                 conns, streams, rps = shapes[load]
                 for name, (_, _, port, pids) in setups.items():
                     progress(f"links bench: round {k + 1}/{opts.rounds}: {load}: {name} ...")
-                    samples[name][load].append(_measure(port, pids, body, opts.duration, conns,
-                                                        streams, rps))  # fmt: skip
+                    samples[name][load].append(measure(port, pids, body, opts, rps,
+                                                       (conns, streams)))  # fmt: skip
     finally:
         for instance, executor, _, _ in setups.values():
             executor.stop()
