@@ -21,6 +21,7 @@ from typing import Protocol
 import grpc
 
 from ..errors import OutputTooLarge, TaskExpired, TaskTimedOut
+from ..oip import InvalidTensor
 from ..service.batch_writer import BatchWriter
 from ..wire import (
     ACK,
@@ -28,6 +29,7 @@ from ..wire import (
     ERROR,
     EXPIRED,
     FIRE,
+    INVALID,
     ITEM_OVERHEAD,
     LEAVING,
     LIMIT_HEADER,
@@ -44,7 +46,7 @@ from ..wire import (
 
 __all__ = ["Counters", "LinkServer", "describe"]
 
-RunTask = Callable[[bytes, float | None, int | None, float], Awaitable[bytes]]
+RunTask = Callable[[bytes, float | None, int | None, float, int], Awaitable[bytes]]
 
 
 def describe(exc: BaseException) -> str:
@@ -138,9 +140,10 @@ class LinkServer:
                 except ValueError:
                     pass
 
-        async def work(task_id: int, frame: bytes, deadline: float | None, fire: bool) -> None:
+        async def work(task_id: int, frame: bytes, deadline: float | None, kind: int) -> None:
             try:
-                output = await self.run_task(frame, deadline, None if fire else limit, run_timeout)
+                output = await self.run_task(frame, deadline, None if kind == FIRE else limit,
+                                             run_timeout, kind)  # fmt: skip
                 stream.reply(task_id, RESULT, output)
                 counters.completed += 1
             except asyncio.CancelledError:
@@ -156,6 +159,9 @@ class LinkServer:
             except OutputTooLarge as exc:
                 counters.fail(exc)
                 stream.reply(task_id, TOO_LARGE, str(exc).encode())
+            except InvalidTensor as exc:  # the caller's input: INVALID_ARGUMENT
+                counters.fail(exc)
+                stream.reply(task_id, INVALID, str(exc).encode())
             except Exception as exc:  # reported to the executor, never dropped
                 counters.fail(exc)
                 stream.reply(task_id, ERROR, describe(exc).encode())
@@ -176,7 +182,7 @@ class LinkServer:
                             stream.reply(task_id, ACK)
                             deadline = loop.time() + timeout if timeout > 0 else None
                             stream.running[task_id] = asyncio.ensure_future(
-                                work(task_id, frame, deadline, kind == FIRE)
+                                work(task_id, frame, deadline, kind)
                             )
             finally:
                 if stream.running:  # the executor closed its side: answer what is running

@@ -171,9 +171,17 @@ cdef enum:
 
 # methods (Call.method): the Method enum's values, for Python
 INFER, INFER_RESULT, INFER_STREAM = METHOD_INFER, METHOD_INFER_RESULT, METHOD_INFER_STREAM
+# the Open Inference Protocol's methods (aios_fast.wire.OIP_METHODS, in that order):
+# Call.method - OIP_FIRST is the position of the call's method in OIP_METHODS
+OIP_FIRST, OIP_STREAM = METHOD_OIP_FIRST, METHOD_OIP_STREAM
+OIP_METHODS = _OIP = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata",
+                      "ModelInfer", "ModelStreamInfer")
+assert METHOD_OIP_FIRST + _OIP.index("ModelStreamInfer") == METHOD_OIP_STREAM
 _PATHS = {b"/InferenceProxy/infer": METHOD_INFER,
           b"/InferenceProxy/infer_result": METHOD_INFER_RESULT,
-          b"/InferenceProxy/infer_stream": METHOD_INFER_STREAM}
+          b"/InferenceProxy/infer_stream": METHOD_INFER_STREAM,
+          **{f"/inference.GRPCInferenceService/{name}".encode(): METHOD_OIP_FIRST + i
+             for i, name in enumerate(_OIP)}}
 _UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 # grpc-message: percent-encode everything outside printable ASCII, and '%' itself
 _SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if c != 0x25)
@@ -814,7 +822,7 @@ cdef class Connection:
         call.input = IN_DONE
         if call.inbuf is not None and len(call.inbuf):
             self._reject(call, INTERNAL, "the request ended inside a message")
-        elif call.method == METHOD_INFER_STREAM:
+        elif call.method == METHOD_INFER_STREAM or call.method == METHOD_OIP_STREAM:
             self.events.append((call, None))
         elif call.messages != 1:
             self._reject(call, INTERNAL, "a unary call takes exactly one request message, "
@@ -826,7 +834,7 @@ cdef class Connection:
 
     cdef _message(self, Call call, bytes frame):
         call.messages += 1
-        if call.method == METHOD_INFER_STREAM:
+        if call.method == METHOD_INFER_STREAM or call.method == METHOD_OIP_STREAM:
             self.events.append((call, frame))
         elif call.messages == 1:
             call.frame = frame

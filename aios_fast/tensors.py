@@ -1,0 +1,271 @@
+"""Tensors in the Block API: the Open Inference Protocol's ModelInferRequest as NumPy
+arrays, and a block's outputs as a ModelInferResponse (run in the instance; the executor
+never decodes tensors).
+
+A block declares its tensors in the block document (``inputProtocol`` /
+``outputProtocol``, each ``{"tensors": [{"name", "datatype", "shape"}, ...]}``; -1 in a
+shape: any size), and the executor answers ModelMetadata from it (``ModelSpec``). An OIP
+request reaches the block as an ``InferRequest`` (``on_data(entry)``, or its items in
+``on_batch``): ``entry.inputs`` maps each input's name to a NumPy array that views the
+request's ``raw_input_contents`` in place (no copy; read-only), or is built from its
+typed ``contents``. BYTES tensors are object arrays of ``bytes``. The hook returns a
+dict ``{output name: array-like}``, a list or tuple in the declared outputs' order, or
+a lone array when one output is declared. ``stack`` / ``split`` batch requests along
+the first dimension, as Triton's dynamic batcher does.
+
+Bad input (a shape or datatype other than the declaration's, raw contents of the wrong
+size, an unknown input or output) raises ``InvalidTensor``: the caller gets
+INVALID_ARGUMENT (gRPC) or 400 (REST), the instance is not blamed.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .oip import CONTENTS, InferRequest, InvalidTensor, ModelSpec
+from .protos import oip_pb2
+
+__all__ = [
+    "DATATYPES",
+    "InferRequest",
+    "InvalidTensor",
+    "decode_request",
+    "encode_response",
+    "split",
+    "stack",
+]
+
+
+# OIP datatype -> (NumPy dtype, InferTensorContents field), little-endian as the wire is
+DATATYPES: dict[str, tuple[np.dtype, str | None]] = {
+    name: (np.dtype(code), CONTENTS[name]) for name, code in (
+        ("BOOL", "?"), ("UINT8", "u1"), ("UINT16", "<u2"), ("UINT32", "<u4"),
+        ("UINT64", "<u8"), ("INT8", "i1"), ("INT16", "<i2"), ("INT32", "<i4"),
+        ("INT64", "<i8"), ("FP16", "<f2"), ("FP32", "<f4"), ("FP64", "<f8"),
+        ("BYTES", "O"))
+}  # fmt: skip
+_BY_DTYPE = {dtype: name for name, (dtype, _) in DATATYPES.items() if name != "BYTES"}
+
+
+def datatype_of(array: np.ndarray) -> str:
+    """The OIP datatype of a NumPy array (str/bytes/object arrays: BYTES)."""
+    if array.dtype.kind in "OSU":
+        return "BYTES"
+    name = _BY_DTYPE.get(array.dtype.newbyteorder("<") if array.dtype.byteorder == ">"
+                         else array.dtype)  # fmt: skip
+    if name is None:
+        raise InvalidTensor(f"outputs of dtype {array.dtype} have no OIP datatype")
+    return name
+
+
+# ---------------------------------------------------------------------- decoding
+
+
+def _varint(data: bytes | memoryview, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(data):
+            raise InvalidTensor("malformed ModelInferRequest: truncated varint")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise InvalidTensor("malformed ModelInferRequest: varint too long")
+
+
+def _split_raw(frame: bytes) -> tuple[bytes, list[memoryview]]:
+    """The request's bytes other than raw_input_contents (field 7: small, parsed by
+    protobuf) and views of each raw_input_contents in ``frame`` (not copied)."""
+    view = memoryview(frame)
+    rest: list[bytes | memoryview] = []
+    raws: list[memoryview] = []
+    pos, end = 0, len(frame)
+    while pos < end:
+        start = pos
+        key, pos = _varint(view, pos)
+        wire = key & 7
+        if wire == 0:
+            _, pos = _varint(view, pos)
+        elif wire == 2:
+            size, pos = _varint(view, pos)
+            if pos + size > end:
+                raise InvalidTensor("malformed ModelInferRequest: a field runs past its end")
+            if key >> 3 == 7:
+                raws.append(view[pos : pos + size])
+                pos += size
+                continue
+            pos += size
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        else:
+            raise InvalidTensor(f"malformed ModelInferRequest: wire type {wire}")
+        rest.append(view[start:pos])
+    if pos != end:
+        raise InvalidTensor("malformed ModelInferRequest: a field runs past its end")
+    return b"".join(rest), raws
+
+
+def _param(p: oip_pb2.InferParameter) -> Any:
+    choice = p.WhichOneof("parameter_choice")
+    return getattr(p, choice) if choice else None
+
+
+def _bytes_elements(raw: memoryview, count: int, name: str) -> np.ndarray:
+    """A BYTES tensor's raw form: each element a 4-byte little-endian length, then it."""
+    out = np.empty(count, dtype=object)
+    pos = 0
+    for i in range(count):
+        if pos + 4 > len(raw):
+            raise InvalidTensor(f"input '{name}': raw contents hold {i} of {count} BYTES "
+                                "elements")  # fmt: skip
+        (size,) = struct.unpack_from("<I", raw, pos)
+        pos += 4
+        if pos + size > len(raw):
+            raise InvalidTensor(f"input '{name}': BYTES element {i} runs past the raw contents")
+        out[i] = bytes(raw[pos : pos + size])
+        pos += size
+    if pos != len(raw):
+        raise InvalidTensor(f"input '{name}': raw contents hold {len(raw) - pos} bytes past "
+                            f"its {count} BYTES elements")  # fmt: skip
+    return out
+
+
+def decode_request(frame: bytes, spec: ModelSpec | None = None) -> InferRequest:
+    """A ModelInferRequest's bytes -> InferRequest, checked against ``spec``'s inputs."""
+    head, raws = _split_raw(frame)
+    try:
+        req = oip_pb2.ModelInferRequest.FromString(head)
+    except Exception as exc:  # protobuf's DecodeError
+        raise InvalidTensor(f"malformed ModelInferRequest: {exc}") from None
+    if raws and len(raws) != len(req.inputs):
+        raise InvalidTensor(f"{len(raws)} raw_input_contents for {len(req.inputs)} inputs: "
+                            "give each input its raw contents, or none")  # fmt: skip
+    declared = {t.name: t for t in spec.inputs} if spec is not None else {}
+    inputs: dict[str, np.ndarray] = {}
+    for i, t in enumerate(req.inputs):
+        if t.datatype not in DATATYPES:
+            raise InvalidTensor(f"input '{t.name}': unknown datatype {t.datatype!r}")
+        if any(d < 0 for d in t.shape):
+            raise InvalidTensor(f"input '{t.name}': negative dimension in {list(t.shape)}")
+        want = declared.get(t.name)
+        if declared and want is None:
+            raise InvalidTensor(f"unexpected input '{t.name}' (the model takes "
+                                f"{', '.join(declared)})")  # fmt: skip
+        if want is not None:
+            want.check(t.datatype, t.shape, "input")
+        if t.name in inputs:
+            raise InvalidTensor(f"input '{t.name}' given twice")
+        dtype, typed = DATATYPES[t.datatype]
+        shape = tuple(t.shape)
+        count = math.prod(shape)
+        if raws:
+            raw = raws[i]
+            if t.datatype == "BYTES":
+                array = _bytes_elements(raw, count, t.name)
+            else:
+                if len(raw) != count * dtype.itemsize:
+                    raise InvalidTensor(
+                        f"input '{t.name}': raw contents hold {len(raw)} bytes; "
+                        f"{t.datatype} {list(shape)} needs {count * dtype.itemsize}"
+                    )
+                array = np.frombuffer(raw, dtype=dtype)
+        else:
+            values = getattr(t.contents, typed) if typed else ()
+            if len(values) != count:
+                raise InvalidTensor(f"input '{t.name}': contents hold {len(values)} values; "
+                                    f"{list(shape)} needs {count}")  # fmt: skip
+            array = np.array(values, dtype=dtype) if count else np.empty(0, dtype=dtype)
+        inputs[t.name] = array.reshape(shape)
+    missing = [name for name in declared if name not in inputs]
+    if missing:
+        raise InvalidTensor(f"missing input(s) {', '.join(missing)}")
+    return InferRequest(inputs, req.id, {k: _param(v) for k, v in req.parameters.items()},
+                        tuple(o.name for o in req.outputs), req.model_version)  # fmt: skip
+
+
+# ---------------------------------------------------------------------- encoding
+
+
+def _named(result: Any, spec: ModelSpec | None) -> dict[str, Any]:
+    declared = [t.name for t in spec.outputs] if spec is not None else []
+    if isinstance(result, InferRequest):
+        return dict(result.inputs)
+    if isinstance(result, Mapping):
+        return dict(result)
+    if isinstance(result, (list, tuple)) and declared:
+        if len(result) != len(declared):
+            raise ValueError(f"the block returned {len(result)} outputs; the model "
+                             f"declares {len(declared)}")  # fmt: skip
+        return dict(zip(declared, result, strict=True))
+    if isinstance(result, np.ndarray) and len(declared) <= 1:
+        return {declared[0] if declared else "OUTPUT0": result}
+    raise TypeError(f"an OIP task's output must be a dict of arrays (got {type(result).__name__})")
+
+
+def _raw(array: np.ndarray, datatype: str) -> bytes:
+    if datatype != "BYTES":
+        return np.ascontiguousarray(array, dtype=DATATYPES[datatype][0]).tobytes()
+    parts = []
+    for item in array.reshape(-1):
+        data = item.encode() if isinstance(item, str) else bytes(item)
+        parts.append(struct.pack("<I", len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def encode_response(request: InferRequest, result: Any, spec: ModelSpec | None) -> bytes:
+    """The block's result -> ModelInferResponse bytes (every output raw, as Triton
+    answers). An output asked for but not produced is InvalidTensor."""
+    named = _named(result, spec)
+    declared = {t.name: t for t in spec.outputs} if spec is not None else {}
+    if request.outputs:
+        unknown = [n for n in request.outputs if n not in named]
+        if unknown:
+            raise InvalidTensor(f"unknown output(s) {', '.join(unknown)} (the model gives "
+                                f"{', '.join(named)})")  # fmt: skip
+        named = {n: named[n] for n in request.outputs}
+    resp = oip_pb2.ModelInferResponse(
+        model_name=spec.name if spec is not None else "", id=request.id,
+        model_version=spec.version if spec is not None else "",
+    )  # fmt: skip
+    raws = []
+    for name, value in named.items():
+        array = np.asarray(value)
+        want = declared.get(name)
+        datatype = want.datatype if want is not None else datatype_of(array)
+        resp.outputs.add(name=name, datatype=datatype, shape=array.shape)
+        raws.append(_raw(array, datatype))
+    resp.raw_output_contents.extend(raws)
+    return resp.SerializeToString()
+
+
+# ---------------------------------------------------------------------- batching
+
+
+def stack(requests: Sequence[InferRequest]) -> dict[str, np.ndarray]:
+    """Every request's inputs joined along the first dimension (Triton's dynamic
+    batching: requests of shape [n_i, ...] make one [sum n_i, ...] batch)."""
+    names = list(requests[0].inputs)
+    return {n: np.concatenate([r.inputs[n] for r in requests]) for n in names}
+
+
+def split(outputs: Mapping[str, Any], requests: Sequence[InferRequest]) -> list[dict]:
+    """A batch's outputs cut back into each request's share (the first dimension of its
+    first input says how many rows it brought), one dict per request, in order."""
+    sizes = [len(next(iter(r.inputs.values()))) if r.inputs else 0 for r in requests]
+    arrays = {n: np.asarray(v) for n, v in outputs.items()}
+    result, start = [], 0
+    for size in sizes:
+        result.append({n: a[start : start + size] for n, a in arrays.items()})
+        start += size
+    return result

@@ -1,0 +1,169 @@
+"""The Open Inference Protocol in process (aios_fast.oip, aios_fast.tensors): requests
+built by tritonclient's own protobuf messages are routed by three fields without being
+decoded, decoded into NumPy arrays viewing the request's bytes, checked against the
+block's declaration (datatype, shape, raw contents one byte short or long, unknown and
+missing inputs), and the block's outputs encoded into a response tritonclient reads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from tritonclient.grpc import service_pb2 as triton
+
+from aios_fast import tensors
+from aios_fast.errors import AiosFastError
+from aios_fast.oip import (
+    Answers,
+    InferRequest,
+    InvalidTensor,
+    ModelSpec,
+    UnknownModel,
+    route_fields,
+    stream_error,
+    stream_ok,
+)
+
+DOC = {
+    "id": "echo",
+    "componentUri": "model.echo:2.1",
+    "inputProtocol": {"tensors": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]},
+                                  {"name": "n", "datatype": "INT64", "shape": [-1]}]},
+    "outputProtocol": {"tensors": [{"name": "y", "datatype": "FP32", "shape": [-1, 4]}]},
+}  # fmt: skip
+SPEC = ModelSpec.from_document(DOC)
+
+
+def request(x: np.ndarray, n: np.ndarray, raw: bool = True, **kw) -> triton.ModelInferRequest:
+    req = triton.ModelInferRequest(model_name="echo", id="r1", **kw)
+    for name, datatype, array in (("x", "FP32", x), ("n", "INT64", n)):
+        t = req.inputs.add(name=name, datatype=datatype, shape=array.shape)
+        if raw:
+            req.raw_input_contents.append(array.tobytes())
+        elif datatype == "FP32":
+            t.contents.fp32_contents.extend(array.reshape(-1).tolist())
+        else:
+            t.contents.int64_contents.extend(array.reshape(-1).tolist())
+    return req
+
+
+X = np.arange(8, dtype=np.float32).reshape(2, 4)
+N = np.array([5, -6], dtype=np.int64)
+
+
+def test_the_document_declares_the_model():
+    assert (SPEC.name, SPEC.version) == ("echo", "2.1")
+    assert [(t.name, t.datatype, t.shape) for t in SPEC.inputs] == [
+        ("x", "FP32", (-1, 4)), ("n", "INT64", (-1,))]  # fmt: skip
+    meta = triton.ModelMetadataResponse.FromString(SPEC.metadata().SerializeToString())
+    assert meta.versions == ["2.1"] and meta.outputs[0].shape == [-1, 4]
+    assert ModelSpec.from_document({"id": "b", "component": {"version": "7"}}).version == "7"
+    with pytest.raises(AiosFastError, match="unknown datatype FP33"):
+        ModelSpec.from_document({"inputProtocol": {"tensors": [
+            {"name": "x", "datatype": "FP33", "shape": [1]}]}})  # fmt: skip
+
+
+def test_routing_reads_three_fields_and_nothing_else():
+    frame = request(X, N, model_version="2.1").SerializeToString()
+    assert route_fields(frame) == ("echo", "2.1", "r1")
+    with pytest.raises(InvalidTensor, match="malformed"):
+        route_fields(frame[:-1])  # the last raw contents cut short: its length runs past
+    with pytest.raises(UnknownModel, match="unknown model 'other'"):
+        SPEC.check("other", "")
+    with pytest.raises(UnknownModel, match="no version '3'"):
+        SPEC.check("echo", "3")
+
+
+@pytest.mark.parametrize("raw", [True, False], ids=["raw", "typed"])
+def test_inputs_become_arrays_and_raw_ones_view_the_request(raw):
+    frame = request(X, N, raw=raw).SerializeToString()
+    req = tensors.decode_request(frame, SPEC)
+    np.testing.assert_array_equal(req["x"], X)
+    np.testing.assert_array_equal(req["n"], N)
+    assert req.id == "r1" and req["x"].dtype == np.float32
+    if raw:  # no copy: the array's memory is the request's own bytes
+        assert not req["x"].flags.writeable
+        assert np.shares_memory(req["x"], np.frombuffer(frame, dtype=np.uint8))
+
+
+def test_raw_contents_one_byte_short_or_long_are_refused():
+    req = request(X, N)
+    good = req.raw_input_contents[0]
+    req.raw_input_contents[0] = good[:-1]
+    with pytest.raises(InvalidTensor, match="raw contents hold 31 bytes; FP32 \\[2, 4\\] needs 32"):
+        tensors.decode_request(req.SerializeToString(), SPEC)
+    req.raw_input_contents[0] = good + b"\0"
+    with pytest.raises(InvalidTensor, match="hold 33 bytes"):
+        tensors.decode_request(req.SerializeToString(), SPEC)
+
+
+def test_the_declaration_refuses_other_shapes_datatypes_and_names():
+    with pytest.raises(InvalidTensor, match="input 'x': shape \\[4, 2\\], expected \\[-1, 4\\]"):
+        tensors.decode_request(request(X.reshape(4, 2), N).SerializeToString(), SPEC)
+    with pytest.raises(InvalidTensor, match="input 'x': datatype FP64, expected FP32"):
+        req = request(X, N)
+        req.inputs[0].datatype = "FP64"
+        tensors.decode_request(req.SerializeToString(), SPEC)
+    req = request(X, N)
+    del req.inputs[1]
+    del req.raw_input_contents[1]
+    with pytest.raises(InvalidTensor, match="missing input\\(s\\) n"):
+        tensors.decode_request(req.SerializeToString(), SPEC)
+    req.inputs.add(name="z", datatype="FP32", shape=[1])
+    req.raw_input_contents.append(b"\0" * 4)
+    with pytest.raises(InvalidTensor, match="unexpected input 'z'"):
+        tensors.decode_request(req.SerializeToString(), SPEC)
+
+
+def test_bytes_tensors_round_trip():
+    words = np.array([b"ab", b"", "é".encode()], dtype=object)
+    req = triton.ModelInferRequest(model_name="m", id="b")
+    req.inputs.add(name="s", datatype="BYTES", shape=[3])
+    req.raw_input_contents.append(tensors._raw(words, "BYTES"))
+    got = tensors.decode_request(req.SerializeToString())
+    assert got["s"].tolist() == [b"ab", b"", "é".encode()]
+    req.raw_input_contents[0] = req.raw_input_contents[0][:-1]
+    with pytest.raises(InvalidTensor, match="BYTES element 2 runs past"):
+        tensors.decode_request(req.SerializeToString())
+    out = triton.ModelInferResponse.FromString(tensors.encode_response(got, got.inputs, None))
+    assert out.outputs[0].datatype == "BYTES" and out.id == "b"
+
+
+def test_outputs_are_encoded_raw_as_triton_answers():
+    req = tensors.decode_request(request(X, N).SerializeToString(), SPEC)
+    data = tensors.encode_response(req, {"y": X * 2}, SPEC)
+    out = triton.ModelInferResponse.FromString(data)
+    assert (out.model_name, out.model_version, out.id) == ("echo", "2.1", "r1")
+    assert [(o.name, o.datatype, list(o.shape)) for o in out.outputs] == [("y", "FP32", [2, 4])]
+    np.testing.assert_array_equal(
+        np.frombuffer(out.raw_output_contents[0], np.float32), (X * 2).ravel()
+    )
+    asked = InferRequest(req.inputs, "r1", outputs=("nope",))
+    with pytest.raises(InvalidTensor, match="unknown output\\(s\\) nope"):
+        tensors.encode_response(asked, {"y": X}, SPEC)
+
+
+def test_stack_and_split_batch_along_the_first_dimension():
+    a = InferRequest({"x": np.zeros((2, 4), np.float32)})
+    b = InferRequest({"x": np.ones((3, 4), np.float32)})
+    batch = tensors.stack([a, b])
+    assert batch["x"].shape == (5, 4)
+    parts = tensors.split({"y": batch["x"][:, 0]}, [a, b])
+    assert [p["y"].tolist() for p in parts] == [[0, 0], [1, 1, 1]]
+
+
+def test_metadata_answers_and_stream_wrapping():
+    answers = Answers(SPEC)
+    live = triton.ServerLiveResponse.FromString(answers.answer("ServerLive", b"", False))
+    assert live.live
+    ask = triton.ModelReadyRequest(name="echo").SerializeToString()
+    assert triton.ModelReadyResponse.FromString(answers.answer("ModelReady", ask, True)).ready
+    other = triton.ModelReadyRequest(name="x").SerializeToString()
+    assert not triton.ModelReadyResponse.FromString(answers.answer("ModelReady", other, True)).ready
+    with pytest.raises(UnknownModel):
+        answers.answer(
+            "ModelMetadata", triton.ModelMetadataRequest(name="x").SerializeToString(), True
+        )
+    inner = triton.ModelInferResponse(id="q").SerializeToString()
+    assert triton.ModelStreamInferResponse.FromString(stream_ok(inner)).infer_response.id == "q"
+    err = triton.ModelStreamInferResponse.FromString(stream_error("INVALID_ARGUMENT: no", "q"))
+    assert (err.error_message, err.infer_response.id) == ("INVALID_ARGUMENT: no", "q")

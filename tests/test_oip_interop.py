@@ -1,0 +1,225 @@
+"""The Open Inference Protocol against real processes (an echo instance and an
+executor, on each front), spoken by the real, unchanged ``tritonclient.grpc``: health and
+metadata, FP32 / INT64 / BYTES tensors, typed contents, ModelStreamInfer with one bad
+request failing alone, the protocol's errors (unknown model, shape and datatype
+mismatch, raw contents one byte short), a request exactly at the message limit and one
+byte over, tokens, and the books."""
+
+from __future__ import annotations
+
+import json
+import queue
+import time
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import InferenceServerException
+
+from .procs import mgmt, start_executor, start_instance
+
+LIMIT = 256 * 1024  # the executor's --max-message
+TOKEN = "oip-token-" + "z" * 24
+DOC = {
+    "id": "echo",
+    "componentUri": "model.echo:3",
+    "initSettings": {"block": "aios_fast.block:EchoBlock"},
+    "inputProtocol": {"tensors": [
+        {"name": "x", "datatype": "FP32", "shape": [-1, 4]},
+        {"name": "n", "datatype": "INT64", "shape": [-1]},
+        {"name": "s", "datatype": "BYTES", "shape": [-1]}]},
+    "outputProtocol": {"tensors": [
+        {"name": "x", "datatype": "FP32", "shape": [-1, 4]},
+        {"name": "n", "datatype": "INT64", "shape": [-1]},
+        {"name": "s", "datatype": "BYTES", "shape": [-1]}]},
+}  # fmt: skip
+X = np.arange(12, dtype=np.float32).reshape(3, 4)
+N = np.array([1, -2, 3 << 40], dtype=np.int64)
+S = np.array([b"one", b"", "tr\u00e8s".encode()], dtype=object)
+
+
+@pytest.fixture(scope="module", params=["native", "grpcio"])
+def block(request, tmp_path_factory):
+    path = tmp_path_factory.mktemp("oip") / "echo.json"
+    path.write_text(json.dumps(DOC))
+    instance = start_instance("aios_fast.block:EchoBlock", None, "--block-doc", str(path))
+    executor, port = start_executor({"i0": instance.info["port"]}, "--block-doc", str(path),
+                                    "--front", request.param,
+                                    "--max-message", str(LIMIT))  # fmt: skip
+    client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+    yield client, port, executor.info["mgmt_port"]
+    client.close()
+    executor.stop()
+    instance.stop()
+
+
+def inputs(x=X, n=N, s=S) -> list:
+    out = []
+    for name, datatype, array in (("x", "FP32", x), ("n", "INT64", n), ("s", "BYTES", s)):
+        t = triton.InferInput(name, list(array.shape), datatype)
+        t.set_data_from_numpy(array)
+        out.append(t)
+    return out
+
+
+def raw_call(port: int, request: service_pb2.ModelInferRequest):
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        return service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
+
+
+def raw_request(x=X, id_="raw") -> service_pb2.ModelInferRequest:
+    req = service_pb2.ModelInferRequest(model_name="echo", id=id_)
+    for name, datatype, array in (("x", "FP32", x), ("n", "INT64", N)):
+        req.inputs.add(name=name, datatype=datatype, shape=array.shape)
+        req.raw_input_contents.append(array.tobytes())
+    req.inputs.add(name="s", datatype="BYTES", shape=[1])
+    req.raw_input_contents.append(b"\x01\0\0\0z")
+    return req
+
+
+def test_health_and_metadata_come_from_the_block_document(block):
+    client, _, _ = block
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("echo") and client.is_model_ready("echo", "3")
+    assert not client.is_model_ready("other")
+    meta = client.get_model_metadata("echo", as_json=True)
+    assert meta["name"] == "echo" and meta["versions"] == ["3"]
+    assert [(t["name"], t["datatype"], t["shape"]) for t in meta["inputs"]] == [
+        ("x", "FP32", ["-1", "4"]), ("n", "INT64", ["-1"]), ("s", "BYTES", ["-1"])]  # fmt: skip
+    assert client.get_server_metadata(as_json=True)["name"] == "aios-fast"
+    with pytest.raises(InferenceServerException, match="unknown model 'other'") as err:
+        client.get_model_metadata("other")
+    assert err.value.status() == "StatusCode.NOT_FOUND"
+
+
+def test_fp32_int64_and_bytes_tensors_come_back(block):
+    client, _, _ = block
+    result = client.infer("echo", inputs(), request_id="req-7")
+    np.testing.assert_array_equal(result.as_numpy("x"), X)
+    np.testing.assert_array_equal(result.as_numpy("n"), N)
+    assert result.as_numpy("s").tolist() == S.tolist()
+    response = result.get_response()
+    assert (response.id, response.model_name, response.model_version) == ("req-7", "echo", "3")
+    only = client.infer("echo", inputs(), outputs=[triton.InferRequestedOutput("n")])
+    assert only.as_numpy("x") is None and only.as_numpy("n").tolist() == N.tolist()
+
+
+def test_typed_contents_are_taken_as_raw_ones(block):
+    _, port, _ = block
+    req = service_pb2.ModelInferRequest(model_name="echo", id="typed")
+    x = req.inputs.add(name="x", datatype="FP32", shape=[1, 4])
+    x.contents.fp32_contents.extend([0.5, 1.5, 2.5, 3.5])
+    n = req.inputs.add(name="n", datatype="INT64", shape=[2])
+    n.contents.int64_contents.extend([7, -8])
+    s = req.inputs.add(name="s", datatype="BYTES", shape=[1])
+    s.contents.bytes_contents.append(b"hi")
+    out = raw_call(port, req)
+    assert out.id == "typed"
+    assert np.frombuffer(out.raw_output_contents[0], np.float32).tolist() == [0.5, 1.5, 2.5, 3.5]
+    assert np.frombuffer(out.raw_output_contents[1], np.int64).tolist() == [7, -8]
+
+
+@pytest.mark.parametrize("case, code, message", [
+    ("shape", "INVALID_ARGUMENT", "input 'x': shape [3, 3], expected [-1, 4]"),
+    ("datatype", "INVALID_ARGUMENT", "input 'x': datatype FP64, expected FP32"),
+    ("short", "INVALID_ARGUMENT", "raw contents hold 47 bytes; FP32 [3, 4] needs 48"),
+    ("model", "NOT_FOUND", "unknown model 'nope'"),
+    ("version", "NOT_FOUND", "model 'echo' has no version '9'"),
+])  # fmt: skip
+def test_bad_tensors_get_the_protocols_errors(block, case, code, message):
+    _, port, _ = block
+    req = raw_request()
+    if case == "shape":
+        req.inputs[0].shape[:] = [3, 3]
+        req.raw_input_contents[0] = X[:, :3].tobytes()
+    elif case == "datatype":
+        req.inputs[0].datatype = "FP64"
+    elif case == "short":
+        req.raw_input_contents[0] = req.raw_input_contents[0][:-1]
+    elif case == "model":
+        req.model_name = "nope"
+    else:
+        req.model_version = "9"
+    with pytest.raises(grpc.RpcError) as err:
+        raw_call(port, req)
+    assert err.value.code().name == code
+    assert message in err.value.details()
+
+
+def test_the_stream_answers_each_request_and_a_bad_one_fails_alone(block):
+    client, _, _ = block
+    answers: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        client.async_stream_infer("echo", inputs(), request_id="a")
+        bad = inputs()
+        bad[0] = triton.InferInput("x", [3, 3], "FP32")
+        bad[0].set_data_from_numpy(X[:, :3].copy())
+        client.async_stream_infer("echo", bad, request_id="b")
+        client.async_stream_infer("echo", inputs(x=X * 2), request_id="c")
+        got = [answers.get(timeout=10) for _ in range(3)]
+    finally:
+        client.stop_stream()
+    ok = {r.get_response().id: r for r, e in got if e is None}
+    errors = [e for r, e in got if e is not None]
+    assert set(ok) == {"a", "c"}
+    np.testing.assert_array_equal(ok["c"].as_numpy("x"), X * 2)
+    assert len(errors) == 1 and "shape [3, 3], expected [-1, 4]" in errors[0].message()
+
+
+def test_a_request_at_the_limit_passes_and_one_byte_over_is_refused(block):
+    _, port, _ = block
+    rows = (LIMIT - 200) // 16
+    req = raw_request(np.zeros((rows, 4), np.float32), id_="")
+    req.outputs.add(name="n")  # a small answer: the request alone is at the limit
+    req.id = "p" * (LIMIT - req.ByteSize())
+    if req.ByteSize() != LIMIT:  # (the id's length prefix grew by a byte)
+        req.id = req.id[: len(req.id) - (req.ByteSize() - LIMIT)]
+    assert req.ByteSize() == LIMIT
+    assert raw_call(port, req).id == req.id
+    req.id += "p"
+    with pytest.raises(grpc.RpcError) as err:
+        raw_call(port, req)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_the_books_hold_for_oip_tasks(block):
+    _, _, mgmt_port = block
+    end = time.monotonic() + 10
+    while True:
+        data = mgmt(mgmt_port, "stats")[1]["data"]
+        t = data["tasks"]
+        if data["inflight"] == 0 or time.monotonic() > end:
+            break
+        time.sleep(0.05)
+    assert t["received"] == t["invalid"] + t["rejected"] + t["withdrawn"] + t["accepted"]
+    assert t["accepted"] == t["completed"] + t["failed"] + t["lost"] + t["cancelled"]
+    assert t["invalid"] >= 2 and t["failed"] >= 3 and t["lost"] == 0  # (models; tensors)
+
+
+def test_a_token_is_needed_on_every_oip_method(tmp_path):
+    path = tmp_path / "tokens"
+    path.write_text(f"infer {TOKEN}\n")
+    doc = tmp_path / "echo.json"
+    doc.write_text(json.dumps(DOC))
+    instance = start_instance("aios_fast.block:EchoBlock", None, "--auth-file", str(path),
+                              "--block-doc", str(doc))  # fmt: skip
+    executor, port = start_executor({"i0": instance.info["port"]}, "--block-doc", str(doc),
+                                    "--auth-file", str(path), token=TOKEN)  # fmt: skip
+    client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+    try:
+        with pytest.raises(InferenceServerException) as err:
+            client.get_model_metadata("echo")
+        assert err.value.status() == "StatusCode.UNAUTHENTICATED"
+        with pytest.raises(InferenceServerException) as err:
+            client.infer("echo", inputs())
+        assert err.value.status() == "StatusCode.UNAUTHENTICATED"
+        headers = {"authorization": f"Bearer {TOKEN}"}
+        result = client.infer("echo", inputs(), headers=headers)
+        np.testing.assert_array_equal(result.as_numpy("x"), X)
+    finally:
+        client.close()
+        executor.stop()
+        instance.stop()
