@@ -16,6 +16,7 @@ going on (Triton's behaviour).
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,9 +34,11 @@ __all__ = [
     "ModelSpec",
     "TensorSpec",
     "UnknownModel",
+    "frame_rest",
     "route_fields",
     "stream_error",
     "stream_ok",
+    "unframe_rest",
 ]
 
 # OIP datatype -> its InferTensorContents field (FP16: raw contents only)
@@ -239,6 +242,28 @@ def stream_error(message: str, request_id: str = "") -> bytes:
     if request_id:
         out.infer_response.id = request_id
     return out.SerializeToString()
+
+
+# ---------------------------------------------------------------------- REST framing
+
+_LEN = struct.Struct("<I")
+
+
+def frame_rest(header_length: int, body: bytes) -> bytes:
+    """The task's payload: the JSON header's length, then the body as it came."""
+    return _LEN.pack(header_length) + body
+
+
+def unframe_rest(payload: bytes | memoryview) -> tuple[int, memoryview]:
+    """(JSON header length, body) of a ``frame_rest`` payload (a task's or a result's)."""
+    if len(payload) < 4:
+        raise InvalidTensor("an OIP REST payload needs its header length")
+    (length,) = _LEN.unpack_from(payload)
+    body = memoryview(payload)[4:]
+    if length > len(body):
+        raise InvalidTensor(f"Inference-Header-Content-Length {length} is past the body's "
+                            f"{len(body)} bytes")  # fmt: skip
+    return length, body
 
 
 # ---------------------------------------------------------------------- metadata calls

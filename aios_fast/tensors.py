@@ -140,6 +140,46 @@ def _bytes_elements(raw: memoryview, count: int, name: str) -> np.ndarray:
     return out
 
 
+def declared_inputs(spec: ModelSpec | None) -> dict:
+    return {t.name: t for t in spec.inputs} if spec is not None else {}
+
+
+def check_input(name: str, datatype: str, shape, declared: dict, seen: dict) -> tuple:
+    """One input's datatype and shape, checked (against its declaration, if any)."""
+    if datatype not in DATATYPES:
+        raise InvalidTensor(f"input '{name}': unknown datatype {datatype!r}")
+    shape = tuple(shape)
+    if any(not isinstance(d, int) or d < 0 for d in shape):
+        raise InvalidTensor(f"input '{name}': bad dimension in {list(shape)}")
+    want = declared.get(name)
+    if declared and want is None:
+        raise InvalidTensor(f"unexpected input '{name}' (the model takes "
+                            f"{', '.join(declared)})")  # fmt: skip
+    if want is not None:
+        want.check(datatype, shape, "input")
+    if name in seen:
+        raise InvalidTensor(f"input '{name}' given twice")
+    return shape
+
+
+def check_complete(declared: dict, inputs: dict) -> None:
+    missing = [name for name in declared if name not in inputs]
+    if missing:
+        raise InvalidTensor(f"missing input(s) {', '.join(missing)}")
+
+
+def from_raw(raw: memoryview, datatype: str, shape: tuple, name: str) -> np.ndarray:
+    """A tensor's raw bytes as an array viewing them (BYTES: an object array)."""
+    count = math.prod(shape)
+    if datatype == "BYTES":
+        return _bytes_elements(raw, count, name)
+    dtype = DATATYPES[datatype][0]
+    if len(raw) != count * dtype.itemsize:
+        raise InvalidTensor(f"input '{name}': raw contents hold {len(raw)} bytes; "
+                            f"{datatype} {list(shape)} needs {count * dtype.itemsize}")  # fmt: skip
+    return np.frombuffer(raw, dtype=dtype)
+
+
 def decode_request(frame: bytes, spec: ModelSpec | None = None) -> InferRequest:
     """A ModelInferRequest's bytes -> InferRequest, checked against ``spec``'s inputs."""
     head, raws = _split_raw(frame)
@@ -150,45 +190,22 @@ def decode_request(frame: bytes, spec: ModelSpec | None = None) -> InferRequest:
     if raws and len(raws) != len(req.inputs):
         raise InvalidTensor(f"{len(raws)} raw_input_contents for {len(req.inputs)} inputs: "
                             "give each input its raw contents, or none")  # fmt: skip
-    declared = {t.name: t for t in spec.inputs} if spec is not None else {}
+    declared = declared_inputs(spec)
     inputs: dict[str, np.ndarray] = {}
     for i, t in enumerate(req.inputs):
-        if t.datatype not in DATATYPES:
-            raise InvalidTensor(f"input '{t.name}': unknown datatype {t.datatype!r}")
-        if any(d < 0 for d in t.shape):
-            raise InvalidTensor(f"input '{t.name}': negative dimension in {list(t.shape)}")
-        want = declared.get(t.name)
-        if declared and want is None:
-            raise InvalidTensor(f"unexpected input '{t.name}' (the model takes "
-                                f"{', '.join(declared)})")  # fmt: skip
-        if want is not None:
-            want.check(t.datatype, t.shape, "input")
-        if t.name in inputs:
-            raise InvalidTensor(f"input '{t.name}' given twice")
-        dtype, typed = DATATYPES[t.datatype]
-        shape = tuple(t.shape)
+        shape = check_input(t.name, t.datatype, t.shape, declared, inputs)
         count = math.prod(shape)
         if raws:
-            raw = raws[i]
-            if t.datatype == "BYTES":
-                array = _bytes_elements(raw, count, t.name)
-            else:
-                if len(raw) != count * dtype.itemsize:
-                    raise InvalidTensor(
-                        f"input '{t.name}': raw contents hold {len(raw)} bytes; "
-                        f"{t.datatype} {list(shape)} needs {count * dtype.itemsize}"
-                    )
-                array = np.frombuffer(raw, dtype=dtype)
+            array = from_raw(raws[i], t.datatype, shape, t.name)
         else:
+            dtype, typed = DATATYPES[t.datatype]
             values = getattr(t.contents, typed) if typed else ()
             if len(values) != count:
                 raise InvalidTensor(f"input '{t.name}': contents hold {len(values)} values; "
                                     f"{list(shape)} needs {count}")  # fmt: skip
             array = np.array(values, dtype=dtype) if count else np.empty(0, dtype=dtype)
         inputs[t.name] = array.reshape(shape)
-    missing = [name for name in declared if name not in inputs]
-    if missing:
-        raise InvalidTensor(f"missing input(s) {', '.join(missing)}")
+    check_complete(declared, inputs)
     return InferRequest(inputs, req.id, {k: _param(v) for k, v in req.parameters.items()},
                         tuple(o.name for o in req.outputs), req.model_version)  # fmt: skip
 
@@ -196,7 +213,7 @@ def decode_request(frame: bytes, spec: ModelSpec | None = None) -> InferRequest:
 # ---------------------------------------------------------------------- encoding
 
 
-def _named(result: Any, spec: ModelSpec | None) -> dict[str, Any]:
+def named_outputs(result: Any, spec: ModelSpec | None) -> dict[str, Any]:
     declared = [t.name for t in spec.outputs] if spec is not None else []
     if isinstance(result, InferRequest):
         return dict(result.inputs)
@@ -212,7 +229,7 @@ def _named(result: Any, spec: ModelSpec | None) -> dict[str, Any]:
     raise TypeError(f"an OIP task's output must be a dict of arrays (got {type(result).__name__})")
 
 
-def _raw(array: np.ndarray, datatype: str) -> bytes:
+def to_raw(array: np.ndarray, datatype: str) -> bytes:
     if datatype != "BYTES":
         return np.ascontiguousarray(array, dtype=DATATYPES[datatype][0]).tobytes()
     parts = []
@@ -226,7 +243,7 @@ def _raw(array: np.ndarray, datatype: str) -> bytes:
 def encode_response(request: InferRequest, result: Any, spec: ModelSpec | None) -> bytes:
     """The block's result -> ModelInferResponse bytes (every output raw, as Triton
     answers). An output asked for but not produced is InvalidTensor."""
-    named = _named(result, spec)
+    named = named_outputs(result, spec)
     declared = {t.name: t for t in spec.outputs} if spec is not None else {}
     if request.outputs:
         unknown = [n for n in request.outputs if n not in named]
@@ -244,7 +261,7 @@ def encode_response(request: InferRequest, result: Any, spec: ModelSpec | None) 
         want = declared.get(name)
         datatype = want.datatype if want is not None else datatype_of(array)
         resp.outputs.add(name=name, datatype=datatype, shape=array.shape)
-        raws.append(_raw(array, datatype))
+        raws.append(to_raw(array, datatype))
     resp.raw_output_contents.extend(raws)
     return resp.SerializeToString()
 

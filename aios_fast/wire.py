@@ -29,6 +29,9 @@ carries as many tasks or replies as were ready when the writer last woke up::
         kind OIP:     as TASK, but payload = an Open Inference Protocol
                       ModelInferRequest as its caller sent it (``aios_fast.oip``); the
                       RESULT payload is a ModelInferResponse
+        kind OIP_REST: the same in the protocol's REST form: payload = the JSON
+                      header's length (4 bytes, little-endian) then the HTTP body as it
+                      came (Triton's binary tensor extension); RESULT the same framing
     instance -> executor:  [[task_id, kind, payload], ...]
         kind ACK:       the instance took the task (payload b"")
         kind RESULT:    done; payload = output AIOSPacket bytes (b"" when routed elsewhere)
@@ -85,6 +88,7 @@ __all__ = [
     "OIP",
     "OIP_INFER",
     "OIP_METHODS",
+    "OIP_REST",
     "OIP_SERVICE",
     "OIP_STREAM",
     "RAISE_LIMIT",
@@ -160,7 +164,7 @@ OIP_STREAM = f"/{OIP_SERVICE}/ModelStreamInfer"
 LINK_SERVICE = "aios.InstanceLink"
 LINK_RPC = "Tasks"
 LINK_METHOD = f"/{LINK_SERVICE}/{LINK_RPC}"
-TASK, CANCEL, FIRE, OIP = 0, 1, 2, 3
+TASK, CANCEL, FIRE, OIP, OIP_REST = 0, 1, 2, 3, 4
 LIMIT_HEADER = "x-aios-max-message"  # link metadata: the sender's --max-message
 TIMEOUT_HEADER = "x-aios-task-timeout"  # link metadata: the executor's --task-timeout
 ACK, RESULT, ERROR, EXPIRED, TOO_LARGE, REFUSED, LEAVING, TIMED_OUT = 0, 1, 2, 3, 4, 5, 6, 7

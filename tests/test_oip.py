@@ -118,7 +118,7 @@ def test_bytes_tensors_round_trip():
     words = np.array([b"ab", b"", "é".encode()], dtype=object)
     req = triton.ModelInferRequest(model_name="m", id="b")
     req.inputs.add(name="s", datatype="BYTES", shape=[3])
-    req.raw_input_contents.append(tensors._raw(words, "BYTES"))
+    req.raw_input_contents.append(tensors.to_raw(words, "BYTES"))
     got = tensors.decode_request(req.SerializeToString())
     assert got["s"].tolist() == [b"ab", b"", "é".encode()]
     req.raw_input_contents[0] = req.raw_input_contents[0][:-1]

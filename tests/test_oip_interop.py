@@ -3,18 +3,23 @@ executor, on each front), spoken by the real, unchanged ``tritonclient.grpc``: h
 metadata, FP32 / INT64 / BYTES tensors, typed contents, ModelStreamInfer with one bad
 request failing alone, the protocol's errors (unknown model, shape and datatype
 mismatch, raw contents one byte short), a request exactly at the message limit and one
-byte over, tokens, and the books."""
+byte over, tokens, and the books; and its REST form on the HTTP port, spoken by the
+unchanged ``tritonclient.http`` (JSON and binary tensors) and by a plain HTTP client
+(KServe v2 JSON, what ``curl`` sends)."""
 
 from __future__ import annotations
 
 import json
 import queue
 import time
+import urllib.error
+import urllib.request
 
 import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
+import tritonclient.http as triton_http
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
@@ -40,16 +45,25 @@ N = np.array([1, -2, 3 << 40], dtype=np.int64)
 S = np.array([b"one", b"", "tr\u00e8s".encode()], dtype=object)
 
 
+class Served(tuple):
+    """(gRPC client, gRPC port, mgmt port), and ``http_port``."""
+
+    def __new__(cls, items: tuple, http_port: int):
+        served = super().__new__(cls, items)
+        served.http_port = http_port
+        return served
+
+
 @pytest.fixture(scope="module", params=["native", "grpcio"])
 def block(request, tmp_path_factory):
     path = tmp_path_factory.mktemp("oip") / "echo.json"
     path.write_text(json.dumps(DOC))
     instance = start_instance("aios_fast.block:EchoBlock", None, "--block-doc", str(path))
     executor, port = start_executor({"i0": instance.info["port"]}, "--block-doc", str(path),
-                                    "--front", request.param,
+                                    "--front", request.param, "--http-port", "0",
                                     "--max-message", str(LIMIT))  # fmt: skip
     client = triton.InferenceServerClient(f"127.0.0.1:{port}")
-    yield client, port, executor.info["mgmt_port"]
+    yield Served((client, port, executor.info["mgmt_port"]), executor.info["http_port"])
     client.close()
     executor.stop()
     instance.stop()
@@ -186,17 +200,32 @@ def test_a_request_at_the_limit_passes_and_one_byte_over_is_refused(block):
 
 
 def test_the_books_hold_for_oip_tasks(block):
-    _, _, mgmt_port = block
-    end = time.monotonic() + 10
-    while True:
-        data = mgmt(mgmt_port, "stats")[1]["data"]
-        t = data["tasks"]
-        if data["inflight"] == 0 or time.monotonic() > end:
-            break
-        time.sleep(0.05)
+    _, port, mgmt_port = block
+
+    def settled() -> dict:
+        end = time.monotonic() + 10
+        while True:
+            data = mgmt(mgmt_port, "stats")[1]["data"]
+            if data["inflight"] == 0 or time.monotonic() > end:
+                return data["tasks"]
+            time.sleep(0.05)
+
+    before = settled()
+    assert raw_call(port, raw_request()).id == "raw"
+    for change in ({"model_name": "nope"}, {"id": "bad"}):
+        req = raw_request()
+        for key, value in change.items():
+            setattr(req, key, value)
+        if change.get("id") == "bad":
+            req.raw_input_contents[0] = b"short"
+        with pytest.raises(grpc.RpcError):
+            raw_call(port, req)
+    t = settled()
     assert t["received"] == t["invalid"] + t["rejected"] + t["withdrawn"] + t["accepted"]
     assert t["accepted"] == t["completed"] + t["failed"] + t["lost"] + t["cancelled"]
-    assert t["invalid"] >= 2 and t["failed"] >= 3 and t["lost"] == 0  # (models; tensors)
+    grew = {k: t[k] - before[k] for k in ("received", "invalid", "completed", "failed", "lost")}
+    # the unknown model is refused at the executor; the bad tensors fail at the instance
+    assert grew == {"received": 3, "invalid": 1, "completed": 1, "failed": 1, "lost": 0}
 
 
 def test_a_token_is_needed_on_every_oip_method(tmp_path):
@@ -223,3 +252,119 @@ def test_a_token_is_needed_on_every_oip_method(tmp_path):
         client.close()
         executor.stop()
         instance.stop()
+
+
+# ---------------------------------------------------------------------- REST
+
+
+def rest(port: int, path: str, body: dict | bytes | None = None, headers=None):
+    """(status, headers, body) of one request (what curl does)."""
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def json_inputs() -> list[dict]:
+    return [{"name": "x", "datatype": "FP32", "shape": [3, 4], "data": X.tolist()},
+            {"name": "n", "datatype": "INT64", "shape": [3], "data": N.tolist()},
+            {"name": "s", "datatype": "BYTES", "shape": [3],
+             "data": ["one", "", "tr\u00e8s"]}]  # fmt: skip
+
+
+def test_rest_health_metadata_and_json_tensors_as_curl_sends_them(block):
+    port = block.http_port
+    assert rest(port, "/v2/health/live")[0] == 200
+    status, _, body = rest(port, "/v2/health/ready")
+    assert (status, json.loads(body)) == (200, {"ready": True})
+    meta = json.loads(rest(port, "/v2/models/echo/versions/3")[2])
+    assert meta["inputs"][0] == {"name": "x", "datatype": "FP32", "shape": [-1, 4]}
+    assert rest(port, "/v2/models/echo/ready")[0] == 200
+    status, headers, body = rest(port, "/v2/models/echo/infer",
+                                 {"id": "j1", "inputs": json_inputs()})  # fmt: skip
+    assert status == 200 and headers["Content-Type"].startswith("application/json")
+    out = json.loads(body)
+    assert (out["id"], out["model_name"], out["model_version"]) == ("j1", "echo", "3")
+    by_name = {o["name"]: o for o in out["outputs"]}
+    assert by_name["x"] == {"name": "x", "datatype": "FP32", "shape": [3, 4],
+                            "data": X.reshape(-1).tolist()}  # fmt: skip
+    assert by_name["n"]["data"] == N.tolist() and by_name["s"]["data"] == ["one", "", "tr\u00e8s"]
+
+
+@pytest.mark.parametrize("case, status, message", [
+    ("shape", 400, "input 'x': shape [4, 3], expected [-1, 4]"),
+    ("count", 400, "input 'n': data holds 2 values; [3] needs 3"),
+    ("json", 400, "bad inference request"),
+    ("model", 404, "unknown model 'nope'"),
+])  # fmt: skip
+def test_rest_bad_requests_get_the_protocols_errors(block, case, status, message):
+    port = block.http_port
+    body: dict | bytes = {"inputs": json_inputs()}
+    path = "/v2/models/echo/infer"
+    if case == "shape":
+        body["inputs"][0]["shape"] = [4, 3]  # type: ignore[index]
+    elif case == "count":
+        body["inputs"][1]["data"] = [1, 2]  # type: ignore[index]
+    elif case == "json":
+        body = b'{"inputs": [{"name": "x"'
+    else:
+        path = "/v2/models/nope/infer"
+    got, _, answer = rest(port, path, body)
+    assert got == status and message in json.loads(answer)["error"]
+
+
+def test_rest_body_at_the_limit_passes_and_one_byte_over_is_refused(block):
+    port = block.http_port
+    n = np.array([1], np.int64)
+    head = {"inputs": [
+        {"name": "x", "datatype": "FP32", "shape": [0, 4], "parameters": {"binary_data_size": 0}},
+        {"name": "n", "datatype": "INT64", "shape": [1], "parameters": {"binary_data_size": 8}},
+        {"name": "s", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": 0}},
+    ], "outputs": [{"name": "n"}]}  # fmt: skip
+    header = json.dumps(head).encode()
+    limit = LIMIT - 4  # the body's limit: the message limit less the task's framing
+    # pad the BYTES element so the body is exactly at the limit
+    pad = limit - len(header) - 8 - 4 - 40
+    head["inputs"][2]["parameters"]["binary_data_size"] = pad + 4  # type: ignore[index]
+    header = json.dumps(head).encode()
+    pad = limit - len(header) - 8 - 4
+    head["inputs"][2]["parameters"]["binary_data_size"] = pad + 4  # type: ignore[index]
+    header = json.dumps(head).encode()
+    body = header + n.tobytes() + pad.to_bytes(4, "little") + b"p" * pad
+    assert len(body) == limit
+    status, _, answer = rest(port, "/v2/models/echo/infer", body,
+                             {"Inference-Header-Content-Length": str(len(header))})  # fmt: skip
+    assert status == 200, answer
+    assert json.loads(answer)["outputs"][0]["data"] == [1]
+    status, _, answer = rest(port, "/v2/models/echo/infer", body + b"p",
+                             {"Inference-Header-Content-Length": str(len(header))})  # fmt: skip
+    assert status == 413 and "over the" in json.loads(answer)["error"]
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_tritonclient_http_json_and_binary_tensors(block, binary):
+    client = triton_http.InferenceServerClient(f"127.0.0.1:{block.http_port}")
+    try:
+        assert client.is_server_live() and client.is_server_ready()
+        assert client.is_model_ready("echo")
+        assert client.get_model_metadata("echo")["versions"] == ["3"]
+        ins = []
+        for name, datatype, array in (("x", "FP32", X), ("n", "INT64", N), ("s", "BYTES", S)):
+            t = triton_http.InferInput(name, list(array.shape), datatype)
+            t.set_data_from_numpy(array, binary_data=binary)
+            ins.append(t)
+        outs = [triton_http.InferRequestedOutput(n, binary_data=binary) for n in ("x", "n", "s")]
+        result = client.infer("echo", ins, outputs=outs, request_id="h1")
+        np.testing.assert_array_equal(result.as_numpy("x"), X)
+        np.testing.assert_array_equal(result.as_numpy("n"), N)
+        assert [bytes(v) if not isinstance(v, str) else v.encode()
+                for v in result.as_numpy("s").tolist()] == S.tolist()  # fmt: skip
+        assert result.get_response()["id"] == "h1"
+        with pytest.raises(InferenceServerException, match="unknown model 'nope'"):
+            client.infer("nope", ins)
+    finally:
+        client.close()

@@ -4,6 +4,8 @@ document's ``initSettings.ports.http``), for callers without gRPC (``curl``):
     POST /v1/blocks/{id}/infer        an AIOSPacket as JSON -> the output packet as JSON
     GET  /v1/openapi.json             the OpenAPI 3 document of this API
     GET  /v1/docs                     a page rendering that document (no CDN assets)
+    /v2/...                           the Open Inference Protocol's REST form
+                                      (``executor.oip_rest``)
 
 The request's fields are the packet's: ``session_id``, ``seq_no``, ``data`` (a string;
 any other JSON value is sent as its JSON text), ``ts``, ``frame_ptr`` (a string),
@@ -155,6 +157,10 @@ class HttpFront:
         app.router.add_post("/v1/blocks/{block}/infer", self._infer)
         app.router.add_get(OPENAPI_PATH, self._openapi)
         app.router.add_get("/v1/docs", self._docs)
+        if dispatch.oip is not None:  # the Open Inference Protocol's REST form: /v2
+            from .oip_rest import OipRest
+
+            OipRest(self).add_routes(app)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
 
     async def start(self, host: str, port: int, reuse_port: bool = False) -> None:

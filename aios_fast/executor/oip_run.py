@@ -26,11 +26,11 @@ from ..oip import (
     stream_error,
     stream_ok,
 )
-from ..wire import OIP
+from ..wire import OIP, OIP_REST
 from .router import Router
 from .task_run import OnDone, Reject, TaskRun
 
-__all__ = ["OipCalls", "OipRun"]
+__all__ = ["OipCalls", "OipRestRun", "OipRun"]
 
 _NOT_FOUND = grpc.StatusCode.NOT_FOUND
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -63,6 +63,26 @@ class OipRun(TaskRun):
         return out
 
 
+class OipRestRun(OipRun):
+    """One REST inference (``wire.OIP_REST``): the model is named by the URL, the body
+    travels framed (``oip.frame_rest``) and unread."""
+
+    __slots__ = ("route",)
+    kind = OIP_REST
+
+    def __init__(self, router: Router, model: ModelSpec, route: tuple[str, str], frame: bytes,
+                 timeout: float | None, on_done: OnDone, call=None) -> None:  # fmt: skip
+        super().__init__(router, model, frame, timeout, on_done, call)
+        self.route = route
+
+    def _read(self):
+        try:
+            self.model.check(*self.route)
+        except UnknownModel as exc:
+            raise Reject(_NOT_FOUND, str(exc)) from None
+        return codec.Packet()
+
+
 class OipCalls:
     """The OIP side of a front: one per executor process."""
 
@@ -93,6 +113,18 @@ class OipCalls:
         """One ModelInfer, awaited: the ModelInferResponse bytes, or Reject."""
         waiter = asyncio.get_running_loop().create_future()
         run = self.start(frame, timeout, _resolve, waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            run.cancel()
+            raise
+
+    async def run_rest(self, route: tuple[str, str], frame: bytes,
+                       timeout: float | None) -> bytes:  # fmt: skip
+        """One REST inference, awaited: the instance's framed answer, or Reject."""
+        waiter = asyncio.get_running_loop().create_future()
+        run = OipRestRun(self.router, self.model, route, frame, timeout, _resolve, waiter)
+        run.start()
         try:
             return await waiter
         except asyncio.CancelledError:

@@ -63,6 +63,7 @@ from ..wire import (
     LINK_SERVICE,
     MAX_MESSAGE,
     OIP,
+    OIP_REST,
     RAISE_LIMIT,
     SERVICE,
     TASK,
@@ -174,21 +175,30 @@ class InstanceServer:
                        kind: int = TASK) -> bytes:  # fmt: skip
         """Process one InferenceMessage frame; the serialized output packet (or b"").
         An OIP task (``wire.OIP``): a ModelInferRequest -> ModelInferResponse bytes."""
-        if kind == OIP:
-            return await self.run_oip(frame, deadline, limit, run_timeout)
+        if kind == OIP or kind == OIP_REST:
+            return await self.run_oip(frame, deadline, limit, run_timeout, kind == OIP_REST)
         return await self.run_packet(codec.decode_message(frame), deadline, limit, run_timeout)
 
     async def run_oip(self, frame: bytes, deadline: float | None = None,
-                      limit: int | None = -1, run_timeout: float = 0.0) -> bytes:  # fmt: skip
+                      limit: int | None = -1, run_timeout: float = 0.0,
+                      rest: bool = False) -> bytes:  # fmt: skip
         """One Open Inference Protocol request: its tensors (NumPy arrays viewing
         ``frame``, ``aios_fast.tensors``) to on_data / on_batch as an InferRequest (no
         on_preprocess: that hook takes packets), the result as a ModelInferResponse.
-        InvalidTensor for inputs the declaration refuses; limits as ``run_packet``."""
-        from .. import tensors  # (NumPy: imported by the instances that get OIP tasks)
+        InvalidTensor for inputs the declaration refuses; limits as ``run_packet``.
+        ``rest``: the request and answer are the REST form (``tensors_json``)."""
+        # (NumPy: imported by the instances that get OIP tasks)
+        from .. import tensors, tensors_json
 
-        request = tensors.decode_request(frame, self.model)
+        if rest:
+            request, binary = tensors_json.decode_json(frame, self.model)
+        else:
+            request = tensors.decode_request(frame, self.model)
         result = await self._guarded(request, deadline, run_timeout, preprocess=False)
-        data = tensors.encode_response(request, result, self.model)
+        if rest:
+            data = tensors_json.encode_json(request, result, self.model, binary)
+        else:
+            data = tensors.encode_response(request, result, self.model)
         limit = self.max_output if limit == -1 else limit
         if limit is not None and len(data) > limit:
             raise OutputTooLarge(f"output of {len(data):,} bytes is over the {limit:,}-byte "
