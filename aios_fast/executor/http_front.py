@@ -41,6 +41,7 @@ from ..auth import AuthError
 from ..tls import TLS
 from ..wire import ACCEPTED
 from .grpcio_front import DEADLINE_SLACK, FrontDispatch
+from .oip_rest import OipRest
 from .task_run import Reject
 
 __all__ = ["BODY_BUDGET", "OPENAPI_PATH", "STATUS", "TIMEOUT_HEADER", "HttpFront", "openapi",
@@ -158,9 +159,7 @@ class HttpFront:
         app.router.add_get(OPENAPI_PATH, self._openapi)
         app.router.add_get("/v1/docs", self._docs)
         if dispatch.oip is not None:  # the Open Inference Protocol's REST form: /v2
-            from .oip_rest import OipRest
-
-            OipRest(self).add_routes(app)
+            OipRest(self, _error).add_routes(app)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
 
     async def start(self, host: str, port: int, reuse_port: bool = False) -> None:

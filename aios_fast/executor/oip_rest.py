@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
 import grpc
 from aiohttp import web
@@ -31,24 +32,33 @@ from aiohttp import web
 from .. import __version__
 from ..auth import AuthError
 from ..oip import Answers, InvalidTensor, UnknownModel, frame_rest, unframe_rest
-from .grpcio_front import DEADLINE_SLACK
+from .grpcio_front import DEADLINE_SLACK, FrontDispatch
 from .task_run import Reject
 
-if TYPE_CHECKING:
-    from .http_front import HttpFront
-
-__all__ = ["HEADER_LENGTH", "OipRest"]
+__all__ = ["HEADER_LENGTH", "Front", "OipRest"]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 _C = grpc.StatusCode
 
 
-class OipRest:
-    """The ``/v2`` routes of ``front`` (an HttpFront, whose limits and books it shares)."""
+class Front(Protocol):
+    """What the routes share with the HTTP front (``http_front.HttpFront``): its
+    dispatch, message limit and the bytes all bodies being read may hold."""
 
-    def __init__(self, front: HttpFront) -> None:
+    dispatch: FrontDispatch
+    max_message: int
+    buffered: int
+    body_budget: int
+
+
+class OipRest:
+    """The ``/v2`` routes of ``front``; ``error(code, message, status=None)`` makes an
+    error response (the HTTP front's own)."""
+
+    def __init__(self, front: Front, error: Callable[..., web.Response]) -> None:
         assert front.dispatch.oip is not None
         self.front = front
+        self._error = error
         self.oip = front.dispatch.oip
         self.model = self.oip.model
         self.max_body = front.max_message - 4  # (the task's framing: oip.frame_rest)
@@ -64,12 +74,6 @@ class OipRest:
             r.add_post(base + "/infer", self._infer)
 
     # ------------------------------------------------------------------ answers
-
-    def _error(self, code: grpc.StatusCode, message: str, status: int | None = None):
-        from .http_front import STATUS
-
-        return web.json_response({"error": " ".join(message.split()), "code": code.name},
-                                 status=status or STATUS.get(code, 500))  # fmt: skip
 
     def _refused(self, request: web.Request) -> web.Response | None:
         """The token check (infer role), then the model named by the URL."""
