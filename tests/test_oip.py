@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tritonclient.grpc import service_pb2 as triton
 
 from aios_fast import tensors
@@ -62,11 +64,46 @@ def test_the_document_declares_the_model():
             {"name": "x", "datatype": "FP33", "shape": [1]}]}})  # fmt: skip
 
 
-def test_routing_reads_three_fields_and_nothing_else():
+def _readers():
+    readers = [pytest.param(route_fields, id="py")]
+    try:
+        from aios_fast._front import oip_route
+
+        readers.append(pytest.param(oip_route, id="c"))
+    except ImportError:
+        pass
+    return readers
+
+
+@pytest.mark.parametrize("read", _readers())
+def test_routing_reads_three_fields_and_nothing_else(read):
     frame = request(X, N, model_version="2.1").SerializeToString()
-    assert route_fields(frame) == ("echo", "2.1", "r1")
+    assert read(frame) == ("echo", "2.1", "r1")
     with pytest.raises(InvalidTensor, match="malformed"):
-        route_fields(frame[:-1])  # the last raw contents cut short: its length runs past
+        read(frame[:-1])  # the last raw contents cut short: its length runs past
+    with pytest.raises(InvalidTensor, match="wire type"):
+        read(b"\x0f")
+    with pytest.raises(InvalidTensor, match="not UTF-8"):
+        read(b"\x0a\x01\xff")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=64), st.integers(0, 80))
+def test_the_compiled_route_reader_agrees_with_its_twin(data, cut):
+    """Hypothesis: on any bytes (and on real requests cut anywhere) both readers answer
+    the same fields or both refuse."""
+    compiled = [p.values[0] for p in _readers()][1:]
+    if not compiled:
+        pytest.skip("the compiled module (aios_fast._front) is not built")
+    real = request(X[:1], N[:1], model_version="v").SerializeToString()[:cut]
+    for frame in (data, real):
+        outcomes = []
+        for read in (route_fields, compiled[0]):
+            try:
+                outcomes.append(read(frame))
+            except InvalidTensor:
+                outcomes.append("invalid")
+        assert outcomes[0] == outcomes[1], frame
     with pytest.raises(UnknownModel, match="unknown model 'other'"):
         SPEC.check("other", "")
     with pytest.raises(UnknownModel, match="no version '3'"):

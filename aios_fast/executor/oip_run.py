@@ -36,6 +36,25 @@ _NOT_FOUND = grpc.StatusCode.NOT_FOUND
 _INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 
+def _route_reader():
+    """``oip.route_fields`` compiled (``aios_fast._front.oip_route``: ~20x less CPU)
+    where the native front is built, its pure-Python twin elsewhere (the native front is
+    optional: grpcio serves where libnghttp2's headers were missing)."""
+    from .._select import use_extensions
+
+    if use_extensions():
+        try:
+            from .._front import oip_route
+
+            return oip_route
+        except ImportError:
+            pass
+    return route_fields
+
+
+read_route = _route_reader()
+
+
 class OipRun(TaskRun):
     """One ModelInfer task (its answer: the instance's ModelInferResponse bytes)."""
 
@@ -50,7 +69,7 @@ class OipRun(TaskRun):
 
     def _read(self):
         try:
-            name, version, self.request_id = route_fields(self.frame)
+            name, version, self.request_id = read_route(self.frame)
             self.model.check(name, version)
         except InvalidTensor as exc:
             raise Reject(_INVALID, str(exc)) from None
