@@ -368,3 +368,42 @@ def test_tritonclient_http_json_and_binary_tensors(block, binary):
             client.infer("nope", ins)
     finally:
         client.close()
+
+
+# ---------------------------------------------------------------------- deadlines, drain
+
+
+@pytest.mark.parametrize("front", ["native", "grpcio"])
+def test_a_deadline_cancels_the_task_and_drain_lets_running_ones_finish(tmp_path, front):
+    doc = tmp_path / "slow.json"
+    doc.write_text(json.dumps({**DOC, "id": "slow"}))
+    instance = start_instance("tests.blocks:SleepBlock", {"delay": 1.0}, "--block-doc", str(doc))
+    executor, port = start_executor({"i0": instance.info["port"]}, "--block-doc", str(doc),
+                                    "--front", front)  # fmt: skip
+    mgmt_port = executor.info["mgmt_port"]
+    client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+    try:
+        with pytest.raises(InferenceServerException) as err:
+            client.infer("slow", inputs(), client_timeout=0.3)
+        assert "DEADLINE_EXCEEDED" in err.value.status() or "Deadline" in str(err.value)
+        # the instance was told: nothing stays in flight, and the books say cancelled
+        end = time.monotonic() + 5
+        while mgmt(mgmt_port, "stats")[1]["data"]["inflight"] and time.monotonic() < end:
+            time.sleep(0.05)
+        t = mgmt(mgmt_port, "stats")[1]["data"]["tasks"]
+        assert t["cancelled"] + t["withdrawn"] == 1 and t["failed"] == 0
+        # drain: a task running when the executor is told to stop still gets its answer
+        answers: queue.Queue = queue.Queue()
+        client.async_infer(
+            "slow", inputs(), callback=lambda result, error: answers.put((result, error))
+        )
+        time.sleep(0.3)
+        executor.signal()
+        result, error = answers.get(timeout=15)
+        assert error is None, error
+        np.testing.assert_array_equal(result.as_numpy("x"), X)
+        assert executor.stop() == 0
+    finally:
+        client.close()
+        executor.stop()
+        instance.stop()
