@@ -407,3 +407,37 @@ def test_a_deadline_cancels_the_task_and_drain_lets_running_ones_finish(tmp_path
         client.close()
         executor.stop()
         instance.stop()
+
+
+def test_the_guides_oip_curl_example_runs(tmp_path):
+    """docs/writing-a-block.md's /v2 curl commands, as written (ports aside), against an
+    echo block declared as the guide's ``digits``."""
+    import re
+    import subprocess
+
+    from .procs import ROOT
+
+    guide = (ROOT / "docs" / "writing-a-block.md").read_text()
+    (command,) = [b for b in re.findall(r"```sh\n(.*?)```", guide, re.S) if "/v2/" in b]
+    (declared,) = [json.loads(b) for b in re.findall(r"```json\n(.*?)```", guide, re.S)
+                   if "inputProtocol" in b]  # fmt: skip
+    doc = tmp_path / "digits.json"
+    doc.write_text(json.dumps({**declared, "outputProtocol": declared["inputProtocol"]}))
+    instance = start_instance("aios_fast.block:EchoBlock", None, "--block-doc", str(doc))
+    executor, _ = start_executor({"i0": instance.info["port"]}, "--block-doc", str(doc),
+                                 "--http-port", "0")  # fmt: skip
+    try:
+        command = command.replace(":18080/", f":{executor.info['http_port']}/")
+        out = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        decoder, text, answers = json.JSONDecoder(), out.stdout.strip(), []
+        while text:
+            answer, end = decoder.raw_decode(text)
+            answers.append(answer)
+            text = text[end:].strip()
+        metadata, inference = answers
+        assert metadata["name"] == "digits" and metadata["inputs"][0]["name"] == "pixels"
+        assert inference["outputs"][0]["shape"] == [1, 64], inference
+    finally:
+        executor.stop()
+        instance.stop()
