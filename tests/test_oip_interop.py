@@ -23,6 +23,8 @@ import tritonclient.http as triton_http
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from aios_fast.executor.native_front import unavailable
+
 from .procs import mgmt, start_executor, start_instance
 
 LIMIT = 256 * 1024  # the executor's --max-message
@@ -54,8 +56,14 @@ class Served(tuple):
         return served
 
 
+def native_or_skip(front: str) -> None:
+    if front == "native" and (why := unavailable()):
+        pytest.skip(f"native front not available: {why}")
+
+
 @pytest.fixture(scope="module", params=["native", "grpcio"])
 def block(request, tmp_path_factory):
+    native_or_skip(request.param)
     path = tmp_path_factory.mktemp("oip") / "echo.json"
     path.write_text(json.dumps(DOC))
     instance = start_instance("aios_fast.block:EchoBlock", None, "--block-doc", str(path))
@@ -375,6 +383,7 @@ def test_tritonclient_http_json_and_binary_tensors(block, binary):
 
 @pytest.mark.parametrize("front", ["native", "grpcio"])
 def test_a_deadline_cancels_the_task_and_drain_lets_running_ones_finish(tmp_path, front):
+    native_or_skip(front)
     doc = tmp_path / "slow.json"
     doc.write_text(json.dumps({**DOC, "id": "slow"}))
     instance = start_instance("tests.blocks:SleepBlock", {"delay": 1.0}, "--block-doc", str(doc))
