@@ -83,35 +83,47 @@ def _varint(data: bytes | memoryview, pos: int) -> tuple[int, int]:
 
 def _split_raw(frame: bytes) -> tuple[bytes, list[memoryview]]:
     """The request's bytes other than raw_input_contents (field 7: small, parsed by
-    protobuf) and views of each raw_input_contents in ``frame`` (not copied)."""
+    protobuf) and views of each raw_input_contents in ``frame`` (not copied). Runs of
+    other fields are kept whole (serializers write field 7 last: one slice)."""
     view = memoryview(frame)
     rest: list[bytes | memoryview] = []
     raws: list[memoryview] = []
-    pos, end = 0, len(frame)
+    pos, end, run = 0, len(frame), 0
     while pos < end:
         start = pos
-        key, pos = _varint(view, pos)
+        key = frame[pos]  # (one byte for fields 1-15: every field here)
+        pos += 1
+        if key >= 0x80:
+            key, pos = _varint(view, start)
         wire = key & 7
-        if wire == 0:
-            _, pos = _varint(view, pos)
-        elif wire == 2:
-            size, pos = _varint(view, pos)
+        if wire == 2:
+            size = frame[pos] if pos < end else 0x80
+            pos += 1
+            if size >= 0x80:
+                size, pos = _varint(view, pos - 1)
             if pos + size > end:
                 raise InvalidTensor("malformed ModelInferRequest: a field runs past its end")
-            if key >> 3 == 7:
+            if key == 0x3A:  # field 7, length-delimited
+                if start > run:
+                    rest.append(view[run:start])
                 raws.append(view[pos : pos + size])
-                pos += size
+                run = pos = pos + size
                 continue
             pos += size
+        elif wire == 0:
+            _, pos = _varint(view, pos)
         elif wire == 1:
             pos += 8
         elif wire == 5:
             pos += 4
         else:
             raise InvalidTensor(f"malformed ModelInferRequest: wire type {wire}")
-        rest.append(view[start:pos])
     if pos != end:
         raise InvalidTensor("malformed ModelInferRequest: a field runs past its end")
+    if not raws:
+        return frame, raws
+    if run < end:
+        rest.append(view[run:end])
     return b"".join(rest), raws
 
 

@@ -122,6 +122,20 @@ def test_inputs_become_arrays_and_raw_ones_view_the_request(raw):
         assert np.shares_memory(req["x"], np.frombuffer(frame, dtype=np.uint8))
 
 
+def test_raw_contents_are_found_wherever_they_sit_in_the_message():
+    """Protobuf allows fields in any order (concatenated messages merge): raw contents
+    between other fields are still paired with their inputs in order."""
+    full = request(X, N)
+    parts = [triton.ModelInferRequest(raw_input_contents=[full.raw_input_contents[0]]),
+             triton.ModelInferRequest(model_name="echo", inputs=full.inputs),
+             triton.ModelInferRequest(raw_input_contents=[full.raw_input_contents[1]]),
+             triton.ModelInferRequest(id="mixed")]  # fmt: skip
+    req = tensors.decode_request(b"".join(p.SerializeToString() for p in parts), SPEC)
+    np.testing.assert_array_equal(req["x"], X)
+    np.testing.assert_array_equal(req["n"], N)
+    assert req.id == "mixed"
+
+
 def test_raw_contents_one_byte_short_or_long_are_refused():
     req = request(X, N)
     good = req.raw_input_contents[0]
