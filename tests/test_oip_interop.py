@@ -381,6 +381,29 @@ def test_tritonclient_http_json_and_binary_tensors(block, binary):
 # ---------------------------------------------------------------------- deadlines, drain
 
 
+def test_without_an_instance_nothing_is_ready_and_inference_is_unavailable(tmp_path):
+    doc = tmp_path / "echo.json"
+    doc.write_text(json.dumps(DOC))
+    executor, port = start_executor({}, "--block-doc", str(doc), "--http-port", "0")
+    client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+    try:
+        assert client.is_server_live()
+        assert not client.is_server_ready() and not client.is_model_ready("echo")
+        with pytest.raises(InferenceServerException, match="no instance available") as err:
+            client.infer("echo", inputs())
+        assert err.value.status() == "StatusCode.UNAVAILABLE"
+        status, _, body = rest(executor.info["http_port"], "/v2/models/echo/infer",
+                               {"inputs": json_inputs()})  # fmt: skip
+        assert status == 503 and "no instance available" in json.loads(body)["error"]
+        assert rest(executor.info["http_port"], "/v2/health/ready")[0] == 503
+        t = mgmt(executor.info["mgmt_port"], "stats")[1]["data"]["tasks"]
+        assert t["received"] == t["rejected"] == 2  # counted, refused, none lost
+    finally:
+        client.close()
+        executor.stop()
+
+
+
 @pytest.mark.parametrize("front", ["native", "grpcio"])
 def test_a_deadline_cancels_the_task_and_drain_lets_running_ones_finish(tmp_path, front):
     native_or_skip(front)
