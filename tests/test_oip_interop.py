@@ -403,7 +403,6 @@ def test_without_an_instance_nothing_is_ready_and_inference_is_unavailable(tmp_p
         executor.stop()
 
 
-
 @pytest.mark.parametrize("front", ["native", "grpcio"])
 def test_a_deadline_cancels_the_task_and_drain_lets_running_ones_finish(tmp_path, front):
     native_or_skip(front)
