@@ -252,30 +252,71 @@ def to_raw(array: np.ndarray, datatype: str) -> bytes:
     return b"".join(parts)
 
 
-def encode_response(request: InferRequest, result: Any, spec: ModelSpec | None) -> bytes:
-    """The block's result -> ModelInferResponse bytes (every output raw, as Triton
-    answers). An output asked for but not produced is InvalidTensor."""
+def selected_outputs(request: InferRequest, result: Any,
+                     spec: ModelSpec | None) -> list[tuple[str, str, np.ndarray]]:  # fmt: skip
+    """(name, datatype, array) of each output the request asked for (none named: all);
+    an output asked for but not produced is InvalidTensor."""
     named = named_outputs(result, spec)
-    declared = {t.name: t for t in spec.outputs} if spec is not None else {}
     if request.outputs:
         unknown = [n for n in request.outputs if n not in named]
         if unknown:
             raise InvalidTensor(f"unknown output(s) {', '.join(unknown)} (the model gives "
                                 f"{', '.join(named)})")  # fmt: skip
         named = {n: named[n] for n in request.outputs}
-    resp = oip_pb2.ModelInferResponse(
-        model_name=spec.name if spec is not None else "", id=request.id,
-        model_version=spec.version if spec is not None else "",
-    )  # fmt: skip
-    raws = []
+    declared = {t.name: t for t in spec.outputs} if spec is not None else {}
+    out = []
     for name, value in named.items():
         array = np.asarray(value)
         want = declared.get(name)
-        datatype = want.datatype if want is not None else datatype_of(array)
-        resp.outputs.add(name=name, datatype=datatype, shape=array.shape)
-        raws.append(to_raw(array, datatype))
-    resp.raw_output_contents.extend(raws)
-    return resp.SerializeToString()
+        out.append((name, want.datatype if want is not None else datatype_of(array), array))
+    return out
+
+
+_ONE_BYTE = [bytes((i,)) for i in range(128)]
+
+
+def _varint_bytes(value: int) -> bytes:
+    if value < 0x80:
+        return _ONE_BYTE[value]
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _ld(number: int, payload: bytes) -> bytes:
+    """A length-delimited field (omitted when empty, as proto3 writes it)."""
+    if not payload:
+        return b""
+    return _ONE_BYTE[(number << 3) | 2] + _varint_bytes(len(payload)) + payload
+
+
+def _raw_view(array: np.ndarray, datatype: str) -> bytes | memoryview:
+    """The raw contents of an output, without a copy where the array is already
+    contiguous in the wire's dtype (BYTES: encoded)."""
+    if datatype == "BYTES":
+        return to_raw(array, datatype)
+    contiguous = np.ascontiguousarray(array, dtype=DATATYPES[datatype][0])
+    return contiguous.reshape(-1).view(np.uint8).data
+
+
+def encode_response(request: InferRequest, result: Any, spec: ModelSpec | None) -> bytes:
+    """The block's result -> ModelInferResponse bytes (every output raw, as Triton
+    answers), written field by field: each output's bytes are copied once, into the
+    answer."""
+    parts = [_ld(1, spec.name.encode() if spec is not None else b""),
+             _ld(2, spec.version.encode() if spec is not None else b""),
+             _ld(3, request.id.encode())]  # fmt: skip
+    raws: list[bytes | memoryview] = []
+    for name, datatype, array in selected_outputs(request, result, spec):
+        shape = b"".join(_varint_bytes(d) for d in array.shape)
+        parts.append(_ld(5, _ld(1, name.encode()) + _ld(2, datatype.encode()) + _ld(3, shape)))
+        raw = _raw_view(array, datatype)
+        raws.append(b"\x32" + _varint_bytes(len(raw)))  # field 6, length-delimited
+        raws.append(raw)
+    return b"".join([*parts, *raws])
 
 
 # ---------------------------------------------------------------------- batching

@@ -24,10 +24,9 @@ from .tensors import (
     DATATYPES,
     check_complete,
     check_input,
-    datatype_of,
     declared_inputs,
     from_raw,
-    named_outputs,
+    selected_outputs,
     to_raw,
 )
 
@@ -129,19 +128,8 @@ def encode_json(request: InferRequest, result: Any, spec: ModelSpec | None,
                 binary: dict[str, bool]) -> bytes:  # fmt: skip
     """The block's result -> a ``frame_rest`` payload: the JSON response, then the
     binary outputs."""
-    named = named_outputs(result, spec)
-    if request.outputs:
-        unknown = [n for n in request.outputs if n not in named]
-        if unknown:
-            raise InvalidTensor(f"unknown output(s) {', '.join(unknown)} (the model gives "
-                                f"{', '.join(named)})")  # fmt: skip
-        named = {n: named[n] for n in request.outputs}
-    declared = {t.name: t for t in spec.outputs} if spec is not None else {}
     outputs, blobs = [], []
-    for name, value in named.items():
-        array = np.asarray(value)
-        want = declared.get(name)
-        datatype = want.datatype if want is not None else datatype_of(array)
+    for name, datatype, array in selected_outputs(request, result, spec):
         out: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         if binary.get(name, binary.get("*", False)):
             blob = to_raw(array, datatype)

@@ -193,6 +193,23 @@ def test_outputs_are_encoded_raw_as_triton_answers():
         tensors.encode_response(asked, {"y": X}, SPEC)
 
 
+def test_empty_and_non_contiguous_outputs_keep_their_places():
+    """Outputs are written field by field: an empty tensor still has its (empty) raw
+    contents, so the next output's bytes stay paired with its own metadata; a strided
+    or big-endian array is made contiguous little-endian first."""
+    req = InferRequest({}, "e")
+    big_endian = np.arange(3, dtype=">i8")
+    strided = np.arange(8, dtype=np.float32).reshape(2, 4)[:, ::2]
+    data = tensors.encode_response(req, {"empty": np.zeros((0, 4), np.float32),
+                                         "b": big_endian, "s": strided}, None)  # fmt: skip
+    out = triton.ModelInferResponse.FromString(data)
+    assert [(o.name, o.datatype, list(o.shape)) for o in out.outputs] == [
+        ("empty", "FP32", [0, 4]), ("b", "INT64", [3]), ("s", "FP32", [2, 2])]  # fmt: skip
+    assert out.raw_output_contents[0] == b""
+    assert np.frombuffer(out.raw_output_contents[1], "<i8").tolist() == [0, 1, 2]
+    assert np.frombuffer(out.raw_output_contents[2], "<f4").tolist() == [0, 2, 4, 6]
+
+
 def test_stack_and_split_batch_along_the_first_dimension():
     a = InferRequest({"x": np.zeros((2, 4), np.float32)})
     b = InferRequest({"x": np.ones((3, 4), np.float32)})
