@@ -25,7 +25,7 @@ from tritonclient.utils import InferenceServerException
 
 from aios_fast.executor.native_front import unavailable
 
-from .procs import mgmt, start_executor, start_instance
+from .procs import mgmt, start_executor, start_instance, wait_stats
 
 LIMIT = 256 * 1024  # the executor's --max-message
 TOKEN = "oip-token-" + "z" * 24
@@ -428,7 +428,7 @@ def test_a_deadline_cancels_the_task_and_drain_lets_running_ones_finish(tmp_path
         client.async_infer(
             "slow", inputs(), callback=lambda result, error: answers.put((result, error))
         )
-        time.sleep(0.3)
+        wait_stats(mgmt_port, lambda _, inflight: inflight == 1)  # it runs: now stop
         executor.signal()
         result, error = answers.get(timeout=15)
         assert error is None, error
