@@ -236,6 +236,41 @@ def test_the_books_hold_for_oip_tasks(block):
     assert grew == {"received": 3, "invalid": 1, "completed": 1, "failed": 1, "lost": 0}
 
 
+def test_tls_serves_the_protocol_with_client_certificates(tmp_path):
+    """The OIP methods live on the executor's own port: its TLS (here mutual) holds."""
+    from .procs import Proc, free_port
+    from .tlsutil import make_pki
+
+    (tmp_path / "pki").mkdir()
+    pki = make_pki(tmp_path / "pki", ("node", "client"))
+    (cert, key), ca = pki["node"], pki["ca"][0]
+    tls = ("--tls-cert", cert, "--tls-key", key, "--tls-ca", ca)
+    doc = tmp_path / "echo.json"
+    doc.write_text(json.dumps(DOC))
+    instance = start_instance("aios_fast.block:EchoBlock", None, "--block-doc", str(doc), *tls)
+    executor = Proc(["-m", "aios_fast.executor", "--port", str(free_port()), "--mgmt-port", "0",
+                     "--metrics-port", "0", "--block-doc", str(doc), *tls, "--instance",
+                     f"i0=127.0.0.1:{instance.info['port']}"])  # fmt: skip
+    client_cert, client_key = pki["client"]
+    client = triton.InferenceServerClient(
+        f"127.0.0.1:{executor.info['port']}", ssl=True, root_certificates=ca,
+        private_key=client_key, certificate_chain=client_cert,
+    )  # fmt: skip
+    plain = triton.InferenceServerClient(f"127.0.0.1:{executor.info['port']}")
+    try:
+        end = time.monotonic() + 20
+        while not client.is_server_ready() and time.monotonic() < end:  # the TLS link
+            time.sleep(0.1)
+        np.testing.assert_array_equal(client.infer("echo", inputs()).as_numpy("x"), X)
+        with pytest.raises(InferenceServerException):
+            plain.is_server_live()
+    finally:
+        client.close()
+        plain.close()
+        executor.stop()
+        instance.stop()
+
+
 def test_a_token_is_needed_on_every_oip_method(tmp_path):
     path = tmp_path / "tokens"
     path.write_text(f"infer {TOKEN}\n")
@@ -244,9 +279,18 @@ def test_a_token_is_needed_on_every_oip_method(tmp_path):
     instance = start_instance("aios_fast.block:EchoBlock", None, "--auth-file", str(path),
                               "--block-doc", str(doc))  # fmt: skip
     executor, port = start_executor({"i0": instance.info["port"]}, "--block-doc", str(doc),
-                                    "--auth-file", str(path), token=TOKEN)  # fmt: skip
+                                    "--auth-file", str(path), "--http-port", "0",
+                                    token=TOKEN)  # fmt: skip
     client = triton.InferenceServerClient(f"127.0.0.1:{port}")
     try:
+        http_port = executor.info["http_port"]
+        for path_ in ("/v2/health/live", "/v2/models/echo"):
+            status, _, body = rest(http_port, path_)
+            assert status == 401 and json.loads(body)["code"] == "UNAUTHENTICATED"
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        status, _, body = rest(http_port, "/v2/models/echo/infer", {"inputs": json_inputs()},
+                               bearer)  # fmt: skip
+        assert status == 200, body
         with pytest.raises(InferenceServerException) as err:
             client.get_model_metadata("echo")
         assert err.value.status() == "StatusCode.UNAUTHENTICATED"
