@@ -235,3 +235,43 @@ def test_metadata_answers_and_stream_wrapping():
     assert triton.ModelStreamInferResponse.FromString(stream_ok(inner)).infer_response.id == "q"
     err = triton.ModelStreamInferResponse.FromString(stream_error("INVALID_ARGUMENT: no", "q"))
     assert (err.error_message, err.infer_response.id) == ("INVALID_ARGUMENT: no", "q")
+
+
+def test_the_router_runs_oip_tasks_with_the_same_books_and_retries():
+    """In process over fake links (tests/fakes.py): an OIP task travels as link kind
+    OIP, unread, is retried elsewhere when refused, and its answer is the instance's
+    bytes as they came; an unknown model is refused before placement (counted
+    invalid), a bad tensor at the instance fails alone with INVALID_ARGUMENT."""
+    import grpc
+
+    from aios_fast.executor.links import TaskFailed
+    from aios_fast.executor.oip_run import OipRun
+    from aios_fast.wire import OIP
+    from tests.fakes import Upstream
+
+    up = Upstream(2, max_retries=1)
+    outcomes = []
+
+    def run(frame: bytes) -> None:
+        OipRun(up.router, SPEC, frame, None, lambda r, a, j: outcomes.append((a, j))).start()
+
+    good = request(X, N).SerializeToString()
+    up.link("i0").refuse_next = 1
+    run(good)
+    [(link, task)] = up.open_tasks()
+    assert link.instance_id == "i1" and link.kinds == [OIP] and task.frame is good
+    link.finish(task, b"response bytes")
+    assert outcomes.pop() == (b"response bytes", None)
+    other = request(X, N)
+    other.model_name = "nope"
+    run(other.SerializeToString())
+    _, reject = outcomes.pop()
+    assert reject.code == grpc.StatusCode.NOT_FOUND and not up.open_tasks()
+    run(good)
+    [(link, task)] = up.open_tasks()
+    link.finish(task, exc=TaskFailed("bad tensor", grpc.StatusCode.INVALID_ARGUMENT))
+    assert outcomes.pop()[1].code == grpc.StatusCode.INVALID_ARGUMENT
+    stats = up.router.stats
+    assert (stats["received"], stats["invalid"], stats["completed"], stats["failed"],
+            stats["retried"]) == (3, 1, 1, 1, 1)  # fmt: skip
+    assert up.router.books() == {"received": 0, "accepted": 0} and up.router.inflight == 0
