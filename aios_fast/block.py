@@ -40,8 +40,12 @@ one output). The block document declares the tensors (``inputProtocol`` /
 ``outputProtocol``: ``{"tensors": [{"name": "x", "datatype": "FP32", "shape": [-1,
 64]}]}``); requests that do not match get INVALID_ARGUMENT before the block sees them,
 and ModelMetadata answers from it. A block serving both kinds tells them apart with
-``isinstance(entry, InferRequest)``; ``tensors.stack`` / ``tensors.split`` batch
-requests along the first dimension.
+``isinstance(entry, InferRequest)``. With ``stack_tensors = True`` a block's on_batch
+gets the batch's OIP requests stacked along the first dimension, as Triton's dynamic
+batcher does (requests with the same inputs, dtypes and trailing dimensions become one
+InferRequest of all their rows; its output is cut back into each request's rows);
+without it each request is its own entry (``tensors.stack`` / ``tensors.split`` do the
+same by hand).
 
 Large inputs come by reference: ``await self.frames.get(packet.frame_ptr)`` resolves a
 frame_ptr through the instance's Frame DB (``aios_fast.framedb``).
@@ -66,6 +70,8 @@ class Block:
     # ``block up --traffic``: the share of answers that must match their expected fields
     # (a model's accuracy: below 1.0; a deterministic block: 1.0, every one)
     traffic_min_agreement: float = 1.0
+    # on_batch gets the batch's OIP requests stacked along the first dimension (see above)
+    stack_tensors: bool = False
 
     def __init__(self, init_data: dict | None = None, parameters: dict | None = None) -> None:
         self.init_data = dict(init_data or {})

@@ -334,8 +334,73 @@ def split(outputs: Mapping[str, Any], requests: Sequence[InferRequest]) -> list[
     first input says how many rows it brought), one dict per request, in order."""
     sizes = [len(next(iter(r.inputs.values()))) if r.inputs else 0 for r in requests]
     arrays = {n: np.asarray(v) for n, v in outputs.items()}
+    for name, array in arrays.items():
+        if array.ndim == 0 or len(array) != sum(sizes):
+            raise ValueError(f"output '{name}' has {len(array) if array.ndim else 0} rows for "
+                             f"the batch's {sum(sizes)}")  # fmt: skip
     result, start = [], 0
     for size in sizes:
         result.append({n: a[start : start + size] for n, a in arrays.items()})
         start += size
+    return result
+
+
+def _signature(request: InferRequest) -> tuple | None:
+    """What requests must share to be stacked: input names, dtypes and all dimensions
+    but the first (None: a request that cannot be stacked, e.g. a scalar input)."""
+    sig = []
+    for name, array in request.inputs.items():
+        if array.ndim == 0:
+            return None
+        sig.append((name, array.dtype.str, array.shape[1:]))
+    return tuple(sig) if sig else None
+
+
+def merge(entries: Sequence[Any]) -> tuple[list, list[tuple[int, list[int]]]]:
+    """A batch with its OIP requests stacked (``Block.stack_tensors``): requests of the
+    same signature become one request whose inputs are joined along the first
+    dimension; other entries stay as they are. Returns (the entries to run, the plan:
+    for each, the positions in ``entries`` it stands for)."""
+    groups: dict[tuple, list[int]] = {}
+    plan: list[tuple[int, list[int]]] = []
+    merged: list = []
+    for i, entry in enumerate(entries):
+        sig = _signature(entry) if isinstance(entry, InferRequest) else None
+        if sig is None:
+            plan.append((len(merged), [i]))
+            merged.append(entry)
+            continue
+        if sig not in groups:
+            groups[sig] = []
+            plan.append((len(merged), groups[sig]))
+            merged.append(None)  # (stacked below)
+        groups[sig].append(i)
+    for slot, members in plan:
+        if merged[slot] is None:
+            group = [entries[i] for i in members]
+            merged[slot] = group[0] if len(group) == 1 else InferRequest(stack(group))
+    return merged, plan
+
+
+def unmerge(outputs: Sequence[Any], plan: list[tuple[int, list[int]]], entries: Sequence[Any],
+            spec: ModelSpec | None) -> list:  # fmt: skip
+    """``merge``'s inverse for the block's outputs: a stacked request's output is cut
+    into each request's rows (``split``); an exception fails each request it stood for."""
+    if len(outputs) != len(plan):
+        raise ValueError(f"on_batch returned {len(outputs)} outputs for {len(plan)} entries")
+    result: list = [None] * len(entries)
+    for slot, members in plan:
+        out = outputs[slot]
+        if len(members) == 1:
+            result[members[0]] = out
+        elif isinstance(out, BaseException):
+            for i in members:
+                result[i] = out
+        else:
+            try:
+                parts: list = split(named_outputs(out, spec), [entries[i] for i in members])
+            except (ValueError, TypeError) as exc:  # the block's output does not fit: each fails
+                parts = [exc] * len(members)
+            for i, part in zip(members, parts, strict=True):
+                result[i] = part
     return result

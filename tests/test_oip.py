@@ -275,3 +275,55 @@ def test_the_router_runs_oip_tasks_with_the_same_books_and_retries():
     assert (stats["received"], stats["invalid"], stats["completed"], stats["failed"],
             stats["retried"]) == (3, 1, 1, 1, 1)  # fmt: skip
     assert up.router.books() == {"received": 0, "accepted": 0} and up.router.inflight == 0
+
+
+def test_stack_tensors_gives_on_batch_one_request_of_all_rows():
+    """``Block.stack_tensors``: requests of one signature reach on_batch as one stacked
+    request (Triton's dynamic batching), packets beside them as they are; each request
+    gets its own rows back, and a block output of the wrong row count fails them."""
+    import asyncio
+
+    from aios_fast import codec
+    from aios_fast.block import Block
+    from aios_fast.instance import InstanceServer
+
+    seen: list = []
+
+    class Doubler(Block):
+        stack_tensors = True
+
+        def on_batch(self, entries):
+            seen.append([e["x"].shape if isinstance(e, InferRequest) else "packet"
+                         for e in entries])  # fmt: skip
+            return [{"y": e["x"] * 2} if isinstance(e, InferRequest) else e.data
+                    for e in entries]  # fmt: skip
+
+    spec = ModelSpec("echo", inputs=SPEC.inputs[:1])
+
+    def frame(rows: int, start: float) -> bytes:
+        req = triton.ModelInferRequest(model_name="echo")
+        x = np.arange(start, start + rows * 4, dtype=np.float32).reshape(rows, 4)
+        req.inputs.add(name="x", datatype="FP32", shape=x.shape)
+        req.raw_input_contents.append(x.tobytes())
+        return req.SerializeToString()
+
+    async def main():
+        batching = {"mode": "delay", "maxBatchSize": 3, "maxQueueDelayMs": 50}
+        server = InstanceServer(Doubler(), batching=batching, model=spec)
+        outs = await asyncio.gather(server.run_oip(frame(2, 0)), server.run_oip(frame(3, 100)),
+                                    server.run_packet(codec.Packet(data="p")))  # fmt: skip
+        await server.batcher.close()
+        return outs
+
+    two, three, packet = asyncio.run(main())
+    assert seen == [[(5, 4), "packet"]]  # one request of 2 + 3 rows, and the packet
+    rows = [np.frombuffer(triton.ModelInferResponse.FromString(o).raw_output_contents[0],
+                          np.float32).reshape(-1, 4) for o in (two, three)]  # fmt: skip
+    assert rows[0].tolist() == (np.arange(8).reshape(2, 4) * 2).tolist()
+    assert rows[1][:, 0].tolist() == [200, 208, 216]
+    assert codec.decode_packet(packet).data == "p"
+    a, b = InferRequest({"x": np.zeros((2, 4))}), InferRequest({"x": np.zeros((1, 4))})
+    merged, plan = tensors.merge([a, b])
+    assert len(merged) == 1 and merged[0]["x"].shape == (3, 4)
+    out = tensors.unmerge([{"y": np.zeros((2, 1))}], plan, [a, b], None)  # 2 rows for 3
+    assert all(isinstance(o, ValueError) and "2 rows for the batch's 3" in str(o) for o in out)

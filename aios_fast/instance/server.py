@@ -153,7 +153,13 @@ class InstanceServer:
         return Batcher(self._run_batch, settings)
 
     async def _run_batch(self, entries: list) -> list:
-        return await self._call(self.block.on_batch, entries)
+        if not getattr(self.block, "stack_tensors", False):
+            return await self._call(self.block.on_batch, entries)
+        from .. import tensors  # (a block that stacks tensors has NumPy)
+
+        merged, plan = tensors.merge(entries)  # OIP requests joined along dimension 0
+        outputs = await self._call(self.block.on_batch, merged)
+        return tensors.unmerge(outputs, plan, entries, self.model)
 
     # ------------------------------------------------------------------ running a task
 
