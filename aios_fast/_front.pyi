@@ -6,6 +6,9 @@ from typing import Any
 INFER: int
 INFER_RESULT: int
 INFER_STREAM: int
+OIP_FIRST: int  # Call.method - OIP_FIRST: the call's position in OIP_METHODS
+OIP_STREAM: int
+OIP_METHODS: tuple[str, ...]  # = aios_fast.wire.OIP_METHODS
 STREAM_WINDOW: int
 RESET_BURST: int
 RESET_RATE: int
@@ -13,11 +16,12 @@ WINDOW: int
 QUEUED_HIGH: int
 MAX_HEADER_LIST: int
 
+def oip_route(frame: bytes) -> tuple[str, str, str]: ...
 def parse_timeout(value: str) -> float | None: ...
 def grpc_message(message: str) -> bytes: ...
 
 class Call:
-    method: int  # INFER, INFER_RESULT, INFER_STREAM
+    method: int  # INFER, INFER_RESULT, INFER_STREAM, or an OIP method (OIP_FIRST + i)
     timeout: float  # seconds, or -1: none
     token: str | None
     task: Any  # the server's; its cancel() is called if the stream goes away

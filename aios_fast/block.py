@@ -31,6 +31,22 @@ fields the JSON output must carry with those values), sent in turn, and the clas
 attribute ``traffic_min_agreement`` (default 1.0) is the share of checked answers that
 must match. Without it the tasks carry the load generator's own JSON.
 
+Tensors (the Open Inference Protocol, KServe v2 / Triton; ``aios_fast.tensors``): a
+ModelInfer request to the block reaches ``on_data`` (or ``on_batch``) as an
+``InferRequest`` (``aios_fast.oip``), not through on_preprocess: ``entry.inputs`` maps
+each input's name to a NumPy array viewing the request's bytes (no copy, read-only).
+Return ``{output name: array}`` (or a list in the declared order, or a lone array for
+one output). The block document declares the tensors (``inputProtocol`` /
+``outputProtocol``: ``{"tensors": [{"name": "x", "datatype": "FP32", "shape": [-1,
+64]}]}``); requests that do not match get INVALID_ARGUMENT before the block sees them,
+and ModelMetadata answers from it. A block serving both kinds tells them apart with
+``isinstance(entry, InferRequest)``. With ``stack_tensors = True`` a block's on_batch
+gets the batch's OIP requests stacked along the first dimension, as Triton's dynamic
+batcher does (requests with the same inputs, dtypes and trailing dimensions become one
+InferRequest of all their rows; its output is cut back into each request's rows);
+without it each request is its own entry (``tensors.stack`` / ``tensors.split`` do the
+same by hand).
+
 Large inputs come by reference: ``await self.frames.get(packet.frame_ptr)`` resolves a
 frame_ptr through the instance's Frame DB (``aios_fast.framedb``).
 """
@@ -42,6 +58,7 @@ import json
 from typing import Any
 
 from .framedb import FrameDB
+from .oip import InferRequest
 
 __all__ = ["Block", "EchoBlock", "HashBlock"]
 
@@ -53,6 +70,8 @@ class Block:
     # ``block up --traffic``: the share of answers that must match their expected fields
     # (a model's accuracy: below 1.0; a deterministic block: 1.0, every one)
     traffic_min_agreement: float = 1.0
+    # on_batch gets the batch's OIP requests stacked along the first dimension (see above)
+    stack_tensors: bool = False
 
     def __init__(self, init_data: dict | None = None, parameters: dict | None = None) -> None:
         self.init_data = dict(init_data or {})
@@ -95,11 +114,14 @@ class Block:
 
 
 class EchoBlock(Block):
-    """Returns the input packet's data unchanged (the transport's speed limit)."""
+    """Returns the input packet's data unchanged (the transport's speed limit); an OIP
+    request's input tensors come back as its outputs, same names."""
 
     inline = True  # trivially cheap: run on the event loop, no thread hop
 
     def on_data(self, entry) -> Any:
+        if isinstance(entry, InferRequest):
+            return entry.inputs
         return entry.data
 
 

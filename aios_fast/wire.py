@@ -26,6 +26,12 @@ carries as many tasks or replies as were ready when the writer last woke up::
         kind FIRE:    as TASK, but nobody waits for the output (``infer``): the result
                       reply carries b"" (output_ptr routing still happens there)
         kind CANCEL:  the caller gave up on task_id (payload b"", timeout 0)
+        kind OIP:     as TASK, but payload = an Open Inference Protocol
+                      ModelInferRequest as its caller sent it (``aios_fast.oip``); the
+                      RESULT payload is a ModelInferResponse
+        kind OIP_REST: the same in the protocol's REST form: payload = the JSON
+                      header's length (4 bytes, little-endian) then the HTTP body as it
+                      came (Triton's binary tensor extension); RESULT the same framing
     instance -> executor:  [[task_id, kind, payload], ...]
         kind ACK:       the instance took the task (payload b"")
         kind RESULT:    done; payload = output AIOSPacket bytes (b"" when routed elsewhere)
@@ -34,6 +40,8 @@ carries as many tasks or replies as were ready when the writer last woke up::
         kind TOO_LARGE: its output is over the message limit: RESOURCE_EXHAUSTED
         kind TIMED_OUT: the block ran it over the task timeout (``TIMEOUT_HEADER``,
                         counted from the start of the run): DEADLINE_EXCEEDED
+        kind INVALID:   the task's input is bad (an OIP request's tensors do not match
+                        the block's declaration): INVALID_ARGUMENT, the caller's fault
         kind REFUSED:   not run (the instance is leaving; before or after its ACK):
                         run it elsewhere
         kind LEAVING:   (task_id 0) the instance drains: send it nothing more; it
@@ -67,6 +75,10 @@ TCP; an instance that does not implement the call keeps the gRPC stream. A frame
 the receiver's limit (64 KiB before WELCOME, ``link_limit(max_message)`` after) ends
 the connection.
 
+Client <-> executor, the Open Inference Protocol (KServe v2 / Triton) on the same port:
+``OIP_SERVICE``'s methods (``OIP_METHODS``); ModelInfer and ModelStreamInfer go to the
+instances as OIP tasks, the rest the executor answers (``aios_fast.oip``).
+
 Instance registration (Redis): the key ``instance_key(block, instance)`` holds
 ``{"target": "host:port", "mgmt": "host:port"}`` with a TTL.
 """
@@ -91,6 +103,7 @@ __all__ = [
     "INFER",
     "INFER_RESULT",
     "INFER_STREAM",
+    "INVALID",
     "ITEM_OVERHEAD",
     "LEAVING",
     "LIMIT_HEADER",
@@ -99,6 +112,12 @@ __all__ = [
     "LINK_RPC",
     "LINK_SERVICE",
     "MAX_MESSAGE",
+    "OIP",
+    "OIP_INFER",
+    "OIP_METHODS",
+    "OIP_REST",
+    "OIP_SERVICE",
+    "OIP_STREAM",
     "PING",
     "PONG",
     "RAISE_LIMIT",
@@ -162,18 +181,28 @@ def read_error(packet) -> tuple[str, str] | None:
         return None
 
 
+# --------------------------------------------------------------------- Open Inference Protocol
+
+OIP_SERVICE = "inference.GRPCInferenceService"
+OIP_METHODS = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata",
+               "ModelInfer", "ModelStreamInfer")  # fmt: skip
+OIP_INFER = f"/{OIP_SERVICE}/ModelInfer"
+OIP_STREAM = f"/{OIP_SERVICE}/ModelStreamInfer"
+
+
 # --------------------------------------------------------------------- instance link
 
 LINK_SERVICE = "aios.InstanceLink"
 LINK_RPC = "Tasks"
 LINK_METHOD = f"/{LINK_SERVICE}/{LINK_RPC}"
-TASK, CANCEL, FIRE = 0, 1, 2
+TASK, CANCEL, FIRE, OIP, OIP_REST = 0, 1, 2, 3, 4
 LIMIT_HEADER = "x-aios-max-message"  # link metadata: the sender's --max-message
 TIMEOUT_HEADER = "x-aios-task-timeout"  # link metadata: the executor's --task-timeout
 ACK, RESULT, ERROR, EXPIRED, TOO_LARGE, REFUSED, LEAVING, TIMED_OUT = 0, 1, 2, 3, 4, 5, 6, 7
 ENDPOINTS_RPC = "Endpoints"
 ENDPOINTS_METHOD = f"/{LINK_SERVICE}/{ENDPOINTS_RPC}"
 HELLO, WELCOME, REFUSE, BATCH, PING, PONG = 1, 2, 3, 4, 5, 6  # native link frame kinds
+INVALID = 8
 LINK_BATCH_BYTES = 1024 * 1024  # a batch fills up to this, unless one item is larger
 ITEM_OVERHEAD = 32  # msgpack bytes around one item's payload, at most (ids, kinds, floats)
 _LINK_SLACK = 64 * 1024

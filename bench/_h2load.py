@@ -29,12 +29,15 @@ def run(
     body: Path | None = None,
     headers: tuple[str, ...] = (),
     h1: bool = False,
+    rps: float = 0,
 ) -> dict:
     log = Path(tempfile.mkstemp(suffix=".log")[1])
     cmd = ["h2load", "-D", str(int(duration)), "--warm-up-time", "1", "-c", str(connections),
            "-m", str(streams), "-t", "1", "--log-file", str(log)]  # fmt: skip
     if h1:
         cmd.append("--h1")
+    if rps:  # requests per second per connection (0: as fast as answers come)
+        cmd.append(f"--rps={rps:.0f}")
     if body is not None:
         cmd += ["-d", str(body)]
     for header in headers:

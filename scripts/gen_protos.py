@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PROTOS = ("inference.proto", "payload.proto", "vdag.proto")
+PROTOS = ("inference.proto", "oip.proto", "payload.proto", "vdag.proto")
 OUT_PACKAGE = Path("aios_fast/protos")
 
 

@@ -3,14 +3,16 @@
 import asyncio
 
 from aios_fast.block import Block
+from aios_fast.oip import InferRequest
 
 
 class SleepBlock(Block):
-    """Echoes data after ``delay`` seconds (async: the event loop stays free)."""
+    """Echoes data (an OIP request: its inputs) after ``delay`` seconds (async: the event
+    loop stays free)."""
 
     async def on_data(self, entry):
         await asyncio.sleep(float(self.parameters.get("delay", 0.2)))
-        return entry.data
+        return entry.inputs if isinstance(entry, InferRequest) else entry.data
 
 
 class FailingBlock(Block):

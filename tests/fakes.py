@@ -40,6 +40,7 @@ class FakeLink:
         self.tasks_sent = self.completed = self.failed = self.lost = 0
         self.open: dict[int, LinkTask] = {}  # submitted, not settled
         self.timeouts: list[float] = []  # the budget each task came with
+        self.kinds: list[int | None] = []  # each submitted task's link kind
         self.cancelled: list[int] = []
         self.refuse_next = 0  # submits to refuse at once (a link down, say)
         self.closed = False
@@ -53,8 +54,9 @@ class FakeLink:
         self.on_state(self.instance_id, True)
 
     def submit(self, frame: bytes, want_result: bool, timeout: float = 0.0,
-               waiter: Waiter | None = None) -> LinkTask:  # fmt: skip
+               waiter: Waiter | None = None, kind: int | None = None) -> LinkTask:  # fmt: skip
         task = LinkTask(self, self._settled, frame, waiter)
+        self.kinds.append(kind)  # (the link kind it would send: None is TASK / FIRE)
         self.tasks_sent += 1
         self.timeouts.append(timeout)
         if len(frame) > self.settings.max_message:

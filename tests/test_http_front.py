@@ -256,7 +256,7 @@ def test_the_guides_curl_example_runs(echo):
     from .procs import ROOT
 
     guide = (ROOT / "docs" / "writing-a-block.md").read_text()
-    (command,) = [b for b in re.findall(r"```sh\n(.*?)```", guide, re.S) if "curl" in b]
+    (command,) = [b for b in re.findall(r"```sh\n(.*?)```", guide, re.S) if "/v1/" in b]
     command = command.replace(":18080/", f":{echo[0]}/").replace("/upper/", "/echo/")
     out = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr

@@ -2,7 +2,8 @@
 built once (accuracy printed, and checked here on held-out data through ONNX Runtime)
 and cached; inputs as JSON, a file tensor, a .npy file or a frame_ptr; hostile inputs
 fail their own task only; batches form; the provider choice (CUDA when present); and
-the example's block document end to end through ``aios-fast block up``."""
+the example's block document end to end through ``aios-fast block up``, and the
+same model over the Open Inference Protocol (tensors batched with JSON tasks; tritonclient)."""
 
 from __future__ import annotations
 
@@ -150,6 +151,48 @@ def test_batches_form_and_bad_inputs_fail_only_their_task(model):
     assert stats["batch_size"]["16.0"] == stats["batches"]
 
 
+def test_oip_requests_batch_with_json_tasks_along_the_first_dimension(model):
+    """OIP tensors (``pixels`` FP32 [n, 64]) and JSON tasks share the batches; each
+    request gets its own rows back, as the document declares them."""
+    from tritonclient.grpc import service_pb2 as triton
+
+    from aios_fast.oip import InvalidTensor, ModelSpec
+
+    path, hidden = model
+    x, y = held_out()
+    spec = ModelSpec.from_document(json.loads(DOC.read_text()))
+
+    def oip(rows: np.ndarray) -> bytes:
+        req = triton.ModelInferRequest(model_name="onnx-digits", id=f"r{len(rows)}")
+        req.inputs.add(name="pixels", datatype="FP32", shape=rows.shape)
+        req.raw_input_contents.append(rows.astype(np.float32).tobytes())
+        return req.SerializeToString()
+
+    async def main():
+        block = onnx_digits.DigitsBlock(parameters={"model_path": str(path), "hidden": hidden})
+        server = InstanceServer(block, batching={"maxBatchSize": 64}, model=spec)
+        jsons = [server.run_packet(codec.Packet(data=json.dumps({"pixels": x[i].tolist()})))
+                 for i in range(8)]  # fmt: skip
+        tensors = [server.run_oip(oip(x[8:13])), server.run_oip(oip(x[13:14]))]
+        bad = server.run_oip(oip(x[0:2, :32]))  # [2, 32]: not the declared [-1, 64]
+        outs = await asyncio.gather(*jsons, *tensors, bad, return_exceptions=True)
+        stats = server.batcher.stats()
+        await server.batcher.close()
+        return outs, stats
+
+    outs, stats = asyncio.run(main())
+    json_classes = [json.loads(codec.decode_packet(o).data)["class"] for o in outs[:8]]
+    five, one = (triton.ModelInferResponse.FromString(o) for o in outs[8:10])
+    assert [(o.name, o.datatype, list(o.shape)) for o in five.outputs] == [
+        ("class", "INT64", [5]), ("scores", "FP32", [5, 10])]  # fmt: skip
+    classes = [*json_classes, *np.frombuffer(five.raw_output_contents[0], np.int64),
+               *np.frombuffer(one.raw_output_contents[0], np.int64)]  # fmt: skip
+    assert np.mean(np.array(classes) == y[:14]) >= 0.85
+    assert (five.id, five.model_name) == ("r5", "onnx-digits")
+    assert isinstance(outs[10], InvalidTensor) and "shape [2, 32]" in str(outs[10])
+    assert stats["items"] == 10 and stats["batches"] < 10  # the two kinds batched together
+
+
 def test_cuda_is_chosen_only_when_present_and_visible(monkeypatch):
     import onnxruntime as ort
 
@@ -216,14 +259,26 @@ def test_the_example_document_runs_with_block_up(model, tmp_path):
         assert answers[100]["class"] == answers[0]["class"]  # the uint8 file tensor
         assert outs[101].code() == grpc.StatusCode.INTERNAL
         assert "expected" in outs[101].details()
+        # the same block through the Open Inference Protocol, with the real client
+        import tritonclient.grpc as triton
+
+        client = triton.InferenceServerClient(info["grpc"])
+        meta = client.get_model_metadata("onnx-digits", as_json=True)
+        assert [i["name"] for i in meta["inputs"]] == ["pixels"]
+        pixels = triton.InferInput("pixels", [10, 64], "FP32")
+        pixels.set_data_from_numpy(x[:10])
+        result = client.infer("onnx-digits", [pixels])
+        assert np.mean(result.as_numpy("class") == y[:10]) >= 0.8
+        assert result.as_numpy("scores").shape == (10, 10)
+        client.close()
         stats = {}
         token = json.loads(open(info["token_file"]).read())["token"]  # block up's own
         for _ in range(100):  # /stats is refreshed every second
             _, stats = http(instance["health"].removesuffix("/health") + "/stats", token=token)
-            if stats.get("batching", {}).get("items", 0) >= 101:
+            if stats.get("batching", {}).get("items", 0) >= 102:
                 break
             time.sleep(0.05)
-        assert stats["batching"]["items"] == 101
+        assert stats["batching"]["items"] == 102  # (and the OIP request)
         assert stats["batching"]["settings"]["maxBatchSize"] == 64
         assert stats["batching"]["settings"]["maxConcurrentBatches"] == 2
     finally:

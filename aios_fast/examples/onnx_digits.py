@@ -9,6 +9,11 @@ twice), and the build prints its accuracy on the held-out quarter of the data se
 ``python -m aios_fast.examples.onnx_digits [--model-path P] [--hidden 256,256]`` builds
 (or finds) it and prints where it is and its accuracy.
 
+Open Inference Protocol (``aios_fast.tensors``): input ``pixels`` FP32 [n, 64] (n images
+per request), outputs ``class`` INT64 [n] and ``scores`` FP32 [n, 10], as the example
+document (onnx-digits-block.json) declares in ``inputProtocol`` / ``outputProtocol``;
+requests are batched with the JSON tasks, along the first dimension.
+
 Input, one image per task: JSON ``{"pixels": [64 numbers]}`` (or 8 rows of 8, or the
 bare list), or a tensor in the packet's first file or behind its ``frame_ptr``: 64
 uint8 or 64 float32 (little-endian) values, or a ``.npy`` file of 64 values. Pixel
@@ -279,12 +284,32 @@ class DigitsBlock(Block):
         return decode_pixels(value)
 
     def on_batch(self, entries: list) -> list:
-        labels, scores = self.session.run(None, {self._input: self._np.stack(entries)})
+        """One model run for the batch: JSON tasks bring one image each, OIP requests
+        (``InferRequest``: ``pixels`` FP32 [n, 64]) n images each, stacked along the
+        first dimension and cut back into each request's rows."""
+        from ..tensors import InferRequest
+
+        np = self._np
+        parts = [e.inputs["pixels"] if isinstance(e, InferRequest) else e[None, :]
+                 for e in entries]  # fmt: skip
+        images = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        labels, scores = self.session.run(
+            None, {self._input: images.astype(np.float32, copy=False)}
+        )
         # Whole-array conversions: formatting each score in Python cost more than the
         # small model itself (and holds the GIL the event loop needs).
-        rows = scores.astype(self._np.float64).round(6).tolist()
-        return [{"class": label, "scores": row}
-                for label, row in zip(labels.tolist(), rows, strict=True)]  # fmt: skip
+        rows = scores.astype(np.float64).round(6).tolist()
+        classes = labels.tolist()
+        out, start = [], 0
+        for entry, part in zip(entries, parts, strict=True):
+            n = len(part)
+            if isinstance(entry, InferRequest):
+                out.append({"class": labels[start : start + n].astype(np.int64),
+                            "scores": scores[start : start + n]})  # fmt: skip
+            else:
+                out.append({"class": classes[start], "scores": rows[start]})
+            start += n
+        return out
 
     def on_data(self, entry) -> Any:
         return self.on_batch([entry])[0]

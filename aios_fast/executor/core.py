@@ -47,6 +47,7 @@ import aiohttp
 
 from .. import lb
 from ..auth import bearer, check_bind
+from ..oip import ModelSpec
 from ..service import runtime
 from ..service.metrics import Histogram
 from ..service.periodic import Periodic
@@ -60,6 +61,7 @@ from .kube_discovery import KubeDiscovery
 from .links import Link, LinkSettings, LinkTask
 from .native_front import resolve_front
 from .native_link import resolve_link
+from .oip_run import OipCalls
 from .outliers import OutlierDetector
 from .router import TASK_EVENTS, Router
 from .services import ExecutorServices
@@ -104,6 +106,10 @@ class Executor:
                              max_message=config.max_message)  # fmt: skip
         self.hosts.on_settled = self.router.settled  # no hop through the executor per task
         self.dispatch = FrontDispatch(self.router, config.auth, config.instance_inflight)
+        # the Open Inference Protocol beside the seeds' API: the block is the model
+        self.dispatch.oip = OipCalls(
+            self.router, ModelSpec.from_document(self.block_data, config.block_id)
+        )
         self._server: GrpcioFront | NativeServer | None = None
         self.port = config.port
         self.discovery: Discovery | KubeDiscovery | None = None
@@ -333,7 +339,8 @@ class Executor:
                                   connection_budget=cfg.connection_budget,
                                   budget=cfg.front_budget,
                                   max_connections=connection_limit(cfg.max_connections),
-                                  handshake_timeout=cfg.handshake_timeout)  # fmt: skip
+                                  handshake_timeout=cfg.handshake_timeout,
+                                  oip=d.oip)  # fmt: skip
             self.port = await server.bind(cfg.host, cfg.port, cfg.reuse_port)
         else:
             options = ServerOptions(cfg.max_inflight, cfg.max_message, cfg.reuse_port,

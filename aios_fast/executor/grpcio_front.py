@@ -14,13 +14,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 import grpc
 
 from ..auth import Auth, AuthError
 from ..service.grpc_auth import refusal, token_of
 from ..tls import TLS
-from ..wire import SERVICE
+from ..wire import OIP_METHODS, OIP_SERVICE, SERVICE
+from .oip_run import OipCalls
 from .router import Router
 from .task_run import Reject, error_answer
 
@@ -38,6 +40,7 @@ class FrontDispatch:
     router: Router
     auth: Auth
     instance_inflight: int
+    oip: OipCalls | None = None  # the Open Inference Protocol's calls (aios_fast.oip)
 
     @property
     def stream_window(self) -> int:
@@ -68,6 +71,14 @@ class GrpcioFront:
             "infer_result": grpc.unary_unary_rpc_method_handler(self._infer_result),
             "infer_stream": grpc.stream_stream_rpc_method_handler(self._infer_stream),
         }, dispatch.auth),))  # fmt: skip
+        if dispatch.oip is not None:  # the Open Inference Protocol, on the same port
+            oip = {name: grpc.unary_unary_rpc_method_handler(partial(self._oip_answer, name))
+                   for name in OIP_METHODS}  # fmt: skip
+            oip["ModelInfer"] = grpc.unary_unary_rpc_method_handler(self._model_infer)
+            oip["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(self._model_stream)
+            self.server.add_generic_rpc_handlers(
+                (InferenceHandlers(OIP_SERVICE, oip, dispatch.auth),)
+            )
 
     def bind(self, tls: TLS, host: str, port: int) -> int:
         return tls.bind(self.server, f"{host}:{port}")
@@ -83,16 +94,17 @@ class GrpcioFront:
     # (tokens: checked at each call's headers, before its request is read, by the
     # method lookup: InferenceHandlers)
 
-    async def _unary(self, frame: bytes, context, want_result: bool) -> bytes:
-        run = self.dispatch.router.run
+    async def _unary(self, frame: bytes, context, want_result: bool, run=None) -> bytes:
+        if run is None:
+            run = partial(self.dispatch.router.run, want_result=want_result)
         remaining = context.time_remaining()
         try:
             if remaining is None:
-                return await run(frame, want_result, None)
+                return await run(frame, timeout=None)
             # grpc itself ends the call at its deadline (cancelling this handler); the
             # timer here is a backstop, a little later, so the two do not race
             budget = remaining + DEADLINE_SLACK
-            return await asyncio.wait_for(run(frame, want_result, remaining), budget)
+            return await asyncio.wait_for(run(frame, timeout=remaining), budget)
         except Reject as exc:
             await context.abort(exc.code, exc.message)
         except asyncio.TimeoutError:
@@ -111,10 +123,39 @@ class GrpcioFront:
     async def _infer_result(self, frame: bytes, context) -> bytes:
         return await self._unary(frame, context, True)
 
+    async def _oip_answer(self, rpc: str, request: bytes, context) -> bytes:
+        assert self.dispatch.oip is not None
+        try:
+            return self.dispatch.oip.answer(rpc, request)
+        except Reject as exc:
+            await context.abort(exc.code, exc.message)
+        return b""
+
+    async def _model_infer(self, frame: bytes, context) -> bytes:
+        assert self.dispatch.oip is not None
+        return await self._unary(frame, context, True, self.dispatch.oip.run)
+
+    async def _model_stream(self, requests, context) -> AsyncIterator[bytes]:
+        oip = self.dispatch.oip
+        assert oip is not None
+        async for answer in self._stream(requests, context, oip.run, oip.stream_answer):
+            yield answer
+
     async def _infer_stream(self, requests, context) -> AsyncIterator[bytes]:
         """Tasks pipelined on one stream; each answer is its output, or an error packet
         (``wire.error_packet``) for a task that failed: one bad task fails alone."""
-        run = self.dispatch.router.run
+        router = self.dispatch.router
+
+        def answer(out: bytes | None, reject: Reject | None, frame: bytes) -> bytes:
+            return error_answer(frame, reject) if reject is not None else out  # type: ignore[return-value]
+
+        async for item in self._stream(requests, context, partial(router.run, want_result=True),
+                                       answer):  # fmt: skip
+            yield item
+
+    async def _stream(self, requests, context, run, answer) -> AsyncIterator[bytes]:
+        """A stream's requests run side by side (``run(frame, timeout)``), each answered
+        as it ends (``answer(output, reject, frame)``)."""
         results: asyncio.Queue = asyncio.Queue()
         pending: set[asyncio.Task] = set()
         # back-pressure: a caller that does not read its answers stops being read
@@ -122,10 +163,11 @@ class GrpcioFront:
 
         async def one(frame: bytes) -> None:
             try:
-                answer = await run(frame, True, context.time_remaining())
+                out = await run(frame, timeout=context.time_remaining())
             except Reject as exc:
-                answer = error_answer(frame, exc)
-            await results.put(answer)
+                await results.put(answer(None, exc, frame))
+            else:
+                await results.put(answer(out, None, frame))
 
         async def read() -> None:
             async for frame in requests:

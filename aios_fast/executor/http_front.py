@@ -4,6 +4,8 @@ document's ``initSettings.ports.http``), for callers without gRPC (``curl``):
     POST /v1/blocks/{id}/infer        an AIOSPacket as JSON -> the output packet as JSON
     GET  /v1/openapi.json             the OpenAPI 3 document of this API
     GET  /v1/docs                     a page rendering that document (no CDN assets)
+    /v2/...                           the Open Inference Protocol's REST form
+                                      (``executor.oip_rest``)
 
 The request's fields are the packet's: ``session_id``, ``seq_no``, ``data`` (a string;
 any other JSON value is sent as its JSON text), ``ts``, ``frame_ptr`` (a string),
@@ -39,6 +41,7 @@ from ..auth import AuthError
 from ..tls import TLS
 from ..wire import ACCEPTED
 from .grpcio_front import DEADLINE_SLACK, FrontDispatch
+from .oip_rest import OipRest
 from .task_run import Reject
 
 __all__ = ["BODY_BUDGET", "OPENAPI_PATH", "STATUS", "TIMEOUT_HEADER", "HttpFront", "openapi",
@@ -155,6 +158,8 @@ class HttpFront:
         app.router.add_post("/v1/blocks/{block}/infer", self._infer)
         app.router.add_get(OPENAPI_PATH, self._openapi)
         app.router.add_get("/v1/docs", self._docs)
+        if dispatch.oip is not None:  # the Open Inference Protocol's REST form: /v2
+            OipRest(self, _error).add_routes(app)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
 
     async def start(self, host: str, port: int, reuse_port: bool = False) -> None:

@@ -38,6 +38,7 @@ from ..wire import (
     EXPIRED,
     FIRE,
     INFER,
+    INVALID,
     ITEM_OVERHEAD,
     LEAVING,
     LIMIT_HEADER,
@@ -116,6 +117,7 @@ class TaskCancelled(AiosFastError):
 
 _REPLY_CODES = {
     ERROR: grpc.StatusCode.INTERNAL,
+    INVALID: grpc.StatusCode.INVALID_ARGUMENT,
     EXPIRED: grpc.StatusCode.DEADLINE_EXCEEDED,
     TOO_LARGE: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
@@ -248,7 +250,12 @@ class Link(Protocol):
     def start(self) -> None: ...
 
     def submit(
-        self, frame: bytes, want_result: bool, timeout: float = 0.0, waiter: Waiter | None = None
+        self,
+        frame: bytes,
+        want_result: bool,
+        timeout: float = 0.0,
+        waiter: Waiter | None = None,
+        kind: int | None = None,
     ) -> LinkTask: ...
 
     def cancel(self, task: LinkTask) -> None: ...
@@ -295,7 +302,7 @@ class InstanceLink:
         self._runner = asyncio.ensure_future(self._run())
 
     def submit(self, frame: bytes, want_result: bool, timeout: float = 0.0,
-               waiter: Waiter | None = None) -> LinkTask:  # fmt: skip
+               waiter: Waiter | None = None, kind: int | None = None) -> LinkTask:  # fmt: skip
         task = LinkTask(self, self._on_settled, frame, waiter)
         if not self.up or self._writer is None:
             task.refuse("link is down")
@@ -307,7 +314,8 @@ class InstanceLink:
             return task
         self._pending[task.id] = task
         self.tasks_sent += 1
-        kind = TASK if want_result else FIRE
+        if kind is None:  # (OIP tasks say theirs)
+            kind = TASK if want_result else FIRE
         self._writer.put((task.id, kind, frame, timeout), len(frame) + ITEM_OVERHEAD)
         return task
 
@@ -534,8 +542,11 @@ class UnaryLink:
             state = channel.get_state(try_to_connect=True)
 
     def submit(self, frame: bytes, want_result: bool, timeout: float = 0.0,
-               waiter: Waiter | None = None) -> LinkTask:  # fmt: skip
+               waiter: Waiter | None = None, kind: int | None = None) -> LinkTask:  # fmt: skip
         task = LinkTask(self, self._on_settled, frame, waiter)
+        if kind is not None:  # an OIP task: the seeds' infer cannot carry it
+            task.refuse("an instance without the link does not take OIP tasks")
+            return task
         self.tasks_sent += 1
         limits = [t for t in (timeout, self.settings.run_timeout) if t > 0]
         runner = asyncio.ensure_future(self._send(task, frame, min(limits) if limits else None))

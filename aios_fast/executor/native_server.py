@@ -38,18 +38,29 @@ from collections import deque
 
 import grpc
 
-from .._front import INFER_RESULT, INFER_STREAM, Call, Connection, Server
+from .._front import (
+    INFER_RESULT,
+    INFER_STREAM,
+    OIP_FIRST,
+    OIP_METHODS,
+    OIP_STREAM,
+    Call,
+    Connection,
+    Server,
+)
 from ..auth import Auth, AuthError
 from ..logs import RateLimitedLog
 from ..service.grpc_auth import refusal
 from ..tls import TLS
-from .task_run import error_answer
+from .oip_run import OipCalls
+from .task_run import Reject, error_answer
 
 __all__ = ["NativeServer", "connection_limit"]
 
 log = logging.getLogger("aios_fast.executor")
 DEADLINE = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
 INTERNAL = grpc.StatusCode.INTERNAL.value[0]
+UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED.value[0]
 STREAM = int(INFER_STREAM)
 RESULT = int(INFER_RESULT)
 # A stream's window starts at FIRST_WINDOW tasks in flight and grows by one for each
@@ -95,11 +106,13 @@ class _Stream:
     """One ``infer_stream`` call's tasks (kept as ``call.task``: ``cancel`` ends them):
     the runs in flight, and messages read while ``stream_window`` of them ran."""
 
-    __slots__ = ("backlog", "call", "deadline", "ended", "pending", "pumping", "share",
-                 "timer", "window")  # fmt: skip
+    __slots__ = ("answer", "backlog", "call", "deadline", "ended", "pending", "pumping",
+                 "share", "start", "timer", "window")  # fmt: skip
 
-    def __init__(self, call, loop, window: int, share: _Share) -> None:
+    def __init__(self, call, loop, window: int, share: _Share, start, answer) -> None:
         self.call = call
+        self.start = start  # (frame, timeout, on_done, state) -> its run
+        self.answer = answer  # (output, reject, frame) -> the message the client gets
         self.share = share
         self.window = window  # runs it may have in flight now (grows, see _pump)
         self.pending: set = set()  # its TaskRuns not yet answered
@@ -146,12 +159,14 @@ class NativeServer(Server):
                  keepalive: float = 7200.0, keepalive_timeout: float = 20.0, *,
                  connection_budget: int = 64 << 20, budget: int = 1 << 30,
                  max_connections: int = 10_000,
-                 handshake_timeout: float = 120.0) -> None:  # fmt: skip
+                 handshake_timeout: float = 120.0,
+                 oip: OipCalls | None = None) -> None:  # fmt: skip
         self.keepalive = keepalive  # seconds a client may be silent before a PING (0: never)
         self.keepalive_timeout = keepalive_timeout  # seconds it has to answer it
         self._sweeper: asyncio.Task | None = None
         self._log = RateLimitedLog(log, 10.0)
         self._run_task = run_task
+        self.oip = oip  # the Open Inference Protocol's calls (None: UNIMPLEMENTED)
         self.auth = auth
         self.tls = tls
         self.max_message = max_message
@@ -262,6 +277,9 @@ class NativeServer(Server):
                 if call.method == STREAM:
                     self._stream_event(conn, call, frame)
                     continue
+                if call.method >= OIP_FIRST:
+                    self._oip_event(conn, call, frame)
+                    continue
                 call.task = self._unary(call, frame, call.method == RESULT)
             except Exception:  # a bug: this call fails alone; the chunk's others go on
                 log.exception("starting a call failed")
@@ -277,6 +295,31 @@ class NativeServer(Server):
         if timeout >= 0 and not run.over:
             run.timer = self._loop.call_later(timeout, self._expire, call)
         return run
+
+    def _oip_event(self, conn: Connection, call: Call, frame: bytes | None) -> None:
+        """An Open Inference Protocol call (``executor.oip_run``): ModelInfer runs as a
+        unary task, ModelStreamInfer as ``infer_stream`` does, the rest are answered
+        here."""
+        oip = self.oip
+        if oip is None:
+            call.finish(UNIMPLEMENTED, "the Open Inference Protocol is not served here")
+            return
+        if call.method == OIP_STREAM:
+            self._stream_event(conn, call, frame, oip.start, oip.stream_answer)
+            return
+        rpc = OIP_METHODS[call.method - OIP_FIRST]
+        if rpc == "ModelInfer":
+            assert frame is not None  # (a unary call's event carries its message)
+            timeout = call.timeout
+            run = oip.start(frame, None if timeout < 0 else timeout, self._answered, call)
+            if timeout >= 0 and not run.over:
+                run.timer = self._loop.call_later(timeout, self._expire, call)
+            call.task = run
+            return
+        try:
+            call.respond(oip.answer(rpc, frame or b""))
+        except Reject as exc:
+            call.finish(exc.code.value[0], exc.message)
 
     @staticmethod
     def _answered(run, answer: bytes | None, reject) -> None:
@@ -298,14 +341,17 @@ class NativeServer(Server):
 
     # ------------------------------------------------------------------ infer_stream
 
-    def _stream_event(self, conn: Connection, call: Call, frame: bytes | None) -> None:
+    def _stream_event(self, conn: Connection, call: Call, frame: bytes | None,
+                      start=None, answer=None) -> None:  # fmt: skip
         state = call.task
         if state is None:
             share = conn.tag
             if share is None:
                 share = conn.tag = _Share(FIRST_WINDOW)
             window = min(FIRST_WINDOW, self.stream_window)
-            state = call.task = _Stream(call, self._loop, window, share)
+            state = call.task = _Stream(call, self._loop, window, share,
+                                        start or self._start_stream_task,
+                                        answer or _stream_packet)  # fmt: skip
         if frame is None:
             state.ended = True
             state.done_if_over()
@@ -334,8 +380,8 @@ class NativeServer(Server):
                     break
                 frame = state.backlog.popleft()
                 share.inflight += 1  # (less in _stream_answered, or _Stream.cancel)
-                run = self._run_task(frame, True, state.remaining(self._loop),
-                                     self._stream_answered, state)  # fmt: skip
+                run = state.start(frame, state.remaining(self._loop), self._stream_answered,
+                                  state)  # fmt: skip
                 if not run.over:
                     state.pending.add(run)
             if state.backlog:
@@ -357,7 +403,7 @@ class NativeServer(Server):
         share.inflight -= 1
         call = state.call
         if not call.finished:
-            call.send(answer if reject is None else error_answer(run.frame, reject))
+            call.send(state.answer(answer, reject, run.frame))
             if call.queued < PROMPT_BYTES:
                 if state.window < self.stream_window:
                     state.window += 1
@@ -367,9 +413,17 @@ class NativeServer(Server):
         while share.waiting and share.inflight < share.window:
             self._pump(share.waiting.popleft())
 
+    def _start_stream_task(self, frame: bytes, timeout, on_done, state):
+        return self._run_task(frame, True, timeout, on_done, state)
+
     def writable(self, call) -> None:
         """The compiled layer: the client took enough of this call's queued answers
         (a stream that stopped starting tasks for them may go on)."""
         state = call.task
         if isinstance(state, _Stream) and not call.finished:
             self._pump(state)
+
+
+def _stream_packet(answer: bytes | None, reject: Reject | None, frame: bytes) -> bytes:
+    """An ``infer_stream`` answer: the output, or an error packet (``wire.error_packet``)."""
+    return answer if reject is None else error_answer(frame, reject)  # type: ignore[return-value]

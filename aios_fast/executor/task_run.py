@@ -26,6 +26,7 @@ counted by ``Router.settled``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from time import perf_counter
@@ -103,7 +104,7 @@ class TaskRun:
         self.budget = (timeout or 0.0) if want_result else 0.0
         self.on_done = on_done
         self.call = call
-        self.timer = None
+        self.timer: asyncio.TimerHandle | None = None
         self.packet = None
         self.link_task: LinkTask | None = None
         self.t0 = 0.0
@@ -112,6 +113,20 @@ class TaskRun:
         self.acked = False  # an instance acknowledged it: counted accepted
         self.counted = False  # holds one of the executor's inflight places
         self.over = False
+
+    # ------------------------------------------------------------------ what a kind says
+
+    kind: int | None = None  # the link task kind (None: TASK or FIRE, by want_result)
+
+    def _read(self):
+        """The caller's message -> what the balancer picks by (PacketDecodeError or
+        Reject if it cannot be taken). A subclass (``executor.oip_run``) reads another
+        protocol's message."""
+        return codec.decode_message(self.frame)
+
+    def _answer(self, out: bytes) -> bytes:
+        """An instance's output -> the caller's answer message."""
+        return codec.encode_message(out)
 
     # ------------------------------------------------------------------ entry points
 
@@ -126,10 +141,14 @@ class TaskRun:
             self._end(None, Reject(_UNAVAILABLE, "the executor is stopping; retry"))
             return
         try:
-            self.packet = codec.decode_message(self.frame)
+            self.packet = self._read()
         except PacketDecodeError as exc:
             stats["invalid"] += 1
             self._end(None, Reject(_INVALID, str(exc)))
+            return
+        except Reject as exc:  # (a subclass's own refusal: an OIP call's unknown model)
+            stats["invalid"] += 1
+            self._end(None, exc)
             return
         if ex.inflight >= ex.max_inflight:
             stats["rejected"] += 1
@@ -195,7 +214,10 @@ class TaskRun:
         left = 0.0
         if self.budget:
             left = max(self.budget - (perf_counter() - self.t0), 1e-6)
-        task = link.submit(self.frame, self.want_result, left, self)
+        if self.kind is None:
+            task = link.submit(self.frame, self.want_result, left, self)
+        else:
+            task = link.submit(self.frame, self.want_result, left, self, kind=self.kind)
         task.t0 = self.t0
         # a link may refuse at once (down, too large): refused() ran inside submit, and
         # the next attempt's task, if any, is the one to keep
@@ -246,7 +268,7 @@ class TaskRun:
                 self._end(None, Reject(_EXHAUSTED, f"{over} ({RAISE_LIMIT})"))
                 return
             stats["completed"] += 1
-            self._end(codec.encode_message(out), None)
+            self._end(self._answer(out), None)
         elif isinstance(exc, TaskReturned):  # given back unrun: placed again, fresh retries
             stats["retried"] += 1
             self.returned = True  # acked already (it was accepted before it came back)

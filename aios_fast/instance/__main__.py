@@ -15,6 +15,7 @@ import msgspec
 from ..auth import Auth
 from ..errors import AiosFastError, json_object
 from ..framedb import FrameDB
+from ..oip import ModelSpec
 from ..service import runtime
 from ..settings import ECHO, BlockDocument, InitSettings, read_document
 from ..tls import TLS, add_tls_arguments
@@ -33,9 +34,9 @@ _I = _S.instance
 def settings_of(opts: argparse.Namespace) -> dict:
     """The instance's settings: the contract's defaults, the block document's
     (``--block-doc``), then the flags given."""
-    doc = BlockDocument(id="block")
+    doc, raw = BlockDocument(id="block"), None
     if opts.block_doc:
-        doc, _ = read_document(opts.block_doc)
+        doc, raw = read_document(opts.block_doc)
     s = doc.initSettings
     chosen: dict[str, Any] = {
         "block": s.block,
@@ -47,6 +48,8 @@ def settings_of(opts: argparse.Namespace) -> dict:
         "max_concurrency": s.instance.maxConcurrency,
         "drain_timeout": s.instance.drainTimeout,
         "inline_budget": s.instance.inlineBudget,
+        # the block as an Open Inference Protocol model: its declared tensors
+        "model": ModelSpec.from_document(raw, doc.id),
     }
     for key, value in vars(opts).items():
         if key in chosen and value is not None:
@@ -70,6 +73,7 @@ async def _serve(opts) -> None:
         max_message=chosen["max_message"], auth=auth, insecure=opts.insecure, tls=tls,
         router=OutputRouter(auth.any_token("infer"), tls), batching=chosen["batching"],
         inline_budget=chosen["inline_budget"], link_port=opts.link_port,
+        model=chosen["model"],
     )  # fmt: skip
     await server.start()
     runtime.reload_on_sighup(auth)

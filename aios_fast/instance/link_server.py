@@ -21,6 +21,7 @@ from typing import Protocol
 import grpc
 
 from ..errors import OutputTooLarge, TaskExpired, TaskTimedOut
+from ..oip import InvalidTensor
 from ..service.batch_writer import BatchWriter
 from ..wire import (
     ACK,
@@ -28,6 +29,7 @@ from ..wire import (
     ERROR,
     EXPIRED,
     FIRE,
+    INVALID,
     ITEM_OVERHEAD,
     LEAVING,
     LIMIT_HEADER,
@@ -44,7 +46,7 @@ from ..wire import (
 
 __all__ = ["Counters", "LinkServer", "Writer", "describe", "drop_answered_acks"]
 
-RunTask = Callable[[bytes, float | None, int | None, float], Awaitable[bytes]]
+RunTask = Callable[[bytes, float | None, int | None, float, int], Awaitable[bytes]]
 
 
 def describe(exc: BaseException) -> str:
@@ -155,15 +157,15 @@ class LinkServer:
                 stream.reply(task_id, ACK)
                 deadline = loop.time() + timeout if timeout > 0 else None
                 stream.running[task_id] = asyncio.ensure_future(
-                    self._work(stream, task_id, frame, deadline, kind == FIRE)
+                    self._work(stream, task_id, frame, deadline, kind)
                 )
 
     async def _work(self, stream: _Stream, task_id: int, frame: bytes,
-                    deadline: float | None, fire: bool) -> None:  # fmt: skip
+                    deadline: float | None, kind: int) -> None:  # fmt: skip
         counters = self.counters
         try:
-            output = await self.run_task(frame, deadline, None if fire else stream.limit,
-                                         stream.run_timeout)  # fmt: skip
+            output = await self.run_task(frame, deadline, None if kind == FIRE else stream.limit,
+                                         stream.run_timeout, kind)  # fmt: skip
             stream.reply(task_id, RESULT, output)
             counters.completed += 1
         except asyncio.CancelledError:
@@ -179,6 +181,9 @@ class LinkServer:
         except OutputTooLarge as exc:
             counters.fail(exc)
             stream.reply(task_id, TOO_LARGE, str(exc).encode())
+        except InvalidTensor as exc:  # the caller's input: INVALID_ARGUMENT
+            counters.fail(exc)
+            stream.reply(task_id, INVALID, str(exc).encode())
         except Exception as exc:  # reported to the executor, never dropped
             counters.fail(exc)
             stream.reply(task_id, ERROR, describe(exc).encode())

@@ -9,12 +9,13 @@ import time
 import traceback
 
 from ..errors import OutputTooLarge, TaskExpired, TaskTimedOut
+from ..oip import InvalidTensor
 from .loading import user_traceback
 
 __all__ = ["NOT_THE_BLOCKS", "ErrorLog", "Outcomes"]
 
 # Ours, not the block's: counted, answered to the caller, never logged as its error.
-NOT_THE_BLOCKS = (TaskExpired, TaskTimedOut, OutputTooLarge)
+NOT_THE_BLOCKS = (TaskExpired, TaskTimedOut, OutputTooLarge, InvalidTensor)
 
 
 class ErrorLog:

@@ -46,6 +46,7 @@ from ..auth import Auth, check_bind
 from ..block import Block
 from ..errors import AiosFastError, OutputTooLarge, PacketDecodeError, TaskExpired, TaskTimedOut
 from ..framedb import FrameDB
+from ..oip import ModelSpec
 from ..service import runtime
 from ..service.grpc_auth import TokenInterceptor
 from ..service.hardware import hardware_families
@@ -65,7 +66,11 @@ from ..wire import (
     LINK_RPC,
     LINK_SERVICE,
     MAX_MESSAGE,
+    OIP,
+    OIP_REST,
+    RAISE_LIMIT,
     SERVICE,
+    TASK,
     link_limit,
     max_output,
 )
@@ -105,8 +110,11 @@ class InstanceServer:
         batching: dict | None = None,
         inline_budget: float = InitSettings().instance.inlineBudget,
         link_port: int = 0,
+        model: ModelSpec | None = None,
     ) -> None:
         self.block = block
+        # the block as an OIP model (aios_fast.oip): its declared tensors check requests
+        self.model = model or ModelSpec("block")
         if frames is not None:
             block.frames = frames
         self.host = host
@@ -158,7 +166,13 @@ class InstanceServer:
         return Batcher(self._run_batch, settings)
 
     async def _run_batch(self, entries: list) -> list:
-        return await self._call_task("on_batch", self.block.on_batch, entries)
+        if not getattr(self.block, "stack_tensors", False):
+            return await self._call_task("on_batch", self.block.on_batch, entries)
+        from .. import tensors  # (a block that stacks tensors has NumPy)
+
+        merged, plan = tensors.merge(entries)  # OIP requests joined along dimension 0
+        outputs = await self._call_task("on_batch", self.block.on_batch, merged)
+        return tensors.unmerge(outputs, plan, entries, self.model)
 
     # ------------------------------------------------------------------ running a task
 
@@ -198,9 +212,39 @@ class InstanceServer:
             raise
 
     async def run_task(self, frame: bytes, deadline: float | None = None,
-                       limit: int | None = -1, run_timeout: float = 0.0) -> bytes:  # fmt: skip
-        """Process one InferenceMessage frame; the serialized output packet (or b"")."""
+                       limit: int | None = -1, run_timeout: float = 0.0,
+                       kind: int = TASK) -> bytes:  # fmt: skip
+        """Process one InferenceMessage frame; the serialized output packet (or b"").
+        An OIP task (``wire.OIP``): a ModelInferRequest -> ModelInferResponse bytes."""
+        if kind == OIP or kind == OIP_REST:
+            return await self.run_oip(frame, deadline, limit, run_timeout, kind == OIP_REST)
         return await self.run_packet(codec.decode_message(frame), deadline, limit, run_timeout)
+
+    async def run_oip(self, frame: bytes, deadline: float | None = None,
+                      limit: int | None = -1, run_timeout: float = 0.0,
+                      rest: bool = False) -> bytes:  # fmt: skip
+        """One Open Inference Protocol request: its tensors (NumPy arrays viewing
+        ``frame``, ``aios_fast.tensors``) to on_data / on_batch as an InferRequest (no
+        on_preprocess: that hook takes packets), the result as a ModelInferResponse.
+        InvalidTensor for inputs the declaration refuses; limits as ``run_packet``.
+        ``rest``: the request and answer are the REST form (``tensors_json``)."""
+        # (NumPy: imported by the instances that get OIP tasks)
+        from .. import tensors, tensors_json
+
+        if rest:
+            request, binary = tensors_json.decode_json(frame, self.model)
+        else:
+            request = tensors.decode_request(frame, self.model)
+        result = await self._guarded(request, deadline, run_timeout, preprocess=False)
+        if rest:
+            data = tensors_json.encode_json(request, result, self.model, binary)
+        else:
+            data = tensors.encode_response(request, result, self.model)
+        limit = self.max_output if limit == -1 else limit
+        if limit is not None and len(data) > limit:
+            raise OutputTooLarge(f"output of {len(data):,} bytes is over the {limit:,}-byte "
+                                 f"limit ({RAISE_LIMIT})")  # fmt: skip
+        return data
 
     async def run_packet(self, packet: codec.Packet, deadline: float | None = None,
                          limit: int | None = -1, run_timeout: float = 0.0) -> bytes:  # fmt: skip
@@ -216,10 +260,23 @@ class InstanceServer:
             return await self.router.run_vdag(
                 packet, deadline, run_timeout, lambda p, d, t: self.run_packet(p, d, -1, t)
             )
+        result = await self._guarded(packet, deadline, run_timeout)
+        out = make_output(result, packet)
+        if out is None:
+            return b""
+        data = encode_output(out, self.max_output if limit == -1 else limit)
+        if out.output_ptr:
+            await self.router.route(out)
+        return data if limit is not None else b""
+
+    async def _guarded(self, entry, deadline: float | None, run_timeout: float,
+                       preprocess: bool = True):  # fmt: skip
+        """The hooks' result for one task, in a concurrency slot, within the deadline
+        (TaskExpired) and the run timeout (TaskTimedOut)."""
         me = asyncio.current_task()
         await self.gate.acquire(deadline, me)
         if run_timeout > 0:
-            run = asyncio.ensure_future(self._hooks(packet, deadline, me))
+            run = asyncio.ensure_future(self._hooks(entry, deadline, me, preprocess))
             try:
                 done, _ = await asyncio.wait((run,), timeout=run_timeout)
             except asyncio.CancelledError:
@@ -229,26 +286,18 @@ class InstanceServer:
                 run.cancel()
                 self.outcomes.timed_out += 1
                 raise TaskTimedOut(f"the block ran the task over {run_timeout:g}s")
-            result = run.result()
-        else:
-            result = await self._hooks(packet, deadline, me)
-        out = make_output(result, packet)
-        if out is None:
-            return b""
-        data = encode_output(out, self.max_output if limit == -1 else limit)
-        if out.output_ptr:
-            await self.router.route(out)
-        return data if limit is not None else b""
+            return run.result()
+        return await self._hooks(entry, deadline, me, preprocess)
 
-    async def _hooks(self, packet: codec.Packet, deadline: float | None = None,
-                     owner: asyncio.Task | None = None):  # fmt: skip
+    async def _hooks(self, packet, deadline: float | None = None,
+                     owner: asyncio.Task | None = None, preprocess: bool = True):  # fmt: skip
         """on_preprocess then on_data (or its item of an on_batch), in the concurrency
         slot the caller acquired."""
         self.gate.enter()
         t0 = perf_counter()
         try:
             entry = packet
-            if self._preprocess:
+            if preprocess and self._preprocess:
                 entry = await self._call_task("on_preprocess", self.block.on_preprocess, packet)
             if self.batcher is not None:
                 return await self.batcher.submit(entry, deadline, owner)

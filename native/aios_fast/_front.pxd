@@ -17,6 +17,9 @@ cdef enum Method:  # Call.method; exported to Python as INFER, INFER_RESULT, INF
     METHOD_INFER = 0
     METHOD_INFER_RESULT = 1
     METHOD_INFER_STREAM = 2
+    # the Open Inference Protocol's (OIP_METHODS: the position in wire.OIP_METHODS + 3)
+    METHOD_OIP_FIRST = 3
+    METHOD_OIP_STREAM = 9  # ModelStreamInfer: its messages are read as INFER_STREAM's
 
 
 cdef enum CallState:  # a call's answer side

@@ -27,6 +27,8 @@ cdef extern from "Python.h":
 import logging
 from urllib.parse import quote
 
+from aios_fast.oip import InvalidTensor as _InvalidTensor
+
 log = logging.getLogger("aios_fast.executor.front")
 
 cdef extern from "<sys/types.h>":
@@ -171,9 +173,17 @@ cdef enum:
 
 # methods (Call.method): the Method enum's values, for Python
 INFER, INFER_RESULT, INFER_STREAM = METHOD_INFER, METHOD_INFER_RESULT, METHOD_INFER_STREAM
+# the Open Inference Protocol's methods (aios_fast.wire.OIP_METHODS, in that order):
+# Call.method - OIP_FIRST is the position of the call's method in OIP_METHODS
+OIP_FIRST, OIP_STREAM = METHOD_OIP_FIRST, METHOD_OIP_STREAM
+OIP_METHODS = _OIP = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata",
+                      "ModelInfer", "ModelStreamInfer")
+assert METHOD_OIP_FIRST + _OIP.index("ModelStreamInfer") == METHOD_OIP_STREAM
 _PATHS = {b"/InferenceProxy/infer": METHOD_INFER,
           b"/InferenceProxy/infer_result": METHOD_INFER_RESULT,
-          b"/InferenceProxy/infer_stream": METHOD_INFER_STREAM}
+          b"/InferenceProxy/infer_stream": METHOD_INFER_STREAM,
+          **{f"/inference.GRPCInferenceService/{name}".encode(): METHOD_OIP_FIRST + i
+             for i, name in enumerate(_OIP)}}
 _UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 # grpc-message: percent-encode everything outside printable ASCII, and '%' itself
 _SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if c != 0x25)
@@ -190,6 +200,64 @@ QUEUED_HIGH = C_QUEUED_HIGH  # unsent answer bytes on a stream that hold its win
 # SETTINGS_MAX_HEADER_LIST_SIZE, advertised and enforced: a request whose header list
 # (RFC 7541: name + value + 32 bytes a field) is larger gets RESOURCE_EXHAUSTED
 MAX_HEADER_LIST = C_MAX_HEADER_LIST
+
+
+cdef inline Py_ssize_t _varint(const uint8_t* p, Py_ssize_t pos, Py_ssize_t end,
+                               unsigned long long* out) noexcept:
+    """Read a varint at ``pos``: the position after it, or -1 if malformed."""
+    cdef unsigned long long value = 0
+    cdef int shift = 0
+    while pos < end and shift <= 63:
+        value |= <unsigned long long>(p[pos] & 0x7F) << shift
+        pos += 1
+        if p[pos - 1] < 0x80:
+            out[0] = value
+            return pos
+        shift += 7
+    return -1
+
+
+def oip_route(bytes frame):
+    """(model_name, model_version, id) of a ModelInferRequest, its other fields skipped
+    by their lengths: ``aios_fast.oip.route_fields`` (its twin and oracle) in C.
+    InvalidTensor if the bytes are not a protobuf message."""
+    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(frame)
+    cdef Py_ssize_t pos = 0, end = PyBytes_GET_SIZE(frame), stop
+    cdef unsigned long long key, size
+    cdef int wire
+    found = ["", "", ""]
+    while pos < end:
+        pos = _varint(p, pos, end, &key)
+        if pos < 0:
+            raise _InvalidTensor("malformed ModelInferRequest: bad varint")
+        wire = key & 7
+        if wire == 2:
+            pos = _varint(p, pos, end, &size)
+            if pos < 0:
+                raise _InvalidTensor("malformed ModelInferRequest: bad varint")
+            if size > <unsigned long long>(end - pos):
+                raise _InvalidTensor("malformed ModelInferRequest: a field runs past its end")
+            stop = pos + <Py_ssize_t>size
+            if 1 <= (key >> 3) <= 3:
+                try:
+                    found[(key >> 3) - 1] = (<const char*>p)[pos:stop].decode()
+                except UnicodeDecodeError:
+                    raise _InvalidTensor("malformed ModelInferRequest: a name is not "
+                                         "UTF-8") from None
+            pos = stop
+        elif wire == 0:
+            pos = _varint(p, pos, end, &size)
+            if pos < 0:
+                raise _InvalidTensor("malformed ModelInferRequest: bad varint")
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        else:
+            raise _InvalidTensor(f"malformed ModelInferRequest: wire type {wire}")
+    if pos != end:
+        raise _InvalidTensor("malformed ModelInferRequest: a field runs past its end")
+    return found[0], found[1], found[2]
 
 
 def parse_timeout(value):
@@ -814,7 +882,7 @@ cdef class Connection:
         call.input = IN_DONE
         if call.inbuf is not None and len(call.inbuf):
             self._reject(call, INTERNAL, "the request ended inside a message")
-        elif call.method == METHOD_INFER_STREAM:
+        elif call.method == METHOD_INFER_STREAM or call.method == METHOD_OIP_STREAM:
             self.events.append((call, None))
         elif call.messages != 1:
             self._reject(call, INTERNAL, "a unary call takes exactly one request message, "
@@ -826,7 +894,7 @@ cdef class Connection:
 
     cdef _message(self, Call call, bytes frame):
         call.messages += 1
-        if call.method == METHOD_INFER_STREAM:
+        if call.method == METHOD_INFER_STREAM or call.method == METHOD_OIP_STREAM:
             self.events.append((call, frame))
         elif call.messages == 1:
             call.frame = frame
