@@ -10,9 +10,11 @@ The packet forwarded has its output_ptr cleared, so the next block does not rout
 back.
 
 The graph form (``{"is_graph": true, ...}``, a vDAG task's ticket, ``aios_fast.vdag.hop``)
-is not routed after the block ran: ``run_vdag`` runs the whole node instead (fan-in
-join, pre-processing policy, the block, post-processing policy, then the next blocks or
-the vDAG controller), through the same gRPC clients.
+is not routed after the block ran: ``run_vdag`` takes the packet (answering an ack at
+once) and runs the whole node detached (fan-in join, pre-processing policy, the block,
+post-processing policy), then passes the output on: to the next blocks on one
+``infer_stream`` per block (``aios_fast.vdag.streams``), to the vDAG controller on one
+stream per controller (``_ReplyStream``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from .. import codec
 from ..auth import bearer
 from ..errors import AiosFastError
 from ..tls import TLS
-from ..vdag.hop import CANCEL_PTR, HopError, NodeRunner, is_ticket
+from ..vdag.hop import CANCEL_PTR, NodeRunner, is_ticket
+from ..vdag.streams import HopStreams, ack_packet
 from ..wire import ACCEPTED, INFER, INFER_STREAM
 
 __all__ = ["OutputRouter", "RoutingError"]
@@ -48,6 +51,7 @@ class OutputRouter:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._vdag: NodeRunner | None = None
         self._replies: dict[str, _ReplyStream] = {}
+        self.hops = HopStreams(self._metadata, self.tls, self._channels)
 
     # ------------------------------------------------------------------ vDAG nodes
 
@@ -59,7 +63,7 @@ class OutputRouter:
     @property
     def vdag(self) -> NodeRunner:
         if self._vdag is None:
-            self._vdag = NodeRunner(self._hop, watch=self._watch)
+            self._vdag = NodeRunner(self.hops.send, self._reply, watch=self._watch)
         return self._vdag
 
     async def run_vdag(
@@ -69,10 +73,11 @@ class OutputRouter:
         run_timeout: float,
         run: Callable[[codec.Packet, float | None, float], Awaitable[bytes]],
     ) -> bytes:
-        """Run the vDAG node the packet's ticket names; ``run(packet, deadline,
-        run_timeout)`` runs the block (the instance's own run_packet), for at most the
-        block's task timeout and the time the task has left. b"": the output goes on
-        by the ticket."""
+        """Take the vDAG packet: the node its ticket names runs detached; ``run(packet,
+        deadline, run_timeout)`` runs the block (the instance's own run_packet), for at
+        most the block's task timeout and the time the task has left. The answer is an
+        ack naming the task and node (``streams.ack_packet``: what the sender's hop
+        stream waits for), b"" when the task was cancelled here."""
 
         async def run_block(entry, node_deadline: float | None):
             if deadline is not None:
@@ -84,8 +89,10 @@ class OutputRouter:
             out = await run(entry, node_deadline, timeout)
             return codec.decode_packet(out) if out else None
 
-        await self.vdag.run(packet, run_block)
-        return b""
+        ticket = self.vdag.start(packet, run_block)
+        if ticket is None:
+            return b""
+        return ack_packet(packet.session_id, packet.seq_no, ticket.task, ticket.node)
 
     def _watch(self, controller: str) -> None:
         """Keep a stream open to a task's controller: it carries the answers there and
@@ -95,22 +102,10 @@ class OutputRouter:
             self._replies[controller] = _ReplyStream(self._channel(controller), self._metadata,
                                                      self.vdag.cancel)  # fmt: skip
 
-    async def _hop(self, target: str, block_id: str, payload: bytes,
-                   timeout: float | None) -> None:  # fmt: skip
-        if not block_id:  # to the vDAG controller: on one long-lived stream
-            self._watch(target)
-            self._replies[target].send(codec.encode_message(payload))
-            return
-        channel = self._channel(target)
-        metadata = ((("x-service-name", block_id),) if block_id else ()) + self._metadata
-        try:
-            reply = await channel.unary_unary(INFER)(
-                codec.encode_message(payload), metadata=metadata, timeout=timeout
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise HopError(exc.code().name, exc.details() or exc.code().name) from None
-        if reply != ACCEPTED:
-            raise HopError("UNAVAILABLE", f"{target} did not accept the task")
+    def _reply(self, controller: str, payload: bytes) -> None:
+        """An answer or failure report to a task's controller, on its stream."""
+        self._watch(controller)
+        self._replies[controller].send(codec.encode_message(payload))
 
     def _channel(self, target: str) -> grpc.aio.Channel:
         channel = self._channels.get(target)
@@ -176,6 +171,7 @@ class OutputRouter:
     async def close(self) -> None:
         if self._vdag is not None:
             self._vdag.close()
+        await self.hops.close()
         for stream in self._replies.values():
             await stream.close()
         self._replies.clear()
