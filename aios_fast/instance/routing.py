@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -30,7 +31,7 @@ from .. import codec
 from ..auth import bearer
 from ..errors import AiosFastError
 from ..tls import TLS
-from ..vdag.hop import CANCEL_PTR, NodeRunner, is_ticket
+from ..vdag.hop import BATCH_PTR, CANCEL_PTR, NodeRunner, is_ticket
 from ..vdag.streams import HopStreams, ack_packet
 from ..wire import ACCEPTED, INFER, INFER_STREAM
 
@@ -105,7 +106,7 @@ class OutputRouter:
     def _reply(self, controller: str, payload: bytes) -> None:
         """An answer or failure report to a task's controller, on its stream."""
         self._watch(controller)
-        self._replies[controller].send(codec.encode_message(payload))
+        self._replies[controller].send(payload)
 
     def _channel(self, target: str) -> grpc.aio.Channel:
         channel = self._channels.get(target)
@@ -185,24 +186,37 @@ class OutputRouter:
 
 class _ReplyStream:
     """Answers to one vDAG controller, sent on one ``InferenceProxy/infer_stream``: a
-    message costs a stream write, not a call. The controller sends back only the tasks
-    it gave up on (``on_cancel(task)``: their pending hops stop). When the stream ends
-    (the controller went away) the next answer opens a new one; what was queued on the
-    ended one is lost and the controller's own timeout ends those tasks (``lost``
-    counts them here)."""
+    message costs a stream write, not a call, and what was queued while the last write
+    went out leaves in one message (``BATCH_PTR``: each answer a file). The controller
+    sends back only the tasks it gave up on (``on_cancel(task)``: their pending hops
+    stop). When the stream ends (the controller went away) the next answer opens a new
+    one; what was queued on the ended one is lost and the controller's own timeout
+    ends those tasks (``lost`` counts them here)."""
 
     def __init__(self, channel: grpc.aio.Channel, metadata: tuple,
                  on_cancel: Callable[[str], None]) -> None:  # fmt: skip
         self.on_cancel = on_cancel
-        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.queue: deque[bytes] = deque()  # serialized AIOSPackets
+        self.wake = asyncio.Event()
         self.closed = False
         self.lost = 0
         self.call = channel.stream_stream(INFER_STREAM)(self._requests(), metadata=metadata)
         self.reader = asyncio.ensure_future(self._read())
 
     async def _requests(self):
-        while (item := await self.queue.get()) is not None:
-            yield item
+        queue, wake = self.queue, self.wake
+        while True:  # (close: what is queued goes first, then the end of the stream)
+            if not queue:
+                if self.closed:
+                    return
+                wake.clear()
+                await wake.wait()
+                continue
+            if len(queue) == 1:
+                yield codec.encode_message(queue.popleft())
+                continue
+            files = [codec.FileInfo("", queue.popleft()) for _ in range(len(queue))]
+            yield codec.encode_message(codec.Packet(output_ptr=BATCH_PTR, files=files))
 
     async def _read(self) -> None:
         try:
@@ -214,13 +228,17 @@ class _ReplyStream:
             pass
         finally:
             self.closed = True
-            self.lost += self.queue.qsize()
+            self.wake.set()
+            self.lost += len(self.queue)
 
-    def send(self, message: bytes) -> None:
-        self.queue.put_nowait(message)
+    def send(self, payload: bytes) -> None:
+        self.queue.append(payload)
+        if not self.wake.is_set():
+            self.wake.set()
 
     async def close(self) -> None:
-        self.queue.put_nowait(None)
+        self.closed = True
+        self.wake.set()
         try:
             await asyncio.wait_for(asyncio.shield(self.reader), 2.0)
         except (asyncio.TimeoutError, Exception):

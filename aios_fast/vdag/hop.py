@@ -52,6 +52,7 @@ from .compile import Plan, PlanNode
 from .policies import BUILTINS
 
 __all__ = [
+    "BATCH_PTR",
     "CANCEL_PTR",
     "TICKET_PREFIX",
     "HopError",
@@ -67,6 +68,9 @@ log = logging.getLogger("aios_fast.vdag")
 TICKET_PREFIX = '{"is_graph":true'
 # a controller's message on an instance's answer stream: the task (in data) it gave up on
 CANCEL_PTR = "vdag-cancel"
+# an instance's message to a controller carrying several answers (each a serialized
+# AIOSPacket in a file's file_data): what was queued in one loop turn, one write
+BATCH_PTR = "vdag-batch"
 MAX_CANCELLED = 100_000  # cancelled task ids an instance remembers (oldest first out)
 
 

@@ -63,7 +63,7 @@ from ...service.metrics import CONTENT_TYPE, Histogram, Registry, counter, gauge
 from ...tls import TLS
 from ...wire import ACCEPTED, INFER, INFER_STREAM, SERVICE
 from ..compile import Plan
-from ..hop import CANCEL_PTR, Ticket, decode_ticket, encode_ticket
+from ..hop import BATCH_PTR, CANCEL_PTR, Ticket, decode_ticket, encode_ticket
 from ..streams import HopStreams
 from .checks import HealthCheck, QualityCheck
 
@@ -445,6 +445,13 @@ class VDagController:
 
     def _deliver(self, request: bytes) -> None:
         packet = codec.decode_message(request)
+        if packet.output_ptr == BATCH_PTR:  # several answers in one message
+            for item in packet.files:
+                self._deliver_one(codec.decode_packet(item.file_data))
+            return
+        self._deliver_one(packet)
+
+    def _deliver_one(self, packet: Any) -> None:
         ticket = decode_ticket(packet.output_ptr)
         future = self.pending.get(ticket.task)
         if future is None or future.done():
