@@ -71,8 +71,9 @@ class _Run:
             self.task.cancel()
 
 
-def gateway(controller: Any, server_class: type) -> type:
-    """A NativeServer subclass that runs vDAG tasks on ``controller``."""
+def gateway(controller: Any, server_class: type, outcome: type[Exception]) -> type:
+    """A NativeServer subclass that runs vDAG tasks on ``controller`` (``outcome``: the
+    exception its ``submit`` raises for a task that ends without an answer)."""
 
     class Gateway(server_class):
         def __init__(self, _run_task: Any, *args: Any, **kw: Any) -> None:
@@ -102,24 +103,25 @@ def gateway(controller: Any, server_class: type) -> type:
                 on_done(run, None, _Reject(grpc.StatusCode.INVALID_ARGUMENT,
                                            "not a vDAGInferencePacket"))  # fmt: skip
             return run
-        run.task = asyncio.ensure_future(_one(controller, run, packet, timeout, stream))
+        run.task = asyncio.ensure_future(_one(controller, outcome, run, packet, timeout,
+                                              stream))  # fmt: skip
         return run
 
     return Gateway
 
 
-async def _one(controller: Any, run: _Run, packet: Any, timeout: float | None,
-               stream: bool) -> None:  # fmt: skip
-    from .server import _Outcome
-
+async def _one(controller: Any, outcome: type[Exception], run: _Run, packet: Any,
+               timeout: float | None, stream: bool) -> None:  # fmt: skip
     try:
         out = await controller.submit(packet, timeout)
-    except _Outcome as exc:
+    except outcome as exc:
+        code: grpc.StatusCode = exc.code  # type: ignore[attr-defined]
         run.over = True
         if stream:
-            run.on_done(run, _error(packet, exc.code.name, str(exc), exc.node), None)
+            node = getattr(exc, "node", "")
+            run.on_done(run, _error(packet, code.name, str(exc), node), None)
         else:
-            run.on_done(run, None, _Reject(exc.code, str(exc)))
+            run.on_done(run, None, _Reject(code, str(exc)))
         return
     except asyncio.CancelledError:
         run.over = True  # the caller left: counted cancelled by submit; nobody to answer

@@ -587,7 +587,7 @@ class VDagController:
                 raise AiosFastError(f"--front native: {exc}") from None
             log.info("vDAG controller: grpcio gateway (%s)", exc)
             return None
-        cls = native.gateway(self, NativeServer)
+        cls = native.gateway(self, NativeServer, _Outcome)
         return cls(None, self.auth, self.tls, 64 << 20, 4096)
 
     async def stop(self, grace: float = 10.0) -> None:
@@ -595,9 +595,11 @@ class VDagController:
             if check is not None:
                 await check.stop()
         if self._native is not None:
-            await self._native.stop(grace)
+            await self._native.stop(grace)  # callers' calls end once their answers came
         if self._server is not None:
-            await self._server.stop(grace)
+            # with the native gateway this port only takes the blocks' answers (on
+            # streams the instances keep open): nothing is left to wait for
+            await self._server.stop(grace if self._native is None else 0.5)
         if self._runner is not None:
             await self._runner.cleanup()
         await self.hops.close()
