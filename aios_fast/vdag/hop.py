@@ -7,7 +7,8 @@ who sent it (``sender``), how many seconds are left (``ttl``, 0: no deadline) an
 carries the compiled plan (``plan``, cached by ``plan_id`` in each instance, so it is
 decoded once per instance, not per hop).
 
-``NodeRunner.run(packet, run_block)`` is what an instance does with such a packet:
+``NodeRunner.start(packet, run_block)`` is what an instance does with such a packet (it
+answers the sender at once and runs the node detached, so a cancel can stop it):
 
 1. a fan-in node (several inputs) joins the task's packets by (task, node) until every
    input arrived (or a timeout, the time the task has left or the plan's
@@ -21,8 +22,9 @@ decoded once per instance, not per hop).
    (``{"packet": the output, "input": the packet the block ran on, "node", "next"}``
    -> a packet, None for unchanged, or ``{"packet":
    ..., "next": [labels]}`` to fire only those outgoing edges: conditional routing);
-3. the output goes to every next node's block at once (``InferenceProxy/infer``, the
-   block's own API); an edge that does not fire carries a *skip* packet instead, so a
+3. the output goes to every next node's block at once (a message on the
+   ``InferenceProxy/infer_stream`` kept open per next block, ``streams.HopStreams``;
+   the block's own API); an edge that does not fire carries a *skip* packet instead, so a
    fan-in node downstream knows not to wait for it (a node whose inputs all skipped
    is skipped too, its block not run); the output node's packet goes to the controller.
 
