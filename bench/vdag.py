@@ -137,6 +137,12 @@ class Chain:
             raise
         self.controller_target = f"127.0.0.1:{self.controller.info['port']}"
 
+    def roles(self, split: dict[int, float]) -> dict[str, float]:
+        """CPU per task by role: the controller, the 3 executors, the 3 instances."""
+        return {"controller": split.get(self.controller.p.pid, 0.0),
+                "executors": sum(split.get(pids[1], 0.0) for _, pids in self.blocks),
+                "instances": sum(split.get(pids[0], 0.0) for _, pids in self.blocks)}  # fmt: skip
+
     def all_pids(self) -> list[int]:
         return [self.controller.p.pid] + [p for _, pids in self.blocks for p in pids]
 
@@ -145,17 +151,20 @@ class Chain:
             proc.stop()
 
 
-def measure(mode: str, targets: list[str], pids: list[int], tasks: int, concurrency: int):
-    """(cpu s per task of ``pids``, p50 s, tasks/s)."""
+def measure(mode: str, targets: list[str], pids: list[int], tasks: int, concurrency: int,
+            split: dict | None = None):  # fmt: skip
+    """(cpu s per task of ``pids``, p50 s, tasks/s); ``split``: pid -> its cpu s per task."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    cpu0 = sum(_cpu_ns(p) for p in pids)
+    cpu0 = {p: _cpu_ns(p) for p in pids}
     proc = ctx.Process(target=_client, args=(mode, targets, tasks, concurrency, queue))
     proc.start()
     lat, elapsed = queue.get(timeout=600)
     proc.join()
-    cpu = (sum(_cpu_ns(p) for p in pids) - cpu0) / 1e9
-    return cpu / tasks, statistics.median(lat), tasks / elapsed
+    each = {p: (_cpu_ns(p) - cpu0[p]) / 1e9 / tasks for p in pids}
+    if split is not None:
+        split.update(each)
+    return sum(each.values()), statistics.median(lat), tasks / elapsed
 
 
 def run(opts) -> dict:
@@ -175,13 +184,19 @@ def run(opts) -> dict:
                 progress(f"vdag bench: round {r + 1}/{opts.rounds}")
                 for conc, tag in ((1, "1"), (64, "64")):
                     n = opts.tasks if conc > 1 else max(200, opts.tasks // 5)
+                    split: dict[int, float] = {}
                     cpu, p50, tput = measure("chain", [chain.controller_target],
-                                             chain.all_pids(), n, conc)  # fmt: skip
+                                             chain.all_pids(), n, conc, split)  # fmt: skip
                     add("chain", f"cpu{tag}", cpu), add("chain", f"p50{tag}", p50)
                     add("chain", f"tput{tag}", tput)
-                    cpu, p50, tput = measure("client", blocks, chain.all_pids(), n, conc)
+                    for role, value in chain.roles(split).items():
+                        add("chain", f"{role}{tag}", value)
+                    split = {}
+                    cpu, p50, tput = measure("client", blocks, chain.all_pids(), n, conc, split)
                     add("client", f"cpu{tag}", cpu), add("client", f"p50{tag}", p50)
                     add("client", f"tput{tag}", tput)
+                    for role, value in chain.roles(split).items():
+                        add("client", f"{role}{tag}", value)
                     total = 0.0
                     for k, (target, pids) in enumerate(chain.blocks):
                         cpu, p50, tput = measure("one", [target], pids, n, conc)
@@ -245,6 +260,18 @@ def render(rows: dict, opts) -> str:
         lines.append(f"| {label} | {r['cpu64'] * 1e6:.0f} us | {r['p501'] * 1e3:.2f} ms | "
                      f"{r['p5064'] * 1e3:.2f} ms | {r['tput64']:,.0f} |")  # fmt: skip
     lines.append(f"| (c) sum of the 3 blocks alone | {alone['cpu64'] * 1e6:.0f} us | | | |")
+    lines += [
+        "",
+        "Where the CPU goes (us a task, 64 in flight; 1 in flight in brackets):",
+        "",
+        "| path | controller | 3 executors | 3 instances |",
+        "|---|---|---|---|",
+    ]
+    for key in ("chain", "client"):
+        r = rows[key]
+        lines.append(f"| {names[key]} | " + " | ".join(
+            f"{r[role + '64'] * 1e6:.0f} ({r[role + '1'] * 1e6:.0f})"
+            for role in ("controller", "executors", "instances")) + " |")  # fmt: skip
 
     def goal(ok: bool) -> str:
         return "met" if ok else "MISSED"

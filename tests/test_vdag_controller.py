@@ -201,3 +201,36 @@ def test_health_and_quality_checks(net, tmp_path):
     assert sorted(json.loads(s["input"]["data"])["x"] for s in samples) == [0, 1, 2, 3, 4]
     assert all(json.loads(s["output"]["data"])["x"] == json.loads(s["input"]["data"])["x"] + 3
                for s in samples)  # fmt: skip
+
+
+def test_answers_batched_in_one_message_each_reach_their_task():
+    """An instance sends what it queued in one loop turn as one message (BATCH_PTR, one
+    answer per file): each answer ends its own task; an unknown task counts as late."""
+    import asyncio
+
+    import msgspec
+
+    from aios_fast.vdag.compile import Plan, PlanNode
+    from aios_fast.vdag.controller.server import VDagController
+    from aios_fast.vdag.hop import BATCH_PTR, Ticket, encode_ticket
+
+    plan = Plan(vdag_uri="v:1", input=["a"], output="a",
+                nodes={"a": PlanNode(label="a", block_id="a", endpoint="127.0.0.1:1")})  # fmt: skip
+
+    async def main():
+        ctl = VDagController(plan)
+        loop = asyncio.get_running_loop()
+        ctl.pending = {t: loop.create_future() for t in ("t1", "t2")}
+
+        def answer(task: str, data: str) -> bytes:
+            ticket = Ticket(is_graph=True, task=task, reply="", node="a", plan_id="p",
+                            plan=msgspec.Raw(b"{}"))  # fmt: skip
+            return codec.encode_packet(codec.Packet(data=data, output_ptr=encode_ticket(ticket)))
+
+        files = [codec.FileInfo("", answer(t, d)) for t, d in
+                 (("t2", "two"), ("t1", "one"), ("gone", "x"))]  # fmt: skip
+        ctl._deliver(codec.encode_message(codec.Packet(output_ptr=BATCH_PTR, files=files)))
+        got = {t: f.result()[1].data for t, f in ctl.pending.items()}
+        return got, ctl.late
+
+    assert asyncio.run(main()) == ({"t1": "one", "t2": "two"}, 1)

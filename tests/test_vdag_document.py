@@ -265,6 +265,28 @@ def test_a_missing_block_is_named():
     assert err.value.lines == ["node 'c': block 'gone' not found"]
 
 
+def test_a_fan_in_node_whose_block_may_run_several_instances_is_refused():
+    # a -> (b, c) -> d: d joins the inputs in one instance's memory
+    raw = vdag([node("a", "b1"), node("b", "b2"), node("c", "b3"), node("d", "j")],
+               {"b": ["a"], "c": ["a"], "d": ["b", "c"]}, output="d")  # fmt: skip
+    one = [*BLOCKS, {"id": "j", "minInstances": 1, "maxInstances": 1}]
+    assert compile_vdag(parse(raw), one).nodes["d"].inputs == ["b", "c"]
+    several = [*BLOCKS, {"id": "j", "minInstances": 1, "maxInstances": 3}]
+    with pytest.raises(VDagError) as err:
+        compile_vdag(parse(raw), several)
+    assert err.value.lines == [
+        "node 'd': a fan-in node joins its inputs in one instance, but block 'j' may run 3 "
+        "(maxInstances): give it maxInstances 1 or the builtin:consistent_hash loadBalancer"
+    ]
+    # placed by session: a task's inputs share its session_id, so they meet
+    hashed = dict(several[-1], policies={"loadBalancer": {
+        "policyRuleURI": "builtin:consistent_hash"}})  # fmt: skip
+    assert compile_vdag(parse(raw), [*BLOCKS, hashed]).nodes["d"].inputs == ["b", "c"]
+    # a block that runs several instances is fine where it is not a fan-in node
+    raw2 = vdag([node("a", "j"), node("b", "b2"), node("c", "b3")], {"b": ["a"], "c": ["b"]})
+    assert compile_vdag(parse(raw2), several).nodes["a"].block_id == "j"
+
+
 # ---------------------------------------------------------------- sub-vDAGs
 
 

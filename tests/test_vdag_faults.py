@@ -57,6 +57,40 @@ def test_a_block_that_is_down_is_unavailable_naming_the_node(net):
     assert s["failures"] == [{"node": "b", "code": "UNAVAILABLE", "count": 1}]
 
 
+def test_a_next_blocks_executor_that_dies_mid_hop_fails_the_task_naming_the_node(net):
+    # the hop from 'a' to 'b' travels on a stream to b's executor: the executor stops
+    # (the hop waits unacknowledged on the stream), then dies: the stream breaks and
+    # the task fails at once, UNAVAILABLE naming 'b' (not the controller's timeout)
+    import time
+
+    net.block("a")
+    net.block_behind_executor("b")
+    executor = net.procs[-1]
+    net.block("c")
+    raw = vdag("mid-hop", [node(x, x) for x in "abc"], {"b": ["a"], "c": ["b"]}, ["a"], "c")
+    ctl = net.controller(raw, maxOutputWaitTimeSeconds=30)
+    assert call(ctl, {"x": 0})[2]["path"] == ["a", "b", "c"]  # the stream is open
+    executor.signal(signal.SIGSTOP)
+    with grpc.insecure_channel(f"127.0.0.1:{ctl['port']}") as ch:
+        request = vdag_pb2.vDAGInferencePacket(session_id="s", seq_no=2, data='{"x": 1}')
+        pending = ch.unary_unary("/vDAGInferenceService/infer").future(
+            request.SerializeToString(), timeout=30
+        )
+        time.sleep(0.5)  # (sent or not yet: either way it cannot arrive)
+        executor.signal(signal.SIGKILL)
+        executor.p.wait()
+        try:
+            pending.result()
+            raise AssertionError("the task completed")
+        except grpc.RpcError as exc:
+            code, message = exc.code().name, exc.details()
+    assert code == "UNAVAILABLE", message  # the controller's timeout would say DEADLINE
+    assert message.startswith(f"node 'b' (block 'b' at {net.endpoints['b']}) is unavailable")
+    s = stats(ctl)
+    assert (s["accepted"], s["completed"], s["failed"], s["inflight"]) == (2, 1, 1, 0)
+    assert s["failures"] == [{"node": "b", "code": "UNAVAILABLE", "count": 1}]
+
+
 def test_fan_in_whose_other_branch_never_arrives_times_out_naming_the_node(net):
     net.block("a")
     net.block("fast")
@@ -164,3 +198,36 @@ def test_a_caller_who_cancels_stops_the_tasks_pending_hops(net):
     assert 'aios_instance_tasks_total{outcome="completed"} 1.0' in metrics  # the 2nd only
     s = stats(ctl)
     assert (s["accepted"], s["cancelled"], s["completed"], s["late"]) == (2, 1, 1, 0)
+
+
+def test_a_cancelled_task_stops_its_running_async_node(net, tmp_path):
+    import time
+
+    from .procs import get_text
+
+    net.block("a")
+    done = tmp_path / "slow-finished"
+    slow = start_instance("tests.vdag_blocks:SleepyBlock", {"sleep": 4, "done": str(done)})
+    net.procs.append(slow)
+    net.endpoints["slow"] = f"127.0.0.1:{slow.info['port']}"
+    net.block("c")
+    raw = vdag("stop-running", [node(x, x) for x in ("a", "slow", "c")],
+               {"slow": ["a"], "c": ["slow"]}, ["a"], "c")  # fmt: skip
+    ctl = net.controller(raw)
+    t0 = time.monotonic()
+    with grpc.insecure_channel(f"127.0.0.1:{ctl['port']}") as ch:
+        request = vdag_pb2.vDAGInferencePacket(session_id="s", data='{"x": 0}')
+        pending = ch.unary_unary("/vDAGInferenceService/infer").future(
+            request.SerializeToString(), timeout=30
+        )
+        running = f"http://127.0.0.1:{slow.info['mgmt_port']}/metrics"
+        while "aios_instance_running 1.0" not in get_text(running):  # 'slow' runs it
+            assert time.monotonic() < t0 + 20, "the task never reached 'slow'"
+            time.sleep(0.02)
+        started = time.monotonic()
+        pending.cancel()  # the caller gives up while 'slow' runs
+    time.sleep(max(0.0, started + 4.5 - time.monotonic()))  # past when it would have ended
+    assert not done.exists()  # stopped: it never reached the end of on_data
+    assert "aios_instance_running 0.0" in get_text(running)
+    s = stats(ctl)
+    assert (s["accepted"], s["cancelled"], s["late"]) == (1, 1, 0)

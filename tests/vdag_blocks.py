@@ -24,3 +24,16 @@ class StepBlock(Block):
         if "fail_over" in self.parameters and data["x"] > self.parameters["fail_over"]:
             raise ValueError(f"x={data['x']} is too large")
         return data
+
+
+class SleepyBlock(Block):
+    """An async block: waits parameters['sleep'] seconds, then writes the file
+    parameters['done'] and passes its input on (a run that is stopped never writes it)."""
+
+    async def on_data(self, entry):
+        import asyncio
+        from pathlib import Path
+
+        await asyncio.sleep(float(self.parameters["sleep"]))
+        Path(self.parameters["done"]).write_text("done")
+        return entry.data

@@ -10,15 +10,18 @@ The packet forwarded has its output_ptr cleared, so the next block does not rout
 back.
 
 The graph form (``{"is_graph": true, ...}``, a vDAG task's ticket, ``aios_fast.vdag.hop``)
-is not routed after the block ran: ``run_vdag`` runs the whole node instead (fan-in
-join, pre-processing policy, the block, post-processing policy, then the next blocks or
-the vDAG controller), through the same gRPC clients.
+is not routed after the block ran: ``run_vdag`` takes the packet (answering an ack at
+once) and runs the whole node detached (fan-in join, pre-processing policy, the block,
+post-processing policy), then passes the output on: to the next blocks on one
+``infer_stream`` per block (``aios_fast.vdag.streams``), to the vDAG controller on one
+stream per controller (``_ReplyStream``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -28,7 +31,8 @@ from .. import codec
 from ..auth import bearer
 from ..errors import AiosFastError
 from ..tls import TLS
-from ..vdag.hop import CANCEL_PTR, HopError, NodeRunner, is_ticket
+from ..vdag.hop import BATCH_PTR, CANCEL_PTR, NodeRunner, is_ticket
+from ..vdag.streams import HopStreams, ack_packet
 from ..wire import ACCEPTED, INFER, INFER_STREAM
 
 __all__ = ["OutputRouter", "RoutingError"]
@@ -48,6 +52,7 @@ class OutputRouter:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._vdag: NodeRunner | None = None
         self._replies: dict[str, _ReplyStream] = {}
+        self.hops = HopStreams(self._metadata, self.tls, self._channels)
 
     # ------------------------------------------------------------------ vDAG nodes
 
@@ -59,7 +64,7 @@ class OutputRouter:
     @property
     def vdag(self) -> NodeRunner:
         if self._vdag is None:
-            self._vdag = NodeRunner(self._hop, watch=self._watch)
+            self._vdag = NodeRunner(self.hops.send, self._reply, watch=self._watch)
         return self._vdag
 
     async def run_vdag(
@@ -69,10 +74,11 @@ class OutputRouter:
         run_timeout: float,
         run: Callable[[codec.Packet, float | None, float], Awaitable[bytes]],
     ) -> bytes:
-        """Run the vDAG node the packet's ticket names; ``run(packet, deadline,
-        run_timeout)`` runs the block (the instance's own run_packet), for at most the
-        block's task timeout and the time the task has left. b"": the output goes on
-        by the ticket."""
+        """Take the vDAG packet: the node its ticket names runs detached; ``run(packet,
+        deadline, run_timeout)`` runs the block (the instance's own run_packet), for at
+        most the block's task timeout and the time the task has left. The answer is an
+        ack naming the task and node (``streams.ack_packet``: what the sender's hop
+        stream waits for), b"" when the task was cancelled here."""
 
         async def run_block(entry, node_deadline: float | None):
             if deadline is not None:
@@ -84,8 +90,10 @@ class OutputRouter:
             out = await run(entry, node_deadline, timeout)
             return codec.decode_packet(out) if out else None
 
-        await self.vdag.run(packet, run_block)
-        return b""
+        ticket = self.vdag.start(packet, run_block)
+        if ticket is None:
+            return b""
+        return ack_packet(packet.session_id, packet.seq_no, ticket.task, ticket.node)
 
     def _watch(self, controller: str) -> None:
         """Keep a stream open to a task's controller: it carries the answers there and
@@ -95,22 +103,10 @@ class OutputRouter:
             self._replies[controller] = _ReplyStream(self._channel(controller), self._metadata,
                                                      self.vdag.cancel)  # fmt: skip
 
-    async def _hop(self, target: str, block_id: str, payload: bytes,
-                   timeout: float | None) -> None:  # fmt: skip
-        if not block_id:  # to the vDAG controller: on one long-lived stream
-            self._watch(target)
-            self._replies[target].send(codec.encode_message(payload))
-            return
-        channel = self._channel(target)
-        metadata = ((("x-service-name", block_id),) if block_id else ()) + self._metadata
-        try:
-            reply = await channel.unary_unary(INFER)(
-                codec.encode_message(payload), metadata=metadata, timeout=timeout
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise HopError(exc.code().name, exc.details() or exc.code().name) from None
-        if reply != ACCEPTED:
-            raise HopError("UNAVAILABLE", f"{target} did not accept the task")
+    def _reply(self, controller: str, payload: bytes) -> None:
+        """An answer or failure report to a task's controller, on its stream."""
+        self._watch(controller)
+        self._replies[controller].send(payload)
 
     def _channel(self, target: str) -> grpc.aio.Channel:
         channel = self._channels.get(target)
@@ -176,6 +172,7 @@ class OutputRouter:
     async def close(self) -> None:
         if self._vdag is not None:
             self._vdag.close()
+        await self.hops.close()
         for stream in self._replies.values():
             await stream.close()
         self._replies.clear()
@@ -189,24 +186,37 @@ class OutputRouter:
 
 class _ReplyStream:
     """Answers to one vDAG controller, sent on one ``InferenceProxy/infer_stream``: a
-    message costs a stream write, not a call. The controller sends back only the tasks
-    it gave up on (``on_cancel(task)``: their pending hops stop). When the stream ends
-    (the controller went away) the next answer opens a new one; what was queued on the
-    ended one is lost and the controller's own timeout ends those tasks (``lost``
-    counts them here)."""
+    message costs a stream write, not a call, and what was queued while the last write
+    went out leaves in one message (``BATCH_PTR``: each answer a file). The controller
+    sends back only the tasks it gave up on (``on_cancel(task)``: their pending hops
+    stop). When the stream ends (the controller went away) the next answer opens a new
+    one; what was queued on the ended one is lost and the controller's own timeout
+    ends those tasks (``lost`` counts them here)."""
 
     def __init__(self, channel: grpc.aio.Channel, metadata: tuple,
                  on_cancel: Callable[[str], None]) -> None:  # fmt: skip
         self.on_cancel = on_cancel
-        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.queue: deque[bytes] = deque()  # serialized AIOSPackets
+        self.wake = asyncio.Event()
         self.closed = False
         self.lost = 0
         self.call = channel.stream_stream(INFER_STREAM)(self._requests(), metadata=metadata)
         self.reader = asyncio.ensure_future(self._read())
 
     async def _requests(self):
-        while (item := await self.queue.get()) is not None:
-            yield item
+        queue, wake = self.queue, self.wake
+        while True:  # (close: what is queued goes first, then the end of the stream)
+            if not queue:
+                if self.closed:
+                    return
+                wake.clear()
+                await wake.wait()
+                continue
+            if len(queue) == 1:
+                yield codec.encode_message(queue.popleft())
+                continue
+            files = [codec.FileInfo("", queue.popleft()) for _ in range(len(queue))]
+            yield codec.encode_message(codec.Packet(output_ptr=BATCH_PTR, files=files))
 
     async def _read(self) -> None:
         try:
@@ -218,13 +228,17 @@ class _ReplyStream:
             pass
         finally:
             self.closed = True
-            self.lost += self.queue.qsize()
+            self.wake.set()
+            self.lost += len(self.queue)
 
-    def send(self, message: bytes) -> None:
-        self.queue.put_nowait(message)
+    def send(self, payload: bytes) -> None:
+        self.queue.append(payload)
+        if not self.wake.is_set():
+            self.wake.set()
 
     async def close(self) -> None:
-        self.queue.put_nowait(None)
+        self.closed = True
+        self.wake.set()
         try:
             await asyncio.wait_for(asyncio.shield(self.reader), 2.0)
         except (asyncio.TimeoutError, Exception):

@@ -14,6 +14,13 @@
   contains itself, directly or not, is refused.
 - Each node is resolved to its block's gRPC endpoint (``endpoints``, else
   ``127.0.0.1:<initSettings.ports.grpc>`` as ``block up`` serves it).
+- A fan-in node (several inputs) joins a task's inputs in the memory of the instance
+  that takes them, so they must all reach one instance: its block may run only one
+  (``maxInstances``, else ``minInstances``, at most 1) or places by session
+  (``policies.loadBalancer`` ``builtin:consistent_hash``: a task's packets share its
+  session_id); any other block is refused, one line naming the node (its executor
+  would spread the inputs over its instances and the join would wait for what went
+  elsewhere).
 
 The result is a ``Plan``; ``compile_vdag`` also records, as the original did, the
 assignments in the document's ``assignment_info`` (label -> block id, ``vdag:::URI``
@@ -35,9 +42,12 @@ from ..policy import PolicyRule
 from .document import VDagDoc, VDagError, edges, parse, problems
 from .filters import FilterError, compile_condition
 
-__all__ = ["MAX_DEPTH", "Plan", "PlanNode", "assign", "compile_vdag", "endpoint_of"]
+__all__ = ["MAX_DEPTH", "Plan", "PlanNode", "assign", "compile_vdag", "endpoint_of",
+           "fan_in_problems"]  # fmt: skip
 
 MAX_DEPTH = 8
+# load balancers that place a task's packets by its session_id (a fan-in's inputs meet)
+BY_SESSION = ("builtin:consistent_hash", "builtin:ring_hash")
 
 
 class PlanNode(msgspec.Struct):
@@ -247,6 +257,31 @@ class _Compiler:
         return ins, exits[doc.graph.output[0].nodeLabel]
 
 
+def instances_of(block: Mapping[str, Any]) -> int:
+    """How many instances a block document lets its block run (at most)."""
+    most = block.get("maxInstances")
+    if most is None:
+        most = block.get("minInstances", 1)
+    return most if isinstance(most, int) and not isinstance(most, bool) else 1
+
+
+def fan_in_problems(nodes: Mapping[str, PlanNode], blocks: Mapping[str, Any]) -> list[str]:
+    """One line per fan-in node whose block may run more than one instance."""
+    lines = []
+    for label, node in nodes.items():
+        block = blocks.get(node.block_id)
+        if len(node.inputs) < 2 or not isinstance(block, Mapping) or instances_of(block) < 2:
+            continue
+        balancer = (block.get("policies") or {}).get("loadBalancer") or {}
+        if isinstance(balancer, Mapping) and balancer.get("policyRuleURI") in BY_SESSION:
+            continue
+        lines.append(f"node {label!r}: a fan-in node joins its inputs in one instance, but "
+                     f"block {node.block_id!r} may run {instances_of(block)} (maxInstances): "
+                     "give it maxInstances 1 or the builtin:consistent_hash "
+                     "loadBalancer")  # fmt: skip
+    return lines
+
+
 def compile_vdag(
     doc: VDagDoc,
     blocks: list[dict],
@@ -259,6 +294,7 @@ def compile_vdag(
     docstring). Every problem found is raised together as one VDagError."""
     compiler = _Compiler(blocks, vdags or {}, endpoints, max_depth)
     entries, exit_ = compiler.expand(doc, "", (doc.uri,))
+    compiler.lines += fan_in_problems(compiler.nodes, compiler.blocks)
     if compiler.lines:
         doc.status = "failed"
         raise VDagError(compiler.lines[0], compiler.lines)

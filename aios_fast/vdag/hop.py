@@ -7,7 +7,8 @@ who sent it (``sender``), how many seconds are left (``ttl``, 0: no deadline) an
 carries the compiled plan (``plan``, cached by ``plan_id`` in each instance, so it is
 decoded once per instance, not per hop).
 
-``NodeRunner.run(packet, run_block)`` is what an instance does with such a packet:
+``NodeRunner.start(packet, run_block)`` is what an instance does with such a packet (it
+answers the sender at once and runs the node detached, so a cancel can stop it):
 
 1. a fan-in node (several inputs) joins the task's packets by (task, node) until every
    input arrived (or a timeout, the time the task has left or the plan's
@@ -21,8 +22,9 @@ decoded once per instance, not per hop).
    (``{"packet": the output, "input": the packet the block ran on, "node", "next"}``
    -> a packet, None for unchanged, or ``{"packet":
    ..., "next": [labels]}`` to fire only those outgoing edges: conditional routing);
-3. the output goes to every next node's block at once (``InferenceProxy/infer``, the
-   block's own API); an edge that does not fire carries a *skip* packet instead, so a
+3. the output goes to every next node's block at once (a message on the
+   ``InferenceProxy/infer_stream`` kept open per next block, ``streams.HopStreams``;
+   the block's own API); an edge that does not fire carries a *skip* packet instead, so a
    fan-in node downstream knows not to wait for it (a node whose inputs all skipped
    is skipped too, its block not run); the output node's packet goes to the controller.
 
@@ -36,6 +38,7 @@ node. Policies are loaded only from names an instance may load from a network re
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections import OrderedDict
@@ -51,6 +54,7 @@ from .compile import Plan, PlanNode
 from .policies import BUILTINS
 
 __all__ = [
+    "BATCH_PTR",
     "CANCEL_PTR",
     "TICKET_PREFIX",
     "HopError",
@@ -66,6 +70,9 @@ log = logging.getLogger("aios_fast.vdag")
 TICKET_PREFIX = '{"is_graph":true'
 # a controller's message on an instance's answer stream: the task (in data) it gave up on
 CANCEL_PTR = "vdag-cancel"
+# an instance's message to a controller carrying several answers (each a serialized
+# AIOSPacket in a file's file_data): what was queued in one loop turn, one write
+BATCH_PTR = "vdag-batch"
 MAX_CANCELLED = 100_000  # cancelled task ids an instance remembers (oldest first out)
 
 
@@ -114,7 +121,13 @@ class HopError(AiosFastError):
         super().__init__(message)
 
 
-Send = Callable[[str, str, bytes, float | None], Awaitable[None]]
+# send(target, block_id, payload, key, (session, seq), timeout, on_fail): queue a hop
+# (``streams.HopStreams.send``); on_fail(code, message) at most once if it does not arrive
+Send = Callable[
+    [str, str, bytes, str, tuple[str, int], float | None, Callable[[str, str], None]], None
+]
+# reply(controller, payload): queue an answer or a failure report to a task's controller
+Reply = Callable[[str, bytes], None]
 RunBlock = Callable[[Any, float | None], Awaitable[Any]]
 
 
@@ -132,13 +145,17 @@ class _Join:
 class NodeRunner:
     """Runs the vDAG node a packet's ticket names, in one instance (see module doc).
 
-    ``send(target, block_id, payload, timeout)`` delivers an AIOSPacket (bytes) to a
-    block's or the controller's ``InferenceProxy/infer``, raising HopError."""
+    ``send`` queues a hop to a next block (``Send``), ``reply`` an answer or a failure
+    report to a task's controller (``Reply``); neither waits. ``start`` takes a packet
+    and runs its node detached (the packet's sender is answered when it is taken), so
+    ``cancel`` can stop a task's running nodes."""
 
-    def __init__(self, send: Send, *, join_timeout: float = 30.0, max_joins: int = 10_000,
-                 max_join_bytes: int = 256 << 20, max_plans: int = 64,
+    def __init__(self, send: Send, reply: Reply, *, join_timeout: float = 30.0,
+                 max_joins: int = 10_000, max_join_bytes: int = 256 << 20,
+                 max_plans: int = 64,
                  watch: Callable[[str], None] | None = None) -> None:  # fmt: skip
         self.send = send
+        self.reply = reply
         self.watch = watch  # called with each task's controller (keeps a stream to it)
         self._cancelled: OrderedDict[str, None] = OrderedDict()
         self.join_timeout = join_timeout
@@ -149,10 +166,11 @@ class NodeRunner:
         self._policies: dict[tuple[str, str, str], PolicyRule | None] = {}
         self._joins: dict[tuple[str, str], _Join] = {}
         self.join_bytes = 0
-        self._tasks: set[asyncio.Task] = set()
+        self._running: dict[str, set[asyncio.Task]] = {}  # task -> its nodes running here
         # counters (the instance's /stats)
         self.ran = self.skipped = self.joined = self.failed = self.lost_reports = 0
         self.dropped = 0  # packets of cancelled tasks not run or not passed on
+        self.stopped = 0  # nodes running when their task was cancelled: stopped, dropped
 
     # ------------------------------------------------------------------ plans, policies
 
@@ -195,15 +213,45 @@ class NodeRunner:
 
     # ------------------------------------------------------------------ running a node
 
-    async def run(self, packet: Any, run_block: RunBlock) -> None:
-        """Run the node ``packet``'s ticket names, then pass the task on. Never raises
-        for the task's own failures: they are reported to its controller."""
+    def start(self, packet: Any, run_block: RunBlock) -> Ticket | None:
+        """Take a packet: its node runs detached (``run``); the packet's ticket, or None
+        when its task was cancelled here (the packet is dropped)."""
         ticket = decode_ticket(packet.output_ptr)
         if self.watch is not None and ticket.reply:
             self.watch(ticket.reply)
         if ticket.task in self._cancelled:
             self.dropped += 1
-            return
+            return None
+        task = asyncio.ensure_future(self.run(ticket, packet, run_block))
+        running = self._running.get(ticket.task)
+        if running is None:
+            running = self._running[ticket.task] = set()
+        running.add(task)
+        task.add_done_callback(functools.partial(self._ran, ticket.task))
+        return ticket
+
+    def _ran(self, key: str, task: asyncio.Task) -> None:
+        running = self._running.get(key)
+        if running is not None:
+            running.discard(task)
+            if not running:
+                del self._running[key]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("vDAG node run failed: %r", task.exception())
+
+    async def run(self, ticket: Ticket, packet: Any, run_block: RunBlock) -> None:
+        """Run the node ``ticket`` names, then pass the task on. Never raises for the
+        task's own failures: they are reported to its controller. A cancelled task's
+        run stops here (its block's asyncio task is cancelled; a sync block's thread
+        finishes, its output dropped) and counts in ``stopped``."""
+        try:
+            await self._run(ticket, packet, run_block)
+        except asyncio.CancelledError:
+            if ticket.task not in self._cancelled:
+                raise
+            self.stopped += 1
+
+    async def _run(self, ticket: Ticket, packet: Any, run_block: RunBlock) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + ticket.ttl if ticket.ttl > 0 else None
         label = ticket.node
@@ -213,15 +261,11 @@ class NodeRunner:
             if node is None:
                 raise AiosFastError(f"the plan has no node {label!r}")
         except AiosFastError as exc:
-            await self.report(ticket, packet, "INVALID_ARGUMENT", str(exc))
+            self.report(ticket, packet, "INVALID_ARGUMENT", str(exc))
             return
         if deadline is not None and deadline <= loop.time():
-            await self.report(
-                ticket,
-                packet,
-                "DEADLINE_EXCEEDED",
-                f"node {label!r}: the task's deadline passed before it ran",
-            )
+            self.report(ticket, packet, "DEADLINE_EXCEEDED",
+                        f"node {label!r}: the task's deadline passed before it ran")  # fmt: skip
             return
         skip = ticket.skip
         if len(node.inputs) > 1:
@@ -231,7 +275,7 @@ class NodeRunner:
             packet, skip, ticket = joined
         if skip:
             self.skipped += 1
-            await self.forward(ticket, plan, node, packet, [], deadline, skipped=True)
+            self.forward(ticket, plan, node, packet, [], deadline, skipped=True)
             return
         t0 = loop.time()
         try:
@@ -257,45 +301,47 @@ class NodeRunner:
         except Exception as exc:
             code = "DEADLINE_EXCEEDED" if isinstance(exc, (TaskExpired, TaskTimedOut)) \
                 else "INTERNAL"  # fmt: skip
-            await self.report(ticket, packet, code, f"node {label!r}: {type(exc).__name__}: {exc}")
+            self.report(ticket, packet, code, f"node {label!r}: {type(exc).__name__}: {exc}")
             return
         self.ran += 1
         ticket = msgspec.structs.replace(
             ticket, spans=[*ticket.spans, (node.label, loop.time() - t0)]
         )
         if out is None:  # the block answered nothing: the task goes on as skipped
-            await self.forward(ticket, plan, node, packet, [], deadline, skipped=True)
+            self.forward(ticket, plan, node, packet, [], deadline, skipped=True)
             return
-        await self.forward(ticket, plan, node, out, fire, deadline)
+        self.forward(ticket, plan, node, out, fire, deadline)
 
     def cancel(self, task: str) -> None:
         """The controller gave up on ``task``: its packets here are not run nor passed
-        on from now on (a block already running it finishes, its output is dropped)."""
+        on from now on, and its nodes running here are stopped (an async block's run is
+        cancelled; a sync block's thread cannot be: it finishes, its output dropped)."""
         self._cancelled[task] = None
         if len(self._cancelled) > MAX_CANCELLED:
             self._cancelled.popitem(last=False)
         for key in [k for k in self._joins if k[0] == task]:
             self._drop(key)
             self.dropped += 1
+        for run in self._running.pop(task, ()):
+            run.cancel()
 
-    async def forward(self, ticket: Ticket, plan: Plan, node: PlanNode, out: Any,
-                      fire: list[str], deadline: float | None,
-                      skipped: bool = False) -> None:  # fmt: skip
+    def forward(self, ticket: Ticket, plan: Plan, node: PlanNode, out: Any,
+                fire: list[str], deadline: float | None,
+                skipped: bool = False) -> None:  # fmt: skip
         """``out`` to every next node (a skip packet on edges not in ``fire``), and to the
         controller from the output node (``skipped``: the task took no path through it)."""
         if ticket.task in self._cancelled:
             self.dropped += 1
             return
-        loop = asyncio.get_running_loop()
         ttl = 0.0
         if deadline is not None:
-            ttl = deadline - loop.time()
+            ttl = deadline - asyncio.get_running_loop().time()
             if ttl <= 0:
-                await self.report(ticket, out, "DEADLINE_EXCEEDED",
-                                  f"node {node.label!r}: the task's deadline passed")  # fmt: skip
+                self.report(ticket, out, "DEADLINE_EXCEEDED",
+                            f"node {node.label!r}: the task's deadline passed")  # fmt: skip
                 return
         skip_packet = None
-        sends = []
+        session = (out.session_id, out.seq_no)
         for label in node.next:
             nxt = plan.nodes[label]
             skip = label not in fire
@@ -304,45 +350,35 @@ class NodeRunner:
             t = msgspec.structs.replace(ticket, node=label, sender=node.label, skip=skip,
                                         ttl=ttl, code="")  # fmt: skip
             src: Any = skip_packet if skip else out
-            body = src.replace(output_ptr=encode_ticket(t))
-            sends.append(self._hop(ticket, out, nxt, codec.encode_packet(body), ttl or None))
+            body = codec.encode_packet(src.replace(output_ptr=encode_ticket(t)))
+            self.send(nxt.endpoint, nxt.block_id, body, f"{ticket.task} {label}", session,
+                      ttl or None, self._hop_failed(ticket, out, nxt))  # fmt: skip
         if node.label == plan.output:
             t = msgspec.structs.replace(ticket, node=node.label, sender=node.label, ttl=ttl,
                                         skip=skipped, code="")  # fmt: skip
-            body = out.replace(output_ptr=encode_ticket(t))
-            sends.append(self._to_controller(ticket, codec.encode_packet(body)))
-        if len(sends) == 1:
-            await sends[0]
-        elif sends:
-            await asyncio.gather(*sends)
+            self.reply(ticket.reply, codec.encode_packet(out.replace(output_ptr=encode_ticket(t))))
 
-    async def _hop(self, ticket: Ticket, out: Any, nxt: PlanNode, payload: bytes,
-                   timeout: float | None) -> None:  # fmt: skip
-        try:
-            await self.send(nxt.endpoint, nxt.block_id, payload, timeout)
-        except HopError as exc:
+    def _hop_failed(self, ticket: Ticket, out: Any, nxt: PlanNode) -> Callable[[str, str], None]:
+        def failed(code: str, message: str) -> None:
             what = {"UNAVAILABLE": "is unavailable",
                     "DEADLINE_EXCEEDED": "did not take the task in time"}.get(
-                exc.code, "refused the task")  # fmt: skip
+                code, "refused the task")  # fmt: skip
             report = msgspec.structs.replace(ticket, node=nxt.label)
-            await self.report(report, out, exc.code, f"node {nxt.label!r} (block "
-                              f"{nxt.block_id!r} at {nxt.endpoint}) {what}: {exc}")  # fmt: skip
+            self.report(report, out, code, f"node {nxt.label!r} (block {nxt.block_id!r} at "
+                                           f"{nxt.endpoint}) {what}: {message}")  # fmt: skip
 
-    async def _to_controller(self, ticket: Ticket, payload: bytes) -> None:
-        try:
-            await self.send(ticket.reply, "", payload, None)
-        except HopError as exc:
-            self.lost_reports += 1  # the controller's own timeout ends the task
-            log.warning("vDAG task %s: controller %s unreachable: %s", ticket.task,
-                        ticket.reply, exc)  # fmt: skip
+        return failed
 
-    async def report(self, ticket: Ticket, packet: Any, code: str, message: str) -> None:
+    def report(self, ticket: Ticket, packet: Any, code: str, message: str) -> None:
         """Tell the task's controller that it failed at ``ticket.node``."""
+        if ticket.task in self._cancelled:
+            self.dropped += 1  # the controller ended it already
+            return
         self.failed += 1
         t = msgspec.structs.replace(ticket, code=code, skip=False)
         body = codec.Packet(session_id=packet.session_id, seq_no=packet.seq_no, data=message,
                             output_ptr=encode_ticket(t))  # fmt: skip
-        await self._to_controller(ticket, codec.encode_packet(body))
+        self.reply(ticket.reply, codec.encode_packet(body))
 
     # ------------------------------------------------------------------ fan-in
 
@@ -354,15 +390,9 @@ class NodeRunner:
         size = len(packet.data) + sum(len(f.file_data) for f in packet.files)
         if join is None:
             if len(self._joins) >= self.max_joins or self.join_bytes + size > self.max_join_bytes:
-                self._spawn(
-                    self.report(
-                        ticket,
-                        packet,
-                        "RESOURCE_EXHAUSTED",
-                        f"node {node.label!r}: too many fan-in joins waiting "
-                        f"({len(self._joins)}, {self.join_bytes:,} bytes)",
-                    )
-                )
+                self.report(ticket, packet, "RESOURCE_EXHAUSTED",
+                            f"node {node.label!r}: too many fan-in joins waiting "
+                            f"({len(self._joins)}, {self.join_bytes:,} bytes)")  # fmt: skip
                 return None
             join = self._joins[key] = _Join(ticket)
             loop = asyncio.get_running_loop()
@@ -372,9 +402,9 @@ class NodeRunner:
             join.timer = loop.call_later(wait, self._expire, key, node, wait)
         elif self.join_bytes + size > self.max_join_bytes:
             self._drop(key)
-            self._spawn(self.report(ticket, packet, "RESOURCE_EXHAUSTED",
-                                    f"node {node.label!r}: fan-in inputs over "
-                                    f"{self.max_join_bytes:,} bytes"))  # fmt: skip
+            self.report(ticket, packet, "RESOURCE_EXHAUSTED",
+                        f"node {node.label!r}: fan-in inputs over "
+                        f"{self.max_join_bytes:,} bytes")  # fmt: skip
             return None
         if ticket.sender in join.parts or ticket.sender not in node.inputs:
             log.warning("vDAG task %s: node %r got an unexpected input from %r", ticket.task,
@@ -419,14 +449,9 @@ class NodeRunner:
             return
         missing = [s for s in node.inputs if s not in join.parts]
         packet = next(iter(join.parts.values()))[0]
-        self._spawn(self.report(join.first, packet, "DEADLINE_EXCEEDED",
-                                f"node {node.label!r}: fan-in waited {waited:.3g}s for "
-                                f"{', '.join(map(repr, missing))}"))  # fmt: skip
-
-    def _spawn(self, coro) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.report(join.first, packet, "DEADLINE_EXCEEDED",
+                    f"node {node.label!r}: fan-in waited {waited:.3g}s for "
+                    f"{', '.join(map(repr, missing))}")  # fmt: skip
 
     def pending_joins(self) -> int:
         return len(self._joins)
@@ -434,6 +459,10 @@ class NodeRunner:
     def close(self) -> None:
         for key in list(self._joins):
             self._drop(key)
+        for runs in self._running.values():
+            for run in runs:
+                run.cancel()
+        self._running.clear()
 
 
 def _value(data: str) -> Any:

@@ -91,7 +91,7 @@ async def _serve(opts) -> None:
         max_wait=settings.maxOutputWaitTimeSeconds, quota=settings.quota,
         auth=Auth.from_env(opts.auth_file), insecure=opts.insecure,
         tls=tls, advertise=opts.advertise, quota_policy=controller_policy(doc, "quotaChecker"),
-        health=health, quality=quality,
+        health=health, quality=quality, front=opts.front,
     )  # fmt: skip
     await controller.start()
     registration = None
@@ -128,6 +128,9 @@ def main(argv=None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="gRPC port (0: any free one)")
     parser.add_argument("--http-port", type=int, default=0, help="/metrics, /mgmt, /health")
+    parser.add_argument("--front", choices=("auto", "native", "grpcio"), default="auto",
+                        help="the gateway's gRPC server: the native front where built "
+                             "(auto), or grpcio")  # fmt: skip
     parser.add_argument("--advertise", help="host the blocks reach this controller at")
     parser.add_argument("--auth-file", help="tokens, one 'role token' a line")
     parser.add_argument("--registry", help="registry URL: store the vDAG and register the "

@@ -40,6 +40,7 @@ quality checker's counts and last answers); see ``checks``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import itertools
 import logging
@@ -62,7 +63,8 @@ from ...service.metrics import CONTENT_TYPE, Histogram, Registry, counter, gauge
 from ...tls import TLS
 from ...wire import ACCEPTED, INFER, INFER_STREAM, SERVICE
 from ..compile import Plan
-from ..hop import CANCEL_PTR, Ticket, decode_ticket, encode_ticket
+from ..hop import BATCH_PTR, CANCEL_PTR, Ticket, decode_ticket, encode_ticket
+from ..streams import HopStreams
 from .checks import HealthCheck, QualityCheck
 
 __all__ = [
@@ -168,8 +170,10 @@ class VDagController:
         quota_policy: PolicyRule | None = None,
         health: HealthCheck | None = None,
         quality: QualityCheck | None = None,
+        front: str = "auto",
     ) -> None:
         self.plan = plan
+        self.front = front  # auto | native | grpcio: the gateway's gRPC server
         self.plan_json = msgspec.json.encode(plan)
         self.plan_id = hashlib.sha256(self.plan_json).hexdigest()[:16]
         self.host, self.port, self.http_port = host, port, http_port
@@ -192,7 +196,9 @@ class VDagController:
         self._prefix = f"{os.getpid():x}-{int(time.time() * 1000) & 0xFFFFFF:x}-"
         self.pending: dict[str, asyncio.Future] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self.hops = HopStreams(self._metadata, self.tls, self._channels)
         self._server: grpc.aio.Server | None = None
+        self._native: Any = None  # the native gateway (controller.native), if serving
         self._runner: web.AppRunner | None = None
         self.reply = ""
         # counters: received = invalid + refused + accepted;
@@ -217,9 +223,11 @@ class VDagController:
         future: asyncio.Future = loop.create_future()
         self.pending[task_id] = future
         files = [codec.FileInfo(f.metadata, f.file_data) for f in request.files]
+        session = (request.session_id, request.seq_no)
+        timer = loop.call_later(wait, self._expire, task_id, wait)
         try:
-            sends = []
             for label in self.plan.input:
+                node = self.plan.nodes[label]
                 ticket = Ticket(is_graph=True, task=task_id, reply=self.reply, node=label,
                                 plan_id=self.plan_id, plan=msgspec.Raw(self.plan_json),
                                 ttl=wait - min(0.25, wait / 10))  # fmt: skip
@@ -228,18 +236,20 @@ class VDagController:
                     frame_ptr=request.frame_ptr, data=request.data, ts=request.ts,
                     files=files, output_ptr=encode_ticket(ticket),
                 )  # fmt: skip
-                sends.append(self._send(label, codec.encode_packet(packet), wait))
-            await asyncio.gather(*sends)
+                self.hops.send(node.endpoint, node.block_id, codec.encode_packet(packet),
+                               f"{task_id} {label}", session, wait,
+                               functools.partial(self._hop_failed, task_id, label))  # fmt: skip
             try:
-                ticket, out = await asyncio.wait_for(future, wait)
-            except asyncio.TimeoutError:
-                self._give_up(task_id)
-                raise _Outcome(grpc.StatusCode.DEADLINE_EXCEEDED,
-                               f"the vDAG gave no answer within {wait:g}s") from None  # fmt: skip
+                ticket, out = await future
+            except _Outcome as exc:
+                if exc.code == grpc.StatusCode.DEADLINE_EXCEEDED and not exc.node:
+                    self._give_up(task_id)
+                raise
         except asyncio.CancelledError:
             self._give_up(task_id)  # the caller left: its pending hops stop
             raise
         finally:
+            timer.cancel()
             self.pending.pop(task_id, None)
         for label, seconds in ticket.spans:
             hist = self.node_latency.get(label)
@@ -272,22 +282,21 @@ class VDagController:
             raise _Outcome(grpc.StatusCode.RESOURCE_EXHAUSTED,
                            str(message or "refused by the quota checker policy"))  # fmt: skip
 
-    async def _send(self, label: str, payload: bytes, timeout: float) -> None:
+    def _expire(self, task_id: str, wait: float) -> None:
+        future = self.pending.get(task_id)
+        if future is not None and not future.done():
+            future.set_exception(_Outcome(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                          f"the vDAG gave no answer within {wait:g}s"))  # fmt: skip
+
+    def _hop_failed(self, task_id: str, label: str, code: str, message: str) -> None:
+        """The task's packet did not reach an input node's block."""
+        future = self.pending.get(task_id)
+        if future is None or future.done():
+            return
         node = self.plan.nodes[label]
-        channel = self._channels.get(node.endpoint)
-        if channel is None:
-            channel = self._channels[node.endpoint] = self.tls.aio_channel(node.endpoint)
-        metadata = (("x-service-name", node.block_id), *self._metadata)
-        try:
-            reply = await channel.unary_unary(INFER)(
-                codec.encode_message(payload), metadata=metadata, timeout=timeout
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise _Outcome(exc.code(), f"node {label!r} (block {node.block_id!r} at "
-                           f"{node.endpoint}): {exc.details()}", label) from None  # fmt: skip
-        if reply != ACCEPTED:
-            raise _Outcome(grpc.StatusCode.UNAVAILABLE,
-                           f"node {label!r} did not accept the task", label)  # fmt: skip
+        status = getattr(grpc.StatusCode, code, grpc.StatusCode.UNKNOWN)
+        future.set_exception(_Outcome(status, f"node {label!r} (block {node.block_id!r} at "
+                                              f"{node.endpoint}): {message}", label))  # fmt: skip
 
     async def submit(self, request: Any, timeout: float | None) -> Any:
         """Admit (quota), run and count one task: the answer packet or _Outcome."""
@@ -436,6 +445,13 @@ class VDagController:
 
     def _deliver(self, request: bytes) -> None:
         packet = codec.decode_message(request)
+        if packet.output_ptr == BATCH_PTR:  # several answers in one message
+            for item in packet.files:
+                self._deliver_one(codec.decode_packet(item.file_data))
+            return
+        self._deliver_one(packet)
+
+    def _deliver_one(self, packet: Any) -> None:
         ticket = decode_ticket(packet.output_ptr)
         future = self.pending.get(ticket.task)
         if future is None or future.done():
@@ -530,10 +546,19 @@ class VDagController:
                 "infer": grpc.unary_unary_rpc_method_handler(self._result),
                 "infer_stream": grpc.stream_stream_rpc_method_handler(self._results)}),
         ))  # fmt: skip
-        self.port = self.tls.bind(server, f"{self.host}:{self.port}")
-        await server.start()
+        native = self._native_gateway()
+        if native is None:  # one grpcio server: callers and the blocks' answers
+            self.port = self.tls.bind(server, f"{self.host}:{self.port}")
+            await server.start()
+            self.reply = f"{self.advertise}:{self.port}"
+        else:  # callers on the native front; the blocks' answers on a grpcio port
+            reply_port = self.tls.bind(server, f"{self.host}:0")
+            await server.start()
+            self.reply = f"{self.advertise}:{reply_port}"
+            self.port = await native.bind(self.host, self.port)
+            await native.start()
+            self._native = native
         self._server = server
-        self.reply = f"{self.advertise}:{self.port}"
         self.registry = Registry(self._collect, process=True)
         app = new_app(self.auth, self.host)
         app.router.add_get("/health", self._health)
@@ -546,14 +571,38 @@ class VDagController:
         if self.quality is not None:
             self.quality.start()
 
+    def _native_gateway(self) -> Any:
+        """The native gateway where ``front`` allows it and it is built, else None."""
+        if self.front == "grpcio":
+            return None
+        from ...errors import AiosFastError
+
+        try:
+            from . import native
+
+            native.enable()
+            from ...executor.native_server import NativeServer
+        except (AiosFastError, ImportError) as exc:
+            if self.front == "native":
+                raise AiosFastError(f"--front native: {exc}") from None
+            log.info("vDAG controller: grpcio gateway (%s)", exc)
+            return None
+        cls = native.gateway(self, NativeServer, _Outcome)
+        return cls(None, self.auth, self.tls, 64 << 20, 4096)
+
     async def stop(self, grace: float = 10.0) -> None:
         for check in (self.health, self.quality):
             if check is not None:
                 await check.stop()
+        if self._native is not None:
+            await self._native.stop(grace)  # callers' calls end once their answers came
         if self._server is not None:
-            await self._server.stop(grace)
+            # with the native gateway this port only takes the blocks' answers (on
+            # streams the instances keep open): nothing is left to wait for
+            await self._server.stop(grace if self._native is None else 0.5)
         if self._runner is not None:
             await self._runner.cleanup()
+        await self.hops.close()
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
