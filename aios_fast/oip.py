@@ -139,6 +139,29 @@ class ModelSpec:
                 out.add(name=t.name, datatype=t.datatype, shape=t.shape)
         return meta
 
+    def config(self) -> oip_pb2.ModelConfigResponse:
+        """Triton's ModelConfig extension (what perf_analyzer reads first): the declared
+        tensors with their shapes as dims and max_batch_size 0 (the declared shapes are
+        the whole shapes: a -1 first dimension is a variable one, not an implied batch)."""
+        config = oip_pb2.ModelConfig(name=self.name, platform=self.platform,
+                                     backend=self.platform, max_batch_size=0)  # fmt: skip
+        for t in self.inputs:
+            config.input.add(name=t.name, data_type=_CONFIG_TYPES[t.datatype], dims=t.shape)
+        for t in self.outputs:
+            config.output.add(name=t.name, data_type=_CONFIG_TYPES[t.datatype], dims=t.shape)
+        return oip_pb2.ModelConfigResponse(config=config)
+
+    def config_json(self) -> dict:
+        """The REST form of ModelConfig (Triton's GET /v2/models/{name}/config)."""
+
+        def tensors(specs) -> list[dict]:
+            return [{"name": t.name, "data_type": f"TYPE_{_config_name(t.datatype)}",
+                     "dims": list(t.shape)} for t in specs]  # fmt: skip
+
+        return {"name": self.name, "platform": self.platform, "backend": self.platform,
+                "max_batch_size": 0, "input": tensors(self.inputs),
+                "output": tensors(self.outputs)}  # fmt: skip
+
     def metadata_json(self) -> dict:
         """The REST form of ModelMetadata."""
         return {
@@ -269,6 +292,14 @@ def unframe_rest(payload: bytes | memoryview) -> tuple[int, memoryview]:
 # ---------------------------------------------------------------------- metadata calls
 
 
+def _config_name(datatype: str) -> str:
+    return "STRING" if datatype == "BYTES" else datatype
+
+
+# OIP datatype -> Triton's model-config DataType (BYTES is its TYPE_STRING)
+_CONFIG_TYPES = {d: oip_pb2.DataType.Value(f"TYPE_{_config_name(d)}") for d in CONTENTS}
+
+
 class Answers:
     """The calls the executor answers itself: ``answer(rpc, request bytes, ready)`` ->
     the response bytes; UnknownModel or InvalidTensor for the caller's mistakes.
@@ -279,6 +310,7 @@ class Answers:
     def __init__(self, model: ModelSpec) -> None:
         self.model = model
         self._metadata = model.metadata().SerializeToString()
+        self._config = model.config().SerializeToString()
         self._server = oip_pb2.ServerMetadataResponse(
             name="aios-fast", version=__version__, extensions=self.EXTENSIONS
         ).SerializeToString()
@@ -303,4 +335,7 @@ class Answers:
         if rpc == "ModelMetadata":
             self.model.check(req.name, req.version)
             return self._metadata
+        if rpc == "ModelConfig":  # (ModelConfigRequest: the same two fields)
+            self.model.check(req.name, req.version)
+            return self._config
         raise UnknownModel(f"unknown method {rpc}")

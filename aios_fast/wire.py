@@ -185,7 +185,7 @@ def read_error(packet) -> tuple[str, str] | None:
 
 OIP_SERVICE = "inference.GRPCInferenceService"
 OIP_METHODS = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata",
-               "ModelInfer", "ModelStreamInfer")  # fmt: skip
+               "ModelInfer", "ModelStreamInfer", "ModelConfig")  # fmt: skip
 OIP_INFER = f"/{OIP_SERVICE}/ModelInfer"
 OIP_STREAM = f"/{OIP_SERVICE}/ModelStreamInfer"
 

@@ -66,7 +66,7 @@ INTEGRATION = {
     "test_sidecars", "test_traffic_samples", "test_serve", "test_hostile", "test_bad_input",
     "test_block_errors", "test_block_image", "test_block_up_output", "test_build_choices",
     "test_send_limits", "test_stopping",
-    "test_client", "test_http_front", "test_oip_interop",
+    "test_client", "test_http_front", "test_oip_interop", "test_perf_analyzer", "test_link",
     "test_vdag_docs", "test_vdag_run", "test_vdag_up", "test_vdag_faults", "test_vdag_controller",
 }  # fmt: skip
 

@@ -111,6 +111,15 @@ def test_health_and_metadata_come_from_the_block_document(block):
     assert [(t["name"], t["datatype"], t["shape"]) for t in meta["inputs"]] == [
         ("x", "FP32", ["-1", "4"]), ("n", "INT64", ["-1"]), ("s", "BYTES", ["-1"])]  # fmt: skip
     assert client.get_server_metadata(as_json=True)["name"] == "aios-fast"
+    # Triton's ModelConfig extension, read by tritonclient's own (full) proto: the
+    # declared shapes whole, no implied batch dimension; BYTES is TYPE_STRING there
+    config = client.get_model_config("echo", as_json=True)["config"]
+    assert config["name"] == "echo" and config.get("max_batch_size", 0) == 0
+    assert [(t["name"], t["data_type"], t["dims"]) for t in config["input"]] == [
+        ("x", "TYPE_FP32", ["-1", "4"]), ("n", "TYPE_INT64", ["-1"]),
+        ("s", "TYPE_STRING", ["-1"])]  # fmt: skip
+    with pytest.raises(InferenceServerException, match="unknown model 'other'"):
+        client.get_model_config("other")
     with pytest.raises(InferenceServerException, match="unknown model 'other'") as err:
         client.get_model_metadata("other")
     assert err.value.status() == "StatusCode.NOT_FOUND"
@@ -335,6 +344,10 @@ def test_rest_health_metadata_and_json_tensors_as_curl_sends_them(block):
     assert (status, json.loads(body)) == (200, {"ready": True})
     meta = json.loads(rest(port, "/v2/models/echo/versions/3")[2])
     assert meta["inputs"][0] == {"name": "x", "datatype": "FP32", "shape": [-1, 4]}
+    config = json.loads(rest(port, "/v2/models/echo/config")[2])
+    assert config["input"][0] == {"name": "x", "data_type": "TYPE_FP32", "dims": [-1, 4]}
+    assert config["max_batch_size"] == 0 and config["output"][2]["data_type"] == "TYPE_STRING"
+    assert rest(port, "/v2/models/other/config")[0] == 404
     assert rest(port, "/v2/models/echo/ready")[0] == 200
     status, headers, body = rest(port, "/v2/models/echo/infer",
                                  {"id": "j1", "inputs": json_inputs()})  # fmt: skip

@@ -71,6 +71,7 @@ class OipRest:
         for base in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
             r.add_get(base, self._metadata)
             r.add_get(base + "/ready", self._model_ready)
+            r.add_get(base + "/config", self._config)
             r.add_post(base + "/infer", self._infer)
 
     # ------------------------------------------------------------------ answers
@@ -107,6 +108,9 @@ class OipRest:
 
     async def _metadata(self, request: web.Request) -> web.Response:
         return self._refused(request) or web.json_response(self.model.metadata_json())
+
+    async def _config(self, request: web.Request) -> web.Response:
+        return self._refused(request) or web.json_response(self.model.config_json())
 
     async def _model_ready(self, request: web.Request) -> web.Response:
         if refused := self._refused(request):

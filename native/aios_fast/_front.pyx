@@ -177,7 +177,7 @@ INFER, INFER_RESULT, INFER_STREAM = METHOD_INFER, METHOD_INFER_RESULT, METHOD_IN
 # Call.method - OIP_FIRST is the position of the call's method in OIP_METHODS
 OIP_FIRST, OIP_STREAM = METHOD_OIP_FIRST, METHOD_OIP_STREAM
 OIP_METHODS = _OIP = ("ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata",
-                      "ModelInfer", "ModelStreamInfer")
+                      "ModelInfer", "ModelStreamInfer", "ModelConfig")  # (Triton's extension)
 assert METHOD_OIP_FIRST + _OIP.index("ModelStreamInfer") == METHOD_OIP_STREAM
 _PATHS = {b"/InferenceProxy/infer": METHOD_INFER,
           b"/InferenceProxy/infer_result": METHOD_INFER_RESULT,
