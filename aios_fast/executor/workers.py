@@ -27,10 +27,19 @@ __all__ = ["describe_start_error", "run_workers", "serve"]
 log = logging.getLogger("aios_fast.executor")
 
 
+READY_WAIT = 2.0  # seconds a starting executor waits for its instances' links
+
+
 async def serve(config: ExecutorConfig, ready: Callable[[Executor], None] | None = None) -> None:
     """Run one executor until SIGTERM/SIGINT, then drain."""
     executor = Executor(config)
     await executor.start()
+    try:  # announce once the configured instances' links are up (a native link asks
+        # the instance where it listens first): a worker that announced before would
+        # answer its first calls UNAVAILABLE while the others serve
+        await executor.wait_ready(READY_WAIT)
+    except TimeoutError as exc:  # an instance that is down: serve anyway, it may come
+        log.warning("%s; serving anyway", exc)
     stop = runtime.signal_event()
     runtime.reload_on_sighup(config.auth)
     if ready is not None:
