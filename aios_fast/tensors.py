@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .oip import CONTENTS, InferRequest, InvalidTensor, ModelSpec
+from .oip import CONTENTS, InferRequest, InvalidTensor, ModelSpec, skip_scalar, varint
 from .protos import oip_pb2
 
 __all__ = [
@@ -66,21 +66,6 @@ def datatype_of(array: np.ndarray) -> str:
 # ---------------------------------------------------------------------- decoding
 
 
-def _varint(data: bytes | memoryview, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(data):
-            raise InvalidTensor("malformed ModelInferRequest: truncated varint")
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise InvalidTensor("malformed ModelInferRequest: varint too long")
-
-
 def _split_raw(frame: bytes) -> tuple[bytes, list[memoryview]]:
     """The request's bytes other than raw_input_contents (field 7: small, parsed by
     protobuf) and views of each raw_input_contents in ``frame`` (not copied). Runs of
@@ -94,13 +79,13 @@ def _split_raw(frame: bytes) -> tuple[bytes, list[memoryview]]:
         key = frame[pos]  # (one byte for fields 1-15: every field here)
         pos += 1
         if key >= 0x80:
-            key, pos = _varint(view, start)
+            key, pos = varint(view, start)
         wire = key & 7
         if wire == 2:
             size = frame[pos] if pos < end else 0x80
             pos += 1
             if size >= 0x80:
-                size, pos = _varint(view, pos - 1)
+                size, pos = varint(view, pos - 1)
             if pos + size > end:
                 raise InvalidTensor("malformed ModelInferRequest: a field runs past its end")
             if key == 0x3A:  # field 7, length-delimited
@@ -110,14 +95,8 @@ def _split_raw(frame: bytes) -> tuple[bytes, list[memoryview]]:
                 run = pos = pos + size
                 continue
             pos += size
-        elif wire == 0:
-            _, pos = _varint(view, pos)
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
         else:
-            raise InvalidTensor(f"malformed ModelInferRequest: wire type {wire}")
+            pos = skip_scalar(view, pos, wire)
     if pos != end:
         raise InvalidTensor("malformed ModelInferRequest: a field runs past its end")
     if not raws:

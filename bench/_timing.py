@@ -6,6 +6,7 @@ in the same process, with baseline and candidate interleaved round by round.
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
@@ -78,3 +79,19 @@ def publish(section: str, module: str, table: str, write: bool, argv: list[str] 
     if write:
         args = " ".join(sys.argv[1:] if argv is None else argv)
         replace_section(section, f"Command: `python -m {module} {args}`\n\n" + table)
+
+
+def thread_cpu_ns(pid: int) -> int:
+    """CPU nanoseconds the process's live threads ran (schedstat: ns resolution)."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total

@@ -40,7 +40,7 @@ from aios_fast.block import Block
 from aios_fast.devtools.loadgen import drive
 from aios_fast.examples.onnx_digits import ensure_model, held_out_samples
 
-from ._timing import progress, publish
+from ._timing import progress, publish, thread_cpu_ns
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -53,22 +53,6 @@ MODES = {
 }
 LABELS = {"off": "unbatched (on_data)", "delay": "fixed delay 5 ms",
           "adaptive": "adaptive"}  # fmt: skip
-
-
-def _thread_cpu_ns(pid: int) -> int:
-    """CPU nanoseconds the process's live threads ran (schedstat: ns resolution)."""
-    total = 0
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return 0
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except (OSError, ValueError, IndexError):
-            pass
-    return total
 
 
 def _descendants(pid: int) -> list[int]:
@@ -113,7 +97,7 @@ class Setup:
 
     def cpu_s(self) -> float:
         """CPU seconds the executor and instances have run (the clients' are not counted)."""
-        return sum(_thread_cpu_ns(pid) for pid in self.pids) / 1e9
+        return sum(thread_cpu_ns(pid) for pid in self.pids) / 1e9
 
     def batch_counts(self) -> tuple[int, int]:
         items = batches = 0

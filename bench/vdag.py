@@ -39,26 +39,11 @@ from pathlib import Path
 
 import msgspec
 
-from ._timing import progress, publish
+from ._timing import progress, publish, thread_cpu_ns
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from tests.procs import Proc, start_executor, start_instance  # noqa: E402
-
-
-def _cpu_ns(pid: int) -> int:
-    total = 0
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return 0
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except (OSError, ValueError, IndexError):
-            pass
-    return total
 
 
 def _client(mode: str, targets: list[str], tasks: int, concurrency: int, out) -> None:
@@ -156,12 +141,12 @@ def measure(mode: str, targets: list[str], pids: list[int], tasks: int, concurre
     """(cpu s per task of ``pids``, p50 s, tasks/s); ``split``: pid -> its cpu s per task."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    cpu0 = {p: _cpu_ns(p) for p in pids}
+    cpu0 = {p: thread_cpu_ns(p) for p in pids}
     proc = ctx.Process(target=_client, args=(mode, targets, tasks, concurrency, queue))
     proc.start()
     lat, elapsed = queue.get(timeout=600)
     proc.join()
-    each = {p: (_cpu_ns(p) - cpu0[p]) / 1e9 / tasks for p in pids}
+    each = {p: (thread_cpu_ns(p) - cpu0[p]) / 1e9 / tasks for p in pids}
     if split is not None:
         split.update(each)
     return sum(each.values()), statistics.median(lat), tasks / elapsed
