@@ -25,7 +25,7 @@ FRONT_MARK = $(STATE)-front-$(if $(NGHTTP2_H),yes,no)
 VENV_PY = $(if $(filter $(VENV)/bin/python,$(PY)),$(VENV)/bin/python)
 NO_FRONT = make: WARNING: the native gRPC front is NOT built (libnghttp2's headers are \
 	missing): the executor serves with grpcio, 10-18x more CPU per task. Install \
-	libnghttp2-dev (apt-get install libnghttp2-dev) and run `make setup` to rebuild it.
+	libnghttp2-dev (apt-get install libnghttp2-dev) and run 'make setup' to rebuild it.
 
 .PHONY: setup setup-test compile test test-fast test-compiled test-pure bench lint build-check dist dist-check run clean
 

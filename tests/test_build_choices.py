@@ -59,3 +59,23 @@ def test_auto_front_falling_back_to_grpcio_warns_with_the_fix(monkeypatch, caplo
     assert "libnghttp2-dev" in record.getMessage() and "make setup" in record.getMessage()
     with pytest.raises(AiosFastError, match="libnghttp2-dev"):
         native_front.resolve_front("native")
+
+
+def test_the_missing_front_warning_runs_nothing(tmp_path):
+    """The warning names the fix as text: a command in it (backticks) once ran `make
+    setup` from inside `make setup`, forever, on every machine without the headers."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").touch()
+    line = next(x for x in _make_n(venv).splitlines() if "import aios_fast._front" in x)
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    marker = tmp_path / "ran"
+    for name in ("make", "apt-get"):
+        (fake / name).write_text(f"#!/bin/sh\ntouch {marker}\n")
+        (fake / name).chmod(0o755)
+    script = line.replace(f"{venv}/bin/python", "false", 1)
+    out = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True,
+                         env={"PATH": f"{fake}:/usr/bin:/bin"}, timeout=30)  # fmt: skip
+    assert not marker.exists()
+    assert "NOT built" in out.stderr and "make setup" in out.stderr
