@@ -75,6 +75,15 @@ TCP; an instance that does not implement the call keeps the gRPC stream. A frame
 the receiver's limit (64 KiB before WELCOME, ``link_limit(max_message)`` after) ends
 the connection.
 
+vDAG hop -> executor, framed (``executor.hop_front``; an instance passing a vDAG task's
+output on, or a vDAG controller starting one): the same frames over the executor's own
+Unix socket or TCP port, learnt from its ``HOP_ENDPOINTS_METHOD`` (as above; an
+executor without it keeps the hop on ``infer_stream``). HELLO carries
+``{"v": 1, "token": ...}``; a BATCH from the sender is msgpack ``[[id, timeout, message],
+...]`` (an ``InferenceMessage`` run as one ``infer_stream`` task, ``timeout`` seconds
+or 0), one from the executor ``[[id, message], ...]``: the task's answer or its error
+packet, once per id.
+
 Client <-> executor, the Open Inference Protocol (KServe v2 / Triton) on the same port:
 ``OIP_SERVICE``'s methods (``OIP_METHODS``); ModelInfer and ModelStreamInfer go to the
 instances as OIP tasks, the rest the executor answers (``aios_fast.oip``).
@@ -100,6 +109,7 @@ __all__ = [
     "EXPIRED",
     "FIRE",
     "HELLO",
+    "HOP_ENDPOINTS_METHOD",
     "INFER",
     "INFER_RESULT",
     "INFER_STREAM",
@@ -130,6 +140,8 @@ __all__ = [
     "TIMEOUT_HEADER",
     "TOO_LARGE",
     "WELCOME",
+    "decode_hop_answers",
+    "decode_hops",
     "decode_replies",
     "decode_tasks",
     "encode_replies",
@@ -201,6 +213,8 @@ TIMEOUT_HEADER = "x-aios-task-timeout"  # link metadata: the executor's --task-t
 ACK, RESULT, ERROR, EXPIRED, TOO_LARGE, REFUSED, LEAVING, TIMED_OUT = 0, 1, 2, 3, 4, 5, 6, 7
 ENDPOINTS_RPC = "Endpoints"
 ENDPOINTS_METHOD = f"/{LINK_SERVICE}/{ENDPOINTS_RPC}"
+# an executor's framed front for vDAG hops (``executor.hop_front``): where it listens
+HOP_ENDPOINTS_METHOD = "/aios.Hop/Endpoints"
 HELLO, WELCOME, REFUSE, BATCH, PING, PONG = 1, 2, 3, 4, 5, 6  # native link frame kinds
 INVALID = 8
 LINK_BATCH_BYTES = 1024 * 1024  # a batch fills up to this, unless one item is larger
@@ -217,6 +231,18 @@ def link_limit(max_message: int) -> int:
 _encoder = msgspec.msgpack.Encoder()
 _tasks_decoder = msgspec.msgpack.Decoder(list[tuple[int, int, bytes, float]])
 _replies_decoder = msgspec.msgpack.Decoder(list[tuple[int, int, bytes]])
+_hops_decoder = msgspec.msgpack.Decoder(list[tuple[int, float, bytes]])
+_hop_answers_decoder = msgspec.msgpack.Decoder(list[tuple[int, bytes]])
+
+
+def decode_hops(body) -> list[tuple[int, float, bytes]]:
+    """A hop sender's BATCH: (id, timeout seconds or 0, InferenceMessage) each."""
+    return _hops_decoder.decode(body)
+
+
+def decode_hop_answers(body) -> list[tuple[int, bytes]]:
+    """An executor's BATCH to a hop sender: (id, answer InferenceMessage) each."""
+    return _hop_answers_decoder.decode(body)
 
 
 def encode_tasks(batch: list) -> bytes:

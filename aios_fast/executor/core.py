@@ -55,12 +55,13 @@ from ..service.snapshot import MetricsSnapshot
 from .config import ExecutorConfig, InstanceSpec
 from .discovery import Discovery
 from .grpcio_front import FrontDispatch, GrpcioFront, ServerOptions
+from .hop_front import HopFront
 from .hostset import HostSet, Instance
 from .http_front import HttpFront
 from .kube_discovery import KubeDiscovery
 from .links import Link, LinkSettings, LinkTask
 from .native_front import resolve_front
-from .native_link import resolve_link
+from .native_link import framing_compiled, resolve_link
 from .oip_run import OipCalls
 from .outliers import OutlierDetector
 from .router import TASK_EVENTS, Router
@@ -111,6 +112,7 @@ class Executor:
             self.router, ModelSpec.from_document(self.block_data, config.block_id)
         )
         self._server: GrpcioFront | NativeServer | None = None
+        self.hop: HopFront | None = None  # vDAG hops' framed front, beside the native one
         self.port = config.port
         self.discovery: Discovery | KubeDiscovery | None = None
         self.http: HttpFront | None = None  # the HTTP/JSON API, when served
@@ -342,6 +344,11 @@ class Executor:
                                   handshake_timeout=cfg.handshake_timeout,
                                   oip=d.oip)  # fmt: skip
             self.port = await server.bind(cfg.host, cfg.port, cfg.reuse_port)
+            if framing_compiled():  # vDAG hops on frames of our own (executor.hop_front)
+                self.hop = HopFront(d.router.run_task, d.auth, cfg.tls, cfg.host,
+                                    cfg.max_message)  # fmt: skip
+                await self.hop.start()
+                server.hop = self.hop
         else:
             options = ServerOptions(cfg.max_inflight, cfg.max_message, cfg.reuse_port,
                                     cfg.keepalive, cfg.keepalive_timeout)  # fmt: skip
@@ -399,6 +406,8 @@ class Executor:
         await _until_idle(links, deadline)
         if self.http is not None:
             await self.http.stop()
+        if self.hop is not None:
+            await self.hop.stop(max(0.0, min(5.0, deadline - loop.time())))
         if self._server is not None:
             await self._server.stop(max(0.5, min(5.0, deadline - loop.time())))
         await self._expiry.stop()

@@ -21,7 +21,7 @@ from time import perf_counter
 import grpc
 import msgspec
 
-from ..service.framed import FramedProtocol, FrameWriter, framing
+from ..service.framed import FramedProtocol, FrameWriter, framing_compiled
 from ..wire import (
     BATCH,
     ENDPOINTS_METHOD,
@@ -35,7 +35,7 @@ from ..wire import (
 )
 from .links import InstanceLink, log
 
-__all__ = ["HANDSHAKE_TIMEOUT", "NativeLink", "resolve_link"]
+__all__ = ["HANDSHAKE_TIMEOUT", "NativeLink", "framing_compiled", "resolve_link"]
 
 HANDSHAKE_TIMEOUT = 5.0  # seconds for the endpoints call, the connection and WELCOME
 
@@ -46,7 +46,7 @@ def resolve_link(choice: str) -> str:
     if choice not in ("auto", "native", "tcp", "grpc"):
         raise ValueError(f"link must be auto, native, tcp or grpc, not {choice!r}")
     if choice == "auto":
-        return "native" if framing.IMPLEMENTATION == "compiled" else "grpc"
+        return "native" if framing_compiled() else "grpc"
     return choice
 
 

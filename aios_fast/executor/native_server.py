@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from typing import Any
 
 import grpc
 
@@ -52,12 +53,18 @@ from ..auth import Auth, AuthError
 from ..logs import RateLimitedLog
 from ..service.grpc_auth import refusal
 from ..tls import TLS
+from ..wire import HOP_ENDPOINTS_METHOD
+from .native_front import load_front
 from .oip_run import OipCalls
 from .task_run import Reject, error_answer
 
 __all__ = ["NativeServer", "connection_limit"]
 
 log = logging.getLogger("aios_fast.executor")
+# where the hop front listens (executor.hop_front): a unary call answered here, its
+# method number past the compiled ones (the compiled layer treats it as unary)
+HOP_ENDPOINTS = OIP_FIRST + len(OIP_METHODS) + 16
+load_front()._PATHS.setdefault(HOP_ENDPOINTS_METHOD.encode(), HOP_ENDPOINTS)
 DEADLINE = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
 INTERNAL = grpc.StatusCode.INTERNAL.value[0]
 UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED.value[0]
@@ -167,6 +174,7 @@ class NativeServer(Server):
         self._log = RateLimitedLog(log, 10.0)
         self._run_task = run_task
         self.oip = oip  # the Open Inference Protocol's calls (None: UNIMPLEMENTED)
+        self.hop: Any = None  # the executor's hop front (HopFront; None: UNIMPLEMENTED)
         self.auth = auth
         self.tls = tls
         self.max_message = max_message
@@ -276,6 +284,12 @@ class NativeServer(Server):
             try:
                 if call.method == STREAM:
                     self._stream_event(conn, call, frame)
+                    continue
+                if call.method == HOP_ENDPOINTS:
+                    if self.hop is None:
+                        call.finish(UNIMPLEMENTED, "no vDAG hop front here")
+                    else:
+                        call.respond(self.hop.endpoints())
                     continue
                 if call.method >= OIP_FIRST:
                     self._oip_event(conn, call, frame)

@@ -10,16 +10,13 @@ its high-water mark) the connection is not read either: no new tasks are taken.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import secrets
-from pathlib import Path
 
 import msgspec
 
-from ..auth import Auth, AuthError, prune_stale, runtime_dir
+from ..auth import Auth, AuthError
 from ..service.framed import FramedProtocol, FrameWriter
+from ..service.framed_listener import FramedListener
 from ..tls import TLS
 from ..wire import BATCH, HELLO, PING, PONG, REFUSE, WELCOME, decode_tasks, link_limit
 from .link_server import LinkServer, _Stream, drop_answered_acks
@@ -136,71 +133,22 @@ class _Conn(FramedProtocol):
             self.listener.links.broken(self.stream)
 
 
-class NativeLinkListener:
+class NativeLinkListener(FramedListener):
     """Listens for executors' native links for one instance."""
+
+    prefix = "link"
 
     def __init__(self, links: LinkServer, auth: Auth, tls: TLS, host: str,
                  max_message: int, unix: bool = True, port: int = 0) -> None:  # fmt: skip
+        super().__init__(lambda: _Conn(self), tls, host, unix, port)
         self.links = links
         self.auth = auth
-        self.tls = tls
-        self.host = host
-        self.port = port
         self.max_message = max_message
-        self.nonce = secrets.token_hex(16)
-        self.path = ""
-        self._unix = unix
         self.connections: set[_Conn] = set()
-        self._servers: list[asyncio.AbstractServer] = []
-
-    def endpoints(self) -> dict:
-        return {"unix": self.path, "tcp": self.port, "nonce": self.nonce}
-
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: _Conn(self), self.host, self.port,
-                                          ssl=self.tls.server_context())  # fmt: skip
-        self.port = server.sockets[0].getsockname()[1]
-        self._servers.append(server)
-        if self._unix:
-            try:
-                await self._listen_unix(loop)
-            except OSError as exc:  # a read-only home, say: executors here use TCP
-                log.warning("native link: no Unix socket (%s); TCP only", exc)
-
-    async def _listen_unix(self, loop: asyncio.AbstractEventLoop) -> None:
-        path = _socket_path(self.port)
-        if len(str(path)) > _MAX_UNIX_PATH:
-            log.info("native link: %s is too long for a Unix socket; TCP only", path)
-            return
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()  # a stale one of a killed instance that had this name
-        old = os.umask(0o177)  # the socket is created 0600
-        try:
-            server = await loop.create_unix_server(lambda: _Conn(self), str(path))
-        finally:
-            os.umask(old)
-        self.path = str(path)
-        self._servers.append(server)
 
     async def close(self) -> None:
         """Stop listening (the streams end through the LinkServer) and remove the socket."""
-        for server in self._servers:
-            server.close()
-        self._servers.clear()
+        await super().close()
         for conn in list(self.connections):
             if conn.stream is None:
                 conn.fail("the instance stopped")
-        if self.path:
-            with contextlib.suppress(OSError):
-                os.unlink(self.path)
-
-
-_MAX_UNIX_PATH = 100  # sun_path holds 108 bytes: a longer folder gets TCP only
-
-
-def _socket_path(port: int) -> Path:
-    folder = runtime_dir()
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    prune_stale(folder, "link-*.sock")  # sockets of instances killed with -9
-    return folder / f"link-{port}-{os.getpid()}.sock"

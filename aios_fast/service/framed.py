@@ -21,12 +21,19 @@ import msgspec
 from .._select import load
 from ..wire import BATCH, LINK_BATCH_BYTES
 
-__all__ = ["FrameError", "FrameWriter", "FramedProtocol", "frame", "framing"]
+__all__ = ["FrameError", "FrameWriter", "FramedProtocol", "frame", "framing", "framing_compiled"]
 
 framing = load("_link")
 FrameError = framing.FrameError
 frame = framing.frame
 _HEAD = struct.Struct("<IB")
+
+
+def framing_compiled() -> bool:
+    """Whether the framing is compiled here (the pure twin keeps gRPC unless asked)."""
+    return framing.IMPLEMENTATION == "compiled"
+
+
 _encoder = msgspec.msgpack.Encoder()
 
 

@@ -33,12 +33,16 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import grpc
 
 from .. import codec
 from ..tls import TLS
 from ..wire import ACCEPTED, INFER, INFER_STREAM, read_error
+
+if TYPE_CHECKING:
+    from .hop_link import FramedStream
 
 __all__ = ["ACK_PTR", "HopStreams", "ack_packet"]
 
@@ -56,7 +60,7 @@ def ack_packet(session_id: str, seq_no: int, task: str, node: str) -> bytes:
 
 
 class _Hop:
-    __slots__ = ("key", "on_fail", "payload", "session", "timeout", "timer")
+    __slots__ = ("hop_id", "key", "on_fail", "payload", "session", "since", "timeout", "timer")
 
     def __init__(self, key: str, session: tuple[str, int], payload: bytes,
                  on_fail: OnFail) -> None:  # fmt: skip
@@ -66,6 +70,8 @@ class _Hop:
         self.on_fail = on_fail
         self.timeout: float | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.hop_id = 0  # on a framed stream: its id there
+        self.since = 0.0  # ... and when it was sent
 
 
 class _Stream:
@@ -173,11 +179,19 @@ class HopStreams:
     """The hop streams of one process (an instance, or a vDAG controller)."""
 
     def __init__(self, metadata: tuple = (), tls: TLS | None = None,
-                 channels: dict[str, grpc.aio.Channel] | None = None) -> None:  # fmt: skip
+                 channels: dict[str, grpc.aio.Channel] | None = None,
+                 framed: bool | None = None) -> None:  # fmt: skip
+        from ..service.framed import framing_compiled
+        from .hop_link import FramedStream
+
+        # hops on the executors' framed fronts (vdag.hop_link) where compiled here
+        self._framed = FramedStream if (framing_compiled() if framed is None else framed) \
+            else None  # fmt: skip
+        self.not_framed: set[tuple[str, str]] = set()  # targets without a hop front
         self.metadata = metadata
         self.tls = tls or TLS()
         self._channels = channels if channels is not None else {}
-        self._streams: dict[tuple[str, str], _Stream] = {}
+        self._streams: dict[tuple[str, str], _Stream | FramedStream] = {}
         self._unary: set[tuple[str, str]] = set()  # targets without infer_stream
         self._serves: set[tuple[str, str]] = set()  # targets that answered on a stream
         self._tasks: set[asyncio.Task] = set()
@@ -195,13 +209,31 @@ class HopStreams:
         ack names); ``on_fail`` is called at most once, if it does not arrive."""
         hop = _Hop(key, session, payload, on_fail)
         where = (target, block_id)
+        stream = self._streams.get(where)
+        if stream is not None and not stream.closed:
+            stream.send(hop, timeout)
+        elif self._framed is not None and where not in self.not_framed:
+            stream = self._streams[where] = self._framed(self, target, block_id)
+            stream.send(hop, timeout)
+        else:
+            self.send_grpc(target, block_id, hop, timeout)
+
+    def send_grpc(self, target: str, block_id: str, hop: _Hop, timeout: float | None) -> None:
+        """A hop on the target's ``infer_stream`` (or unary ``infer`` calls)."""
+        where = (target, block_id)
         if where in self._unary:
             self._spawn(self._unary_hop(target, block_id, hop, timeout))
             return
         stream = self._streams.get(where)
-        if stream is None or stream.closed:
+        if not isinstance(stream, _Stream) or stream.closed:
             stream = self._streams[where] = _Stream(self, target, block_id)
         stream.send(hop, timeout)
+
+    def forget(self, stream) -> None:
+        """A stream that ended is no longer the one for its target."""
+        where = (stream.target, stream.block_id)
+        if self._streams.get(where) is stream:
+            del self._streams[where]
 
     def ended(self, stream: _Stream, code: str, details: str) -> None:
         """A stream ended: its hops in flight fail (or go unary: UNIMPLEMENTED)."""
@@ -256,7 +288,7 @@ class HopStreams:
     async def close(self) -> None:
         for stream in list(self._streams.values()):
             stream.close()
-        readers = [s.reader for s in self._streams.values()]
+        readers = [s.reader for s in self._streams.values() if isinstance(s, _Stream)]
         self._streams.clear()
         for task in list(self._tasks):
             task.cancel()

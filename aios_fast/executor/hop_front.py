@@ -1,0 +1,198 @@
+"""The executor's framed front for vDAG hops (``aios_fast.wire``, "vDAG hop").
+
+A vDAG task goes block to block: the instance that ran a node hands its output to the
+next block's executor, the controller hands a new task to the input node's. On the
+gRPC front a hop is a message on a grpc.aio ``infer_stream`` (``vdag.streams``), whose
+client side (grpc's completion queue, a call object per stream, a write op per message)
+measured most of a chain's CPU. Here the same tasks arrive as the native link's frames
+(``service.framed``): an asyncio Protocol entered once per chunk, every task of a BATCH
+started with ``Router.run_task`` exactly as an ``infer_stream`` message is (the same
+books, limits, deadlines, retries), the answers written once per loop turn.
+
+Listens on a Unix socket (0600, runtime folder, ``hop-{port}-{pid}.sock``) and a TCP
+port (TLS as the gRPC port); the sender learns both from ``HOP_ENDPOINTS_METHOD`` on
+the gRPC port. A connection must say HELLO within ``HANDSHAKE_TIMEOUT`` seconds (at
+most 64 KiB before it) with a token giving the infer role when one is required. At most
+``window`` of a connection's tasks run at once: past that it is not read (nor while its
+answers are not read), so a sender cannot queue unbounded work. A connection that ends
+cancels its tasks still running (as a reset stream does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import msgspec
+
+from ..auth import Auth, AuthError
+from ..service.framed import FramedProtocol, FrameWriter
+from ..service.framed_listener import FramedListener
+from ..tls import TLS
+from ..wire import BATCH, HELLO, PING, PONG, REFUSE, WELCOME, decode_hops, link_limit
+from .task_run import error_answer
+
+__all__ = ["HANDSHAKE_TIMEOUT", "HopFront"]
+
+log = logging.getLogger("aios_fast.executor")
+HANDSHAKE_TIMEOUT = 10.0
+WINDOW = 4096  # a connection's tasks running at once before it is not read
+
+
+class _Hello(msgspec.Struct):
+    v: int = 1
+    token: str = ""
+
+
+_hello = msgspec.msgpack.Decoder(_Hello)
+
+
+class _Conn(FramedProtocol):
+    """One sender's connection: its tasks in flight by id."""
+
+    def __init__(self, front: HopFront) -> None:
+        super().__init__()
+        self.front = front
+        self.writer: FrameWriter | None = None
+        self.running: dict[int, object] = {}  # id -> TaskRun
+        self.paused = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self.front.connections.add(self)
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(HANDSHAKE_TIMEOUT, self.fail, "no HELLO in time")
+
+    def on_frames(self, frames: list) -> None:
+        for kind, body in frames:
+            if kind == BATCH and self.writer is not None:
+                try:
+                    hops = decode_hops(body)
+                except msgspec.DecodeError as exc:
+                    log.warning("hop front: a malformed batch (%s); closing it", exc)
+                    self.fail(f"malformed batch: {exc}")
+                    return
+                self._start(hops)
+            elif kind == PING:
+                self.send(PONG)
+            elif kind == HELLO and self.writer is None:
+                self._hello(body)
+            elif self.writer is None:
+                self._refuse("HELLO must come first")
+                return
+
+    def _hello(self, body) -> None:
+        front = self.front
+        try:
+            hello = _hello.decode(body)
+            front.auth.check(hello.token or None, "infer")
+        except msgspec.DecodeError as exc:
+            self._refuse(f"bad HELLO: {exc}")
+            return
+        except AuthError as exc:
+            self._refuse(str(exc))
+            return
+        if front.closing:
+            self._refuse("the executor is stopping")
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self.reader.limit = link_limit(front.max_message)
+        assert self.transport is not None
+        self.writer = FrameWriter(self.transport)
+        self.send(WELCOME, msgspec.msgpack.encode({"max_message": front.max_message,
+                                                   "nonce": front.listener.nonce}))  # fmt: skip
+
+    def _refuse(self, why: str) -> None:
+        self.send(REFUSE, why.encode())
+        if self.transport is not None:
+            self.transport.close()
+
+    def _start(self, hops: list[tuple[int, float, bytes]]) -> None:
+        run_task, done, running = self.front.run_task, self._done, self.running
+        for hop_id, timeout, message in hops:
+            run = run_task(message, True, timeout if timeout > 0 else None, done, hop_id)
+            if not run.over:  # (a run that ended at once answered already)
+                running[hop_id] = run
+        self._flow()
+
+    def _done(self, run, answer: bytes | None, reject) -> None:
+        hop_id = run.call
+        self.running.pop(hop_id, None)
+        if reject is not None:
+            answer = error_answer(run.frame, reject)
+        assert answer is not None
+        if self.writer is not None:
+            self.writer.put((hop_id, answer), len(answer))
+        if self.paused:
+            self._flow()
+
+    def _flow(self) -> None:
+        """Read while fewer than ``window`` tasks run and the answers are read."""
+        transport = self.transport
+        if transport is None:
+            return
+        stop = len(self.running) >= self.front.window or self.write_paused
+        if stop != self.paused:
+            self.paused = stop
+            if stop:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._flow()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._flow()
+
+    def on_lost(self, reason: str) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self.front.connections.discard(self)
+        if self.writer is not None:
+            self.writer.closed = True
+        running, self.running = self.running, {}
+        for run in running.values():
+            run.cancel()  # type: ignore[attr-defined]
+
+
+class HopFront:
+    """The executor's hop listener. ``run_task`` is ``Router.run_task``."""
+
+    def __init__(self, run_task: Callable, auth: Auth, tls: TLS, host: str, max_message: int,
+                 unix: bool = True, window: int = WINDOW) -> None:  # fmt: skip
+        self.run_task = run_task
+        self.auth = auth
+        self.max_message = max_message
+        self.window = window
+        self.closing = False
+        self.connections: set[_Conn] = set()
+        self.listener = FramedListener(lambda: _Conn(self), tls, host, unix)
+        self.listener.prefix = "hop"
+
+    def endpoints(self) -> bytes:
+        """HOP_ENDPOINTS_METHOD's answer."""
+        return msgspec.msgpack.encode(self.listener.endpoints())
+
+    async def start(self) -> None:
+        await self.listener.start()
+
+    async def stop(self, grace: float = 0.0) -> None:
+        """No new connections; those open end once their tasks are answered (at most
+        ``grace`` seconds), then they are cut."""
+        self.closing = True
+        await self.listener.close()
+        loop = asyncio.get_running_loop()
+        end = loop.time() + grace
+        while any(c.running for c in self.connections) and loop.time() < end:
+            await asyncio.sleep(0.01)
+        for conn in list(self.connections):
+            if conn.writer is not None:
+                conn.writer.close()
+            if conn.transport is not None:
+                conn.transport.close()

@@ -1,0 +1,275 @@
+"""Hops on the executor's framed front (``executor.hop_front``) instead of grpc.aio.
+
+``FramedStream`` is one connection to a next block's executor, used by ``HopStreams``
+where the framing is compiled: it asks the executor where its hop front listens
+(``HOP_ENDPOINTS_METHOD`` on its gRPC port), connects to its Unix socket when the
+executor is on this host (the WELCOME's nonce proves it) or to its TCP port (TLS as
+the gRPC channel), says HELLO with the token, then writes the queued hops once per loop
+turn and reads the answers once per chunk, each matched by its id (an ack, or an error
+packet: that hop fails with its status). The hops' books are ``streams.HopStreams``':
+each ends once, acknowledged, failed, timed out, or broken with its connection
+(UNAVAILABLE, at once: a next block that went away is reported, not waited for).
+
+An executor without the call (UNIMPLEMENTED: a grpcio front, an older executor) gets
+the gRPC ``infer_stream`` from then on; any other failure before the connection is up
+sends this batch of hops on the gRPC stream (which reports an executor that is down)
+and the next hop tries the framed front again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+from typing import Any
+
+import grpc
+import msgspec
+
+from .. import codec
+from ..service.framed import FramedProtocol, FrameWriter
+from ..wire import (
+    BATCH,
+    HELLO,
+    HOP_ENDPOINTS_METHOD,
+    PING,
+    PONG,
+    REFUSE,
+    WELCOME,
+    decode_hop_answers,
+    link_limit,
+    read_error,
+)
+
+__all__ = ["HANDSHAKE_TIMEOUT", "FramedStream"]
+
+log = logging.getLogger("aios_fast.vdag")
+HANDSHAKE_TIMEOUT = 5.0  # the endpoints call, the connection and its WELCOME
+
+
+class _Endpoints(msgspec.Struct):
+    unix: str = ""
+    tcp: int = 0
+    nonce: str = ""
+
+
+class _Welcome(msgspec.Struct):
+    max_message: int
+    nonce: str = ""
+
+
+_endpoints = msgspec.msgpack.Decoder(_Endpoints)
+_welcome = msgspec.msgpack.Decoder(_Welcome)
+
+
+class _Unimplemented(Exception):
+    pass
+
+
+class _Client(FramedProtocol):
+    def __init__(self, stream: FramedStream) -> None:
+        super().__init__()
+        self.stream = stream
+        self.welcome: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    def on_frames(self, frames: list) -> None:
+        for kind, body in frames:
+            if kind == BATCH:
+                try:
+                    answers = decode_hop_answers(body)
+                except msgspec.DecodeError as exc:
+                    self.fail(f"a malformed answer batch ({exc})")
+                    return
+                self.stream.answers(answers)
+            elif kind == PING:
+                self.send(PONG)
+            elif kind == WELCOME and not self.welcome.done():
+                try:
+                    self.welcome.set_result(_welcome.decode(body))
+                except msgspec.DecodeError as exc:
+                    self.welcome.set_exception(ConnectionError(f"bad WELCOME: {exc}"))
+            elif kind == REFUSE and not self.welcome.done():
+                why = bytes(body).decode(errors="replace")
+                self.welcome.set_exception(ConnectionError(f"refused: {why}"))
+
+    def on_lost(self, reason: str) -> None:
+        if not self.welcome.done():
+            self.welcome.set_exception(ConnectionError(reason))
+        self.stream.lost(reason)
+
+
+class FramedStream:
+    """One framed connection to ``target`` and its hops in flight (by id). ``owner`` is
+    a ``streams.HopStreams``, each hop its ``_Hop`` (not imported here: streams imports
+    this module)."""
+
+    def __init__(self, owner: Any, target: str, block_id: str) -> None:
+        self.owner = owner
+        self.target = target
+        self.block_id = block_id
+        self.pending: dict[int, Any] = {}
+        self.waiting: list[Any] = []  # sent before the connection was up
+        self.closed = False
+        self.writer: FrameWriter | None = None
+        self.proto: _Client | None = None
+        self._ids = itertools.count(1)
+        self._loop = asyncio.get_running_loop()
+        self.reader = asyncio.ensure_future(self._open())
+
+    # ------------------------------------------------------------------ hops
+
+    def send(self, hop: Any, timeout: float | None) -> None:
+        hop.hop_id = hop_id = next(self._ids)
+        hop.timeout = timeout
+        hop.since = self._loop.time()
+        self.pending[hop_id] = hop
+        if timeout is not None:
+            hop.timer = self._loop.call_later(timeout, self._expire, hop_id, timeout)
+        if self.writer is None:
+            self.waiting.append(hop)
+        else:
+            self._put(hop)
+
+    def _put(self, hop: Any) -> None:
+        message = codec.encode_message(hop.payload)
+        assert self.writer is not None
+        self.writer.put((hop.hop_id, hop.timeout or 0.0, message), len(message))
+
+    def _expire(self, hop_id: int, timeout: float) -> None:
+        hop = self.pending.pop(hop_id, None)
+        if hop is not None:
+            self.owner.timed_out += 1
+            hop.on_fail("DEADLINE_EXCEEDED", f"{self.target} did not take the task in "
+                                             f"{timeout:.3g}s")  # fmt: skip
+
+    def answers(self, answers: list[tuple[int, bytes]]) -> None:
+        pending = self.pending
+        for hop_id, message in answers:
+            hop = pending.pop(hop_id, None)
+            if hop is None:
+                continue  # timed out already
+            if hop.timer is not None:
+                hop.timer.cancel()
+            try:
+                error = read_error(codec.decode_message(message))
+            except Exception:
+                error = ("INTERNAL", f"{self.target} answered the hop with a bad message")
+            if error is not None:  # the executor could not place it, or the block refused
+                self.owner.failed += 1
+                hop.on_fail(error[0], error[1])
+
+    # ------------------------------------------------------------------ connection
+
+    async def _open(self) -> None:
+        try:
+            endpoints = await self._endpoints()
+            proto, welcome = await self._connect(endpoints)
+        except _Unimplemented:
+            self.owner.not_framed.add((self.target, self.block_id))
+            self._fallback("no hop front there")
+            return
+        except (asyncio.TimeoutError, grpc.aio.AioRpcError, ConnectionError, OSError) as exc:
+            why = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else exc
+            self._fallback(f"the hop front did not answer ({why or type(exc).__name__})")
+            return
+        except asyncio.CancelledError:
+            return
+        if self.closed:  # closed while connecting
+            proto.fail("closed")
+            return
+        if proto.lost.done() or proto.transport is None:  # lost right after WELCOME
+            self._fallback(f"the hop connection ended at once ({proto.lost.result()})")
+            return
+        proto.reader.limit = link_limit(welcome.max_message)
+        assert proto.transport is not None
+        self.proto = proto
+        self.writer = FrameWriter(proto.transport)
+        waiting, self.waiting = self.waiting, []
+        for hop in waiting:
+            if hop.hop_id in self.pending:  # (not timed out meanwhile)
+                self._put(hop)
+
+    async def _endpoints(self) -> _Endpoints:
+        owner = self.owner
+        call = owner.channel(self.target).unary_unary(HOP_ENDPOINTS_METHOD)
+        try:
+            reply = await call(b"", timeout=HANDSHAKE_TIMEOUT, metadata=owner.metadata)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                raise _Unimplemented() from None
+            raise
+        return _endpoints.decode(reply)
+
+    async def _connect(self, ep: _Endpoints) -> tuple[_Client, _Welcome]:
+        loop = self._loop
+        if ep.unix and os.path.exists(ep.unix):
+            try:
+                _, unix = await loop.create_unix_connection(lambda: _Client(self), ep.unix)
+                welcome = await self._handshake(unix)
+                if welcome.nonce == ep.nonce:
+                    return unix, welcome
+                unix.fail("another executor")
+            except OSError:
+                pass  # not ours to reach: TCP
+        if not ep.tcp:
+            raise ConnectionError("no TCP port")
+        host = self.target.rpartition(":")[0].strip("[]")
+        ssl = self.owner.tls.client_context()
+        _, tcp = await asyncio.wait_for(
+            loop.create_connection(lambda: _Client(self), host, ep.tcp, ssl=ssl,
+                                   server_hostname=host if ssl is not None else None),
+            HANDSHAKE_TIMEOUT,
+        )  # fmt: skip
+        return tcp, await self._handshake(tcp)
+
+    async def _handshake(self, proto: _Client) -> _Welcome:
+        token = next((v for k, v in self.owner.metadata if k == "authorization"), "")
+        proto.send(HELLO, msgspec.msgpack.encode({"v": 1, "token": token}))
+        try:
+            return await asyncio.wait_for(asyncio.shield(proto.welcome), HANDSHAKE_TIMEOUT)
+        except BaseException:
+            proto.fail("no WELCOME")
+            raise
+
+    def _fallback(self, why: str) -> None:
+        """Before the connection was up: these hops go on the gRPC stream (none was
+        sent), each with the time it had left."""
+        log.info("vDAG hops to %s: gRPC stream (%s)", self.target, why)
+        self._end()
+        now = self._loop.time()
+        hops = [h for h in self.waiting if h.hop_id in self.pending]
+        self.waiting.clear()
+        self.pending.clear()
+        for hop in hops:
+            if hop.timer is not None:
+                hop.timer.cancel()
+                hop.timer = None
+            left = None if hop.timeout is None else max(hop.timeout - (now - hop.since), 1e-3)
+            self.owner.send_grpc(self.target, self.block_id, hop, left)
+
+    def lost(self, reason: str) -> None:
+        """The connection ended: every hop in flight on it fails UNAVAILABLE."""
+        if self.writer is None and not self.closed:
+            return  # before WELCOME: _open decides
+        self._end()
+        hops = list(self.pending.values())
+        self.pending.clear()
+        for hop in hops:
+            if hop.timer is not None:
+                hop.timer.cancel()
+        self.owner.broken += len(hops)
+        for hop in hops:
+            hop.on_fail("UNAVAILABLE", f"the hop connection to {self.target} ended: {reason}")
+
+    def _end(self) -> None:
+        self.closed = True
+        self.owner.forget(self)
+
+    def close(self) -> None:
+        self.closed = True
+        self.reader.cancel()
+        if self.writer is not None:
+            self.writer.close()
+        if self.proto is not None and self.proto.transport is not None:
+            self.proto.transport.close()
