@@ -388,7 +388,7 @@ def render(res: dict, ctx: dict, opts) -> str:
             else "as shipped"
         )
         + f", mode `{b.get('mode', 'adaptive')}`, maxBatchSize {b.get('maxBatchSize', 32)}, "
-        f"maxQueueDelayMs {b.get('maxQueueDelayMs', 5)} (default), maxConcurrentBatches "
+        f"maxQueueDelayMs {b.get('maxQueueDelayMs', '5 (default)')}, maxConcurrentBatches "
         f"{b.get('maxConcurrentBatches', 1)} (an idle instance runs a task at once; tasks "
         "that come while a batch runs wait for the next). Triton: dynamic batcher, "
         f"max_batch_size {opts.triton_batch}, max_queue_delay_microseconds "
