@@ -16,6 +16,16 @@ medians. Goal (issue 26): OIP gRPC within 15% of InferenceProxy's executor CPU p
 REST within 3x. ``--quick`` (one 2 s round) ends with the line
 ``protocols cpu_ratio oip_grpc X oip_rest Y`` (each against InferenceProxy in the same
 run, all three at one offered rate: the executor's CPU per task depends on its load).
+
+    python -m bench.protocols --peers [--concurrency 16] [--window-ms 3000] [--rounds 3]
+                              [--peer-python P] [--block-settings JSON] [--quick] [--write]
+
+``--peers`` (bench/protocols_peers.py): aios-fast side by side with Triton itself
+(tritonserver from PyPI's nvidia-pytriton, optional, in a venv of its own), the ONNX
+digits model on both, the same perf_analyzer command against both, dynamic batching on
+in both; its own section of bench/RESULTS.md. Goal: aios-fast's tasks/s at least 3x
+Triton's and p99 no worse. ``--quick`` (one round, 2 s windows) ends with
+``protocols peers tput_ratio X p99_ratio Y`` (aios-fast / Triton).
 """
 
 from __future__ import annotations
@@ -201,9 +211,49 @@ def main(argv=None) -> int:
     parser.add_argument("--streams", type=int, default=32)
     parser.add_argument("--quick", action="store_true", help="one 2 s round")
     parser.add_argument("--write", action="store_true")
+    peers = parser.add_argument_group(
+        "side by side with Triton (--peers)", "bench/protocols_peers.py: the ONNX digits model"
+    )
+    peers.add_argument(
+        "--peers",
+        action="store_true",
+        help="the ONNX digits model on aios-fast and on Triton (nvidia-pytriton), "
+        "the same perf_analyzer command against both",
+    )
+    peers.add_argument(
+        "--peer-python",
+        default=None,
+        help="interpreter with nvidia-pytriton and onnxruntime (default: "
+        ".venv-triton/bin/python if present, else this one)",
+    )
+    peers.add_argument("--concurrency", type=int, default=16, help="requests in flight")
+    peers.add_argument(
+        "--window-ms", type=int, default=3000, help="perf_analyzer's measurement window (3 per run)"
+    )
+    peers.add_argument(
+        "--triton-batch",
+        type=int,
+        default=0,
+        help="Triton's max_batch_size (0: the block's maxBatchSize)",
+    )
+    peers.add_argument(
+        "--triton-delay-us", type=int, default=0, help="Triton's max_queue_delay_microseconds"
+    )
+    peers.add_argument(
+        "--block-settings",
+        default=None,
+        help="JSON: initSettings of the example block document to change for "
+        'the run, e.g. {"batching": {"maxQueueDelayMs": 2}} (default: as shipped)',
+    )
+    peers.add_argument("--triton-instances", type=int, default=1, help="Triton model instances")
     opts = parser.parse_args(argv)
     if opts.quick:
-        opts.duration, opts.rounds = 2, 1
+        opts.duration, opts.rounds, opts.window_ms = 2, 1, 2000
+    if opts.peers:
+        from . import protocols_peers
+
+        opts.peer_python = opts.peer_python or protocols_peers.default_peer_python()
+        return protocols_peers.main(opts, argv)
     res = run(opts)
     publish("Protocols: InferenceProxy vs the Open Inference Protocol", "bench.protocols",
             render(res, opts), opts.write, argv)  # fmt: skip
