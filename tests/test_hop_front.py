@@ -272,3 +272,88 @@ def test_the_hop_front_refuses_what_a_hostile_client_sends(monkeypatch):
     assert [a[0] for a in answers] == [1]
     assert sorted(r["cancelled"]) == [4, 5]
     assert PONG in kinds  # the PING read with them is answered
+
+
+# ------------------------------------------------------------------ the controller's answers
+
+
+def test_answers_reach_the_controller_framed_and_its_cancels_come_back():
+    """vdag.controller.answers and vdag.hop_link.FramedReplies, in process: the answers
+    sent before and after the connection is up arrive in order, a cancellation comes
+    back, a bad answer is counted, and a controller without the front gets the answers
+    on the gRPC stream (fallback, told it is unimplemented)."""
+    import grpc
+
+    from aios_fast.tls import TLS
+    from aios_fast.vdag.controller.answers import AnswersFront
+    from aios_fast.vdag.hop_link import FramedReplies
+    from aios_fast.wire import HOP_ENDPOINTS_METHOD
+
+    async def run():
+        got: list[bytes] = []
+        bad = [0]
+
+        def deliver(message: bytes) -> None:
+            try:
+                got.append(codec.decode_message(message).data)
+            except Exception:
+                bad[0] += 1
+
+        watchers: set = set()
+        front = AnswersFront(deliver, watchers, Auth({TOKEN: ["infer"]}), TLS(), "127.0.0.1")
+        await front.start()
+
+        async def endpoints(request, context):
+            return front.endpoints()
+
+        server = grpc.aio.server()
+        service, method = HOP_ENDPOINTS_METHOD.split("/")[1:]
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            service, {method: grpc.unary_unary_rpc_method_handler(endpoints)}),))  # fmt: skip
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        bare = grpc.aio.server()  # no Endpoints: UNIMPLEMENTED
+        bare_port = bare.add_insecure_port("127.0.0.1:0")
+        await bare.start()
+        cancels: list[str] = []
+        fell_back: list = []
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        auth = (("authorization", f"Bearer {TOKEN}"),)
+        replies = FramedReplies(f"127.0.0.1:{port}", channel, auth, TLS(), cancels.append,
+                                lambda q, u: fell_back.append((q, u)))  # fmt: skip
+        for i in range(3):  # before the connection is up
+            replies.send(_payload(f"a{i}"))
+        while replies.writer is None and not replies.closed:
+            await asyncio.sleep(0.01)
+        for i in range(3, 5):
+            replies.send(_payload(f"a{i}"))
+        replies.writer.put((0, 0.0, b"\xff\xff"), 2)  # not an answer
+        await asyncio.sleep(0.3)
+        for watcher in list(watchers):
+            watcher.put_nowait("task-7")
+        await asyncio.sleep(0.3)
+        refused: list = []
+        no_token = FramedReplies(f"127.0.0.1:{port}", channel, (), TLS(), cancels.append,
+                                 lambda q, u: refused.append((q, u)))  # fmt: skip
+        no_token.send(b"x")
+        bare_channel = grpc.aio.insecure_channel(f"127.0.0.1:{bare_port}")
+        old = FramedReplies(f"127.0.0.1:{bare_port}", bare_channel, (), TLS(), cancels.append,
+                            lambda q, u: fell_back.append((q, u)))  # fmt: skip
+        old.send(b"y")
+        await asyncio.sleep(1.0)
+        out = got, bad[0], cancels, fell_back, refused, len(watchers)
+        for r in (replies, no_token, old):
+            await r.close()
+        await front.stop()
+        await server.stop(0)
+        await bare.stop(0)
+        await channel.close()
+        await bare_channel.close()
+        return out
+
+    got, bad, cancels, fell_back, refused, watching = asyncio.run(run())
+    assert got == [f"a{i}" for i in range(5)] and bad == 1
+    assert cancels == ["task-7"] and watching == 1  # (the refused one never watched)
+    assert fell_back == [([b"y"], True)]  # no front there: gRPC from now on
+    assert refused == [([b"x"], False)]  # refused (no token): this batch on gRPC, whose
+    # stream reports the refusal itself

@@ -20,6 +20,7 @@ stream per controller (``_ReplyStream``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -30,8 +31,10 @@ import grpc
 from .. import codec
 from ..auth import bearer
 from ..errors import AiosFastError
+from ..service.framed import framing_compiled
 from ..tls import TLS
 from ..vdag.hop import BATCH_PTR, CANCEL_PTR, NodeRunner, is_ticket
+from ..vdag.hop_link import FramedReplies
 from ..vdag.streams import HopStreams, ack_packet
 from ..wire import ACCEPTED, INFER, INFER_STREAM
 
@@ -51,7 +54,8 @@ class OutputRouter:
         self._redis: dict[tuple[str, int], Any] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._vdag: NodeRunner | None = None
-        self._replies: dict[str, _ReplyStream] = {}
+        self._replies: dict[str, _ReplyStream | FramedReplies] = {}
+        self._not_framed: set[str] = set()  # controllers without a framed answers front
         self.hops = HopStreams(self._metadata, self.tls, self._channels)
 
     # ------------------------------------------------------------------ vDAG nodes
@@ -96,12 +100,29 @@ class OutputRouter:
         return ack_packet(packet.session_id, packet.seq_no, ticket.task, ticket.node)
 
     def _watch(self, controller: str) -> None:
-        """Keep a stream open to a task's controller: it carries the answers there and
-        the controller's cancellations back."""
+        """Keep a connection open to a task's controller: it carries the answers there
+        and the controller's cancellations back (its framed answers front where the
+        framing is compiled here and it has one, else a gRPC stream)."""
         stream = self._replies.get(controller)
         if stream is None or stream.closed:
-            self._replies[controller] = _ReplyStream(self._channel(controller), self._metadata,
-                                                     self.vdag.cancel)  # fmt: skip
+            if framing_compiled() and controller not in self._not_framed:
+                self._replies[controller] = FramedReplies(
+                    controller, self._channel(controller), self._metadata, self.tls,
+                    self.vdag.cancel, functools.partial(self._unframed, controller))  # fmt: skip
+            else:
+                self._replies[controller] = self._grpc_replies(controller)
+
+    def _grpc_replies(self, controller: str) -> _ReplyStream:
+        return _ReplyStream(self._channel(controller), self._metadata, self.vdag.cancel)
+
+    def _unframed(self, controller: str, queued: list[bytes], unimplemented: bool) -> None:
+        """The controller's framed front could not be used: its answers go on a gRPC
+        stream (from now on, when it has no such front)."""
+        if unimplemented:
+            self._not_framed.add(controller)
+        stream = self._replies[controller] = self._grpc_replies(controller)
+        for payload in queued:
+            stream.send(payload)
 
     def _reply(self, controller: str, payload: bytes) -> None:
         """An answer or failure report to a task's controller, on its stream."""

@@ -41,8 +41,9 @@ from ..wire import (
     link_limit,
     read_error,
 )
+from .hop import CANCEL_PTR
 
-__all__ = ["HANDSHAKE_TIMEOUT", "FramedStream"]
+__all__ = ["HANDSHAKE_TIMEOUT", "FramedReplies", "FramedStream", "connect"]
 
 log = logging.getLogger("aios_fast.vdag")
 HANDSHAKE_TIMEOUT = 5.0  # the endpoints call, the connection and its WELCOME
@@ -68,9 +69,12 @@ class _Unimplemented(Exception):
 
 
 class _Client(FramedProtocol):
-    def __init__(self, stream: FramedStream) -> None:
+    """The sender's end: ``peer`` (a FramedStream or FramedReplies) gets the answers
+    (``answers``) and the connection's end (``lost``)."""
+
+    def __init__(self, peer: Any) -> None:
         super().__init__()
-        self.stream = stream
+        self.stream = peer
         self.welcome: asyncio.Future = asyncio.get_running_loop().create_future()
 
     def on_frames(self, frames: list) -> None:
@@ -97,6 +101,52 @@ class _Client(FramedProtocol):
         if not self.welcome.done():
             self.welcome.set_exception(ConnectionError(reason))
         self.stream.lost(reason)
+
+
+async def connect(peer: Any, target: str, channel: grpc.aio.Channel, metadata: tuple,
+                  tls: Any) -> tuple[_Client, _Welcome]:  # fmt: skip
+    """A framed connection to ``target``'s front that said WELCOME (its answers go to
+    ``peer``): where it listens, from ``HOP_ENDPOINTS_METHOD`` on ``channel``; its Unix
+    socket when the path is on this host and the nonce matches, else its TCP port.
+    _Unimplemented when the target has no such front."""
+    call = channel.unary_unary(HOP_ENDPOINTS_METHOD)
+    try:
+        reply = await call(b"", timeout=HANDSHAKE_TIMEOUT, metadata=metadata)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+            raise _Unimplemented() from None
+        raise
+    ep = _endpoints.decode(reply)
+    token = next((v for k, v in metadata if k == "authorization"), "")
+    loop = asyncio.get_running_loop()
+    if ep.unix and os.path.exists(ep.unix):
+        try:
+            _, unix = await loop.create_unix_connection(lambda: _Client(peer), ep.unix)
+            welcome = await _handshake(unix, token)
+            if welcome.nonce == ep.nonce:
+                return unix, welcome
+            unix.fail("another process")
+        except OSError:
+            pass  # not ours to reach: TCP
+    if not ep.tcp:
+        raise ConnectionError("no TCP port")
+    host = target.rpartition(":")[0].strip("[]")
+    ssl = tls.client_context()
+    _, tcp = await asyncio.wait_for(
+        loop.create_connection(lambda: _Client(peer), host, ep.tcp, ssl=ssl,
+                               server_hostname=host if ssl is not None else None),
+        HANDSHAKE_TIMEOUT,
+    )  # fmt: skip
+    return tcp, await _handshake(tcp, token)
+
+
+async def _handshake(proto: _Client, token: str) -> _Welcome:
+    proto.send(HELLO, msgspec.msgpack.encode({"v": 1, "token": token}))
+    try:
+        return await asyncio.wait_for(asyncio.shield(proto.welcome), HANDSHAKE_TIMEOUT)
+    except BaseException:
+        proto.fail("no WELCOME")
+        raise
 
 
 class FramedStream:
@@ -162,9 +212,10 @@ class FramedStream:
     # ------------------------------------------------------------------ connection
 
     async def _open(self) -> None:
+        owner = self.owner
         try:
-            endpoints = await self._endpoints()
-            proto, welcome = await self._connect(endpoints)
+            proto, welcome = await connect(self, self.target, owner.channel(self.target),
+                                           owner.metadata, owner.tls)  # fmt: skip
         except _Unimplemented:
             self.owner.not_framed.add((self.target, self.block_id))
             self._fallback("no hop front there")
@@ -189,48 +240,6 @@ class FramedStream:
         for hop in waiting:
             if hop.hop_id in self.pending:  # (not timed out meanwhile)
                 self._put(hop)
-
-    async def _endpoints(self) -> _Endpoints:
-        owner = self.owner
-        call = owner.channel(self.target).unary_unary(HOP_ENDPOINTS_METHOD)
-        try:
-            reply = await call(b"", timeout=HANDSHAKE_TIMEOUT, metadata=owner.metadata)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-                raise _Unimplemented() from None
-            raise
-        return _endpoints.decode(reply)
-
-    async def _connect(self, ep: _Endpoints) -> tuple[_Client, _Welcome]:
-        loop = self._loop
-        if ep.unix and os.path.exists(ep.unix):
-            try:
-                _, unix = await loop.create_unix_connection(lambda: _Client(self), ep.unix)
-                welcome = await self._handshake(unix)
-                if welcome.nonce == ep.nonce:
-                    return unix, welcome
-                unix.fail("another executor")
-            except OSError:
-                pass  # not ours to reach: TCP
-        if not ep.tcp:
-            raise ConnectionError("no TCP port")
-        host = self.target.rpartition(":")[0].strip("[]")
-        ssl = self.owner.tls.client_context()
-        _, tcp = await asyncio.wait_for(
-            loop.create_connection(lambda: _Client(self), host, ep.tcp, ssl=ssl,
-                                   server_hostname=host if ssl is not None else None),
-            HANDSHAKE_TIMEOUT,
-        )  # fmt: skip
-        return tcp, await self._handshake(tcp)
-
-    async def _handshake(self, proto: _Client) -> _Welcome:
-        token = next((v for k, v in self.owner.metadata if k == "authorization"), "")
-        proto.send(HELLO, msgspec.msgpack.encode({"v": 1, "token": token}))
-        try:
-            return await asyncio.wait_for(asyncio.shield(proto.welcome), HANDSHAKE_TIMEOUT)
-        except BaseException:
-            proto.fail("no WELCOME")
-            raise
 
     def _fallback(self, why: str) -> None:
         """Before the connection was up: these hops go on the gRPC stream (none was
@@ -267,6 +276,78 @@ class FramedStream:
         self.owner.forget(self)
 
     def close(self) -> None:
+        self.closed = True
+        self.reader.cancel()
+        if self.writer is not None:
+            self.writer.close()
+        if self.proto is not None and self.proto.transport is not None:
+            self.proto.transport.close()
+
+
+class FramedReplies:
+    """Answers to one vDAG controller on its framed answers front
+    (``vdag.controller.answers``): each a serialized AIOSPacket, written once per loop
+    turn; what comes back are the tasks the controller gave up on (``on_cancel``).
+    ``fallback(queued)`` is called if the controller has no such front (or it could not
+    be reached): the answers queued so far go on the gRPC stream. When the connection
+    ends, the answers written on it that the controller did not read are lost (its own
+    timeout ends those tasks), as on the gRPC stream; the next answer opens a new one."""
+
+    def __init__(self, target: str, channel: grpc.aio.Channel, metadata: tuple, tls: Any,
+                 on_cancel: Any, fallback: Any) -> None:  # fmt: skip
+        self.target = target
+        self.on_cancel = on_cancel
+        self.fallback = fallback
+        self.queue: list[bytes] = []  # answers before the connection was up
+        self.closed = False
+        self.lost_count = 0
+        self.writer: FrameWriter | None = None
+        self.proto: _Client | None = None
+        self.reader = asyncio.ensure_future(self._open(channel, metadata, tls))
+
+    def send(self, payload: bytes) -> None:
+        if self.writer is None:
+            self.queue.append(payload)
+            return
+        message = codec.encode_message(payload)
+        self.writer.put((0, 0.0, message), len(message))
+
+    async def _open(self, channel: grpc.aio.Channel, metadata: tuple, tls: Any) -> None:
+        try:
+            proto, welcome = await connect(self, self.target, channel, metadata, tls)
+        except asyncio.CancelledError:
+            return
+        except Exception as exc:
+            self.closed = True
+            queued, self.queue = self.queue, []
+            self.fallback(queued, isinstance(exc, _Unimplemented))
+            return
+        if self.closed or proto.transport is None:
+            proto.fail("closed")
+            return
+        proto.reader.limit = link_limit(welcome.max_message)
+        self.proto = proto
+        self.writer = FrameWriter(proto.transport)
+        queued, self.queue = self.queue, []
+        for payload in queued:
+            self.send(payload)
+
+    def answers(self, answers: list[tuple[int, bytes]]) -> None:
+        for _, message in answers:
+            try:
+                packet = codec.decode_message(message)
+            except Exception:
+                continue
+            if packet.output_ptr == CANCEL_PTR:
+                self.on_cancel(packet.data)
+
+    def lost(self, reason: str) -> None:
+        if self.writer is None and not self.closed:
+            return  # before WELCOME: _open decides
+        self.closed = True
+        self.lost_count += len(self.writer) if self.writer is not None else 0
+
+    async def close(self) -> None:
         self.closed = True
         self.reader.cancel()
         if self.writer is not None:

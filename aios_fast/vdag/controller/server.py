@@ -57,14 +57,16 @@ from ... import codec
 from ...auth import Auth, check_bind
 from ...policy import PolicyRule
 from ...protos import vdag_pb2
+from ...service.framed import framing_compiled
 from ...service.grpc_auth import TokenInterceptor
 from ...service.http import MgmtError, mgmt_route, new_app, start_site
 from ...service.metrics import CONTENT_TYPE, Histogram, Registry, counter, gauge, histogram
 from ...tls import TLS
-from ...wire import ACCEPTED, INFER, INFER_STREAM, SERVICE
+from ...wire import ACCEPTED, HOP_ENDPOINTS_METHOD, INFER, INFER_STREAM, SERVICE
 from ..compile import Plan
 from ..hop import BATCH_PTR, CANCEL_PTR, Ticket, decode_ticket, encode_ticket
 from ..streams import HopStreams
+from .answers import AnswersFront
 from .checks import HealthCheck, QualityCheck
 
 __all__ = [
@@ -192,7 +194,8 @@ class VDagController:
             else ()
         )
         self._ids = itertools.count(1)
-        self._watchers: set[asyncio.Queue] = set()
+        self._watchers: set = set()  # asyncio.Queues of gRPC streams, framed connections
+        self._answers: AnswersFront | None = None  # the blocks' framed answers front
         self._prefix = f"{os.getpid():x}-{int(time.time() * 1000) & 0xFFFFFF:x}-"
         self.pending: dict[str, asyncio.Future] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -437,6 +440,17 @@ class VDagController:
             self._watchers.discard(cancels)
             reader.cancel()
 
+    async def _hop_endpoints(self, request: bytes, context) -> bytes:
+        """Where the framed answers front listens (``HOP_ENDPOINTS_METHOD``)."""
+        assert self._answers is not None
+        return self._answers.endpoints()
+
+    def _deliver_counted(self, request: bytes) -> None:
+        try:
+            self._deliver(request)
+        except Exception:
+            self.invalid_answers += 1
+
     def _give_up(self, task_id: str) -> None:
         """Tell every instance watching this controller to stop the task's hops."""
         for watcher in self._watchers:
@@ -531,7 +545,7 @@ class VDagController:
         interceptors = []
         if self.auth.enabled:
             roles = {VDAG_INFER: "infer", VDAG_STREAM: "infer", INFER: "infer",
-                     INFER_STREAM: "infer"}  # fmt: skip
+                     INFER_STREAM: "infer", HOP_ENDPOINTS_METHOD: "infer"}  # fmt: skip
             streaming = frozenset({VDAG_STREAM, INFER_STREAM})
             interceptors.append(TokenInterceptor(self.auth, roles, streaming))
         server = grpc.aio.server(interceptors=interceptors, options=[
@@ -546,6 +560,15 @@ class VDagController:
                 "infer": grpc.unary_unary_rpc_method_handler(self._result),
                 "infer_stream": grpc.stream_stream_rpc_method_handler(self._results)}),
         ))  # fmt: skip
+        if framing_compiled():  # the blocks' answers on frames of our own (answers.py)
+            self._answers = AnswersFront(self._deliver_counted, self._watchers, self.auth,
+                                         self.tls, self.host)  # fmt: skip
+            await self._answers.start()
+            endpoints = grpc.unary_unary_rpc_method_handler(self._hop_endpoints)
+            service = HOP_ENDPOINTS_METHOD.split("/")[1]
+            server.add_generic_rpc_handlers(
+                (grpc.method_handlers_generic_handler(service, {"Endpoints": endpoints}),)
+            )
         native = self._native_gateway()
         if native is None:  # one grpcio server: callers and the blocks' answers
             self.port = self.tls.bind(server, f"{self.host}:{self.port}")
@@ -602,6 +625,8 @@ class VDagController:
             await self._server.stop(grace if self._native is None else 0.5)
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._answers is not None:
+            await self._answers.stop()
         await self.hops.close()
         for channel in self._channels.values():
             await channel.close()

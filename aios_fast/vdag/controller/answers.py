@@ -1,0 +1,147 @@
+"""The controller's framed answers front: where the output nodes' instances hand back
+results and failure reports without grpc.aio (``vdag.hop_link.FramedReplies`` is the
+sending side), where the framing is compiled.
+
+The frames are the vDAG hops' (``aios_fast.wire``, "vDAG hop"): HELLO with a token
+giving the infer role (within ``HANDSHAKE_TIMEOUT`` seconds, at most 64 KiB before it),
+then BATCH frames of ``[id, 0, message]`` items, each an answer as the gRPC
+``InferenceProxy/infer_stream`` carries it (delivered by ``deliver``; one that is not
+an answer counts in ``invalid``). What the controller sends back is the tasks it gave
+up on, ``[0, message]`` items whose packet is a cancellation (``hop.CANCEL_PTR``), so
+their pending hops stop. A connection that does not read them is sent at most
+``MAX_CANCELS`` unread (more are dropped for it, as on the gRPC stream). Listens on a
+Unix socket (0600, runtime folder, ``vdag-{port}-{pid}.sock``) and a TCP port (TLS as
+the controller's gRPC ports); the instances learn both from ``HOP_ENDPOINTS_METHOD``
+on the port their tickets name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import msgspec
+
+from ... import codec
+from ...auth import Auth, AuthError
+from ...service.framed import FramedProtocol, FrameWriter
+from ...service.framed_listener import FramedListener
+from ...tls import TLS
+from ...wire import BATCH, HELLO, PING, PONG, REFUSE, WELCOME, decode_hops, link_limit
+from ..hop import CANCEL_PTR
+
+__all__ = ["HANDSHAKE_TIMEOUT", "MAX_CANCELS", "AnswersFront"]
+
+log = logging.getLogger("aios_fast.vdag")
+HANDSHAKE_TIMEOUT = 10.0
+MAX_CANCELS = 10_000
+_hello = msgspec.msgpack.Decoder(dict[str, object])
+
+
+class _Conn(FramedProtocol):
+    """One instance's connection; also a watcher of the controller's cancellations
+    (``qsize`` / ``put_nowait``, as the gRPC stream's queue is)."""
+
+    def __init__(self, front: AnswersFront) -> None:
+        super().__init__()
+        self.front = front
+        self.writer: FrameWriter | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self.front.connections.add(self)
+        self._timer = asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT, self.fail,
+                                                            "no HELLO in time")  # fmt: skip
+
+    def on_frames(self, frames: list) -> None:
+        front = self.front
+        for kind, body in frames:
+            if kind == BATCH and self.writer is not None:
+                try:
+                    items = decode_hops(body)
+                except msgspec.DecodeError as exc:
+                    log.warning("vDAG answers: a malformed batch (%s); closing it", exc)
+                    self.fail(f"malformed batch: {exc}")
+                    return
+                for _, _, message in items:
+                    front.deliver(message)
+            elif kind == PING:
+                self.send(PONG)
+            elif kind == HELLO and self.writer is None:
+                self._hello(body)
+            elif self.writer is None:
+                self._refuse("HELLO must come first")
+                return
+
+    def _hello(self, body) -> None:
+        front = self.front
+        try:
+            token = _hello.decode(body).get("token") or None
+            front.auth.check(token if isinstance(token, str) else None, "infer")
+        except msgspec.DecodeError as exc:
+            self._refuse(f"bad HELLO: {exc}")
+            return
+        except AuthError as exc:
+            self._refuse(str(exc))
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self.reader.limit = link_limit(front.max_message)
+        assert self.transport is not None
+        self.writer = FrameWriter(self.transport)
+        self.send(WELCOME, msgspec.msgpack.encode({"max_message": front.max_message,
+                                                   "nonce": front.listener.nonce}))  # fmt: skip
+        front.watchers.add(self)
+
+    def _refuse(self, why: str) -> None:
+        self.send(REFUSE, why.encode())
+        if self.transport is not None:
+            self.transport.close()
+
+    def qsize(self) -> int:
+        transport = self.transport
+        unread = transport.get_write_buffer_size() if transport is not None else 0
+        return len(self.writer or ()) + unread // 64  # (a cancellation is ~64 bytes)
+
+    def put_nowait(self, task_id: str) -> None:
+        if self.writer is not None:
+            message = codec.encode_message(codec.Packet(data=task_id, output_ptr=CANCEL_PTR))
+            self.writer.put((0, message), len(message))
+
+    def on_lost(self, reason: str) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self.front.connections.discard(self)
+        self.front.watchers.discard(self)
+        if self.writer is not None:
+            self.writer.closed = True
+
+
+class AnswersFront:
+    """The listener; ``deliver(message)`` takes one answer, ``watchers`` is the
+    controller's set of cancellation watchers (this front adds its connections)."""
+
+    def __init__(self, deliver: Callable[[bytes], None], watchers: set, auth: Auth, tls: TLS,
+                 host: str, max_message: int = 64 << 20) -> None:  # fmt: skip
+        self.deliver = deliver
+        self.watchers = watchers
+        self.auth = auth
+        self.max_message = max_message
+        self.connections: set[_Conn] = set()
+        self.listener = FramedListener(lambda: _Conn(self), tls, host)
+        self.listener.prefix = "vdag"
+
+    def endpoints(self) -> bytes:
+        """HOP_ENDPOINTS_METHOD's answer."""
+        return msgspec.msgpack.encode(self.listener.endpoints())
+
+    async def start(self) -> None:
+        await self.listener.start()
+
+    async def stop(self) -> None:
+        await self.listener.close()
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.close()
