@@ -71,3 +71,57 @@ def test_a_hook_that_turns_slow_goes_back_to_threads_and_needs_twice_the_streak(
         for _ in range(MAX_STREAK):
             chooser.observe(0.0)
     assert chooser._needed == MAX_STREAK and chooser.inline
+
+
+class AsyncSleep(Block):
+    async def on_data(self, entry):
+        if self.parameters.get("raise"):
+            raise TimeoutError("the block's own")
+        await asyncio.sleep(self.parameters.get("sleep", 0))
+        return entry.data
+
+
+class ThreadSleep(Block):
+    inline = False
+
+    def on_data(self, entry):
+        time.sleep(self.parameters.get("sleep", 0))
+        return entry.data
+
+
+def _timed_run(block: Block, run_timeout: float):
+    """(the exception or None, seconds it took, the instance's timed_out count)."""
+
+    async def run():
+        from aios_fast.errors import TaskTimedOut
+
+        server = InstanceServer(block)
+        frame = codec.encode_message(codec.encode_packet(codec.Packet(data="x")))
+        try:  # warm: the hook's kind is known
+            await server.run_task(frame, run_timeout=5.0)
+        except TimeoutError:
+            pass
+        t0 = time.perf_counter()
+        try:
+            await server.run_task(frame, run_timeout=run_timeout)
+            exc = None
+        except (TaskTimedOut, TimeoutError) as e:
+            exc = e
+        return exc, time.perf_counter() - t0, server.outcomes.timed_out
+
+    return asyncio.run(run())
+
+
+def test_a_run_timeout_stops_a_hook_on_the_loop_and_does_not_wait_for_a_thread():
+    from aios_fast.errors import TaskTimedOut
+
+    exc, took, timed_out = _timed_run(AsyncSleep(parameters={"sleep": 2.0}), 0.05)
+    assert isinstance(exc, TaskTimedOut) and took < 1.0 and timed_out == 1
+    # a thread cannot be stopped: the task is answered at the timeout all the same
+    exc, took, timed_out = _timed_run(ThreadSleep(parameters={"sleep": 1.0}), 0.05)
+    assert isinstance(exc, TaskTimedOut) and took < 0.5 and timed_out == 1
+
+
+def test_a_blocks_own_timeout_error_is_not_a_run_timeout():
+    exc, _, timed_out = _timed_run(AsyncSleep(parameters={"raise": True}), 5.0)
+    assert type(exc) is TimeoutError and str(exc) == "the block's own" and timed_out == 0

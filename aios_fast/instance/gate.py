@@ -29,7 +29,7 @@ class ConcurrencyGate:
         if task is not None:
             self._queued.add(task)
         try:
-            if deadline is None:
+            if deadline is None or not self._sem.locked():  # (a free slot: no wait, no timer)
                 await self._sem.acquire()
                 return
             left = deadline - asyncio.get_running_loop().time()

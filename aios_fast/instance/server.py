@@ -87,6 +87,8 @@ from .routing import OutputRouter
 
 __all__ = ["InstanceServer"]
 
+# asyncio.timeout (3.11+): a run timeout as a timer on the running task
+_TIMEOUT = getattr(asyncio, "timeout", None)
 log = logging.getLogger("aios_fast.instance")
 
 
@@ -146,6 +148,7 @@ class InstanceServer:
         self._preprocess = overrides(block, "on_preprocess")
         self.inline_budget = inline_budget
         self._inline: dict[str, InlineChooser] = {}  # sync task hooks: on the loop or not
+        self._async_hooks: set[str] = set()  # task hooks that are coroutine functions
         self._batching_base = batching
         self._gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
         self.batcher = self._make_batcher(
@@ -189,12 +192,28 @@ class InstanceServer:
             await asyncio.wait([work])
             raise
 
+    def _on_loop(self, preprocess: bool) -> bool:
+        """Whether a task's hooks all run on the event loop now (async, or sync and
+        inline), so cancelling the task stops them at once."""
+        if self.batcher is not None:
+            return False
+        hooks = ("on_preprocess", "on_data") if preprocess and self._preprocess else ("on_data",)
+        for hook in hooks:
+            chooser = self._inline.get(hook)
+            if chooser is None:
+                if hook not in self._async_hooks:
+                    return False
+            elif not chooser.inline:
+                return False
+        return True
+
     async def _call_task(self, hook: str, fn, *args):
         """A task's hook: async, or sync inline (declared or measured cheap,
         ``instance.inline``), or sync in a thread (timed, for that choice)."""
         chooser = self._inline.get(hook)
         if chooser is None:
             if inspect.iscoroutinefunction(fn):
+                self._async_hooks.add(hook)
                 return await fn(*args)
             declared = getattr(type(self.block), "inline", None)
             chooser = self._inline[hook] = InlineChooser(self.inline_budget, declared)
@@ -275,7 +294,20 @@ class InstanceServer:
         (TaskExpired) and the run timeout (TaskTimedOut)."""
         me = asyncio.current_task()
         await self.gate.acquire(deadline, me)
-        if run_timeout > 0:
+        if run_timeout > 0 and _TIMEOUT is not None and self._on_loop(preprocess):
+            # the hooks run on the loop (async, or sync inline): the timeout is a timer
+            # that cancels this task, not a task more (a thread, which cannot be stopped,
+            # would hold the answer until it returned: those keep the detached run below)
+            limit = _TIMEOUT(run_timeout)
+            try:
+                async with limit:
+                    return await self._hooks(entry, deadline, me, preprocess)
+            except TimeoutError:
+                if not limit.expired():
+                    raise  # the block's own TimeoutError
+                self.outcomes.timed_out += 1
+                raise TaskTimedOut(f"the block ran the task over {run_timeout:g}s") from None
+        if run_timeout > 0:  # (Python 3.10)
             run = asyncio.ensure_future(self._hooks(entry, deadline, me, preprocess))
             try:
                 done, _ = await asyncio.wait((run,), timeout=run_timeout)
