@@ -80,9 +80,9 @@ output on, or a vDAG controller starting one): the same frames over the executor
 Unix socket or TCP port, learnt from its ``HOP_ENDPOINTS_METHOD`` (as above; an
 executor without it keeps the hop on ``infer_stream``). HELLO carries
 ``{"v": 1, "token": ...}``; a BATCH from the sender is msgpack ``[[id, timeout, message],
-...]`` (an ``InferenceMessage`` run as one ``infer_stream`` task, ``timeout`` seconds
-or 0), one from the executor ``[[id, message], ...]``: the task's answer or its error
-packet, once per id.
+...]`` (an ``InferenceMessage`` run as an ``infer`` task, ``timeout`` seconds or 0),
+one from the executor ``[[id, message], ...]``, once per id: ``ACCEPTED`` once an
+instance took it, or the executor's error packet.
 
 Client <-> executor, the Open Inference Protocol (KServe v2 / Triton) on the same port:
 ``OIP_SERVICE``'s methods (``OIP_METHODS``); ModelInfer and ModelStreamInfer go to the

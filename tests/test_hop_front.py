@@ -134,16 +134,23 @@ def test_a_token_is_required_and_an_executor_without_the_front_keeps_grpc(tmp_pa
 
 
 def test_hops_in_flight_fail_at_once_when_the_executor_is_killed():
-    instance = start_instance("tests.blocks:SleepBlock", {"delay": 30.0})
+    """Hops written to an executor that stopped (SIGSTOP: not taken, not answered) fail
+    UNAVAILABLE as soon as it is killed: the connection's end, not their timeout."""
+    instance = start_instance()
     executor, port = start_executor({"i0": instance.info["port"]})
+    target = f"127.0.0.1:{port}"
 
     async def run():
         streams = HopStreams()
         failures: list = []
-        for i in range(3):
-            streams.send(f"127.0.0.1:{port}", "b", _payload("x", i), f"t{i} n", ("s", i), 60.0,
+        streams.send(target, "b", _payload("x", 0), "t0 n", ("s", 0), 60.0, failures.append)
+        while streams.in_flight():  # connected, taken
+            await asyncio.sleep(0.01)
+        executor.p.send_signal(signal.SIGSTOP)
+        for i in range(1, 4):
+            streams.send(target, "b", _payload("x", i), f"t{i} n", ("s", i), 60.0,
                          lambda code, msg: failures.append(code))  # fmt: skip
-        await asyncio.sleep(1.0)  # taken, running at the instance
+        await asyncio.sleep(0.5)
         assert streams.in_flight() == 3 and not failures
         t0 = asyncio.get_running_loop().time()
         executor.p.send_signal(signal.SIGKILL)

@@ -6,8 +6,10 @@ gRPC front a hop is a message on a grpc.aio ``infer_stream`` (``vdag.streams``),
 client side (grpc's completion queue, a call object per stream, a write op per message)
 measured most of a chain's CPU. Here the same tasks arrive as the native link's frames
 (``service.framed``): an asyncio Protocol entered once per chunk, every task of a BATCH
-started with ``Router.run_task`` exactly as an ``infer_stream`` message is (the same
-books, limits, deadlines, retries), the answers written once per loop turn.
+started with ``Router.run_task`` as an ``infer`` call is (the same books, limits and
+retries; answered ``ACCEPTED`` once an instance took it, where the vDAG node then runs
+in the instance's task for it and reports its own outcome), or with the executor's
+error packet when no instance took it; the answers written once per loop turn.
 
 Listens on a Unix socket (0600, runtime folder, ``hop-{port}-{pid}.sock``) and a TCP
 port (TLS as the gRPC port); the sender learns both from ``HOP_ENDPOINTS_METHOD`` on
@@ -113,7 +115,9 @@ class _Conn(FramedProtocol):
     def _start(self, hops: list[tuple[int, float, bytes]]) -> None:
         run_task, done, running = self.front.run_task, self._done, self.running
         for hop_id, timeout, message in hops:
-            run = run_task(message, True, timeout if timeout > 0 else None, done, hop_id)
+            # answered when an instance takes it (``infer``): a vDAG node reports its own
+            # outcome, and runs in the instance's task for it (holding its place here)
+            run = run_task(message, False, timeout if timeout > 0 else None, done, hop_id)
             if not run.over:  # (a run that ended at once answered already)
                 running[hop_id] = run
         self._flow()

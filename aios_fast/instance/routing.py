@@ -77,12 +77,16 @@ class OutputRouter:
         deadline: float | None,
         run_timeout: float,
         run: Callable[[codec.Packet, float | None, float], Awaitable[bytes]],
+        inline: bool = False,
     ) -> bytes:
         """Take the vDAG packet: the node its ticket names runs detached; ``run(packet,
         deadline, run_timeout)`` runs the block (the instance's own run_packet), for at
         most the block's task timeout and the time the task has left. The answer is an
         ack naming the task and node (``streams.ack_packet``: what the sender's hop
-        stream waits for), b"" when the task was cancelled here."""
+        stream waits for), b"" when the task was cancelled here. ``inline``: the packet
+        came as a task nobody waits for (``infer``, or a hop on an executor's framed
+        front, answered when the instance took it): the node runs in this task, which
+        holds its place at the executor until it ends, and b"" is returned."""
 
         async def run_block(entry, node_deadline: float | None):
             if deadline is not None:
@@ -94,6 +98,9 @@ class OutputRouter:
             out = await run(entry, node_deadline, timeout)
             return codec.decode_packet(out) if out else None
 
+        if inline:  # nobody waits for an ack: the node runs in this task
+            await self.vdag.run_here(packet, run_block)
+            return b""
         ticket = self.vdag.start(packet, run_block)
         if ticket is None:
             return b""

@@ -277,7 +277,11 @@ class InstanceServer:
         b"" is returned."""
         if packet.output_ptr and self.router.is_vdag(packet):  # a vDAG node (routing.py)
             return await self.router.run_vdag(
-                packet, deadline, run_timeout, lambda p, d, t: self.run_packet(p, d, -1, t)
+                packet,
+                deadline,
+                run_timeout,
+                lambda p, d, t: self.run_packet(p, d, -1, t),
+                inline=limit is None,
             )
         result = await self._guarded(packet, deadline, run_timeout)
         out = make_output(result, packet)

@@ -30,6 +30,7 @@ import msgspec
 from .. import codec
 from ..service.framed import FramedProtocol, FrameWriter
 from ..wire import (
+    ACCEPTED,
     BATCH,
     HELLO,
     HOP_ENDPOINTS_METHOD,
@@ -201,6 +202,8 @@ class FramedStream:
                 continue  # timed out already
             if hop.timer is not None:
                 hop.timer.cancel()
+            if message == ACCEPTED:  # an instance took it
+                continue
             try:
                 error = read_error(codec.decode_message(message))
             except Exception:
