@@ -140,7 +140,9 @@ __all__ = [
     "TIMEOUT_HEADER",
     "TOO_LARGE",
     "WELCOME",
+    "HopHello",
     "decode_hop_answers",
+    "decode_hop_hello",
     "decode_hops",
     "decode_replies",
     "decode_tasks",
@@ -233,6 +235,20 @@ _tasks_decoder = msgspec.msgpack.Decoder(list[tuple[int, int, bytes, float]])
 _replies_decoder = msgspec.msgpack.Decoder(list[tuple[int, int, bytes]])
 _hops_decoder = msgspec.msgpack.Decoder(list[tuple[int, float, bytes]])
 _hop_answers_decoder = msgspec.msgpack.Decoder(list[tuple[int, bytes]])
+
+
+class HopHello(msgspec.Struct):
+    """A hop sender's (or an answering instance's) HELLO."""
+
+    v: int = 1
+    token: str = ""
+
+
+_hop_hello_decoder = msgspec.msgpack.Decoder(HopHello)
+
+
+def decode_hop_hello(body) -> HopHello:
+    return _hop_hello_decoder.decode(body)
 
 
 def decode_hops(body) -> list[tuple[int, float, bytes]]:

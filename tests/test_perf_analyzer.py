@@ -9,7 +9,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,30 +24,23 @@ DOC = {
 
 
 def _perf_analyzer() -> tuple[Path, dict]:
-    """The binary beside this interpreter, and its environment (libcudart.so.12 from
-    nvidia-cuda-runtime-cu12: it loads it even without a GPU)."""
-    binary = Path(sys.executable).parent / "perf_analyzer"
-    env = dict(os.environ)
-    try:
-        import nvidia.cuda_runtime  # type: ignore[import-not-found]
+    """The binary beside this interpreter, and its environment (bench.protocols_peers
+    finds both: the libcudart.so.12 it loads even without a GPU), or skip / fail."""
+    from bench.protocols_peers import Unavailable, perf_analyzer
 
-        lib = Path(next(iter(nvidia.cuda_runtime.__path__))) / "lib"
-        env["LD_LIBRARY_PATH"] = f"{lib}:{env.get('LD_LIBRARY_PATH', '')}"
-    except ImportError:
-        pass
     problem = None
-    if not binary.exists():
-        problem = "no perf_analyzer beside the interpreter (tritonclient<2.42 ships it)"
-    else:
-        probe = subprocess.run([str(binary), "--version"], capture_output=True, text=True,
-                               env=env)  # fmt: skip
+    try:
+        binary, env = perf_analyzer()
+        probe = subprocess.run([binary, "--version"], capture_output=True, text=True, env=env)
         if "error while loading shared libraries" in probe.stderr:
             problem = probe.stderr.strip()
+    except Unavailable as exc:
+        problem = str(exc)
     if problem:
         if os.environ.get("CI"):  # .ci/run installs what it needs: a failure there
             pytest.fail(problem)
         pytest.skip(problem)
-    return binary, env
+    return Path(binary), env
 
 
 @pytest.fixture(scope="module")

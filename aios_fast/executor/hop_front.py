@@ -28,11 +28,11 @@ from collections.abc import Callable
 
 import msgspec
 
-from ..auth import Auth, AuthError
-from ..service.framed import FramedProtocol, FrameWriter
-from ..service.framed_listener import FramedListener
+from ..auth import Auth
+from ..service.framed import FrameWriter
+from ..service.framed_listener import FramedListener, ServerConn
 from ..tls import TLS
-from ..wire import BATCH, HELLO, PING, PONG, REFUSE, WELCOME, decode_hops, link_limit
+from ..wire import decode_hop_hello, decode_hops
 from .task_run import error_answer
 
 __all__ = ["HANDSHAKE_TIMEOUT", "HopFront"]
@@ -42,75 +42,37 @@ HANDSHAKE_TIMEOUT = 10.0
 WINDOW = 4096  # a connection's tasks running at once before it is not read
 
 
-class _Hello(msgspec.Struct):
-    v: int = 1
-    token: str = ""
-
-
-_hello = msgspec.msgpack.Decoder(_Hello)
-
-
-class _Conn(FramedProtocol):
+class _Conn(ServerConn):
     """One sender's connection: its tasks in flight by id."""
 
+    what = "hop front"
+
     def __init__(self, front: HopFront) -> None:
-        super().__init__()
+        super().__init__(front.connections)
         self.front = front
         self.writer: FrameWriter | None = None
         self.running: dict[int, object] = {}  # id -> TaskRun
         self.paused = False
-        self._timer: asyncio.TimerHandle | None = None
 
-    def connection_made(self, transport) -> None:
-        super().connection_made(transport)
-        self.front.connections.add(self)
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(HANDSHAKE_TIMEOUT, self.fail, "no HELLO in time")
+    def handshake_seconds(self) -> float:
+        return HANDSHAKE_TIMEOUT
 
-    def on_frames(self, frames: list) -> None:
-        for kind, body in frames:
-            if kind == BATCH and self.writer is not None:
-                try:
-                    hops = decode_hops(body)
-                except msgspec.DecodeError as exc:
-                    log.warning("hop front: a malformed batch (%s); closing it", exc)
-                    self.fail(f"malformed batch: {exc}")
-                    return
-                self._start(hops)
-            elif kind == PING:
-                self.send(PONG)
-            elif kind == HELLO and self.writer is None:
-                self._hello(body)
-            elif self.writer is None:
-                self._refuse("HELLO must come first")
-                return
+    def on_batch(self, body) -> None:
+        self._start(decode_hops(body))
 
-    def _hello(self, body) -> None:
+    def hello(self, body) -> bool:
         front = self.front
         try:
-            hello = _hello.decode(body)
-            front.auth.check(hello.token or None, "infer")
+            hello = decode_hop_hello(body)
         except msgspec.DecodeError as exc:
-            self._refuse(f"bad HELLO: {exc}")
-            return
-        except AuthError as exc:
-            self._refuse(str(exc))
-            return
+            self.refuse(f"bad HELLO: {exc}")
+            return False
         if front.closing:
-            self._refuse("the executor is stopping")
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self.reader.limit = link_limit(front.max_message)
-        assert self.transport is not None
-        self.writer = FrameWriter(self.transport)
-        self.send(WELCOME, msgspec.msgpack.encode({"max_message": front.max_message,
-                                                   "nonce": front.listener.nonce}))  # fmt: skip
-
-    def _refuse(self, why: str) -> None:
-        self.send(REFUSE, why.encode())
-        if self.transport is not None:
-            self.transport.close()
+            self.refuse("the executor is stopping")
+            return False
+        self.writer = self.admit(front.auth, hello.token, front.max_message,
+                                 front.listener.nonce)  # fmt: skip
+        return self.writer is not None
 
     def _start(self, hops: list[tuple[int, float, bytes]]) -> None:
         run_task, done, running = self.front.run_task, self._done, self.running
@@ -154,10 +116,7 @@ class _Conn(FramedProtocol):
         super().resume_writing()
         self._flow()
 
-    def on_lost(self, reason: str) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self.front.connections.discard(self)
+    def ended(self, reason: str) -> None:
         if self.writer is not None:
             self.writer.closed = True
         running, self.running = self.running, {}

@@ -21,7 +21,15 @@ from time import perf_counter
 import grpc
 import msgspec
 
-from ..service.framed import FramedProtocol, FrameWriter, framing_compiled
+from ..service.framed import (
+    Endpoints,
+    FramedProtocol,
+    FrameWriter,
+    Welcome,
+    decode_endpoints,
+    decode_welcome,
+    framing_compiled,
+)
 from ..wire import (
     BATCH,
     ENDPOINTS_METHOD,
@@ -48,21 +56,6 @@ def resolve_link(choice: str) -> str:
     if choice == "auto":
         return "native" if framing_compiled() else "grpc"
     return choice
-
-
-class Endpoints(msgspec.Struct):
-    unix: str = ""
-    tcp: int = 0
-    nonce: str = ""
-
-
-class Welcome(msgspec.Struct):
-    max_message: int
-    nonce: str = ""
-
-
-_endpoints = msgspec.msgpack.Decoder(Endpoints)
-_welcome = msgspec.msgpack.Decoder(Welcome)
 
 
 class _Refused(Exception):
@@ -95,7 +88,7 @@ class _Client(FramedProtocol):
                 self.send(PONG)
             elif kind == WELCOME and not self.welcome.done():
                 try:
-                    self.welcome.set_result(_welcome.decode(body))
+                    self.welcome.set_result(decode_welcome(body))
                 except msgspec.DecodeError as exc:
                     self.welcome.set_exception(_Refused(f"bad WELCOME: {exc}"))
             elif kind == REFUSE and not self.welcome.done():
@@ -154,7 +147,7 @@ class NativeLink(InstanceLink):
             raise
         finally:
             await channel.close()
-        return _endpoints.decode(reply)
+        return decode_endpoints(reply)
 
     async def _connect(self, ep: Endpoints) -> tuple[_Client, Welcome]:
         """A connection that said WELCOME: the Unix socket when it is this instance's,

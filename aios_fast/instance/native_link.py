@@ -9,16 +9,15 @@ its high-water mark) the connection is not read either: no new tasks are taken.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import msgspec
 
-from ..auth import Auth, AuthError
-from ..service.framed import FramedProtocol, FrameWriter
-from ..service.framed_listener import FramedListener
+from ..auth import Auth
+from ..service.framed import FrameWriter
+from ..service.framed_listener import FramedListener, ServerConn
 from ..tls import TLS
-from ..wire import BATCH, HELLO, PING, PONG, REFUSE, WELCOME, decode_tasks, link_limit
+from ..wire import decode_tasks
 from .link_server import LinkServer, _Stream, drop_answered_acks
 
 __all__ = ["HANDSHAKE_TIMEOUT", "NativeLinkListener"]
@@ -38,21 +37,19 @@ _hello = msgspec.msgpack.Decoder(Hello)
 _encode = msgspec.msgpack.encode
 
 
-class _Conn(FramedProtocol):
+class _Conn(ServerConn):
     """One executor's connection."""
 
+    what = "native link"
+
     def __init__(self, listener: NativeLinkListener) -> None:
-        super().__init__()
+        super().__init__(listener.connections)
         self.listener = listener
         self.writer: FrameWriter | None = None
         self.stream: _Stream | None = None
-        self._timer: asyncio.TimerHandle | None = None
 
-    def connection_made(self, transport) -> None:
-        super().connection_made(transport)
-        self.listener.connections.add(self)
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(HANDSHAKE_TIMEOUT, self.fail, "no HELLO in time")
+    def handshake_seconds(self) -> float:
+        return HANDSHAKE_TIMEOUT
 
     # what LinkServer needs of a stream's writer
     def put(self, item, size: int = 0) -> None:
@@ -65,53 +62,26 @@ class _Conn(FramedProtocol):
         if self.transport is not None:
             self.transport.close()
 
-    def on_frames(self, frames: list) -> None:
-        links = self.listener.links
-        for kind, body in frames:
-            if kind == BATCH and self.stream is not None:
-                try:
-                    tasks = decode_tasks(body)
-                except msgspec.DecodeError as exc:  # not an executor of ours: cut
-                    log.warning("native link: a malformed task batch (%s); closing it", exc)
-                    self.fail(f"malformed batch: {exc}")
-                    return
-                links.on_tasks(self.stream, tasks)
-            elif kind == PING:
-                self.send(PONG)
-            elif kind == HELLO and self.stream is None:
-                self._hello(body)
-            elif self.stream is None:
-                self._refuse("HELLO must come first")
-                return
+    def on_batch(self, body) -> None:
+        assert self.stream is not None
+        self.listener.links.on_tasks(self.stream, decode_tasks(body))
 
-    def _hello(self, body) -> None:
+    def hello(self, body) -> bool:
         listener = self.listener
         try:
             hello = _hello.decode(body)
         except msgspec.DecodeError as exc:
-            self._refuse(f"bad HELLO: {exc}")
-            return
-        try:
-            listener.auth.check(hello.token or None, "infer")
-        except AuthError as exc:
-            self._refuse(str(exc))
-            return
+            self.refuse(f"bad HELLO: {exc}")
+            return False
         if listener.links.leaving:
-            self._refuse("the instance is stopping")
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self.reader.limit = link_limit(listener.max_message)
-        assert self.transport is not None
-        self.writer = FrameWriter(self.transport, defer=True, prepare=drop_answered_acks)
-        self.send(WELCOME, _encode({"max_message": listener.max_message,
-                                    "nonce": listener.nonce}))  # fmt: skip
+            self.refuse("the instance is stopping")
+            return False
+        self.writer = self.admit(listener.auth, hello.token, listener.max_message, listener.nonce,
+                                 defer=True, prepare=drop_answered_acks)  # fmt: skip
+        if self.writer is None:
+            return False
         self.stream = listener.links.open(self, hello.max_message, hello.run_timeout)
-
-    def _refuse(self, why: str) -> None:
-        self.send(REFUSE, why.encode())
-        if self.transport is not None:
-            self.transport.close()
+        return True
 
     def pause_writing(self) -> None:
         super().pause_writing()
@@ -123,10 +93,7 @@ class _Conn(FramedProtocol):
         if self.transport is not None:
             self.transport.resume_reading()
 
-    def on_lost(self, reason: str) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self.listener.connections.discard(self)
+    def ended(self, reason: str) -> None:
         if self.writer is not None:
             self.writer.closed = True
         if self.stream is not None:

@@ -21,12 +21,42 @@ import msgspec
 from .._select import load
 from ..wire import BATCH, LINK_BATCH_BYTES
 
-__all__ = ["FrameError", "FrameWriter", "FramedProtocol", "frame", "framing", "framing_compiled"]
+__all__ = [
+    "Endpoints",
+    "FrameError",
+    "FrameWriter",
+    "FramedProtocol",
+    "Welcome",
+    "decode_endpoints",
+    "decode_welcome",
+    "frame",
+    "framing",
+    "framing_compiled",
+]
 
 framing = load("_link")
 FrameError = framing.FrameError
 frame = framing.frame
 _HEAD = struct.Struct("<IB")
+
+
+class Endpoints(msgspec.Struct):
+    """Where a framed front listens (the answer of its gRPC port's endpoints call)."""
+
+    unix: str = ""
+    tcp: int = 0
+    nonce: str = ""
+
+
+class Welcome(msgspec.Struct):
+    """A framed front's WELCOME: its message limit, and the nonce its endpoints named."""
+
+    max_message: int
+    nonce: str = ""
+
+
+decode_endpoints = msgspec.msgpack.Decoder(Endpoints).decode
+decode_welcome = msgspec.msgpack.Decoder(Welcome).decode
 
 
 def framing_compiled() -> bool:

@@ -18,14 +18,101 @@ import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from ..auth import prune_stale, runtime_dir
+import msgspec
+
+from ..auth import Auth, AuthError, prune_stale, runtime_dir
 from ..tls import TLS
+from ..wire import BATCH, HELLO, PING, PONG, REFUSE, WELCOME, link_limit
+from .framed import FramedProtocol, FrameWriter
 
-__all__ = ["FramedListener"]
+__all__ = ["FramedListener", "ServerConn"]
 
 log = logging.getLogger("aios_fast.service")
 _MAX_UNIX_PATH = 100  # sun_path holds 108 bytes: a longer folder gets TCP only
+
+
+class ServerConn(FramedProtocol):
+    """A listener's connection: HELLO first (within ``handshake_seconds()``, at most
+    64 KiB before it; anything else first is REFUSEd), then BATCH frames; PING is
+    answered from the event loop. Subclasses implement ``hello(body)`` (check it, send
+    WELCOME and return True, or ``refuse`` and return False), ``on_batch(body)`` (a
+    msgspec.DecodeError there cuts the connection: not a peer of ours) and may
+    implement ``ended(reason)``. ``what`` names the listener in log lines."""
+
+    what = "framed listener"
+
+    def __init__(self, connections: set) -> None:
+        super().__init__()
+        self.connections = connections
+        self.welcomed = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    def handshake_seconds(self) -> float:
+        return 10.0
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self.connections.add(self)
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self.handshake_seconds(), self.fail, "no HELLO in time")
+
+    def on_frames(self, frames: list) -> None:
+        for kind, body in frames:
+            if kind == BATCH and self.welcomed:
+                try:
+                    self.on_batch(body)
+                except msgspec.DecodeError as exc:
+                    log.warning("%s: a malformed batch (%s); closing it", self.what, exc)
+                    self.fail(f"malformed batch: {exc}")
+                    return
+            elif kind == PING:
+                self.send(PONG)
+            elif kind == HELLO and not self.welcomed:
+                if self.hello(body):
+                    self.welcomed = True
+                    if self._timer is not None:
+                        self._timer.cancel()
+            elif not self.welcomed:
+                self.refuse("HELLO must come first")
+                return
+
+    def hello(self, body) -> bool:
+        raise NotImplementedError
+
+    def admit(self, auth: Auth, token: str, max_message: int, nonce: str,
+              **writer: Any) -> FrameWriter | None:  # fmt: skip
+        """After a HELLO: its token checked for the infer role (REFUSE and None if not),
+        then the frame limit raised to ``link_limit(max_message)``, WELCOME sent and
+        the connection's writer returned (``writer``: FrameWriter's options)."""
+        try:
+            auth.check(token or None, "infer")
+        except AuthError as exc:
+            self.refuse(str(exc))
+            return None
+        assert self.transport is not None
+        self.reader.limit = link_limit(max_message)
+        out = FrameWriter(self.transport, **writer)
+        self.send(WELCOME, msgspec.msgpack.encode({"max_message": max_message, "nonce": nonce}))
+        return out
+
+    def on_batch(self, body) -> None:
+        raise NotImplementedError
+
+    def refuse(self, why: str) -> None:
+        self.send(REFUSE, why.encode())
+        if self.transport is not None:
+            self.transport.close()
+
+    def on_lost(self, reason: str) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self.connections.discard(self)
+        self.ended(reason)
+
+    def ended(self, reason: str) -> None:
+        pass
 
 
 class FramedListener:

@@ -28,7 +28,7 @@ import grpc
 import msgspec
 
 from .. import codec
-from ..service.framed import FramedProtocol, FrameWriter
+from ..service.framed import FramedProtocol, FrameWriter, Welcome, decode_endpoints, decode_welcome
 from ..wire import (
     ACCEPTED,
     BATCH,
@@ -48,21 +48,6 @@ __all__ = ["HANDSHAKE_TIMEOUT", "FramedReplies", "FramedStream", "connect"]
 
 log = logging.getLogger("aios_fast.vdag")
 HANDSHAKE_TIMEOUT = 5.0  # the endpoints call, the connection and its WELCOME
-
-
-class _Endpoints(msgspec.Struct):
-    unix: str = ""
-    tcp: int = 0
-    nonce: str = ""
-
-
-class _Welcome(msgspec.Struct):
-    max_message: int
-    nonce: str = ""
-
-
-_endpoints = msgspec.msgpack.Decoder(_Endpoints)
-_welcome = msgspec.msgpack.Decoder(_Welcome)
 
 
 class _Unimplemented(Exception):
@@ -91,7 +76,7 @@ class _Client(FramedProtocol):
                 self.send(PONG)
             elif kind == WELCOME and not self.welcome.done():
                 try:
-                    self.welcome.set_result(_welcome.decode(body))
+                    self.welcome.set_result(decode_welcome(body))
                 except msgspec.DecodeError as exc:
                     self.welcome.set_exception(ConnectionError(f"bad WELCOME: {exc}"))
             elif kind == REFUSE and not self.welcome.done():
@@ -105,7 +90,7 @@ class _Client(FramedProtocol):
 
 
 async def connect(peer: Any, target: str, channel: grpc.aio.Channel, metadata: tuple,
-                  tls: Any) -> tuple[_Client, _Welcome]:  # fmt: skip
+                  tls: Any) -> tuple[_Client, Welcome]:  # fmt: skip
     """A framed connection to ``target``'s front that said WELCOME (its answers go to
     ``peer``): where it listens, from ``HOP_ENDPOINTS_METHOD`` on ``channel``; its Unix
     socket when the path is on this host and the nonce matches, else its TCP port.
@@ -117,7 +102,7 @@ async def connect(peer: Any, target: str, channel: grpc.aio.Channel, metadata: t
         if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
             raise _Unimplemented() from None
         raise
-    ep = _endpoints.decode(reply)
+    ep = decode_endpoints(reply)
     token = next((v for k, v in metadata if k == "authorization"), "")
     loop = asyncio.get_running_loop()
     if ep.unix and os.path.exists(ep.unix):
@@ -141,7 +126,7 @@ async def connect(peer: Any, target: str, channel: grpc.aio.Channel, metadata: t
     return tcp, await _handshake(tcp, token)
 
 
-async def _handshake(proto: _Client, token: str) -> _Welcome:
+async def _handshake(proto: _Client, token: str) -> Welcome:
     proto.send(HELLO, msgspec.msgpack.encode({"v": 1, "token": token}))
     try:
         return await asyncio.wait_for(asyncio.shield(proto.welcome), HANDSHAKE_TIMEOUT)
@@ -279,12 +264,7 @@ class FramedStream:
         self.owner.forget(self)
 
     def close(self) -> None:
-        self.closed = True
-        self.reader.cancel()
-        if self.writer is not None:
-            self.writer.close()
-        if self.proto is not None and self.proto.transport is not None:
-            self.proto.transport.close()
+        _close(self)
 
 
 class FramedReplies:
@@ -351,9 +331,14 @@ class FramedReplies:
         self.lost_count += len(self.writer) if self.writer is not None else 0
 
     async def close(self) -> None:
-        self.closed = True
-        self.reader.cancel()
-        if self.writer is not None:
-            self.writer.close()
-        if self.proto is not None and self.proto.transport is not None:
-            self.proto.transport.close()
+        _close(self)
+
+
+def _close(peer: FramedStream | FramedReplies) -> None:
+    """End a peer's connection: what is queued is written, then it closes."""
+    peer.closed = True
+    peer.reader.cancel()
+    if peer.writer is not None:
+        peer.writer.close()
+    if peer.proto is not None and peer.proto.transport is not None:
+        peer.proto.transport.close()

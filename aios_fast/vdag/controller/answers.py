@@ -17,18 +17,17 @@ on the port their tickets name.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 
 import msgspec
 
 from ... import codec
-from ...auth import Auth, AuthError
-from ...service.framed import FramedProtocol, FrameWriter
-from ...service.framed_listener import FramedListener
+from ...auth import Auth
+from ...service.framed import FrameWriter
+from ...service.framed_listener import FramedListener, ServerConn
 from ...tls import TLS
-from ...wire import BATCH, HELLO, PING, PONG, REFUSE, WELCOME, decode_hops, link_limit
+from ...wire import decode_hop_hello, decode_hops
 from ..hop import CANCEL_PTR
 
 __all__ = ["HANDSHAKE_TIMEOUT", "MAX_CANCELS", "AnswersFront"]
@@ -36,69 +35,39 @@ __all__ = ["HANDSHAKE_TIMEOUT", "MAX_CANCELS", "AnswersFront"]
 log = logging.getLogger("aios_fast.vdag")
 HANDSHAKE_TIMEOUT = 10.0
 MAX_CANCELS = 10_000
-_hello = msgspec.msgpack.Decoder(dict[str, object])
 
 
-class _Conn(FramedProtocol):
+class _Conn(ServerConn):
     """One instance's connection; also a watcher of the controller's cancellations
     (``qsize`` / ``put_nowait``, as the gRPC stream's queue is)."""
 
+    what = "vDAG answers"
+
     def __init__(self, front: AnswersFront) -> None:
-        super().__init__()
+        super().__init__(front.connections)
         self.front = front
         self.writer: FrameWriter | None = None
-        self._timer: asyncio.TimerHandle | None = None
 
-    def connection_made(self, transport) -> None:
-        super().connection_made(transport)
-        self.front.connections.add(self)
-        self._timer = asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT, self.fail,
-                                                            "no HELLO in time")  # fmt: skip
+    def handshake_seconds(self) -> float:
+        return HANDSHAKE_TIMEOUT
 
-    def on_frames(self, frames: list) -> None:
-        front = self.front
-        for kind, body in frames:
-            if kind == BATCH and self.writer is not None:
-                try:
-                    items = decode_hops(body)
-                except msgspec.DecodeError as exc:
-                    log.warning("vDAG answers: a malformed batch (%s); closing it", exc)
-                    self.fail(f"malformed batch: {exc}")
-                    return
-                for _, _, message in items:
-                    front.deliver(message)
-            elif kind == PING:
-                self.send(PONG)
-            elif kind == HELLO and self.writer is None:
-                self._hello(body)
-            elif self.writer is None:
-                self._refuse("HELLO must come first")
-                return
+    def on_batch(self, body) -> None:
+        deliver = self.front.deliver
+        for _, _, message in decode_hops(body):
+            deliver(message)
 
-    def _hello(self, body) -> None:
+    def hello(self, body) -> bool:
         front = self.front
         try:
-            token = _hello.decode(body).get("token") or None
-            front.auth.check(token if isinstance(token, str) else None, "infer")
+            token = decode_hop_hello(body).token
         except msgspec.DecodeError as exc:
-            self._refuse(f"bad HELLO: {exc}")
-            return
-        except AuthError as exc:
-            self._refuse(str(exc))
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self.reader.limit = link_limit(front.max_message)
-        assert self.transport is not None
-        self.writer = FrameWriter(self.transport)
-        self.send(WELCOME, msgspec.msgpack.encode({"max_message": front.max_message,
-                                                   "nonce": front.listener.nonce}))  # fmt: skip
+            self.refuse(f"bad HELLO: {exc}")
+            return False
+        self.writer = self.admit(front.auth, token, front.max_message, front.listener.nonce)
+        if self.writer is None:
+            return False
         front.watchers.add(self)
-
-    def _refuse(self, why: str) -> None:
-        self.send(REFUSE, why.encode())
-        if self.transport is not None:
-            self.transport.close()
+        return True
 
     def qsize(self) -> int:
         transport = self.transport
@@ -110,10 +79,7 @@ class _Conn(FramedProtocol):
             message = codec.encode_message(codec.Packet(data=task_id, output_ptr=CANCEL_PTR))
             self.writer.put((0, message), len(message))
 
-    def on_lost(self, reason: str) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self.front.connections.discard(self)
+    def ended(self, reason: str) -> None:
         self.front.watchers.discard(self)
         if self.writer is not None:
             self.writer.closed = True
