@@ -7,6 +7,7 @@ which run on it in the compiled pass."""
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
 import socket
@@ -130,7 +131,7 @@ def test_a_token_is_required_and_an_executor_without_the_front_keeps_grpc(tmp_pa
     assert good == [] and kind == "unix"
     # no token: the front refuses it, the gRPC stream's answer says why
     assert [code for _, code, _ in bad] == ["UNAUTHENTICATED"]
-    assert old == "_Stream" and not_framed == {(plain, "b")}
+    assert old == "_Stream" and not_framed == {(plain, "b"): math.inf}  # for good
 
 
 def test_hops_in_flight_fail_at_once_when_the_executor_is_killed():
@@ -364,3 +365,31 @@ def test_answers_reach_the_controller_framed_and_its_cancels_come_back():
     assert fell_back == [([b"y"], True)]  # no front there: gRPC from now on
     assert refused == [([b"x"], False)]  # refused (no token): this batch on gRPC, whose
     # stream reports the refusal itself
+
+
+def test_an_unreachable_hop_front_is_left_alone_for_a_while(block, monkeypatch):
+    """A hop front that cannot be reached (its port dropped by a network policy, say)
+    costs the hops that found it so no more than a fallback: the target keeps the gRPC
+    stream for RETRY_FRAMED seconds, and the hops get through on it."""
+    from aios_fast.service import framed as framed_module
+
+    target = f"127.0.0.1:{block}"
+    monkeypatch.setattr(hop_link.os.path, "exists", lambda path: False)
+
+    async def refuse(*args, **kwargs):
+        raise ConnectionRefusedError("refused")
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        monkeypatch.setattr(loop, "create_connection", refuse)
+        failures, streams = await _hops(target, [_payload("a")], wait=0.5)
+        until = streams.not_framed.get((target, "b"), 0.0) - loop.time()
+        kind = _kind(streams, target)
+        before_close = list(failures)
+        await streams.close()
+        return before_close, until, kind
+
+    failures, until, kind = asyncio.run(run())
+    assert framed_module.framing_compiled()
+    assert kind == "_Stream" and hop_link.RETRY_FRAMED - 5 < until <= hop_link.RETRY_FRAMED
+    assert failures == []  # (on the gRPC stream; an echo answer there is no ack: pending)

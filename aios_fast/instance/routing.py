@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -34,7 +35,7 @@ from ..errors import AiosFastError
 from ..service.framed import framing_compiled
 from ..tls import TLS
 from ..vdag.hop import BATCH_PTR, CANCEL_PTR, NodeRunner, is_ticket
-from ..vdag.hop_link import FramedReplies
+from ..vdag.hop_link import RETRY_FRAMED, FramedReplies
 from ..vdag.streams import HopStreams, ack_packet
 from ..wire import ACCEPTED, INFER, INFER_STREAM
 
@@ -55,7 +56,8 @@ class OutputRouter:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._vdag: NodeRunner | None = None
         self._replies: dict[str, _ReplyStream | FramedReplies] = {}
-        self._not_framed: set[str] = set()  # controllers without a framed answers front
+        # controller -> until when (the loop's clock) its answers keep the gRPC stream
+        self._not_framed: dict[str, float] = {}
         self.hops = HopStreams(self._metadata, self.tls, self._channels)
 
     # ------------------------------------------------------------------ vDAG nodes
@@ -112,7 +114,8 @@ class OutputRouter:
         framing is compiled here and it has one, else a gRPC stream)."""
         stream = self._replies.get(controller)
         if stream is None or stream.closed:
-            if framing_compiled() and controller not in self._not_framed:
+            now = asyncio.get_running_loop().time()
+            if framing_compiled() and self._not_framed.get(controller, 0.0) <= now:
                 self._replies[controller] = FramedReplies(
                     controller, self._channel(controller), self._metadata, self.tls,
                     self.vdag.cancel, functools.partial(self._unframed, controller))  # fmt: skip
@@ -124,9 +127,9 @@ class OutputRouter:
 
     def _unframed(self, controller: str, queued: list[bytes], unimplemented: bool) -> None:
         """The controller's framed front could not be used: its answers go on a gRPC
-        stream (from now on, when it has no such front)."""
-        if unimplemented:
-            self._not_framed.add(controller)
+        stream (from now on when it has no such front, else for RETRY_FRAMED seconds)."""
+        now = asyncio.get_running_loop().time()
+        self._not_framed[controller] = math.inf if unimplemented else now + RETRY_FRAMED
         stream = self._replies[controller] = self._grpc_replies(controller)
         for payload in queued:
             stream.send(payload)

@@ -12,8 +12,8 @@ each ends once, acknowledged, failed, timed out, or broken with its connection
 
 An executor without the call (UNIMPLEMENTED: a grpcio front, an older executor) gets
 the gRPC ``infer_stream`` from then on; any other failure before the connection is up
-sends this batch of hops on the gRPC stream (which reports an executor that is down)
-and the next hop tries the framed front again.
+sends the hops on the gRPC stream (which reports an executor that is down) for
+``RETRY_FRAMED`` seconds, then the framed front is tried again.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import os
 from typing import Any
 
@@ -44,10 +45,13 @@ from ..wire import (
 )
 from .hop import CANCEL_PTR
 
-__all__ = ["HANDSHAKE_TIMEOUT", "FramedReplies", "FramedStream", "connect"]
+__all__ = ["HANDSHAKE_TIMEOUT", "RETRY_FRAMED", "FramedReplies", "FramedStream", "connect"]
 
 log = logging.getLogger("aios_fast.vdag")
 HANDSHAKE_TIMEOUT = 5.0  # the endpoints call, the connection and its WELCOME
+# seconds a target whose framed front could not be reached (a port a network policy
+# drops, say) keeps the gRPC stream before the framed front is tried again
+RETRY_FRAMED = 30.0
 
 
 class _Unimplemented(Exception):
@@ -205,12 +209,14 @@ class FramedStream:
             proto, welcome = await connect(self, self.target, owner.channel(self.target),
                                            owner.metadata, owner.tls)  # fmt: skip
         except _Unimplemented:
-            self.owner.not_framed.add((self.target, self.block_id))
+            owner.not_framed[(self.target, self.block_id)] = math.inf
             self._fallback("no hop front there")
             return
         except (asyncio.TimeoutError, grpc.aio.AioRpcError, ConnectionError, OSError) as exc:
+            owner.not_framed[(self.target, self.block_id)] = self._loop.time() + RETRY_FRAMED
             why = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else exc
-            self._fallback(f"the hop front did not answer ({why or type(exc).__name__})")
+            self._fallback(f"the hop front did not answer ({why or type(exc).__name__}); "
+                           f"trying it again in {RETRY_FRAMED:g}s")  # fmt: skip
             return
         except asyncio.CancelledError:
             return
@@ -271,10 +277,11 @@ class FramedReplies:
     """Answers to one vDAG controller on its framed answers front
     (``vdag.controller.answers``): each a serialized AIOSPacket, written once per loop
     turn; what comes back are the tasks the controller gave up on (``on_cancel``).
-    ``fallback(queued)`` is called if the controller has no such front (or it could not
-    be reached): the answers queued so far go on the gRPC stream. When the connection
-    ends, the answers written on it that the controller did not read are lost (its own
-    timeout ends those tasks), as on the gRPC stream; the next answer opens a new one."""
+    ``fallback(queued, unimplemented)`` is called if the controller has no such front
+    (or it could not be reached): the answers queued so far go on the gRPC stream.
+    When the connection ends, the answers written on it that the controller did not
+    read are lost (its own timeout ends those tasks), as on the gRPC stream; the next
+    answer opens a new one."""
 
     def __init__(self, target: str, channel: grpc.aio.Channel, metadata: tuple, tls: Any,
                  on_cancel: Any, fallback: Any) -> None:  # fmt: skip

@@ -175,6 +175,10 @@ class _Stream:
         self.call.cancel()
 
 
+def _now() -> float:
+    return asyncio.get_running_loop().time()
+
+
 class HopStreams:
     """The hop streams of one process (an instance, or a vDAG controller)."""
 
@@ -187,7 +191,9 @@ class HopStreams:
         # hops on the executors' framed fronts (vdag.hop_link) where compiled here
         self._framed = FramedStream if (framing_compiled() if framed is None else framed) \
             else None  # fmt: skip
-        self.not_framed: set[tuple[str, str]] = set()  # targets without a hop front
+        # target -> until when (the loop's clock) its hops keep the gRPC stream: inf for
+        # an executor without a hop front, a while for one whose front was unreachable
+        self.not_framed: dict[tuple[str, str], float] = {}
         self.metadata = metadata
         self.tls = tls or TLS()
         self._channels = channels if channels is not None else {}
@@ -212,7 +218,7 @@ class HopStreams:
         stream = self._streams.get(where)
         if stream is not None and not stream.closed:
             stream.send(hop, timeout)
-        elif self._framed is not None and where not in self.not_framed:
+        elif self._framed is not None and self.not_framed.get(where, 0.0) <= _now():
             stream = self._streams[where] = self._framed(self, target, block_id)
             stream.send(hop, timeout)
         else:
