@@ -400,6 +400,10 @@ def test_user_errors_are_one_line(tmp_path):
         ),
         (["-m", "aios_fast.executor", "--block-doc", str(bad_json)], "is not JSON"),
         (["-m", "aios_fast.executor", "--policy-parameters", "[1]"], "must be a JSON object"),
+        (
+            ["-m", "aios_fast.executor", "--workers", "1", "--port", "0", "--link", "bogus"],
+            "link must be auto, native, tcp or grpc, not 'bogus'",
+        ),
         (["-m", "aios_fast.instance", "--parameters", "{nope"], "--parameters is not JSON"),
         (["-m", "aios_fast.instance", "--block", "nosuch:Class"], "no module named 'nosuch'"),
         (["-m", "aios_fast.instance", "--port", str(taken)], "cannot start"),
