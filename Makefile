@@ -86,12 +86,13 @@ ONCE = --ignore=tests/registry --ignore=tests/test_layout.py --ignore=tests/test
 # (aios_fast.codec / aios_fast.lb select them), the executor's front is grpc.aio and its
 # instance links the grpc.aio stream (executor.link auto). The compiled pass already
 # tested both twins side by side, both fronts and the native link; make test's pure pass
-# runs the modules whose processes go through the selectors end to end, and the link's
-# fault tests over the gRPC link.
+# runs the modules whose processes go through the selectors end to end, the link's
+# fault tests over the gRPC link, and the vDAG runs and faults with their hops and
+# answers on gRPC streams (the compiled pass puts them on the framed fronts).
 PURE_DIFFERENCES = tests/test_codec.py tests/test_lb.py tests/test_policy.py \
 	tests/test_router.py tests/test_executor.py tests/test_executor_mgmt.py \
 	tests/test_instance.py tests/test_routing.py tests/test_front.py tests/test_batching.py \
-	tests/test_faults.py tests/test_link.py
+	tests/test_faults.py tests/test_link.py tests/test_vdag_run.py tests/test_vdag_faults.py
 
 test-pure: setup-test       ## the suite on the pure-Python twins (AIOS_FAST_NO_EXTENSIONS=1)
 	AIOS_FAST_NO_EXTENSIONS=1 $(PY) -m pytest -q $(XDIST) \
