@@ -50,3 +50,75 @@ def test_a_node_running_survives_its_executor_dying(net):
     # completed (the node had been taken), or failed at once naming the node: never the
     # controller's own timeout with nobody named
     assert outcome[0] == "OK" or "node 'b'" in outcome[1], (outcome, s)
+
+
+# ------------------------------------------------------------------ the hop front, in process
+
+
+class _Run:
+    def __init__(self, call) -> None:
+        self.call = call
+        self.frame = b""
+        self.over = False
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+def _front_session(batches: list[list[int]], window: int = 3):
+    """A HopFront (window ``window``) whose run_task never ends a run; one connection
+    says HELLO, sends ``batches`` (lists of hop ids), then closes. (runs started, runs
+    cancelled by the connection's end)."""
+    import asyncio
+
+    import msgspec
+
+    from aios_fast.auth import Auth
+    from aios_fast.executor import hop_front
+    from aios_fast.service.framed import framing
+    from aios_fast.tls import TLS
+    from aios_fast.wire import BATCH, HELLO
+
+    runs: list[_Run] = []
+
+    def run_task(message, want_result, timeout, on_done, call):
+        run = _Run(call)
+        runs.append(run)
+        return run
+
+    async def run():
+        front = hop_front.HopFront(run_task, Auth({}), TLS(), "127.0.0.1", 1 << 20,
+                                   unix=False, window=window)  # fmt: skip
+        await front.start()
+        _, w = await asyncio.open_connection("127.0.0.1", front.listener.port)
+        w.write(framing.frame(HELLO, msgspec.msgpack.encode({"v": 1, "token": ""})))
+        for ids in batches:
+            w.write(framing.frame(BATCH, msgspec.msgpack.encode([[i, 0.0, b"m"] for i in ids])))
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
+        started = len(runs)
+        w.close()
+        await asyncio.sleep(0.2)
+        await front.stop()
+        return started, sum(r.cancelled for r in runs)
+
+    return asyncio.run(run())
+
+
+def test_one_batch_cannot_start_more_than_the_window():
+    # hop_front's doc: "At most ``window`` of a connection's tasks run at once: past that
+    # it is not read ... so a sender cannot queue unbounded work". The window is checked
+    # only between batches: one BATCH (up to link_limit bytes, ~400,000 hops of a few
+    # bytes at the default 4 MiB) starts every hop in it.
+    started, _ = _front_session([list(range(1, 51))], window=3)
+    assert started <= 3
+
+
+def test_a_reused_hop_id_neither_escapes_the_window_nor_the_cancel_at_close():
+    # running[hop_id] = run overwrites: a sender reusing one id keeps len(running) at 1,
+    # so the window never closes, and at the connection's end only the last run with
+    # that id is cancelled (the others run on, tracked nowhere). The front should refuse
+    # (close) a connection that reuses an id in flight, or track runs by more than the id.
+    started, cancelled = _front_session([[7] for _ in range(10)], window=3)
+    assert started <= 3 and cancelled == started
