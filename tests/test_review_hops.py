@@ -122,3 +122,55 @@ def test_a_reused_hop_id_neither_escapes_the_window_nor_the_cancel_at_close():
     # (close) a connection that reuses an id in flight, or track runs by more than the id.
     started, cancelled = _front_session([[7] for _ in range(10)], window=3)
     assert started <= 3 and cancelled == started
+
+
+# ------------------------------------------------------------------ the run timeout on the loop
+
+
+
+def _swallowing_block():
+    import asyncio
+
+    from aios_fast.block import Block
+
+    class Swallows(Block):
+        async def on_data(self, entry):
+            try:
+                await asyncio.sleep(self.parameters.get("sleep", 0))
+            except asyncio.CancelledError:
+                await asyncio.sleep(0.2)  # (its cleanup)
+            return entry.data
+
+    return Swallows
+
+
+def _timed_run(block, run_timeout: float):
+    import asyncio
+
+    from aios_fast import codec
+    from aios_fast.errors import TaskTimedOut
+    from aios_fast.instance.server import InstanceServer
+
+    async def run():
+        server = InstanceServer(block)
+        frame = codec.encode_message(codec.encode_packet(codec.Packet(data="x")))
+        await server.run_task(frame, run_timeout=5.0)  # warm
+        try:
+            await server.run_task(frame, run_timeout=run_timeout)
+            exc = None
+        except (TaskTimedOut, TimeoutError) as e:
+            exc = e
+        return exc, server.outcomes.timed_out
+
+    return asyncio.run(run())
+
+
+def test_a_block_that_swallows_the_cancellation_still_times_out():
+    # before 4ba9d61 (and on Python 3.10, and for a hook in a thread) a run over the
+    # block's task timeout is TaskTimedOut whatever the block does. With asyncio.timeout
+    # the cancellation is the only signal: a block that catches CancelledError and
+    # returns turns its timed-out run into a success (timed_out not counted either).
+    from aios_fast.errors import TaskTimedOut
+
+    exc, timed_out = _timed_run(_swallowing_block()(parameters={"sleep": 2.0}), 0.05)
+    assert isinstance(exc, TaskTimedOut) and timed_out == 1
