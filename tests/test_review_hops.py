@@ -7,20 +7,23 @@ import signal
 import time
 
 import grpc
+import pytest
 
 from aios_fast.protos import vdag_pb2
 
-from .test_vdag_run import (  # noqa: F401  (net, policy_path: fixtures)
-    call,
-    net,
-    node,
-    policy_path,
-    stats,
-    vdag,
-)
+from .test_vdag_run import POLICIES, Net, node, stats, vdag
 
 
-def test_a_node_running_survives_its_executor_dying(net):
+@pytest.fixture
+def vnet(tmp_path, monkeypatch):
+    monkeypatch.setenv("AIOS_POLICY_PATH", POLICIES)
+    n = Net(tmp_path)
+    yield n
+    n.stop()
+
+
+def test_a_node_running_survives_its_executor_dying(vnet):
+    net = vnet
     # 'b' runs (2 s) in its instance; meanwhile b's executor, which handed it the hop and
     # has no further part in the task (b's output goes to c's executor), is killed. On
     # the gRPC path (and before the inline change) the node ran detached and the task
@@ -125,7 +128,6 @@ def test_a_reused_hop_id_neither_escapes_the_window_nor_the_cancel_at_close():
 
 
 # ------------------------------------------------------------------ the run timeout on the loop
-
 
 
 def _swallowing_block():
