@@ -176,3 +176,46 @@ def test_a_block_that_swallows_the_cancellation_still_times_out():
 
     exc, timed_out = _timed_run(_swallowing_block()(parameters={"sleep": 2.0}), 0.05)
     assert isinstance(exc, TaskTimedOut) and timed_out == 1
+
+
+def test_a_cancelled_task_stops_its_inline_node_behind_an_executor(vnet, tmp_path):
+    # test_vdag_faults' cancellation tests reach their blocks' instances directly (gRPC
+    # hops, detached nodes); here 'slow' is behind an executor: its node runs inline in
+    # the executor link's task. A cancel must stop it, and the executor's books settle.
+    from .procs import get_text, mgmt, start_executor, start_instance
+
+    net = vnet
+    net.block("a")
+    done = tmp_path / "slow-finished"
+    slow = start_instance("tests.vdag_blocks:SleepyBlock", {"sleep": 3, "done": str(done)})
+    net.procs.append(slow)
+    executor, port = start_executor({"i0": slow.info})
+    net.procs.append(executor)
+    net.endpoints["slow"] = f"127.0.0.1:{port}"
+    end = time.monotonic() + 20
+    while not done.exists():  # start_executor's probe ran the block (3 s) first
+        assert time.monotonic() < end
+        time.sleep(0.05)
+    done.unlink()
+    net.block("c")
+    raw = vdag("stop-inline", [node(x, x) for x in ("a", "slow", "c")],
+               {"slow": ["a"], "c": ["slow"]}, ["a"], "c")  # fmt: skip
+    ctl = net.controller(raw)
+    running = f"http://127.0.0.1:{slow.info['mgmt_port']}/metrics"
+    with grpc.insecure_channel(f"127.0.0.1:{ctl['port']}") as ch:
+        request = vdag_pb2.vDAGInferencePacket(session_id="s", data='{"x": 0}')
+        pending = ch.unary_unary("/vDAGInferenceService/infer").future(
+            request.SerializeToString(), timeout=30
+        )
+        end = time.monotonic() + 20
+        while "aios_instance_running 1.0" not in get_text(running):
+            assert time.monotonic() < end, "the task never reached 'slow'"
+            time.sleep(0.02)
+        started = time.monotonic()
+        pending.cancel()
+    time.sleep(max(0.0, started + 3.5 - time.monotonic()))
+    assert not done.exists()
+    s = stats(ctl)
+    assert (s["accepted"], s["cancelled"], s["late"]) == (1, 1, 0)
+    books = mgmt(executor.info["mgmt_port"], "stats")[1]["data"]
+    assert books["inflight"] == 0 or books["inflight"] == {}, books
