@@ -219,3 +219,72 @@ def test_a_cancelled_task_stops_its_inline_node_behind_an_executor(vnet, tmp_pat
     assert (s["accepted"], s["cancelled"], s["late"]) == (1, 1, 0)
     books = mgmt(executor.info["mgmt_port"], "stats")[1]["data"]
     assert books["inflight"] == 0 or books["inflight"] == {}, books
+
+
+# ---------------------------------------------------------- a hop front out of reach
+
+
+def _hops_over(target: str, framed: bool, timeout: float, blackhole: bool):
+    """One hop (``timeout`` seconds) from another host's point of view (no Unix socket):
+    the failures [(code, message)], after it ended or 8 s passed. ``blackhole``: TCP
+    connections from asyncio never complete (a SYN dropped: the hop front's ephemeral
+    port behind a Kubernetes ClusterIP Service, a firewall), gRPC's own are untouched."""
+    import asyncio
+
+    import msgspec
+
+    from aios_fast import codec
+    from aios_fast.vdag import hop_link
+    from aios_fast.vdag.hop import Ticket, encode_ticket
+    from aios_fast.vdag.streams import HopStreams
+
+    async def run():
+        loop = asyncio.get_running_loop()
+        if blackhole:
+
+            async def hang(*args, **kw):
+                await asyncio.sleep(3600)
+
+            loop.create_connection = hang  # type: ignore[method-assign]
+        streams = HopStreams((), framed=framed)
+        failures: list = []
+        ticket = Ticket(is_graph=True, task="t1", reply="127.0.0.1:1", node="n", plan_id="p",
+                        plan=msgspec.Raw(b"{}"), ttl=timeout)  # fmt: skip
+        payload = codec.encode_packet(
+            codec.Packet(session_id="s", seq_no=1, data="x", output_ptr=encode_ticket(ticket))
+        )  # (a vDAG packet: the gRPC stream acks it)
+        streams.send(target, "b", payload, "t1 n", ("s", 1), timeout,
+                     lambda code, msg: failures.append((code, msg)))  # fmt: skip
+        end = loop.time() + 8
+        while streams.in_flight() and loop.time() < end:
+            await asyncio.sleep(0.01)
+        await streams.close()
+        return failures
+
+    exists = hop_link.os.path.exists
+    hop_link.os.path.exists = lambda path: False  # as from another host
+    try:
+        return asyncio.run(run())
+    finally:
+        hop_link.os.path.exists = exists
+
+
+def test_a_hop_front_port_that_is_not_reachable_does_not_eat_the_hops_time():
+    # The gRPC port answers (the endpoints call too) but the hop front's TCP port, an
+    # ephemeral one no manifest declares, is not reachable: `vdag manifests` compiles the
+    # hops against `<block>-executor.<ns>.svc:<grpc port>`, a ClusterIP Service whose
+    # declared ports alone are forwarded. The sender waits HANDSHAKE_TIMEOUT (5 s) on the
+    # connect before it falls back to gRPC, so a hop with less time left than that fails
+    # DEADLINE_EXCEEDED though its block is up and its gRPC port works (framed=False: ok).
+    from .procs import start_executor, start_instance
+
+    instance = start_instance("tests.blocks:SleepBlock", {"delay": 0.0})
+    executor, port = start_executor({"i0": instance.info})
+    try:
+        target = f"127.0.0.1:{port}"
+        assert _hops_over(target, False, 3.0, blackhole=True) == []  # the gRPC stream
+        assert _hops_over(target, True, 3.0, blackhole=False) == []  # framed, reachable
+        assert _hops_over(target, True, 3.0, blackhole=True) == []  # framed, port dropped
+    finally:
+        executor.stop()
+        instance.stop()
