@@ -224,7 +224,8 @@ def test_a_cancelled_task_stops_its_inline_node_behind_an_executor(vnet, tmp_pat
 # ---------------------------------------------------------- a hop front out of reach
 
 
-def _hops_over(target: str, framed: bool, timeout: float, blackhole: bool):
+def _hops_over(target: str, framed: bool, timeout: float, blackhole: bool, tls=None,
+               kinds: list | None = None):  # fmt: skip
     """One hop (``timeout`` seconds) from another host's point of view (no Unix socket):
     the failures [(code, message)], after it ended or 8 s passed. ``blackhole``: TCP
     connections from asyncio never complete (a SYN dropped: the hop front's ephemeral
@@ -246,7 +247,7 @@ def _hops_over(target: str, framed: bool, timeout: float, blackhole: bool):
                 await asyncio.sleep(3600)
 
             loop.create_connection = hang  # type: ignore[method-assign]
-        streams = HopStreams((), framed=framed)
+        streams = HopStreams((), tls, framed=framed)
         failures: list = []
         ticket = Ticket(is_graph=True, task="t1", reply="127.0.0.1:1", node="n", plan_id="p",
                         plan=msgspec.Raw(b"{}"), ttl=timeout)  # fmt: skip
@@ -258,6 +259,14 @@ def _hops_over(target: str, framed: bool, timeout: float, blackhole: bool):
         end = loop.time() + 8
         while streams.in_flight() and loop.time() < end:
             await asyncio.sleep(0.01)
+        if kinds is not None:
+            stream = streams._streams.get((target, "b"))
+            proto = getattr(stream, "proto", None)
+            kinds.append(
+                type(stream).__name__
+                if proto is None
+                else (type(stream).__name__, proto.transport.get_extra_info("peercert"))
+            )
         await streams.close()
         return failures
 
@@ -287,4 +296,44 @@ def test_a_hop_front_port_that_is_not_reachable_does_not_eat_the_hops_time():
         assert _hops_over(target, True, 3.0, blackhole=True) == []  # framed, port dropped
     finally:
         executor.stop()
+        instance.stop()
+
+
+def test_framed_hops_to_a_tls_executor_speak_tls_on_tcp(tmp_path):
+    # (held up) a mutual-TLS executor's hop front: TLS on TCP with the client's
+    # certificate; a plaintext sender gets nothing through the framed path either
+    import subprocess
+    import sys
+
+    from aios_fast.tls import TLS
+
+    from .procs import ROOT, free_port, start_instance
+    from .tlsutil import make_pki
+
+    pki = make_pki(tmp_path, ("node", "client"))
+    (cert, key), (ca, _) = pki["node"], pki["ca"]
+    tls_args = ("--tls-cert", cert, "--tls-key", key, "--tls-ca", ca)
+    instance = start_instance("tests.blocks:SleepBlock", {"delay": 0.0}, *tls_args)
+    port = free_port()
+    executor = subprocess.Popen(
+        [sys.executable, "-m", "aios_fast.executor", "--port", str(port), "--workers", "1",
+         "--mgmt-port", "0", "--metrics-port", "0", *tls_args, "--instance",
+         f"i=127.0.0.1:{instance.info['port']}@127.0.0.1:{instance.info['mgmt_port']}"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        executor.stdout.readline()
+        client = TLS(*pki["client"], ca)
+        target = f"127.0.0.1:{port}"
+        for _ in range(100):  # until the TLS link is up
+            kinds: list = []
+            if _hops_over(target, True, 3.0, False, client, kinds) == []:
+                break
+            time.sleep(0.1)
+        assert kinds[0][0] == "FramedStream" and kinds[0][1]  # TLS: the server's cert seen
+        plain = _hops_over(target, True, 2.0, False, TLS())
+        assert plain and plain[0][0] in ("UNAVAILABLE", "DEADLINE_EXCEEDED"), plain
+    finally:
+        executor.terminate()
+        executor.wait(15)
         instance.stop()
