@@ -325,8 +325,14 @@ class FramedReplies:
             queued, self.queue = self.queue, []
             self.fallback(queued, isinstance(exc, _Unimplemented))
             return
-        if self.closed or proto.transport is None:
+        if self.closed:
             proto.fail("closed")
+            return
+        if proto.lost.done() or proto.transport is None:  # lost right after WELCOME:
+            # as a failed connect (lost() left it to here), else nothing sends the queue
+            self.closed = True
+            queued, self.queue = self.queue, []
+            self.fallback(queued, False)
             return
         proto.reader.limit = link_limit(welcome.max_message)
         self.proto = proto
