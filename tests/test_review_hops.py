@@ -11,6 +11,7 @@ import pytest
 
 from aios_fast.protos import vdag_pb2
 
+from .procs import free_port
 from .test_vdag_run import POLICIES, Net, node, stats, vdag
 
 
@@ -415,3 +416,65 @@ def test_answers_to_a_controller_that_closes_right_after_welcome_are_not_stuck()
     # either it is closed (the router opens a new one for the next answer) or its queued
     # answer went somewhere (the gRPC fallback); not: open, no writer, the answer queued
     assert closed or fell_back, (closed, writing, fell_back, queued)
+
+
+# ------------------------------------------------------------------ connections before HELLO
+
+
+def test_connections_that_never_say_hello_do_not_take_every_descriptor():
+    # The native gRPC front bounds its connections (connection_limit: the open-file limit
+    # less 256 kept for links, listeners, files): a flood of idle connections on the
+    # gRPC port leaves the executor its descriptors (its management port still answers).
+    # The hop front (TCP, nothing needed to connect, 10 s to say HELLO, and a client may
+    # open more) has no bound: the same flood on it takes every descriptor, and the
+    # management port (like any new gRPC caller, a link to reconnect) fails.
+    import socket
+
+    import msgspec
+
+    from aios_fast.wire import HOP_ENDPOINTS_METHOD
+
+    from .procs import ROOT, Proc, http, start_instance, wait_serving
+
+    instance = start_instance("aios_fast.block:EchoBlock")
+    code = ("import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (400, 400));"
+            "sys.argv[0] = 'aios_fast.executor'; runpy.run_module('aios_fast.executor', "
+            "run_name='__main__', alter_sys=True)")  # fmt: skip
+    where = f"{instance.info['port']}@127.0.0.1:{instance.info['mgmt_port']}"
+    port = free_port()
+    executor = Proc(["-c", code, "--port", str(port), "--workers", "1", "--mgmt-port", "0",
+                     "--metrics-port", "0", "--instance", f"i0=127.0.0.1:{where}"],
+                    root=ROOT)  # fmt: skip
+    mgmt_url = f"http://127.0.0.1:{executor.info['mgmt_port']}/mgmt"
+
+    def flood(to_port: int) -> bool:
+        """450 idle connections (more than the executor's 400 descriptors), held while
+        the management port is asked for its stats: whether it answered."""
+        socks = []
+        try:
+            for _ in range(450):
+                try:
+                    socks.append(socket.create_connection(("127.0.0.1", to_port), timeout=5))
+                except OSError:
+                    break
+            time.sleep(0.5)
+            try:
+                status, _ = http(mgmt_url, {"mgmt_action": "stats", "mgmt_data": {}},
+                                 timeout=5)  # fmt: skip
+                return status == 200
+            except OSError:
+                return False
+        finally:
+            for s in socks:
+                s.close()
+            time.sleep(0.5)
+
+    try:
+        wait_serving(port)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            ep = msgspec.msgpack.decode(ch.unary_unary(HOP_ENDPOINTS_METHOD)(b"", timeout=5))
+        assert flood(port)  # the gRPC port: bounded, the executor keeps its descriptors
+        assert flood(ep["tcp"])  # the hop front
+    finally:
+        executor.stop()
+        instance.stop()
