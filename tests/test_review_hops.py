@@ -478,3 +478,58 @@ def test_connections_that_never_say_hello_do_not_take_every_descriptor():
     finally:
         executor.stop()
         instance.stop()
+
+
+# ------------------------------------------------------ a hop over the executor's limit
+
+
+def test_a_hop_over_the_next_executors_limit_fails_resource_exhausted():
+    # An instance with a larger --max-message than the next block's executor passes on
+    # an output over that executor's limit. On the gRPC stream that hop fails
+    # RESOURCE_EXHAUSTED (and the stream with it: the hops behind it too). On the
+    # framed front the sender does not check the size the WELCOME gave (max_message):
+    # the executor's frame reader cuts the connection, the big hop fails UNAVAILABLE
+    # (what a block that is down gets) and so does every hop in flight on it, those
+    # sent before it too, each reported against its own task and node.
+    import asyncio
+
+    import msgspec
+
+    from aios_fast import codec
+    from aios_fast.vdag.hop import Ticket, encode_ticket
+    from aios_fast.vdag.streams import HopStreams
+
+    from .procs import start_executor, start_instance
+
+    def payload(task: str, size: int) -> bytes:
+        ticket = Ticket(is_graph=True, task=task, reply="127.0.0.1:1", node="n", plan_id="p",
+                        plan=msgspec.Raw(b"{}"), ttl=5.0)  # fmt: skip
+        return codec.encode_packet(codec.Packet(session_id="s", seq_no=1, data="x" * size,
+                                                output_ptr=encode_ticket(ticket)))  # fmt: skip
+
+    async def run(target: str, framed: bool):
+        streams = HopStreams((), framed=framed)
+        fails: list = []
+        for i, size in enumerate([10, 5_000_000, 10]):  # one loop turn: one write
+            streams.send(target, "b", payload(f"t{i}", size), f"t{i} n", ("s", 1), 5.0,
+                         lambda code, msg, i=i: fails.append((i, code)))  # fmt: skip
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 8
+        while streams.in_flight() and loop.time() < end:
+            await asyncio.sleep(0.01)
+        await streams.close()
+        return sorted(fails)
+
+    instance = start_instance("tests.blocks:SleepBlock", {"delay": 0.0}, "--max-message",
+                              str(64 << 20))  # fmt: skip
+    executor, port = start_executor({"i0": instance.info})  # --max-message 4 MiB
+    try:
+        target = f"127.0.0.1:{port}"
+        for framed in (False, True):  # gRPC: [(1, RESOURCE_EXHAUSTED), (2, ...)] (the
+            # stream ends with it); framed: [(0, UNAVAILABLE), (1, UNAVAILABLE), (2, ...)]
+            fails = asyncio.run(run(target, framed))
+            assert (1, "RESOURCE_EXHAUSTED") in fails and (0, "UNAVAILABLE") not in fails, (
+                framed, fails)  # fmt: skip
+    finally:
+        executor.stop()
+        instance.stop()
