@@ -164,6 +164,7 @@ class FramedStream:
         self.closed = False
         self.writer: FrameWriter | None = None
         self.proto: _Client | None = None
+        self.max_message = 0  # the executor's, from its WELCOME
         self._ids = itertools.count(1)
         self._loop = asyncio.get_running_loop()
         self.reader = asyncio.ensure_future(self._open())
@@ -185,6 +186,15 @@ class FramedStream:
     def _put(self, hop: Any) -> None:
         message = codec.encode_message(hop.payload)
         assert self.writer is not None
+        if len(message) > self.max_message:  # the executor would cut the connection
+            self.pending.pop(hop.hop_id, None)
+            if hop.timer is not None:
+                hop.timer.cancel()
+            self.owner.failed += 1
+            why = (f"the task's {len(message):,} bytes are over the {self.max_message:,}-byte "
+                   f"limit of {self.target}")  # fmt: skip
+            self._loop.call_soon(hop.on_fail, "RESOURCE_EXHAUSTED", why)  # (not in send)
+            return
         self.writer.put((hop.hop_id, hop.timeout or 0.0, message), len(message))
 
     def _expire(self, hop_id: int, timeout: float) -> None:
@@ -237,6 +247,7 @@ class FramedStream:
             return
         proto.reader.limit = link_limit(welcome.max_message)
         assert proto.transport is not None
+        self.max_message = welcome.max_message
         self.proto = proto
         self.writer = FrameWriter(proto.transport)
         waiting, self.waiting = self.waiting, []
