@@ -533,3 +533,46 @@ def test_a_hop_over_the_next_executors_limit_fails_resource_exhausted():
     finally:
         executor.stop()
         instance.stop()
+
+
+def test_an_instance_that_leaves_does_not_drop_the_vdag_nodes_waiting_for_its_slot(vnet):
+    # 'b' (one instance, behind an executor, one task at a time, 1.5 s each) holds two
+    # tasks: one runs, one waits for the slot; then the instance is told to stop
+    # (SIGTERM: it leaves, what started finishes). Each task should still complete or
+    # end in an outcome naming 'b', not the controller's anonymous timeout. Now both
+    # are lost: (1) the running node finishes and queues its hop to c, the drain sees
+    # nothing busy, router.close() closes the hop connection before c's executor has
+    # an instance's ACK, and the hop front cancels what a closed connection left
+    # running (the hop is neither failed nor reported: FramedStream.close drops its
+    # pending hops); (2) the waiting node (an inline link task in the gate) is given
+    # back, REFUSED, and the executor finds no other instance: _rerun_done only logs.
+    # (With the node detached, inline=False, it fails too: busy() never counted
+    # detached node runs, so the drain did not wait for them.)
+    import concurrent.futures
+
+    net = vnet
+    net.block("a")
+    b = net.block_behind_executor("b", sleep=1.5)
+    net.block_behind_executor("c")
+    raw = vdag("leave", [node(x, x) for x in "abc"], {"b": ["a"], "c": ["b"]}, ["a"], "c")
+    ctl = net.controller(raw, maxOutputWaitTimeSeconds=10)
+    time.sleep(2.0)  # start_executor's probe ran on b (1.5 s)
+
+    def one(seq: int):
+        with grpc.insecure_channel(f"127.0.0.1:{ctl['port']}") as ch:
+            request = vdag_pb2.vDAGInferencePacket(session_id="s", seq_no=seq, data='{"x": 1}')
+            try:
+                reply = ch.unary_unary("/vDAGInferenceService/infer")(
+                    request.SerializeToString(), timeout=20
+                )
+                return "OK", vdag_pb2.vDAGInferencePacket.FromString(reply).data
+            except grpc.RpcError as exc:
+                return exc.code().name, exc.details()
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(one, seq) for seq in (1, 2)]
+        time.sleep(0.7)  # the first runs in b, the second waits for b's slot
+        b.signal(signal.SIGTERM)
+        outcomes = [f.result() for f in futures]
+    for code, message in outcomes:
+        assert code == "OK" or "'b'" in message, outcomes
