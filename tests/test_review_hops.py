@@ -4,6 +4,7 @@ nodes): each test is a reproduction of a problem found."""
 from __future__ import annotations
 
 import signal
+import socket
 import time
 
 import grpc
@@ -576,3 +577,54 @@ def test_an_instance_that_leaves_does_not_drop_the_vdag_nodes_waiting_for_its_sl
         outcomes = [f.result() for f in futures]
     for code, message in outcomes:
         assert code == "OK" or "'b'" in message, outcomes
+
+
+def test_answers_a_connection_does_not_read_are_bounded():
+    # A connection whose answers are not read is paused, but only after the batch it
+    # sent: every hop of that batch that fails at once (RESOURCE_EXHAUSTED when the
+    # instances are full, UNAVAILABLE with none) is answered with an error packet of
+    # ~100 bytes for ~10 bytes in. One BATCH of link_limit bytes (1 MiB + 64 KiB here)
+    # leaves ~10x that buffered for a peer that reads nothing, per connection, and the
+    # connections are not bounded either (the native gRPC front has a connection and a
+    # process byte budget). Measured with a real executor (4 MiB max_message): ~3.4 MB
+    # sent on each of 8 connections grew it from 62 to ~240-300 MB RSS.
+    import asyncio
+
+    import grpc as grpc_mod
+    import msgspec
+
+    from aios_fast.auth import Auth
+    from aios_fast.executor import hop_front
+    from aios_fast.executor.task_run import Reject
+    from aios_fast.service.framed import framing
+    from aios_fast.tls import TLS
+    from aios_fast.wire import BATCH, HELLO, link_limit
+
+    def run_task(message, want_result, timeout, on_done, call):
+        run = _Run(call)
+        run.over = True
+        on_done(run, None, Reject(grpc_mod.StatusCode.RESOURCE_EXHAUSTED,
+                                  "every instance has 1000 tasks in flight"))  # fmt: skip
+        return run
+
+    async def run():
+        front = hop_front.HopFront(run_task, Auth({}), TLS(), "127.0.0.1", 1 << 20, unix=False)
+        await front.start()
+        _, w = await asyncio.open_connection("127.0.0.1", front.listener.port)
+        w.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF,
+                                                         4096)  # fmt: skip
+        w.write(framing.frame(HELLO, msgspec.msgpack.encode({"v": 1, "token": ""})))
+        await asyncio.sleep(0.2)
+        n = (link_limit(1 << 20) - 64) // 10
+        body = msgspec.msgpack.encode([[1 + i % 100, 0, b""] for i in range(n)])
+        assert len(body) <= link_limit(1 << 20)
+        w.write(framing.frame(BATCH, body))  # (never reads)
+        await asyncio.sleep(1.0)
+        (conn,) = front.connections
+        buffered = conn.transport.get_write_buffer_size()
+        w.close()
+        await front.stop()
+        return len(body), buffered
+
+    sent, buffered = asyncio.run(run())
+    assert buffered <= 2 * link_limit(1 << 20), (sent, buffered)
