@@ -628,3 +628,45 @@ def test_answers_a_connection_does_not_read_are_bounded():
 
     sent, buffered = asyncio.run(run())
     assert buffered <= 2 * link_limit(1 << 20), (sent, buffered)
+
+
+# ------------------------------------------------------- the detached run (3.10, threads)
+
+
+def test_a_task_cancelled_as_its_detached_run_starts_gives_its_slot_back():
+    # (held up) _guarded's detached path (every hook on Python 3.10; hooks in threads on
+    # 3.11+): a task cancelled in the loop turn its run was created in still gives the
+    # slot back (the run's first step is queued before the outer task's wakeup, so
+    # _hooks enters its try before the cancellation reaches it).
+    import asyncio
+
+    from aios_fast import codec
+    from aios_fast.block import Block
+    from aios_fast.errors import TaskExpired
+    from aios_fast.instance.server import InstanceServer
+
+    class InThread(Block):
+        inline = False  # a hook in a thread: the detached run on any Python
+
+        def on_data(self, entry):
+            return entry.data
+
+    async def run():
+        server = InstanceServer(InThread())  # one slot
+        frame = codec.encode_message(codec.encode_packet(codec.Packet(data="x")))
+        await server.run_task(frame, run_timeout=5.0)  # warm: the hook's kind is known
+        loop = asyncio.get_running_loop()
+        first = asyncio.ensure_future(server.run_task(frame, run_timeout=5.0))
+        loop.call_soon(first.cancel)  # right after its first step: the run is not started
+        try:
+            await first
+        except asyncio.CancelledError:
+            pass
+        try:
+            await server.run_task(frame, deadline=loop.time() + 1.0, run_timeout=5.0)
+            return "ran", server.gate.running
+        except TaskExpired:
+            return "expired waiting for a slot", server.gate.running
+
+    outcome, running = asyncio.run(run())
+    assert outcome == "ran", (outcome, running)
