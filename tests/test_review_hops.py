@@ -536,47 +536,53 @@ def test_a_hop_over_the_next_executors_limit_fails_resource_exhausted():
         instance.stop()
 
 
-def test_an_instance_that_leaves_does_not_drop_the_vdag_nodes_waiting_for_its_slot(vnet):
-    # 'b' (one instance, behind an executor, one task at a time, 1.5 s each) holds two
-    # tasks: one runs, one waits for the slot; then the instance is told to stop
-    # (SIGTERM: it leaves, what started finishes). Each task should still complete or
-    # end in an outcome naming 'b', not the controller's anonymous timeout. Now both
-    # are lost: (1) the running node finishes and queues its hop to c, the drain sees
-    # nothing busy, router.close() closes the hop connection before c's executor has
-    # an instance's ACK, and the hop front cancels what a closed connection left
-    # running (the hop is neither failed nor reported: FramedStream.close drops its
-    # pending hops); (2) the waiting node (an inline link task in the gate) is given
-    # back, REFUSED, and the executor finds no other instance: _rerun_done only logs.
-    # (With the node detached, inline=False, it fails too: busy() never counted
-    # detached node runs, so the drain did not wait for them.)
-    import concurrent.futures
+@pytest.mark.parametrize("framed", [True, False])
+def test_a_hop_sent_as_the_instance_stops_is_delivered_or_failed(framed):
+    # An instance's stop (SIGTERM) waits for its link tasks (busy()), then router.close()
+    # closes its hop streams at once: a node that finished during the drain queued its
+    # hop there a moment before. FramedStream.close cancels _open (the hops waiting for
+    # the connection) and drops what is pending; the gRPC _Stream.close cancels its
+    # call. Either way the hop is neither delivered nor failed: the task ends in the
+    # controller's anonymous timeout. (Seen end to end, timing-dependent: SIGTERM of a
+    # chain's middle instance while its node runs, its first hop to the next block.)
+    # Pre-existing on the gRPC path; the framed path keeps it.
+    import asyncio
 
-    net = vnet
-    net.block("a")
-    b = net.block_behind_executor("b", sleep=1.5)
-    net.block_behind_executor("c")
-    raw = vdag("leave", [node(x, x) for x in "abc"], {"b": ["a"], "c": ["b"]}, ["a"], "c")
-    ctl = net.controller(raw, maxOutputWaitTimeSeconds=10)
-    time.sleep(2.0)  # start_executor's probe ran on b (1.5 s)
+    import msgspec
 
-    def one(seq: int):
-        with grpc.insecure_channel(f"127.0.0.1:{ctl['port']}") as ch:
-            request = vdag_pb2.vDAGInferencePacket(session_id="s", seq_no=seq, data='{"x": 1}')
-            try:
-                reply = ch.unary_unary("/vDAGInferenceService/infer")(
-                    request.SerializeToString(), timeout=20
-                )
-                return "OK", vdag_pb2.vDAGInferencePacket.FromString(reply).data
-            except grpc.RpcError as exc:
-                return exc.code().name, exc.details()
+    from aios_fast import codec
+    from aios_fast.vdag.hop import Ticket, encode_ticket
+    from aios_fast.vdag.streams import HopStreams
 
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        futures = [pool.submit(one, seq) for seq in (1, 2)]
-        time.sleep(0.7)  # the first runs in b, the second waits for b's slot
-        b.signal(signal.SIGTERM)
-        outcomes = [f.result() for f in futures]
-    for code, message in outcomes:
-        assert code == "OK" or "'b'" in message, outcomes
+    from .procs import mgmt, start_executor, start_instance
+
+    instance = start_instance("tests.blocks:SleepBlock", {"delay": 0.0})
+    executor, port = start_executor({"i0": instance.info})
+
+    async def run():
+        streams = HopStreams((), framed=framed)
+        failures: list = []
+        ticket = Ticket(is_graph=True, task="t1", reply="127.0.0.1:1", node="n", plan_id="p",
+                        plan=msgspec.Raw(b"{}"), ttl=5.0)  # fmt: skip
+        payload = codec.encode_packet(
+            codec.Packet(session_id="s", seq_no=1, data="x", output_ptr=encode_ticket(ticket))
+        )
+        streams.send(f"127.0.0.1:{port}", "b", payload, "t1 n", ("s", 1), 5.0,
+                     lambda code, msg: failures.append(code))  # fmt: skip
+        await asyncio.sleep(0)  # (what the node's last turn leaves before the close)
+        await streams.close()
+        await asyncio.sleep(1.0)
+        return failures
+
+    try:
+        before = mgmt(executor.info["mgmt_port"], "stats")[1]["data"]["tasks"]["received"]
+        failures = asyncio.run(run())
+        time.sleep(0.5)
+        after = mgmt(executor.info["mgmt_port"], "stats")[1]["data"]["tasks"]["received"]
+    finally:
+        executor.stop()
+        instance.stop()
+    assert after - before == 1 or failures, (before, after, failures)
 
 
 def test_answers_a_connection_does_not_read_are_bounded():
