@@ -153,6 +153,7 @@ class FramedStream:
         self.closed = False
         self.writer: FrameWriter | None = None
         self.proto: _Client | None = None
+        self.max_message = 0  # the executor's, from its WELCOME
         self._ids = itertools.count(1)
         self._loop = asyncio.get_running_loop()
         self.reader = asyncio.ensure_future(self._open())
@@ -174,6 +175,15 @@ class FramedStream:
     def _put(self, hop: Any) -> None:
         message = codec.encode_message(hop.payload)
         assert self.writer is not None
+        if len(message) > self.max_message:  # the executor would cut the connection
+            self.pending.pop(hop.hop_id, None)
+            if hop.timer is not None:
+                hop.timer.cancel()
+            self.owner.failed += 1
+            why = (f"the task's {len(message):,} bytes are over the {self.max_message:,}-byte "
+                   f"limit of {self.target}")  # fmt: skip
+            self._loop.call_soon(hop.on_fail, "RESOURCE_EXHAUSTED", why)  # (not in send)
+            return
         self.writer.put((hop.hop_id, hop.timeout or 0.0, message), len(message))
 
     def _expire(self, hop_id: int, timeout: float) -> None:
@@ -228,6 +238,7 @@ class FramedStream:
             return
         proto.reader.limit = link_limit(welcome.max_message)
         assert proto.transport is not None
+        self.max_message = welcome.max_message
         self.proto = proto
         self.writer = FrameWriter(proto.transport)
         waiting, self.waiting = self.waiting, []
@@ -312,8 +323,14 @@ class FramedReplies:
             queued, self.queue = self.queue, []
             self.fallback(queued, isinstance(exc, _Unimplemented))
             return
-        if self.closed or proto.transport is None:
+        if self.closed:
             proto.fail("closed")
+            return
+        if proto.lost.done() or proto.transport is None:  # lost right after WELCOME:
+            # as a failed connect (lost() left it to here), else nothing sends the queue
+            self.closed = True
+            queued, self.queue = self.queue, []
+            self.fallback(queued, False)
             return
         proto.reader.limit = link_limit(welcome.max_message)
         self.proto = proto

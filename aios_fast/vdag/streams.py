@@ -291,7 +291,14 @@ class HopStreams:
     def in_flight(self) -> int:
         return sum(len(s.pending) for s in self._streams.values()) + len(self._tasks)
 
-    async def close(self) -> None:
+    async def close(self, grace: float = 2.0) -> None:
+        """End every stream; the hops in flight first get up to ``grace`` seconds to be
+        taken or to fail (a node that finished as its process stops queued them: closing
+        at once would drop them with no outcome)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + grace
+        while self.in_flight() and loop.time() < end:
+            await asyncio.sleep(0.01)
         for stream in list(self._streams.values()):
             stream.close()
         readers = [s.reader for s in self._streams.values() if isinstance(s, _Stream)]
