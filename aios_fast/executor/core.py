@@ -345,8 +345,9 @@ class Executor:
                                   oip=d.oip)  # fmt: skip
             self.port = await server.bind(cfg.host, cfg.port, cfg.reuse_port)
             if framing_compiled():  # vDAG hops on frames of our own (executor.hop_front)
+                hop_limit = max(connection_limit(cfg.max_connections) // 4, 16)
                 self.hop = HopFront(d.router.run_task, d.auth, cfg.tls, cfg.host,
-                                    cfg.max_message)  # fmt: skip
+                                    cfg.max_message, max_connections=hop_limit)  # fmt: skip
                 await self.hop.start()
                 server.hop = self.hop
         else:

@@ -7,14 +7,16 @@ client side (grpc's completion queue, a call object per stream, a write op per m
 measured most of a chain's CPU. Here the same tasks arrive as the native link's frames
 (``service.framed``): an asyncio Protocol entered once per chunk, every task of a BATCH
 started with ``Router.run_task`` as an ``infer`` call is (the same books, limits and
-retries; answered ``ACCEPTED`` once an instance took it, where the vDAG node then runs
-in the instance's task for it and reports its own outcome), or with the executor's
+retries; answered ``ACCEPTED`` once an instance took it: the vDAG node then runs there and
+reports its own outcome), or with the executor's
 error packet when no instance took it; the answers written once per loop turn.
 
 Listens on a Unix socket (0600, runtime folder, ``hop-{port}-{pid}.sock``) and a TCP
 port (TLS as the gRPC port); the sender learns both from ``HOP_ENDPOINTS_METHOD`` on
 the gRPC port. A connection must say HELLO within ``HANDSHAKE_TIMEOUT`` seconds (at
-most 64 KiB before it) with a token giving the infer role when one is required. At most
+most 64 KiB before it) with a token giving the infer role when one is required; past
+``max_connections`` open (the executor gives it a quarter of its connection limit) a
+new one is closed at once, so idle connections cannot take the executor's descriptors. At most
 ``window`` of a connection's tasks run at once: past that it is not read (nor while its
 answers are not read), so a sender cannot queue unbounded work. A connection that ends
 cancels its tasks still running (as a reset stream does).
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 
 import msgspec
@@ -48,17 +51,21 @@ class _Conn(ServerConn):
     what = "hop front"
 
     def __init__(self, front: HopFront) -> None:
-        super().__init__(front.connections)
+        super().__init__(front.connections, front.max_connections)
         self.front = front
         self.writer: FrameWriter | None = None
         self.running: dict[int, object] = {}  # id -> TaskRun
+        self.backlog: deque[tuple[int, float, bytes]] = deque()  # read, not yet started
         self.paused = False
+        self.pumping = False
+        self.later = False  # a _pump is scheduled for the next loop turn
 
     def handshake_seconds(self) -> float:
         return HANDSHAKE_TIMEOUT
 
     def on_batch(self, body) -> None:
-        self._start(decode_hops(body))
+        self.backlog.extend(decode_hops(body))
+        self._pump()
 
     def hello(self, body) -> bool:
         front = self.front
@@ -74,33 +81,64 @@ class _Conn(ServerConn):
                                  front.listener.nonce)  # fmt: skip
         return self.writer is not None
 
-    def _start(self, hops: list[tuple[int, float, bytes]]) -> None:
+    def _pump(self) -> None:
+        """Start hops from the backlog while fewer than ``window`` run and the answers
+        are read; the connection is read only when the backlog is empty (so one large
+        batch does not start more than the window either). A hop id already in flight
+        ends the connection (its runs could no longer be told apart)."""
+        if self.pumping:  # (a run that ended at once, inside the loop below)
+            return
         run_task, done, running = self.front.run_task, self._done, self.running
-        for hop_id, timeout, message in hops:
-            # answered when an instance takes it (``infer``): a vDAG node reports its own
-            # outcome, and runs in the instance's task for it (holding its place here)
-            run = run_task(message, False, timeout if timeout > 0 else None, done, hop_id)
-            if not run.over:  # (a run that ended at once answered already)
-                running[hop_id] = run
+        backlog, window, writer = self.backlog, self.front.window, self.writer
+        assert writer is not None
+        self.pumping = True
+        try:
+            # (answers not yet written count too: runs that end at once, refused, are
+            # not in ``running``; the rest waits for the next turn, after the write)
+            while backlog and len(running) < window and len(writer) < window \
+                    and not self.write_paused:  # fmt: skip
+                hop_id, timeout, message = backlog.popleft()
+                if hop_id in running:
+                    self.fail(f"hop id {hop_id} is already in flight")
+                    return
+                # answered when an instance takes it (``infer``): a vDAG node reports its
+                # own outcome
+                run = run_task(message, False, timeout if timeout > 0 else None, done, hop_id)
+                if not run.over:  # (a run that ended at once answered already)
+                    running[hop_id] = run
+        finally:
+            self.pumping = False
+        if backlog and len(writer) >= window and not self.write_paused and not self.later:
+            self.later = True  # after this turn's write (if that fills the transport's
+            asyncio.get_running_loop().call_soon(self._later)  # buffer: resume_writing)
         self._flow()
+
+    def _later(self) -> None:
+        self.later = False
+        if self.writer is not None and not self.writer.closed:
+            self._pump()
 
     def _done(self, run, answer: bytes | None, reject) -> None:
         hop_id = run.call
-        self.running.pop(hop_id, None)
+        if self.running.get(hop_id) is run:
+            del self.running[hop_id]
         if reject is not None:
             answer = error_answer(run.frame, reject)
         assert answer is not None
         if self.writer is not None:
             self.writer.put((hop_id, answer), len(answer))
-        if self.paused:
+        if self.backlog:
+            self._pump()
+        elif self.paused:
             self._flow()
 
     def _flow(self) -> None:
-        """Read while fewer than ``window`` tasks run and the answers are read."""
+        """Read while the backlog is empty, fewer than ``window`` tasks run and the
+        answers are read."""
         transport = self.transport
         if transport is None:
             return
-        stop = len(self.running) >= self.front.window or self.write_paused
+        stop = bool(self.backlog) or len(self.running) >= self.front.window or self.write_paused
         if stop != self.paused:
             self.paused = stop
             if stop:
@@ -114,11 +152,12 @@ class _Conn(ServerConn):
 
     def resume_writing(self) -> None:
         super().resume_writing()
-        self._flow()
+        self._pump()
 
     def ended(self, reason: str) -> None:
         if self.writer is not None:
             self.writer.closed = True
+        self.backlog.clear()
         running, self.running = self.running, {}
         for run in running.values():
             run.cancel()  # type: ignore[attr-defined]
@@ -128,8 +167,10 @@ class HopFront:
     """The executor's hop listener. ``run_task`` is ``Router.run_task``."""
 
     def __init__(self, run_task: Callable, auth: Auth, tls: TLS, host: str, max_message: int,
-                 unix: bool = True, window: int = WINDOW) -> None:  # fmt: skip
+                 unix: bool = True, window: int = WINDOW,
+                 max_connections: int = 1024) -> None:  # fmt: skip
         self.run_task = run_task
+        self.max_connections = max_connections  # past it, a connection is closed at once
         self.auth = auth
         self.max_message = max_message
         self.window = window

@@ -24,6 +24,7 @@ __all__ = ["HANDSHAKE_TIMEOUT", "NativeLinkListener"]
 
 log = logging.getLogger("aios_fast.instance")
 HANDSHAKE_TIMEOUT = 10.0
+MAX_CONNECTIONS = 1024  # executors' links at once (past it: closed at once)
 
 
 class Hello(msgspec.Struct):
@@ -43,7 +44,7 @@ class _Conn(ServerConn):
     what = "native link"
 
     def __init__(self, listener: NativeLinkListener) -> None:
-        super().__init__(listener.connections)
+        super().__init__(listener.connections, MAX_CONNECTIONS)
         self.listener = listener
         self.writer: FrameWriter | None = None
         self.stream: _Stream | None = None

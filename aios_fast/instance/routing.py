@@ -79,16 +79,19 @@ class OutputRouter:
         deadline: float | None,
         run_timeout: float,
         run: Callable[[codec.Packet, float | None, float], Awaitable[bytes]],
-        inline: bool = False,
+        quiet: bool = False,
     ) -> bytes:
         """Take the vDAG packet: the node its ticket names runs detached; ``run(packet,
         deadline, run_timeout)`` runs the block (the instance's own run_packet), for at
         most the block's task timeout and the time the task has left. The answer is an
         ack naming the task and node (``streams.ack_packet``: what the sender's hop
-        stream waits for), b"" when the task was cancelled here. ``inline``: the packet
+        stream waits for), b"" when the task was cancelled here. ``quiet``: the packet
         came as a task nobody waits for (``infer``, or a hop on an executor's framed
-        front, answered when the instance took it): the node runs in this task, which
-        holds its place at the executor until it ends, and b"" is returned."""
+        front, answered when the instance took it): no ack is built, b"" is returned.
+        The node runs detached either way: the link that brought it may break (its
+        executor killed, a keepalive cut) while the node runs, and the node must still
+        pass the task on or report it; an instance that stops waits for its nodes
+        (``nodes_running``, in the instance's ``busy``)."""
 
         async def run_block(entry, node_deadline: float | None):
             if deadline is not None:
@@ -100,13 +103,14 @@ class OutputRouter:
             out = await run(entry, node_deadline, timeout)
             return codec.decode_packet(out) if out else None
 
-        if inline:  # nobody waits for an ack: the node runs in this task
-            await self.vdag.run_here(packet, run_block)
-            return b""
         ticket = self.vdag.start(packet, run_block)
-        if ticket is None:
+        if ticket is None or quiet:  # (quiet: nobody waits for an ack)
             return b""
         return ack_packet(packet.session_id, packet.seq_no, ticket.task, ticket.node)
+
+    def nodes_running(self) -> int:
+        """vDAG nodes running here (detached from the tasks that brought them)."""
+        return 0 if self._vdag is None else self._vdag.nodes_running()
 
     def _watch(self, controller: str) -> None:
         """Keep a connection open to a task's controller: it carries the answers there

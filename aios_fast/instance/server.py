@@ -281,7 +281,7 @@ class InstanceServer:
                 deadline,
                 run_timeout,
                 lambda p, d, t: self.run_packet(p, d, -1, t),
-                inline=limit is None,
+                quiet=limit is None,
             )
         result = await self._guarded(packet, deadline, run_timeout)
         out = make_output(result, packet)
@@ -305,12 +305,15 @@ class InstanceServer:
             limit = _TIMEOUT(run_timeout)
             try:
                 async with limit:
-                    return await self._hooks(entry, deadline, me, preprocess)
-            except TimeoutError:
+                    result = await self._hooks(entry, deadline, me, preprocess)
+            except Exception:
                 if not limit.expired():
-                    raise  # the block's own TimeoutError
+                    raise  # the block's own error (a TimeoutError of its own included)
+                result = None  # over time, whatever the cancelled hook raised then
+            if limit.expired():  # (also when the hook swallowed the cancellation)
                 self.outcomes.timed_out += 1
                 raise TaskTimedOut(f"the block ran the task over {run_timeout:g}s") from None
+            return result
         if run_timeout > 0:  # (Python 3.10)
             run = asyncio.ensure_future(self._hooks(entry, deadline, me, preprocess))
             try:
@@ -537,8 +540,10 @@ class InstanceServer:
             runtime.release_memory()
 
     def busy(self) -> int:
-        """Tasks taken and not finished: on links, infer (background) and infer_result."""
-        return self._links.inflight + len(self._background_tasks) + self._calls
+        """Tasks taken and not finished: on links, infer (background), infer_result, and
+        vDAG nodes running detached."""
+        return (self._links.inflight + len(self._background_tasks) + self._calls
+                + self.router.nodes_running())  # fmt: skip
 
     async def stop(self, grace: float = 30.0) -> None:
         """Drain: tell executors the instance is leaving and take nothing new (links

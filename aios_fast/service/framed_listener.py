@@ -23,6 +23,7 @@ from typing import Any
 import msgspec
 
 from ..auth import Auth, AuthError, prune_stale, runtime_dir
+from ..logs import RateLimitedLog
 from ..tls import TLS
 from ..wire import BATCH, HELLO, PING, PONG, REFUSE, WELCOME, link_limit
 from .framed import FramedProtocol, FrameWriter
@@ -30,6 +31,7 @@ from .framed import FramedProtocol, FrameWriter
 __all__ = ["FramedListener", "ServerConn"]
 
 log = logging.getLogger("aios_fast.service")
+_over_limit = RateLimitedLog(log, 10.0)
 _MAX_UNIX_PATH = 100  # sun_path holds 108 bytes: a longer folder gets TCP only
 
 
@@ -43,9 +45,10 @@ class ServerConn(FramedProtocol):
 
     what = "framed listener"
 
-    def __init__(self, connections: set) -> None:
+    def __init__(self, connections: set, limit: int = 0) -> None:
         super().__init__()
         self.connections = connections
+        self.limit = limit  # connections at most (0: no bound); past it: closed at once
         self.welcomed = False
         self._timer: asyncio.TimerHandle | None = None
 
@@ -54,6 +57,11 @@ class ServerConn(FramedProtocol):
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
+        if self.limit and len(self.connections) >= self.limit:
+            _over_limit.warning(self.what, f"{self.what}: {self.limit} connections are "
+                                           "open: refusing more")  # fmt: skip
+            transport.abort()  # (its descriptor is free again at once)
+            return
         self.connections.add(self)
         loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self.handshake_seconds(), self.fail, "no HELLO in time")

@@ -230,27 +230,8 @@ class NodeRunner:
         task.add_done_callback(functools.partial(self._ran, ticket.task))
         return ticket
 
-    async def run_here(self, packet: Any, run_block: RunBlock) -> None:
-        """As ``start``, but the node runs in the calling task (its sender was answered
-        when the instance took the packet); ``cancel`` cancels that task."""
-        ticket = decode_ticket(packet.output_ptr)
-        if self.watch is not None and ticket.reply:
-            self.watch(ticket.reply)
-        if ticket.task in self._cancelled:
-            self.dropped += 1
-            return
-        task = asyncio.current_task()
-        assert task is not None
-        running = self._running.get(ticket.task)
-        if running is None:
-            running = self._running[ticket.task] = set()
-        running.add(task)
-        try:
-            await self.run(ticket, packet, run_block)
-        finally:
-            running.discard(task)
-            if not running and self._running.get(ticket.task) is running:
-                del self._running[ticket.task]
+    def nodes_running(self) -> int:
+        return sum(len(runs) for runs in self._running.values())
 
     def _ran(self, key: str, task: asyncio.Task) -> None:
         running = self._running.get(key)

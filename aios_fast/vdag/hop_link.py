@@ -45,10 +45,20 @@ from ..wire import (
 )
 from .hop import CANCEL_PTR
 
-__all__ = ["HANDSHAKE_TIMEOUT", "RETRY_FRAMED", "FramedReplies", "FramedStream", "connect"]
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "HANDSHAKE_TIMEOUT",
+    "RETRY_FRAMED",
+    "FramedReplies",
+    "FramedStream",
+    "connect",
+]
 
 log = logging.getLogger("aios_fast.vdag")
-HANDSHAKE_TIMEOUT = 5.0  # the endpoints call, the connection and its WELCOME
+HANDSHAKE_TIMEOUT = 5.0  # the endpoints call (on the target's working gRPC port)
+# the framed connection and its WELCOME: a connect on a network takes milliseconds; a
+# port that is not reachable (dropped, not refused) must not take the hops' time
+CONNECT_TIMEOUT = 1.0
 # seconds a target whose framed front could not be reached (a port a network policy
 # drops, say) keeps the gRPC stream before the framed front is tried again
 RETRY_FRAMED = 30.0
@@ -125,15 +135,19 @@ async def connect(peer: Any, target: str, channel: grpc.aio.Channel, metadata: t
     _, tcp = await asyncio.wait_for(
         loop.create_connection(lambda: _Client(peer), host, ep.tcp, ssl=ssl,
                                server_hostname=host if ssl is not None else None),
-        HANDSHAKE_TIMEOUT,
+        CONNECT_TIMEOUT,
     )  # fmt: skip
-    return tcp, await _handshake(tcp, token)
+    welcome = await _handshake(tcp, token)
+    if welcome.nonce != ep.nonce:  # another process has that port now (not the target)
+        tcp.fail("another process")
+        raise ConnectionError("another process answered on the hop front's port")
+    return tcp, welcome
 
 
 async def _handshake(proto: _Client, token: str) -> Welcome:
     proto.send(HELLO, msgspec.msgpack.encode({"v": 1, "token": token}))
     try:
-        return await asyncio.wait_for(asyncio.shield(proto.welcome), HANDSHAKE_TIMEOUT)
+        return await asyncio.wait_for(asyncio.shield(proto.welcome), CONNECT_TIMEOUT)
     except BaseException:
         proto.fail("no WELCOME")
         raise

@@ -44,7 +44,7 @@ class _Conn(ServerConn):
     what = "vDAG answers"
 
     def __init__(self, front: AnswersFront) -> None:
-        super().__init__(front.connections)
+        super().__init__(front.connections, front.max_connections)
         self.front = front
         self.writer: FrameWriter | None = None
 
@@ -90,8 +90,10 @@ class AnswersFront:
     controller's set of cancellation watchers (this front adds its connections)."""
 
     def __init__(self, deliver: Callable[[bytes], None], watchers: set, auth: Auth, tls: TLS,
-                 host: str, max_message: int = 64 << 20) -> None:  # fmt: skip
+                 host: str, max_message: int = 64 << 20,
+                 max_connections: int = 1024) -> None:  # fmt: skip
         self.deliver = deliver
+        self.max_connections = max_connections  # past it, a connection is closed at once
         self.watchers = watchers
         self.auth = auth
         self.max_message = max_message
