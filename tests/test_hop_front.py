@@ -308,7 +308,8 @@ def test_answers_reach_the_controller_framed_and_its_cancels_come_back():
                 bad[0] += 1
 
         watchers: set = set()
-        front = AnswersFront(deliver, watchers, Auth({TOKEN: ["infer"]}), TLS(), "127.0.0.1")
+        front = AnswersFront(deliver, watchers.add, watchers.discard, Auth({TOKEN: ["infer"]}),
+                             TLS(), "127.0.0.1")  # fmt: skip
         await front.start()
 
         async def endpoints(request, context):

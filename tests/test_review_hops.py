@@ -181,10 +181,12 @@ def test_a_block_that_swallows_the_cancellation_still_times_out():
     assert isinstance(exc, TaskTimedOut) and timed_out == 1
 
 
-def test_a_cancelled_task_stops_its_inline_node_behind_an_executor(vnet, tmp_path):
+def test_a_cancelled_task_stops_its_node_behind_an_executor(vnet, tmp_path):
     # test_vdag_faults' cancellation tests reach their blocks' instances directly (gRPC
-    # hops, detached nodes); here 'slow' is behind an executor: its node runs inline in
-    # the executor link's task. A cancel must stop it, and the executor's books settle.
+    # hops); here 'slow' is behind an executor and its hops are framed. A cancel must
+    # stop its node, and the executor's books settle. (The instance's answer connection
+    # to the controller is opened when the node starts, so the cancel may come before it
+    # is up: the controller tells a late watcher what it gave up on lately.)
     from .procs import get_text, mgmt, start_executor, start_instance
 
     net = vnet

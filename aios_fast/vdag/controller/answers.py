@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
@@ -66,7 +67,7 @@ class _Conn(ServerConn):
         self.writer = self.admit(front.auth, token, front.max_message, front.listener.nonce)
         if self.writer is None:
             return False
-        front.watchers.add(self)
+        front.watch(self)
         return True
 
     def qsize(self) -> int:
@@ -80,21 +81,24 @@ class _Conn(ServerConn):
             self.writer.put((0, message), len(message))
 
     def ended(self, reason: str) -> None:
-        self.front.watchers.discard(self)
+        self.front.unwatch(self)
         if self.writer is not None:
             self.writer.closed = True
 
 
 class AnswersFront:
-    """The listener; ``deliver(message)`` takes one answer, ``watchers`` is the
-    controller's set of cancellation watchers (this front adds its connections)."""
+    """The listener; ``deliver(message)`` takes one answer; ``watch(conn)`` /
+    ``unwatch(conn)``: a connection starts / stops taking the controller's
+    cancellations (``qsize``, ``put_nowait``)."""
 
-    def __init__(self, deliver: Callable[[bytes], None], watchers: set, auth: Auth, tls: TLS,
+    def __init__(self, deliver: Callable[[bytes], None], watch: Callable[[Any], None],
+                 unwatch: Callable[[Any], None], auth: Auth, tls: TLS,
                  host: str, max_message: int = 64 << 20,
                  max_connections: int = 1024) -> None:  # fmt: skip
         self.deliver = deliver
         self.max_connections = max_connections  # past it, a connection is closed at once
-        self.watchers = watchers
+        self.watch = watch  # a welcomed connection takes the controller's cancellations
+        self.unwatch = unwatch
         self.auth = auth
         self.max_message = max_message
         self.connections: set[_Conn] = set()

@@ -46,7 +46,7 @@ import itertools
 import logging
 import os
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any
 
 import grpc
@@ -155,6 +155,9 @@ class _Outcome(Exception):
         super().__init__(message)
 
 
+MAX_GIVEN_UP = 10_000  # given-up tasks remembered for instances that connect late
+
+
 class VDagController:
     def __init__(
         self,
@@ -195,6 +198,9 @@ class VDagController:
         )
         self._ids = itertools.count(1)
         self._watchers: set = set()  # asyncio.Queues of gRPC streams, framed connections
+        # (loop time, task) of the tasks given up on lately: told to an instance that
+        # starts watching after the fact (its connection was still being set up)
+        self._given_up: deque[tuple[float, str]] = deque(maxlen=MAX_GIVEN_UP)
         self._answers: AnswersFront | None = None  # the blocks' framed answers front
         self._prefix = f"{os.getpid():x}-{int(time.time() * 1000) & 0xFFFFFF:x}-"
         self.pending: dict[str, asyncio.Future] = {}
@@ -422,7 +428,7 @@ class VDagController:
         """An instance's stream of answers; what goes back on it: the tasks the
         controller gave up on (cancelled or timed out), so their pending hops stop."""
         cancels: asyncio.Queue = asyncio.Queue()
-        self._watchers.add(cancels)
+        self._watch(cancels)
 
         async def read() -> None:
             async for request in requests:
@@ -453,8 +459,19 @@ class VDagController:
 
     def _give_up(self, task_id: str) -> None:
         """Tell every instance watching this controller to stop the task's hops."""
+        self._given_up.append((asyncio.get_running_loop().time(), task_id))
         for watcher in self._watchers:
             if watcher.qsize() < 10_000:  # an instance that does not read loses them
+                watcher.put_nowait(task_id)
+
+    def _watch(self, watcher: Any) -> None:
+        """An instance's answer connection (or gRPC stream) starts watching: it also
+        gets the tasks given up on in the last ``max_wait`` seconds, which it may be
+        running though it was not connected yet when they were given up."""
+        self._watchers.add(watcher)
+        since = asyncio.get_running_loop().time() - self.max_wait
+        for at, task_id in self._given_up:
+            if at >= since and watcher.qsize() < 10_000:
                 watcher.put_nowait(task_id)
 
     def _deliver(self, request: bytes) -> None:
@@ -561,7 +578,8 @@ class VDagController:
                 "infer_stream": grpc.stream_stream_rpc_method_handler(self._results)}),
         ))  # fmt: skip
         if framing_compiled():  # the blocks' answers on frames of our own (answers.py)
-            self._answers = AnswersFront(self._deliver_counted, self._watchers, self.auth,
+            self._answers = AnswersFront(self._deliver_counted, self._watch,
+                                         self._watchers.discard, self.auth,
                                          self.tls, self.host)  # fmt: skip
             await self._answers.start()
             endpoints = grpc.unary_unary_rpc_method_handler(self._hop_endpoints)
