@@ -146,7 +146,6 @@ class LinkServer:
     def on_tasks(self, stream: _Stream, items) -> None:
         """A batch the executor sent: acknowledge and start each task (or cancel one)."""
         loop = asyncio.get_running_loop()
-        acks = []
         for task_id, kind, frame, timeout in items:
             if kind == CANCEL:
                 t = stream.running.get(task_id)
@@ -155,16 +154,11 @@ class LinkServer:
             elif self.leaving:
                 stream.reply(task_id, REFUSED)
             else:
+                stream.reply(task_id, ACK)
                 deadline = loop.time() + timeout if timeout > 0 else None
                 stream.running[task_id] = asyncio.ensure_future(
                     self._work(stream, task_id, frame, deadline, kind)
                 )
-                acks.append(task_id)
-        # the ACKs after the tasks are started: the writer's flush, scheduled by the
-        # first ACK, then runs after each task's first step, so a task that ends at
-        # once (an inline hook) has its RESULT in the same write (and the ACK dropped)
-        for task_id in acks:
-            stream.reply(task_id, ACK)
 
     async def _work(self, stream: _Stream, task_id: int, frame: bytes,
                     deadline: float | None, kind: int) -> None:  # fmt: skip

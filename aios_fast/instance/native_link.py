@@ -78,7 +78,7 @@ class _Conn(ServerConn):
             self.refuse("the instance is stopping")
             return False
         self.writer = self.admit(listener.auth, hello.token, listener.max_message, listener.nonce,
-                                 prepare=drop_answered_acks)  # fmt: skip
+                                 defer=True, prepare=drop_answered_acks)  # fmt: skip
         if self.writer is None:
             return False
         self.stream = listener.links.open(self, hello.max_message, hello.run_timeout)

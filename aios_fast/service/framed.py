@@ -69,14 +69,14 @@ _encoder = msgspec.msgpack.Encoder()
 
 class FrameWriter:
     """Items for the peer (``put(item, size)``), written once per loop turn as BATCH
-    frames (the flush is a ``call_soon`` from the first put: callbacks scheduled
-    before that put run before it, so work they finish goes in the same write);
-    ``prepare(batch)`` may thin a batch before it is encoded (the instance drops ACKs
-    answered in it)."""
+    frames. ``defer``: the flush waits one more turn, so the work the items started
+    (a task run inline) can put its reply in the same write; ``prepare(batch)`` may
+    thin a batch before it is encoded (the instance drops ACKs answered in it)."""
 
-    __slots__ = ("_items", "_loop", "_prepare", "_scheduled", "_sizes", "closed", "transport")
+    __slots__ = ("_defer", "_deferred", "_items", "_loop", "_prepare", "_scheduled", "_sizes",
+                 "closed", "transport")  # fmt: skip
 
-    def __init__(self, transport: asyncio.Transport,
+    def __init__(self, transport: asyncio.Transport, defer: bool = False,
                  prepare: Callable[[list], list] | None = None) -> None:  # fmt: skip
         self.transport = transport
         self._prepare = prepare
@@ -84,6 +84,8 @@ class FrameWriter:
         self._items: list = []
         self._sizes: list[int] = []
         self._scheduled = False
+        self._defer = defer
+        self._deferred = False
         self.closed = False
 
     def __len__(self) -> int:
@@ -99,7 +101,11 @@ class FrameWriter:
             self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
-        self._scheduled = False
+        if self._defer and not self._deferred:
+            self._deferred = True
+            self._loop.call_soon(self._flush)
+            return
+        self._scheduled = self._deferred = False
         items, sizes = self._items, self._sizes
         if not items or self.closed:
             return
@@ -125,6 +131,7 @@ class FrameWriter:
     def close(self) -> None:
         """Write what is queued, then take nothing more."""
         if not self.closed:
+            self._defer = False
             self._flush()
             self.closed = True
 
