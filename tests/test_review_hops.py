@@ -13,6 +13,7 @@ import pytest
 from aios_fast.protos import vdag_pb2
 
 from .procs import free_port
+from .test_hop_front import _Run
 from .test_vdag_run import POLICIES, Net, node, stats, vdag
 from .test_vdag_run import STEP as STEP_BLOCK
 
@@ -59,17 +60,6 @@ def test_a_node_running_survives_its_executor_dying(vnet):
 
 
 # ------------------------------------------------------------------ the hop front, in process
-
-
-class _Run:
-    def __init__(self, call) -> None:
-        self.call = call
-        self.frame = b""
-        self.over = False
-        self.cancelled = False
-
-    def cancel(self) -> None:
-        self.cancelled = True
 
 
 def _front_session(batches: list[list[int]], window: int = 3):
