@@ -292,10 +292,10 @@ def test_answers_reach_the_controller_framed_and_its_cancels_come_back():
     on the gRPC stream (fallback, told it is unimplemented)."""
     import grpc
 
+    from aios_fast.service.framed_listener import endpoints_handler
     from aios_fast.tls import TLS
     from aios_fast.vdag.controller.answers import AnswersFront
     from aios_fast.vdag.hop_link import FramedReplies
-    from aios_fast.wire import HOP_ENDPOINTS_METHOD
 
     async def run():
         got: list[bytes] = []
@@ -312,13 +312,8 @@ def test_answers_reach_the_controller_framed_and_its_cancels_come_back():
                              TLS(), "127.0.0.1")  # fmt: skip
         await front.start()
 
-        async def endpoints(request, context):
-            return front.endpoints()
-
         server = grpc.aio.server()
-        service, method = HOP_ENDPOINTS_METHOD.split("/")[1:]
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-            service, {method: grpc.unary_unary_rpc_method_handler(endpoints)}),))  # fmt: skip
+        server.add_generic_rpc_handlers((endpoints_handler(front.endpoints),))
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         bare = grpc.aio.server()  # no Endpoints: UNIMPLEMENTED

@@ -347,7 +347,8 @@ def _welcome_then_close_server():
     import msgspec
 
     from aios_fast.service.framed import framing
-    from aios_fast.wire import HOP_ENDPOINTS_METHOD, WELCOME
+    from aios_fast.service.framed_listener import endpoints_handler
+    from aios_fast.wire import WELCOME
 
     class Closer(asyncio.Protocol):
         def connection_made(self, transport):
@@ -363,13 +364,11 @@ def _welcome_then_close_server():
         tcp = await loop.create_server(Closer, "127.0.0.1", 0)
         tcp_port = tcp.sockets[0].getsockname()[1]
 
-        async def endpoints(request, context):
+        def endpoints() -> bytes:
             return msgspec.msgpack.encode({"unix": "", "tcp": tcp_port, "nonce": ""})
 
         server = grpc.aio.server()
-        service, method = HOP_ENDPOINTS_METHOD.split("/")[1:]
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-            service, {method: grpc.unary_unary_rpc_method_handler(endpoints)}),))  # fmt: skip
+        server.add_generic_rpc_handlers((endpoints_handler(endpoints),))
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
         return server, port, tcp

@@ -176,8 +176,7 @@ class HopFront:
         self.window = window
         self.closing = False
         self.connections: set[_Conn] = set()
-        self.listener = FramedListener(lambda: _Conn(self), tls, host, unix)
-        self.listener.prefix = "hop"
+        self.listener = FramedListener(lambda: _Conn(self), tls, host, "hop", unix)
 
     def endpoints(self) -> bytes:
         """HOP_ENDPOINTS_METHOD's answer."""

@@ -22,25 +22,15 @@ import grpc
 import msgspec
 
 from ..service.framed import (
+    ClientConn,
     Endpoints,
-    FramedProtocol,
     FrameWriter,
+    Refused,
     Welcome,
     decode_endpoints,
-    decode_welcome,
     framing_compiled,
 )
-from ..wire import (
-    BATCH,
-    ENDPOINTS_METHOD,
-    HELLO,
-    PING,
-    PONG,
-    REFUSE,
-    WELCOME,
-    decode_replies,
-    link_limit,
-)
+from ..wire import ENDPOINTS_METHOD, HELLO, PING, decode_replies, link_limit
 from .links import InstanceLink, log
 
 __all__ = ["HANDSHAKE_TIMEOUT", "NativeLink", "framing_compiled", "resolve_link"]
@@ -58,45 +48,25 @@ def resolve_link(choice: str) -> str:
     return choice
 
 
-class _Refused(Exception):
-    pass
-
-
-class _Client(FramedProtocol):
+class _Client(ClientConn):
     """The executor's end of one native connection."""
+
+    what = "reply batch"
 
     def __init__(self, link: NativeLink) -> None:
         super().__init__()
         self.link = link
-        self.welcome: asyncio.Future = asyncio.get_running_loop().create_future()
 
     def on_frames(self, frames: list) -> None:
         link = self.link
         link.last_heard = perf_counter()
         link.ping_sent = 0.0
-        reply = link._reply
-        for kind, body in frames:
-            if kind == BATCH:
-                try:
-                    replies = decode_replies(body)
-                except msgspec.DecodeError as exc:  # the link's state is unknown: cut it
-                    self.fail(f"a malformed reply batch ({exc})")
-                    return
-                for task_id, reply_kind, payload in replies:
-                    reply(task_id, reply_kind, payload)
-            elif kind == PING:
-                self.send(PONG)
-            elif kind == WELCOME and not self.welcome.done():
-                try:
-                    self.welcome.set_result(decode_welcome(body))
-                except msgspec.DecodeError as exc:
-                    self.welcome.set_exception(_Refused(f"bad WELCOME: {exc}"))
-            elif kind == REFUSE and not self.welcome.done():
-                self.welcome.set_exception(_Refused(bytes(body).decode(errors="replace")))
+        super().on_frames(frames)
 
-    def on_lost(self, reason: str) -> None:
-        if not self.welcome.done():
-            self.welcome.set_exception(ConnectionError(reason))
+    def on_batch(self, body) -> None:
+        reply = self.link._reply
+        for task_id, reply_kind, payload in decode_replies(body):
+            reply(task_id, reply_kind, payload)
 
 
 class NativeLink(InstanceLink):
@@ -182,7 +152,7 @@ class NativeLink(InstanceLink):
         proto.send(HELLO, msgspec.msgpack.encode(hello))
         try:
             welcome = await asyncio.wait_for(asyncio.shield(proto.welcome), HANDSHAKE_TIMEOUT)
-        except _Refused as exc:
+        except Refused as exc:
             proto.fail("refused")
             raise ConnectionError(f"the instance refused the link: {exc}") from None
         except (asyncio.TimeoutError, ConnectionError):

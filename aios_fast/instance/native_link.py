@@ -104,11 +104,9 @@ class _Conn(ServerConn):
 class NativeLinkListener(FramedListener):
     """Listens for executors' native links for one instance."""
 
-    prefix = "link"
-
     def __init__(self, links: LinkServer, auth: Auth, tls: TLS, host: str,
                  max_message: int, unix: bool = True, port: int = 0) -> None:  # fmt: skip
-        super().__init__(lambda: _Conn(self), tls, host, unix, port)
+        super().__init__(lambda: _Conn(self), tls, host, "link", unix, port)
         self.links = links
         self.auth = auth
         self.max_message = max_message

@@ -19,13 +19,15 @@ from collections.abc import Callable
 import msgspec
 
 from .._select import load
-from ..wire import BATCH, LINK_BATCH_BYTES
+from ..wire import BATCH, LINK_BATCH_BYTES, PING, PONG, REFUSE, WELCOME
 
 __all__ = [
+    "ClientConn",
     "Endpoints",
     "FrameError",
     "FrameWriter",
     "FramedProtocol",
+    "Refused",
     "Welcome",
     "decode_endpoints",
     "decode_welcome",
@@ -198,3 +200,46 @@ class FramedProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+
+
+class Refused(ConnectionError):
+    """The peer said REFUSE (why), or its WELCOME could not be read."""
+
+
+class ClientConn(FramedProtocol):
+    """The connecting end of a framed connection: ``welcome`` resolves with the peer's
+    ``Welcome``, or fails with ``Refused`` (REFUSE, a bad WELCOME) or ConnectionError
+    (the connection ended first); PING is answered from the event loop; each BATCH goes
+    to ``on_batch(body)`` (a msgspec.DecodeError there cuts the connection: the state
+    behind it is unknown; ``what`` names the batch in that reason)."""
+
+    what = "batch"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.welcome: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    def on_batch(self, body) -> None:
+        raise NotImplementedError
+
+    def on_frames(self, frames: list) -> None:
+        for kind, body in frames:
+            if kind == BATCH:
+                try:
+                    self.on_batch(body)
+                except msgspec.DecodeError as exc:
+                    self.fail(f"a malformed {self.what} ({exc})")
+                    return
+            elif kind == PING:
+                self.send(PONG)
+            elif kind == WELCOME and not self.welcome.done():
+                try:
+                    self.welcome.set_result(decode_welcome(body))
+                except msgspec.DecodeError as exc:
+                    self.welcome.set_exception(Refused(f"bad WELCOME: {exc}"))
+            elif kind == REFUSE and not self.welcome.done():
+                self.welcome.set_exception(Refused(bytes(body).decode(errors="replace")))
+
+    def on_lost(self, reason: str) -> None:
+        if not self.welcome.done():
+            self.welcome.set_exception(ConnectionError(reason))

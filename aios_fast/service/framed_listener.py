@@ -20,15 +20,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 import msgspec
 
 from ..auth import Auth, AuthError, prune_stale, runtime_dir
 from ..logs import RateLimitedLog
 from ..tls import TLS
-from ..wire import BATCH, HELLO, PING, PONG, REFUSE, WELCOME, link_limit
+from ..wire import BATCH, HELLO, HOP_ENDPOINTS_METHOD, PING, PONG, REFUSE, WELCOME, link_limit
 from .framed import FramedProtocol, FrameWriter
 
-__all__ = ["FramedListener", "ServerConn"]
+__all__ = ["FramedListener", "ServerConn", "endpoints_handler"]
 
 log = logging.getLogger("aios_fast.service")
 _over_limit = RateLimitedLog(log, 10.0)
@@ -125,13 +126,13 @@ class ServerConn(FramedProtocol):
 
 class FramedListener:
     """Listens on TCP and (``unix``) a Unix socket; ``protocol()`` makes each
-    connection's Protocol (a ``service.framed.FramedProtocol``)."""
-
-    prefix = "link"
+    connection's Protocol (a ``service.framed.FramedProtocol``); ``prefix`` names the
+    socket file (and the listener in log lines)."""
 
     def __init__(self, protocol: Callable[[], asyncio.Protocol], tls: TLS, host: str,
-                 unix: bool = True, port: int = 0) -> None:  # fmt: skip
+                 prefix: str, unix: bool = True, port: int = 0) -> None:  # fmt: skip
         self.protocol = protocol
+        self.prefix = prefix
         self.tls = tls
         self.host = host
         self.port = port
@@ -184,3 +185,17 @@ class FramedListener:
         if self.path:
             with contextlib.suppress(OSError):
                 os.unlink(self.path)
+
+
+def endpoints_handler(endpoints: Callable[[], bytes]) -> grpc.GenericRpcHandler:
+    """``HOP_ENDPOINTS_METHOD`` on a grpc.aio server, answered with ``endpoints()``
+    (a listener's ``endpoints``, msgpack): where senders find a framed front served
+    beside a grpcio port."""
+
+    async def answer(request: bytes, context) -> bytes:
+        return endpoints()
+
+    service, method = HOP_ENDPOINTS_METHOD.split("/")[1:]
+    return grpc.method_handlers_generic_handler(
+        service, {method: grpc.unary_unary_rpc_method_handler(answer)}
+    )

@@ -29,16 +29,11 @@ import grpc
 import msgspec
 
 from .. import codec
-from ..service.framed import FramedProtocol, FrameWriter, Welcome, decode_endpoints, decode_welcome
+from ..service.framed import ClientConn, FrameWriter, Refused, Welcome, decode_endpoints
 from ..wire import (
     ACCEPTED,
-    BATCH,
     HELLO,
     HOP_ENDPOINTS_METHOD,
-    PING,
-    PONG,
-    REFUSE,
-    WELCOME,
     decode_hop_answers,
     link_limit,
     read_error,
@@ -68,38 +63,21 @@ class _Unimplemented(Exception):
     pass
 
 
-class _Client(FramedProtocol):
+class _Client(ClientConn):
     """The sender's end: ``peer`` (a FramedStream or FramedReplies) gets the answers
     (``answers``) and the connection's end (``lost``)."""
+
+    what = "answer batch"
 
     def __init__(self, peer: Any) -> None:
         super().__init__()
         self.stream = peer
-        self.welcome: asyncio.Future = asyncio.get_running_loop().create_future()
 
-    def on_frames(self, frames: list) -> None:
-        for kind, body in frames:
-            if kind == BATCH:
-                try:
-                    answers = decode_hop_answers(body)
-                except msgspec.DecodeError as exc:
-                    self.fail(f"a malformed answer batch ({exc})")
-                    return
-                self.stream.answers(answers)
-            elif kind == PING:
-                self.send(PONG)
-            elif kind == WELCOME and not self.welcome.done():
-                try:
-                    self.welcome.set_result(decode_welcome(body))
-                except msgspec.DecodeError as exc:
-                    self.welcome.set_exception(ConnectionError(f"bad WELCOME: {exc}"))
-            elif kind == REFUSE and not self.welcome.done():
-                why = bytes(body).decode(errors="replace")
-                self.welcome.set_exception(ConnectionError(f"refused: {why}"))
+    def on_batch(self, body) -> None:
+        self.stream.answers(decode_hop_answers(body))
 
     def on_lost(self, reason: str) -> None:
-        if not self.welcome.done():
-            self.welcome.set_exception(ConnectionError(reason))
+        super().on_lost(reason)
         self.stream.lost(reason)
 
 
@@ -239,7 +217,8 @@ class FramedStream:
         except (asyncio.TimeoutError, grpc.aio.AioRpcError, ConnectionError, OSError) as exc:
             owner.not_framed[(self.target, self.block_id)] = self._loop.time() + RETRY_FRAMED
             why = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else exc
-            self._fallback(f"the hop front did not answer ({why or type(exc).__name__}); "
+            what = "refused the connection" if isinstance(exc, Refused) else "did not answer"
+            self._fallback(f"the hop front {what} ({why or type(exc).__name__}); "
                            f"trying it again in {RETRY_FRAMED:g}s")  # fmt: skip
             return
         except asyncio.CancelledError:
@@ -315,7 +294,6 @@ class FramedReplies:
         self.fallback = fallback
         self.queue: list[bytes] = []  # answers before the connection was up
         self.closed = False
-        self.lost_count = 0
         self.writer: FrameWriter | None = None
         self.proto: _Client | None = None
         self.reader = asyncio.ensure_future(self._open(channel, metadata, tls))
@@ -366,7 +344,6 @@ class FramedReplies:
         if self.writer is None and not self.closed:
             return  # before WELCOME: _open decides
         self.closed = True
-        self.lost_count += len(self.writer) if self.writer is not None else 0
 
     async def close(self) -> None:
         _close(self)

@@ -102,8 +102,7 @@ class AnswersFront:
         self.auth = auth
         self.max_message = max_message
         self.connections: set[_Conn] = set()
-        self.listener = FramedListener(lambda: _Conn(self), tls, host)
-        self.listener.prefix = "vdag"
+        self.listener = FramedListener(lambda: _Conn(self), tls, host, "vdag")
 
     def endpoints(self) -> bytes:
         """HOP_ENDPOINTS_METHOD's answer."""

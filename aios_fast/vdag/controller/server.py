@@ -58,6 +58,7 @@ from ...auth import Auth, check_bind
 from ...policy import PolicyRule
 from ...protos import vdag_pb2
 from ...service.framed import framing_compiled
+from ...service.framed_listener import endpoints_handler
 from ...service.grpc_auth import TokenInterceptor
 from ...service.http import MgmtError, mgmt_route, new_app, start_site
 from ...service.metrics import CONTENT_TYPE, Histogram, Registry, counter, gauge, histogram
@@ -432,10 +433,7 @@ class VDagController:
 
         async def read() -> None:
             async for request in requests:
-                try:
-                    self._deliver(request)
-                except Exception:
-                    self.invalid_answers += 1
+                self._deliver_counted(request)
             cancels.put_nowait(None)
 
         reader = asyncio.ensure_future(read())
@@ -446,12 +444,9 @@ class VDagController:
             self._watchers.discard(cancels)
             reader.cancel()
 
-    async def _hop_endpoints(self, request: bytes, context) -> bytes:
-        """Where the framed answers front listens (``HOP_ENDPOINTS_METHOD``)."""
-        assert self._answers is not None
-        return self._answers.endpoints()
-
     def _deliver_counted(self, request: bytes) -> None:
+        """An answer from a block's stream or framed connection (one that is not an
+        answer counts in ``invalid_answers``)."""
         try:
             self._deliver(request)
         except Exception:
@@ -582,11 +577,7 @@ class VDagController:
                                          self._watchers.discard, self.auth,
                                          self.tls, self.host)  # fmt: skip
             await self._answers.start()
-            endpoints = grpc.unary_unary_rpc_method_handler(self._hop_endpoints)
-            service = HOP_ENDPOINTS_METHOD.split("/")[1]
-            server.add_generic_rpc_handlers(
-                (grpc.method_handlers_generic_handler(service, {"Endpoints": endpoints}),)
-            )
+            server.add_generic_rpc_handlers((endpoints_handler(self._answers.endpoints),))
         native = self._native_gateway()
         if native is None:  # one grpcio server: callers and the blocks' answers
             self.port = self.tls.bind(server, f"{self.host}:{self.port}")
